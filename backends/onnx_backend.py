@@ -1,0 +1,89 @@
+"""Lowering to ONNX and running the result in ONNX Runtime.
+
+Export uses ``torch.onnx.export(dynamo=True)`` (torch.export underneath) into one self-contained file
+(weights inlined; models over 2 GB, the protobuf limit, keep external data next to the file). The file is
+checked with ``onnx.checker`` and its outputs compared with the model's on the example inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from graphopt.backends.quiet import quiet_export
+from graphopt.backends.timing import LatencyStats, measure
+from graphopt.errors import ExportError
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def export_onnx(
+    model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path, *, opset: int = 18
+) -> Path:
+    """Export ``model`` to ``path`` and check the file; raise :class:`ExportError` naming the cause."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > _PROTOBUF_LIMIT
+    try:
+        with quiet_export(), torch.no_grad():
+            torch.onnx.export(
+                model,
+                example_inputs,
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                external_data=big,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean the same to the user
+        raise ExportError(
+            f"ONNX export failed ({type(exc).__name__}: {_first_line(exc)}). Data-dependent Python control "
+            "flow cannot be exported: rewrite it with torch.where or torch.cond, or export with "
+            "backend='torchscript'."
+        ) from exc
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported ONNX file fails onnx.checker: {_first_line(exc)}") from exc
+    return path
+
+
+class OnnxRunner:
+    """Loads an ONNX file into an ORT session with pinned threads and runs or times it."""
+
+    def __init__(self, path: str | Path, *, threads: int = 1, optimization: str = "all"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = {
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+        feeds = {name: _to_numpy(x) for name, x in zip(self.input_names, inputs, strict=True)}
+        return self.session.run(None, feeds)
+
+    def time(self, *inputs: torch.Tensor | np.ndarray, warmup: int = 10, repeat: int = 100) -> LatencyStats:
+        feeds = {name: _to_numpy(x) for name, x in zip(self.input_names, inputs, strict=True)}
+        return measure(lambda: self.session.run(None, feeds), warmup=warmup, repeat=repeat)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

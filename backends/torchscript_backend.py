@@ -1,0 +1,74 @@
+"""Lowering to TorchScript (trace + freeze) and running the result with ``torch.jit.load``.
+
+TorchScript is deprecated upstream, so everything ``torch.jit`` touches stays in this module and runs
+inside :func:`~graphopt.backends.quiet.quiet_export`. Tracing records one path through Python control flow;
+shape-dependent branches are fine at the traced shape, value-dependent ones are baked in, which is why the
+exported artifact is compared with the model before it is handed back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from graphopt.backends.quiet import quiet_export
+from graphopt.backends.timing import LatencyStats, measure
+from graphopt.errors import ExportError
+
+
+def export_torchscript(
+    model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path
+) -> Path:
+    """Trace, freeze and save ``model`` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with quiet_export(), torch.no_grad():
+            traced = torch.jit.trace(model.eval(), example_inputs, check_trace=False)
+            frozen = torch.jit.freeze(traced)
+            torch.jit.save(frozen, str(path))
+    except Exception as exc:  # torch.jit raises many types; all mean the same to the user
+        raise ExportError(f"TorchScript export failed ({type(exc).__name__}: {exc})") from exc
+    return path
+
+
+class TorchScriptRunner:
+    """Loads a TorchScript file and runs or times it with a fixed number of intra-op threads."""
+
+    def __init__(self, path: str | Path, *, threads: int = 1):
+        self.path = Path(path)
+        self.threads = threads
+        with quiet_export():
+            self.module = torch.jit.load(str(path)).eval()
+
+    def run(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+        tensors = [torch.as_tensor(x) for x in inputs]
+        with quiet_export(), torch.no_grad(), _threads(self.threads):
+            out = self.module(*tensors)
+        leaves = out if isinstance(out, (tuple, list)) else [out]
+        return [t.numpy() for t in leaves]
+
+    def time(self, *inputs: torch.Tensor | np.ndarray, warmup: int = 10, repeat: int = 100) -> LatencyStats:
+        tensors = [torch.as_tensor(x) for x in inputs]
+
+        def call() -> object:
+            return self.module(*tensors)
+
+        with quiet_export(), torch.no_grad(), _threads(self.threads):
+            return measure(call, warmup=warmup, repeat=repeat)
+
+
+class _threads:
+    """Temporarily set torch's intra-op thread count."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.saved)

@@ -1,0 +1,61 @@
+"""graphopt: a compiler-style graph optimizer for trained PyTorch models on edge CPUs.
+
+    res = graphopt.optimize(model, target="arm-fp32", example_inputs=(x,))
+    print(res.report)
+    res.export("model.onnx")
+"""
+
+from __future__ import annotations
+
+from graphopt.api import optimize
+from graphopt.errors import (
+    CaptureError,
+    ConfigError,
+    ExportError,
+    GraphoptError,
+    InvalidInputError,
+    InvalidModelError,
+    PassError,
+    SerializationError,
+    UnknownNameError,
+)
+from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
+from graphopt.pass_manager import PassManager, PassRecord
+from graphopt.registry import list_passes, register_pass
+from graphopt.report import Report, StageRecord
+from graphopt.result import OptimizeResult
+from graphopt.serialize import load
+from graphopt.targets import TARGETS, BackendSettings, NumericScheme, PassSpec, Target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TARGETS",
+    "BackendSettings",
+    "CaptureError",
+    "ConfigError",
+    "ExportError",
+    "GraphoptError",
+    "InvalidInputError",
+    "InvalidModelError",
+    "NumericScheme",
+    "OptimizeResult",
+    "Pass",
+    "PassContext",
+    "PassError",
+    "PassManager",
+    "PassOptions",
+    "PassRecord",
+    "PassResult",
+    "PassSpec",
+    "Report",
+    "SerializationError",
+    "StageRecord",
+    "Target",
+    "UnknownNameError",
+    "__version__",
+    "list_passes",
+    "load",
+    "optimize",
+    "register_pass",
+]

@@ -1,0 +1,121 @@
+"""``graphopt.optimize``: capture, run the target's pipeline, and report every stage.
+
+    model ──copy, eval──▶ capture (torch.fx, opaque leaves if needed) ──PassManager──▶ OptimizeResult
+
+The caller's model is never touched: graphopt works on a deep copy in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from graphopt.capture import capture
+from graphopt.errors import CaptureError, ConfigError
+from graphopt.evaluation import Batch, materialize_labelled
+from graphopt.inputs import check_example_inputs, check_model, private_eval_copy, run_reference
+from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
+from graphopt.numerics import Tolerance, allclose
+from graphopt.pass_base import Pass, PassContext
+from graphopt.pass_manager import PassManager
+from graphopt.registry import make_pass
+from graphopt.report import Report
+from graphopt.result import OptimizeResult
+from graphopt.shapes import propagate_shapes
+from graphopt.stage_reporter import StageReporter
+from graphopt.targets import Target, resolve_target
+
+log = logging.getLogger("graphopt")
+
+#: Capture must reproduce the model exactly (it only re-expresses the same ops as a graph).
+CAPTURE_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
+
+
+def optimize(
+    model: nn.Module,
+    target: str | Target = "generic-fp32",
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+    calibration_data: Iterable[Any] | None = None,
+    train_data: Iterable[Any] | None = None,
+    prune: float = 0.0,
+    early_exit: object | None = None,
+    passes: Sequence[str | Pass] | None = None,
+    *,
+    eval_data: Iterable[Batch] | None = None,
+    steps: int = 1,
+    dump_ir: str | Path | None = None,
+    instruments: Sequence[Instrument] = (),
+) -> OptimizeResult:
+    """Optimize ``model`` for ``target`` and report every stage.
+
+    ``passes`` replaces the target's pipeline (names and/or Pass instances). ``eval_data`` (an iterable of
+    ``(inputs, labels)``) adds accuracy to every row. ``steps > 1`` repeats the pipeline up to a fixed point.
+    ``dump_ir`` writes the IR after each pass to ``NNN_<pass>.txt`` in that folder.
+    """
+    check_model(model)
+    inputs = check_example_inputs(example_inputs)
+    spec = resolve_target(target)
+    _check_not_yet_supported(prune, early_exit)
+    pipeline = _pipeline(spec, passes)
+    labelled = materialize_labelled(eval_data, "eval_data")
+
+    original = private_eval_copy(model)
+    reference = run_reference(original, inputs)
+    captured = capture(private_eval_copy(model))
+    gm = captured.gm
+    _check_capture(gm, inputs, reference)
+
+    report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
+    context = PassContext(example_inputs=inputs, calibration_data=calibration_data, train_data=train_data)
+    reporter = StageReporter(report, reference, labelled)
+    report.add(reporter.measure("original", "original", gm, context))
+    if train_data is not None:
+        report.notes.append("train_data was given but no pass in this pipeline trains")
+    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, *instruments]
+    if dump_ir is not None:
+        hooks.append(IRDump(dump_ir))
+    PassManager(pipeline, steps=steps, instruments=hooks).run(gm, context)
+    report.notes.extend(context.notes)
+    return OptimizeResult(
+        model=gm,
+        report=report,
+        target=spec,
+        example_inputs=inputs,
+        reference_outputs=reference,
+        original=original,
+        eval_data=labelled,
+    )
+
+
+def _check_not_yet_supported(prune: float, early_exit: object | None) -> None:
+    if prune:
+        raise ConfigError("prune= is not available in this graphopt version yet; leave it at 0.0")
+    if early_exit is not None:
+        raise ConfigError("early_exit= is not available in this graphopt version yet; leave it as None")
+
+
+def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]:
+    if passes is None:
+        return [make_pass(p.name, p.options) for p in target.passes]
+    if isinstance(passes, (str, Pass)):
+        raise ConfigError("passes must be a sequence of pass names or Pass instances, e.g. passes=['fold_batchnorm']")
+    return [make_pass(p) for p in passes]
+
+
+def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:
+    try:
+        captured = propagate_shapes(gm, inputs)
+    except Exception as exc:  # the traced graph fails where the eager model ran: a capture bug, not the user's
+        raise CaptureError(f"the captured graph fails on the example inputs: {type(exc).__name__}: {exc}") from exc
+    ok, max_abs = allclose(reference, captured, CAPTURE_TOLERANCE)
+    if not ok:
+        raise CaptureError(
+            f"the captured graph disagrees with the model (max abs error {max_abs:.3g}); the model's forward "
+            "probably depends on Python state that tracing froze. Make that submodule a leaf or remove the state."
+        )

@@ -1,0 +1,64 @@
+"""Validation of what a caller passes to ``optimize``: the model and the example inputs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphopt.errors import InvalidInputError, InvalidModelError
+
+
+def check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        hint = " (a TorchScript module? pass the original nn.Module)" if hasattr(model, "_c") else ""
+        raise InvalidModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InvalidModelError("model is a TorchScript module; graphopt needs the original Python nn.Module")
+    return model
+
+
+def check_example_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """A tuple of tensors; a lone tensor is wrapped. Anything else is an :class:`InvalidInputError`."""
+    if example_inputs is None:
+        raise InvalidInputError(
+            "example_inputs is required: a tuple of tensors shaped like one real input, e.g. "
+            "example_inputs=(torch.randn(1, 3, 224, 224),); capture and shape propagation run on it"
+        )
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, tuple):
+        raise InvalidInputError(
+            f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}; "
+            "wrap a single tensor as (x,)"
+        )
+    if not example_inputs:
+        raise InvalidInputError("example_inputs is an empty tuple; give at least one tensor")
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInputError(f"example_inputs[{i}] must be a torch.Tensor, got {type(x).__name__}")
+    return tuple(x.detach() for x in example_inputs)
+
+
+def private_eval_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode, so nothing graphopt does can reach the caller's model."""
+    try:
+        clone = copy.deepcopy(model)
+    except Exception as exc:  # deepcopy runs user __deepcopy__ / __getstate__ code
+        raise InvalidModelError(f"the model cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
+    return clone.eval()
+
+
+def run_reference(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:
+    """The model's outputs on the example inputs; a failure means the inputs do not fit the model."""
+    try:
+        with torch.no_grad():
+            return model(*example_inputs)
+    except Exception as exc:  # whatever the model raises on inputs that do not fit it
+        shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in example_inputs)
+        raise InvalidInputError(
+            f"the model fails on example_inputs of shape {shapes}: {type(exc).__name__}: {exc}. "
+            "Give inputs shaped and typed like the model's real inputs."
+        ) from exc

@@ -1,0 +1,65 @@
+"""Small helpers for reading and editing the IR (a torch.fx ``GraphModule``).
+
+Nodes are matched by ``node.op``, ``node.target`` and module type, never by the string of a name.
+A module object can be called from several nodes (torchvision's BasicBlock reuses one ``nn.ReLU``), so any
+pass that edits a module must first check :func:`call_sites` and skip shared modules.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import torch.fx as fx
+from torch import nn
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The module a ``call_module`` node calls, else None."""
+    if node.op != "call_module":
+        return None
+    return gm.get_submodule(str(node.target))
+
+
+def is_module_call(gm: fx.GraphModule, node: fx.Node, types: type | tuple[type, ...]) -> bool:
+    """Whether ``node`` calls a module of one of ``types``."""
+    module = module_of(gm, node)
+    return module is not None and isinstance(module, types)
+
+
+def module_calls(gm: fx.GraphModule, types: type | tuple[type, ...]) -> Iterator[tuple[fx.Node, nn.Module]]:
+    """Every ``(node, module)`` pair in graph order whose module is one of ``types``."""
+    for node in list(gm.graph.nodes):
+        module = module_of(gm, node)
+        if module is not None and isinstance(module, types):
+            yield node, module
+
+
+def call_sites(gm: fx.GraphModule) -> Counter[str]:
+    """How many ``call_module`` nodes call each module target (a module object may be called twice)."""
+    return Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+
+
+def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    """Replace the submodule at qualified name ``target`` by ``module``."""
+    parent_name, _, attr = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, attr, module)
+
+
+def get_attr_value(gm: fx.GraphModule, node: fx.Node) -> object:
+    """The tensor or module a ``get_attr`` node refers to."""
+    value: object = gm
+    for atom in str(node.target).split("."):
+        value = getattr(value, atom)
+    return value
+
+
+def count_nodes(gm: fx.GraphModule) -> int:
+    """Nodes that compute something (placeholders and the output node excluded)."""
+    return sum(1 for n in gm.graph.nodes if n.op not in ("placeholder", "output"))
+
+
+def shape_of(node: object) -> tuple[int, ...] | None:
+    """The output shape recorded by shape propagation, or None for non-nodes and non-tensor outputs."""
+    return node.meta.get("shape") if isinstance(node, fx.Node) else None

@@ -1,0 +1,76 @@
+"""Comparing outputs of two versions of a model.
+
+- max abs error ``max |a - b|`` over every output element;
+- cosine similarity ``<a, b> / (|a| |b|)`` of all outputs flattened and concatenated;
+- top-1 agreement: the fraction of rows whose arg-max over the last dimension is the same (only for outputs
+  of rank >= 2 with more than one class, i.e. logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_flatten
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|a - b| <= atol + rtol * |b|`` element-wise, as in ``torch.allclose``."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely a candidate's outputs match the reference outputs."""
+
+    max_abs: float
+    cosine: float
+    top1: float | None
+
+
+def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
+    """The tensors in a (possibly nested) output structure, as float tensors on the CPU."""
+    leaves, _ = tree_flatten(outputs)
+    tensors = []
+    for leaf in leaves:
+        if isinstance(leaf, np.ndarray):
+            leaf = torch.from_numpy(leaf)
+        if isinstance(leaf, torch.Tensor):
+            tensors.append(leaf.detach().cpu().float())
+    return tensors
+
+
+def agreement(reference: Any, candidate: Any) -> Agreement:
+    """Compare two output structures with the same leaves."""
+    ref, cand = flatten_outputs(reference), flatten_outputs(candidate)
+    if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):
+        shapes = ([tuple(r.shape) for r in ref], [tuple(c.shape) for c in cand])
+        raise ValueError(f"outputs differ in structure: {shapes[0]} vs {shapes[1]}")
+    max_abs = max((float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0)
+    a = torch.cat([r.flatten() for r in ref]) if ref else torch.zeros(1)
+    b = torch.cat([c.flatten() for c in cand]) if cand else torch.zeros(1)
+    cosine = float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0, eps=1e-30))
+    return Agreement(max_abs=max_abs, cosine=cosine, top1=_top1(ref, cand))
+
+
+def _top1(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> float | None:
+    logits = [(r, c) for r, c in zip(ref, cand, strict=True) if r.dim() >= 2 and r.shape[-1] > 1]
+    if not logits:
+        return None
+    r, c = logits[0]
+    return float((r.argmax(-1) == c.argmax(-1)).float().mean())
+
+
+def allclose(reference: Any, candidate: Any, tolerance: Tolerance) -> tuple[bool, float]:
+    """Whether every output is within ``tolerance``; also the max abs error."""
+    ref, cand = flatten_outputs(reference), flatten_outputs(candidate)
+    if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):
+        return False, float("inf")
+    ok = all(torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol) for r, c in zip(ref, cand, strict=True))
+    max_abs = max((float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0)
+    return ok, max_abs

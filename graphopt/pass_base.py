@@ -1,0 +1,116 @@
+"""What a pass author writes: a :class:`Pass` subclass with typed options and a ``call``.
+
+A pass is a small class::
+
+    class FoldBatchNorm(Pass):
+        name = "fold_batchnorm"            # = the module stem
+        description = "Fold BatchNorm into the preceding conv/linear."
+        exact = True                       # must preserve outputs; the PassManager checks it numerically
+        Options = FoldBatchNormOptions     # a frozen dataclass, validated in __post_init__
+
+        def call(self, gm):                # mutate gm in place, return it with what happened
+            ...
+            return PassResult(gm, modified=True, stats={"folded": 3, "skipped:shared_output": 1})
+
+A pass never traces and never takes an ``nn.Module``: it receives the captured ``GraphModule``. Data it needs
+(example inputs, calibration or training data) comes from :attr:`Pass.context`, which the PassManager binds
+for the duration of the call. The manager, not the pass, lints, recompiles, refreshes shapes and checks exact
+passes numerically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.fx as fx
+
+from graphopt.errors import ConfigError, GraphoptError
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """Base class of typed pass options. Subclasses add fields and validate them in ``__post_init__``."""
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the (same, mutated) GraphModule, whether it changed, and outcome counts."""
+
+    gm: fx.GraphModule
+    modified: bool
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """Data a pass may need, handed over by the PassManager instead of globals.
+
+    ``notes`` collects sentences a pass wants shown in the report (for example why a lossy rewrite was not
+    recovered).
+    """
+
+    example_inputs: tuple[torch.Tensor, ...]
+    calibration_data: Iterable[Any] | None = None
+    train_data: Iterable[Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Pass:
+    """Base class of rewrite passes. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    exact: ClassVar[bool]
+    Options: ClassVar[type[PassOptions]] = PassOptions
+
+    def __init__(self, options: PassOptions | None = None, **fields: Any):
+        if options is None:
+            try:
+                options = self.Options(**fields)
+            except TypeError as exc:
+                known = [f.name for f in dataclasses.fields(self.Options)]
+                raise ConfigError(
+                    f"bad options for pass {self.name!r}: {exc}; its options are: {', '.join(known) or 'none'}"
+                ) from None
+        elif fields:
+            raise ConfigError(f"pass {self.name!r}: give either an options object or keyword fields, not both")
+        if not isinstance(options, self.Options):
+            raise ConfigError(
+                f"pass {self.name!r} takes {self.Options.__name__}, got {type(options).__name__}"
+            )
+        self.options = options
+        self._context: PassContext | None = None
+
+    @property
+    def context(self) -> PassContext:
+        """The data the PassManager bound for this run; raises outside a managed run."""
+        if self._context is None:
+            raise GraphoptError(f"pass {self.name!r} needs a PassContext: run it through a PassManager")
+        return self._context
+
+    @contextmanager
+    def bound(self, context: PassContext) -> Iterator[Pass]:
+        """Bind ``context`` for the duration of one managed call."""
+        self._context = context
+        try:
+            yield self
+        finally:
+            self._context = None
+
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Raise if a precondition does not hold. The default requires nothing."""
+
+    def ensures(self, gm: fx.GraphModule) -> None:
+        """Raise if a postcondition does not hold after ``call``. The default ensures nothing."""
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        """Rewrite ``gm`` in place and return ``PassResult(gm, modified, stats)``."""
+        raise NotImplementedError(f"pass {type(self).__name__} does not implement call()")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"

@@ -1,0 +1,23 @@
+"""Built-in rewrite passes, one per module; installed as ``graphopt.passes``.
+
+:data:`BUILTIN_PASSES` is the explicit list the registry loads. Outside passes use
+``graphopt.register_pass``.
+"""
+
+from __future__ import annotations
+
+from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
+from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
+from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
+
+BUILTIN_PASSES = (FoldBatchNorm, RemoveIdentity, EliminateDeadCode)
+
+__all__ = [
+    "BUILTIN_PASSES",
+    "EliminateDeadCode",
+    "EliminateDeadCodeOptions",
+    "FoldBatchNorm",
+    "FoldBatchNormOptions",
+    "RemoveIdentity",
+    "RemoveIdentityOptions",
+]
