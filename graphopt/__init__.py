@@ -1,8 +1,8 @@
 """graphopt: a compiler-style graph optimizer for trained PyTorch models on edge CPUs.
 
-    res = graphopt.optimize(model, target="arm-fp32", example_inputs=(x,))
-    print(res.report)
-    res.export("model.onnx")
+res = graphopt.optimize(model, target="arm-fp32", example_inputs=(x,))
+print(res.report)
+res.export("model.onnx")
 """
 
 from __future__ import annotations

@@ -104,15 +104,21 @@ def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]
     if passes is None:
         return [make_pass(p.name, p.options) for p in target.passes]
     if isinstance(passes, (str, Pass)):
-        raise ConfigError("passes must be a sequence of pass names or Pass instances, e.g. passes=['fold_batchnorm']")
+        raise ConfigError(
+            "passes must be a sequence of pass names or Pass instances, e.g. passes=['fold_batchnorm']"
+        )
     return [make_pass(p) for p in passes]
 
 
 def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:
     try:
         captured = propagate_shapes(gm, inputs)
-    except Exception as exc:  # the traced graph fails where the eager model ran: a capture bug, not the user's
-        raise CaptureError(f"the captured graph fails on the example inputs: {type(exc).__name__}: {exc}") from exc
+    except (
+        Exception
+    ) as exc:  # the traced graph fails where the eager model ran: a capture bug, not the user's
+        raise CaptureError(
+            f"the captured graph fails on the example inputs: {type(exc).__name__}: {exc}"
+        ) from exc
     ok, max_abs = allclose(reference, captured, CAPTURE_TOLERANCE)
     if not ok:
         raise CaptureError(

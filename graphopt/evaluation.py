@@ -23,7 +23,9 @@ def as_input_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
         return (inputs,)
     if isinstance(inputs, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in inputs):
         return tuple(inputs)
-    raise InvalidInputError(f"a data batch's inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
+    raise InvalidInputError(
+        f"a data batch's inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+    )
 
 
 def materialize_labelled(data: Iterable[Any] | None, what: str) -> list[Batch] | None:
@@ -33,7 +35,9 @@ def materialize_labelled(data: Iterable[Any] | None, what: str) -> list[Batch] |
     batches = []
     for i, item in enumerate(data):
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.Tensor)):
-            raise InvalidInputError(f"{what} must yield (inputs, labels) pairs; item {i} is {type(item).__name__}")
+            raise InvalidInputError(
+                f"{what} must yield (inputs, labels) pairs; item {i} is {type(item).__name__}"
+            )
         as_input_tuple(item[0])
         batches.append((item[0], item[1]))
     if not batches:

@@ -26,7 +26,9 @@ log = logging.getLogger("graphopt")
 class Instrument(Protocol):
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None: ...
 
-    def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None: ...
+    def after_pass(
+        self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord
+    ) -> None: ...
 
 
 class NumericCheckFailed(AssertionError):
@@ -88,7 +90,9 @@ class ProgressLog:
         log.info("running pass %s", pass_.name)
 
     def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
-        log.info("pass %s: modified=%s in %.3f s, %s", pass_.name, record.modified, record.seconds, record.stats)
+        log.info(
+            "pass %s: modified=%s in %.3f s, %s", pass_.name, record.modified, record.seconds, record.stats
+        )
 
 
 def _run(gm: fx.GraphModule, context: PassContext) -> Any:

@@ -51,7 +51,9 @@ def agreement(reference: Any, candidate: Any) -> Agreement:
     if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):
         shapes = ([tuple(r.shape) for r in ref], [tuple(c.shape) for c in cand])
         raise ValueError(f"outputs differ in structure: {shapes[0]} vs {shapes[1]}")
-    max_abs = max((float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0)
+    max_abs = max(
+        (float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0
+    )
     a = torch.cat([r.flatten() for r in ref]) if ref else torch.zeros(1)
     b = torch.cat([c.flatten() for c in cand]) if cand else torch.zeros(1)
     cosine = float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0, eps=1e-30))
@@ -71,6 +73,10 @@ def allclose(reference: Any, candidate: Any, tolerance: Tolerance) -> tuple[bool
     ref, cand = flatten_outputs(reference), flatten_outputs(candidate)
     if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):
         return False, float("inf")
-    ok = all(torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol) for r, c in zip(ref, cand, strict=True))
-    max_abs = max((float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0)
+    ok = all(
+        torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol) for r, c in zip(ref, cand, strict=True)
+    )
+    max_abs = max(
+        (float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0
+    )
     return ok, max_abs

@@ -78,7 +78,9 @@ class Pass:
                     f"bad options for pass {self.name!r}: {exc}; its options are: {', '.join(known) or 'none'}"
                 ) from None
         elif fields:
-            raise ConfigError(f"pass {self.name!r}: give either an options object or keyword fields, not both")
+            raise ConfigError(
+                f"pass {self.name!r}: give either an options object or keyword fields, not both"
+            )
         if not isinstance(options, self.Options):
             raise ConfigError(
                 f"pass {self.name!r} takes {self.Options.__name__}, got {type(options).__name__}"

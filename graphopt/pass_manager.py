@@ -69,7 +69,9 @@ class PassManager:
                 raise ConfigError(f"PassManager takes Pass instances, got {type(p).__name__}")
         self.passes = list(passes)
         self.steps = steps
-        self.instruments: list[Instrument] = list(instruments) if instruments is not None else [NumericCheck()]
+        self.instruments: list[Instrument] = (
+            list(instruments) if instruments is not None else [NumericCheck()]
+        )
 
     def run(self, gm: fx.GraphModule, context: PassContext) -> list[PassRecord]:
         """Run the pipeline on ``gm`` in place; return one record per pass executed."""

@@ -115,7 +115,9 @@ class Report:
     def _footer(self) -> list[str]:
         lines = []
         if self.baseline_latency_ms is not None:
-            lines.append("speed-up is against the original model run in ONNX Runtime fp32 (one thread, batch 1)")
+            lines.append(
+                "speed-up is against the original model run in ONNX Runtime fp32 (one thread, batch 1)"
+            )
         for name, reason in self.leaves.items():
             lines.append(f"opaque leaf (not optimized inside): {name}: {reason}")
         lines.extend(f"note: {n}" for n in self.notes)

@@ -83,7 +83,9 @@ class OptimizeResult:
         with torch.no_grad():
             eager = self.model(*self.example_inputs)
         scale = max((float(t.abs().max()) for t in flatten_outputs(eager)), default=1.0)
-        ok, max_abs = allclose(eager, outputs, Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL * max(scale, 1.0)))
+        ok, max_abs = allclose(
+            eager, outputs, Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL * max(scale, 1.0))
+        )
         if not ok:
             raise ExportError(
                 f"the {backend} artifact disagrees with the optimized model (max abs error {max_abs:.3g}); "

@@ -51,7 +51,9 @@ def load(path: str | Path) -> nn.Module:
         with quiet_export():
             program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:  # a corrupt or foreign archive
-        raise SerializationError(f"{path} is not a graphopt .pt2 archive ({type(exc).__name__}: {exc})") from exc
+        raise SerializationError(
+            f"{path} is not a graphopt .pt2 archive ({type(exc).__name__}: {exc})"
+        ) from exc
     try:
         meta = json.loads(extra[_HEADER] or "{}")
     except json.JSONDecodeError:
@@ -59,7 +61,9 @@ def load(path: str | Path) -> nn.Module:
     if meta.get("format") != FORMAT:
         raise SerializationError(f"{path} was not written by graphopt.save (no {_HEADER} header)")
     if meta.get("version", 0) > FORMAT_VERSION:
-        raise SerializationError(f"{path} has format version {meta['version']}; this graphopt reads <= {FORMAT_VERSION}")
+        raise SerializationError(
+            f"{path} has format version {meta['version']}; this graphopt reads <= {FORMAT_VERSION}"
+        )
     return program.module()
 
 
