@@ -122,6 +122,7 @@ def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], referen
     ok, max_abs = allclose(reference, captured, CAPTURE_TOLERANCE)
     if not ok:
         raise CaptureError(
-            f"the captured graph disagrees with the model (max abs error {max_abs:.3g}); the model's forward "
-            "probably depends on Python state that tracing froze. Make that submodule a leaf or remove the state."
+            f"the captured graph disagrees with the model (max abs error {max_abs:.3g}); the model's "
+            "forward probably depends on Python state that tracing froze. Make that submodule a leaf or "
+            "remove the state."
         )

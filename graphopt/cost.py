@@ -121,7 +121,7 @@ def count_macs(gm: fx.GraphModule) -> int:
 def measure_module_macs(
     module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]
 ) -> tuple[int, object]:
-    """Call ``module`` and return ``(MACs of the convs/linears inside it, its output)``, using forward hooks."""
+    """Call ``module``; return ``(MACs of the convs/linears inside it, its output)``, using forward hooks."""
     total = 0
 
     def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:

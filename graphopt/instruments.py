@@ -42,8 +42,8 @@ class NumericCheck:
     new ones in ``after_pass``; the max abs error goes into the record either way.
     """
 
-    def __init__(self, tolerance: Tolerance = Tolerance()):
-        self.tolerance = tolerance
+    def __init__(self, tolerance: Tolerance | None = None):
+        self.tolerance = tolerance or Tolerance()
         self._before: Any = None
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:

@@ -73,9 +73,9 @@ class Pass:
             try:
                 options = self.Options(**fields)
             except TypeError as exc:
-                known = [f.name for f in dataclasses.fields(self.Options)]
+                known = ", ".join(f.name for f in dataclasses.fields(self.Options)) or "none"
                 raise ConfigError(
-                    f"bad options for pass {self.name!r}: {exc}; its options are: {', '.join(known) or 'none'}"
+                    f"bad options for pass {self.name!r}: {exc}; its options are: {known}"
                 ) from None
         elif fields:
             raise ConfigError(

@@ -105,7 +105,10 @@ class Report:
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
         lines = [f"graphopt report: {self.model} -> {self.target}"]
         for i, row in enumerate(rows):
-            cells = [c.ljust(w) if j in (0, 12) else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
+            cells = [
+                c.ljust(w) if j in (0, 12) else c.rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            ]
             lines.append("  ".join(cells).rstrip())
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
