@@ -1,6 +1,7 @@
 """Lowering to ONNX and running the result in ONNX Runtime.
 
-Export uses ``torch.onnx.export(dynamo=True)`` (torch.export underneath) into one self-contained file
+Export uses ``torch.onnx.export(dynamo=True)`` (torch.export underneath), with a dynamic batch dimension
+where the graph allows one, into one self-contained file
 (weights inlined; models over 2 GB, the protobuf limit, keep external data next to the file). The file is
 checked with ``onnx.checker`` and its outputs compared with the model's on the example inputs.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from graphopt.backends.dynamic import dynamic_batch
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 
@@ -29,7 +31,8 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > _PROTOBUF_LIMIT
-    try:
+
+    def run_exporter(dynamic_shapes: object) -> None:
         with quiet_export(), torch.no_grad():
             torch.onnx.export(
                 model,
@@ -38,8 +41,15 @@ def export_onnx(
                 dynamo=True,
                 opset_version=opset,
                 external_data=big,
+                dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
+
+    try:
+        try:
+            run_exporter(dynamic_batch(example_inputs))
+        except Exception:  # a graph that fixes the batch size exports with static shapes
+            run_exporter(None)
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
         raise ExportError(
             f"ONNX export failed ({type(exc).__name__}: {_first_line(exc)}). Data-dependent Python control "

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from graphopt.backends.dynamic import dynamic_batch
 from graphopt.backends.quiet import quiet_export
 from graphopt.errors import SerializationError
 
@@ -68,9 +69,9 @@ def load(path: str | Path) -> nn.Module:
 
 
 def _export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = tuple({0: batch} if x.dim() > 0 else None for x in example_inputs)
     try:
-        return torch.export.export(model, example_inputs, dynamic_shapes=dynamic, strict=False)
+        return torch.export.export(
+            model, example_inputs, dynamic_shapes=dynamic_batch(example_inputs), strict=False
+        )
     except Exception:  # a graph that fixes the batch size (e.g. x.view(1, -1)) exports with static shapes
         return torch.export.export(model, example_inputs, strict=False)

@@ -1,0 +1,148 @@
+"""The ``graphopt`` command line: ``passes``, ``targets``, ``optimize``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except GraphoptError as exc:
+        print(f"graphopt: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphopt", description="Optimize trained PyTorch models for edge CPUs."
+    )
+    sub = parser.add_subparsers(required=True, metavar="command")
+
+    p = sub.add_parser("passes", help="list the registered passes")
+    p.set_defaults(run=_cmd_passes)
+
+    p = sub.add_parser("targets", help="list the target presets and what they run")
+    p.set_defaults(run=_cmd_targets)
+
+    p = sub.add_parser(
+        "optimize", help="optimize a model given as pkg.module:factory or a reference model name"
+    )
+    p.add_argument("model", help="pkg.module:factory (a callable returning an nn.Module) or a zoo name")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
+    p.add_argument("--target", default="generic-fp32")
+    p.add_argument("-o", "--output", type=Path, help="artifact path: .onnx or .pt")
+    p.add_argument("--save", type=Path, help="also save the optimized torch model (.pt2)")
+    p.add_argument("--latency", action="store_true", help="time the artifact and the original in ORT fp32")
+    p.add_argument("--dump-ir", type=Path, help="write the IR after each pass into this folder")
+    p.add_argument("--json", type=Path, help="write the report as JSON")
+    p.set_defaults(run=_cmd_optimize)
+
+    p = sub.add_parser("demo", help="train the digits CNN, optimize, export, print the per-stage table")
+    p.add_argument("--target", default="arm-fp32")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--out", type=Path, default=Path("graphopt-demo"))
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def _cmd_passes(args: argparse.Namespace) -> int:
+    from graphopt.registry import list_passes
+
+    for name, description in list_passes().items():
+        print(f"{name:24s} {description}")
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from graphopt.targets import TARGETS
+
+    for target in TARGETS.values():
+        passes = " -> ".join(p.name for p in target.passes)
+        print(f"{target.name:14s} {target.description}")
+        print(f"{'':14s} passes: {passes}; backend: {target.backend.backend}")
+    return 0
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from graphopt.api import optimize
+
+    model, example = load_model(args.model, args.input_shape)
+    result = optimize(model, target=args.target, example_inputs=example, dump_ir=args.dump_ir)
+    if args.output:
+        result.export(args.output, measure_latency=args.latency)
+    if args.save:
+        result.save(args.save)
+    print(result.report)
+    if args.json:
+        args.json.write_text(result.report.to_json())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from graphopt.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(target=args.target, epochs=args.epochs, out_dir=args.out, quiet=args.quiet))
+    print(result.report)
+    return 0
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise InvalidInputError(
+            f"--input-shape must be comma-separated integers like 1,3,224,224, got {text!r}"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise InvalidInputError(f"--input-shape must be positive integers, got {text!r}")
+    return shape
+
+
+def load_model(spec: str, input_shape: str | None) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A model and example input from ``pkg.module:factory`` (needs ``input_shape``) or a zoo name."""
+    if ":" not in spec:
+        from graphopt.zoo import get_model
+
+        model, example = get_model(spec).build()
+        return model, ((torch.randn(*parse_shape(input_shape)),) if input_shape else example)
+    if input_shape is None:
+        raise InvalidInputError(f"--input-shape is required for {spec!r}, e.g. --input-shape 1,3,224,224")
+    factory = _import_factory(spec)
+    try:
+        model = factory()
+    except Exception as exc:  # user code
+        raise ConfigError(f"the factory {spec} raised {type(exc).__name__}: {exc}") from exc
+    return model, (torch.randn(*parse_shape(input_shape)),)
+
+
+def _import_factory(spec: str) -> Callable[[], nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model must look like pkg.module:factory, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for {spec!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"{module_name} has no callable {attr!r}")
+    return factory
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
