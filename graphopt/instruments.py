@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 import torch.fx as fx
 
 from graphopt.numerics import Tolerance, allclose
@@ -96,7 +97,7 @@ class ProgressLog:
 
 
 def _run(gm: fx.GraphModule, context: PassContext) -> Any:
-    import torch
-
-    with torch.no_grad():
+    # The same RNG state for both runs, so a live random op (dropout with training=True) is not a mismatch.
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
         return gm(*context.example_inputs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -63,3 +64,30 @@ def count_nodes(gm: fx.GraphModule) -> int:
 def shape_of(node: object) -> tuple[int, ...] | None:
     """The output shape recorded by shape propagation, or None for non-nodes and non-tensor outputs."""
     return node.meta.get("shape") if isinstance(node, fx.Node) else None
+
+
+def mutates_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` may write to a tensor it receives, so it must run even when its result is unused.
+
+    In-place tensor methods (``y.add_(1)``) are found through their ATen schema (an overload other than the
+    ``out=`` ones marked mutable); modules and functions through ``inplace=True``. torch.fx's own purity test
+    misses in-place methods, which is why graphopt does not rely on it alone.
+    """
+    if node.is_impure():
+        return True
+    if node.kwargs.get("inplace") is True:
+        return True
+    module = module_of(gm, node)
+    if module is not None:
+        return bool(getattr(module, "inplace", False))
+    if node.op == "call_method":
+        return _aten_op_is_mutable(str(node.target))
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return bool(name) and _aten_op_is_mutable(name)
+    return False
+
+
+def _aten_op_is_mutable(name: str) -> bool:
+    schemas = torch._C._jit_get_schemas_for_operator(f"aten::{name}")
+    return any(s.is_mutable for s in schemas if not s.overload_name.endswith("out"))

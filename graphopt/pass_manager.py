@@ -78,16 +78,18 @@ class PassManager:
         records: list[PassRecord] = []
         propagate_shapes(gm, context.example_inputs)
         for step in range(self.steps):
-            sweep = [self._run_one(p, gm, context, step, records) for p in self.passes]
-            records.extend(sweep)
-            if not any(r.modified for r in sweep):
+            modified = False
+            for pass_ in self.passes:
+                record = self._run_one(pass_, gm, context, step, [r.name for r in records])
+                records.append(record)
+                modified |= record.modified
+            if not modified:
                 break
         return records
 
     def _run_one(
-        self, pass_: Pass, gm: fx.GraphModule, context: PassContext, step: int, done: list[PassRecord]
+        self, pass_: Pass, gm: fx.GraphModule, context: PassContext, step: int, already_run: list[str]
     ) -> PassRecord:
-        already_run = [r.name for r in done]
         before = GraphSize.of(gm)
         try:
             with pass_.bound(context):

@@ -74,8 +74,8 @@ GENERIC_FP32 = Target(
 ARM_FP32 = Target(
     name="arm-fp32",
     description=(
-        "fp32 for aarch64 CPUs running ONNX Runtime (NEON kernels): the exact clean-up pipeline. "
-        "Folding BN matters more on ARM, where ORT's fusions of small ops are fewer than on x86."
+        "fp32 for aarch64 CPUs running ONNX Runtime's NEON kernels: the exact clean-up pipeline, lowered "
+        "to plain fp32 ONNX (arm-int8 arrives with the int8 capability)."
     ),
     isa="aarch64",
     passes=_FP32_CLEANUP,

@@ -1,8 +1,9 @@
 """Remove nodes whose results nobody uses, and the submodules no node calls any more.
 
-A node is dead when it has no users and is pure (torch.fx's ``Node.is_impure`` keeps placeholders, the
-output, and ops with side effects such as in-place updates and RNG state changes). Removing it cannot
-change the outputs, so the pass is exact.
+A node is dead when it has no users and cannot write to its inputs: placeholders, the output, ops torch.fx
+knows to be impure, in-place tensor methods (``y.add_(1)``, found from their ATen schema) and
+``inplace=True`` modules/functions all stay (see :func:`graphopt.ir.mutates_inputs`). Removing a dead node
+cannot change the outputs, so the pass is exact.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
+from graphopt.ir import mutates_inputs
 from graphopt.pass_base import Pass, PassOptions, PassResult
 
 
@@ -28,7 +30,7 @@ class EliminateDeadCode(Pass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         nodes_before = len(gm.graph.nodes)
         modules_before = sum(1 for _ in gm.modules())
-        gm.graph.eliminate_dead_code()
+        gm.graph.eliminate_dead_code(is_impure_node=lambda node: mutates_inputs(gm, node))
         gm.delete_all_unused_submodules()
         stats = {
             "nodes_removed": nodes_before - len(gm.graph.nodes),

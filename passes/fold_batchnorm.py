@@ -91,7 +91,8 @@ class FoldBatchNorm(Pass):
             gm.graph.erase_node(bn_node)
             stats["folded"] += 1
         if stats["folded"]:
-            gm.graph.eliminate_dead_code()  # the running-stat get_attr nodes of functional BatchNorms
+            # The running-stat get_attr nodes of folded functional BatchNorms; nothing else is dead here.
+            gm.graph.eliminate_dead_code(is_impure_node=lambda node: node.op != "get_attr")
             gm.delete_all_unused_submodules()
         return PassResult(gm, modified=stats["folded"] > 0, stats=dict(stats))
 
