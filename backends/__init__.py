@@ -14,7 +14,6 @@ from typing import Any
 from graphopt.backends.onnx_backend import OnnxRunner, export_onnx
 from graphopt.backends.timing import LatencyStats, measure, pin_to_one_core
 from graphopt.backends.torchscript_backend import TorchScriptRunner, export_torchscript
-
 from graphopt.errors import ConfigError, UnknownNameError
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
 from graphopt.backends.dynamic import dynamic_batch
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
-
 from graphopt.errors import ExportError
 
 _PROTOBUF_LIMIT = 2**31 - 1

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
-
 from graphopt.errors import ExportError
 
 

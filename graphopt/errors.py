@@ -23,7 +23,8 @@ class UnknownNameError(ConfigError):
 
     def __init__(self, kind: str, name: object, known: Iterable[str]):
         self.kind, self.name, self.known = kind, name, sorted(known)
-        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {', '.join(self.known)}")
+        plural = f"{kind}es" if kind.endswith("s") else f"{kind}s"
+        super().__init__(f"unknown {kind} {name!r}; known {plural}: {', '.join(self.known)}")
 
 
 class InvalidModelError(GraphoptError, TypeError):
