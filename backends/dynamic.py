@@ -1,8 +1,9 @@
 """Dynamic batch dimension for exporters built on torch.export.
 
 Artifacts are timed at batch 1 but deployed on any batch size, so graphopt asks torch.export for a dynamic
-dimension 0 on every input. Graphs that fix the batch (``x.view(1, -1)``) cannot have one; callers then
-fall back to static shapes.
+dimension 0 on every input. torch.export specialises dimensions of size 1, so a batch-1 example is first
+repeated to batch 2 for tracing. Graphs that fix the batch (``x.view(1, -1)``) cannot have a dynamic batch;
+callers then fall back to static shapes with the original example.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import torch
 
 
-def dynamic_batch(example_inputs: tuple[torch.Tensor, ...]) -> tuple[dict[int, object] | None, ...]:
+def dynamic_batch_example(
+    example_inputs: tuple[torch.Tensor, ...],
+) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, object] | None, ...]]:
+    """Example inputs with batch >= 2 and the matching ``dynamic_shapes`` for torch.export."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    return tuple({0: batch} if x.dim() > 0 else None for x in example_inputs)
+    widened = tuple(torch.cat([x, x]) if x.dim() > 0 and x.shape[0] == 1 else x for x in example_inputs)
+    return widened, tuple({0: batch} if x.dim() > 0 else None for x in example_inputs)

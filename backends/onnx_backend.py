@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from graphopt.backends.dynamic import dynamic_batch
+from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.errors import ExportError
@@ -32,11 +32,11 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > _PROTOBUF_LIMIT
 
-    def run_exporter(dynamic_shapes: object) -> None:
+    def run_exporter(inputs: tuple[torch.Tensor, ...], dynamic_shapes: object) -> None:
         with quiet_export(), torch.no_grad():
             torch.onnx.export(
                 model,
-                example_inputs,
+                inputs,
                 str(path),
                 dynamo=True,
                 opset_version=opset,
@@ -47,9 +47,9 @@ def export_onnx(
 
     try:
         try:
-            run_exporter(dynamic_batch(example_inputs))
+            run_exporter(*dynamic_batch_example(example_inputs))
         except Exception:  # a graph that fixes the batch size exports with static shapes
-            run_exporter(None)
+            run_exporter(example_inputs, None)
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
         raise ExportError(
             f"ONNX export failed ({type(exc).__name__}: {_first_line(exc)}). Data-dependent Python control "

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graphopt.backends.dynamic import dynamic_batch
+from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.quiet import quiet_export
 from graphopt.errors import SerializationError
 
@@ -69,9 +69,8 @@ def load(path: str | Path) -> nn.Module:
 
 
 def _export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    widened, dynamic = dynamic_batch_example(example_inputs)
     try:
-        return torch.export.export(
-            model, example_inputs, dynamic_shapes=dynamic_batch(example_inputs), strict=False
-        )
+        return torch.export.export(model, widened, dynamic_shapes=dynamic, strict=False)
     except Exception:  # a graph that fixes the batch size (e.g. x.view(1, -1)) exports with static shapes
         return torch.export.export(model, example_inputs, strict=False)

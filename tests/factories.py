@@ -1,0 +1,14 @@
+"""Factories the CLI tests load as ``tests.factories:<name>``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def small_cnn() -> nn.Module:
+    layers = [nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, nn.Linear(8, 4))
+
+
+def broken() -> nn.Module:
+    raise RuntimeError("weights file missing")

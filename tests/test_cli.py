@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from graphopt.cli import main
+
+
+def test_passes_and_targets(capsys):
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    assert "fold_batchnorm" in out and "eliminate_dead_code" in out
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    assert "generic-fp32" in out and "arm-fp32" in out and "fold_batchnorm -> remove_identity" in out
+
+
+def test_optimize_a_factory(tmp_path, capsys):
+    out_path, report_path = tmp_path / "m.onnx", tmp_path / "r.json"
+    args = ["--input-shape", "1,3,16,16", "--target", "arm-fp32", "-o", str(out_path)]
+    args += ["--json", str(report_path), "--save", str(tmp_path / "m.pt2")]
+    code = main(["optimize", "tests.factories:small_cnn", *args])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Sequential -> arm-fp32" in out and "folded=1" in out and "artifact:onnx" in out
+    assert out_path.is_file() and (tmp_path / "m.pt2").is_file()
+    assert json.loads(report_path.read_text())["target"] == "arm-fp32"
+
+
+def test_optimize_a_zoo_model_with_ir_dump(tmp_path, capsys):
+    assert main(["optimize", "mlp", "--dump-ir", str(tmp_path)]) == 0
+    assert (tmp_path / "001_fold_batchnorm.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["optimize", "tests.factories:small_cnn"], "--input-shape is required"),
+        (["optimize", "tests.factories:small_cnn", "--input-shape", "1,three"], "comma-separated integers"),
+        (
+            ["optimize", "tests.factories:broken", "--input-shape", "1,3,8,8"],
+            "raised RuntimeError: weights file",
+        ),
+        (["optimize", "tests.factories:nothing", "--input-shape", "1,3,8,8"], "has no callable 'nothing'"),
+        (["optimize", "no_such_pkg.mod:f", "--input-shape", "1"], "cannot import 'no_such_pkg.mod'"),
+        (["optimize", "resnet9000"], "unknown model 'resnet9000'; known models: .*resnet18"),
+        (["optimize", "mlp", "--target", "x"], "unknown target 'x'"),
+    ],
+)
+def test_errors_are_one_clear_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("graphopt: error: ")
+    assert re.search(message, err)

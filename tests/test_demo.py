@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import graphopt
+from graphopt.demo import DemoConfig, run_demo
+
+
+def test_demo_trains_optimizes_exports_and_reports(tmp_path):
+    result = run_demo(DemoConfig(epochs=4, out_dir=tmp_path, quiet=True))
+    report = result.report
+    stages = [s.stage for s in report.stages]
+    assert stages[:4] == ["original", "fold_batchnorm", "remove_identity", "eliminate_dead_code"]
+    assert {"original in ORT fp32", "artifact:onnx", "artifact:torchscript"} <= set(stages)
+    original, onnx = report.stage("original"), report.stage("artifact:onnx")
+    assert original.accuracy > 0.85  # 4 epochs; 30 epochs reach ~99.5 %
+    assert abs(onnx.accuracy - original.accuracy) < 1e-9  # exact passes and an exact export
+    assert onnx.latency.median_ms > 0 and report.speedup(onnx) is not None
+    assert report.stage("fold_batchnorm").stats == {"folded": 3}
+    for name in ("digits.onnx", "digits.pt", "digits.pt2"):
+        assert (tmp_path / name).is_file()
+    loaded = graphopt.load(tmp_path / "digits.pt2")
+    x = result.example_inputs[0]
+    assert loaded(x).argmax() == result.model(x).argmax()
