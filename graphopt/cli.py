@@ -134,6 +134,8 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"model must look like pkg.module:factory, got {spec!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: modules in the working directory can be named
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
