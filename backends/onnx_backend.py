@@ -80,6 +80,17 @@ class OnnxRunner:
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        first_dims = [i.shape[0] if i.shape else None for i in self.session.get_inputs()]
+        #: The batch size the file was exported with when its batch dimension is static, else None.
+        self.fixed_batch: int | None = first_dims[0] if all(isinstance(d, int) for d in first_dims) else None
+
+    def run_batched(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+        """Like :meth:`run`, for any batch size: a static-batch file is fed in slices of its batch size."""
+        if self.fixed_batch is None:
+            return self.run(*inputs)
+        n, step = len(inputs[0]), self.fixed_batch
+        parts = [self.run(*(x[i : i + step] for x in inputs)) for i in range(0, n, step)]
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
     def run(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
         feeds = {name: _to_numpy(x) for name, x in zip(self.input_names, inputs, strict=True)}

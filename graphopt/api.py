@@ -75,8 +75,9 @@ def optimize(
     context = PassContext(example_inputs=inputs, calibration_data=calibration_data, train_data=train_data)
     reporter = StageReporter(report, reference, labelled)
     report.add(reporter.measure("original", "original", gm, context))
-    if train_data is not None:
-        report.notes.append("train_data was given but no pass in this pipeline trains")
+    for given, what in ((train_data, "train_data"), (calibration_data, "calibration_data")):
+        if given is not None:
+            report.notes.append(f"{what} was given but no pass of {spec.name} uses it")
     hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, *instruments]
     if dump_ir is not None:
         hooks.append(IRDump(dump_ir))

@@ -57,7 +57,7 @@ class OptimizeResult:
             artifact = chosen.export(self.model, self.example_inputs, path)
         runner = chosen.runner(artifact, threads=self.target.backend.threads)
         outputs = runner.run(*self.example_inputs)
-        self._check_artifact(outputs, chosen.name)
+        self._check_artifact(runner, chosen.name)
         record = StageRecord(
             stage=f"artifact:{chosen.name}",
             kind="artifact",
@@ -68,7 +68,7 @@ class OptimizeResult:
             notes=[f"{artifact.name} run in {chosen.runtime}"],
         )
         if self.eval_data is not None:
-            record.accuracy = accuracy(runner.run, self.eval_data)
+            record.accuracy = accuracy(getattr(runner, "run_batched", runner.run), self.eval_data)
         if measure_latency:
             self._measure_baseline(warmup, repeat)
             record.latency = runner.time(*self.example_inputs, warmup=warmup, repeat=repeat)
@@ -79,18 +79,22 @@ class OptimizeResult:
         """Save the optimized torch model as a ``.pt2`` archive; load it with ``graphopt.load``."""
         return serialize.save(self.model, self.example_inputs, path, target=self.target.name)
 
-    def _check_artifact(self, outputs: list[Any], backend: str) -> None:
-        with torch.no_grad():
-            eager = self.model(*self.example_inputs)
-        scale = max((float(t.abs().max()) for t in flatten_outputs(eager)), default=1.0)
-        ok, max_abs = allclose(
-            eager, outputs, Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL * max(scale, 1.0))
-        )
-        if not ok:
-            raise ExportError(
-                f"the {backend} artifact disagrees with the optimized model (max abs error {max_abs:.3g}); "
-                "the model may contain control flow the exporter baked into one branch"
-            )
+    def _check_artifact(self, runner: Any, backend: str) -> None:
+        """Compare the artifact with the eager model on the example inputs and on two probes of the same
+        shape (the negated example and a random draw): an exporter that baked one branch of data-dependent
+        control flow agrees on the example but not on inputs that take the other branch."""
+        for inputs in _probe_inputs(self.example_inputs):
+            with torch.no_grad():
+                eager = self.model(*inputs)
+            scale = max((float(t.abs().max()) for t in flatten_outputs(eager)), default=1.0)
+            tolerance = Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL * max(scale, 1.0))
+            ok, max_abs = allclose(eager, runner.run(*inputs), tolerance)
+            if not ok:
+                raise ExportError(
+                    f"the {backend} artifact disagrees with the optimized model (max abs error "
+                    f"{max_abs:.3g}); the model probably has data-dependent control flow that the exporter "
+                    "baked into one branch: express it with torch.where or torch.cond"
+                )
 
     def _measure_baseline(self, warmup: int, repeat: int) -> None:
         if any(r.kind == "baseline" for r in self.report.stages):
@@ -114,3 +118,14 @@ class OptimizeResult:
                 notes=["the reference for speed-ups: the unoptimized model exported to ONNX, fp32"],
             )
         )
+
+
+def _probe_inputs(example: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+    generator = torch.Generator().manual_seed(0)
+    if not all(x.is_floating_point() for x in example):
+        return [example]
+    negated = tuple(-x for x in example)
+    drawn = tuple(
+        torch.randn(x.shape, generator=generator, dtype=x.dtype) * x.std().clamp(min=1e-3) for x in example
+    )
+    return [example, negated, drawn]

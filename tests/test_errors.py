@@ -124,6 +124,9 @@ def test_value_dependent_control_flow_cannot_be_exported(tmp_path):
         res.export(tmp_path / "m.onnx")
     with pytest.raises(SerializationError, match=r"torch\.cond"):
         res.save(tmp_path / "m.pt2")
+    # tracing bakes one branch into TorchScript: caught by probing inputs that take the other branch
+    with pytest.raises(ExportError, match=r"torchscript artifact disagrees.*torch\.cond"):
+        res.export(tmp_path / "m.pt")
 
 
 def test_unknown_artifact_suffix(model_and_input, tmp_path):

@@ -92,3 +92,24 @@ def test_control_flow_submodule_becomes_a_reported_leaf():
     assert "opaque leaf (not optimized inside): pad" in str(res.report)
     # the leaf's 1x1 conv is counted in MACs: 16*16 per output pixel of a 21x21 map
     assert res.report.stages[0].macs > 16 * 16 * 21 * 21
+
+
+class FixedBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(x.view(1, 16))  # hard-codes batch 1: the export falls back to static shapes
+
+
+def test_static_batch_artifact_is_evaluated_in_slices(tmp_path):
+    model = FixedBatch().eval()
+    x = torch.randn(8, 16)
+    labels = outputs(model, x[:1]).argmax(-1).repeat(8)
+    res = graphopt.optimize(model, example_inputs=(x[:1],), eval_data=[(x[:1], labels[:1])])
+    res.eval_data = [(x, labels)]  # 8 samples in one batch against a batch-1 file
+    path = res.export(tmp_path / "fixed.onnx")
+    assert OnnxRunner(path).fixed_batch == 1
+    assert res.report.stage("artifact:onnx").accuracy is not None
+    assert res.report.stage("remove_identity").stats == {"skipped:batch_specific": 1}

@@ -62,3 +62,12 @@ def test_accuracy_column_with_eval_data(digits_model, digits):
     accuracies = {s.stage: s.accuracy for s in res.report.stages}
     assert accuracies["original"] > 0.9
     assert all(a == accuracies["original"] for a in accuracies.values())  # exact passes: same accuracy
+
+
+def test_unused_data_is_reported_not_silently_ignored():
+    model, inputs = get_model("mlp").build()
+    res = graphopt.optimize(
+        model, example_inputs=inputs, calibration_data=[inputs], train_data=[(inputs, None)]
+    )
+    assert "calibration_data was given but no pass of generic-fp32 uses it" in str(res.report)
+    assert "train_data was given but no pass of generic-fp32 uses it" in res.report.notes

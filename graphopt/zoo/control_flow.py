@@ -57,4 +57,4 @@ class ValueControlFlowNet(nn.Module):
         self.fc = nn.Linear(8, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.gate(self.stem(x)).mean(dim=(2, 3)))
+        return self.fc(self.stem(self.gate(x)).mean(dim=(2, 3)))
