@@ -72,17 +72,15 @@ def optimize(
     _check_capture(gm, inputs, reference)
 
     report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
-    context = PassContext(example_inputs=inputs, calibration_data=calibration_data, train_data=train_data)
+    context = PassContext(inputs, calibration_data=calibration_data, train_data=train_data)
     reporter = StageReporter(report, reference, labelled)
     report.add(reporter.measure("original", "original", gm, context))
-    for given, what in ((train_data, "train_data"), (calibration_data, "calibration_data")):
-        if given is not None:
-            report.notes.append(f"{what} was given but no pass of {spec.name} uses it")
     hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, *instruments]
     if dump_ir is not None:
         hooks.append(IRDump(dump_ir))
     PassManager(pipeline, steps=steps, instruments=hooks).run(gm, context)
     report.notes.extend(context.notes)
+    report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())
     return OptimizeResult(
         model=gm,
         report=report,

@@ -46,18 +46,38 @@ class PassResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
 class PassContext:
     """Data a pass may need, handed over by the PassManager instead of globals.
 
     ``notes`` collects sentences a pass wants shown in the report (for example why a lossy rewrite was not
-    recovered).
+    recovered). Reading ``calibration_data`` or ``train_data`` is recorded, so data that the caller gave
+    but no pass read is reported rather than silently ignored.
     """
 
-    example_inputs: tuple[torch.Tensor, ...]
-    calibration_data: Iterable[Any] | None = None
-    train_data: Iterable[Any] | None = None
-    notes: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        example_inputs: tuple[torch.Tensor, ...],
+        calibration_data: Iterable[Any] | None = None,
+        train_data: Iterable[Any] | None = None,
+    ):
+        self.example_inputs = example_inputs
+        self._data = {"calibration_data": calibration_data, "train_data": train_data}
+        self._read: set[str] = set()
+        self.notes: list[str] = []
+
+    @property
+    def calibration_data(self) -> Iterable[Any] | None:
+        self._read.add("calibration_data")
+        return self._data["calibration_data"]
+
+    @property
+    def train_data(self) -> Iterable[Any] | None:
+        self._read.add("train_data")
+        return self._data["train_data"]
+
+    def unused_data(self) -> list[str]:
+        """Names of the data the caller gave that no pass read."""
+        return [name for name, value in self._data.items() if value is not None and name not in self._read]
 
 
 class Pass:
