@@ -67,15 +67,21 @@ def _multihead_attention_macs(module: nn.MultiheadAttention, node: fx.Node) -> i
     return projections + attention
 
 
+def _layer_macs(layer: nn.Module, in_numel: int, out_numel: int) -> int | None:
+    """MACs of a conv / transposed conv / linear from its input and output sizes; None for other layers."""
+    if isinstance(layer, _CONVS):
+        return out_numel * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
+    if isinstance(layer, _CONV_TRANSPOSES):
+        return in_numel * (layer.out_channels // layer.groups) * math.prod(layer.kernel_size)
+    if isinstance(layer, nn.Linear):
+        return out_numel * layer.in_features
+    return None
+
+
 def _module_macs(module: nn.Module, node: fx.Node) -> int:
-    out = shape_of(node)
-    if isinstance(module, _CONVS):
-        return _numel(out) * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, _CONV_TRANSPOSES):
-        inp = shape_of(node.args[0])
-        return _numel(inp) * (module.out_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return _numel(out) * module.in_features
+    layer = _layer_macs(module, _numel(shape_of(node.args[0]) if node.args else None), _numel(shape_of(node)))
+    if layer is not None:
+        return layer
     if isinstance(module, nn.MultiheadAttention):
         return _multihead_attention_macs(module, node)
     # An opaque leaf: shape propagation ran it with hooks on its standard layers.
@@ -126,12 +132,7 @@ def measure_module_macs(
 
     def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
-        if isinstance(layer, _CONVS):
-            total += output.numel() * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
-        elif isinstance(layer, _CONV_TRANSPOSES):
-            total += inputs[0].numel() * (layer.out_channels // layer.groups) * math.prod(layer.kernel_size)
-        elif isinstance(layer, nn.Linear):
-            total += output.numel() * layer.in_features
+        total += _layer_macs(layer, inputs[0].numel(), output.numel()) or 0
 
     handles = [
         m.register_forward_hook(hook)

@@ -45,19 +45,25 @@ def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     return tensors
 
 
+def _same_structure(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> bool:
+    return len(ref) == len(cand) and all(r.shape == c.shape for r, c in zip(ref, cand, strict=True))
+
+
+def _max_abs(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> float:
+    diffs = (float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel())
+    return max(diffs, default=0.0)
+
+
 def agreement(reference: Any, candidate: Any) -> Agreement:
     """Compare two output structures with the same leaves."""
     ref, cand = flatten_outputs(reference), flatten_outputs(candidate)
-    if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):
+    if not _same_structure(ref, cand):
         shapes = ([tuple(r.shape) for r in ref], [tuple(c.shape) for c in cand])
         raise ValueError(f"outputs differ in structure: {shapes[0]} vs {shapes[1]}")
-    max_abs = max(
-        (float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0
-    )
     a = torch.cat([r.flatten() for r in ref]) if ref else torch.zeros(1)
     b = torch.cat([c.flatten() for c in cand]) if cand else torch.zeros(1)
     cosine = float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0, eps=1e-30))
-    return Agreement(max_abs=max_abs, cosine=cosine, top1=_top1(ref, cand))
+    return Agreement(max_abs=_max_abs(ref, cand), cosine=cosine, top1=_top1(ref, cand))
 
 
 def _top1(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> float | None:
@@ -71,12 +77,8 @@ def _top1(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> float | None:
 def allclose(reference: Any, candidate: Any, tolerance: Tolerance) -> tuple[bool, float]:
     """Whether every output is within ``tolerance``; also the max abs error."""
     ref, cand = flatten_outputs(reference), flatten_outputs(candidate)
-    if len(ref) != len(cand) or any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):
+    if not _same_structure(ref, cand):
         return False, float("inf")
-    ok = all(
-        torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol) for r, c in zip(ref, cand, strict=True)
-    )
-    max_abs = max(
-        (float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel()), default=0.0
-    )
-    return ok, max_abs
+    pairs = zip(ref, cand, strict=True)
+    ok = all(torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol) for r, c in pairs)
+    return ok, _max_abs(ref, cand)
