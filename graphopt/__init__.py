@@ -8,6 +8,7 @@ res.export("model.onnx")
 from __future__ import annotations
 
 from graphopt.api import optimize
+from graphopt.distill import DistillResult, distill
 from graphopt.errors import (
     CaptureError,
     ConfigError,
@@ -17,10 +18,12 @@ from graphopt.errors import (
     InvalidModelError,
     PassError,
     SerializationError,
+    TrainingDivergedError,
     UnknownNameError,
 )
 from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pass_manager import PassManager, PassRecord
+from graphopt.recovery import DistillConfig, FeatureHint, OptimizerConfig, RecoveryConfig, RecoveryResult
 from graphopt.registry import list_passes, register_pass
 from graphopt.report import Report, StageRecord
 from graphopt.result import OptimizeResult
@@ -34,12 +37,16 @@ __all__ = [
     "BackendSettings",
     "CaptureError",
     "ConfigError",
+    "DistillConfig",
+    "DistillResult",
     "ExportError",
+    "FeatureHint",
     "GraphoptError",
     "InvalidInputError",
     "InvalidModelError",
     "NumericScheme",
     "OptimizeResult",
+    "OptimizerConfig",
     "Pass",
     "PassContext",
     "PassError",
@@ -48,12 +55,16 @@ __all__ = [
     "PassRecord",
     "PassResult",
     "PassSpec",
+    "RecoveryConfig",
+    "RecoveryResult",
     "Report",
     "SerializationError",
     "StageRecord",
     "Target",
+    "TrainingDivergedError",
     "UnknownNameError",
     "__version__",
+    "distill",
     "list_passes",
     "load",
     "optimize",

@@ -21,9 +21,12 @@ from graphopt.errors import CaptureError, ConfigError
 from graphopt.evaluation import Batch, materialize_labelled
 from graphopt.inputs import check_example_inputs, check_model, private_eval_copy, run_reference
 from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
-from graphopt.numerics import Tolerance, allclose
+from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
+from graphopt.passes.recover import Recover
+from graphopt.recovery.config import RecoveryConfig
+from graphopt.recovery.data import check_label_range, read_labelled
 from graphopt.registry import make_pass
 from graphopt.report import Report
 from graphopt.result import OptimizeResult
@@ -51,28 +54,34 @@ def optimize(
     steps: int = 1,
     dump_ir: str | Path | None = None,
     instruments: Sequence[Instrument] = (),
+    recovery: RecoveryConfig | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and report every stage.
 
     ``passes`` replaces the target's pipeline (names and/or Pass instances). ``eval_data`` (an iterable of
     ``(inputs, labels)``) adds accuracy to every row. ``steps > 1`` repeats the pipeline up to a fixed point.
     ``dump_ir`` writes the IR after each pass to ``NNN_<pass>.txt`` in that folder.
+
+    With ``train_data``, a ``recover`` stage (distillation from the original model) runs after the pipeline
+    when the pipeline has a lossy pass or ``recovery`` (a :class:`RecoveryConfig`) is given, unless the
+    pipeline already names ``recover``.
     """
     check_model(model)
     inputs = check_example_inputs(example_inputs)
     spec = resolve_target(target)
     _check_not_yet_supported(prune, early_exit)
-    pipeline = _pipeline(spec, passes)
+    pipeline = _with_recovery(_pipeline(spec, passes), train_data is not None, recovery)
     labelled = materialize_labelled(eval_data, "eval_data")
 
     original = private_eval_copy(model)
     reference = run_reference(original, inputs)
+    train = _read_train_data(train_data, inputs, reference)
     captured = capture(private_eval_copy(model))
     gm = captured.gm
     _check_capture(gm, inputs, reference)
 
     report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
-    context = PassContext(inputs, calibration_data=calibration_data, train_data=train_data)
+    context = PassContext(inputs, calibration_data=calibration_data, train_data=train, teacher=original)
     reporter = StageReporter(report, reference, labelled)
     report.add(reporter.measure("original", "original", gm, context))
     hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, *instruments]
@@ -107,6 +116,29 @@ def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]
             "passes must be a sequence of pass names or Pass instances, e.g. passes=['fold_batchnorm']"
         )
     return [make_pass(p) for p in passes]
+
+
+def _with_recovery(pipeline: list[Pass], has_train_data: bool, recovery: RecoveryConfig | None) -> list[Pass]:
+    if recovery is not None and not isinstance(recovery, RecoveryConfig):
+        raise ConfigError(f"recovery must be a graphopt.RecoveryConfig, got {type(recovery).__name__}")
+    if not has_train_data or any(isinstance(p, Recover) for p in pipeline):
+        return pipeline
+    if recovery is not None or any(not p.exact for p in pipeline):
+        return [*pipeline, Recover(recovery or RecoveryConfig())]
+    return pipeline
+
+
+def _read_train_data(
+    train_data: Iterable[Any] | None, inputs: tuple[torch.Tensor, ...], reference: Any
+) -> Any:
+    """Check ``train_data`` up front, so bad data fails before any pass runs, with the expected form named."""
+    if train_data is None:
+        return None
+    data = read_labelled(train_data, "train_data", inputs)
+    logits = flatten_outputs(reference)
+    if logits:
+        check_label_range(data.labels, logits[0].shape[-1], "train_data")
+    return data
 
 
 def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:

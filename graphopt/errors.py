@@ -54,3 +54,13 @@ class ExportError(GraphoptError, RuntimeError):
 
 class SerializationError(GraphoptError, RuntimeError):
     """Saving or loading an optimized model failed."""
+
+
+class TrainingDivergedError(GraphoptError, RuntimeError):
+    """Recovery training produced a non-finite loss; the model was restored to its state before training."""
+
+    def __init__(self, cause: str):
+        super().__init__(
+            f"{cause}: training stopped and the model was restored to its state before the stage. "
+            "Lower the learning rate (RecoveryConfig(optimizer=OptimizerConfig(lr=...))) or check the data."
+        )

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from graphopt.errors import ConfigError, GraphoptError
 
@@ -43,7 +44,7 @@ class PassResult:
 
     gm: fx.GraphModule
     modified: bool
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 class PassContext:
@@ -59,8 +60,10 @@ class PassContext:
         example_inputs: tuple[torch.Tensor, ...],
         calibration_data: Iterable[Any] | None = None,
         train_data: Iterable[Any] | None = None,
+        teacher: nn.Module | None = None,
     ):
         self.example_inputs = example_inputs
+        self.teacher = teacher  # the original model, frozen: what recovery distills from
         self._data = {"calibration_data": calibration_data, "train_data": train_data}
         self._read: set[str] = set()
         self.notes: list[str] = []

@@ -48,7 +48,7 @@ class PassRecord:
     seconds: float
     before: GraphSize
     after: GraphSize
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
     max_abs_change: float | None = None
 
 

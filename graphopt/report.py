@@ -34,7 +34,7 @@ class StageRecord:
     agreement: Agreement | None = None
     accuracy: float | None = None
     exact_check_max_abs: float | None = None  # exact passes: max output change vs the previous stage
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,7 +97,7 @@ class Report:
             _fmt(agree.cosine if agree else None, ".6f"),
             _fmt(agree.top1 * 100 if agree and agree.top1 is not None else None, ".2f", "%"),
             _fmt(r.accuracy * 100 if r.accuracy is not None else None, ".2f", "%"),
-            ", ".join(f"{k}={v}" for k, v in r.stats.items()) or "-",
+            ", ".join(f"{k}={v:g}" for k, v in r.stats.items()) or "-",
         )
 
     def __str__(self) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
+from graphopt.passes.recover import Recover
+from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
 from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
 
-BUILTIN_PASSES = (FoldBatchNorm, RemoveIdentity, EliminateDeadCode)
+BUILTIN_PASSES = (FoldBatchNorm, RemoveIdentity, EliminateDeadCode, ReestimateBatchNorm, Recover)
 
 __all__ = [
     "BUILTIN_PASSES",
@@ -18,6 +20,9 @@ __all__ = [
     "EliminateDeadCodeOptions",
     "FoldBatchNorm",
     "FoldBatchNormOptions",
+    "Recover",
+    "ReestimateBatchNorm",
+    "ReestimateBatchNormOptions",
     "RemoveIdentity",
     "RemoveIdentityOptions",
 ]

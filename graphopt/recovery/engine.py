@@ -1,0 +1,269 @@
+"""The recovery engine: fine-tune a student against a frozen teacher, keep the best weights, never lose the
+model to a diverging run.
+
+    snapshot -> split validation -> [epoch: shuffled batches -> loss -> step -> validate] -> best weights
+
+- Deterministic for a seed: parameters of new adapters, the validation split, shuffling and augmentation
+  all draw from generators seeded by ``config.seed``.
+- A non-finite loss restores the snapshot taken before the stage and raises :class:`TrainingDivergedError`.
+- ``config.train_fn`` replaces the loop with the user's (DDP and friends); graphopt still splits the data,
+  builds the loss, validates afterwards, and restores the model if the loop fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from graphopt.errors import TrainingDivergedError
+from graphopt.progress import Progress
+from graphopt.recovery.config import RecoveryConfig
+from graphopt.recovery.data import LabelledTensors, check_label_range, read_labelled, split_validation
+from graphopt.recovery.losses import RecoveryLoss
+
+log = logging.getLogger("graphopt.recovery")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_accuracy: float | None
+    lr: float
+
+
+@dataclass
+class RecoveryResult:
+    """What a recovery run did. Accuracies are on the validation split (``None`` without one)."""
+
+    epochs_run: int
+    steps: int
+    seconds: float
+    device: str
+    accuracy_before: float | None
+    best_val_accuracy: float | None
+    best_epoch: int | None
+    stopped_early: bool
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def stats(self) -> dict[str, float]:
+        stats: dict[str, float] = {"epochs_run": self.epochs_run, "steps": self.steps,
+                                   "seconds": round(self.seconds, 2)}  # fmt: skip
+        if self.accuracy_before is not None:
+            stats["val_accuracy_before"] = round(self.accuracy_before, 4)
+        if self.best_val_accuracy is not None:
+            stats["best_val_accuracy"] = round(self.best_val_accuracy, 4)
+            stats["best_epoch"] = self.best_epoch or 0
+        if self.stopped_early:
+            stats["stopped_early"] = 1
+        return stats
+
+
+@dataclass
+class RecoveryJob:
+    """What a user's ``train_fn`` receives: train ``student`` in place, minimising :meth:`loss`.
+
+    ``student`` and ``teacher`` are already on ``device``; the teacher is frozen (eval, no grad).
+    ``parameters()`` are what the optimizer should update (student plus hint adapters).
+    ``batches(epoch, rank, world_size)`` yields this epoch's shuffled training batches (a rank's shard).
+    """
+
+    student: nn.Module
+    teacher: nn.Module | None
+    train: LabelledTensors
+    config: RecoveryConfig
+    device: torch.device
+    loss_module: RecoveryLoss
+    epochs_run: int = 0
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [*self.student.parameters(), *self.loss_module.trainable()]
+
+    def batches(
+        self, epoch: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[tuple[Tensor, ...], Tensor]]:
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        per_rank = max(1, self.config.batch_size // world_size)
+        for inputs, labels in self.train.batches(per_rank, generator, rank=rank, world_size=world_size):
+            if self.config.augment is not None:
+                inputs = (self.config.augment(inputs[0], generator), *inputs[1:])
+            yield tuple(x.to(self.device) for x in inputs), labels.to(self.device)
+
+    def loss(self, model: nn.Module, inputs: tuple[Tensor, ...], labels: Tensor) -> Tensor:
+        """The recovery loss of ``model`` (the student, or a DDP wrapper of it) on one batch."""
+        teacher_logits = None
+        if self.loss_module.uses_teacher and self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = _logits(self.teacher(*inputs))
+        loss = self.loss_module(_logits(model(*inputs)), teacher_logits, labels)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(f"the recovery loss became {float(loss)}")
+        return loss
+
+
+def fit(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    train_data: Iterable[Any],
+    config: RecoveryConfig,
+    *,
+    val_data: Iterable[Any] | None = None,
+    example_inputs: tuple[Tensor, ...] | None = None,
+    desc: str = "recover",
+) -> RecoveryResult:
+    """Fine-tune ``student`` in place (it ends on the CPU, in eval mode); ``teacher`` is only read."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    data = (
+        train_data
+        if isinstance(train_data, LabelledTensors)
+        else read_labelled(train_data, "train_data", example_inputs)
+    )
+    train, val = split_validation(data, config.val_fraction, config.seed)
+    if val_data is not None:
+        train, val = data, read_labelled(val_data, "val_data", example_inputs)
+    device = resolve_device(config.device)
+    sample = tuple(x[:2] for x in data.inputs)
+    with torch.no_grad():
+        num_classes = _logits(student.eval()(*sample)).shape[-1]
+    check_label_range(data.labels, num_classes, "train_data")
+
+    snapshot = copy.deepcopy(student.state_dict())
+    loss_module = RecoveryLoss(student, teacher, config.distill, config.hints, sample)
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    loss_module.to(device)
+    job = RecoveryJob(student, teacher, train, config, device, loss_module)
+    before = evaluate(student, val, device) if val is not None else None
+    try:
+        if config.train_fn is not None:
+            config.train_fn(job)
+            result = _after_user_loop(job, val, before)
+        else:
+            result = _built_in_loop(job, val, before, desc)
+    except BaseException:
+        student.load_state_dict(snapshot)  # nothing lost: the model is as it was before the stage
+        raise
+    finally:
+        loss_module.detach_hooks()
+        student.to("cpu").eval()
+        if teacher is not None:
+            teacher.to("cpu")
+    result.seconds = time.perf_counter() - start
+    result.device = str(device)
+    log.info("recovery: %s", result.stats())
+    return result
+
+
+def _built_in_loop(
+    job: RecoveryJob, val: LabelledTensors | None, before: float | None, desc: str
+) -> RecoveryResult:
+    config = job.config
+    optimizer = _optimizer(job.parameters(), config)
+    steps_per_epoch = math.ceil(len(job.train) / config.batch_size)
+    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+    schedule = _schedule(optimizer, config, int(total_steps))
+    best = _score(job.student, val, job.device) if val is not None else None
+    best_epoch, best_state = 0, copy.deepcopy(job.student.state_dict())
+    history: list[EpochRecord] = []
+    steps, stale, stopped_early = 0, 0, False
+    progress = Progress(config.epochs, desc, quiet=config.quiet)
+    for epoch in range(1, config.epochs + 1):
+        job.student.train()
+        total, seen = 0.0, 0
+        for inputs, labels in job.batches(epoch):
+            loss = job.loss(job.student, inputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, seen, steps = total + float(loss.detach()) * len(labels), seen + len(labels), steps + 1
+            if steps >= total_steps:
+                break
+        score = _score(job.student, val, job.device) if val is not None else None
+        acc = score[0] if score is not None else None
+        history.append(EpochRecord(epoch, total / max(seen, 1), acc, optimizer.param_groups[0]["lr"]))
+        progress.update(loss=total / max(seen, 1), **({"val_acc": acc} if acc is not None else {}))
+        if score is not None and (best is None or score > best):
+            best, best_epoch, best_state, stale = score, epoch, copy.deepcopy(job.student.state_dict()), 0
+        else:
+            stale += 1
+        if steps >= total_steps:
+            break
+        if val is not None and config.patience is not None and stale >= config.patience:
+            stopped_early = True
+            break
+    if val is not None:
+        job.student.load_state_dict(
+            best_state
+        )  # keep the best epoch (or the starting point, if never beaten)
+    best_acc = best[0] if best is not None else None
+    return RecoveryResult(len(history), steps, 0.0, "", before, best_acc, best_epoch, stopped_early, history)
+
+
+def _after_user_loop(job: RecoveryJob, val: LabelledTensors | None, before: float | None) -> RecoveryResult:
+    for name, p in job.student.state_dict().items():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise TrainingDivergedError(f"train_fn left non-finite values in {name}")
+    acc = evaluate(job.student, val, job.device) if val is not None else None
+    epochs = job.epochs_run or job.config.epochs
+    return RecoveryResult(epochs, 0, 0.0, "", before, acc, epochs if acc is not None else None, False)
+
+
+def evaluate(model: nn.Module, data: LabelledTensors, device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` on labelled tensors (eval mode, no grad)."""
+    return _score(model, data, device)[0]
+
+
+def _score(model: nn.Module, data: LabelledTensors, device: torch.device) -> tuple[float, float]:
+    """``(accuracy, -cross_entropy)`` on validation data: compared as a tuple, accuracy decides and the loss
+    breaks ties, which matter on small validation splits where accuracy saturates early."""
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for inputs, labels in data.batches(256):
+            logits = _logits(model(*(x.to(device) for x in inputs))).cpu()
+            correct += int((logits.argmax(-1) == labels).sum())
+            loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+    model.train(was_training)
+    return correct / len(data), -loss / len(data)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The requested device, or the CPU (with a log line) when CUDA was asked for but is not available."""
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        log.warning("device %r requested but CUDA is not available: training on the CPU", requested)
+        return torch.device("cpu")
+    return device
+
+
+def _logits(output: Any) -> Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _optimizer(params: list[nn.Parameter], config: RecoveryConfig) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: RecoveryConfig, total_steps: int) -> Any:
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.optimizer.lr, total_steps=max(total_steps, 2)
+        )
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

@@ -1,0 +1,36 @@
+"""Recovery stage: fine-tune the IR with knowledge distillation from the original model.
+
+The student is the current GraphModule (its parameters are trained in place); the teacher is the original
+model, frozen, handed over in the pass context. The loss, schedule, validation split and early stopping
+are those of :mod:`graphopt.recovery` (see :class:`~graphopt.recovery.RecoveryConfig`). Lossy by nature.
+
+Skipped, with the reason in ``stats`` and a note in the report: ``skipped:no_train_data``,
+``skipped:no_teacher``.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from graphopt.pass_base import Pass, PassResult
+from graphopt.recovery.config import RecoveryConfig
+from graphopt.recovery.engine import fit
+
+
+class Recover(Pass):
+    name = "recover"
+    description = "Fine-tune with knowledge distillation from the original model (needs train_data)."
+    exact = False
+    Options = RecoveryConfig
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        context = self.context
+        data = context.train_data
+        if data is None:
+            context.notes.append("recover: no train_data given, accuracy was not recovered")
+            return PassResult(gm, modified=False, stats={"skipped:no_train_data": 1})
+        if context.teacher is None:
+            context.notes.append("recover: no teacher in the pass context, accuracy was not recovered")
+            return PassResult(gm, modified=False, stats={"skipped:no_teacher": 1})
+        result = fit(gm, context.teacher, data, self.options, example_inputs=context.example_inputs)
+        return PassResult(gm, modified=True, stats=result.stats())

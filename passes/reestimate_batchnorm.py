@@ -1,0 +1,44 @@
+"""Re-estimate BatchNorm running statistics on calibration data (no labels, no gradients).
+
+The cheap first step of recovery after an edit that shifts activations (pruning): see
+:func:`graphopt.recovery.reestimate_batchnorm` for the math. Run it before ``fold_batchnorm``; once folded
+there is nothing left to re-estimate. Skipped, with the reason in ``stats``: ``skipped:no_batchnorm``,
+``skipped:no_calibration_data``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.fx as fx
+from torch import nn
+
+from graphopt.errors import ConfigError
+from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.recovery.batchnorm import reestimate_batchnorm
+
+
+@dataclass(frozen=True)
+class ReestimateBatchNormOptions(PassOptions):
+    max_batches: int = 100
+
+    def __post_init__(self) -> None:
+        if self.max_batches < 1:
+            raise ConfigError(f"max_batches must be >= 1, got {self.max_batches}")
+
+
+class ReestimateBatchNorm(Pass):
+    name = "reestimate_batchnorm"
+    description = "Recompute BatchNorm running statistics on calibration data."
+    exact = False
+    Options = ReestimateBatchNormOptions
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in gm.modules()):
+            return PassResult(gm, modified=False, stats={"skipped:no_batchnorm": 1})
+        data = self.context.calibration_data
+        if data is None:
+            self.context.notes.append("reestimate_batchnorm: no calibration_data given, statistics kept")
+            return PassResult(gm, modified=False, stats={"skipped:no_calibration_data": 1})
+        batches = reestimate_batchnorm(gm, data, self.options.max_batches)
+        return PassResult(gm, modified=True, stats={"batches": batches})
