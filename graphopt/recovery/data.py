@@ -43,7 +43,8 @@ class LabelledTensors:
             if generator is not None
             else torch.arange(len(self))
         )
-        order = order[rank::world_size]
+        # Every rank must take the same number of steps (DDP hangs otherwise): drop the ragged tail.
+        order = order[: len(order) - len(order) % world_size][rank::world_size]
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield tuple(x[idx] for x in self.inputs), self.labels[idx]

@@ -105,7 +105,7 @@ class RecoveryJob:
                 teacher_logits = _logits(self.teacher(*inputs))
         loss = self.loss_module(_logits(model(*inputs)), teacher_logits, labels)
         if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"the recovery loss became {float(loss)}")
+            raise TrainingDivergedError(f"the recovery loss became {loss.item()}")
         return loss
 
 

@@ -1,0 +1,199 @@
+"""Recovery training: distill(), the recover stage in optimize(), BN re-estimation, bad input, divergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt import (
+    DistillConfig,
+    FeatureHint,
+    InvalidInputError,
+    OptimizerConfig,
+    PassError,
+    RecoveryConfig,
+    TrainingDivergedError,
+)
+from graphopt.digits import DigitsCNN, batches, random_shift
+from graphopt.evaluation import accuracy
+from graphopt.recovery import fit, reestimate_batchnorm
+from tests.conftest import assert_unchanged, state_snapshot
+
+FAST = dict(epochs=6, batch_size=64, optimizer=OptimizerConfig(lr=0.01), schedule="onecycle", quiet=True)
+
+
+def test_distill_trains_a_narrower_student(digits_model, digits):
+    teacher_before = state_snapshot(digits_model)
+    student = DigitsCNN(width=16)
+    student_before = state_snapshot(student)
+    result = graphopt.distill(digits_model, student, batches(digits.train_x, digits.train_y, 128),
+                              RecoveryConfig(**FAST, augment=random_shift))  # fmt: skip
+    assert accuracy(result.student, digits.test_batches()) > 0.93
+    assert result.recovery.epochs_run == 6 and result.recovery.best_val_accuracy > 0.9
+    assert_unchanged(digits_model, teacher_before, training=False)
+    assert_unchanged(student, student_before, training=True)
+    assert result.student is not student
+
+
+def test_recovery_is_deterministic_with_a_seed(digits_model, digits):
+    data = batches(digits.train_x[:512], digits.train_y[:512], 64)
+    config = RecoveryConfig(**{**FAST, "epochs": 2}, seed=3)
+    student = DigitsCNN(width=8)
+    runs = [graphopt.distill(digits_model, student, data, config).student for _ in range(2)]
+    for (name, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_best_weights_are_kept(digits_model, digits):
+    torch.manual_seed(0)
+    student = DigitsCNN(width=8)
+    data = batches(digits.train_x[:600], digits.train_y[:600], 64)
+    result = fit(student, digits_model, data, RecoveryConfig(**FAST, val_fraction=0.2, patience=None))
+    history = [h.val_accuracy for h in result.history]
+    assert result.best_val_accuracy == max([result.accuracy_before, *history])
+    assert result.accuracy_before < 0.5 < result.best_val_accuracy  # untrained -> trained
+    assert result.history[result.best_epoch - 1].val_accuracy == result.best_val_accuracy
+
+
+def test_early_stopping(digits_model, digits):
+    data = batches(digits.train_x[:400], digits.train_y[:400], 64)
+    config = RecoveryConfig(
+        epochs=30, patience=1, schedule="constant", optimizer=OptimizerConfig(lr=1e-7), quiet=True
+    )
+    result = fit(DigitsCNN(width=8), digits_model, data, config)
+    assert result.stopped_early and result.epochs_run < 30
+
+
+def test_feature_hints_with_adapters_train(digits_model, digits):
+    hint = FeatureHint(student="features.3", teacher="features.3", weight=0.5)  # conv 8->16 vs 32->64
+    config = RecoveryConfig(**{**FAST, "epochs": 2}, hints=(hint,))
+    result = graphopt.distill(
+        digits_model, DigitsCNN(width=8), batches(digits.train_x, digits.train_y, 128), config
+    )
+    assert result.recovery.best_val_accuracy > 0.5
+    assert not any(m._forward_hooks for m in result.student.modules())
+    assert not any(m._forward_hooks for m in digits_model.modules())
+
+
+def test_divergence_restores_the_model(digits_model, digits):
+    student = DigitsCNN(width=8)
+    before = state_snapshot(student)
+    config = RecoveryConfig(
+        epochs=2, schedule="constant", optimizer=OptimizerConfig(name="sgd", lr=1e38), quiet=True
+    )
+    with pytest.raises(
+        TrainingDivergedError, match=r"restored to its state before the stage.*Lower the learning rate"
+    ):
+        fit(student, digits_model, batches(digits.train_x[:256], digits.train_y[:256], 64), config)
+    assert_unchanged(student, before, training=False)
+
+
+def test_cuda_request_falls_back_to_cpu_or_uses_the_gpu(digits_model, digits):
+    config = RecoveryConfig(**{**FAST, "epochs": 1}, device="cuda")
+    result = fit(
+        DigitsCNN(width=8), digits_model, batches(digits.train_x[:256], digits.train_y[:256], 64), config
+    )
+    assert result.device.startswith("cuda" if torch.cuda.is_available() else "cpu")
+    assert next(digits_model.parameters()).device.type == "cpu"  # everything is back on the CPU
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([torch.randn(4, 1, 8, 8)], r"must be an iterable of \(inputs, labels\) batches"),
+        (torch.randn(4, 1, 8, 8), r"must be an iterable of \(inputs, labels\) batches: .*; got Tensor"),
+        ([], "train_data is empty"),
+        (
+            [(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 10]))],
+            r"labels in \[0, 10\] but the model outputs 10",
+        ),
+        ([(torch.randn(4, 1, 8, 8), torch.rand(4))], "labels of item 0 are not int tensors"),
+        ([(torch.randn(4, 1, 9, 9), torch.zeros(4, dtype=torch.long))], r"per-sample shapes \[\(1, 9, 9\)\]"),
+        ([(torch.randn(4, 1, 8, 8), torch.zeros(3, dtype=torch.long))], "3 labels for inputs of batch"),
+    ],
+)
+def test_bad_train_data(digits_model, digits, data, message):
+    with pytest.raises(InvalidInputError, match=message):
+        graphopt.optimize(digits_model, example_inputs=(digits.test_x[:1],), train_data=data,
+                          recovery=RecoveryConfig(epochs=1))  # fmt: skip
+
+
+def test_optimize_with_recovery_reports_the_stage(digits_model, digits):
+    before = state_snapshot(digits_model)
+    res = graphopt.optimize(
+        digits_model,
+        example_inputs=(digits.test_x[:1],),
+        train_data=batches(digits.train_x[:512], digits.train_y[:512], 64),
+        recovery=RecoveryConfig(epochs=2, optimizer=OptimizerConfig(lr=1e-4), quiet=True),
+        eval_data=digits.test_batches(),
+    )
+    row = res.report.stage("recover")
+    assert row.stats["epochs_run"] == 2 and "best_val_accuracy" in row.stats and row.seconds > 0
+    assert row.accuracy > 0.9  # fine-tuning a trained model at a small lr keeps it trained
+    assert "best_val_accuracy=" in str(res.report)
+    assert_unchanged(digits_model, before, training=False)
+
+
+def test_recover_without_train_data_says_why(digits_model, digits):
+    res = graphopt.optimize(digits_model, example_inputs=(digits.test_x[:1],), passes=["recover"])
+    assert res.report.stage("recover").stats == {"skipped:no_train_data": 1}
+    assert "recover: no train_data given, accuracy was not recovered" in str(res.report)
+
+
+def test_divergence_inside_optimize_is_a_pass_error_and_loses_nothing(digits_model, digits):
+    config = RecoveryConfig(
+        epochs=1, schedule="constant", optimizer=OptimizerConfig(name="sgd", lr=1e38), quiet=True
+    )
+    with pytest.raises(PassError, match="pass 'recover' failed: TrainingDivergedError"):
+        graphopt.optimize(digits_model, example_inputs=(digits.test_x[:1],), recovery=config,
+                          train_data=batches(digits.train_x[:256], digits.train_y[:256], 64))  # fmt: skip
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_batchnorm_reestimation_recovers_true_statistics():
+    model = BNNet().eval()
+    data = [torch.randn(32, 1, 6, 6) * 3 + 1 for _ in range(4)]
+    with torch.no_grad():
+        features = torch.cat([model.conv(x) for x in data])
+    model.bn.running_mean.fill_(5.0)
+    model.bn.running_var.fill_(0.01)
+    assert reestimate_batchnorm(model, data) == 4
+    torch.testing.assert_close(model.bn.running_mean, features.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.bn.running_var, features.var((0, 2, 3)), rtol=0.02, atol=1e-3)
+    assert model.bn.momentum == 0.1 and not model.training
+
+
+def test_reestimate_batchnorm_pass_before_folding():
+    model = BNNet().eval()
+    model.bn.running_mean.fill_(5.0)
+    calibration = [(torch.randn(16, 1, 6, 6),) for _ in range(3)]
+    res = graphopt.optimize(model, example_inputs=(torch.randn(1, 1, 6, 6),), calibration_data=calibration,
+                            passes=["reestimate_batchnorm", "fold_batchnorm"])  # fmt: skip
+    assert res.report.stage("reestimate_batchnorm").stats == {"batches": 3}
+    assert res.report.stage("fold_batchnorm").stats == {"folded": 1}
+    assert model.bn.running_mean[0] == 5.0  # the caller's model keeps its statistics
+    skipped = graphopt.optimize(
+        model, example_inputs=(torch.randn(1, 1, 6, 6),), passes=["reestimate_batchnorm"]
+    )
+    assert skipped.report.stage("reestimate_batchnorm").stats == {"skipped:no_calibration_data": 1}
+
+
+def test_distill_config_is_validated():
+    with pytest.raises(graphopt.ConfigError, match="val_fraction"):
+        RecoveryConfig(val_fraction=1.0)
+    with pytest.raises(graphopt.ConfigError, match="schedule"):
+        RecoveryConfig(schedule="linear")
+    with pytest.raises(graphopt.ConfigError, match="optimizer must be"):
+        OptimizerConfig(name="adam")
+    with pytest.raises(graphopt.ConfigError, match="alpha"):
+        RecoveryConfig(distill=DistillConfig(alpha=2))
