@@ -65,8 +65,8 @@ def main() -> None:
         )
         teacher_accuracy = accuracy(teacher, data.test_batches())
         seconds = round(time.perf_counter() - start, 1)
-        rows.append({"seed": seed, "teacher": teacher_accuracy, "labels_only": labels_only, "distilled": distilled,
-                     "deterministic": deterministic, "seconds": seconds})  # fmt: skip
+        rows.append({"seed": seed, "teacher": teacher_accuracy, "labels_only": labels_only,
+                     "distilled": distilled, "deterministic": deterministic, "seconds": seconds})  # fmt: skip
         print(rows[-1], flush=True)
     print("\n| seed | teacher (width 32) | student, labels only | student, distilled | deterministic |")
     print("|---:|---:|---:|---:|---|")
