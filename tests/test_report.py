@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 import graphopt
 from graphopt.report import SCHEMA_VERSION
 from graphopt.zoo import get_model
@@ -66,8 +68,9 @@ def test_accuracy_column_with_eval_data(digits_model, digits):
 
 def test_unused_data_is_reported_not_silently_ignored():
     model, inputs = get_model("mlp").build()
+    labels = torch.zeros(len(inputs[0]), dtype=torch.long)
     res = graphopt.optimize(
-        model, example_inputs=inputs, calibration_data=[inputs], train_data=[(inputs, None)]
+        model, example_inputs=inputs, calibration_data=[inputs], train_data=[(inputs, labels)]
     )
     assert "note: calibration_data was given but no pass read it" in str(res.report)
     assert "train_data was given but no pass read it" in res.report.notes
