@@ -67,6 +67,8 @@ class PassContext:
         self._data = {"calibration_data": calibration_data, "train_data": train_data}
         self._read: set[str] = set()
         self.notes: list[str] = []
+        #: Extra per-layer tables a pass wants in the report (e.g. "int8": scales and SQNR per layer).
+        self.tables: dict[str, list[dict[str, object]]] = {}
 
     @property
     def calibration_data(self) -> Iterable[Any] | None:
@@ -90,6 +92,8 @@ class Pass:
     description: ClassVar[str]
     exact: ClassVar[bool]
     Options: ClassVar[type[PassOptions]] = PassOptions
+    #: Data the pass cannot run without (``"calibration_data"``, ``"train_data"``): optimize checks up front.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: PassOptions | None = None, **fields: Any):
         if options is None:

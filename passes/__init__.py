@@ -6,20 +6,34 @@
 
 from __future__ import annotations
 
+from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
+from graphopt.passes.insert_fake_quant import InsertFakeQuant, InsertFakeQuantOptions
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
 from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
 
-BUILTIN_PASSES = (FoldBatchNorm, RemoveIdentity, EliminateDeadCode, ReestimateBatchNorm, Recover)
+BUILTIN_PASSES = (
+    FoldBatchNorm,
+    RemoveIdentity,
+    EliminateDeadCode,
+    ReestimateBatchNorm,
+    Recover,
+    InsertFakeQuant,
+    Calibrate,
+)
 
 __all__ = [
     "BUILTIN_PASSES",
+    "Calibrate",
+    "CalibrateOptions",
     "EliminateDeadCode",
     "EliminateDeadCodeOptions",
     "FoldBatchNorm",
     "FoldBatchNormOptions",
+    "InsertFakeQuant",
+    "InsertFakeQuantOptions",
     "Recover",
     "ReestimateBatchNorm",
     "ReestimateBatchNormOptions",

@@ -1,0 +1,24 @@
+"""int8 quantization: schemes and their arithmetic, range observers, the annotation policy, IR modules."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.quant.observers import ObserverConfig
+from graphopt.quant.scheme import QuantScheme, sqnr_db
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds calibrated int8 quantizers."""
+    return any(isinstance(m, ActivationQuantizer) and m.frozen for m in model.modules())
+
+
+__all__ = [
+    "ActivationQuantizer",
+    "ObserverConfig",
+    "QuantScheme",
+    "QuantizedLayer",
+    "is_quantized",
+    "sqnr_db",
+]

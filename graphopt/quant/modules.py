@@ -1,0 +1,128 @@
+"""The modules int8 inserts into the IR.
+
+:class:`ActivationQuantizer` sits on a tensor. While observing it passes values through and records their
+range; once frozen it computes ``dequantize(quantize(x))`` with PyTorch's ``quantized_decomposed`` ops, which
+the ONNX exporter lowers to a QuantizeLinear / DequantizeLinear pair with constant scale and zero point.
+
+:class:`QuantizedLayer` replaces a conv or linear. Frozen, it holds the weight as an int8 tensor with
+per-channel scales and the bias as an int32 tensor with scales ``s_in * s_w``, and dequantizes them in its
+forward: exported, that is the canonical QDQ form (int8 / int32 initializers feeding DequantizeLinear) that
+ONNX Runtime fuses into QLinearConv / QGemm, and the file stores weights in one byte each.
+
+Eager, both compute exactly what the integer kernels compute, up to float rounding of the accumulation.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.ao.quantization.fx._decomposed
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from graphopt.quant.observers import ObserverConfig, RangeObserver
+from graphopt.quant.scheme import (
+    INT32_RANGE,
+    QuantScheme,
+    activation_qparams,
+    quantize_bias,
+    quantize_weight,
+    sqnr_db,
+    weight_scales,
+)
+
+_qd = torch.ops.quantized_decomposed
+
+_FUNCTIONAL = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d, nn.Linear: F.linear}
+QUANTIZABLE_LAYERS = tuple(_FUNCTIONAL)
+
+
+class ActivationQuantizer(nn.Module):
+    def __init__(self, scheme: QuantScheme, observer: ObserverConfig, seed: int = 0):
+        super().__init__()
+        self.scheme = scheme
+        self.observer: RangeObserver | None = RangeObserver(observer, seed)
+        # Python numbers, not buffers: they become constants of the exported graph.
+        self.scale: float | None = None
+        self.zero_point: int | None = None
+        #: Only calibration records ranges; other runs (numeric checks, evaluation) must not leak into them.
+        self.observing = False
+
+    @property
+    def frozen(self) -> bool:
+        return self.scale is not None
+
+    def freeze(self) -> None:
+        assert self.observer is not None
+        lo, hi = self.observer.range(self.scheme)
+        self.scale, self.zero_point = activation_qparams(lo, hi, self.scheme)
+        self.observer = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale is None:
+            if self.observing and self.observer is not None:
+                self.observer.update(x)
+            return x
+        q_min, q_max = self.scheme.activation_range
+        if self.training:  # QAT: straight-through estimator
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, q_min, q_max)
+        dtype = self.scheme.activation_dtype
+        q = _qd.quantize_per_tensor(x, self.scale, self.zero_point, q_min, q_max, dtype)
+        return _qd.dequantize_per_tensor(q, self.scale, self.zero_point, q_min, q_max, dtype)
+
+    def extra_repr(self) -> str:
+        state = f"scale={self.scale:.4g}, zero_point={self.zero_point}" if self.frozen else "observing"
+        return f"{self.scheme.activations}, {state}"
+
+
+class QuantizedLayer(nn.Module):
+    """A conv or linear with int8 weights and int32 bias once frozen; the fp32 layer until then."""
+
+    def __init__(self, layer: nn.Module, scheme: QuantScheme):
+        super().__init__()
+        self.scheme = scheme
+        self.float_layer: nn.Module | None = layer
+        #: The layer's geometry without weights, for MAC counting (see graphopt.cost).
+        self.mac_layer = copy.deepcopy(layer).to("meta")
+        self.functional = _FUNCTIONAL[type(layer)]
+        self.kwargs = {}
+        if not isinstance(layer, nn.Linear):
+            geometry = ("stride", "padding", "dilation", "groups")
+            self.kwargs = {name: getattr(layer, name) for name in geometry}
+        self.weight_sqnr_db: float | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return self.float_layer is None
+
+    def freeze(self, input_scale: float) -> None:
+        layer = self.float_layer
+        assert layer is not None
+        weight = layer.weight.detach()
+        scales = weight_scales(weight, self.scheme)
+        q_weight = quantize_weight(weight, scales, self.scheme)
+        bias = layer.bias.detach() if layer.bias is not None else torch.zeros(weight.shape[0])
+        bias_scales = scales * input_scale
+        # int tensors as non-trainable Parameters: exported as initializers, counted as parameters.
+        self.weight_int8 = nn.Parameter(q_weight, requires_grad=False)
+        self.weight_scale = nn.Parameter(scales, requires_grad=False)
+        self.bias_int32 = nn.Parameter(quantize_bias(bias, bias_scales), requires_grad=False)
+        self.bias_scale = nn.Parameter(bias_scales.float(), requires_grad=False)
+        self.channel_zero_points = nn.Parameter(
+            torch.zeros(len(scales), dtype=torch.int64), requires_grad=False
+        )
+        self.weight_sqnr_db = sqnr_db(weight, self._dequantized_weight())
+        self.float_layer = None
+
+    def _dequantized_weight(self) -> Tensor:
+        zero = self.channel_zero_points
+        return _qd.dequantize_per_channel(self.weight_int8, self.weight_scale, zero, 0, -128, 127, torch.int8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.float_layer is not None:
+            return self.float_layer(x)
+        low, high = INT32_RANGE
+        zero = self.channel_zero_points
+        bias = _qd.dequantize_per_channel(self.bias_int32, self.bias_scale, zero, 0, low, high, torch.int32)
+        return self.functional(x, self._dequantized_weight(), bias, **self.kwargs)

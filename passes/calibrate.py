@@ -1,0 +1,110 @@
+"""Calibrate int8: run calibration data through the observers, then freeze every quantizer and layer.
+
+Each :class:`~graphopt.quant.ActivationQuantizer` turns its observed range into a scale and zero point; each
+:class:`~graphopt.quant.QuantizedLayer` quantizes its weight per channel to int8 and its bias to int32 with
+scale ``s_in * s_w`` (``s_in`` from the quantizer feeding it). A layer whose input is not quantized cannot
+run as an integer kernel and goes back to fp32 (``kept_fp32:unquantized_input``). Lossy.
+
+The per-layer summary (scales, zero points, weight SQNR) goes into the report's ``int8`` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from graphopt.errors import ConfigError, InvalidInputError
+from graphopt.ir import module_of, set_module
+from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.progress import Progress
+from graphopt.quant.calibration_data import read_calibration_inputs
+from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+
+
+@dataclass(frozen=True)
+class CalibrateOptions(PassOptions):
+    max_batches: int = 100
+    quiet: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batches < 1:
+            raise ConfigError(f"max_batches must be >= 1, got {self.max_batches}")
+
+
+class Calibrate(Pass):
+    name = "calibrate"
+    description = "Observe activation ranges on calibration data; freeze int8 scales, weights and biases."
+    exact = False
+    Options = CalibrateOptions
+    needs = ("calibration_data",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        quantizers = [m for m in gm.modules() if isinstance(m, ActivationQuantizer) and not m.frozen]
+        if not quantizers:
+            return PassResult(gm, modified=False, stats={"skipped:nothing_to_calibrate": 1})
+        data = self.context.calibration_data
+        if data is None:
+            raise InvalidInputError(
+                "int8 calibration needs calibration_data: an iterable of input tensors/tuples"
+            )
+        batches = read_calibration_inputs(data, self.context.example_inputs)[: self.options.max_batches]
+        self._observe(gm, quantizers, batches)
+        for quantizer in quantizers:
+            quantizer.freeze()
+        stats: dict[str, float] = {"batches": len(batches), "activation_quantizers": len(quantizers)}
+        frozen, reverted = self._freeze_layers(gm)
+        stats["int8_layers"] = frozen
+        if reverted:
+            stats["kept_fp32:unquantized_input"] = reverted
+        self.context.tables["int8"] = int8_summary(gm)
+        return PassResult(gm, modified=True, stats=stats)
+
+    def _observe(self, gm: fx.GraphModule, quantizers: list[ActivationQuantizer], batches: list) -> None:
+        progress = Progress(len(batches), "calibrate", quiet=self.options.quiet)
+        for q in quantizers:
+            q.observing = True
+        try:
+            with torch.no_grad():
+                for inputs in batches:
+                    try:
+                        gm(*inputs)
+                    except ValueError as exc:  # an observer saw NaN/inf
+                        raise InvalidInputError(f"calibration_data produced {exc}; check the data") from exc
+                    progress.update()
+        finally:
+            for q in quantizers:
+                q.observing = False
+
+    @staticmethod
+    def _freeze_layers(gm: fx.GraphModule) -> tuple[int, int]:
+        frozen = reverted = 0
+        for node in gm.graph.nodes:
+            layer = module_of(gm, node)
+            if not isinstance(layer, QuantizedLayer) or layer.frozen:
+                continue
+            source = node.args[0]
+            quantizer = module_of(gm, source) if isinstance(source, fx.Node) else None
+            if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen:
+                layer.freeze(quantizer.scale)
+                frozen += 1
+            else:
+                set_module(gm, str(node.target), layer.float_layer)
+                reverted += 1
+        return frozen, reverted
+
+
+def int8_summary(gm: fx.GraphModule) -> list[dict[str, object]]:
+    """One row per quantized tensor and layer: scale / zero point, or weight scale range and SQNR."""
+    rows: list[dict[str, object]] = []
+    for name, module in gm.named_modules():
+        if isinstance(module, ActivationQuantizer) and module.frozen:
+            rows.append({"name": name, "kind": f"activation {module.scheme.activations}",
+                         "scale": round(module.scale, 6), "zero_point": module.zero_point})  # fmt: skip
+        elif isinstance(module, QuantizedLayer) and module.frozen:
+            scales = module.weight_scale
+            rows.append({"name": name, "kind": f"{type(module.mac_layer).__name__} weight int8",
+                         "scale": f"{float(scales.min()):.3g}..{float(scales.max()):.3g}",
+                         "sqnr_db": round(module.weight_sqnr_db, 1)})  # fmt: skip
+    return rows

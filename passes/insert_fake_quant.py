@@ -1,0 +1,56 @@
+"""Insert int8 quantization into the IR, annotate-then-insert.
+
+1. Annotate: :func:`graphopt.quant.policy.plan_int8` marks the conv/linear layers that get int8 weights and
+   the tensors that get an activation quantizer (so ONNX Runtime can fuse whole networks into integer
+   kernels).
+2. Insert, one generic rewrite: an :class:`~graphopt.quant.ActivationQuantizer` after every marked tensor,
+   and every marked layer wrapped in a :class:`~graphopt.quant.QuantizedLayer`.
+
+Until ``calibrate`` runs, the quantizers pass values through and the layers still compute in fp32, so this
+pass on its own preserves outputs exactly (the PassManager checks that). ``calibrate`` makes it lossy.
+Layers the policy cannot quantize are counted as ``kept_fp32:<reason>`` in ``stats``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.fx as fx
+
+from graphopt.ir import module_of, set_module
+from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.quant.observers import ObserverConfig
+from graphopt.quant.policy import plan_int8
+from graphopt.quant.scheme import QuantScheme
+
+
+@dataclass(frozen=True)
+class InsertFakeQuantOptions(PassOptions):
+    scheme: QuantScheme = field(default_factory=QuantScheme)
+    observer: ObserverConfig = field(default_factory=ObserverConfig)
+
+
+class InsertFakeQuant(Pass):
+    name = "insert_fake_quant"
+    description = "Mark and insert int8 quantization (activation quantizers, int8-weight layers)."
+    exact = True  # observers pass values through until `calibrate` freezes them
+    Options = InsertFakeQuantOptions
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        if any(isinstance(m, (ActivationQuantizer, QuantizedLayer)) for m in gm.modules()):
+            return PassResult(gm, modified=False, stats={"skipped:already_quantized": 1})
+        plan = plan_int8(gm)
+        scheme, observer = self.options.scheme, self.options.observer
+        last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+        for i, node in enumerate(plan.tensors):
+            name = f"{node.name}_quant"
+            gm.add_submodule(name, ActivationQuantizer(scheme, observer, seed=i))
+            where = last_placeholder if node.op == "placeholder" else node
+            with gm.graph.inserting_after(where):
+                quantized = gm.graph.call_module(name, (node,))
+            node.replace_all_uses_with(quantized, delete_user_cb=lambda user, q=quantized: user is not q)
+        for node in plan.layers:
+            set_module(gm, str(node.target), QuantizedLayer(module_of(gm, node), scheme))
+        stats = {"activation_quantizers": len(plan.tensors), "int8_layers": len(plan.layers), **plan.skipped}
+        return PassResult(gm, modified=bool(plan.tensors or plan.layers), stats=stats)
