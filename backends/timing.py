@@ -55,3 +55,24 @@ def pin_to_one_core() -> int | None:
     core = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {core})
     return core
+
+
+def interleaved_medians(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 5,
+    calls_per_round: int = 20,
+    warmup: int = 5,
+) -> dict[str, float]:
+    """Median latency (ms) per candidate, measured in interleaved rounds so that ratios survive noise.
+
+    Each round calls every candidate ``calls_per_round`` times and keeps its median; the result is the median
+    over rounds. A slow patch of a shared machine then hits all candidates of that round alike.
+    """
+    per_round: dict[str, list[float]] = {name: [] for name in candidates}
+    for call in candidates.values():
+        measure(call, warmup=warmup, repeat=1)
+    for _ in range(rounds):
+        for name, call in candidates.items():
+            per_round[name].append(measure(call, warmup=0, repeat=calls_per_round).median_ms)
+    return {name: float(np.median(times)) for name, times in per_round.items()}

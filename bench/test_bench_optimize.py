@@ -13,9 +13,8 @@ import torch
 
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx
+from graphopt.backends.timing import interleaved_medians
 from graphopt.zoo import get_model
-
-from .interleave import interleaved_medians
 
 MODELS = ("resnet18", "mobilenet_v2")
 

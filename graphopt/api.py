@@ -7,6 +7,7 @@ The caller's model is never touched: graphopt works on a deep copy in eval mode.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,14 +18,16 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.capture import capture
-from graphopt.errors import CaptureError, ConfigError
+from graphopt.errors import CaptureError, ConfigError, InvalidInputError
 from graphopt.evaluation import Batch, materialize_labelled
 from graphopt.inputs import check_example_inputs, check_model, private_eval_copy, run_reference
 from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
 from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
+from graphopt.passes.insert_fake_quant import InsertFakeQuant
 from graphopt.passes.recover import Recover
+from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import check_label_range, read_labelled
 from graphopt.registry import make_pass
@@ -76,19 +79,23 @@ def optimize(
     original = private_eval_copy(model)
     reference = run_reference(original, inputs)
     train = _read_train_data(train_data, inputs, reference)
+    _check_needs(pipeline, spec, calibration_data=calibration_data, train_data=train_data)
+    calibration = read_calibration_inputs(calibration_data, inputs) if calibration_data is not None else None
     captured = capture(private_eval_copy(model))
     gm = captured.gm
     _check_capture(gm, inputs, reference)
 
     report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
-    context = PassContext(inputs, calibration_data=calibration_data, train_data=train, teacher=original)
+    context = PassContext(inputs, calibration_data=calibration, train_data=train, teacher=original)
     reporter = StageReporter(report, reference, labelled)
     report.add(reporter.measure("original", "original", gm, context))
-    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, *instruments]
+    snapshot = Fp32Snapshot()
+    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, snapshot, *instruments]
     if dump_ir is not None:
         hooks.append(IRDump(dump_ir))
     PassManager(pipeline, steps=steps, instruments=hooks).run(gm, context)
     report.notes.extend(context.notes)
+    report.tables.update(context.tables)
     report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())
     return OptimizeResult(
         model=gm,
@@ -98,6 +105,7 @@ def optimize(
         reference_outputs=reference,
         original=original,
         eval_data=labelled,
+        fp32_model=snapshot.model,
     )
 
 
@@ -126,6 +134,27 @@ def _with_recovery(pipeline: list[Pass], has_train_data: bool, recovery: Recover
     if recovery is not None or any(not p.exact for p in pipeline):
         return [*pipeline, Recover(recovery or RecoveryConfig())]
     return pipeline
+
+
+def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
+    for p in pipeline:
+        for need in p.needs:
+            if given.get(need) is None:
+                raise InvalidInputError(
+                    f"pass {p.name!r} of target {target.name} needs {need}=...: an iterable of input batches "
+                    "(tensors or tuples of tensors) shaped like example_inputs; about 100 samples is typical"
+                )
+
+
+class Fp32Snapshot:
+    """Keeps a copy of the graph just before quantization: the fp32 model the latency guard compares with."""
+
+    def __init__(self) -> None:
+        self.model: fx.GraphModule | None = None
+
+    def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
+        if self.model is None and isinstance(pass_, InsertFakeQuant):
+            self.model = copy.deepcopy(gm)
 
 
 def _read_train_data(

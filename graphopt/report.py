@@ -47,6 +47,7 @@ class Report:
     stages: list[StageRecord] = field(default_factory=list)
     leaves: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tables: dict[str, list[dict[str, object]]] = field(default_factory=dict)
 
     def add(self, record: StageRecord) -> StageRecord:
         self.stages.append(record)
@@ -113,6 +114,9 @@ class Report:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.extend(self._footer())
+        for title, rows in self.tables.items():
+            lines.append(f"{title}:")
+            lines.extend("  " + ", ".join(f"{k}={v}" for k, v in row.items()) for row in rows)
         return "\n".join(lines)
 
     def _footer(self) -> list[str]:
@@ -142,7 +146,7 @@ class Report:
             d["speedup_vs_ort_fp32"] = self.speedup(r)
             stages.append(d)
         return {"schema": SCHEMA_VERSION, "model": self.model, "target": self.target, "stages": stages,
-                "leaves": dict(self.leaves), "notes": list(self.notes)}  # fmt: skip
+                "leaves": dict(self.leaves), "notes": list(self.notes), "tables": self.tables}  # fmt: skip
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
