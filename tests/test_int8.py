@@ -1,0 +1,123 @@
+"""int8: the ONNX Runtime optimized graph is fully integer, accuracy holds, bad input is clear, the latency
+guard ships fp32 when int8 is not faster."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import graphopt
+from graphopt import InvalidInputError
+from graphopt.quant import ActivationQuantizer, QuantizedLayer, QuantScheme
+from graphopt.quant.scheme import activation_qparams, quantize_weight, weight_scales
+from graphopt.zoo import get_model
+
+
+def _ort_histogram(path, tmp_path) -> Counter[str]:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _calibration(inputs, n=4):
+    return [torch.randn(8, *inputs[0].shape[1:]) for _ in range(n)]
+
+
+@pytest.mark.parametrize(("name", "convs", "adds"), [("resnet_basic", 9, 3), ("mobilenet_v2_tiny", 16, 2)])
+def test_x86_int8_fuses_every_conv_add_and_linear(name, convs, adds, tmp_path):
+    model, inputs = get_model(name).build()
+    res = graphopt.optimize(
+        model, target="x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs)
+    )
+    path = res.export(tmp_path / "m.onnx", latency_guard=False)
+    ops = _ort_histogram(path, tmp_path)
+    assert ops["QLinearConv"] == convs and ops["Conv"] == 0
+    assert ops["QLinearAdd"] == adds and ops["Add"] == 0
+    assert ops["QGemm"] == 1 and ops["Gemm"] == 0
+    assert ops["Transpose"] <= 2  # only at the entry and exit of the integer region
+    initializers = {i.name: i.data_type for i in onnx.load(str(path)).graph.initializer}
+    weights = [name for name, dtype in initializers.items() if name.endswith("weight_int8")]
+    assert len(weights) == convs + 1 and all(initializers[w] == onnx.TensorProto.INT8 for w in weights)
+    assert (
+        sum(dtype == onnx.TensorProto.INT32 for dtype in initializers.values()) >= convs + 1
+    )  # int32 biases  # int8 weight initializers, not fp32 weights quantized at run time
+    assert res.report.stages[-1].agreement.cosine > 0.999
+
+
+def test_digits_int8_accuracy(digits_model, digits, tmp_path):
+    calibration = [digits.train_x[i : i + 32] for i in range(0, 320, 32)]
+    res = graphopt.optimize(digits_model, target="x86-int8", example_inputs=(digits.test_x[:1],),
+                            calibration_data=calibration, eval_data=digits.test_batches())  # fmt: skip
+    res.export(tmp_path / "d.onnx", latency_guard=False)
+    original, artifact = res.report.stage("original"), res.report.stage("artifact:onnx")
+    assert artifact.accuracy >= original.accuracy - 0.006  # within 2 test images of fp32
+    table = res.report.tables["int8"]
+    assert any(row["kind"].startswith("Conv2d weight") and row["sqnr_db"] > 30 for row in table)
+    assert "int8:" in str(res.report)
+
+
+def test_int8_targets_need_calibration_data(digits_model, digits):
+    with pytest.raises(
+        InvalidInputError, match=r"pass 'calibrate' of target x86-int8 needs calibration_data"
+    ):
+        graphopt.optimize(digits_model, target="x86-int8", example_inputs=(digits.test_x[:1],))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "calibration_data is empty"),
+        ([torch.randn(4, 1, 9, 9)], r"per-sample shapes \[\(1, 9, 9\)\]"),
+        ([torch.full((4, 1, 8, 8), float("nan"))], "contains NaN or inf"),
+    ],
+)
+def test_bad_calibration_data(digits_model, digits, data, message):
+    with pytest.raises(InvalidInputError, match=message):
+        graphopt.optimize(
+            digits_model, target="arm-int8", example_inputs=(digits.test_x[:1],), calibration_data=data
+        )
+
+
+def test_latency_guard_ships_fp32_when_int8_is_slower(tmp_path, monkeypatch):
+    model, inputs = get_model("mlp").build()
+    res = graphopt.optimize(
+        model, target="x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs)
+    )
+    from graphopt.result import LatencyGuard
+
+    monkeypatch.setattr(
+        type(res), "_latency_guard", lambda self, backend: LatencyGuard(int8_ms=2.0, fp32_ms=1.0)
+    )
+    path = res.export(tmp_path / "m.onnx")
+    row = res.report.stages[-1]
+    assert row.stage == "artifact:onnx (fp32 fallback)" and row.stats["shipped_fp32"] == 1
+    assert "int8 is not faster here, so the fp32 model was shipped" in str(res.report)
+    assert not any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
+
+
+def test_insert_fake_quant_is_exact_until_calibrated():
+    model, inputs = get_model("resnet_basic").build()
+    res = graphopt.optimize(model, example_inputs=inputs, passes=["fold_batchnorm", "insert_fake_quant"])
+    row = res.report.stage("insert_fake_quant")
+    assert row.stats["activation_quantizers"] == 16 and row.stats["int8_layers"] == 10
+    assert row.exact_check_max_abs == 0.0
+    assert all(
+        not m.frozen for m in res.model.modules() if isinstance(m, (ActivationQuantizer, QuantizedLayer))
+    )
+
+
+def test_scheme_arithmetic():
+    scheme = QuantScheme(activations="uint8", reduce_range=True)
+    scale, zp = activation_qparams(-1.0, 3.0, scheme)
+    assert scale == pytest.approx(4.0 / 255) and zp == 64  # 0.0 maps exactly to q = 64
+    w = torch.tensor([[0.5, -1.0], [0.25, 0.1]])
+    scales = weight_scales(w, scheme)
+    torch.testing.assert_close(scales, torch.tensor([1.0 / 64, 0.25 / 64]))
+    q = quantize_weight(w, scales, scheme)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 64  # 7-bit weights with reduce_range
+    assert QuantScheme(activations="int8", reduce_range=False).weight_bound == 127
