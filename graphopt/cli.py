@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_optimize)
 
     p = sub.add_parser("demo", help="train the digits CNN, optimize, export, print the per-stage table")
-    p.add_argument("--target", default="arm-fp32")
+    p.add_argument("--target", default="x86-int8")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out", type=Path, default=Path("graphopt-demo"))
     p.add_argument("--quiet", action="store_true", help="no progress output")

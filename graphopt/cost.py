@@ -34,13 +34,14 @@ _MATMULS = (torch.matmul, torch.bmm, torch.mm, operator.matmul)
 
 def count_params(module: nn.Module) -> int:
     """Number of parameter elements (each shared parameter counted once)."""
-    return sum(p.numel() for p in module.parameters())
+    # Tensors on the meta device describe geometry only (QuantizedLayer.mac_layer): no storage, not counted.
+    return sum(p.numel() for p in module.parameters() if not p.is_meta)
 
 
 def weight_bytes(module: nn.Module) -> int:
     """Bytes held by parameters and buffers: what an fp32/int8 artifact must store, before packing."""
     tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in tensors if not t.is_meta)
 
 
 def _numel(shape: tuple[int, ...] | None) -> int:
@@ -79,6 +80,8 @@ def _layer_macs(layer: nn.Module, in_numel: int, out_numel: int) -> int | None:
 
 
 def _module_macs(module: nn.Module, node: fx.Node) -> int:
+    # A wrapper that computes like a standard layer (an int8 QuantizedLayer) names it as ``mac_layer``.
+    module = getattr(module, "mac_layer", module)
     layer = _layer_macs(module, _numel(shape_of(node.args[0]) if node.args else None), _numel(shape_of(node)))
     if layer is not None:
         return layer

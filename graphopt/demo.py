@@ -20,7 +20,7 @@ log = logging.getLogger("graphopt")
 
 @dataclass(frozen=True)
 class DemoConfig:
-    target: str = "arm-fp32"
+    target: str = "x86-int8"
     epochs: int = 30
     seed: int = 0
     out_dir: Path = Path("graphopt-demo")
@@ -38,6 +38,7 @@ def run_demo(config: DemoConfig) -> OptimizeResult:
         model,
         target=config.target,
         example_inputs=(data.test_x[:1],),
+        calibration_data=[data.train_x[i : i + 32] for i in range(0, 320, 32)],
         eval_data=data.test_batches(),
     )
     out = config.out_dir
