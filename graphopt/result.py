@@ -157,10 +157,8 @@ class OptimizeResult:
                 eager = model(*inputs)
             got = runner.run(*inputs)
             if quantized:
-                ok, max_abs = (
-                    agreement(eager, got).cosine >= INT8_ARTIFACT_COSINE,
-                    agreement(eager, got).max_abs,
-                )
+                match = agreement(eager, got)
+                ok, max_abs = match.cosine >= INT8_ARTIFACT_COSINE, match.max_abs
             else:
                 scale = max((float(t.abs().max()) for t in flatten_outputs(eager)), default=1.0)
                 tolerance = Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL * max(scale, 1.0))
