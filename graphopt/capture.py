@@ -88,7 +88,7 @@ def capture(model: nn.Module) -> Capture:
             leaves[culprit] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             continue
         name = type(model).__name__
-        return Capture(fx.GraphModule(tracer.root, graph, class_name=name), leaves)
+        return Capture(fx.GraphModule(tracer.root, graph, class_name=name).eval(), leaves)
 
 
 def example_outputs(gm: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:

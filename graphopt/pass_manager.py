@@ -76,6 +76,7 @@ class PassManager:
     def run(self, gm: fx.GraphModule, context: PassContext) -> list[PassRecord]:
         """Run the pipeline on ``gm`` in place; return one record per pass executed."""
         records: list[PassRecord] = []
+        gm.eval()
         propagate_shapes(gm, context.example_inputs)
         for step in range(self.steps):
             modified = False
@@ -100,6 +101,9 @@ class PassManager:
                 result = pass_.call(gm)
                 seconds = time.perf_counter() - start
                 self._check_result(pass_, gm, result)
+                # The IR is an inference graph between passes; modules a pass created start in training
+                # mode (nn.Module's default), and a quantizer in training mode exports as fake-quant.
+                gm.eval()
                 gm.graph.lint()
                 gm.recompile()
                 propagate_shapes(gm, context.example_inputs)

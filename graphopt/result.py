@@ -14,7 +14,7 @@ from torch import nn
 
 from graphopt import serialize
 from graphopt.backends import Backend, backend_for, export_onnx
-from graphopt.backends.onnx_backend import OnnxRunner
+from graphopt.backends.onnx_backend import OnnxRunner, exporter_of
 from graphopt.backends.timing import interleaved_medians, measure
 from graphopt.cost import count_macs, count_params
 from graphopt.errors import ExportError
@@ -102,7 +102,7 @@ class OptimizeResult:
             macs=count_macs(model),
             bytes=artifact.stat().st_size,
             agreement=agreement(self.reference_outputs, outputs),
-            notes=[f"{artifact.name} run in {chosen.runtime}"],
+            notes=[f"{artifact.name} written by {exporter_of(artifact)}, run in {chosen.runtime}"],
         )
         if mismatch is not None:
             record.notes.append(mismatch)

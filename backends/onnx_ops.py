@@ -1,0 +1,315 @@
+"""The op table of the direct ONNX lowering: one function per module type, function or tensor method.
+
+Each lowering reads the node's arguments and its module's attributes and appends ONNX nodes with exactly
+the module's semantics; anything it does not cover (an unusual padding mode, ``return_indices``, a
+non-default ``divisor_override``) raises :class:`UnsupportedNode` so that the general exporter handles it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from graphopt.backends.onnx_lowering import OnnxGraphBuilder, UnsupportedNode
+from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+
+ModuleLowering = Callable[[OnnxGraphBuilder, fx.Node, nn.Module], str]
+
+
+def lower_module(b: OnnxGraphBuilder, node: fx.Node, module: nn.Module | None) -> str:
+    for kind, lowering in _MODULES.items():
+        if type(module) is kind:
+            return lowering(b, node, module)
+    raise UnsupportedNode(f"module {type(module).__name__} at {node.target}")
+
+
+def lower_function(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    lowering = _FUNCTIONS.get(node.target)
+    if lowering is None:
+        raise UnsupportedNode(f"function {getattr(node.target, '__name__', node.target)}")
+    return lowering(b, node)
+
+
+def lower_method(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    lowering = _METHODS.get(str(node.target))
+    if lowering is None:
+        raise UnsupportedNode(f"tensor method .{node.target}()")
+    return lowering(b, node)
+
+
+def _only_input(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    if node.kwargs or len(node.args) != 1:
+        raise UnsupportedNode(f"{node.name} has arguments besides its input")
+    return b.input_of(node.args[0])
+
+
+# Layers ---------------------------------------------------------------------------------------------------
+
+
+def _conv_attrs(conv: nn.Module) -> dict[str, object]:
+    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise UnsupportedNode(f"{type(conv).__name__} is not a convolution")
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise UnsupportedNode(f"conv padding {conv.padding!r} / {conv.padding_mode}")
+    return {
+        "kernel_shape": list(conv.kernel_size),
+        "strides": list(conv.stride),
+        "pads": list(conv.padding) * 2,
+        "dilations": list(conv.dilation),
+        "group": conv.groups,
+    }
+
+
+def _float_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module) -> str:
+    weight = b.constant(layer.weight, f"{node.target}.weight")
+    bias = [b.constant(layer.bias, f"{node.target}.bias")] if layer.bias is not None else []
+    return _apply_layer(b, node, layer, weight, bias)
+
+
+def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) -> str:
+    """int8 weight and int32 bias initializers feeding DequantizeLinear (axis 0): ONNX's canonical QDQ."""
+    if not layer.frozen:
+        assert layer.float_layer is not None
+        return _float_layer(b, node, layer.float_layer)
+    zeros = layer.channel_zero_points
+    weight = b.op(
+        "DequantizeLinear",
+        [
+            b.constant(layer.weight_int8, f"{node.target}.weight_int8"),
+            b.constant(layer.weight_scale, f"{node.target}.weight_scale"),
+            b.constant(zeros.to(torch.int8), f"{node.target}.weight_zero_point"),
+        ],
+        f"{node.target}.weight",
+        axis=0,
+    )
+    bias = b.op(
+        "DequantizeLinear",
+        [
+            b.constant(layer.bias_int32, f"{node.target}.bias_int32"),
+            b.constant(layer.bias_scale, f"{node.target}.bias_scale"),
+            b.constant(zeros.to(torch.int32), f"{node.target}.bias_zero_point"),
+        ],
+        f"{node.target}.bias",
+        axis=0,
+    )
+    return _apply_layer(b, node, layer.mac_layer, weight, [bias])
+
+
+def _apply_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module, weight: str, bias: list[str]) -> str:
+    x = _only_input(b, node)
+    if isinstance(layer, nn.Linear):
+        # Gemm (what ORT fuses into QGemm) takes 2-D input only; other ranks use MatMul + Add.
+        if len(node.args[0].meta.get("shape", ())) == 2:
+            return b.op("Gemm", [x, weight, *bias], "linear", transB=1)
+        out = b.op("MatMul", [x, b.op("Transpose", [weight], "weight_t", perm=[1, 0])], "matmul")
+        return b.op("Add", [out, *bias], "linear") if bias else out
+    return b.op("Conv", [x, weight, *bias], "conv", **_conv_attrs(layer))
+
+
+def _activation_quantizer(b: OnnxGraphBuilder, node: fx.Node, q: ActivationQuantizer) -> str:
+    x = _only_input(b, node)
+    if not q.frozen:  # observing or never calibrated: passes values through
+        return b.op("Identity", [x], "passthrough")
+    dtype = torch.uint8 if q.scheme.activations == "uint8" else torch.int8
+    scale = b.constant(torch.tensor(q.scale, dtype=torch.float32), f"{node.target}.scale")
+    zero = b.constant(torch.tensor(q.zero_point, dtype=dtype), f"{node.target}.zero_point")
+    quantized = b.op("QuantizeLinear", [x, scale, zero], "q")
+    return b.op("DequantizeLinear", [quantized, scale, zero], "dq")
+
+
+_BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _batchnorm(b: OnnxGraphBuilder, node: fx.Node, bn: nn.Module) -> str:
+    if bn.running_mean is None or not bn.affine:
+        raise UnsupportedNode("BatchNorm without running statistics or affine parameters")
+    params = [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    names = [b.constant(p, f"{node.target}.{kind}") for p, kind in zip(params, _BN_PARAMS, strict=True)]
+    return b.op("BatchNormalization", [_only_input(b, node), *names], "bn", epsilon=float(bn.eps))
+
+
+# Activations and pooling ----------------------------------------------------------------------------------
+
+
+def _clip(b: OnnxGraphBuilder, x: str, low: float, high: float) -> str:
+    bounds = [b.constant(torch.tensor(v, dtype=torch.float32), "clip") for v in (low, high)]
+    return b.op("Clip", [x, *bounds], "clip")
+
+
+def _hardtanh(b: OnnxGraphBuilder, node: fx.Node, m: nn.Module) -> str:
+    return _clip(b, _only_input(b, node), float(m.min_val), float(m.max_val))
+
+
+def _unary(op_type: str) -> ModuleLowering:
+    return lambda b, node, _module: b.op(op_type, [_only_input(b, node)], op_type.lower())
+
+
+def _identity(b: OnnxGraphBuilder, node: fx.Node, _module: nn.Module | None = None) -> str:
+    return b.op("Identity", [_only_input(b, node)], "identity")
+
+
+def _pool_geometry(m: nn.Module) -> dict[str, object]:
+    rank = 2 if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) else 1
+
+    def expand(value: object) -> list[int]:
+        return list(value) if isinstance(value, (tuple, list)) else [int(value)] * rank
+
+    return {
+        "kernel_shape": expand(m.kernel_size),
+        "strides": expand(m.stride if m.stride is not None else m.kernel_size),
+        "pads": expand(m.padding) * 2,
+        "ceil_mode": int(m.ceil_mode),
+    }
+
+
+def _max_pool(b: OnnxGraphBuilder, node: fx.Node, m: nn.Module) -> str:
+    if m.return_indices:
+        raise UnsupportedNode("MaxPool with return_indices")
+    geometry = _pool_geometry(m)
+    rank = len(geometry["strides"])
+    dilation = list(m.dilation) if isinstance(m.dilation, (tuple, list)) else [m.dilation] * rank
+    return b.op("MaxPool", [_only_input(b, node)], "maxpool", dilations=dilation, **geometry)
+
+
+def _avg_pool(b: OnnxGraphBuilder, node: fx.Node, m: nn.Module) -> str:
+    if m.divisor_override is not None:
+        raise UnsupportedNode("AvgPool with divisor_override")
+    return b.op(
+        "AveragePool",
+        [_only_input(b, node)],
+        "avgpool",
+        count_include_pad=int(m.count_include_pad),
+        **_pool_geometry(m),
+    )
+
+
+def _is_global(output_size: object) -> bool:
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,)
+    return all(s == 1 for s in sizes)
+
+
+def _adaptive_avg_pool_module(b: OnnxGraphBuilder, node: fx.Node, m: nn.Module) -> str:
+    if not _is_global(m.output_size):
+        raise UnsupportedNode(f"adaptive average pooling to {m.output_size}")
+    return b.op("GlobalAveragePool", [_only_input(b, node)], "gap")
+
+
+def _flatten_module(b: OnnxGraphBuilder, node: fx.Node, m: nn.Flatten) -> str:
+    return _flatten(b, node, _only_input(b, node), m.start_dim, m.end_dim)
+
+
+_MODULES: dict[type[nn.Module], ModuleLowering] = {
+    nn.Conv1d: _float_layer,
+    nn.Conv2d: _float_layer,
+    nn.Conv3d: _float_layer,
+    nn.Linear: _float_layer,
+    QuantizedLayer: _quantized_layer,
+    ActivationQuantizer: _activation_quantizer,
+    nn.BatchNorm1d: _batchnorm,
+    nn.BatchNorm2d: _batchnorm,
+    nn.ReLU: _unary("Relu"),
+    nn.Sigmoid: _unary("Sigmoid"),
+    nn.Tanh: _unary("Tanh"),
+    nn.ReLU6: lambda b, node, _m: _clip(b, _only_input(b, node), 0.0, 6.0),
+    nn.Hardtanh: _hardtanh,
+    nn.Identity: _identity,
+    nn.Dropout: _identity,  # the IR is in eval mode
+    nn.MaxPool1d: _max_pool,
+    nn.MaxPool2d: _max_pool,
+    nn.AvgPool1d: _avg_pool,
+    nn.AvgPool2d: _avg_pool,
+    nn.AdaptiveAvgPool1d: _adaptive_avg_pool_module,
+    nn.AdaptiveAvgPool2d: _adaptive_avg_pool_module,
+    nn.Flatten: _flatten_module,
+}
+
+
+# Functions and tensor methods -----------------------------------------------------------------------------
+
+
+def _flatten(b: OnnxGraphBuilder, node: fx.Node, x: str, start: int, end: int) -> str:
+    """``flatten(start_dim=1)``: ONNX Flatten(axis=1) gives the same [N, rest]; other spans do not match."""
+    rank = len(node.args[0].meta.get("shape", ()))
+    if start % max(rank, 1) != 1 or end % max(rank, 1) != rank - 1:
+        raise UnsupportedNode(f"flatten({start}, {end}) of a rank-{rank} tensor")
+    return b.op("Flatten", [x], "flatten", axis=1)
+
+
+def _flatten_call(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    args = list(node.args[1:])
+    start = int(node.kwargs.get("start_dim", args[0] if args else 0))
+    end = int(node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1))
+    return _flatten(b, node, b.input_of(node.args[0]), start, end)
+
+
+def _binary(op_type: str) -> Callable[[OnnxGraphBuilder, fx.Node], str]:
+    def lower(b: OnnxGraphBuilder, node: fx.Node) -> str:
+        if node.kwargs or len(node.args) != 2:
+            raise UnsupportedNode(f"{op_type} with alpha or extra arguments")
+        return b.op(op_type, [b.input_of(a) for a in node.args], op_type.lower())
+
+    return lower
+
+
+def _relu_call(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    x = node.args[0]
+    inplace = node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False)
+    if inplace and isinstance(x, fx.Node) and len(x.users) > 1:
+        raise UnsupportedNode(f"in-place relu {node.name} whose input is read elsewhere")
+    return b.op("Relu", [b.input_of(node.args[0])], "relu")
+
+
+def _cat(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    tensors = node.args[0]
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    if not isinstance(tensors, (tuple, list)) or not isinstance(dim, int):
+        raise UnsupportedNode("cat of a non-list")
+    return b.op("Concat", [b.input_of(t) for t in tensors], "concat", axis=dim)
+
+
+def _adaptive_avg_pool_call(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+    if not _is_global(size):
+        raise UnsupportedNode(f"adaptive average pooling to {size}")
+    return b.op("GlobalAveragePool", [b.input_of(node.args[0])], "gap")
+
+
+def _mean_call(b: OnnxGraphBuilder, node: fx.Node) -> str:
+    """``x.mean(dim=(2, 3))`` of an NCHW tensor: GlobalAveragePool, then Flatten (or kept as N,C,1,1)."""
+    x = node.args[0]
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    rank = len(x.meta.get("shape", ())) if isinstance(x, fx.Node) else 0
+    spatial = tuple(range(2, rank))
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+    if rank < 3 or tuple(d % rank for d in dims) != spatial or node.kwargs.get("dtype") is not None:
+        raise UnsupportedNode(f"mean over dims {dims} of a rank-{rank} tensor")
+    pooled = b.op("GlobalAveragePool", [b.input_of(x)], "gap")
+    return pooled if keepdim else b.op("Flatten", [pooled], "flatten", axis=1)
+
+
+_FUNCTIONS: dict[object, Callable[[OnnxGraphBuilder, fx.Node], str]] = {
+    operator.add: _binary("Add"),
+    torch.add: _binary("Add"),
+    operator.mul: _binary("Mul"),
+    torch.mul: _binary("Mul"),
+    torch.cat: _cat,
+    torch.flatten: _flatten_call,
+    torch.relu: _relu_call,
+    F.relu: _relu_call,
+    torch.sigmoid: lambda b, node: b.op("Sigmoid", [b.input_of(node.args[0])], "sigmoid"),
+    F.adaptive_avg_pool2d: _adaptive_avg_pool_call,
+    torch.mean: _mean_call,
+}
+
+_METHODS: dict[str, Callable[[OnnxGraphBuilder, fx.Node], str]] = {
+    "flatten": _flatten_call,
+    "relu": _relu_call,
+    "mean": _mean_call,
+    "sigmoid": lambda b, node: b.op("Sigmoid", [b.input_of(node.args[0])], "sigmoid"),
+}
