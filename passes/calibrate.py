@@ -25,12 +25,19 @@ from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
 @dataclass(frozen=True)
 class CalibrateOptions(PassOptions):
+    """``max_batches`` items of calibration_data are read; they run through the model concatenated into
+    chunks of up to ``chunk_samples`` samples (batched convs are faster per sample; ``moving_average``
+    averages over chunks)."""
+
     max_batches: int = 100
+    chunk_samples: int = 32
     quiet: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batches < 1:
             raise ConfigError(f"max_batches must be >= 1, got {self.max_batches}")
+        if self.chunk_samples < 1:
+            raise ConfigError(f"chunk_samples must be >= 1, got {self.chunk_samples}")
 
 
 class Calibrate(Pass):
@@ -62,20 +69,31 @@ class Calibrate(Pass):
         return PassResult(gm, modified=True, stats=stats)
 
     def _observe(self, gm: fx.GraphModule, quantizers: list[ActivationQuantizer], batches: list) -> None:
-        progress = Progress(len(batches), "calibrate", quiet=self.options.quiet)
+        chunks = concatenate_batches(batches, self.options.chunk_samples)
         for q in quantizers:
             q.observing = True
         try:
-            with torch.no_grad():
-                for inputs in batches:
-                    try:
-                        gm(*inputs)
-                    except ValueError as exc:  # an observer saw NaN/inf
-                        raise InvalidInputError(f"calibration_data produced {exc}; check the data") from exc
-                    progress.update()
+            try:
+                self._run(gm, chunks)
+            except ValueError:
+                raise
+            except Exception:  # the graph fixes its batch size: start over with the batches as given
+                for q in quantizers:
+                    q.reset()
+                self._run(gm, batches)
         finally:
             for q in quantizers:
                 q.observing = False
+
+    def _run(self, gm: fx.GraphModule, batches: list[tuple[torch.Tensor, ...]]) -> None:
+        progress = Progress(len(batches), "calibrate", quiet=self.options.quiet)
+        with torch.no_grad():
+            for inputs in batches:
+                try:
+                    gm(*inputs)
+                except ValueError as exc:  # an observer saw NaN/inf
+                    raise InvalidInputError(f"calibration_data produced {exc}; check the data") from exc
+                progress.update()
 
     @staticmethod
     def _freeze_layers(gm: fx.GraphModule) -> tuple[int, int]:
@@ -93,6 +111,22 @@ class Calibrate(Pass):
                 set_module(gm, str(node.target), layer.float_layer)
                 reverted += 1
         return frozen, reverted
+
+
+def concatenate_batches(
+    batches: list[tuple[torch.Tensor, ...]], max_samples: int
+) -> list[tuple[torch.Tensor, ...]]:
+    """Consecutive batches joined along dim 0 into chunks of at most ``max_samples`` samples."""
+    chunks: list[list[tuple[torch.Tensor, ...]]] = [[]]
+    count = 0
+    for batch in batches:
+        size = len(batch[0])
+        if chunks[-1] and count + size > max_samples:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(batch)
+        count += size
+    return [tuple(torch.cat(parts) for parts in zip(*chunk, strict=True)) for chunk in chunks]
 
 
 def int8_summary(gm: fx.GraphModule) -> list[dict[str, object]]:

@@ -42,6 +42,7 @@ class ActivationQuantizer(nn.Module):
     def __init__(self, scheme: QuantScheme, observer: ObserverConfig, seed: int = 0):
         super().__init__()
         self.scheme = scheme
+        self.observer_config, self.seed = observer, seed
         self.observer: RangeObserver | None = RangeObserver(observer, seed)
         # Python numbers, not buffers: they become constants of the exported graph.
         self.scale: float | None = None
@@ -52,6 +53,11 @@ class ActivationQuantizer(nn.Module):
     @property
     def frozen(self) -> bool:
         return self.scale is not None
+
+    def reset(self) -> None:
+        """Forget what was observed (and any frozen scale): the quantizer observes afresh."""
+        self.observer = RangeObserver(self.observer_config, self.seed)
+        self.scale = self.zero_point = None
 
     def freeze(self) -> None:
         assert self.observer is not None

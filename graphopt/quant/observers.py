@@ -12,6 +12,7 @@ Percentile and MSE need the values, not only extremes: each observer keeps a uni
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,19 +56,21 @@ class RangeObserver:
         self.generator = torch.Generator().manual_seed(seed)
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().float().flatten()
+        x = x.detach()
         if x.numel() == 0:
             return
-        if not torch.isfinite(x).all():
+        # One pass over the tensor; NaN propagates into aminmax and inf shows up as an extreme.
+        lo_t, hi_t = torch.aminmax(x)
+        lo, hi = float(lo_t), float(hi_t)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("non-finite values (NaN or inf) reached an activation")
-        lo, hi = float(x.min()), float(x.max())
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         m = self.config.momentum
         self.avg_lo = lo if self.avg_lo is None else m * self.avg_lo + (1 - m) * lo
         self.avg_hi = hi if self.avg_hi is None else m * self.avg_hi + (1 - m) * hi
         self.batches += 1
         if self.config.method in ("percentile", "mse"):
-            self._keep_sample(x)
+            self._keep_sample(x.float().flatten())
 
     def _keep_sample(self, x: torch.Tensor) -> None:
         cap = self.config.max_samples
