@@ -28,10 +28,12 @@ from graphopt.zoo import get_model
 PRESETS = ("default", "best")
 
 
-def _artifacts(model, inputs, calibration, tmp: Path) -> tuple[dict[str, Path], float, object]:
+def _artifacts(
+    model, inputs, calibration, tmp: Path, *, latency_guard: bool = True
+) -> tuple[dict[str, Path], float, object]:
     start = time.perf_counter()
     result = graphopt.optimize(model, "x86-int8", example_inputs=inputs, calibration_data=calibration)
-    ours = result.export(tmp / "graphopt.onnx")
+    ours = result.export(tmp / "graphopt.onnx", latency_guard=latency_guard)
     seconds = time.perf_counter() - start
     paths = {"ort_fp32": export_onnx(model.eval(), inputs, tmp / "fp32.onnx"), "graphopt_x86_int8": ours}
     batches = [(x,) for x in calibration]
@@ -79,7 +81,8 @@ def test_digits_int8_accuracy_vs_ort(benchmark, seed, tmp_path):
     model = train_digits_cnn(split, DigitsTraining(seed=seed), quiet=True)
     inputs = (split.test_x[:1],)
     calibration = [split.train_x[i : i + 1] for i in range(320)]
-    paths, _, _ = _artifacts(model, inputs, calibration, tmp_path)
+    # The guard would ship fp32 for this overhead-bound model; this compares int8 accuracy, so it is off.
+    paths, _, _ = _artifacts(model, inputs, calibration, tmp_path, latency_guard=False)
     test = split.test_batches()
     scores = {key: 100 * accuracy(OnnxRunner(path).run_batched, test) for key, path in paths.items()}
     scores["eager_fp32"] = 100 * accuracy(model.eval(), test)
