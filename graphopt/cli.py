@@ -1,4 +1,4 @@
-"""The ``graphopt`` command line: ``passes``, ``targets``, ``optimize``, ``demo``."""
+"""The ``graphopt`` command line: ``passes``, ``targets``, ``optimize``, ``verify``, ``demo``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the report as JSON")
     p.set_defaults(run=_cmd_optimize)
 
+    p = sub.add_parser(
+        "verify", help="run an ONNX artifact on another CPU family's or an older onnxruntime and check it"
+    )
+    p.add_argument("artifact", type=Path, help="the .onnx file")
+    p.add_argument("--arch", choices=["aarch64", "x86_64"], default="aarch64")
+    p.add_argument("--ort", default=None, help="onnxruntime version to run it on (default 1.20.1)")
+    p.set_defaults(run=_cmd_verify)
+
     p = sub.add_parser("demo", help="train the digits CNN, optimize, export, print the per-stage table")
     p.add_argument("--target", default="x86-int8")
     p.add_argument("--epochs", type=int, default=30)
@@ -91,6 +99,14 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(result.report.to_json())
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from graphopt.verify import DEFAULT_ORT, verify_artifact
+
+    result = verify_artifact(args.artifact, args.arch, ort_version=args.ort or DEFAULT_ORT, quiet=False)
+    print(result.summary())
+    return 0 if result.ok else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

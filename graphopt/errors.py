@@ -64,3 +64,7 @@ class TrainingDivergedError(GraphoptError, RuntimeError):
             f"{cause}: training stopped and the model was restored to its state before the stage. "
             "Lower the learning rate (RecoveryConfig(optimizer=OptimizerConfig(lr=...))) or check the data."
         )
+
+
+class RuntimeSetupError(GraphoptError, RuntimeError):
+    """A foreign runtime for ``graphopt verify`` (emulated aarch64, older onnxruntime) could not be set up."""

@@ -166,7 +166,8 @@ class OptimizeResult:
             if not ok and quantized and foreign:
                 return (
                     f"this {self.target.isa} int8 artifact run on {platform.machine()} differs from the "
-                    f"model (max abs {max_abs:.3g}); verify it on the {self.target.isa} runtime"
+                    f"model (max abs {max_abs:.3g}); check it on the {self.target.isa} runtime: "
+                    f"graphopt verify <file> --arch {self.target.isa}"
                 )
             if not ok:
                 raise ExportError(

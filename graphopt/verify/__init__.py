@@ -1,0 +1,140 @@
+"""Check an ONNX artifact on the runtime it will meet: what that runtime fuses, and whether its outputs
+match this machine's.
+
+    result = verify_artifact("model.onnx", arch="aarch64")  # CLI: graphopt verify model.onnx --arch aarch64
+    print(result.summary()); assert result.ok
+
+For an int8 (QDQ) artifact the runtime must turn every Conv, Gemm and MatMul into an integer kernel
+(QLinearConv, QGemm, QLinearMatMul, MatMulInteger...): an op left in float means the runtime dequantizes and
+requantizes around it, slower than fp32 would be. Outputs must agree within cosine 0.999, on every input
+set, with the file's reference semantics: this machine's onnxruntime with graph optimizations off, which
+evaluates every DequantizeLinear -> op -> QuantizeLinear in float. (Not this machine's optimized run: x86
+integer kernels saturate on s8 x s8, so an arm-int8 file run on x86 is itself off by more than the device.)
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphopt.backends import OnnxRunner
+from graphopt.errors import InvalidInputError, RuntimeSetupError
+from graphopt.verify.runtime import DEFAULT_ORT, Arch, ForeignRuntime
+
+__all__ = ["DEFAULT_ORT", "ForeignRuntime", "VerifyResult", "op_histogram", "verify_artifact"]
+
+#: Float ops that an int8 artifact must not leave behind in the runtime's optimized graph.
+FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+MIN_COSINE = 0.999
+PROBE = Path(__file__).with_name("probe.py")
+
+
+@dataclass
+class VerifyResult:
+    path: Path
+    runtime: str  # e.g. "onnxruntime 1.20.1 on aarch64"
+    ops: Counter[str]  # op histogram of the runtime's optimized graph
+    quantized: bool
+    min_cosine: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines = [
+            f"{self.path.name} on {self.runtime}: {'OK' if self.ok else 'PROBLEMS'}",
+            f"  optimized graph: {ops}",
+            f"  outputs vs reference semantics (QDQ in float): min cosine {self.min_cosine:.6f}",
+        ]
+        return "\n".join(lines + [f"  problem: {p}" for p in self.problems])
+
+
+def op_histogram(path: str | Path) -> Counter[str]:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def verify_artifact(
+    path: str | Path,
+    arch: Arch = "aarch64",
+    *,
+    ort_version: str = DEFAULT_ORT,
+    input_sets: int = 3,
+    seed: int = 0,
+    quiet: bool = True,
+) -> VerifyResult:
+    """Run ``path`` on ``arch``'s onnxruntime ``ort_version``; check fusion and outputs (module doc)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"no ONNX file at {path}")
+    runtime = ForeignRuntime(arch, ort_version)
+    runtime.prepare(quiet=quiet)
+    reference = OnnxRunner(path, optimization="disabled")
+    feeds = _random_inputs(reference, input_sets, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "inputs.npz", **feeds)
+        done = runtime.run(PROBE, str(path.resolve()), str(Path(tmp) / "inputs.npz"), tmp)
+        if done.returncode != 0:
+            raise RuntimeSetupError(
+                f"the {arch} onnxruntime {ort_version} failed on {path.name} (exit {done.returncode}): "
+                + "\n".join(done.stderr.strip().splitlines()[-10:])
+            )
+        ops = op_histogram(Path(tmp) / "optimized.onnx")
+        theirs = dict(np.load(Path(tmp) / "outputs.npz"))
+        info = json.loads((Path(tmp) / "runtime.json").read_text())
+    quantized = any(n.op_type == "DequantizeLinear" for n in onnx.load(str(path)).graph.node)
+    min_cosine = _min_cosine(reference, feeds, theirs)
+    result = VerifyResult(
+        path=path,
+        runtime=f"onnxruntime {info['onnxruntime']} on {info['machine']}",
+        ops=ops,
+        quantized=quantized,
+        min_cosine=min_cosine,
+    )
+    if quantized:
+        left = {op: ops[op] for op in FLOAT_COMPUTE_OPS if ops[op]}
+        if left:
+            result.problems.append(
+                f"ops left in float (not fused into integer kernels): {left}; this runtime dequantizes "
+                "around them. Use the target made for this CPU family."
+            )
+    if min_cosine < MIN_COSINE:
+        result.problems.append(
+            f"outputs differ from the file's reference semantics: cosine {min_cosine:.5f} < {MIN_COSINE}"
+        )
+    return result
+
+
+def _random_inputs(runner: OnnxRunner, sets: int, seed: int) -> dict[str, np.ndarray]:
+    """``sets`` standard-normal input sets of batch 1, shaped like the file's inputs."""
+    generator = np.random.default_rng(seed)
+    feeds = {}
+    for s in range(sets):
+        for i, spec in enumerate(runner.session.get_inputs()):
+            if spec.type != "tensor(float)":
+                raise InvalidInputError(
+                    f"input {spec.name} is {spec.type}; verify generates float inputs only"
+                )
+            shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+            feeds[f"{s}/{i}"] = generator.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _min_cosine(host: OnnxRunner, feeds: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> float:
+    worst = 1.0
+    for s in sorted({key.split("/")[0] for key in feeds}):
+        inputs = [feeds[f"{s}/{i}"] for i in range(len(host.input_names))]
+        for i, ours in enumerate(host.run(*inputs)):
+            a, b = ours.ravel().astype(np.float64), theirs[f"{s}/{i}"].ravel().astype(np.float64)
+            denominator = np.linalg.norm(a) * np.linalg.norm(b)
+            cosine = float(a @ b / denominator) if denominator > 0 else float(np.array_equal(a, b))
+            worst = min(worst, cosine)
+    return worst

@@ -1,0 +1,84 @@
+"""int8 artifacts on the runtimes devices run: onnxruntime 1.20.1 on x86_64, and the aarch64 build of
+onnxruntime 1.20.1 under qemu-user emulation. Every Conv fuses into QLinearConv on the target's own CPU
+family, outputs match the file's reference semantics, and a wrong-family artifact is flagged.
+
+The runtimes are set up once (about a minute, from PyPI and Debian's apt) and cached under
+~/.cache/graphopt/runtimes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphopt
+from graphopt.cli import main
+from graphopt.verify import ForeignRuntime, verify_artifact
+from graphopt.zoo import get_model
+
+# (model, convs, residual adds); each has one Linear classifier.
+MODELS = [("resnet_basic", 9, 3), ("mobilenet_v2_tiny", 16, 2)]
+
+
+def _runtime(arch: str) -> ForeignRuntime:
+    ok, why = ForeignRuntime.can_be_set_up(arch)
+    if not ok:
+        pytest.skip(why)
+    runtime = ForeignRuntime(arch)
+    runtime.prepare()
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def aarch64() -> ForeignRuntime:
+    return _runtime("aarch64")
+
+
+@pytest.fixture(scope="module")
+def x86_ort_1_20() -> ForeignRuntime:
+    return _runtime("x86_64")
+
+
+def _artifact(name: str, target: str, tmp_path):
+    model, inputs = get_model(name).build()
+    calibration = [torch.randn(8, *inputs[0].shape[1:]) for _ in range(4)]
+    result = graphopt.optimize(model, target, example_inputs=inputs, calibration_data=calibration)
+    return result.export(tmp_path / f"{name}-{target}.onnx", latency_guard=False)
+
+
+def _assert_fully_integer(result, convs: int, adds: int) -> None:
+    ops = result.ops
+    assert ops["QLinearConv"] == convs and ops["Conv"] == 0, ops
+    assert ops["QLinearAdd"] == adds and ops["Add"] == 0, ops
+    assert ops["QGemm"] == 1 and ops["Gemm"] == 0, ops
+    assert ops["Transpose"] <= 2, ops  # only at the entry and exit of the integer region
+    assert result.ok and result.min_cosine >= 0.999, result.summary()
+
+
+@pytest.mark.parametrize(("name", "convs", "adds"), MODELS)
+def test_x86_int8_fuses_fully_on_onnxruntime_1_20(x86_ort_1_20, name, convs, adds, tmp_path):
+    result = verify_artifact(_artifact(name, "x86-int8", tmp_path), "x86_64", ort_version="1.20.1")
+    assert result.runtime == "onnxruntime 1.20.1 on x86_64"
+    _assert_fully_integer(result, convs, adds)
+
+
+@pytest.mark.parametrize(("name", "convs", "adds"), MODELS)
+def test_arm_int8_fuses_fully_on_emulated_aarch64(aarch64, name, convs, adds, tmp_path):
+    result = verify_artifact(_artifact(name, "arm-int8", tmp_path), "aarch64")
+    assert result.runtime == "onnxruntime 1.20.1 on aarch64"
+    _assert_fully_integer(result, convs, adds)
+
+
+def test_arm_int8_on_x86_is_flagged(x86_ort_1_20, tmp_path):
+    """s8 x s8 QDQ is what aarch64 fuses; x86 fuses only part of it: verify must say so, not pass it."""
+    result = verify_artifact(_artifact("resnet_basic", "arm-int8", tmp_path), "x86_64")
+    assert not result.ok
+    assert result.ops["Conv"] > 0
+    assert any("not fused" in problem for problem in result.problems)
+
+
+def test_verify_cli(aarch64, tmp_path, capsys):
+    path = _artifact("resnet_basic", "arm-int8", tmp_path)
+    assert main(["verify", str(path), "--arch", "aarch64"]) == 0
+    assert "on aarch64: OK" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "missing.onnx")]) == 2
+    assert "no ONNX file" in capsys.readouterr().err
