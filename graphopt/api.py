@@ -25,7 +25,9 @@ from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
 from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
+from graphopt.passes.calibrate import Calibrate
 from graphopt.passes.insert_fake_quant import InsertFakeQuant
+from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.recovery.config import RecoveryConfig
@@ -65,9 +67,10 @@ def optimize(
     ``(inputs, labels)``) adds accuracy to every row. ``steps > 1`` repeats the pipeline up to a fixed point.
     ``dump_ir`` writes the IR after each pass to ``NNN_<pass>.txt`` in that folder.
 
-    With ``train_data``, a ``recover`` stage (distillation from the original model) runs after the pipeline
-    when the pipeline has a lossy pass or ``recovery`` (a :class:`RecoveryConfig`) is given, unless the
-    pipeline already names ``recover``.
+    With ``train_data``, a training stage runs after the pipeline: ``qat`` (quantization-aware training) when
+    it calibrates int8, else ``recover`` (distillation from the original model) when it has a lossy pass or
+    ``recovery`` (a :class:`RecoveryConfig`, used by either stage) is given; unless the pipeline already
+    names one of them.
     """
     check_model(model)
     inputs = check_example_inputs(example_inputs)
@@ -127,10 +130,14 @@ def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]
 
 
 def _with_recovery(pipeline: list[Pass], has_train_data: bool, recovery: RecoveryConfig | None) -> list[Pass]:
+    """Append the training stage that ``train_data`` asks for: quantization-aware training after int8
+    calibration, distillation recovery after other lossy passes (or whenever ``recovery`` is given)."""
     if recovery is not None and not isinstance(recovery, RecoveryConfig):
         raise ConfigError(f"recovery must be a graphopt.RecoveryConfig, got {type(recovery).__name__}")
-    if not has_train_data or any(isinstance(p, Recover) for p in pipeline):
+    if not has_train_data or any(isinstance(p, (Recover, QuantizationAwareTraining)) for p in pipeline):
         return pipeline
+    if any(isinstance(p, Calibrate) for p in pipeline):
+        return [*pipeline, QuantizationAwareTraining(recovery)]
     if recovery is not None or any(not p.exact for p in pipeline):
         return [*pipeline, Recover(recovery or RecoveryConfig())]
     return pipeline

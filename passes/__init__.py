@@ -10,6 +10,7 @@ from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
 from graphopt.passes.insert_fake_quant import InsertFakeQuant, InsertFakeQuantOptions
+from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
 from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
@@ -22,6 +23,7 @@ BUILTIN_PASSES = (
     Recover,
     InsertFakeQuant,
     Calibrate,
+    QuantizationAwareTraining,
 )
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "FoldBatchNormOptions",
     "InsertFakeQuant",
     "InsertFakeQuantOptions",
+    "QuantizationAwareTraining",
     "Recover",
     "ReestimateBatchNorm",
     "ReestimateBatchNormOptions",

@@ -61,7 +61,7 @@ class Calibrate(Pass):
         for quantizer in quantizers:
             quantizer.freeze()
         stats: dict[str, float] = {"batches": len(batches), "activation_quantizers": len(quantizers)}
-        frozen, reverted = self._freeze_layers(gm)
+        frozen, reverted = self.freeze_layers(gm)
         stats["int8_layers"] = frozen
         if reverted:
             stats["kept_fp32:unquantized_input"] = reverted
@@ -96,7 +96,7 @@ class Calibrate(Pass):
                 progress.update()
 
     @staticmethod
-    def _freeze_layers(gm: fx.GraphModule) -> tuple[int, int]:
+    def freeze_layers(gm: fx.GraphModule) -> tuple[int, int]:
         frozen = reverted = 0
         for node in gm.graph.nodes:
             layer = module_of(gm, node)

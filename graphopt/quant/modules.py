@@ -89,8 +89,11 @@ class QuantizedLayer(nn.Module):
         super().__init__()
         self.scheme = scheme
         self.float_layer: nn.Module | None = layer
-        #: The layer's geometry without weights, for MAC counting (see graphopt.cost).
-        self.mac_layer = copy.deepcopy(layer).to("meta")
+        #: The layer's geometry without weights, for MAC counting and lowering. Not a registered submodule:
+        #: ``model.to(device)`` cannot move meta tensors and has nothing to move here.
+        object.__setattr__(self, "mac_layer", copy.deepcopy(layer).to("meta"))
+        #: Quantization-aware training: float weights, fake-quantized per channel in forward (see thaw).
+        self.qat = False
         self.functional = _FUNCTIONAL[type(layer)]
         self.kwargs = {}
         if not isinstance(layer, nn.Linear):
@@ -119,16 +122,46 @@ class QuantizedLayer(nn.Module):
             torch.zeros(len(scales), dtype=torch.int64), requires_grad=False
         )
         self.weight_sqnr_db = sqnr_db(weight, self._dequantized_weight())
-        self.float_layer = None
+        self.float_layer, self.qat = None, False
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze` for quantization-aware training: the float layer comes back with the
+        dequantized int8 values as its weights (so training starts exactly where calibration left off), and
+        the forward fake-quantizes its weight per channel with a straight-through estimator. :meth:`freeze`
+        quantizes the trained weights again."""
+        if not self.frozen:
+            return
+        layer = copy.deepcopy(self.mac_layer).to_empty(device=self.weight_int8.device)
+        with torch.no_grad():
+            layer.weight.copy_(self._dequantized_weight())
+            if layer.bias is not None:
+                layer.bias.copy_(self._dequantized_bias())
+        for name in ("weight_int8", "weight_scale", "bias_int32", "bias_scale", "channel_zero_points"):
+            delattr(self, name)
+        self.float_layer, self.qat = layer, True
+
+    def _dequantized_bias(self) -> Tensor:
+        low, high = INT32_RANGE
+        zero = self.channel_zero_points
+        return _qd.dequantize_per_channel(self.bias_int32, self.bias_scale, zero, 0, low, high, torch.int32)
+
+    def _fake_quantized_weight(self, weight: Tensor) -> Tensor:
+        """``s_c * clamp(round(w / s_c), -b, b)`` with ``s_c = max|w_c| / b`` from the current weight; the
+        gradient passes straight through the rounding (and is zero where the clamp bites)."""
+        scales = weight_scales(weight, self.scheme)
+        zeros = torch.zeros(len(scales), dtype=torch.int32, device=weight.device)
+        bound = self.scheme.weight_bound
+        scales = scales.to(weight.device)
+        return torch.fake_quantize_per_channel_affine(weight, scales, zeros, 0, -bound, bound)
 
     def _dequantized_weight(self) -> Tensor:
         zero = self.channel_zero_points
         return _qd.dequantize_per_channel(self.weight_int8, self.weight_scale, zero, 0, -128, 127, torch.int8)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.float_layer is not None:
-            return self.float_layer(x)
-        low, high = INT32_RANGE
-        zero = self.channel_zero_points
-        bias = _qd.dequantize_per_channel(self.bias_int32, self.bias_scale, zero, 0, low, high, torch.int32)
-        return self.functional(x, self._dequantized_weight(), bias, **self.kwargs)
+        layer = self.float_layer
+        if layer is None:
+            return self.functional(x, self._dequantized_weight(), self._dequantized_bias(), **self.kwargs)
+        if self.qat:
+            return self.functional(x, self._fake_quantized_weight(layer.weight), layer.bias, **self.kwargs)
+        return layer(x)

@@ -1,0 +1,95 @@
+"""Quantization-aware training: it starts exactly where calibration left off, it recovers accuracy that
+post-training quantization lost, and the result is still a fully integer artifact."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import torch
+
+import graphopt
+from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
+from graphopt.quant import QuantizedLayer, QuantScheme
+from graphopt.quant.observers import ObserverConfig
+from graphopt.recovery import OptimizerConfig, RecoveryConfig
+from graphopt.targets import X86_INT8, PassSpec
+from graphopt.zoo import get_model
+
+
+def _calibrated_layer() -> QuantizedLayer:
+    layer = QuantizedLayer(torch.nn.Conv2d(3, 8, 3, padding=1), QuantScheme())
+    layer.freeze(input_scale=0.02)
+    return layer
+
+
+def test_thaw_starts_from_the_int8_weights_and_freeze_gives_them_back():
+    layer = _calibrated_layer()
+    x = torch.randn(2, 3, 6, 6)
+    int8_out, weight, bias = layer(x), layer.weight_int8.clone(), layer.bias_int32.clone()
+    layer.thaw()
+    assert layer.qat and not layer.frozen
+    torch.testing.assert_close(layer(x), int8_out, rtol=0, atol=1e-5)  # fake quant of dequantized = same
+    layer.freeze(input_scale=0.02)
+    assert torch.equal(layer.weight_int8, weight) and torch.equal(layer.bias_int32, bias)
+
+
+def test_qat_weights_get_straight_through_gradients():
+    layer = _calibrated_layer()
+    layer.thaw()
+    layer.train()(torch.randn(2, 3, 6, 6)).sum().backward()
+    grad = layer.float_layer.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_quantized_layers_move_between_devices():
+    """The MAC-counting geometry lives on the meta device; .to() must not try to copy it."""
+    layer = _calibrated_layer()
+    assert layer.to("cpu") is layer
+    assert "mac_layer" not in dict(layer.named_modules())
+
+
+def _clipping_target() -> graphopt.Target:
+    """x86-int8 with a percentile-90 observer: it clips activations, so post-training int8 loses accuracy."""
+    options = InsertFakeQuantOptions(
+        scheme=QuantScheme(activations="uint8", reduce_range=True),
+        observer=ObserverConfig(method="percentile", percentile=90.0),
+    )
+    passes = tuple(PassSpec(p.name, options) if p.name == "insert_fake_quant" else p for p in X86_INT8.passes)
+    return dataclasses.replace(X86_INT8, name="x86-int8-clipped", passes=passes)
+
+
+def test_qat_recovers_what_post_training_quantization_lost(digits_model, digits, tmp_path):
+    common = dict(
+        example_inputs=(digits.test_x[:1],),
+        calibration_data=[digits.train_x[i : i + 32] for i in range(0, 128, 32)],
+        eval_data=digits.test_batches(),
+    )
+    ptq = graphopt.optimize(digits_model, _clipping_target(), **common)
+    train = list(zip(digits.train_x.split(64), digits.train_y.split(64), strict=True))
+    config = RecoveryConfig(epochs=3, optimizer=OptimizerConfig(lr=1e-4), quiet=True)
+    qat = graphopt.optimize(digits_model, _clipping_target(), train_data=train, recovery=config, **common)
+
+    assert [s.stage for s in qat.report.stages][-1] == "qat"
+    ptq_accuracy, qat_accuracy = ptq.report.stages[-1].accuracy, qat.report.stages[-1].accuracy
+    assert qat_accuracy >= ptq_accuracy + 0.04, (ptq_accuracy, qat_accuracy)
+
+    path = qat.export(tmp_path / "qat.onnx", latency_guard=False)
+    artifact = qat.report.stages[-1]
+    assert abs(artifact.accuracy - qat_accuracy) <= 0.006  # the integer artifact keeps what QAT bought
+    weights = [i for i in onnx.load(str(path)).graph.initializer if i.name.endswith("weight_int8")]
+    assert len(weights) == 4 and all(w.data_type == onnx.TensorProto.INT8 for w in weights)
+
+
+def test_qat_runs_for_int8_targets_given_train_data(digits_model, digits):
+    model, inputs = get_model("resnet_basic").build()
+    labels = torch.randint(0, 10, (32,))
+    res = graphopt.optimize(
+        model, "x86-int8", example_inputs=inputs,
+        calibration_data=[torch.randn(8, *inputs[0].shape[1:])],
+        train_data=[(torch.randn(32, *inputs[0].shape[1:]), labels)],
+        recovery=RecoveryConfig(epochs=1, quiet=True, val_fraction=0.0, patience=None),
+    )  # fmt: skip
+    row = res.report.stage("qat")
+    assert row.stats["qat_layers"] == 10 and row.stats["steps"] >= 1
+    assert all(m.frozen for m in res.model.modules() if isinstance(m, QuantizedLayer))
