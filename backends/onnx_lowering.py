@@ -26,6 +26,7 @@ import torch.fx as fx
 from onnx import helper
 
 from graphopt.ir import module_of
+from graphopt.quant.modules import ActivationQuantizer
 
 #: ``producer_name`` of files this module writes, so reports can say which exporter made an artifact.
 PRODUCER = "graphopt.direct"
@@ -44,6 +45,8 @@ class OnnxGraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self.names: dict[fx.Node, str] = {}
         self._used: set[str] = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
+        #: Whether the graph computes in int8 anywhere (changes how fp32 layers' weights are written).
+        self.quantized = any(isinstance(m, ActivationQuantizer) and m.frozen for m in gm.modules())
 
     def fresh(self, hint: str) -> str:
         """``hint`` itself while unused (initializers keep their layer's name), else ``hint_<n>``."""

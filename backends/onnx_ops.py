@@ -66,9 +66,35 @@ def _conv_attrs(conv: nn.Module) -> dict[str, object]:
 
 
 def _float_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module) -> str:
-    weight = b.constant(layer.weight, f"{node.target}.weight")
-    bias = [b.constant(layer.bias, f"{node.target}.bias")] if layer.bias is not None else []
+    def parameter(tensor: torch.Tensor, hint: str) -> str:
+        return _pinned_float(b, tensor, hint) if b.quantized else b.constant(tensor, hint)
+
+    weight = parameter(layer.weight, f"{node.target}.weight")
+    bias = [parameter(layer.bias, f"{node.target}.bias")] if layer.bias is not None else []
     return _apply_layer(b, node, layer, weight, bias)
+
+
+#: 2^24: integers up to this are exact in float32, so int32 values this large carry a float's precision.
+_PINNED_LEVELS = float(1 << 24)
+
+
+def _pinned_float(b: OnnxGraphBuilder, tensor: torch.Tensor, hint: str) -> str:
+    """A float parameter of a layer that stays fp32 inside an int8 graph, as ``DequantizeLinear(int32 q,
+    per-channel scale)`` with ``|q| <= 2^24``: float32 precision (relative error <= 2^-25 of the channel's
+    largest value).
+
+    Why not a float initializer: onnxruntime 1.21+ (WeightBiasQuantization) quantizes the float weight of any
+    Conv/Gemm whose input comes from a DequantizeLinear to per-tensor int8 by itself, silently undoing a
+    decision to keep the layer in fp32. It leaves weights that already come from a DequantizeLinear alone,
+    and int32 weights are not fused into integer kernels, so the layer really computes in fp32.
+    """
+    values = tensor.detach().float()
+    peak = values.reshape(values.shape[0], -1).abs().amax(dim=1) if values.dim() else values.abs()
+    scale = (peak / _PINNED_LEVELS).clamp(min=1e-30)
+    q = torch.round(values / scale.reshape(-1, *([1] * (values.dim() - 1)))).to(torch.int32)
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    names = [b.constant(q, f"{hint}_int32"), b.constant(scale, f"{hint}_scale")]
+    return b.op("DequantizeLinear", [*names, b.constant(zero, f"{hint}_zero")], hint, axis=0)
 
 
 def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) -> str:

@@ -25,6 +25,7 @@ from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
 from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
+from graphopt.passes.accuracy_budget import AccuracyBudget
 from graphopt.passes.calibrate import Calibrate
 from graphopt.passes.insert_fake_quant import InsertFakeQuant
 from graphopt.passes.qat import QuantizationAwareTraining
@@ -60,6 +61,7 @@ def optimize(
     dump_ir: str | Path | None = None,
     instruments: Sequence[Instrument] = (),
     recovery: RecoveryConfig | None = None,
+    accuracy_budget: float | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and report every stage.
 
@@ -71,25 +73,34 @@ def optimize(
     it calibrates int8, else ``recover`` (distillation from the original model) when it has a lossy pass or
     ``recovery`` (a :class:`RecoveryConfig`, used by either stage) is given; unless the pipeline already
     names one of them.
+
+    ``accuracy_budget`` (percentage points, needs ``eval_data``) keeps the layers most sensitive to int8 in
+    fp32 until the accuracy drop against the original is within the budget (pass ``accuracy_budget``,
+    right after ``calibrate``); the report's ``accuracy_budget`` table says which layers and why.
     """
     check_model(model)
     inputs = check_example_inputs(example_inputs)
     spec = resolve_target(target)
     _check_not_yet_supported(prune, early_exit)
-    pipeline = _with_recovery(_pipeline(spec, passes), train_data is not None, recovery)
+    pipeline = _with_budget(_pipeline(spec, passes), accuracy_budget)
+    pipeline = _with_recovery(pipeline, train_data is not None, recovery)
     labelled = materialize_labelled(eval_data, "eval_data")
 
     original = private_eval_copy(model)
     reference = run_reference(original, inputs)
     train = _read_train_data(train_data, inputs, reference)
-    _check_needs(pipeline, spec, calibration_data=calibration_data, train_data=train_data)
+    _check_needs(
+        pipeline, spec, calibration_data=calibration_data, train_data=train_data, eval_data=eval_data
+    )
     calibration = read_calibration_inputs(calibration_data, inputs) if calibration_data is not None else None
     captured = capture(private_eval_copy(model))
     gm = captured.gm
     _check_capture(gm, inputs, reference)
 
     report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
-    context = PassContext(inputs, calibration_data=calibration, train_data=train, teacher=original)
+    context = PassContext(
+        inputs, calibration_data=calibration, train_data=train, teacher=original, eval_data=labelled
+    )
     reporter = StageReporter(report, reference, labelled)
     report.add(reporter.measure("original", "original", gm, context))
     snapshot = Fp32Snapshot()
@@ -143,9 +154,26 @@ def _with_recovery(pipeline: list[Pass], has_train_data: bool, recovery: Recover
     return pipeline
 
 
+def _with_budget(pipeline: list[Pass], budget: float | None) -> list[Pass]:
+    if budget is None:
+        return pipeline
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        raise ConfigError(f"accuracy_budget must be a number of percentage points, got {budget!r}")
+    positions = [i for i, p in enumerate(pipeline) if isinstance(p, Calibrate)]
+    if not positions:
+        raise ConfigError("accuracy_budget applies to int8 targets (pipelines with calibrate); this has none")
+    at = positions[-1] + 1
+    return [*pipeline[:at], AccuracyBudget(budget_pp=float(budget)), *pipeline[at:]]
+
+
 def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
     for p in pipeline:
         for need in p.needs:
+            if need == "eval_data" and given.get(need) is None:
+                raise InvalidInputError(
+                    f"pass {p.name!r} needs eval_data=...: held-out labelled batches (inputs, labels) to "
+                    "measure accuracy on"
+                )
             if given.get(need) is None:
                 raise InvalidInputError(
                     f"pass {p.name!r} of target {target.name} needs {need}=...: an iterable of input batches "

@@ -61,9 +61,13 @@ class PassContext:
         calibration_data: Iterable[Any] | None = None,
         train_data: Iterable[Any] | None = None,
         teacher: nn.Module | None = None,
+        eval_data: list[tuple[Any, torch.Tensor]] | None = None,
     ):
         self.example_inputs = example_inputs
         self.teacher = teacher  # the original model, frozen: what recovery distills from
+        #: Held-out labelled batches ``(inputs, labels)``; the report measures accuracy on them after every
+        #: pass, and accuracy-driven passes (``accuracy_budget``) decide with them.
+        self.eval_data = eval_data
         self._data = {"calibration_data": calibration_data, "train_data": train_data}
         self._read: set[str] = set()
         self.notes: list[str] = []

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from graphopt.passes.accuracy_budget import AccuracyBudget, AccuracyBudgetOptions
 from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
@@ -23,11 +24,14 @@ BUILTIN_PASSES = (
     Recover,
     InsertFakeQuant,
     Calibrate,
+    AccuracyBudget,
     QuantizationAwareTraining,
 )
 
 __all__ = [
     "BUILTIN_PASSES",
+    "AccuracyBudget",
+    "AccuracyBudgetOptions",
     "Calibrate",
     "CalibrateOptions",
     "EliminateDeadCode",

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
 import torch
 import torch.fx as fx
 from torch import nn
@@ -33,3 +38,12 @@ def count_modules(gm: fx.GraphModule, kind: type) -> int:
     return sum(
         1 for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), kind)
     )
+
+
+def ort_histogram(path: Path, tmp_path: Path) -> Counter[str]:
+    """Op counts of the graph ONNX Runtime actually runs (after all its optimizations) for ``path``."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort-optimized.onnx")
+    options.log_severity_level = 3  # the "hardware-specific optimizations" warning is expected
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)

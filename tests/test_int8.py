@@ -3,10 +3,7 @@ guard ships fp32 when int8 is not faster."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -15,13 +12,7 @@ from graphopt import InvalidInputError
 from graphopt.quant import ActivationQuantizer, QuantizedLayer, QuantScheme
 from graphopt.quant.scheme import activation_qparams, quantize_weight, weight_scales
 from graphopt.zoo import get_model
-
-
-def _ort_histogram(path, tmp_path) -> Counter[str]:
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+from tests.helpers import ort_histogram
 
 
 def _calibration(inputs, n=4):
@@ -35,7 +26,7 @@ def test_x86_int8_fuses_every_conv_add_and_linear(name, convs, adds, tmp_path):
         model, target="x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs)
     )
     path = res.export(tmp_path / "m.onnx", latency_guard=False)
-    ops = _ort_histogram(path, tmp_path)
+    ops = ort_histogram(path, tmp_path)
     assert ops["QLinearConv"] == convs and ops["Conv"] == 0
     assert ops["QLinearAdd"] == adds and ops["Add"] == 0
     assert ops["QGemm"] == 1 and ops["Gemm"] == 0

@@ -122,6 +122,9 @@ class QuantizedLayer(nn.Module):
             torch.zeros(len(scales), dtype=torch.int64), requires_grad=False
         )
         self.weight_sqnr_db = sqnr_db(weight, self._dequantized_weight())
+        # The fp32 layer stays reachable (not registered: not exported, not counted) so that a layer found
+        # too sensitive for int8 can go back to exactly its fp32 weights (see passes/accuracy_budget.py).
+        object.__setattr__(self, "fp32_layer", layer)
         self.float_layer, self.qat = None, False
 
     def thaw(self) -> None:

@@ -1,0 +1,142 @@
+"""Keep the layers int8 hurts most in fp32 until the accuracy drop is within a budget.
+
+Runs after ``calibrate``, with held-out labelled data (``eval_data``):
+
+1. ``drop = acc(original) - acc(int8 graph)`` in percentage points; within ``budget_pp``: nothing to do.
+2. Sensitivity of every int8 layer ``l``: the output SQNR of the graph with only ``l`` back in fp32 minus
+   the SQNR with every layer int8, both against the original model's logits on the eval inputs,
+   ``SQNR = 10 log10(sum y^2 / sum (y - y_q)^2)`` dB. A layer whose int8 weights cost the network much
+   signal gains much when restored. (Output SQNR, not accuracy, ranks layers: on a few hundred labelled
+   samples accuracy moves in steps too coarse to order layers by.)
+3. Greedily, most sensitive first, put layers back to their fp32 weights until the drop is within budget.
+
+A restored layer reads the float tensor its input quantizer was quantizing (the quantizer stays for other
+consumers, or goes when the layer was its only one), and its output keeps its quantizer for the integer
+layers after it. The input must not arrive through a DequantizeLinear: ONNX Runtime (1.21 and newer)
+quantizes the float weights of a ``DQ -> Conv -> Q`` sandwich itself, which would undo the decision. When
+even every layer in fp32 misses the budget (the loss is in activation quantization), the pass keeps the
+best state it found, says so in the report, and stops: it never loops.
+
+The report's ``accuracy_budget`` table lists every layer: its sensitivity, whether it stayed fp32, and the
+accuracy after the decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from graphopt.errors import ConfigError
+from graphopt.evaluation import accuracy
+from graphopt.ir import module_of, set_module
+from graphopt.numerics import flatten_outputs
+from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.quant.scheme import sqnr_db
+
+
+@dataclass(frozen=True)
+class AccuracyBudgetOptions(PassOptions):
+    budget_pp: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.budget_pp < 100:
+            raise ConfigError(f"accuracy_budget must be in [0, 100) percentage points, got {self.budget_pp}")
+
+
+class AccuracyBudget(Pass):
+    name = "accuracy_budget"
+    description = "Keep the most int8-sensitive layers in fp32 until accuracy is within a budget (eval_data)."
+    exact = False
+    Options = AccuracyBudgetOptions
+    needs = ("eval_data",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        data, teacher = self.context.eval_data, self.context.teacher
+        layers = {name: m for name, m in gm.named_modules() if isinstance(m, QuantizedLayer) and m.frozen}
+        if not data or teacher is None or not layers:
+            why = "no eval_data" if not data else "no original model" if teacher is None else "no int8 layer"
+            self.context.notes.append(f"accuracy_budget: not applied ({why})")
+            return PassResult(gm, modified=False, stats={f"skipped:{why.replace(' ', '_')}": 1})
+        budget = self.options.budget_pp
+        baseline = 100 * accuracy(teacher, data)
+        reference = _logits(teacher, data)
+        current = 100 * accuracy(gm, data)
+        stats: dict[str, float] = {"fp32_accuracy": round(baseline, 3), "int8_accuracy": round(current, 3)}
+        rows = {name: {"layer": name, "sensitivity_db": None, "kept_fp32": False} for name in layers}
+        kept: list[str] = []
+        if baseline - current > budget:
+            ranking = _sensitivities(gm, layers, reference, data)
+            for name, gain in ranking:
+                rows[name]["sensitivity_db"] = round(gain, 2)
+            for name, _ in ranking:
+                if baseline - current <= budget:
+                    break
+                _restore_fp32(gm, name, layers[name])
+                kept.append(name)
+                current = 100 * accuracy(gm, data)
+                rows[name].update(kept_fp32=True, accuracy_after=round(current, 3))
+        _drop_unused_quantizers(gm)
+        stats.update(final_accuracy=round(current, 3), kept_fp32=len(kept))
+        within = baseline - current <= budget
+        verdict = "within" if within else "NOT within (the loss is in activation quantization)"
+        self.context.notes.append(
+            f"accuracy_budget: drop {baseline - current:.2f} pp {verdict} the {budget} pp budget; "
+            f"kept in fp32: {', '.join(kept) or 'none'}"
+        )
+        self.context.tables["accuracy_budget"] = list(rows.values())
+        return PassResult(gm, modified=bool(kept), stats=stats)
+
+
+def _logits(model: torch.nn.Module, data: list) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([flatten_outputs(model(*_tuple(inputs)))[0] for inputs, _ in data])
+
+
+def _tuple(inputs: object) -> tuple:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def _sensitivities(
+    gm: fx.GraphModule, layers: dict[str, QuantizedLayer], reference: torch.Tensor, data: list
+) -> list[tuple[str, float]]:
+    """Layers by how much output SQNR (dB) restoring each alone to fp32 gains, largest first."""
+    base = sqnr_db(reference, _logits(gm, data))
+    gains = []
+    for name, layer in layers.items():
+        undo = _restore_fp32(gm, name, layer)
+        gains.append((name, sqnr_db(reference, _logits(gm, data)) - base))
+        undo()
+    return sorted(gains, key=lambda item: -item[1])
+
+
+def _restore_fp32(gm: fx.GraphModule, name: str, layer: QuantizedLayer) -> Callable[[], None]:
+    """Put ``name`` back to its fp32 layer reading the unquantized input; return the undo."""
+    set_module(gm, name, layer.fp32_layer)
+    rewired = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target == name:
+            source = node.args[0]
+            if isinstance(source, fx.Node) and isinstance(module_of(gm, source), ActivationQuantizer):
+                node.update_arg(0, source.args[0])
+                rewired.append((node, source))
+    gm.recompile()
+
+    def undo() -> None:
+        set_module(gm, name, layer)
+        for node, source in rewired:
+            node.update_arg(0, source)
+        gm.recompile()
+
+    return undo
+
+
+def _drop_unused_quantizers(gm: fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        if not node.users and isinstance(module_of(gm, node), ActivationQuantizer):
+            gm.graph.erase_node(node)
+            gm.delete_submodule(str(node.target))
+    gm.recompile()

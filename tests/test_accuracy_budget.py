@@ -1,0 +1,93 @@
+"""accuracy_budget: the layer int8 breaks is found by its sensitivity and kept in fp32, the drop ends within
+the budget, the report says which layer and why, and bad requests are clear errors."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+import graphopt
+from graphopt import ConfigError, InvalidInputError
+from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
+from graphopt.quant import QuantizedLayer, QuantScheme
+from graphopt.targets import X86_INT8, PassSpec
+from tests.helpers import ort_histogram
+
+PER_TENSOR = dataclasses.replace(
+    X86_INT8,
+    name="x86-int8-per-tensor",
+    passes=tuple(
+        PassSpec(p.name, InsertFakeQuantOptions(scheme=QuantScheme(per_channel=False)))
+        if p.name == "insert_fake_quant"
+        else p
+        for p in X86_INT8.passes
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def fragile_model(digits_model):
+    """The digits CNN with one dead channel in features.7 whose folded weights are 300x the others: the
+    ReLU after it outputs 0 for every input, so the model computes as before, but with per-tensor weight
+    scales that channel leaves every other channel of features.7 a few integer levels at most."""
+    model = copy.deepcopy(digits_model).eval()
+    with torch.no_grad():
+        bn = model.features[8]
+        bn.weight[0] *= 300.0
+        bn.bias[0] = -1e4
+    return model
+
+
+def _optimize(model, digits, **kwargs):
+    return graphopt.optimize(
+        model, PER_TENSOR, example_inputs=(digits.test_x[:1],),
+        calibration_data=[digits.train_x[i : i + 32] for i in range(0, 128, 32)],
+        eval_data=digits.test_batches(), **kwargs,
+    )  # fmt: skip
+
+
+def test_budget_keeps_the_sensitive_layer_in_fp32(fragile_model, digits, tmp_path):
+    plain = _optimize(fragile_model, digits)
+    original, int8 = plain.report.stage("original").accuracy, plain.report.stages[-1].accuracy
+    assert original - int8 > 0.5  # per-tensor int8 breaks this model
+
+    res = _optimize(fragile_model, digits, accuracy_budget=0.5)
+    row = res.report.stage("accuracy_budget")
+    assert row.stats["kept_fp32"] == 1
+    assert original - row.accuracy <= 0.005
+    table = {r["layer"]: r for r in res.report.tables["accuracy_budget"]}
+    assert table["features.7"]["kept_fp32"] and table["features.7"]["sensitivity_db"] > 20
+    assert max(table, key=lambda name: table[name]["sensitivity_db"]) == "features.7"
+    assert not isinstance(res.model.get_submodule("features.7"), QuantizedLayer)
+    assert isinstance(res.model.get_submodule("features.3"), QuantizedLayer)
+    assert any("kept in fp32: features.7" in note for note in res.report.notes)
+
+    path = res.export(tmp_path / "m.onnx", latency_guard=False)
+    assert abs(res.report.stages[-1].accuracy - row.accuracy) <= 0.006
+    # ONNX Runtime keeps the fp32 layer in fp32 (it would quantize a float-initializer weight by itself).
+    ops = ort_histogram(path, tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["Conv"] + ops["FusedConv"] == 1, ops
+
+
+def test_budget_already_met_changes_nothing(digits_model, digits):
+    res = _optimize(digits_model, digits, accuracy_budget=5.0)
+    row = res.report.stage("accuracy_budget")
+    assert row.stats["kept_fp32"] == 0 and not row.modified
+
+
+def test_budget_errors(digits_model, digits):
+    with pytest.raises(InvalidInputError, match="needs eval_data"):
+        graphopt.optimize(
+            digits_model, "x86-int8", example_inputs=(digits.test_x[:1],),
+            calibration_data=[digits.train_x[:32]], accuracy_budget=1.0,
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="applies to int8 targets"):
+        graphopt.optimize(
+            digits_model, "generic-fp32", example_inputs=(digits.test_x[:1],),
+            eval_data=digits.test_batches(), accuracy_budget=1.0,
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"must be in \[0, 100\)"):
+        _optimize(digits_model, digits, accuracy_budget=-1.0)
