@@ -5,7 +5,8 @@ Each :class:`~graphopt.quant.ActivationQuantizer` turns its observed range into 
 scale ``s_in * s_w`` (``s_in`` from the quantizer feeding it). A layer whose input is not quantized cannot
 run as an integer kernel and goes back to fp32 (``kept_fp32:unquantized_input``). Lossy.
 
-The per-layer summary (scales, zero points, weight SQNR) goes into the report's ``int8`` table.
+The per-layer summary goes into the report's ``int8`` table: scales and zero points, weight SQNR per layer,
+and activation SQNR per quantizer (measured on the first calibration chunk with the whole graph in int8).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from graphopt.pass_base import Pass, PassOptions, PassResult
 from graphopt.progress import Progress
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.quant.scheme import sqnr_db
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Calibrate(Pass):
             quantizer.freeze()
         stats: dict[str, float] = {"batches": len(batches), "activation_quantizers": len(quantizers)}
         frozen, reverted = self.freeze_layers(gm)
+        measure_activation_sqnr(gm, quantizers, concatenate_batches(batches, self.options.chunk_samples)[0])
         stats["int8_layers"] = frozen
         if reverted:
             stats["kept_fp32:unquantized_input"] = reverted
@@ -113,6 +116,26 @@ class Calibrate(Pass):
         return frozen, reverted
 
 
+def measure_activation_sqnr(
+    gm: fx.GraphModule, quantizers: list[ActivationQuantizer], inputs: tuple[torch.Tensor, ...]
+) -> None:
+    """Each quantizer's SQNR on calibration data: its input against its quantize-dequantize output, with the
+    whole network in int8 (so errors of earlier layers are in the input, as they will be when deployed)."""
+
+    def record(module: ActivationQuantizer, args: tuple, output: torch.Tensor) -> None:
+        module.sqnr_db = sqnr_db(args[0], output)
+
+    handles = [q.register_forward_hook(record) for q in quantizers]
+    try:
+        with torch.no_grad():
+            gm(*inputs)
+    except Exception:  # a graph that fixes its batch size: the SQNR column stays empty
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def concatenate_batches(
     batches: list[tuple[torch.Tensor, ...]], max_samples: int
 ) -> list[tuple[torch.Tensor, ...]]:
@@ -134,8 +157,10 @@ def int8_summary(gm: fx.GraphModule) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for name, module in gm.named_modules():
         if isinstance(module, ActivationQuantizer) and module.frozen:
+            sqnr = getattr(module, "sqnr_db", None)
             rows.append({"name": name, "kind": f"activation {module.scheme.activations}",
-                         "scale": round(module.scale, 6), "zero_point": module.zero_point})  # fmt: skip
+                         "scale": round(module.scale, 6), "zero_point": module.zero_point,
+                         "sqnr_db": round(sqnr, 1) if sqnr is not None else None})  # fmt: skip
         elif isinstance(module, QuantizedLayer) and module.frozen:
             scales = module.weight_scale
             rows.append({"name": name, "kind": f"{type(module.mac_layer).__name__} weight int8",
