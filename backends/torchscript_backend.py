@@ -1,9 +1,10 @@
 """Lowering to TorchScript (trace + freeze) and running the result with ``torch.jit.load``.
 
 TorchScript is deprecated upstream, so everything ``torch.jit`` touches stays in this module and runs
-inside :func:`~graphopt.backends.quiet.quiet_export`. Tracing records one path through Python control flow;
-shape-dependent branches are fine at the traced shape, value-dependent ones are baked in, which is why the
-exported artifact is compared with the model before it is handed back.
+inside :func:`~graphopt.backends.quiet.quiet_export`. int8 models run PyTorch's quantized kernels
+(:mod:`graphopt.backends.torch_int8`), not the float simulation of the IR. Tracing records one path through
+Python control flow; shape-dependent branches are fine at the traced shape, value-dependent ones are baked
+in, which is why the exported artifact is compared with the model before it is handed back.
 """
 
 from __future__ import annotations
@@ -12,23 +13,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.fx as fx
 
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
+from graphopt.backends.torch_int8 import Engine, lower_to_quantized_kernels, quantized_engine
 from graphopt.errors import ExportError
+from graphopt.quant import is_quantized
+
+#: The extra file of a TorchScript artifact naming its quantized engine.
+ENGINE_FILE = "graphopt_quantized_engine"
 
 
 def export_torchscript(
-    model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path
+    model: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: str | Path,
+    *,
+    engine: Engine = "x86",
 ) -> Path:
-    """Trace, freeze and save ``model`` to ``path``."""
+    """Trace, freeze and save ``model`` to ``path``. An int8 GraphModule is first lowered onto PyTorch's
+    quantized kernels for ``engine`` (``x86`` or ``qnnpack``), recorded in the file for the runner."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, str] = {}
+    if isinstance(model, fx.GraphModule) and is_quantized(model):
+        model, extra = lower_to_quantized_kernels(model, engine), {ENGINE_FILE: engine}
     try:
-        with quiet_export(), torch.no_grad():
+        with quiet_export(), torch.no_grad(), quantized_engine(engine):
             traced = torch.jit.trace(model.eval(), example_inputs, check_trace=False)
             frozen = torch.jit.freeze(traced)
-            torch.jit.save(frozen, str(path))
+            torch.jit.save(frozen, str(path), _extra_files=extra)
     except Exception as exc:  # torch.jit raises many types; all mean the same to the user
         raise ExportError(f"TorchScript export failed ({type(exc).__name__}: {exc})") from exc
     return path
@@ -40,8 +55,14 @@ class TorchScriptRunner:
     def __init__(self, path: str | Path, *, threads: int = 1):
         self.path = Path(path)
         self.threads = threads
+        extra = {ENGINE_FILE: ""}
         with quiet_export():
-            self.module = torch.jit.load(str(path)).eval()
+            torch.jit.load(str(path), _extra_files=extra)  # reads the engine the int8 weights were packed for
+            #: The quantized engine of an int8 artifact ("x86", "qnnpack"), None for fp32.
+            engine = extra[ENGINE_FILE]
+            self.engine = (engine.decode() if isinstance(engine, bytes) else engine) or None
+            with quantized_engine(self.engine or torch.backends.quantized.engine):
+                self.module = torch.jit.load(str(path)).eval()
 
     def run(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
         tensors = [torch.as_tensor(x) for x in inputs]

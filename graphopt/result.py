@@ -118,9 +118,10 @@ class OptimizeResult:
         return artifact
 
     def _lower(self, backend: Backend, model: nn.Module, path: Path) -> Path:
+        settings = self.target.backend
         if backend.name == "onnx":
-            return export_onnx(model, self.example_inputs, path, opset=self.target.backend.opset)
-        return backend.export(model, self.example_inputs, path)
+            return export_onnx(model, self.example_inputs, path, opset=settings.opset)
+        return backend.export(model, self.example_inputs, path, engine=settings.torch_engine)
 
     def _latency_guard(self, backend: Backend) -> LatencyGuard:
         """Time the int8 and the fp32 artifact side by side (batch 1, the target's threads)."""

@@ -40,6 +40,8 @@ class BackendSettings:
 
     backend: BackendName = "onnx"
     opset: int = 18
+    #: PyTorch's quantized engine for int8 TorchScript: ``x86`` (FBGEMM / oneDNN) or ``qnnpack`` (ARM).
+    torch_engine: Literal["x86", "qnnpack"] = "x86"
     threads: int = 1  # edge deployments pin one inference thread per core; timings use the same
 
     def __post_init__(self) -> None:
@@ -126,6 +128,7 @@ ARM_INT8 = Target(
     isa="aarch64",
     passes=_int8(QuantScheme(activations="int8", reduce_range=False)),
     scheme=NumericScheme(weights="int8", activations="int8"),
+    backend=BackendSettings(torch_engine="qnnpack"),
 )
 """Why this scheme (measured under emulation, ../shared/FINDINGS.md): the aarch64 build of ORT fuses s8s8
 QDQ fully (20 QLinearConv, 8 QLinearAdd, 1 QGemm on ResNet-18), its NEON/dot-product kernels accumulate in
