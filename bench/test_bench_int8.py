@@ -1,9 +1,9 @@
 """int8 against ONNX Runtime's ``quantize_static`` (defaults and best settings), side by side in one run.
 
-For ResNet-18 and MobileNetV2 at 224x224: latency of graphopt's x86-int8 artifact, both ORT presets and the
-unoptimized model in ORT fp32, timed interleaved on one pinned core; output agreement with the fp32 model;
-and the wall time of ``optimize`` + ``export`` with 100 calibration samples. For digits: accuracy of the
-three int8 artifacts on the held-out split, for three training seeds.
+For ResNet-18 and MobileNetV2 at 224x224: latency of graphopt's x86-int8 artifacts (ONNX and TorchScript),
+both ORT presets and the unoptimized model in ORT fp32, timed interleaved on one pinned core; output
+agreement with the fp32 model; and the wall time of ``optimize`` + ``export`` with 100 calibration
+samples. For digits: accuracy of the three int8 artifacts on the held-out split, for three training seeds.
 
 Run: ``python -m pytest bench/test_bench_int8.py --benchmark-enable -s``
 """
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.backends import OnnxRunner, export_onnx
+from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx
 from graphopt.backends.timing import interleaved_medians
 from graphopt.digits import DigitsTraining, load_digits_split, train_digits_cnn
 from graphopt.evaluation import accuracy
@@ -51,6 +51,8 @@ def test_int8_vs_ort_quantize_static(benchmark, name, tmp_path):
     calibration = [torch.randn(inputs[0].shape, generator=generator) for _ in range(100)]
     paths, seconds, result = _artifacts(model, inputs, calibration, tmp_path)
     runners = {key: OnnxRunner(path) for key, path in paths.items()}
+    paths["graphopt_x86_int8_torchscript"] = result.export(tmp_path / "graphopt.pt")
+    runners["graphopt_x86_int8_torchscript"] = TorchScriptRunner(paths["graphopt_x86_int8_torchscript"])
     medians = interleaved_medians(
         {key: (lambda r=r: r.run(*inputs)) for key, r in runners.items()}, rounds=7, calls_per_round=10
     )
