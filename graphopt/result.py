@@ -86,10 +86,16 @@ class OptimizeResult:
         fp32 model of the same pipeline in the same runtime and ships fp32 when int8 is not faster.
         """
         chosen = backend_for(path, backend)
-        model, guard = self.model, None
+        model, guard, skipped = self.model, None, None
         if latency_guard and self.fp32_model is not None and is_quantized(self.model):
-            guard = self._latency_guard(chosen)
-            model = self.model if guard.int8_wins else self.fp32_model
+            if self._foreign_isa:
+                skipped = (
+                    f"latency guard skipped: {self.target.isa} artifacts cannot be timed on "
+                    f"{platform.machine()}; int8 shipped"
+                )
+            else:
+                guard = self._latency_guard(chosen)
+                model = self.model if guard.int8_wins else self.fp32_model
         artifact = self._lower(chosen, model, Path(path))
         runner = chosen.runner(artifact, threads=self.target.backend.threads)
         outputs = runner.run(*self.example_inputs)
@@ -106,6 +112,8 @@ class OptimizeResult:
         )
         if mismatch is not None:
             record.notes.append(mismatch)
+        if skipped is not None:
+            record.notes.append(skipped)
         if guard is not None:
             record.notes.append(guard.sentence(chosen.runtime))
             record.stats.update(guard.stats())
@@ -144,6 +152,11 @@ class OptimizeResult:
         """Save the optimized torch model as a ``.pt2`` archive; load it with ``graphopt.load``."""
         return serialize.save(self.model, self.example_inputs, path, target=self.target.name)
 
+    @property
+    def _foreign_isa(self) -> bool:
+        """Whether the target is for another CPU family than this machine's."""
+        return self.target.isa not in ("any", platform.machine())
+
     def _check_artifact(self, model: nn.Module, runner: Any, backend: str) -> str | None:
         """Compare the artifact with the eager model on the example inputs and on two probes of the same
         shape (the negated example and a random draw): an exporter that baked one branch of data-dependent
@@ -151,8 +164,7 @@ class OptimizeResult:
 
         An int8 artifact for another CPU family (arm-int8 checked on x86) runs here through kernels that
         the target does not use (x86 s8 x s8 saturates in int16), so a mismatch is reported, not raised."""
-        quantized = is_quantized(model)
-        foreign = self.target.isa not in ("any", platform.machine())
+        quantized, foreign = is_quantized(model), self._foreign_isa
         for inputs in _probe_inputs(self.example_inputs):
             with torch.no_grad():
                 eager = model(*inputs)

@@ -3,6 +3,8 @@ guard ships fp32 when int8 is not faster."""
 
 from __future__ import annotations
 
+import platform
+
 import onnx
 import pytest
 import torch
@@ -114,3 +116,14 @@ def test_scheme_arithmetic():
     q = quantize_weight(w, scales, scheme)
     assert q.dtype == torch.int8 and int(q.abs().max()) == 64  # 7-bit weights with reduce_range
     assert QuantScheme(activations="int8", reduce_range=False).weight_bound == 127
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="checks the guard's skip for a foreign ISA")
+def test_latency_guard_skips_artifacts_for_another_cpu_family(tmp_path):
+    model, inputs = get_model("resnet_basic").build()
+    res = graphopt.optimize(model, "arm-int8", example_inputs=inputs, calibration_data=_calibration(inputs))
+    path = res.export(tmp_path / "arm.onnx")
+    row = res.report.stages[-1]
+    assert row.stage == "artifact:onnx" and "guard_int8_ms" not in row.stats
+    assert any("latency guard skipped: aarch64 artifacts cannot be timed on x86_64" in n for n in row.notes)
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
