@@ -92,9 +92,7 @@ def _pinned_float(b: OnnxGraphBuilder, tensor: torch.Tensor, hint: str) -> str:
     peak = values.reshape(values.shape[0], -1).abs().amax(dim=1) if values.dim() else values.abs()
     scale = (peak / _PINNED_LEVELS).clamp(min=1e-30)
     q = torch.round(values / scale.reshape(-1, *([1] * (values.dim() - 1)))).to(torch.int32)
-    zero = torch.zeros_like(scale, dtype=torch.int32)
-    names = [b.constant(q, f"{hint}_int32"), b.constant(scale, f"{hint}_scale")]
-    return b.op("DequantizeLinear", [*names, b.constant(zero, f"{hint}_zero")], hint, axis=0)
+    return _dequantize_per_channel(b, q, scale, hint)
 
 
 def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) -> str:
@@ -102,28 +100,22 @@ def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) 
     if not layer.frozen:
         assert layer.float_layer is not None
         return _float_layer(b, node, layer.float_layer)
-    zeros = layer.channel_zero_points
-    weight = b.op(
-        "DequantizeLinear",
-        [
-            b.constant(layer.weight_int8, f"{node.target}.weight_int8"),
-            b.constant(layer.weight_scale, f"{node.target}.weight_scale"),
-            b.constant(zeros.to(torch.int8), f"{node.target}.weight_zero_point"),
-        ],
-        f"{node.target}.weight",
-        axis=0,
-    )
-    bias = b.op(
-        "DequantizeLinear",
-        [
-            b.constant(layer.bias_int32, f"{node.target}.bias_int32"),
-            b.constant(layer.bias_scale, f"{node.target}.bias_scale"),
-            b.constant(zeros.to(torch.int32), f"{node.target}.bias_zero_point"),
-        ],
-        f"{node.target}.bias",
-        axis=0,
-    )
+    name = str(node.target)
+    weight = _dequantize_per_channel(b, layer.weight_int8, layer.weight_scale, f"{name}.weight")
+    bias = _dequantize_per_channel(b, layer.bias_int32, layer.bias_scale, f"{name}.bias")
     return _apply_layer(b, node, layer.mac_layer, weight, [bias])
+
+
+def _dequantize_per_channel(b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor, name: str) -> str:
+    """``DequantizeLinear(values, scale, 0, axis=0)`` from initializers ``<name>_int8`` (or ``_int32``),
+    ``<name>_scale`` and ``<name>_zero_point``."""
+    bits = "int8" if values.dtype == torch.int8 else "int32"
+    inputs = [
+        b.constant(values, f"{name}_{bits}"),
+        b.constant(scale, f"{name}_scale"),
+        b.constant(torch.zeros(len(scale), dtype=values.dtype), f"{name}_zero_point"),
+    ]
+    return b.op("DequantizeLinear", inputs, name, axis=0)
 
 
 def _apply_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module, weight: str, bias: list[str]) -> str:
