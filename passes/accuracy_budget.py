@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 
 from graphopt.errors import ConfigError
-from graphopt.evaluation import accuracy
+from graphopt.evaluation import accuracy, as_input_tuple
 from graphopt.ir import module_of, set_module
 from graphopt.numerics import flatten_outputs
 from graphopt.pass_base import Pass, PassOptions, PassResult
@@ -93,11 +93,7 @@ class AccuracyBudget(Pass):
 
 def _logits(model: torch.nn.Module, data: list) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([flatten_outputs(model(*_tuple(inputs)))[0] for inputs, _ in data])
-
-
-def _tuple(inputs: object) -> tuple:
-    return inputs if isinstance(inputs, tuple) else (inputs,)
+        return torch.cat([flatten_outputs(model(*as_input_tuple(inputs)))[0] for inputs, _ in data])
 
 
 def _sensitivities(

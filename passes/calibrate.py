@@ -60,31 +60,36 @@ class Calibrate(Pass):
                 "int8 calibration needs calibration_data: an iterable of input tensors/tuples"
             )
         batches = read_calibration_inputs(data, self.context.example_inputs)[: self.options.max_batches]
-        self._observe(gm, quantizers, batches)
+        observed = self._observe(gm, quantizers, batches)
         for quantizer in quantizers:
             quantizer.freeze()
         stats: dict[str, float] = {"batches": len(batches), "activation_quantizers": len(quantizers)}
         frozen, reverted = self.freeze_layers(gm)
-        measure_activation_sqnr(gm, quantizers, concatenate_batches(batches, self.options.chunk_samples)[0])
+        measure_activation_sqnr(gm, quantizers, observed[0])
         stats["int8_layers"] = frozen
         if reverted:
             stats["kept_fp32:unquantized_input"] = reverted
         self.context.tables["int8"] = int8_summary(gm)
         return PassResult(gm, modified=True, stats=stats)
 
-    def _observe(self, gm: fx.GraphModule, quantizers: list[ActivationQuantizer], batches: list) -> None:
+    def _observe(
+        self, gm: fx.GraphModule, quantizers: list[ActivationQuantizer], batches: list
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """Run the data through the observers; return the batches as they were run."""
         chunks = concatenate_batches(batches, self.options.chunk_samples)
         for q in quantizers:
             q.observing = True
         try:
             try:
                 self._run(gm, chunks)
+                return chunks
             except ValueError:
                 raise
             except Exception:  # the graph fixes its batch size: start over with the batches as given
                 for q in quantizers:
                     q.reset()
                 self._run(gm, batches)
+                return batches
         finally:
             for q in quantizers:
                 q.observing = False
@@ -130,8 +135,6 @@ def measure_activation_sqnr(
     try:
         with torch.no_grad():
             gm(*inputs)
-    except Exception:  # a graph that fixes its batch size: the SQNR column stays empty
-        pass
     finally:
         for handle in handles:
             handle.remove()
@@ -158,7 +161,7 @@ def int8_summary(gm: fx.GraphModule) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for name, module in gm.named_modules():
         if isinstance(module, ActivationQuantizer) and module.frozen:
-            sqnr = getattr(module, "sqnr_db", None)
+            sqnr = module.sqnr_db
             rows.append({"name": name, "kind": f"activation {module.scheme.activations}",
                          "scale": round(module.scale, 6), "zero_point": module.zero_point,
                          "sqnr_db": round(sqnr, 1) if sqnr is not None else None})  # fmt: skip

@@ -49,6 +49,8 @@ class ActivationQuantizer(nn.Module):
         self.zero_point: int | None = None
         #: Only calibration records ranges; other runs (numeric checks, evaluation) must not leak into them.
         self.observing = False
+        #: SQNR of this quantizer's round trip on calibration data, in dB (set by ``calibrate``).
+        self.sqnr_db: float | None = None
 
     @property
     def frozen(self) -> bool:
