@@ -160,10 +160,16 @@ class _Rewriter:
             return quint8_qparams(q), relu
         return None
 
-    def _layer(self, node: fx.Node, layer: QuantizedLayer) -> None:
+    def _integer_output(self, node: fx.Node) -> tuple[tuple[float, int], bool] | None:
+        """:meth:`_output_qparams`, or None after giving ``node`` float inputs (it then runs in float)."""
         target = self._output_qparams(node)
         if target is None:
             self._dequantize_inputs(node)
+        return target
+
+    def _layer(self, node: fx.Node, layer: QuantizedLayer) -> None:
+        target = self._integer_output(node)
+        if target is None:
             return
         (scale, zero_point), relu = target
         kernel = _quantized_module(layer, relu)
@@ -173,9 +179,8 @@ class _Rewriter:
         self._finish(node, (scale, zero_point), relu)
 
     def _binary(self, node: fx.Node, op: str) -> None:
-        target = self._output_qparams(node)
+        target = self._integer_output(node)
         if target is None:
-            self._dequantize_inputs(node)
             return
         (scale, zero_point), relu = target
         kernel = getattr(torch.ops.quantized, f"{op}_relu" if relu else op)
