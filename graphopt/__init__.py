@@ -23,6 +23,7 @@ from graphopt.errors import (
 )
 from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pass_manager import PassManager, PassRecord
+from graphopt.pruning import PruneConfig
 from graphopt.recovery import DistillConfig, FeatureHint, OptimizerConfig, RecoveryConfig, RecoveryResult
 from graphopt.registry import list_passes, register_pass
 from graphopt.report import Report, StageRecord
@@ -55,6 +56,7 @@ __all__ = [
     "PassRecord",
     "PassResult",
     "PassSpec",
+    "PruneConfig",
     "RecoveryConfig",
     "RecoveryResult",
     "Report",

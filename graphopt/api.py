@@ -28,8 +28,11 @@ from graphopt.pass_manager import PassManager
 from graphopt.passes.accuracy_budget import AccuracyBudget
 from graphopt.passes.calibrate import Calibrate
 from graphopt.passes.insert_fake_quant import InsertFakeQuant
+from graphopt.passes.prune_channels import PruneChannels, check_protected_names
 from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
+from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm
+from graphopt.pruning.config import PruneConfig
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import check_label_range, read_labelled
@@ -52,7 +55,7 @@ def optimize(
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     calibration_data: Iterable[Any] | None = None,
     train_data: Iterable[Any] | None = None,
-    prune: float = 0.0,
+    prune: float | PruneConfig = 0.0,
     early_exit: object | None = None,
     passes: Sequence[str | Pass] | None = None,
     *,
@@ -74,6 +77,10 @@ def optimize(
     ``recovery`` (a :class:`RecoveryConfig`, used by either stage) is given; unless the pipeline already
     names one of them.
 
+    ``prune`` (a fraction of channels, or a :class:`PruneConfig`) puts a pruning stage first: structured
+    channel pruning, BatchNorm re-estimation (on ``calibration_data``, else the inputs of ``train_data``),
+    and with ``train_data`` distillation recovery; quantization, if the target has it, follows.
+
     ``accuracy_budget`` (percentage points, needs ``eval_data``) keeps the layers most sensitive to int8 in
     fp32 until the accuracy drop against the original is within the budget (pass ``accuracy_budget``,
     right after ``calibrate``); the report's ``accuracy_budget`` table says which layers and why.
@@ -81,8 +88,9 @@ def optimize(
     check_model(model)
     inputs = check_example_inputs(example_inputs)
     spec = resolve_target(target)
-    _check_not_yet_supported(prune, early_exit)
+    _check_not_yet_supported(early_exit)
     pipeline = _with_budget(_pipeline(spec, passes), accuracy_budget)
+    pipeline = _with_pruning(pipeline, _prune_config(prune, model), train_data is not None, recovery)
     pipeline = _with_recovery(pipeline, train_data is not None, recovery)
     labelled = materialize_labelled(eval_data, "eval_data")
 
@@ -123,9 +131,7 @@ def optimize(
     )
 
 
-def _check_not_yet_supported(prune: float, early_exit: object | None) -> None:
-    if prune:
-        raise ConfigError("prune= is not available in this graphopt version yet; leave it at 0.0")
+def _check_not_yet_supported(early_exit: object | None) -> None:
     if early_exit is not None:
         raise ConfigError("early_exit= is not available in this graphopt version yet; leave it as None")
 
@@ -140,15 +146,41 @@ def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]
     return [make_pass(p) for p in passes]
 
 
+def _prune_config(prune: float | PruneConfig, model: nn.Module) -> PruneConfig | None:
+    if isinstance(prune, PruneConfig):
+        config = prune
+    elif isinstance(prune, (int, float)) and not isinstance(prune, bool):
+        config = PruneConfig(ratio=float(prune))
+    else:
+        raise ConfigError(f"prune must be a fraction in [0, 1) or a graphopt.PruneConfig, got {prune!r}")
+    check_protected_names(config.protect, model)
+    return config if config.ratio > 0 else None
+
+
+def _with_pruning(
+    pipeline: list[Pass], config: PruneConfig | None, has_train_data: bool, recovery: RecoveryConfig | None
+) -> list[Pass]:
+    """Put the pruning stage first, while BatchNorm is still there to rank channels and be re-estimated:
+    prune, re-estimate BatchNorm statistics, then (with ``train_data``) recover by distillation."""
+    if config is None:
+        return pipeline
+    stage: list[Pass] = [PruneChannels(config), ReestimateBatchNorm()]
+    if has_train_data:
+        stage.append(Recover(recovery or RecoveryConfig()))
+    return [*stage, *pipeline]
+
+
 def _with_recovery(pipeline: list[Pass], has_train_data: bool, recovery: RecoveryConfig | None) -> list[Pass]:
     """Append the training stage that ``train_data`` asks for: quantization-aware training after int8
     calibration, distillation recovery after other lossy passes (or whenever ``recovery`` is given)."""
     if recovery is not None and not isinstance(recovery, RecoveryConfig):
         raise ConfigError(f"recovery must be a graphopt.RecoveryConfig, got {type(recovery).__name__}")
-    if not has_train_data or any(isinstance(p, (Recover, QuantizationAwareTraining)) for p in pipeline):
+    if not has_train_data or any(isinstance(p, QuantizationAwareTraining) for p in pipeline):
         return pipeline
     if any(isinstance(p, Calibrate) for p in pipeline):
         return [*pipeline, QuantizationAwareTraining(recovery)]
+    if any(isinstance(p, Recover) for p in pipeline):
+        return pipeline
     if recovery is not None or any(not p.exact for p in pipeline):
         return [*pipeline, Recover(recovery or RecoveryConfig())]
     return pipeline

@@ -11,6 +11,7 @@ from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
 from graphopt.passes.insert_fake_quant import InsertFakeQuant, InsertFakeQuantOptions
+from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
@@ -20,6 +21,7 @@ BUILTIN_PASSES = (
     FoldBatchNorm,
     RemoveIdentity,
     EliminateDeadCode,
+    PruneChannels,
     ReestimateBatchNorm,
     Recover,
     InsertFakeQuant,
@@ -40,6 +42,7 @@ __all__ = [
     "FoldBatchNormOptions",
     "InsertFakeQuant",
     "InsertFakeQuantOptions",
+    "PruneChannels",
     "QuantizationAwareTraining",
     "Recover",
     "ReestimateBatchNorm",

@@ -2,7 +2,8 @@
 
 The cheap first step of recovery after an edit that shifts activations (pruning): see
 :func:`graphopt.recovery.reestimate_batchnorm` for the math. Run it before ``fold_batchnorm``; once folded
-there is nothing left to re-estimate. Skipped, with the reason in ``stats``: ``skipped:no_batchnorm``,
+there is nothing left to re-estimate. Without calibration data it uses the inputs of
+``train_data``. Skipped, with the reason in ``stats``: ``skipped:no_batchnorm``,
 ``skipped:no_calibration_data``.
 """
 
@@ -37,8 +38,12 @@ class ReestimateBatchNorm(Pass):
         if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in gm.modules()):
             return PassResult(gm, modified=False, stats={"skipped:no_batchnorm": 1})
         data = self.context.calibration_data
+        if data is None and self.context.train_data is not None:
+            data = self.context.train_data.batches(64)  # the inputs of the training data serve as well
         if data is None:
-            self.context.notes.append("reestimate_batchnorm: no calibration_data given, statistics kept")
+            self.context.notes.append(
+                "reestimate_batchnorm: no calibration_data or train_data given, statistics kept"
+            )
             return PassResult(gm, modified=False, stats={"skipped:no_calibration_data": 1})
         batches = reestimate_batchnorm(gm, data, self.options.max_batches)
         return PassResult(gm, modified=True, stats={"batches": batches})

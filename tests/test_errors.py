@@ -93,8 +93,8 @@ def test_passes_must_be_a_sequence(model_and_input):
 
 def test_unavailable_capabilities_say_so(model_and_input):
     model, inputs = model_and_input
-    with pytest.raises(ConfigError, match="prune= is not available"):
-        graphopt.optimize(model, example_inputs=inputs, prune=0.5)
+    with pytest.raises(ConfigError, match="early_exit= is not available"):
+        graphopt.optimize(model, example_inputs=inputs, early_exit=object())
 
 
 class RootControlFlow(nn.Module):

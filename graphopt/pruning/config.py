@@ -1,0 +1,60 @@
+"""Typed options of structured channel pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from graphopt.errors import ConfigError
+from graphopt.pass_base import PassOptions
+
+Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
+Scope = Literal["local", "global"]
+
+
+@dataclass(frozen=True)
+class PruneConfig(PassOptions):
+    """How many channels go, and which.
+
+    - ``ratio``: the fraction of each group's prunable channels to remove (``local``), or of all prunable
+      channels ranked together (``global``, scores normalised by their group's mean so groups compare).
+    - ``importance``: ``l1`` / ``l2`` magnitude of every weight slice a channel owns (producer rows and
+      consumer columns, aggregated over the coupled group), ``bn_scale`` (``|gamma|`` of its BatchNorms),
+      ``taylor`` (``|sum w * dL/dw|`` over its weights, first order, needs ``train_data``), ``random``.
+    - ``round_to``: kept widths are rounded up to a multiple (SIMD-friendly); ``min_channels``: no group
+      keeps fewer channels.
+    - ``protect``: module names whose output channels are never pruned.
+    """
+
+    ratio: float = 0.3
+    importance: Importance = "l2"
+    scope: Scope = "local"
+    round_to: int = 1
+    min_channels: int = 1
+    protect: tuple[str, ...] = ()
+    taylor_batches: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.ratio, bool)
+            or not isinstance(self.ratio, (int, float))
+            or not 0 <= self.ratio < 1
+        ):
+            raise ConfigError(
+                f"prune ratio must be a fraction in [0, 1), got {self.ratio!r}: it is the share of channels "
+                "removed (0.5 removes half)"
+            )
+        if self.importance not in ("l1", "l2", "bn_scale", "taylor", "random"):
+            raise ConfigError(
+                f"importance must be one of l1, l2, bn_scale, taylor, random; got {self.importance!r}"
+            )
+        if self.scope not in ("local", "global"):
+            raise ConfigError(f"scope must be 'local' or 'global', got {self.scope!r}")
+        if self.round_to < 1 or self.min_channels < 1 or self.taylor_batches < 1:
+            raise ConfigError(
+                f"round_to, min_channels and taylor_batches must be >= 1, got {self.round_to}, "
+                f"{self.min_channels}, {self.taylor_batches}"
+            )
+        if isinstance(self.protect, str):
+            raise ConfigError("protect must be a tuple of module names, e.g. protect=('stem.0',)")

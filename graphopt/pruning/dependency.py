@@ -1,0 +1,175 @@
+"""Channel-dependency analysis on the IR: which channels must be removed together, and which cannot go.
+
+One walk over the FX graph in topological order propagates a :class:`~graphopt.pruning.channel_map.ChannelMap`
+through every node with the rules of :mod:`graphopt.pruning.rules` (an explicit op table) and records:
+
+- *producers*: modules whose output channels are atoms (conv out-channels, linear out-features);
+- *consumers*: modules that read channels on their input dim (the in-channels of a conv, the columns of a
+  linear), with the atoms at each input position;
+- *followers*: per-channel modules sliced like their input (BatchNorm, depthwise conv);
+- *parameter slices*: ``get_attr`` tensors combined element-wise with channels (a position embedding);
+- *shape edits*: nodes whose literal sizes follow the widths (reshape sizes, ``split`` sizes, the softmax
+  scale of attention whose head dim shrinks).
+
+Fail closed: an op outside the table blocks every unit that reaches it, and the network's outputs are never
+pruned. :meth:`DependencyGraph.groups` then gathers the producers that share units into groups, with their
+units and the reasons any of them are blocked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch.fx as fx
+
+from graphopt.pruning.channel_map import UNTRACKED, ChannelMap, Coupling
+
+#: What a node yields in the walk: a map, no map (untracked / not a tensor), or one per tuple element.
+NodeMap = ChannelMap | list[ChannelMap | None] | None
+
+
+@dataclass
+class Producer:
+    target: str
+    atoms: np.ndarray  # one atom per output channel, in order
+
+
+@dataclass
+class Consumer:
+    target: str
+    positions: list[np.ndarray] = field(default_factory=list)  # atoms along the input dim, per call site
+    groups: int = 1
+
+
+@dataclass
+class Follower:
+    target: str
+    positions: np.ndarray
+
+
+@dataclass
+class ParamSlice:
+    target: str
+    axis: int
+    positions: np.ndarray
+
+
+@dataclass
+class ShapeEdit:
+    """A node whose literal sizes must be rewritten after pruning."""
+
+    node: fx.Node
+    kind: str  # "reshape": arguments at the map's axes; "split": the sizes list; "sdpa_scale"
+    maps: list[ChannelMap]
+    head_dim: int = 0  # sdpa_scale: the query's last dim before pruning
+
+
+@dataclass
+class Group:
+    """Producers whose channels are coupled, with their units (root atoms) and blocked units' reasons."""
+
+    index: int
+    producers: list[str]
+    units: list[int]
+    blocked: dict[int, set[str]]
+
+    @property
+    def prunable(self) -> list[int]:
+        return [u for u in self.units if u not in self.blocked]
+
+    @property
+    def reasons(self) -> set[str]:
+        return set().union(*self.blocked.values()) if self.blocked else set()
+
+
+class DependencyGraph:
+    """The result of :func:`analyze`. ``coupling`` decides which atoms form one unit."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.coupling = Coupling()
+        self.producers: dict[str, Producer] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.followers: dict[str, Follower] = {}
+        self.params: dict[str, ParamSlice] = {}
+        self.edits: list[ShapeEdit] = []
+
+    # -- recording, used by the rules -------------------------------------------------------------
+    def producer(self, target: str, channels: int) -> np.ndarray:
+        """The atoms of ``target``'s output channels; a module called twice keeps the same atoms."""
+        if target not in self.producers:
+            self.producers[target] = Producer(target, self.coupling.new_atoms(channels))
+        return self.producers[target].atoms
+
+    def consumer(self, target: str, positions: np.ndarray, groups: int = 1) -> None:
+        record = self.consumers.setdefault(target, Consumer(target, groups=groups))
+        if record.positions:  # a second call site must keep the same input channels
+            self.coupling.union_arrays(record.positions[0], positions, f"{target} is shared")
+        record.positions.append(positions)
+
+    def follower(self, target: str, positions: np.ndarray) -> None:
+        if target in self.followers:
+            self.coupling.union_arrays(self.followers[target].positions, positions, f"{target} is shared")
+        else:
+            self.followers[target] = Follower(target, positions)
+
+    def param_slice(self, target: str, axis: int, positions: np.ndarray) -> None:
+        if target in self.params:
+            self.coupling.union_arrays(self.params[target].positions, positions, f"{target} is shared")
+        else:
+            self.params[target] = ParamSlice(target, axis, positions)
+
+    def block(self, value: NodeMap, reason: str) -> None:
+        for m in value if isinstance(value, list) else [value]:
+            if m is not None:
+                self.coupling.block_all(m.atoms, reason)
+
+    # -- results ------------------------------------------------------------------------------------
+    def groups(self) -> list[Group]:
+        """Producers sharing at least one unit, in graph order, each with its units and blocked reasons."""
+        roots = {t: np.unique(self.coupling.roots(p.atoms)).tolist() for t, p in self.producers.items()}
+        owner: dict[int, int] = {}
+        link = Coupling()  # union-find over producer indices
+        link.new_atoms(len(roots))
+        for index, units in enumerate(roots.values()):
+            for unit in units:
+                if unit in owner:
+                    link.union(owner[unit], index)
+                else:
+                    owner[unit] = index
+        members: dict[int, list[str]] = {}
+        for index, target in enumerate(roots):
+            members.setdefault(link.find(index), []).append(target)
+        groups = []
+        for number, targets in enumerate(members.values()):
+            units = sorted({u for t in targets for u in roots[t]})
+            blocked = {u: self.coupling.reasons(u) for u in units if self.coupling.reasons(u)}
+            groups.append(Group(number, targets, units, blocked))
+        return groups
+
+
+def analyze(gm: fx.GraphModule) -> DependencyGraph:
+    """Walk ``gm`` (shapes in ``node.meta``) and return its channel dependencies."""
+    from graphopt.pruning.rules import apply_rule
+
+    graph = DependencyGraph(gm)
+    maps: dict[fx.Node, NodeMap] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            for value in _nested_nodes(node.args):
+                graph.block(maps.get(value), "reaches the network output")
+            continue
+        maps[node] = apply_rule(graph, node, maps)
+    return graph
+
+
+def _nested_nodes(value: Any) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, found.append)
+    return found
+
+
+def untracked(size: int) -> np.ndarray:
+    return np.full(size, UNTRACKED, dtype=np.int64)

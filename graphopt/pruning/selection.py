@@ -1,0 +1,64 @@
+"""Which units go: per group (``local``) or ranked across groups (``global``), then widths constrained.
+
+For a group of ``n`` units of which ``p`` are prunable, ``local`` removes ``floor(ratio * p)`` of the least
+important. ``global`` ranks every prunable unit by its score divided by its group's mean score (raw scores
+of a 3-channel stem and a 512-channel stage are not comparable) and removes the lowest
+``floor(ratio * total)``. Either way the kept width ``k`` of each group is then raised to
+``max(k, min_channels)`` and rounded up to a multiple of ``round_to`` (never above ``n``); a group that
+would have been emptied or cut below the minimum is reported as clamped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphopt.pruning.config import PruneConfig
+from graphopt.pruning.dependency import Group
+from graphopt.pruning.importance import Scores
+
+
+@dataclass
+class Selection:
+    removed: set[int] = field(default_factory=set)
+    kept: dict[int, int] = field(default_factory=dict)  # group index -> units kept
+    clamped: list[int] = field(default_factory=list)  # groups whose width the minimum raised
+
+
+def choose(groups: list[Group], scores: Scores, config: PruneConfig) -> Selection:
+    wanted = (
+        _global_counts(groups, scores, config) if config.scope == "global" else _local_counts(groups, config)
+    )
+    selection = Selection()
+    for group in groups:
+        candidates = sorted(group.prunable, key=lambda u: (scores.get(u, 0.0), u))
+        n = len(group.units)
+        keep = n - wanted.get(group.index, 0)
+        floor = min(config.min_channels, n)
+        if keep < floor:
+            selection.clamped.append(group.index)
+            keep = floor
+        keep = min(n, math.ceil(keep / config.round_to) * config.round_to)
+        remove = min(n - keep, len(candidates))
+        selection.removed.update(candidates[:remove])
+        selection.kept[group.index] = n - remove
+    return selection
+
+
+def _local_counts(groups: list[Group], config: PruneConfig) -> dict[int, int]:
+    return {g.index: math.floor(config.ratio * len(g.prunable)) for g in groups}
+
+
+def _global_counts(groups: list[Group], scores: Scores, config: PruneConfig) -> dict[int, int]:
+    ranked: list[tuple[float, int, int]] = []
+    for g in groups:
+        values = np.array([scores.get(u, 0.0) for u in g.prunable])
+        mean = float(values.mean()) if len(values) and values.mean() > 0 else 1.0
+        ranked += [(scores.get(u, 0.0) / mean, u, g.index) for u in g.prunable]
+    ranked.sort()
+    counts: dict[int, int] = {}
+    for _, _, index in ranked[: math.floor(config.ratio * len(ranked))]:
+        counts[index] = counts.get(index, 0) + 1
+    return counts

@@ -1,0 +1,116 @@
+"""Structured channel pruning: remove whole channels, coupled groups at a time, so MACs really fall.
+
+The dependency analysis (:mod:`graphopt.pruning.dependency`) finds the units of channels that must go
+together and the ones that cannot go (network outputs, ops outside its table, protected layers); importance
+scores rank the units, the selection picks ``ratio`` of them under the width constraints, and the surgery
+edits modules, parameters and shape literals. Lossy: run ``reestimate_batchnorm`` and ``recover`` after it
+(``optimize(prune=...)`` does).
+
+Report: the ``pruning`` table lists every group with its producers, widths before and after, and why any of
+its channels were kept. Skipped, with the reason in ``stats``: ``skipped:nothing_prunable``,
+``skipped:ratio_zero``.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch.fx as fx
+from torch import nn
+
+from graphopt.errors import ConfigError
+from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_scores
+from graphopt.pruning.dependency import DependencyGraph, Group
+from graphopt.pruning.selection import Selection
+
+
+class PruneChannels(Pass):
+    name = "prune_channels"
+    description = "Remove the least important channels of every coupled group (structured pruning)."
+    exact = False
+    Options = PruneConfig
+    options: PruneConfig
+
+    def __init__(self, options: PassOptions | None = None, **fields: object):
+        super().__init__(options, **fields)
+        if self.options.importance == "taylor":
+            self.needs = ("train_data",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        config = self.options
+        if config.ratio == 0:
+            return PassResult(gm, modified=False, stats={"skipped:ratio_zero": 1})
+        graph = analyze(gm)
+        _protect(graph, config.protect)
+        groups = graph.groups()
+        if not any(g.prunable for g in groups):
+            self.context.tables["pruning"] = _table(groups, Selection())
+            self.context.notes.append("prune_channels: nothing is prunable (see the pruning table for why)")
+            return PassResult(
+                gm, modified=False, stats={"skipped:nothing_prunable": 1, "groups": len(groups)}
+            )
+        train = self.context.train_data if config.importance == "taylor" else None
+        selection = choose(groups, unit_scores(graph, config, train), config)
+        remove_units(graph, selection.removed)
+        if self.context.train_data is None:
+            self.context.notes.append(
+                "prune_channels: no train_data given, so accuracy is not recovered (only BatchNorm "
+                "statistics are re-estimated); pass train_data=... to fine-tune with distillation"
+            )
+        self.context.tables["pruning"] = _table(groups, selection)
+        self.context.notes += [
+            f"prune_channels: group {g.index} ({_names(g)}) was clamped to min_channels={config.min_channels}"
+            for g in groups
+            if g.index in selection.clamped
+        ]
+        return PassResult(gm, modified=bool(selection.removed), stats=_stats(groups, selection))
+
+
+def check_protected_names(names: tuple[str, ...], model: nn.Module) -> None:
+    """Raise ConfigError, with close matches, for a protected name that is no module of ``model``."""
+    modules = [name for name, _ in model.named_modules() if name]
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, modules, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"PruneConfig.protect names {name!r}, which is not a module of this model{hint}"
+            )
+
+
+def _protect(graph: DependencyGraph, names: tuple[str, ...]) -> None:
+    """Block the producers named in ``protect`` (a module, or every producer inside a parent module)."""
+    check_protected_names(names, graph.gm)
+    for name in names:
+        for target in [t for t in graph.producers if t == name or t.startswith(name + ".")]:
+            graph.coupling.block_all(graph.producers[target].atoms, f"protected ({name})")
+
+
+def _names(group: Group, limit: int = 3) -> str:
+    shown = ", ".join(group.producers[:limit])
+    return shown + (f" +{len(group.producers) - limit}" if len(group.producers) > limit else "")
+
+
+def _table(groups: list[Group], selection: Selection) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for g in groups:
+        kept = selection.kept.get(g.index, len(g.units))
+        reasons = "; ".join(sorted(g.reasons))
+        status = "pruned" if kept < len(g.units) else "kept"
+        if g.blocked:
+            status += f" ({len(g.blocked)}/{len(g.units)} blocked: {reasons})"
+        rows.append({"group": g.index, "producers": _names(g), "channels": f"{len(g.units)} -> {kept}",
+                     "status": status})  # fmt: skip
+    return rows
+
+
+def _stats(groups: list[Group], selection: Selection) -> dict[str, float]:
+    return {
+        "groups": len(groups),
+        "groups_pruned": sum(1 for g in groups if selection.kept.get(g.index, len(g.units)) < len(g.units)),
+        "groups_blocked": sum(1 for g in groups if not g.prunable),
+        "units_before": sum(len(g.units) for g in groups),
+        "units_removed": len(selection.removed),
+        "clamped": len(selection.clamped),
+    }
