@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the digits CNN, optimize, export, print the per-stage table")
     p.add_argument("--target", default="x86-int8")
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: none)")
+    p.add_argument(
+        "--recovery-epochs", type=int, default=10, help="epochs of distillation and of QAT (0: no training)"
+    )
     p.add_argument("--out", type=Path, default=Path("graphopt-demo"))
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=_cmd_demo)
@@ -112,7 +116,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from graphopt.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(target=args.target, epochs=args.epochs, out_dir=args.out, quiet=args.quiet))
+    config = DemoConfig(
+        target=args.target,
+        epochs=args.epochs,
+        prune=args.prune,
+        recovery_epochs=args.recovery_epochs,
+        out_dir=args.out,
+        quiet=args.quiet,
+    )
+    result = run_demo(config)
     print(result.report)
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.fx as fx
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphopt import ConfigError, PruneConfig
+from graphopt.capture import capture
 from graphopt.cost import count_macs
 from graphopt.pass_base import PassContext
 from graphopt.pass_manager import PassManager
@@ -160,7 +163,7 @@ def test_taylor_importance_needs_train_data_and_ranks_every_channel(digits_model
 
     with pytest.raises(graphopt.InvalidInputError, match="train_data"):
         graphopt.optimize(digits_model, example_inputs=(digits.test_x[:1],), prune=PruneConfig(0.5, "taylor"))
-    gm = captured(digits_model)
+    gm = capture(copy.deepcopy(digits_model)).gm  # captured() would randomise the shared model's BN
     propagate_shapes(gm, (digits.test_x[:1],))
     graph = analyze(gm)
     from graphopt.recovery.data import LabelledTensors
