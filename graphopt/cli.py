@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--prune", type=float, default=0.5, help="fraction of channels to prune (0: none)")
     p.add_argument(
-        "--recovery-epochs", type=int, default=10, help="epochs of distillation and of QAT (0: no training)"
+        "--recovery-epochs", type=int, default=20, help="epochs of distillation and of QAT (0: no training)"
     )
     p.add_argument("--out", type=Path, default=Path("graphopt-demo"))
     p.add_argument("--quiet", action="store_true", help="no progress output")

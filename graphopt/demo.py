@@ -28,7 +28,7 @@ class DemoConfig:
     epochs: int = 30
     seed: int = 0
     prune: float = 0.5
-    recovery_epochs: int = 10  # for distillation after pruning and for QAT each
+    recovery_epochs: int = 20  # for distillation after pruning and for QAT each
     out_dir: Path = Path("graphopt-demo")
     quiet: bool = False
 
