@@ -1,5 +1,6 @@
 """Property-based: random small conv / linear / residual / concat networks through generic-fp32 and both
-backends keep their outputs (1e-5 in torch, 1e-4 relative in the artifacts)."""
+backends keep their outputs (1e-5 in torch, 1e-4 relative in the artifacts), and prune exactly under any
+selection."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from torch import nn
 
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner
+from graphopt.capture import capture
+from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_scores
+from graphopt.pruning.exactness import zero_units
+from graphopt.shapes import propagate_shapes
 from graphopt.zoo import randomize_batchnorm
 from tests.helpers import outputs
 
@@ -83,3 +88,32 @@ def test_random_networks_keep_their_outputs(blocks, width, in_channels, size, ba
         for suffix, runner in ((".onnx", OnnxRunner), (".pt", TorchScriptRunner)):
             (got,) = runner(res.export(Path(tmp) / f"m{suffix}")).run(x)
             torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    blocks=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=5),
+    width=st.integers(2, 12),
+    ratio=st.floats(0.05, 0.95),
+    importance=st.sampled_from(["l1", "l2", "bn_scale", "random"]),
+    scope=st.sampled_from(["local", "global"]),
+    round_to=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_random_networks_prune_exactly(blocks, width, ratio, importance, scope, round_to, seed):
+    """Whatever the graph and the selection, zeroing the removed channels and cutting them agree."""
+    torch.manual_seed(seed)
+    model = RandomNet(blocks, width, in_channels=3, classes=5)
+    randomize_batchnorm(model)
+    x = torch.randn(2, 3, 8, 8)
+    gm = capture(model.eval()).gm
+    propagate_shapes(gm, (x,))
+    graph = analyze(gm)
+    config = PruneConfig(ratio=ratio, importance=importance, scope=scope, round_to=round_to, seed=seed)
+    selection = choose(graph.groups(), unit_scores(graph, config), config)
+    zero_units(graph, selection.removed)
+    dense = outputs(gm, x)
+    remove_units(graph, selection.removed)
+    torch.testing.assert_close(outputs(gm, x), dense, rtol=1e-5, atol=1e-5)
+    widths = [m.out_channels for m in gm.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w >= 1 for w in widths)

@@ -75,3 +75,12 @@ def test_bad_prune_values_are_config_errors(prune):
     model, inputs = get_model("resnet_basic").build()
     with pytest.raises(graphopt.ConfigError, match=r"\[0, 1\)"):
         graphopt.optimize(model, example_inputs=inputs, prune=prune)
+
+
+@pytest.mark.parametrize("name", ["vit", "shufflenet", "split", "grouped_conv"])
+def test_pruned_reference_models_export_to_onnx(name, tmp_path):
+    """Rewritten reshape / split literals and a pinned attention scale survive lowering and run in ORT."""
+    model, inputs = get_model(name).build()
+    result = graphopt.optimize(model, example_inputs=inputs, calibration_data=[inputs[0]] * 2, prune=0.5)
+    (got,) = OnnxRunner(result.export(tmp_path / f"{name}.onnx")).run(*inputs)
+    torch.testing.assert_close(torch.from_numpy(got), result.model(*inputs), rtol=1e-4, atol=1e-4)
