@@ -18,6 +18,7 @@ import torch.fx as fx
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.backends.torch_int8 import Engine, lower_to_quantized_kernels, quantized_engine
+from graphopt.early_exit.network import EarlyExitNetwork, ScriptableEarlyExit
 from graphopt.errors import ExportError
 from graphopt.quant import is_quantized
 
@@ -41,12 +42,21 @@ def export_torchscript(
         model, extra = lower_to_quantized_kernels(model, engine), {ENGINE_FILE: engine}
     try:
         with quiet_export(), torch.no_grad(), quantized_engine(engine):
-            traced = torch.jit.trace(model.eval(), example_inputs, check_trace=False)
-            frozen = torch.jit.freeze(traced)
+            frozen = torch.jit.freeze(_script_or_trace(model.eval(), example_inputs))
             torch.jit.save(frozen, str(path), _extra_files=extra)
     except Exception as exc:  # torch.jit raises many types; all mean the same to the user
         raise ExportError(f"TorchScript export failed ({type(exc).__name__}: {exc})") from exc
     return path
+
+
+def _script_or_trace(
+    model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> torch.jit.ScriptModule:
+    """Trace, except a network with early exits: its branch depends on values, so it is scripted."""
+    networks = [m for m in model.modules() if isinstance(m, EarlyExitNetwork)]
+    if networks:
+        return torch.jit.script(ScriptableEarlyExit(networks[0]).eval())
+    return torch.jit.trace(model, example_inputs, check_trace=False)
 
 
 class TorchScriptRunner:

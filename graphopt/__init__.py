@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from graphopt.api import optimize
 from graphopt.distill import DistillResult, distill
+from graphopt.early_exit import EarlyExitConfig
 from graphopt.errors import (
     CaptureError,
     ConfigError,
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DistillConfig",
     "DistillResult",
+    "EarlyExitConfig",
     "ExportError",
     "FeatureHint",
     "GraphoptError",

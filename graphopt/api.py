@@ -18,6 +18,7 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.capture import capture
+from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import CaptureError, ConfigError, InvalidInputError
 from graphopt.evaluation import Batch, materialize_labelled
 from graphopt.inputs import check_example_inputs, check_model, private_eval_copy, run_reference
@@ -27,6 +28,7 @@ from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
 from graphopt.passes.accuracy_budget import AccuracyBudget
 from graphopt.passes.calibrate import Calibrate
+from graphopt.passes.insert_early_exit import InsertEarlyExit
 from graphopt.passes.insert_fake_quant import InsertFakeQuant
 from graphopt.passes.prune_channels import PruneChannels, check_protected_names
 from graphopt.passes.qat import QuantizationAwareTraining
@@ -56,7 +58,7 @@ def optimize(
     calibration_data: Iterable[Any] | None = None,
     train_data: Iterable[Any] | None = None,
     prune: float | PruneConfig = 0.0,
-    early_exit: object | None = None,
+    early_exit: EarlyExitConfig | None = None,
     passes: Sequence[str | Pass] | None = None,
     *,
     eval_data: Iterable[Batch] | None = None,
@@ -88,10 +90,10 @@ def optimize(
     check_model(model)
     inputs = check_example_inputs(example_inputs)
     spec = resolve_target(target)
-    _check_not_yet_supported(early_exit)
     pipeline = _with_budget(_pipeline(spec, passes), accuracy_budget)
     pipeline = _with_pruning(pipeline, _prune_config(prune, model), train_data is not None, recovery)
     pipeline = _with_recovery(pipeline, train_data is not None, recovery)
+    pipeline = _with_early_exit(pipeline, early_exit)
     labelled = materialize_labelled(eval_data, "eval_data")
 
     original = private_eval_copy(model)
@@ -131,9 +133,19 @@ def optimize(
     )
 
 
-def _check_not_yet_supported(early_exit: object | None) -> None:
-    if early_exit is not None:
-        raise ConfigError("early_exit= is not available in this graphopt version yet; leave it as None")
+def _with_early_exit(pipeline: list[Pass], config: EarlyExitConfig | None) -> list[Pass]:
+    """Exits go last, on the finished (pruned, recovered, BN-folded) backbone."""
+    if config is None:
+        return pipeline
+    if not isinstance(config, EarlyExitConfig):
+        raise ConfigError(
+            f"early_exit must be None or a graphopt.EarlyExitConfig, got {type(config).__name__}"
+        )
+    if any(isinstance(p, Calibrate) for p in pipeline):
+        raise ConfigError(
+            "early exit with an int8 target is not available yet: use an fp32 target (generic-fp32, arm-fp32)"
+        )
+    return [*pipeline, InsertEarlyExit(config)]
 
 
 def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]:

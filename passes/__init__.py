@@ -10,6 +10,7 @@ from graphopt.passes.accuracy_budget import AccuracyBudget, AccuracyBudgetOption
 from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
+from graphopt.passes.insert_early_exit import InsertEarlyExit
 from graphopt.passes.insert_fake_quant import InsertFakeQuant, InsertFakeQuantOptions
 from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.qat import QuantizationAwareTraining
@@ -26,6 +27,7 @@ BUILTIN_PASSES = (
     Recover,
     InsertFakeQuant,
     Calibrate,
+    InsertEarlyExit,
     AccuracyBudget,
     QuantizationAwareTraining,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "EliminateDeadCodeOptions",
     "FoldBatchNorm",
     "FoldBatchNormOptions",
+    "InsertEarlyExit",
     "InsertFakeQuant",
     "InsertFakeQuantOptions",
     "PruneChannels",

@@ -1,0 +1,54 @@
+"""Typed options of early exit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from graphopt.errors import ConfigError
+from graphopt.pass_base import PassOptions
+from graphopt.recovery.config import DistillConfig
+
+
+@dataclass(frozen=True)
+class EarlyExitConfig(PassOptions):
+    """Where exits go, how their heads train, and how much accuracy their thresholds may cost.
+
+    - ``exits``: node or module names to exit after (a module name means the last exit point inside it);
+      empty: the exit points closest to ``fractions`` of the network's MACs.
+    - ``head``: ``linear`` (global pooling + linear, like the classifier) or ``conv`` (a 3x3 conv first).
+    - Heads train with the backbone frozen, on labels and distilled from the final output (``distill``),
+      for ``epochs`` on ``1 - holdout_fraction`` of ``train_data``; the thresholds are calibrated on the
+      held-out rest to minimise expected MACs with an accuracy drop of at most ``accuracy_budget``
+      percentage points against the network without exits.
+    """
+
+    exits: tuple[str, ...] = ()
+    fractions: tuple[float, ...] = (0.33, 0.66)
+    head: Literal["linear", "conv"] = "linear"
+    criterion: Literal["max_prob", "entropy"] = "max_prob"
+    accuracy_budget: float = 0.3
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 64
+    holdout_fraction: float = 0.25
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.exits, str):
+            raise ConfigError("exits must be a tuple of node or module names, e.g. exits=('stages.0',)")
+        if not self.exits and (not self.fractions or not all(0 < f < 1 for f in self.fractions)):
+            raise ConfigError(f"fractions must be MAC shares in (0, 1), got {self.fractions!r}")
+        if self.head not in ("linear", "conv") or self.criterion not in ("max_prob", "entropy"):
+            raise ConfigError(
+                f"head must be 'linear' or 'conv' and criterion 'max_prob' or 'entropy'; got {self.head!r}, "
+                f"{self.criterion!r}"
+            )
+        if not self.accuracy_budget >= 0:
+            raise ConfigError(f"accuracy_budget is percentage points >= 0, got {self.accuracy_budget!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")

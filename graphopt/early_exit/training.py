@@ -1,0 +1,65 @@
+"""Training the exit heads with the backbone frozen.
+
+The backbone does not change, so its features at every cut and its final logits are computed once (no
+gradients) and cached; each epoch then only runs the heads. Loss per head ``k``:
+``alpha * CE(head_k, labels) + (1 - alpha) * tau^2 * KL(final || head_k)``, summed over heads: every head
+learns the labels and the final classifier's soft output (Hinton et al., 2015; the recovery engine's loss).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphopt.early_exit.config import EarlyExitConfig
+from graphopt.early_exit.network import EarlyExitNetwork
+from graphopt.progress import Progress
+from graphopt.recovery.data import LabelledTensors
+from graphopt.recovery.losses import distillation_loss
+
+
+@torch.no_grad()
+def cached_features(
+    network: EarlyExitNetwork, data: LabelledTensors, batch_size: int = 256
+) -> list[torch.Tensor]:
+    """Features at every cut, then the final logits, for all of ``data`` (in order)."""
+    parts: list[list[torch.Tensor]] = []
+    for inputs, _ in data.batches(batch_size):
+        features = network.segments[0](*inputs)
+        row = [features]
+        for segment in list(network.segments)[1:]:
+            features = segment(features)
+            row.append(features)
+        parts.append(row)
+    return [torch.cat(column) for column in zip(*parts, strict=True)]
+
+
+def train_heads(
+    network: EarlyExitNetwork, data: LabelledTensors, config: EarlyExitConfig
+) -> dict[str, float]:
+    cache = cached_features(network, data)
+    features, final = cache[:-1], cache[-1]
+    heads = network.heads
+    params = [p for p in heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    steps = config.epochs * -(-len(data) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    progress = Progress(config.epochs, "train exit heads", quiet=config.quiet)
+    heads.train()
+    loss_value = 0.0
+    for _ in range(config.epochs):
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            loss = sum(
+                distillation_loss(head(f[idx]), final[idx], data.labels[idx], config.distill)
+                for head, f in zip(heads, features, strict=True)
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_value = loss.item()
+        progress.update(loss=loss_value)
+    heads.eval()
+    return {"head_epochs": config.epochs, "head_final_loss": round(loss_value, 4)}
