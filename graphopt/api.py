@@ -28,7 +28,7 @@ from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
 from graphopt.passes.accuracy_budget import AccuracyBudget
 from graphopt.passes.calibrate import Calibrate
-from graphopt.passes.insert_early_exit import InsertEarlyExit
+from graphopt.passes.insert_early_exit import InsertEarlyExit, check_classifier_output
 from graphopt.passes.insert_fake_quant import InsertFakeQuant
 from graphopt.passes.prune_channels import PruneChannels, check_protected_names
 from graphopt.passes.qat import QuantizationAwareTraining
@@ -98,6 +98,8 @@ def optimize(
 
     original = private_eval_copy(model)
     reference = run_reference(original, inputs)
+    if early_exit is not None:
+        check_classifier_output(reference)
     train = _read_train_data(train_data, inputs, reference)
     _check_needs(
         pipeline, spec, calibration_data=calibration_data, train_data=train_data, eval_data=eval_data

@@ -76,6 +76,16 @@ class InsertEarlyExit(Pass):
         return PassResult(gm, modified=True, stats=stats)
 
 
+def check_classifier_output(output: object) -> None:
+    """Raise InvalidInputError unless ``output`` is one ``[batch, classes]`` tensor."""
+    if not (isinstance(output, torch.Tensor) and output.dim() == 2):
+        what = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise InvalidInputError(
+            "early exit needs a classifier-like model whose output is one [batch, classes] tensor of logits; "
+            f"this model returns {what}"
+        )
+
+
 def classifier_width(gm: fx.GraphModule) -> int:
     """The number of classes: the output must be one ``[N, classes]`` tensor."""
     (output,) = [n for n in gm.graph.nodes if n.op == "output"]

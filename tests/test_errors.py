@@ -93,7 +93,7 @@ def test_passes_must_be_a_sequence(model_and_input):
 
 def test_unavailable_capabilities_say_so(model_and_input):
     model, inputs = model_and_input
-    with pytest.raises(ConfigError, match="must be None or a graphopt.EarlyExitConfig"):
+    with pytest.raises(ConfigError, match=r"must be None or a graphopt\.EarlyExitConfig"):
         graphopt.optimize(model, example_inputs=inputs, early_exit=object())
     with pytest.raises(ConfigError, match="early exit with an int8 target is not available yet"):
         graphopt.optimize(

@@ -1,0 +1,153 @@
+"""Early exit: exactness of the branch, exit decisions in the artifacts, the batch rule, calibration,
+errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt import ConfigError, EarlyExitConfig, InvalidInputError, PassError
+from graphopt.backends import OnnxRunner, TorchScriptRunner
+from graphopt.digits import batches
+from graphopt.early_exit import EarlyExitNetwork
+from graphopt.early_exit.thresholds import NEVER, calibrate
+from tests.conftest import assert_unchanged, state_snapshot
+
+CONFIG = EarlyExitConfig(exits=("features.2", "features.6"), epochs=10, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def exited(digits_model, digits):
+    before = state_snapshot(digits_model)
+    result = graphopt.optimize(
+        digits_model,
+        example_inputs=(digits.test_x[:1],),
+        train_data=batches(digits.train_x, digits.train_y, 64),
+        eval_data=digits.test_batches(),
+        early_exit=CONFIG,
+    )
+    assert_unchanged(digits_model, before, training=False)
+    return result
+
+
+def _network(result) -> EarlyExitNetwork:
+    (network,) = [m for m in result.model.modules() if isinstance(m, EarlyExitNetwork)]
+    return network
+
+
+def test_never_exiting_computes_the_original(exited, digits_model, digits):
+    network = _network(exited)
+    saved = network.thresholds.clone()
+    try:
+        network.thresholds.fill_(NEVER)
+        x = digits.test_x[:16]
+        torch.testing.assert_close(exited.model(x), digits_model(x), rtol=1e-5, atol=1e-5)
+    finally:
+        network.thresholds.copy_(saved)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_forced_exit_at_head_k_is_head_k_alone(exited, digits, k):
+    network = _network(exited)
+    saved = network.thresholds.clone()
+    try:
+        network.thresholds.fill_(NEVER)
+        network.thresholds[k] = -NEVER
+        x = digits.test_x[:16]
+        torch.testing.assert_close(exited.model(x), network.forced_exit(k, x), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(network.forced_exit(k, x), network.forced_exit(2, x), atol=1e-3)
+    finally:
+        network.thresholds.copy_(saved)
+
+
+def test_thresholds_are_calibrated_and_reported(exited):
+    stats = exited.report.stage("insert_early_exit").stats
+    assert stats["exits"] == 2 and stats["expected_macs_share"] < 1
+    assert stats["heldout_accuracy"] >= stats["heldout_accuracy_without_exits"] - CONFIG.accuracy_budget / 100
+    rows = exited.report.tables["early_exit"]
+    assert [r["exit"] for r in rows] == ["features.2", "features.6", "final classifier"]
+    rates = [float(str(r["exit_rate"]).rstrip("%")) for r in rows]
+    assert sum(rates) == pytest.approx(100, abs=0.2) and rates[1] > 0
+
+
+def test_artifacts_take_the_same_exits_as_eager(exited, digits, tmp_path):
+    onnx = OnnxRunner(exited.export(tmp_path / "m.onnx"))
+    script = TorchScriptRunner(exited.export(tmp_path / "m.pt"))
+    network = _network(exited)
+    exits_seen = set()
+    for i in range(40):
+        x = digits.test_x[i : i + 1]
+        expected = exited.model(x)
+        exits_seen |= {k for k in range(3) if torch.allclose(network.forced_exit(k, x), expected, atol=1e-6)}
+        for runner in (onnx, script):
+            (got,) = runner.run(x)
+            torch.testing.assert_close(torch.as_tensor(got), expected, rtol=1e-4, atol=1e-4)
+    assert len(exits_seen) >= 2  # the test set exercises more than one branch
+
+
+def test_a_batch_exits_only_when_every_sample_is_confident(exited, digits):
+    network = _network(exited)
+    x = digits.test_x[:64]
+    with torch.no_grad():
+        confidence = torch.softmax(network.forced_exit(1, x), -1).amax(-1)
+    sure, unsure = int(confidence.argmax()), int(confidence.argmin())
+    saved = network.thresholds.clone()
+    try:
+        network.thresholds.copy_(torch.tensor([NEVER, float(confidence[sure])]))
+        pair = x[[sure, unsure]]
+        torch.testing.assert_close(exited.model(x[[sure]]), network.forced_exit(1, x[[sure]]))
+        torch.testing.assert_close(
+            exited.model(pair), network.forced_exit(2, pair)
+        )  # the unsure one holds all
+    finally:
+        network.thresholds.copy_(saved)
+
+
+def test_a_budget_no_threshold_meets_leaves_the_exits_disabled():
+    labels = torch.arange(10).repeat(10)
+    wrong = torch.nn.functional.one_hot((labels + 1) % 10, 10).float() * 5  # a confident, always wrong head
+    right = torch.nn.functional.one_hot(labels, 10).float() * 5
+    routing = calibrate([wrong, right], labels, [1.0, 10.0], budget_pp=0.0, criterion="max_prob")
+    assert routing.thresholds == [NEVER] and routing.accuracy == 1.0 and routing.expected_macs == 10.0
+
+
+def test_early_exit_needs_labelled_data(digits_model, digits):
+    with pytest.raises(InvalidInputError, match="needs train_data"):
+        graphopt.optimize(digits_model, example_inputs=(digits.test_x[:1],), early_exit=EarlyExitConfig())
+
+
+def test_unknown_exit_point_lists_the_closest(digits_model, digits):
+    with pytest.raises(PassError, match=r"closest exit points: features\.2"):
+        graphopt.optimize(
+            digits_model,
+            example_inputs=(digits.test_x[:1],),
+            train_data=batches(digits.train_x[:256], digits.train_y[:256], 64),
+            early_exit=EarlyExitConfig(exits=("features.20",), quiet=True),
+        )
+
+
+class _FeatureMap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+def test_a_model_without_logits_is_refused(digits):
+    with pytest.raises(InvalidInputError, match="classifier-like"):
+        graphopt.optimize(
+            _FeatureMap(),
+            example_inputs=(digits.test_x[:1],),
+            train_data=batches(digits.train_x[:128], digits.train_y[:128], 64),
+            early_exit=EarlyExitConfig(quiet=True),
+        )
+
+
+@pytest.mark.parametrize("bad", [dict(accuracy_budget=-1.0), dict(fractions=(0.0,)), dict(exits="stages.0")])
+def test_bad_early_exit_options(bad):
+    with pytest.raises(ConfigError):
+        EarlyExitConfig(**bad)
