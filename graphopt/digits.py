@@ -93,14 +93,28 @@ def random_shift(x: Tensor, generator: torch.Generator) -> Tensor:
     return out
 
 
+def upsampled(data: DigitsSplit, size: int = 32) -> DigitsSplit:
+    """The same split at ``size x size`` (bilinear): big enough for a network deep enough to exit early."""
+
+    def scale(x: Tensor) -> Tensor:
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    return DigitsSplit(scale(data.train_x), data.train_y, scale(data.test_x), data.test_y)
+
+
 def train_digits_cnn(
-    data: DigitsSplit, config: DigitsTraining | None = None, *, quiet: bool = False
-) -> DigitsCNN:
-    """Train :class:`DigitsCNN` on the training split, deterministically for a given seed."""
+    data: DigitsSplit,
+    config: DigitsTraining | None = None,
+    *,
+    quiet: bool = False,
+    model: nn.Module | None = None,
+) -> nn.Module:
+    """Train ``model`` (default: a fresh :class:`DigitsCNN`) on the training split, deterministically for a
+    given seed."""
     config = config or DigitsTraining()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = DigitsCNN()
+    model = model if model is not None else DigitsCNN()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(data.train_y) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -23,7 +23,7 @@ from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
 from graphopt.early_exit.segments import Cut, choose_cuts, find_cuts, split_at
 from graphopt.early_exit.thresholds import NEVER, Routing, calibrate
-from graphopt.early_exit.training import cached_features, train_heads
+from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
 from graphopt.errors import InvalidInputError
 from graphopt.ir import shape_of
 from graphopt.pass_base import Pass, PassResult
@@ -51,6 +51,8 @@ class InsertEarlyExit(Pass):
         network = EarlyExitNetwork(segments, heads, config.criterion)
         train, held_out = _split(context.train_data, config)
         stats = train_heads(network, train, config)
+        if config.joint_epochs:
+            stats.update(fine_tune_jointly(network, train, config))
         macs = _macs_per_exit(network, context.example_inputs)
         with torch.no_grad():
             logits = cached_features(network, held_out)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+import torch
 
 from graphopt.errors import ConfigError
 from graphopt.pass_base import PassOptions
@@ -21,6 +24,10 @@ class EarlyExitConfig(PassOptions):
       for ``epochs`` on ``1 - holdout_fraction`` of ``train_data``; the thresholds are calibrated on the
       held-out rest to minimise expected MACs with an accuracy drop of at most ``accuracy_budget``
       percentage points against the network without exits.
+    - ``joint_epochs > 0`` then fine-tunes backbone and heads together (every exit distilled from the
+      original network's output, ``augment`` applied to the inputs): early features become more
+      separable, so early heads take more samples; the backbone changes, so the exit-free path is no longer
+      exactly the original.
     """
 
     exits: tuple[str, ...] = ()
@@ -33,6 +40,9 @@ class EarlyExitConfig(PassOptions):
     batch_size: int = 64
     holdout_fraction: float = 0.25
     distill: DistillConfig = field(default_factory=DistillConfig)
+    joint_epochs: int = 0
+    joint_lr: float = 1e-3
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     seed: int = 0
     quiet: bool = False
 
@@ -48,7 +58,7 @@ class EarlyExitConfig(PassOptions):
             )
         if not self.accuracy_budget >= 0:
             raise ConfigError(f"accuracy_budget is percentage points >= 0, got {self.accuracy_budget!r}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.joint_epochs < 0:
+            raise ConfigError("epochs and batch_size must be >= 1, joint_epochs >= 0 and lr > 0")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")

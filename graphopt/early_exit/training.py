@@ -1,4 +1,4 @@
-"""Training the exit heads with the backbone frozen.
+"""Training the exit heads with the backbone frozen, and optionally backbone and heads together.
 
 The backbone does not change, so its features at every cut and its final logits are computed once (no
 gradients) and cached; each epoch then only runs the heads. Loss per head ``k``:
@@ -7,6 +7,8 @@ learns the labels and the final classifier's soft output (Hinton et al., 2015; t
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -63,3 +65,38 @@ def train_heads(
         progress.update(loss=loss_value)
     heads.eval()
     return {"head_epochs": config.epochs, "head_final_loss": round(loss_value, 4)}
+
+
+def fine_tune_jointly(
+    network: EarlyExitNetwork, data: LabelledTensors, config: EarlyExitConfig
+) -> dict[str, float]:
+    """Train backbone and heads together; every exit (the final one too) is distilled from the network as
+    it was before (a frozen copy), on the same possibly augmented inputs."""
+    teacher = copy.deepcopy(network).eval()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.joint_lr, weight_decay=1e-4)
+    steps = config.joint_epochs * -(-len(data) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.joint_lr, total_steps=steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    progress = Progress(config.joint_epochs, "fine-tune backbone and exits", quiet=config.quiet)
+    network.train()
+    loss_value = 0.0
+    try:
+        for _ in range(config.joint_epochs):
+            for inputs, labels in data.batches(config.batch_size, generator):
+                if config.augment is not None:
+                    inputs = (config.augment(inputs[0], generator), *inputs[1:])
+                with torch.no_grad():
+                    target = teacher.forced_exit(len(teacher.heads), *inputs)
+                loss = sum(
+                    distillation_loss(logits, target, labels, config.distill)
+                    for logits in network.all_exits(*inputs)
+                )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_value = loss.item()
+            progress.update(loss=loss_value)
+    finally:
+        network.eval()
+    return {"joint_epochs": config.joint_epochs, "joint_final_loss": round(loss_value, 4)}

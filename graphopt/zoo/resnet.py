@@ -104,3 +104,9 @@ def resnet_bottleneck_tiny(num_classes: int = 10) -> ResNet:
 def resnet_basic_tiny(num_classes: int = 10) -> ResNet:
     """A small basic-block ResNet (1, 1, 1) for tests."""
     return ResNet(BasicBlock, (1, 1, 1), base_width=8, num_classes=num_classes, stem_stride=1)
+
+
+def resnet_digits(num_classes: int = 10) -> ResNet:
+    """A three-stage basic-block ResNet (2, 2, 2; widths 16/32/64) for 1x32x32 digits: deep enough that
+    early exits matter (34 M MACs)."""
+    return ResNet(BasicBlock, (2, 2, 2), base_width=16, num_classes=num_classes, in_channels=1, stem_stride=1)
