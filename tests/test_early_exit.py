@@ -152,3 +152,17 @@ def test_a_model_without_logits_is_refused(digits):
 def test_bad_early_exit_options(bad):
     with pytest.raises(ConfigError):
         EarlyExitConfig(**bad)
+
+
+def test_joint_fine_tuning_trains_the_backbone_too(digits_model, digits):
+    result = graphopt.optimize(
+        digits_model,
+        example_inputs=(digits.test_x[:1],),
+        train_data=batches(digits.train_x[:512], digits.train_y[:512], 64),
+        early_exit=EarlyExitConfig(exits=("features.6",), epochs=2, joint_epochs=1, quiet=True),
+    )
+    stats = result.report.stage("insert_early_exit").stats
+    assert stats["joint_epochs"] == 1 and stats["joint_final_loss"] > 0
+    network = _network(result)
+    first_conv = network.segments[0].get_submodule("features.0")
+    assert not torch.equal(first_conv.weight, digits_model.features[0].weight)
