@@ -9,6 +9,7 @@ learns the labels and the final classifier's soft output (Hinton et al., 2015; t
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 
@@ -41,10 +42,7 @@ def train_heads(
     cache = cached_features(network, data)
     features, final = cache[:-1], cache[-1]
     heads = network.heads
-    params = [p for p in heads.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
-    steps = config.epochs * -(-len(data) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+    step = _one_cycle(heads, config.lr, config.epochs, len(data), config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
     progress = Progress(config.epochs, "train exit heads", quiet=config.quiet)
     heads.train()
@@ -57,11 +55,7 @@ def train_heads(
                 distillation_loss(head(f[idx]), final[idx], data.labels[idx], config.distill)
                 for head, f in zip(heads, features, strict=True)
             )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_value = loss.item()
+            loss_value = step(loss)
         progress.update(loss=loss_value)
     heads.eval()
     return {"head_epochs": config.epochs, "head_final_loss": round(loss_value, 4)}
@@ -73,9 +67,7 @@ def fine_tune_jointly(
     """Train backbone and heads together; every exit (the final one too) is distilled from the network as
     it was before (a frozen copy), on the same possibly augmented inputs."""
     teacher = copy.deepcopy(network).eval()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.joint_lr, weight_decay=1e-4)
-    steps = config.joint_epochs * -(-len(data) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.joint_lr, total_steps=steps)
+    step = _one_cycle(network, config.joint_lr, config.joint_epochs, len(data), config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
     progress = Progress(config.joint_epochs, "fine-tune backbone and exits", quiet=config.quiet)
     network.train()
@@ -91,12 +83,28 @@ def fine_tune_jointly(
                     distillation_loss(logits, target, labels, config.distill)
                     for logits in network.all_exits(*inputs)
                 )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                loss_value = loss.item()
+                loss_value = step(loss)
             progress.update(loss=loss_value)
     finally:
         network.eval()
     return {"joint_epochs": config.joint_epochs, "joint_final_loss": round(loss_value, 4)}
+
+
+def _one_cycle(
+    module: torch.nn.Module, lr: float, epochs: int, samples: int, batch_size: int
+) -> Callable[[torch.Tensor], float]:
+    """An optimizer step for ``module``'s parameters: AdamW on a one-cycle schedule over ``epochs`` passes
+    of ``samples`` in batches of ``batch_size``. Returns the loss value."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * -(-samples // batch_size)
+    )
+
+    def step(loss: torch.Tensor) -> float:
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return loss.item()
+
+    return step

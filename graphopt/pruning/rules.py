@@ -310,7 +310,8 @@ def _cat(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     return tracked[0]
 
 
-def _chunk(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
+def _pieces(node: fx.Node, maps: Maps, cut: Callable[[ChannelMap, list[int]], NodeMap]) -> NodeMap:
+    """``chunk`` / ``split``: the pieces' maps; ``cut(map, piece widths)`` when they split the channels."""
     m = _single(maps.get(node.args[0]))
     shapes = node.meta.get("shapes")
     if m is None or shapes is None:
@@ -318,31 +319,31 @@ def _chunk(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     dim = _arg(node, 2, "dim", 0) % _rank(node.args[0])
     if dim not in m.axes:
         return [m] * len(shapes)
-    if len(m.axes) != 1 or len({s[dim] for s in shapes}) != 1:
-        raise ValueError("unequal chunks of channels")
-    return _split_axis_into(graph, m, len(shapes))
+    if len(m.axes) != 1:
+        raise ValueError("splits channels tracked on several axes")
+    return cut(m, [s[dim] for s in shapes])
 
 
-def _split_axis_into(graph: DependencyGraph, m: ChannelMap, pieces: int) -> list[ChannelMap | None]:
-    split = _split_axis(graph, m, [pieces, m.atoms.size // pieces], [0, m.axes[0]])
-    return [ChannelMap(m.axes, row) for row in split.atoms]
+def _chunk(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
+    def equal_pieces(m: ChannelMap, widths: list[int]) -> NodeMap:
+        if len(set(widths)) != 1:
+            raise ValueError("unequal chunks of channels")
+        split = _split_axis(graph, m, [len(widths), widths[0]], [0, m.axes[0]])
+        return [ChannelMap(m.axes, row) for row in split.atoms]
+
+    return _pieces(node, maps, equal_pieces)
 
 
 def _split(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
-    m = _single(maps.get(node.args[0]))
-    shapes = node.meta.get("shapes")
-    if m is None or shapes is None:
-        return [None] * len(shapes or ())
-    dim = _arg(node, 2, "dim", 0) % _rank(node.args[0])
-    if dim not in m.axes:
-        return [m] * len(shapes)
-    sizes = _arg(node, 1, "split_size_or_sections")
-    if len(m.axes) != 1 or not isinstance(sizes, (list, tuple)):
-        raise ValueError("splits channels by an int size")
-    bounds = np.cumsum([0, *[s[dim] for s in shapes]])
-    pieces = [ChannelMap(m.axes, m.atoms[a:b]) for a, b in itertools.pairwise(bounds)]
-    graph.edits.append(ShapeEdit(node, "split", pieces))
-    return list(pieces)
+    def sized_pieces(m: ChannelMap, widths: list[int]) -> NodeMap:
+        if not isinstance(_arg(node, 1, "split_size_or_sections"), (list, tuple)):
+            raise ValueError("splits channels by an int size")
+        bounds = np.cumsum([0, *widths])
+        pieces = [ChannelMap(m.axes, m.atoms[a:b]) for a, b in itertools.pairwise(bounds)]
+        graph.edits.append(ShapeEdit(node, "split", pieces))
+        return list(pieces)
+
+    return _pieces(node, maps, sized_pieces)
 
 
 # -- attention --------------------------------------------------------------------------------------
