@@ -22,6 +22,7 @@ import torch.fx as fx
 
 from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
+from graphopt.backends.onnx_subgraphs import sink_initializers
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.errors import ExportError
@@ -66,11 +67,20 @@ def export_onnx(
             "flow cannot be exported: rewrite it with torch.where or torch.cond, or export with "
             "backend='torchscript'."
         ) from exc
+    if not big:
+        _sink_branch_weights(path)
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the exported ONNX file fails onnx.checker: {_first_line(exc)}") from exc
     return path
+
+
+def _sink_branch_weights(path: Path) -> None:
+    """Put the weights of ``If`` branches (early exits) inside them: see :mod:`.onnx_subgraphs`."""
+    model = onnx.load(str(path))
+    if sink_initializers(model.graph):
+        onnx.save(model, str(path))
 
 
 def _export_direct(

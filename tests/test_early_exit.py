@@ -3,6 +3,7 @@ errors."""
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -85,6 +86,16 @@ def test_artifacts_take_the_same_exits_as_eager(exited, digits, tmp_path):
             (got,) = runner.run(x)
             torch.testing.assert_close(torch.as_tensor(got), expected, rtol=1e-4, atol=1e-4)
     assert len(exits_seen) >= 2  # the test set exercises more than one branch
+
+
+def test_branch_weights_live_inside_the_branches(exited, tmp_path):
+    """ORT's NCHWc transformer only rewrites convs whose weights are initializers of their own graph."""
+    model = onnx.load(str(exited.export(tmp_path / "m.onnx")))
+    (branch_node,) = [n for n in model.graph.node if n.op_type == "If"]
+    go_on = next(a.g for a in branch_node.attribute if a.name == "else_branch")
+    conv_weights = {n.input[1] for n in go_on.node if n.op_type == "Conv"}
+    assert conv_weights and conv_weights <= {i.name for i in go_on.initializer}
+    assert not conv_weights & {i.name for i in model.graph.initializer}
 
 
 def test_a_batch_exits_only_when_every_sample_is_confident(exited, digits):
