@@ -1,20 +1,16 @@
 """Early exit on a network deep enough for exits to matter: a three-stage ResNet on digits upsampled to 32x32.
 
-Per seed: train the network (15 epochs), insert two exits (conv heads at ~20 % and ~50 % of the MACs, heads
-trained on the frozen backbone, then 10 epochs of joint fine-tuning), calibrate thresholds for a 0.3 pp
-budget, export to ONNX (``If`` inside), and time every test image at batch 1 through ORT, interleaving the
-exit model with the original model's ONNX file. Reports accuracy of both and the average latency ratio.
+Per seed: train the network (15 epochs), insert two exits (``spatial`` heads at ~20 % and ~50 % of the
+MACs, trained on the frozen backbone), calibrate thresholds for a 0.3 pp budget, export to ONNX (``If``
+inside), and time every test image at batch 1 through ORT, interleaving the exit model with the original
+model's ONNX file. Reports accuracy of both and the average latency ratio.
 
 Run: ``python -m pytest bench/test_bench_early_exit.py --benchmark-enable -s``
 """
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import pytest
-import torch
 
 import graphopt
 from graphopt.backends import OnnxRunner, export_onnx
@@ -22,39 +18,13 @@ from graphopt.digits import (
     DigitsTraining,
     batches,
     load_digits_split,
-    random_shift,
     train_digits_cnn,
     upsampled,
 )
-from graphopt.recovery import DistillConfig
+from graphopt.early_exit.measure import mean_latencies, per_sample_accuracy
 from graphopt.zoo.resnet import resnet_digits
 
-CONFIG = graphopt.EarlyExitConfig(
-    fractions=(0.2, 0.5),
-    head="conv",
-    joint_epochs=10,
-    joint_lr=3e-4,
-    augment=random_shift,
-    distill=DistillConfig(alpha=0.5),
-    quiet=True,
-)
-
-
-def _average_latencies(runners: dict[str, OnnxRunner], images: torch.Tensor) -> dict[str, float]:
-    """Mean ms per image at batch 1, the runners interleaved image by image; and their predictions."""
-    spent = {key: 0.0 for key in runners}
-    for i in range(len(images)):
-        x = images[i : i + 1]
-        for key, runner in runners.items():
-            start = time.perf_counter()
-            runner.run(x)
-            spent[key] += time.perf_counter() - start
-    return {key: 1e3 * s / len(images) for key, s in spent.items()}
-
-
-def _accuracy(runner: OnnxRunner, images: torch.Tensor, labels: torch.Tensor) -> float:
-    predictions = [int(np.argmax(runner.run(images[i : i + 1])[0])) for i in range(len(images))]
-    return 100 * float((torch.tensor(predictions) == labels).float().mean())
+CONFIG = graphopt.EarlyExitConfig(fractions=(0.2, 0.5), head="spatial", quiet=True)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -73,10 +43,9 @@ def test_early_exit_latency_and_accuracy(benchmark, seed, tmp_path):
         "ort_fp32_without_exits": OnnxRunner(export_onnx(model, inputs, tmp_path / "base.onnx")),
         "graphopt_early_exit": OnnxRunner(result.export(tmp_path / "exits.onnx")),
     }
-    for runner in runners.values():
-        runner.run(*inputs)  # warm-up
-    latency = _average_latencies(runners, split.test_x)
-    accuracy = {key: _accuracy(r, split.test_x, split.test_y) for key, r in runners.items()}
+    test = split.test_batches()
+    latency = mean_latencies({key: r.run for key, r in runners.items()}, test)
+    accuracy = {key: 100 * per_sample_accuracy(r.run, test) for key, r in runners.items()}
     stats = result.report.stage("insert_early_exit").stats
     ratio = latency["graphopt_early_exit"] / latency["ort_fp32_without_exits"]
     benchmark.extra_info.update(

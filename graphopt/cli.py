@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recovery-epochs", type=int, default=20, help="epochs of distillation and of QAT (0: no training)"
     )
+    p.add_argument(
+        "--early-exit",
+        action="store_true",
+        help="add an early exit (needs an fp32 target: --target generic-fp32)",
+    )
     p.add_argument("--out", type=Path, default=Path("graphopt-demo"))
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=_cmd_demo)
@@ -121,6 +126,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         prune=args.prune,
         recovery_epochs=args.recovery_epochs,
+        early_exit=args.early_exit,
         out_dir=args.out,
         quiet=args.quiet,
     )

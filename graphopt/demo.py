@@ -16,6 +16,7 @@ import torch
 from graphopt.api import optimize
 from graphopt.backends.timing import pin_to_one_core
 from graphopt.digits import DigitsTraining, batches, load_digits_split, random_shift, train_digits_cnn
+from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.result import OptimizeResult
 
@@ -29,6 +30,7 @@ class DemoConfig:
     seed: int = 0
     prune: float = 0.5
     recovery_epochs: int = 20  # for distillation after pruning and for QAT each
+    early_exit: bool = False  # an exit after the second conv block (fp32 targets only)
     out_dir: Path = Path("graphopt-demo")
     quiet: bool = False
 
@@ -46,8 +48,11 @@ def run_demo(config: DemoConfig) -> OptimizeResult:
         example_inputs=(data.test_x[:1],),
         calibration_data=[data.train_x[i : i + 32] for i in range(0, 320, 32)],
         eval_data=data.test_batches(),
-        train_data=batches(data.train_x, data.train_y, 64) if config.recovery_epochs else None,
+        train_data=batches(data.train_x, data.train_y, 64)
+        if config.recovery_epochs or config.early_exit
+        else None,
         prune=config.prune,
+        early_exit=EarlyExitConfig(exits=("features.6",), quiet=config.quiet) if config.early_exit else None,
         recovery=RecoveryConfig(
             epochs=max(1, config.recovery_epochs), augment=random_shift, seed=config.seed, quiet=config.quiet
         ),

@@ -17,6 +17,7 @@ from graphopt.backends import Backend, backend_for, export_onnx
 from graphopt.backends.onnx_backend import OnnxRunner, exporter_of
 from graphopt.backends.timing import interleaved_medians, measure
 from graphopt.cost import count_macs, count_params
+from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.errors import ExportError
 from graphopt.evaluation import Batch, accuracy
 from graphopt.numerics import Tolerance, agreement, allclose, flatten_outputs
@@ -117,11 +118,19 @@ class OptimizeResult:
         if guard is not None:
             record.notes.append(guard.sentence(chosen.runtime))
             record.stats.update(guard.stats())
+        exits = has_exits(model)
         if self.eval_data is not None:
-            record.accuracy = accuracy(getattr(runner, "run_batched", runner.run), self.eval_data)
+            predict = getattr(runner, "run_batched", runner.run)
+            record.accuracy = (per_sample_accuracy if exits else accuracy)(predict, self.eval_data)
         if measure_latency:
             self._measure_baseline(warmup, repeat)
             record.latency = runner.time(*self.example_inputs, warmup=warmup, repeat=repeat)
+            if exits and self.eval_data is not None:
+                record.stats.update(self._dataset_latency(runner))
+                record.notes.append(
+                    "early exit: accuracy and dataset_mean_ms are per sample (batch 1) over eval_data; "
+                    "the latency column is the example input's path only"
+                )
         self.report.add(record)
         return artifact
 
@@ -189,6 +198,19 @@ class OptimizeResult:
                     "baked into one branch: express it with torch.where or torch.cond"
                 )
         return None
+
+    def _dataset_latency(self, runner: Any) -> dict[str, float]:
+        """Mean latency per eval sample of the artifact and of the original in ORT fp32, interleaved."""
+        assert self.eval_data is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(self.original, self.example_inputs, Path(tmp) / "original.onnx")
+            baseline = OnnxRunner(path, threads=self.target.backend.threads)
+            means = mean_latencies({"exits": runner.run, "original": baseline.run}, self.eval_data)
+        return {
+            "dataset_mean_ms": round(means["exits"], 4),
+            "dataset_mean_ms_original_ort_fp32": round(means["original"], 4),
+            "dataset_latency_ratio": round(means["exits"] / means["original"], 3),
+        }
 
     def _measure_baseline(self, warmup: int, repeat: int) -> None:
         if any(r.kind == "baseline" for r in self.report.stages):

@@ -30,3 +30,20 @@ def test_demo_trains_optimizes_exports_and_reports(tmp_path):
     loaded = graphopt.load(tmp_path / "digits.pt2")
     x = result.example_inputs[0]
     assert loaded(x).argmax() == result.model(x).argmax()
+
+
+def test_demo_with_early_exit_on_an_fp32_target(tmp_path):
+    config = DemoConfig(
+        target="generic-fp32",
+        epochs=3,
+        prune=0.0,
+        recovery_epochs=0,
+        early_exit=True,
+        out_dir=tmp_path,
+        quiet=True,
+    )
+    report = run_demo(config).report
+    assert report.stages[-4].stage == "insert_early_exit" and "early_exit" in report.tables
+    onnx = next(s for s in report.stages if s.stage.startswith("artifact:onnx"))
+    assert onnx.stats["dataset_mean_ms"] > 0 and onnx.accuracy > 0.8
+    assert (tmp_path / "digits.pt2").is_file()

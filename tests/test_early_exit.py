@@ -13,6 +13,7 @@ from graphopt import ConfigError, EarlyExitConfig, InvalidInputError, PassError
 from graphopt.backends import OnnxRunner, TorchScriptRunner
 from graphopt.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
+from graphopt.early_exit.measure import per_sample_accuracy
 from graphopt.early_exit.thresholds import NEVER, calibrate
 from tests.conftest import assert_unchanged, state_snapshot
 
@@ -86,6 +87,30 @@ def test_artifacts_take_the_same_exits_as_eager(exited, digits, tmp_path):
             (got,) = runner.run(x)
             torch.testing.assert_close(torch.as_tensor(got), expected, rtol=1e-4, atol=1e-4)
     assert len(exits_seen) >= 2  # the test set exercises more than one branch
+
+
+def test_artifact_row_measures_per_sample_over_the_data_set(exited, digits, tmp_path):
+    exited.export(tmp_path / "m.onnx", measure_latency=True, repeat=5)
+    row = exited.report.stages[-1]
+    assert row.stats["dataset_mean_ms"] > 0 and row.stats["dataset_latency_ratio"] > 0
+    eager = per_sample_accuracy(exited.model, exited.eval_data)
+    assert row.accuracy == pytest.approx(eager, abs=1 / 360)
+
+
+def test_pruning_and_early_exit_in_one_call(digits_model, digits):
+    result = graphopt.optimize(
+        digits_model,
+        example_inputs=(digits.test_x[:1],),
+        train_data=batches(digits.train_x, digits.train_y, 64),
+        prune=0.5,
+        recovery=graphopt.RecoveryConfig(epochs=2, quiet=True),
+        early_exit=EarlyExitConfig(exits=("features.6",), epochs=5, quiet=True),
+    )
+    stages = [s.stage for s in result.report.stages]
+    assert stages[:4] == ["original", "prune_channels", "reestimate_batchnorm", "recover"]
+    assert stages[-1] == "insert_early_exit"
+    network = _network(result)
+    assert network.segments[0].get_submodule("features.0").out_channels == 16  # pruned, then cut
 
 
 def test_branch_weights_live_inside_the_branches(exited, tmp_path):

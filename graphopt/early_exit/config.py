@@ -19,7 +19,8 @@ class EarlyExitConfig(PassOptions):
 
     - ``exits``: node or module names to exit after (a module name means the last exit point inside it);
       empty: the exit points closest to ``fractions`` of the network's MACs.
-    - ``head``: ``linear`` (global pooling + linear, like the classifier) or ``conv`` (a 3x3 conv first).
+    - ``head``: ``linear`` (global pooling + linear, like the classifier), ``conv`` (a 3x3 conv first) or
+      ``spatial`` (pooling to 4x4, then linear: keeps where features are, for early exits).
     - Heads train with the backbone frozen, on labels and distilled from the final output (``distill``),
       for ``epochs`` on ``1 - holdout_fraction`` of ``train_data``; the thresholds are calibrated on the
       held-out rest to minimise expected MACs with an accuracy drop of at most ``accuracy_budget``
@@ -32,7 +33,7 @@ class EarlyExitConfig(PassOptions):
 
     exits: tuple[str, ...] = ()
     fractions: tuple[float, ...] = (0.33, 0.66)
-    head: Literal["linear", "conv"] = "linear"
+    head: Literal["linear", "conv", "spatial"] = "spatial"
     criterion: Literal["max_prob", "entropy"] = "max_prob"
     accuracy_budget: float = 0.3
     epochs: int = 30
@@ -51,9 +52,10 @@ class EarlyExitConfig(PassOptions):
             raise ConfigError("exits must be a tuple of node or module names, e.g. exits=('stages.0',)")
         if not self.exits and (not self.fractions or not all(0 < f < 1 for f in self.fractions)):
             raise ConfigError(f"fractions must be MAC shares in (0, 1), got {self.fractions!r}")
-        if self.head not in ("linear", "conv") or self.criterion not in ("max_prob", "entropy"):
+        heads, criteria = ("linear", "conv", "spatial"), ("max_prob", "entropy")
+        if self.head not in heads or self.criterion not in criteria:
             raise ConfigError(
-                f"head must be 'linear' or 'conv' and criterion 'max_prob' or 'entropy'; got {self.head!r}, "
+                f"head must be one of {heads} and criterion one of {criteria}; got {self.head!r}, "
                 f"{self.criterion!r}"
             )
         if not self.accuracy_budget >= 0:

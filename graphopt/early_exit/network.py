@@ -34,12 +34,19 @@ def confidence(logits: Tensor, criterion: str) -> Tensor:
 
 
 def exit_head(channels: int, classes: int, kind: str) -> nn.Module:
-    """A head shaped like the classifier: global average pooling and a linear layer (``linear``), or a 3x3
-    conv + ReLU before them (``conv``)."""
+    """A head shaped like the classifier: global average pooling and a linear layer (``linear``); a 3x3
+    conv + ReLU before them (``conv``); or average pooling to 4x4 and a linear layer over all 16 cells
+    (``spatial``: early features still say *where* things are, which a global average throws away, for
+    ``16 * C * classes`` MACs)."""
     layers: list[nn.Module] = []
     if kind == "conv":
         layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)]
+    cells = 16 if kind == "spatial" else 1
+    layers += [
+        nn.AdaptiveAvgPool2d(4 if kind == "spatial" else 1),
+        nn.Flatten(),
+        nn.Linear(channels * cells, classes),
+    ]
     return nn.Sequential(*layers)
 
 
