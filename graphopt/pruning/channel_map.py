@@ -75,6 +75,10 @@ class Coupling:
     def reasons(self, atom: int) -> set[str]:
         return self._reasons.get(self.find(atom), set())
 
+    def removed(self, atoms: np.ndarray, removed_roots: np.ndarray) -> np.ndarray:
+        """Whether each position's unit is among ``removed_roots`` (untracked positions never are)."""
+        return np.isin(self.roots(atoms), removed_roots)
+
     def roots(self, atoms: np.ndarray) -> np.ndarray:
         """The unit (root atom) of every position; untracked positions stay ``-1``."""
         flat = [self.find(a) if a != UNTRACKED else UNTRACKED for a in atoms.ravel().tolist()]

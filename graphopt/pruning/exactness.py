@@ -22,7 +22,7 @@ def zero_units(graph: DependencyGraph, removed: Iterable[int]) -> None:
     gm = graph.gm
 
     def gone(atoms: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.nonzero(np.isin(graph.coupling.roots(atoms), roots))[0], dtype=torch.long)
+        return torch.as_tensor(np.nonzero(graph.coupling.removed(atoms, roots))[0], dtype=torch.long)
 
     with torch.no_grad():
         for p in graph.producers.values():
@@ -37,7 +37,7 @@ def zero_units(graph: DependencyGraph, removed: Iterable[int]) -> None:
                     getattr(module, name)[index] = 0
         for c in graph.consumers.values():
             module = gm.get_submodule(c.target)
-            mask = np.isin(graph.coupling.roots(c.positions[0]), roots)
+            mask = graph.coupling.removed(c.positions[0], roots)
             if c.groups > 1:
                 mask = mask.reshape(c.groups, -1)[0]
             module.weight[:, torch.as_tensor(np.nonzero(mask)[0], dtype=torch.long)] = 0

@@ -22,7 +22,6 @@ Coupling rules, and why each is exact:
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphopt.ir import shape_of
-from graphopt.pruning.channel_map import UNTRACKED, ChannelMap, reshape_blocks
+from graphopt.pruning.channel_map import ChannelMap, reshape_blocks
 from graphopt.pruning.dependency import DependencyGraph, NodeMap, ShapeEdit, untracked
 
 Maps = dict[fx.Node, NodeMap]
@@ -483,11 +482,3 @@ _METHOD_RULES: dict[str, Rule] = {
     "split": _split,
     "softmax": _softmax,
 }
-
-
-#: Used by the surgery: the softmax scale pinned for an attention whose head dim shrinks.
-def pinned_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
-
-
-__all__ = ["UNTRACKED", "apply_rule", "pinned_scale"]

@@ -9,6 +9,7 @@ gets its softmax scale pinned to ``1/sqrt(E_original)``, which keeps ``Q K^T * s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -20,7 +21,6 @@ from graphopt.errors import GraphoptError
 from graphopt.ir import shape_of
 from graphopt.pruning.channel_map import ChannelMap
 from graphopt.pruning.dependency import DependencyGraph, ShapeEdit
-from graphopt.pruning.rules import pinned_scale
 
 
 class SurgeryError(GraphoptError, RuntimeError):
@@ -32,7 +32,7 @@ def remove_units(graph: DependencyGraph, removed: Iterable[int]) -> None:
     removed_roots = np.asarray(sorted(set(removed)), dtype=np.int64)
 
     def keep(atoms: np.ndarray) -> np.ndarray:
-        return ~np.isin(graph.coupling.roots(atoms), removed_roots)
+        return ~graph.coupling.removed(atoms, removed_roots)
 
     gm = graph.gm
     with torch.no_grad():
@@ -109,7 +109,7 @@ def _slice_parameter(gm: fx.GraphModule, target: str, axis: int, index: torch.Te
 def _rewrite(edit: ShapeEdit, masks: list[np.ndarray]) -> None:
     node = edit.node
     if edit.kind == "sdpa_scale":
-        node.kwargs = {**node.kwargs, "scale": pinned_scale(edit.head_dim)}
+        node.kwargs = {**node.kwargs, "scale": 1.0 / math.sqrt(edit.head_dim)}
     elif edit.kind == "split":
         node.args = (node.args[0], [int(m.sum()) for m in masks], *node.args[2:])
     else:
