@@ -48,6 +48,13 @@ class OnnxGraphBuilder:
         #: Whether the graph computes in int8 anywhere (changes how fp32 layers' weights are written).
         self.quantized = any(isinstance(m, ActivationQuantizer) and m.frozen for m in gm.modules())
 
+    def branch(self) -> OnnxGraphBuilder:
+        """A builder for a subgraph (an ``If`` branch): its own nodes and initializers, this one's names."""
+        child = OnnxGraphBuilder.__new__(OnnxGraphBuilder)
+        child.gm, child.nodes, child.initializers = self.gm, [], []
+        child.names, child._used, child.quantized = {}, self._used, self.quantized
+        return child
+
     def fresh(self, hint: str) -> str:
         """``hint`` itself while unused (initializers keep their layer's name), else ``hint_<n>``."""
         name, n = hint, 0
@@ -79,8 +86,6 @@ class OnnxGraphBuilder:
 
 def lower_to_onnx(gm: fx.GraphModule, opset: int, graph_name: str = "graphopt") -> onnx.ModelProto:
     """The ONNX model of ``gm``; raises :class:`UnsupportedNode` naming the first node it cannot lower."""
-    from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
-
     builder = OnnxGraphBuilder(gm)
     inputs, outputs = [], []
     for node in gm.graph.nodes:
@@ -90,21 +95,28 @@ def lower_to_onnx(gm: fx.GraphModule, opset: int, graph_name: str = "graphopt") 
         elif node.op == "output":
             outputs = _graph_outputs(builder, node)
         else:
-            _require_float32(node)
-            if node.op == "call_module":
-                builder.names[node] = lower_module(builder, node, module_of(gm, node))
-            elif node.op == "call_function":
-                builder.names[node] = lower_function(builder, node)
-            elif node.op == "call_method":
-                builder.names[node] = lower_method(builder, node)
-            else:
-                raise UnsupportedNode(f"{node.op} node {node.name}")
+            lower_node(builder, gm, node)
     graph = helper.make_graph(builder.nodes, graph_name, inputs, outputs, builder.initializers)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=PRODUCER, ir_version=8
     )
     onnx.checker.check_model(model)
     return model
+
+
+def lower_node(builder: OnnxGraphBuilder, gm: fx.GraphModule, node: fx.Node) -> None:
+    """Lower one computing node of ``gm`` into ``builder`` (its inputs must be lowered already)."""
+    from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
+
+    _require_float32(node)
+    if node.op == "call_module":
+        builder.names[node] = lower_module(builder, node, module_of(gm, node))
+    elif node.op == "call_function":
+        builder.names[node] = lower_function(builder, node)
+    elif node.op == "call_method":
+        builder.names[node] = lower_method(builder, node)
+    else:
+        raise UnsupportedNode(f"{node.op} node {node.name}")
 
 
 def _require_float32(node: fx.Node) -> None:

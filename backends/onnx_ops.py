@@ -16,12 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphopt.backends.onnx_lowering import OnnxGraphBuilder, UnsupportedNode
+from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
 ModuleLowering = Callable[[OnnxGraphBuilder, fx.Node, nn.Module], str]
 
 
 def lower_module(b: OnnxGraphBuilder, node: fx.Node, module: nn.Module | None) -> str:
+    if isinstance(module, EarlyExitNetwork):
+        from graphopt.backends.onnx_branches import lower_early_exit
+
+        return lower_early_exit(b, node, module)
     for kind, lowering in _MODULES.items():
         if type(module) is kind:
             return lowering(b, node, module)
@@ -212,9 +217,20 @@ def _is_global(output_size: object) -> bool:
 
 
 def _adaptive_avg_pool_module(b: OnnxGraphBuilder, node: fx.Node, m: nn.Module) -> str:
-    if not _is_global(m.output_size):
+    if _is_global(m.output_size):
+        return b.op("GlobalAveragePool", [_only_input(b, node)], "gap")
+    # An output size that divides the input evenly is a plain average pool with kernel = stride = in / out.
+    shape, out = node.args[0].meta.get("shape"), m.output_size
+    sizes = list(out) if isinstance(out, (tuple, list)) else [out] * (len(shape or ()) - 2)
+    spatial = list((shape or ())[2:])
+    if (
+        not spatial
+        or len(sizes) != len(spatial)
+        or any(s is None or d % s for d, s in zip(spatial, sizes, strict=True))
+    ):
         raise UnsupportedNode(f"adaptive average pooling to {m.output_size}")
-    return b.op("GlobalAveragePool", [_only_input(b, node)], "gap")
+    kernel = [d // s for d, s in zip(spatial, sizes, strict=True)]
+    return b.op("AveragePool", [_only_input(b, node)], "pool", kernel_shape=kernel, strides=kernel)
 
 
 def _flatten_module(b: OnnxGraphBuilder, node: fx.Node, m: nn.Flatten) -> str:

@@ -38,6 +38,12 @@ def export_torchscript(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra: dict[str, str] = {}
+    exits = any(isinstance(m, EarlyExitNetwork) for m in model.modules())
+    if exits and is_quantized(model):
+        raise ExportError(
+            "TorchScript export of an int8 model with early exits is not available: export it to ONNX "
+            "(.onnx), or use an fp32 target for TorchScript"
+        )
     if isinstance(model, fx.GraphModule) and is_quantized(model):
         model, extra = lower_to_quantized_kernels(model, engine), {ENGINE_FILE: engine}
     try:

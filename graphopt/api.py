@@ -136,16 +136,13 @@ def optimize(
 
 
 def _with_early_exit(pipeline: list[Pass], config: EarlyExitConfig | None) -> list[Pass]:
-    """Exits go last, on the finished (pruned, recovered, BN-folded) backbone."""
+    """Exits go last, on the finished backbone (pruned, recovered, BN-folded, quantized): heads learn the
+    features the deployed backbone computes."""
     if config is None:
         return pipeline
     if not isinstance(config, EarlyExitConfig):
         raise ConfigError(
             f"early_exit must be None or a graphopt.EarlyExitConfig, got {type(config).__name__}"
-        )
-    if any(isinstance(p, Calibrate) for p in pipeline):
-        raise ConfigError(
-            "early exit with an int8 target is not available yet: use an fp32 target (generic-fp32, arm-fp32)"
         )
     return [*pipeline, InsertEarlyExit(config)]
 

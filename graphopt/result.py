@@ -89,7 +89,12 @@ class OptimizeResult:
         chosen = backend_for(path, backend)
         model, guard, skipped = self.model, None, None
         if latency_guard and self.fp32_model is not None and is_quantized(self.model):
-            if self._foreign_isa:
+            if has_exits(self.model):
+                skipped = (
+                    "latency guard skipped: an early-exit model's cost depends on the input and the fp32 "
+                    "snapshot has no exits; compare dataset_mean_ms (measure_latency=True with eval_data)"
+                )
+            elif self._foreign_isa:
                 skipped = (
                     f"latency guard skipped: {self.target.isa} artifacts cannot be timed on "
                     f"{platform.machine()}; int8 shipped"

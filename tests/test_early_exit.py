@@ -3,7 +3,10 @@ errors."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -202,3 +205,39 @@ def test_joint_fine_tuning_trains_the_backbone_too(digits_model, digits):
     network = _network(result)
     first_conv = network.segments[0].get_submodule("features.0")
     assert not torch.equal(first_conv.weight, digits_model.features[0].weight)
+
+
+def _op_counts(graph: onnx.GraphProto) -> Counter[str]:
+    """Op counts of ``graph`` and every subgraph inside it."""
+    counts = Counter(n.op_type for n in graph.node)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                counts += _op_counts(attribute.g)
+    return counts
+
+
+def test_int8_backbone_with_exits_fuses_inside_the_branches(digits_model, digits, tmp_path):
+    result = graphopt.optimize(
+        digits_model,
+        "x86-int8",
+        example_inputs=(digits.test_x[:1],),
+        calibration_data=[digits.train_x[i : i + 32] for i in range(0, 256, 32)],
+        train_data=batches(digits.train_x, digits.train_y, 64),
+        eval_data=digits.test_batches(),
+        recovery=graphopt.RecoveryConfig(epochs=1, quiet=True),
+        early_exit=EarlyExitConfig(exits=("features.6",), quiet=True),
+    )
+    assert [s.stage for s in result.report.stages][-3:] == ["calibrate", "qat", "insert_early_exit"]
+    path = result.export(tmp_path / "m.onnx")
+    row = result.report.stages[-1]
+    assert any("latency guard skipped" in note for note in row.notes)
+    assert row.accuracy == pytest.approx(per_sample_accuracy(result.model, result.eval_data), abs=2 / 360)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = _op_counts(onnx.load(options.optimized_model_filepath).graph)
+    assert ops["QLinearConv"] == 3 and ops["QGemm"] == 1 and ops["Conv"] == 0  # the branch's conv too
+    with pytest.raises(graphopt.ExportError, match="int8 model with early exits"):
+        result.export(tmp_path / "m.pt")

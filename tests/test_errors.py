@@ -95,11 +95,6 @@ def test_unavailable_capabilities_say_so(model_and_input):
     model, inputs = model_and_input
     with pytest.raises(ConfigError, match=r"must be None or a graphopt\.EarlyExitConfig"):
         graphopt.optimize(model, example_inputs=inputs, early_exit=object())
-    with pytest.raises(ConfigError, match="early exit with an int8 target is not available yet"):
-        graphopt.optimize(
-            model, "x86-int8", example_inputs=inputs, calibration_data=[inputs[0]],
-            early_exit=graphopt.EarlyExitConfig(),
-        )  # fmt: skip
 
 
 class RootControlFlow(nn.Module):

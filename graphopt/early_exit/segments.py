@@ -28,10 +28,19 @@ class Cut:
     node: fx.Node
     macs_before: int  # MACs of the backbone up to and including this node (batch as in the example)
     channels: int
+    aliases: tuple[str, ...] = ()  # earlier cuts with no work in between (a ReLU before its quantizer)
 
     @property
     def name(self) -> str:
-        return str(self.node.target) if self.node.op == "call_module" else self.node.name
+        return _name(self.node)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, self.node.name, *self.aliases)
+
+
+def _name(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
 
 
 def find_cuts(gm: fx.GraphModule) -> tuple[list[Cut], int]:
@@ -48,9 +57,10 @@ def find_cuts(gm: fx.GraphModule) -> tuple[list[Cut], int]:
         live = [n for n in nodes[: i + 1] if last_use[n] > i and n.op != "get_attr"]
         shape = shape_of(node)
         if live == [node] and shape is not None and len(shape) == 4:
-            if cuts and cuts[-1].macs_before == macs:
-                cuts.pop()  # the later of two cuts with no work between (after the ReLU, not before)
-            cuts.append(Cut(node, macs, shape[1]))
+            aliases: tuple[str, ...] = ()
+            if cuts and cuts[-1].macs_before == macs:  # keep the later of two cuts with no work between
+                aliases = cuts.pop().names
+            cuts.append(Cut(node, macs, shape[1], aliases))
     return cuts, macs
 
 
@@ -71,8 +81,8 @@ def choose_cuts(
 
 
 def _named_cut(cuts: list[Cut], name: str) -> Cut:
-    exact = [c for c in cuts if c.name == name or c.node.name == name]
-    inside = [c for c in cuts if c.name.startswith(name + ".")]
+    exact = [c for c in cuts if name in c.names]
+    inside = [c for c in cuts if any(n.startswith(name + ".") for n in c.names)]
     if exact or inside:
         return (exact or inside)[-1]
     known = [c.name for c in cuts]
