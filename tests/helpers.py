@@ -47,3 +47,16 @@ def ort_histogram(path: Path, tmp_path: Path) -> Counter[str]:
     options.log_severity_level = 3  # the "hardware-specific optimizations" warning is expected
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def digits_optimize_data(digits, calibration_samples: int = 256) -> dict[str, object]:
+    """The data arguments of ``graphopt.optimize`` for the digits split: example input, calibration
+    batches of 32, labelled training batches of 64 and the test batches for evaluation."""
+    from graphopt.digits import batches
+
+    return {
+        "example_inputs": (digits.test_x[:1],),
+        "calibration_data": [digits.train_x[i : i + 32] for i in range(0, calibration_samples, 32)],
+        "train_data": batches(digits.train_x, digits.train_y, 64),
+        "eval_data": digits.test_batches(),
+    }

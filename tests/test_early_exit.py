@@ -19,6 +19,7 @@ from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.measure import per_sample_accuracy
 from graphopt.early_exit.thresholds import NEVER, calibrate
 from tests.conftest import assert_unchanged, state_snapshot
+from tests.helpers import digits_optimize_data
 
 CONFIG = EarlyExitConfig(exits=("features.2", "features.6"), epochs=10, quiet=True)
 
@@ -221,10 +222,7 @@ def test_int8_backbone_with_exits_fuses_inside_the_branches(digits_model, digits
     result = graphopt.optimize(
         digits_model,
         "x86-int8",
-        example_inputs=(digits.test_x[:1],),
-        calibration_data=[digits.train_x[i : i + 32] for i in range(0, 256, 32)],
-        train_data=batches(digits.train_x, digits.train_y, 64),
-        eval_data=digits.test_batches(),
+        **digits_optimize_data(digits),
         recovery=graphopt.RecoveryConfig(epochs=1, quiet=True),
         early_exit=EarlyExitConfig(exits=("features.6",), quiet=True),
     )

@@ -7,11 +7,12 @@ import torch
 
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner
-from graphopt.digits import batches, random_shift
+from graphopt.digits import random_shift
 from graphopt.evaluation import accuracy
 from graphopt.recovery import RecoveryConfig
 from graphopt.zoo import get_model
 from tests.conftest import assert_unchanged, state_snapshot
+from tests.helpers import digits_optimize_data
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,7 @@ def pruned_int8(digits_model, digits):
     result = graphopt.optimize(
         digits_model,
         "x86-int8",
-        example_inputs=(digits.test_x[:1],),
-        calibration_data=[digits.train_x[i : i + 32] for i in range(0, 256, 32)],
-        train_data=batches(digits.train_x, digits.train_y, 64),
-        eval_data=digits.test_batches(),
+        **digits_optimize_data(digits),
         prune=0.5,
         recovery=RecoveryConfig(epochs=8, quiet=True, augment=random_shift),
     )
