@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,24 @@ def measure(call: Callable[[], object], *, warmup: int = 10, repeat: int = 100) 
         raise ValueError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
     for _ in range(warmup):
         call()
+    return summarize(_samples(call, repeat))
+
+
+def summarize(samples_ms: np.ndarray | list[float], median_ms: float | None = None) -> LatencyStats:
+    """Median, p10, p90 and minimum of per-call times (``median_ms`` overrides the pooled median)."""
+    samples = np.asarray(samples_ms, dtype=float)
+    p10, median, p90 = np.percentile(samples, [10, 50, 90])
+    median = median if median_ms is None else median_ms
+    return LatencyStats(float(median), float(p10), float(p90), float(samples.min()), len(samples))
+
+
+def _samples(call: Callable[[], object], repeat: int) -> np.ndarray:
     samples = np.empty(repeat)
     for i in range(repeat):
         start = time.perf_counter()
         call()
         samples[i] = (time.perf_counter() - start) * 1e3
-    p10, median, p90 = np.percentile(samples, [10, 50, 90])
-    return LatencyStats(float(median), float(p10), float(p90), float(samples.min()), repeat)
+    return samples
 
 
 def pin_to_one_core() -> int | None:
@@ -57,6 +70,25 @@ def pin_to_one_core() -> int | None:
     return core
 
 
+@contextmanager
+def edge_timing(threads: int = 1, *, pin: bool = True) -> Iterator[int | None]:
+    """One pinned core and ``threads`` torch threads for the duration; yields the core (None: not pinned).
+
+    The process's previous affinity and thread count come back afterwards, so a caller that trains after
+    timing (or a test suite) keeps its cores.
+    """
+    saved_threads = torch.get_num_threads()
+    saved_affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        core = pin_to_one_core() if pin else None
+        torch.set_num_threads(threads)
+        yield core
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_affinity is not None:
+            os.sched_setaffinity(0, saved_affinity)
+
+
 def interleaved_medians(
     candidates: dict[str, Callable[[], object]],
     *,
@@ -64,15 +96,46 @@ def interleaved_medians(
     calls_per_round: int = 20,
     warmup: int = 5,
 ) -> dict[str, float]:
-    """Median latency (ms) per candidate, measured in interleaved rounds so that ratios survive noise.
+    """Median latency (ms) per candidate, measured in interleaved rounds (see :func:`interleaved_stats`)."""
+    stats = interleaved_stats(candidates, rounds=rounds, calls_per_round=calls_per_round, warmup=warmup)
+    return {name: s.median_ms for name, s in stats.items()}
 
-    Each round calls every candidate ``calls_per_round`` times and keeps its median; the result is the median
-    over rounds. A slow patch of a shared machine then hits all candidates of that round alike.
+
+def interleaved_stats(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 5,
+    calls_per_round: int | dict[str, int] = 20,
+    warmup: int = 5,
+    on_round: Callable[[int], object] | None = None,
+) -> dict[str, LatencyStats]:
+    """Latency per candidate, measured in interleaved rounds so that ratios survive noise.
+
+    Each round calls every candidate ``calls_per_round`` times (one number, or one per candidate) and keeps
+    its median; the reported median is the median over rounds, so a slow patch of a shared machine hits all
+    candidates of that round alike. p10, p90 and the minimum are over all calls pooled.
     """
-    per_round: dict[str, list[float]] = {name: [] for name in candidates}
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    per_call = (
+        calls_per_round if isinstance(calls_per_round, dict) else dict.fromkeys(candidates, calls_per_round)
+    )
+    pooled: dict[str, list[np.ndarray]] = {name: [] for name in candidates}
     for call in candidates.values():
-        measure(call, warmup=warmup, repeat=1)
-    for _ in range(rounds):
+        for _ in range(warmup):
+            call()
+    for index in range(rounds):
         for name, call in candidates.items():
-            per_round[name].append(measure(call, warmup=0, repeat=calls_per_round).median_ms)
-    return {name: float(np.median(times)) for name, times in per_round.items()}
+            pooled[name].append(_samples(call, max(1, per_call[name])))
+        if on_round is not None:
+            on_round(index)
+    return {
+        name: summarize(np.concatenate(parts), median_ms=float(np.median([np.median(p) for p in parts])))
+        for name, parts in pooled.items()
+    }
+
+
+def calls_for(call: Callable[[], object], round_ms: float, *, at_most: int = 50) -> int:
+    """How many calls of ``call`` fill about ``round_ms`` milliseconds (at least 3)."""
+    one_call_ms = float(np.median(_samples(call, 3)))
+    return int(min(max(round_ms / max(one_call_ms, 1e-3), 3), at_most))

@@ -1,4 +1,5 @@
-"""The ``graphopt`` command line: ``passes``, ``targets``, ``optimize``, ``verify``, ``demo``."""
+"""The ``graphopt`` command line: ``passes``, ``targets``, ``optimize``, ``verify``, ``demo``, ``bench``,
+``bench-compare``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from graphopt.benchmark.cli import add_bench_commands
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
 
 
@@ -74,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("graphopt-demo"))
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=_cmd_demo)
+
+    add_bench_commands(sub)
     return parser
 
 

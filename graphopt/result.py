@@ -15,7 +15,7 @@ from torch import nn
 from graphopt import serialize
 from graphopt.backends import Backend, backend_for, export_onnx
 from graphopt.backends.onnx_backend import OnnxRunner, exporter_of
-from graphopt.backends.timing import interleaved_medians, measure
+from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.errors import ExportError
@@ -157,8 +157,7 @@ class OptimizeResult:
                 for kind, model in (("int8", self.model), ("fp32", self.fp32_model))
             }
             calls = {kind: (lambda r=r: r.run(*self.example_inputs)) for kind, r in runners.items()}
-            one_call_ms = measure(calls["fp32"], warmup=3, repeat=3).median_ms
-            per_round = int(min(max(50 / max(one_call_ms, 1e-3), 3), 50))  # about 50 ms per round
+            per_round = calls_for(calls["fp32"], round_ms=50)
             medians = interleaved_medians(calls, rounds=5, calls_per_round=per_round)
         return LatencyGuard(int8_ms=medians["int8"], fp32_ms=medians["fp32"])
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,14 +40,19 @@ def per_sample_accuracy(predict: Callable[..., Any], data: Sequence[Batch]) -> f
 
 def mean_latencies(runners: dict[str, Callable[..., Any]], data: Sequence[Batch]) -> dict[str, float]:
     """Mean milliseconds per sample for each runner, over every sample of ``data``, interleaved."""
+    return {name: float(times.mean()) for name, times in sample_latencies(runners, data).items()}
+
+
+def sample_latencies(runners: dict[str, Callable[..., Any]], data: Sequence[Batch]) -> dict[str, np.ndarray]:
+    """Milliseconds of each sample of ``data`` through each runner, interleaved sample by sample."""
     samples = [as_input_tuple(inputs) for inputs, _ in one_by_one(data)]
-    spent = dict.fromkeys(runners, 0.0)
+    spent = {name: np.empty(len(samples)) for name in runners}
     with torch.no_grad():
         for run in runners.values():
             run(*samples[0])  # warm-up
-        for inputs in samples:
+        for i, inputs in enumerate(samples):
             for name, run in runners.items():
                 start = time.perf_counter()
                 run(*inputs)
-                spent[name] += time.perf_counter() - start
-    return {name: 1e3 * seconds / len(samples) for name, seconds in spent.items()}
+                spent[name][i] = 1e3 * (time.perf_counter() - start)
+    return spent

@@ -1,0 +1,91 @@
+"""``graphopt bench`` and ``graphopt bench-compare``: the command-line face of :func:`run_bench`."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_PIPELINES = {
+    "x86_64": ("generic-fp32", "x86-int8", "x86-int8+prune=0.5"),
+    "aarch64": ("arm-fp32", "arm-int8", "arm-int8+prune=0.5"),
+}
+
+
+def add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time a model through graphopt pipelines and the tools people use instead, side by side",
+        description="One row per stage of each pipeline and one per peer (eager, ORT fp32, ORT "
+        "quantize_static, TorchScript, Torch-Pruning when installed), timed interleaved on one pinned core; writes "
+        "bench.json, bench.md and bench.png into --out.",
+    )
+    p.add_argument("model", help="digits, digits_resnet, a reference model name, or pkg.module:factory")
+    p.add_argument(
+        "-t", "--target", dest="pipelines", action="append", metavar="PIPELINE",
+        help="TARGET[+prune=R][+early-exit], repeatable (default: fp32, int8, prune 0.5 + int8 for this CPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--input-shape", help="example input shape for pkg.module:factory models, e.g. 1,3,224,224"
+    )
+    p.add_argument("--synthetic-data", action="store_true",
+                   help="calibrate a pkg.module:factory model on N(0,1) inputs (it has no data)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("graphopt-bench"), help="folder for the result files")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds (default 9)")
+    p.add_argument("--round-ms", type=float, default=150.0, help="time per candidate per round (default 150)")
+    p.add_argument("--seed", type=int, default=0, help="seed for training and synthetic data")
+    p.add_argument(
+        "--recovery-epochs", type=int, default=10, help="distillation / QAT epochs (digits models)"
+    )
+    p.add_argument("--calibration-samples", type=int, default=32, help="synthetic calibration inputs")
+    p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak micro-benchmark")
+    p.add_argument("--no-plot", action="store_true", help="do not write bench.png")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("bench-compare", help="check that two bench.json runs agree on every speed-up ratio")
+    p.add_argument("first", type=Path)
+    p.add_argument("second", type=Path)
+    p.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance (default 0.05)")
+    p.set_defaults(run=_cmd_compare)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from graphopt.cli import parse_shape
+
+    from .pipelines import parse_pipeline
+    from .render import to_text
+    from .runner import BenchConfig, run_bench
+
+    labels = args.pipelines or DEFAULT_PIPELINES.get(platform.machine(), ("generic-fp32",))
+    config = BenchConfig(
+        model=args.model,
+        pipelines=tuple(parse_pipeline(label) for label in labels),
+        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
+        synthetic_data=args.synthetic_data,
+        seed=args.seed,
+        calibration_samples=args.calibration_samples,
+        recovery_epochs=args.recovery_epochs,
+        rounds=args.rounds,
+        round_ms=args.round_ms,
+        measure_peak=not args.no_peak,
+        out_dir=args.out,
+        plot=not args.no_plot,
+        quiet=args.quiet,
+        command="graphopt " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "",
+    )
+    result = run_bench(config)
+    print(to_text(result))
+    print(f"written: {', '.join(str(p) for p in sorted(args.out.glob('bench.*')))}")
+    return 1 if result.errors else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_results
+    from .schema import BenchResult
+
+    comparison = compare_results(BenchResult.load(args.first), BenchResult.load(args.second), args.tolerance)
+    print(comparison.summary())
+    return 0 if comparison.ok else 1

@@ -1,0 +1,158 @@
+"""The model a benchmark runs and the data that comes with it.
+
+- ``digits`` and ``digits_resnet`` are trained here on scikit-learn's bundled digits (the CNN on 8x8
+  images, a three-stage ResNet on images upsampled to 32x32): real labels, so every row gets test accuracy,
+  calibration comes from the training split, and recovery, QAT and exit heads can train.
+- The reference architectures (``resnet18``, ``mobilenet_v2``, ...) have random weights and no data bundled:
+  calibration uses synthetic N(0, 1) inputs, rows get output agreement with the original on synthetic
+  probes, and anything that needs labels (early exit) is refused with the reason.
+- ``pkg.module:factory`` models need ``input_shape``; with ``synthetic_data=True`` they are treated like the
+  reference architectures, otherwise a pipeline that needs calibration data is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from graphopt.digits import (
+    DigitsSplit,
+    DigitsTraining,
+    batches,
+    load_digits_split,
+    random_shift,
+    train_digits_cnn,
+    upsampled,
+)
+from graphopt.early_exit.config import EarlyExitConfig
+from graphopt.errors import InvalidInputError, UnknownNameError
+from graphopt.evaluation import Batch
+from graphopt.zoo import REFERENCE_MODELS
+from graphopt.zoo.resnet import resnet_digits
+
+from .pipelines import Pipeline
+
+SYNTHETIC_PROBES = 16
+
+
+@dataclass
+class BenchModel:
+    """A model, its example input, and the data a benchmark may use (None where there is none)."""
+
+    name: str
+    model: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    data: str  # where the data comes from, said in every result
+    calibration: list[torch.Tensor] | None = None
+    train: list[Batch] | None = None
+    eval: list[Batch] | None = None
+    probes: list[tuple[torch.Tensor, ...]] | None = None
+    early_exit: EarlyExitConfig | None = None
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+
+    def check_can_run(self, pipeline: Pipeline) -> None:
+        """Refuse, with the reason and what to do, a pipeline that needs data this model does not have."""
+        if pipeline.quantized and self.calibration is None:
+            raise InvalidInputError(
+                f"{pipeline.label} quantizes to int8 and needs calibration data, which {self.name} has none "
+                "of; pass --synthetic-data to calibrate on N(0, 1) inputs, or use a model with data (digits)"
+            )
+        if pipeline.early_exit and (self.train is None or self.early_exit is None):
+            raise InvalidInputError(
+                f"{pipeline.label} trains exit heads and calibrates thresholds on labelled data, which "
+                f"{self.name} has none of ({self.data}); early exit runs on digits and digits_resnet"
+            )
+
+
+def known_models() -> list[str]:
+    return sorted([*DIGITS_MODELS, *REFERENCE_MODELS])
+
+
+def load_bench_model(
+    name: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    synthetic_data: bool = False,
+    seed: int = 0,
+    calibration_samples: int = 32,
+    quiet: bool = False,
+) -> BenchModel:
+    """The model called ``name`` (a digits model, a reference architecture, or ``pkg.module:factory``)."""
+    if name in DIGITS_MODELS:
+        return DIGITS_MODELS[name](seed, quiet)
+    if ":" in name:
+        from graphopt.cli import load_model  # the same factory loading and errors as `graphopt optimize`
+
+        if input_shape is None:
+            raise InvalidInputError(f"--input-shape is required for {name!r}, e.g. --input-shape 1,3,224,224")
+        model, example = load_model(name, ",".join(map(str, input_shape)))
+        return _synthetic(name, model.eval(), example, synthetic_data, seed, calibration_samples)
+    if name not in REFERENCE_MODELS:
+        raise UnknownNameError("model", name, known_models())
+    model, example = REFERENCE_MODELS[name].build(seed)
+    if input_shape is not None:
+        example = (torch.randn(*input_shape),)
+    return _synthetic(name, model, example, True, seed, calibration_samples)
+
+
+def _synthetic(
+    name: str, model: nn.Module, example: tuple[torch.Tensor, ...], calibrate: bool, seed: int, samples: int
+) -> BenchModel:
+    generator = torch.Generator().manual_seed(seed + 1)
+    shape = example[0].shape
+
+    def draw() -> torch.Tensor:
+        return torch.randn(shape, generator=generator)
+
+    return BenchModel(
+        name=name,
+        model=model,
+        example_inputs=example,
+        data=(
+            f"no data bundled: {samples} synthetic N(0,1) calibration inputs, {SYNTHETIC_PROBES} probes"
+            if calibrate
+            else f"no data given: {SYNTHETIC_PROBES} synthetic N(0,1) probes for agreement"
+        ),
+        calibration=[draw() for _ in range(samples)] if calibrate else None,
+        probes=[(draw(),) for _ in range(SYNTHETIC_PROBES)],
+    )
+
+
+def _digits_cnn(seed: int, quiet: bool) -> BenchModel:
+    split = load_digits_split()
+    model = train_digits_cnn(split, DigitsTraining(seed=seed), quiet=quiet)
+    return _digits("digits", model, split, EarlyExitConfig(exits=("features.6",), seed=seed, quiet=quiet))
+
+
+def _digits_resnet(seed: int, quiet: bool) -> BenchModel:
+    split = upsampled(load_digits_split())
+    model = train_digits_cnn(split, DigitsTraining(epochs=15, seed=seed), quiet=quiet, model=resnet_digits())
+    config = EarlyExitConfig(fractions=(0.2, 0.5), head="spatial", seed=seed, quiet=quiet)
+    return _digits("digits_resnet", model, split, config)
+
+
+def _digits(name: str, model: nn.Module, split: DigitsSplit, early_exit: EarlyExitConfig) -> BenchModel:
+    size = split.train_x.shape[-1]
+    return BenchModel(
+        name=name,
+        model=model,
+        example_inputs=(split.test_x[:1],),
+        data=(
+            f"scikit-learn digits ({size}x{size}): trained on {len(split.train_y)} images, calibration on "
+            f"320 of them, accuracy on {len(split.test_y)} held-out images"
+        ),
+        calibration=[split.train_x[i : i + 32] for i in range(0, 320, 32)],
+        train=batches(split.train_x, split.train_y, 64),
+        eval=split.test_batches(),
+        early_exit=early_exit,
+        augment=random_shift,
+    )
+
+
+DIGITS_MODELS: dict[str, Callable[[int, bool], BenchModel]] = {
+    "digits": _digits_cnn,
+    "digits_resnet": _digits_resnet,
+}

@@ -1,0 +1,124 @@
+"""The peers a benchmark times next to graphopt: what a user would run instead, each the way its users run it.
+
+- eager PyTorch fp32, contiguous and channels-last (the latter for 4-D inputs);
+- ONNX Runtime fp32 of the unoptimized model (the reference of every speed-up);
+- ORT ``quantize_static`` at its defaults and at its best settings on this CPU (int8 pipelines only);
+- TorchScript fp32 (trace + freeze);
+- Torch-Pruning's magnitude pruner at the same channel ratio, run in ORT fp32 and, for int8 pipelines,
+  quantized with ORT's best settings (pruning pipelines only, when ``torch-pruning`` is installed).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx, export_torchscript
+from graphopt.capture import capture
+from graphopt.cost import count_macs, count_params, weight_bytes
+from graphopt.peers import OrtPreset, ort_quantize_static
+from graphopt.shapes import propagate_shapes
+
+from .candidates import Candidate, EagerRunner, Runner
+from .models import BenchModel
+from .pipelines import Pipeline
+from .schema import EAGER_FP32, ORT_FP32, BenchRow
+
+PEERS = "peers"
+
+
+def original_cost(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """Parameters and MACs of the unoptimized model, counted as the report counts them."""
+    gm = capture(copy.deepcopy(model).eval()).gm
+    propagate_shapes(gm, inputs)
+    return count_params(gm), count_macs(gm)
+
+
+def build_peers(
+    bench: BenchModel, pipelines: Sequence[Pipeline], folder: Path
+) -> tuple[list[Candidate], list[str]]:
+    """The peer candidates for ``pipelines``, and notes on peers left out and why."""
+    model, inputs = bench.model, bench.example_inputs
+    params, macs = original_cost(model, inputs)
+    peers: list[Candidate] = []
+    notes: list[str] = []
+
+    def add(stage: str, numeric: str, runner: Runner, size: int, note: str) -> None:
+        runtime = {OnnxRunner: "onnxruntime", TorchScriptRunner: "torch.jit"}.get(type(runner), "eager")
+        row = BenchRow(bench.name, PEERS, stage, "peer", numeric, runtime, params, macs, size, notes=[note])
+        peers.append(Candidate(row, runner))
+
+    path = export_onnx(model, inputs, folder / "peer_ort_fp32.onnx")
+    add(ORT_FP32, "fp32", OnnxRunner(path), _size(path), "the unoptimized model; the reference for speed-ups")
+    add(EAGER_FP32, "fp32", EagerRunner(model), weight_bytes(model), "the unoptimized model in PyTorch")
+    if all(x.dim() == 4 for x in inputs):
+        runner = EagerRunner(model, channels_last=True)
+        add("eager fp32 channels_last", "fp32", runner, weight_bytes(model), "model and input channels-last")
+    path = export_torchscript(model, inputs, folder / "peer_torchscript_fp32.pt")
+    add("TorchScript fp32", "fp32", TorchScriptRunner(path), _size(path), "torch.jit.trace + freeze")
+    quantize = any(p.quantized for p in pipelines) and bench.calibration is not None
+    if quantize:
+        for preset, note in QUANTIZE_STATIC_PRESETS.items():
+            path = _quantize_static(model, bench, folder / f"peer_ort_qs_{preset}.onnx", preset)
+            add(f"ORT quantize_static ({preset})", "int8", OnnxRunner(path), _size(path), note)
+    for ratio in sorted({p.prune for p in pipelines if p.prune}):
+        pruned = _torch_pruning(bench, ratio, notes)
+        if pruned is None:
+            continue
+        params, macs = original_cost(pruned, inputs)
+        note = f"Torch-Pruning MagnitudePruner (L2), pruning_ratio {ratio:g}, no fine-tuning"
+        path = export_onnx(pruned, inputs, folder / f"peer_tp_{ratio:g}.onnx")
+        add(f"Torch-Pruning {ratio:g}", "fp32", OnnxRunner(path), _size(path), note)
+        if quantize:
+            path = _quantize_static(pruned, bench, folder / f"peer_tp_{ratio:g}_qs_best.onnx", "best")
+            stage = f"Torch-Pruning {ratio:g} + ORT quantize_static (best)"
+            add(stage, "int8", OnnxRunner(path), _size(path), note)
+    return peers, notes
+
+
+QUANTIZE_STATIC_PRESETS: dict[OrtPreset, str] = {
+    "default": "quantize_static with no options",
+    "best": "quantize_static, u8 activations, s8 per-channel weights, reduce_range",
+}
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _quantize_static(model: nn.Module, bench: BenchModel, path: Path, preset: OrtPreset) -> Path:
+    assert bench.calibration is not None
+    batches = [(x[i : i + 1],) for x in bench.calibration for i in range(len(x))]
+    return ort_quantize_static(model, bench.example_inputs, batches, path, preset)
+
+
+def _torch_pruning(bench: BenchModel, ratio: float, notes: list[str]) -> nn.Module | None:
+    if importlib.util.find_spec("torch_pruning") is None:
+        notes.append("Torch-Pruning is not installed (pip install 'graphopt[peers]'): no Torch-Pruning rows")
+        return None
+    try:
+        return torch_pruning_magnitude(bench.model, bench.example_inputs, ratio)
+    except Exception as exc:  # a peer's failure is a finding, not a reason to stop the benchmark
+        notes.append(f"Torch-Pruning at {ratio:g} failed: {type(exc).__name__}: {exc}")
+        return None
+
+
+def torch_pruning_magnitude(model: nn.Module, inputs: tuple[torch.Tensor, ...], ratio: float) -> nn.Module:
+    """Prune a copy of ``model`` with Torch-Pruning's magnitude pruner, the classifier kept whole."""
+    import torch_pruning as tp
+
+    pruned = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        classes = pruned(*inputs).shape[-1]
+    keep = [m for m in pruned.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
+    pruner = tp.pruner.MagnitudePruner(
+        pruned, inputs, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+        ignored_layers=keep,
+    )  # fmt: skip
+    pruner.step()
+    return pruned

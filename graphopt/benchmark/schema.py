@@ -1,0 +1,117 @@
+"""The benchmark result: rows, the machine they were measured on, and a versioned JSON form.
+
+Schema ``graphopt.bench/1`` (bump :data:`SCHEMA` when a field changes meaning or goes away; adding a field is
+compatible). Each row is one thing timed or measured:
+
+- ``kind="peer"``: what a user would run instead (eager fp32, ORT fp32, ORT ``quantize_static``, ...),
+- ``kind="stage"``: the model after one pass of a graphopt pipeline (timed when its graph changed),
+- ``kind="artifact"``: the file a pipeline ships, run in its backend's runtime.
+
+Ratios: ``speedup_vs_ort_fp32`` is the original model's ORT fp32 latency over the row's, ``speedup_vs_eager``
+the original's eager PyTorch latency over the row's; both come from the same interleaved run. ``roofline``
+is the row's MACs per second over the measured GEMM peak of its numeric type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from graphopt.backends.timing import LatencyStats
+from graphopt.errors import ConfigError
+
+SCHEMA = "graphopt.bench/1"
+RowKind = Literal["peer", "stage", "artifact"]
+ORT_FP32 = "ORT fp32"  # the peer every speed-up is measured against
+EAGER_FP32 = "eager fp32"
+
+
+@dataclass
+class BenchRow:
+    model: str
+    pipeline: str  # "peers" for peer rows, else the pipeline label (x86-int8+prune=0.5)
+    stage: str
+    kind: RowKind
+    numeric: str  # fp32 or int8
+    runtime: str  # onnxruntime, torch.jit, eager, or "-" for stages not timed
+    params: int
+    macs: int
+    bytes: int
+    latency: LatencyStats | None = None
+    mean_ms: float | None = None  # early exit: mean per-sample latency over the held-out split
+    speedup_vs_ort_fp32: float | None = None
+    speedup_vs_eager: float | None = None
+    roofline: float | None = None
+    accuracy: float | None = None  # fraction of labelled test samples right
+    cosine: float | None = None  # min over probes of the cosine with the original's outputs
+    top1: float | None = None  # fraction of probes whose argmax matches the original's
+    seconds: float | None = None  # how long the pass (stage) or the whole optimize + export (artifact) took
+    latency_basis: str = "example input, batch 1"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.pipeline} / {self.stage}"
+
+    @property
+    def timed(self) -> bool:
+        return self.latency is not None
+
+
+@dataclass
+class BenchError:
+    pipeline: str
+    error: str
+    message: str
+
+
+@dataclass
+class BenchResult:
+    model: str
+    command: str
+    created: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    data: str
+    rows: list[BenchRow] = field(default_factory=list)
+    errors: list[BenchError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    complete: bool = False
+
+    def row(self, pipeline: str, stage: str) -> BenchRow:
+        for r in self.rows:
+            if r.pipeline == pipeline and r.stage == stage:
+                return r
+        raise KeyError(f"no row {pipeline} / {stage}; rows: {[r.key for r in self.rows]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        if data.get("schema") != SCHEMA:
+            raise ConfigError(f"not a {SCHEMA} result (schema {data.get('schema')!r}); rerun graphopt bench")
+        rows = [_row(r) for r in data["rows"]]
+        errors = [BenchError(**e) for e in data.get("errors", [])]
+        known = {f.name for f in fields(cls)} - {"rows", "errors"}
+        return cls(**{k: v for k, v in data.items() if k in known}, rows=rows, errors=errors)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BenchResult:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read a benchmark result from {path}: {exc}") from exc
+
+
+def _row(data: dict[str, Any]) -> BenchRow:
+    known = {f.name for f in fields(BenchRow)}
+    values = {k: v for k, v in data.items() if k in known}
+    if values.get("latency") is not None:
+        values["latency"] = LatencyStats(**values["latency"])
+    return BenchRow(**values)

@@ -1,0 +1,155 @@
+"""One pipeline of a benchmark: run ``optimize`` with an instrument that keeps each pass's result, then turn
+every stage into a candidate row and lower the artifact.
+
+Which stages are timed: an fp32 stage whose graph cost (nodes, params, MACs) differs from the last timed one,
+lowered to ONNX fp32 like the artifact. A stage that only changed values (BatchNorm re-estimation, recovery
+training) runs the same kernels as the one before it, and an int8 stage before the last is the artifact's
+graph with quantizers still training, so these are measured for accuracy but not timed; their rows say so.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.fx as fx
+
+from graphopt.api import optimize
+from graphopt.backends import OnnxRunner, backend_for, export_onnx
+from graphopt.early_exit.measure import has_exits
+from graphopt.pass_base import Pass, PassContext
+from graphopt.pass_manager import PassRecord
+from graphopt.quant import is_quantized
+from graphopt.quant.modules import ActivationQuantizer
+from graphopt.recovery.config import RecoveryConfig
+from graphopt.report import StageRecord
+from graphopt.result import OptimizeResult
+
+from .candidates import Candidate, EagerRunner
+from .models import BenchModel
+from .pipelines import Pipeline
+from .schema import BenchRow
+
+
+class StageSnapshots:
+    """Instrument: a copy of the graph after every pass that modified it."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, fx.GraphModule] = {}
+
+    def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
+        if record.modified:
+            self.models[record.name] = copy.deepcopy(gm)
+
+
+@dataclass
+class PipelineRun:
+    result: OptimizeResult
+    rows: list[BenchRow]  # every stage and the artifact, in order
+    candidates: list[Candidate]  # the rows that can be run (evaluated, and timed where their runtime is set)
+    exits: bool
+
+
+def run_pipeline(
+    bench: BenchModel, pipeline: Pipeline, folder: Path, *, recovery_epochs: int, seed: int, quiet: bool
+) -> PipelineRun:
+    snapshots = StageSnapshots()
+    # Training data goes to the stages that learn: recovery after pruning, QAT after int8, exit heads.
+    lossy = bool(pipeline.prune) or pipeline.quantized
+    train = bench.train if (lossy and recovery_epochs > 0) or pipeline.early_exit else None
+    recovery = RecoveryConfig(epochs=max(recovery_epochs, 1), augment=bench.augment, seed=seed, quiet=quiet)
+    start = time.perf_counter()
+    result = optimize(
+        bench.model,
+        pipeline.target,
+        example_inputs=bench.example_inputs,
+        calibration_data=bench.calibration if pipeline.quantized or pipeline.prune else None,
+        train_data=train,
+        eval_data=bench.eval,
+        prune=pipeline.prune,
+        early_exit=bench.early_exit if pipeline.early_exit else None,
+        recovery=recovery if train is not None and lossy else None,
+        instruments=[snapshots],
+    )
+    backend = backend_for("", pipeline.spec.backend.backend)
+    artifact = result.export(folder / f"{_file_stem(pipeline.label)}{backend.suffix}")
+    seconds = time.perf_counter() - start
+    rows, candidates = _stage_candidates(bench, pipeline, result, snapshots, folder)
+    record = result.report.stages[-1]
+    numeric = "int8" if is_quantized(result.model) and "fp32 fallback" not in record.stage else "fp32"
+    row = _row(bench, pipeline, record, "artifact", numeric, backend.runtime)
+    row.bytes, row.seconds = artifact.stat().st_size, seconds
+    row.notes.append(f"optimize + export took {seconds:.1f} s")
+    exits = has_exits(result.model)
+    runner = backend.runner(artifact, threads=pipeline.spec.backend.threads)
+    candidates.append(Candidate(row, runner, exits=exits))
+    return PipelineRun(result, [*rows, row], candidates, exits)
+
+
+def _stage_candidates(
+    bench: BenchModel, pipeline: Pipeline, result: OptimizeResult, snapshots: StageSnapshots, folder: Path
+) -> tuple[list[BenchRow], list[Candidate]]:
+    rows: list[BenchRow] = []
+    candidates: list[Candidate] = []
+    records = [r for r in result.report.stages if r.kind == "pass"]
+    last_timed = _cost(result.report.stages[0])
+    for record in records:
+        model = snapshots.models.get(record.stage)
+        int8 = any(isinstance(m, ActivationQuantizer) for m in model.modules()) if model is not None else (
+            rows[-1].numeric == "int8" if rows else False)  # fmt: skip
+        row = _row(bench, pipeline, record, "stage", "int8" if int8 else "fp32", "-")
+        row.stage += " (no change)" if model is None else ""
+        row.seconds = record.seconds
+        rows.append(row)
+        if model is None:
+            row.notes.append("the pass changed nothing")
+            continue  # no runner: the row keeps the report's numbers
+        if has_exits(model):
+            row.notes.append("timed as the artifact (exits run in the runtime's If)")
+            candidates.append(Candidate(row, EagerRunner(model), exits=True))
+            continue
+        if int8 or _cost(record) == last_timed:
+            row.notes.append(
+                "int8 stages are timed as the artifact"
+                if int8
+                else "same graph cost as the stage before: not timed"
+            )
+            candidates.append(Candidate(row, EagerRunner(model)))
+            continue
+        path = export_onnx(
+            model, bench.example_inputs, folder / f"{_file_stem(pipeline.label)}_{record.stage}.onnx"
+        )
+        row.runtime, row.bytes, last_timed = "onnxruntime", path.stat().st_size, _cost(record)
+        row.notes.append("this stage lowered to ONNX fp32")
+        candidates.append(Candidate(row, OnnxRunner(path, threads=pipeline.spec.backend.threads)))
+    return rows, candidates
+
+
+def _cost(record: StageRecord) -> tuple[int | None, int, int]:
+    return record.nodes, record.params, record.macs
+
+
+def _row(
+    bench: BenchModel, pipeline: Pipeline, record: StageRecord, kind: str, numeric: str, runtime: str
+) -> BenchRow:
+    return BenchRow(
+        model=bench.name,
+        pipeline=pipeline.label,
+        stage=record.stage,
+        kind=kind,  # type: ignore[arg-type]
+        numeric=numeric,
+        runtime=runtime,
+        params=record.params,
+        macs=record.macs,
+        bytes=record.bytes,
+        accuracy=record.accuracy,
+        cosine=record.agreement.cosine if record.agreement else None,
+        top1=record.agreement.top1 if record.agreement else None,
+        notes=[f"{k}={v:g}" for k, v in record.stats.items() if k.startswith("skipped")] + list(record.notes),
+    )
+
+
+def _file_stem(label: str) -> str:
+    return label.replace("+", "_").replace("=", "")
