@@ -109,33 +109,56 @@ def interleaved_stats(
     warmup: int = 5,
     on_round: Callable[[int], object] | None = None,
 ) -> dict[str, LatencyStats]:
-    """Latency per candidate, measured in interleaved rounds so that ratios survive noise.
+    """Latency per candidate from :func:`interleaved_rounds`: the median is the median of round medians (a
+    slow patch of a shared machine hits every candidate of that round alike); p10, p90 and the minimum are
+    over all calls pooled."""
+    samples = interleaved_rounds(
+        candidates, rounds=rounds, calls_per_round=calls_per_round, warmup=warmup, on_round=on_round
+    )
+    return {name: stats_of_rounds(parts) for name, parts in samples.items()}
 
-    Each round calls every candidate ``calls_per_round`` times (one number, or one per candidate) and keeps
-    its median; the reported median is the median over rounds, so a slow patch of a shared machine hits all
-    candidates of that round alike. p10, p90 and the minimum are over all calls pooled.
-    """
+
+def interleaved_rounds(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 5,
+    calls_per_round: int | dict[str, int] = 20,
+    warmup: int = 5,
+    on_round: Callable[[int], object] | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """Per-call milliseconds of every candidate, round by round: each round calls every candidate
+    ``calls_per_round`` times (one number, or one per candidate) in turn."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     per_call = (
         calls_per_round if isinstance(calls_per_round, dict) else dict.fromkeys(candidates, calls_per_round)
     )
-    pooled: dict[str, list[np.ndarray]] = {name: [] for name in candidates}
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in candidates}
     for call in candidates.values():
         for _ in range(warmup):
             call()
     for index in range(rounds):
         for name, call in candidates.items():
-            pooled[name].append(_samples(call, max(1, per_call[name])))
+            samples[name].append(_samples(call, max(1, per_call[name])))
         if on_round is not None:
             on_round(index)
-    return {
-        name: summarize(np.concatenate(parts), median_ms=float(np.median([np.median(p) for p in parts])))
-        for name, parts in pooled.items()
-    }
+    return samples
 
 
-def calls_for(call: Callable[[], object], round_ms: float, *, at_most: int = 50) -> int:
-    """How many calls of ``call`` fill about ``round_ms`` milliseconds (at least 3)."""
+def stats_of_rounds(parts: list[np.ndarray]) -> LatencyStats:
+    """Median of round medians; p10, p90 and minimum over all calls."""
+    return summarize(np.concatenate(parts), median_ms=float(np.median([np.median(p) for p in parts])))
+
+
+def paired_ratio(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """How many times faster ``candidate`` is than ``reference``: the median over rounds of the ratio of
+    their round medians. Pairing samples taken moments apart cancels what a slow patch does to both, so
+    this ratio repeats better across runs than a ratio of overall medians."""
+    ratios = [np.median(r) / np.median(c) for r, c in zip(reference, candidate, strict=True)]
+    return float(np.median(ratios))
+
+
+def calls_for(call: Callable[[], object], round_ms: float, *, at_least: int = 3, at_most: int = 50) -> int:
+    """How many calls of ``call`` fill about ``round_ms`` milliseconds (within ``[at_least, at_most]``)."""
     one_call_ms = float(np.median(_samples(call, 3)))
-    return int(min(max(round_ms / max(one_call_ms, 1e-3), 3), at_most))
+    return int(min(max(round_ms / max(one_call_ms, 1e-3), at_least), at_most))

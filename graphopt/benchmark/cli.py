@@ -19,8 +19,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="time a model through graphopt pipelines and the tools people use instead, side by side",
         description="One row per stage of each pipeline and one per peer (eager, ORT fp32, ORT "
-        "quantize_static, TorchScript, Torch-Pruning when installed), timed interleaved on one pinned core; writes "
-        "bench.json, bench.md and bench.png into --out.",
+        "quantize_static, TorchScript, Torch-Pruning when installed), timed interleaved on one pinned core; "
+        "writes bench.json, bench.md and bench.png into --out.",
     )
     p.add_argument("model", help="digits, digits_resnet, a reference model name, or pkg.module:factory")
     p.add_argument(
@@ -33,8 +33,13 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-data", action="store_true",
                    help="calibrate a pkg.module:factory model on N(0,1) inputs (it has no data)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("graphopt-bench"), help="folder for the result files")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds (default 9)")
-    p.add_argument("--round-ms", type=float, default=150.0, help="time per candidate per round (default 150)")
+    p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds (default 100)")
+    p.add_argument(
+        "--round-ms",
+        type=float,
+        default=20.0,
+        help="time per candidate per round, at least one call (default 20)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for training and synthetic data")
     p.add_argument(
         "--recovery-epochs", type=int, default=10, help="distillation / QAT epochs (digits models)"

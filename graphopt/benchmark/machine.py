@@ -1,12 +1,14 @@
 """The facts a benchmark number depends on: which CPU, which instructions, how many threads, which versions,
 and the measured peak of this core.
 
-The peak is a GEMM micro-benchmark through ONNX Runtime on one thread, the same kernels the artifacts use:
-fp32 ``MatMul`` and int8 ``MatMulInteger`` (u8 activations x s8 weights, the pairing ORT runs on AVX2 and on
-ARM dot-product units) of an ``M x K`` by ``K x N`` product, ``M*K*N`` multiply-accumulates per call. The best
-of several calls gives GMAC/s; a model row's roofline fraction is its MACs per second over that peak, for
-its numeric type. A memory-bound layer (depthwise conv, small GEMM) sits far below the peak: the fraction
-says how much of the core a model uses, not how good the kernels are.
+The peak is a micro-benchmark through ONNX Runtime on one thread, on the kernels the artifacts use: a GEMM
+(``MatMul`` fp32, ``MatMulInteger`` u8 x s8, ``M*K*N`` multiply-accumulates) and a 3x3 convolution
+(``Conv`` fp32, ``QLinearConv`` u8 x s8, 256 -> 256 channels at 28x28), u8 activations x s8 weights being the
+pairing ORT runs on AVX2 and on ARM dot-product units. The best call of either kernel gives GMAC/s; the
+benchmark measures it at its start and again at its end (a core's clock moves with load) and keeps the
+higher. A model row's roofline fraction is its MACs per second over that peak, for its numeric type. A
+memory-bound layer (depthwise conv, small GEMM) sits far below the peak: the fraction says how much of the
+core a model uses, not how good the kernels are.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ RELEVANT_FLAGS = (
 #: Libraries whose version changes the numbers.
 LIBRARIES = ("graphopt", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "torch-pruning")
 GEMM_SHAPE = (256, 1024, 1024)  # M, K, N: large enough to reach the kernels' steady state, ~0.27 GMAC
+CONV_SHAPE = (256, 28)  # channels in and out, spatial size: a ResNet stage-3 conv, ~0.46 GMAC
 
 
 @dataclass(frozen=True)
@@ -110,55 +113,84 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def gemm_peaks(threads: int = 1, repeat: int = 10) -> tuple[float, float]:
-    """Best-of-``repeat`` GMAC/s of an fp32 and an int8 (u8 x s8) GEMM through ONNX Runtime."""
-    m, k, n = GEMM_SHAPE
+def gemm_peaks(threads: int = 1, repeat: int = 20) -> tuple[float, float]:
+    """Best-of-``repeat`` GMAC/s of fp32 and int8 (u8 x s8) GEMM and 3x3 conv through ONNX Runtime."""
     rng = np.random.default_rng(0)
-    fp32 = _gemm_session(_matmul_model(rng.standard_normal((k, n), dtype=np.float32)), threads)
-    int8 = _gemm_session(_matmul_integer_model(rng.integers(-64, 64, (k, n), dtype=np.int8)), threads)
-    a_fp32 = rng.standard_normal((m, k), dtype=np.float32)
-    a_u8 = rng.integers(0, 255, (m, k), dtype=np.uint8)
-    return (_best_gmacs(fp32, a_fp32, repeat), _best_gmacs(int8, a_u8, repeat))
-
-
-def _best_gmacs(session: ort.InferenceSession, a: np.ndarray, repeat: int) -> float:
     m, k, n = GEMM_SHAPE
-    feeds = {"A": a}
-    session.run(None, feeds)  # warm-up: packs the constant weight once
+    c, size = CONV_SHAPE
+    gemm, conv = m * k * n, c * c * 9 * size * size
+    a_fp32, a_u8 = rng.standard_normal((m, k), np.float32), rng.integers(0, 255, (m, k), np.uint8)
+    x_fp32 = rng.standard_normal((1, c, size, size), np.float32)
+    x_u8 = rng.integers(0, 255, (1, c, size, size), np.uint8)
+    kernels = {
+        "fp32": [(_matmul_model(rng), {"A": a_fp32}, gemm), (_conv_model(rng), {"X": x_fp32}, conv)],
+        "int8": [
+            (_matmul_integer_model(rng), {"A": a_u8}, gemm),
+            (_qlinear_conv_model(rng), {"X": x_u8}, conv),
+        ],
+    }
+    peaks = {
+        kind: max(_best_gmacs(_session(graph, threads), feeds, macs, repeat) for graph, feeds, macs in runs)
+        for kind, runs in kernels.items()
+    }
+    return peaks["fp32"], peaks["int8"]
+
+
+def _best_gmacs(session: ort.InferenceSession, feeds: dict[str, np.ndarray], macs: int, repeat: int) -> float:
+    for _ in range(3):  # warm-up: packs the constant weights once
+        session.run(None, feeds)
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         session.run(None, feeds)
         best = min(best, time.perf_counter() - start)
-    return m * k * n / best / 1e9
+    return macs / best / 1e9
 
 
-def _gemm_session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+def _session(graph: onnx.GraphProto, threads: int) -> ort.InferenceSession:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _matmul_model(b: np.ndarray) -> onnx.ModelProto:
-    m, k, n = GEMM_SHAPE
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "B"], ["Y"])],
-        "gemm_fp32",
-        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
-        [numpy_helper.from_array(b, "B")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def _io(name: str, dtype: int, shape: list[int] | None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def _matmul_integer_model(b: np.ndarray) -> onnx.ModelProto:
+def _matmul_model(rng: np.random.Generator) -> onnx.GraphProto:
     m, k, n = GEMM_SHAPE
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
-        "gemm_int8",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
-        [numpy_helper.from_array(b, "B")],
+    b = numpy_helper.from_array(rng.standard_normal((k, n), np.float32), "B")
+    node = helper.make_node("MatMul", ["A", "B"], ["Y"])
+    return helper.make_graph([node], "gemm_fp32", [_io("A", TensorProto.FLOAT, [m, k])],
+                             [_io("Y", TensorProto.FLOAT, None)], [b])  # fmt: skip
+
+
+def _matmul_integer_model(rng: np.random.Generator) -> onnx.GraphProto:
+    m, k, n = GEMM_SHAPE
+    b = numpy_helper.from_array(rng.integers(-64, 64, (k, n), np.int8), "B")
+    node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+    return helper.make_graph([node], "gemm_int8", [_io("A", TensorProto.UINT8, [m, k])],
+                             [_io("Y", TensorProto.INT32, None)], [b])  # fmt: skip
+
+
+def _conv_model(rng: np.random.Generator) -> onnx.GraphProto:
+    c, size = CONV_SHAPE
+    w = numpy_helper.from_array(rng.standard_normal((c, c, 3, 3), np.float32), "W")
+    node = helper.make_node("Conv", ["X", "W"], ["Y"], pads=[1, 1, 1, 1])
+    return helper.make_graph([node], "conv_fp32", [_io("X", TensorProto.FLOAT, [1, c, size, size])],
+                             [_io("Y", TensorProto.FLOAT, None)], [w])  # fmt: skip
+
+
+def _qlinear_conv_model(rng: np.random.Generator) -> onnx.GraphProto:
+    c, size = CONV_SHAPE
+    scalars = {"xs": np.float32(0.1), "xz": np.uint8(128), "ws": np.float32(0.01), "wz": np.int8(0),
+               "ys": np.float32(0.5), "yz": np.uint8(128)}  # fmt: skip
+    inits = [numpy_helper.from_array(rng.integers(-64, 64, (c, c, 3, 3), np.int8), "W")]
+    inits += [numpy_helper.from_array(np.array(v), name) for name, v in scalars.items()]
+    node = helper.make_node(
+        "QLinearConv", ["X", "xs", "xz", "W", "ws", "wz", "ys", "yz"], ["Y"], pads=[1, 1, 1, 1]
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_graph([node], "conv_int8", [_io("X", TensorProto.UINT8, [1, c, size, size])],
+                             [_io("Y", TensorProto.UINT8, None)], inits)  # fmt: skip

@@ -1,0 +1,274 @@
+"""``graphopt bench``: pipelines, data checks, the result schema, ratio comparison, partial results, the CLI.
+
+One end-to-end run on a tiny reference model (one timing round) checks the whole chain; timings themselves
+are never asserted, only that they exist and that the ratios are consistent with them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from graphopt.backends.timing import interleaved_stats, paired_ratio, stats_of_rounds
+from graphopt.benchmark import (
+    SCHEMA,
+    BenchConfig,
+    BenchResult,
+    compare_results,
+    load_bench_model,
+    parse_pipeline,
+    run_bench,
+    to_markdown,
+    to_text,
+)
+from graphopt.benchmark.machine import RELEVANT_FLAGS, gemm_peaks, machine_facts
+from graphopt.benchmark.plot import pareto_front
+from graphopt.benchmark.schema import BenchError, BenchRow
+from graphopt.cli import main
+from graphopt.errors import ConfigError, GraphoptError, InvalidInputError, UnknownNameError
+
+
+def test_pipeline_labels_round_trip():
+    for label in (
+        "x86-int8",
+        "x86-int8+prune=0.5",
+        "generic-fp32+early-exit",
+        "arm-int8+prune=0.3+early-exit",
+    ):
+        assert parse_pipeline(label).label == label
+    pipeline = parse_pipeline("x86-int8+prune=0.5")
+    assert pipeline.quantized and pipeline.prune == 0.5 and not pipeline.early_exit
+    assert not parse_pipeline("generic-fp32").quantized
+
+
+@pytest.mark.parametrize(
+    ("label", "error", "message"),
+    [
+        ("x86-int9", UnknownNameError, "unknown target 'x86-int9'; known targets: .*x86-int8"),
+        ("x86-int8+prune=1.5", ConfigError, r"prune must be a fraction in \[0, 1\)"),
+        ("x86-int8+prune=half", ConfigError, "prune= needs a fraction"),
+        ("x86-int8+sparsity=0.5", ConfigError, "unknown pipeline option 'sparsity=0.5'"),
+    ],
+)
+def test_bad_pipelines_say_what_is_wrong(label, error, message):
+    with pytest.raises(error, match=message):
+        parse_pipeline(label)
+
+
+def test_unknown_models_list_the_known_ones():
+    with pytest.raises(UnknownNameError, match=r"known models: .*digits, digits_resnet, .*resnet18"):
+        load_bench_model("resnet9000")
+
+
+def test_pipelines_that_need_missing_data_are_refused():
+    factory = load_bench_model("tests.factories:small_cnn", input_shape=(1, 3, 16, 16))
+    assert factory.calibration is None
+    with pytest.raises(InvalidInputError, match=r"needs calibration data.*--synthetic-data"):
+        factory.check_can_run(parse_pipeline("x86-int8"))
+    factory.check_can_run(parse_pipeline("generic-fp32"))  # fp32 needs no data
+    synthetic = load_bench_model("tests.factories:small_cnn", input_shape=(1, 3, 16, 16), synthetic_data=True)
+    synthetic.check_can_run(parse_pipeline("x86-int8"))
+    zoo = load_bench_model("resnet_basic")
+    with pytest.raises(InvalidInputError, match=r"labelled data.*digits and digits_resnet"):
+        zoo.check_can_run(parse_pipeline("generic-fp32+early-exit"))
+
+
+def test_a_factory_that_raises_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"factory tests.factories:broken raised RuntimeError"):
+        load_bench_model("tests.factories:broken", input_shape=(1, 3, 8, 8))
+
+
+def test_pareto_front():
+    points = [(1.0, 90.0), (2.0, 95.0), (3.0, 94.0), (0.5, 80.0), (2.0, 95.0), (4.0, 99.0)]
+    front = pareto_front(points)
+    assert [points[i] for i in front][:2] == [(0.5, 80.0), (1.0, 90.0)]
+    assert 2 not in front  # slower and worse than (2.0, 95.0)
+    assert 5 in front and (1 in front or 4 in front)
+
+
+def test_interleaved_stats_pool_every_call():
+    calls = {"fast": lambda: sum(range(10)), "slow": lambda: sum(range(20_000))}
+    stats = interleaved_stats(calls, rounds=3, calls_per_round={"fast": 5, "slow": 2}, warmup=1)
+    assert stats["fast"].runs == 15 and stats["slow"].runs == 6
+    for s in stats.values():
+        assert s.min_ms <= s.p10_ms <= s.median_ms * 1.5 and s.p10_ms <= s.p90_ms
+    assert stats["slow"].median_ms > stats["fast"].median_ms
+
+
+def test_paired_ratio_cancels_what_a_slow_round_does_to_both():
+    reference = [np.array([2.0]), np.array([2.0]), np.array([6.0]), np.array([6.0]), np.array([2.0])]
+    candidate = [np.array([1.0]), np.array([1.0]), np.array([3.0]), np.array([3.0]), np.array([1.0])]
+    assert paired_ratio(reference, candidate) == pytest.approx(2.0)
+    stats = stats_of_rounds(candidate)
+    assert stats.median_ms == 1.0 and stats.min_ms == 1.0 and stats.runs == 5
+
+
+def test_machine_facts_state_the_cpu_and_a_measured_peak():
+    facts = machine_facts(threads=1, pinned_core=None, measure_peak=False)
+    assert facts.cpu and facts.arch and facts.cores >= 1
+    assert set(facts.flags) <= set(RELEVANT_FLAGS)
+    assert {"torch", "onnxruntime", "numpy", "python"} <= facts.versions.keys()
+    fp32, int8 = gemm_peaks(repeat=2)
+    assert fp32 > 0.5 and int8 > 0.5  # GMAC/s: any CPU that runs the suite does far more
+
+
+def _row(stage: str, ms: float, speedup: float) -> BenchRow:
+    from graphopt.backends.timing import LatencyStats
+
+    row = BenchRow("m", "x86-int8", stage, "artifact", "int8", "onnxruntime", 10, 100, 1000)
+    row.latency, row.speedup_vs_ort_fp32, row.speedup_vs_eager = (
+        LatencyStats(ms, ms, ms, ms, 3),
+        speedup,
+        2 * speedup,
+    )
+    return row
+
+
+def _result(*rows: BenchRow) -> BenchResult:
+    return BenchResult("m", "", "now", {"cpu": "x", "arch": "y", "cores": 1, "flags": [], "versions": {}},
+                       {"rounds": 1, "round_ms": 1.0}, "synthetic", list(rows))  # fmt: skip
+
+
+def test_result_json_round_trips_and_checks_its_schema():
+    result = _result(_row("artifact:onnx", 1.0, 2.0))
+    result.errors.append(BenchError("x86-int8+prune=0.5", "PassError", "boom"))
+    data = json.loads(result.to_json())
+    assert data["schema"] == SCHEMA
+    again = BenchResult.from_dict(data)
+    assert again.rows == result.rows and again.errors == result.errors
+    with pytest.raises(ConfigError, match=r"not a graphopt.bench/1 result"):
+        BenchResult.from_dict({**data, "schema": "graphopt.bench/0"})
+
+
+def test_compare_flags_the_ratio_that_moved():
+    first = _result(_row("a", 1.0, 2.0), _row("b", 1.0, 3.0))
+    same = _result(_row("a", 1.0, 2.04), _row("b", 1.0, 2.95))
+    assert compare_results(first, same).ok
+    moved = _result(_row("a", 1.0, 2.0), _row("b", 1.0, 3.4))
+    comparison = compare_results(first, moved)
+    assert not comparison.ok
+    assert comparison.worst is not None and comparison.worst.row.endswith("/ b")
+    assert "NOT within 5%" in comparison.summary()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    config = BenchConfig(
+        model="resnet_basic",
+        pipelines=(parse_pipeline("generic-fp32"), parse_pipeline("x86-int8+prune=0.5")),
+        rounds=1,
+        round_ms=5,
+        out_dir=out,
+        quiet=True,
+    )
+    return run_bench(config), out
+
+
+def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
+    result, _ = tiny_run
+    assert result.complete and not result.errors
+    stages = {r.stage for r in result.rows if r.kind == "peer"}
+    assert {"ORT fp32", "eager fp32", "eager fp32 channels_last", "TorchScript fp32"} <= stages
+    assert {"ORT quantize_static (default)", "ORT quantize_static (best)"} <= stages
+    for label in ("generic-fp32", "x86-int8+prune=0.5"):
+        rows = [r for r in result.rows if r.pipeline == label]
+        assert rows[-1].kind == "artifact" and rows[-1].timed
+        assert any(r.kind == "stage" for r in rows)
+    assert result.row("peers", "ORT fp32").speedup_vs_ort_fp32 == pytest.approx(1.0)
+    assert result.row("peers", "eager fp32").speedup_vs_eager == pytest.approx(1.0)
+    for row in result.rows:
+        if row.timed:
+            assert row.speedup_vs_ort_fp32 > 0 and row.speedup_vs_eager > 0
+            assert row.roofline is not None and row.roofline > 0
+            assert row.cosine is not None and -1.0 <= row.cosine <= 1.0 + 1e-6
+    pruned = result.row("x86-int8+prune=0.5", "prune_channels")
+    assert pruned.timed and pruned.macs < result.row("peers", "ORT fp32").macs
+
+
+def test_a_run_writes_json_markdown_and_a_png(tiny_run):
+    result, out = tiny_run
+    data = json.loads((out / "bench.json").read_text())
+    assert data["schema"] == SCHEMA and data["complete"] is True
+    assert data["machine"]["peak_fp32_gmacs"] > 0 and "onnxruntime" in data["machine"]["versions"]
+    assert len(data["rows"]) == len(result.rows)
+    markdown = (out / "bench.md").read_text()
+    assert "| pipeline | stage |" in markdown and "machine: " in markdown
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = to_text(result)
+    assert "vs ORT fp32" in text and "prune_channels" in text
+    assert to_markdown(result).count("\n| x86-int8+prune=0.5 |") >= 3
+
+
+def test_a_failing_pipeline_is_recorded_and_the_rest_still_measured(tmp_path, monkeypatch):
+    from graphopt.benchmark import runner
+
+    real = runner.run_pipeline
+
+    def flaky(bench, pipeline, *args, **kwargs):
+        if pipeline.prune:
+            raise GraphoptError("simulated pass failure")
+        return real(bench, pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_pipeline", flaky)
+    config = BenchConfig(
+        model="mlp",
+        pipelines=(parse_pipeline("generic-fp32+prune=0.3"), parse_pipeline("generic-fp32")),
+        rounds=1, round_ms=2, out_dir=tmp_path, plot=False, measure_peak=False, quiet=True,
+    )  # fmt: skip
+    result = run_bench(config)
+    assert [e.pipeline for e in result.errors] == ["generic-fp32+prune=0.3"]
+    assert result.row("generic-fp32", "artifact:onnx").timed
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["errors"][0]["message"] == "simulated pass failure"
+    assert "ERROR (generic-fp32+prune=0.3)" in (tmp_path / "bench.md").read_text()
+
+
+def test_an_interrupted_run_leaves_what_it_measured(tmp_path, monkeypatch):
+    from graphopt.benchmark import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_pipeline", interrupted)
+    config = BenchConfig(model="mlp", pipelines=(parse_pipeline("generic-fp32"),), out_dir=tmp_path,
+                         measure_peak=False, quiet=True)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["complete"] is False
+    assert any(r["stage"] == "ORT fp32" for r in data["rows"])  # the peers built before the interruption
+    assert "INCOMPLETE" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "resnet9000"], "unknown model .resnet9000.; known models: .*digits, digits_resnet"),
+        (["bench", "resnet_basic", "-t", "generic-fp32+early-exit"], "labelled data, which resnet_basic"),
+        (
+            ["bench", "tests.factories:small_cnn", "--input-shape", "1,3,8,8", "-t", "x86-int8"],
+            "--synthetic-data",
+        ),
+        (["bench", "tests.factories:broken", "--input-shape", "1,3,8,8"], "raised RuntimeError"),
+        (["bench", "mlp", "-t", "x86-int8+prune=2"], r"prune must be a fraction in \[0, 1\)"),
+    ],
+)
+def test_bench_cli_errors_are_one_clear_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("graphopt: error: ") and re.search(message, err)
+
+
+def test_bench_compare_cli(tmp_path, capsys):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(_result(_row("a", 1.0, 2.0)).to_json())
+    second.write_text(_result(_row("a", 1.0, 2.5)).to_json())
+    assert main(["bench-compare", str(first), str(first)]) == 0
+    assert main(["bench-compare", str(first), str(second)]) == 1
+    assert "over tolerance" in capsys.readouterr().out
+    (tmp_path / "c.json").write_text("{not json")
+    assert main(["bench-compare", str(first), str(tmp_path / "c.json")]) == 2
