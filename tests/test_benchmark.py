@@ -27,6 +27,7 @@ from graphopt.benchmark import (
 from graphopt.benchmark.machine import RELEVANT_FLAGS, gemm_peaks, machine_facts
 from graphopt.benchmark.plot import pareto_front
 from graphopt.benchmark.schema import BenchError, BenchRow
+from graphopt.benchmark.summary import summary_markdown
 from graphopt.cli import main
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError, UnknownNameError
 
@@ -180,6 +181,7 @@ def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
         assert any(r.kind == "stage" for r in rows)
     assert result.row("peers", "ORT fp32").speedup_vs_ort_fp32 == pytest.approx(1.0)
     assert result.row("peers", "eager fp32").speedup_vs_eager == pytest.approx(1.0)
+    assert result.row("peers", "ORT quantize_static (best)").speedup_vs_ort_int8 == pytest.approx(1.0)
     for row in result.rows:
         if row.timed:
             assert row.speedup_vs_ort_fp32 > 0 and row.speedup_vs_eager > 0
@@ -201,6 +203,10 @@ def test_a_run_writes_json_markdown_and_a_png(tiny_run):
     text = to_text(result)
     assert "vs ORT fp32" in text and "prune_channels" in text
     assert to_markdown(result).count("\n| x86-int8+prune=0.5 |") >= 3
+    summary = summary_markdown([result])
+    assert "| resnet_basic | **graphopt x86-int8+prune=0.5**" in summary
+    assert "| resnet_basic | ORT quantize_static (best) | int8 |" in summary
+    assert "channels_last" not in summary and "machine: " in summary
 
 
 def test_a_failing_pipeline_is_recorded_and_the_rest_still_measured(tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-samples", type=int, default=32, help="synthetic calibration inputs")
     p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak micro-benchmark")
     p.add_argument("--no-plot", action="store_true", help="do not write bench.png")
+    p.add_argument("--keep-artifacts", action="store_true", help="keep every timed file in OUT/artifacts")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=_cmd_bench)
 
@@ -55,6 +56,10 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("second", type=Path)
     p.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance (default 0.05)")
     p.set_defaults(run=_cmd_compare)
+
+    p = sub.add_parser("bench-summary", help="one Markdown table of what ships, across bench.json results")
+    p.add_argument("results", type=Path, nargs="+", help="bench.json files")
+    p.set_defaults(run=_cmd_summary)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -78,6 +83,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         measure_peak=not args.no_peak,
         out_dir=args.out,
         plot=not args.no_plot,
+        keep_artifacts=args.keep_artifacts,
         quiet=args.quiet,
         command="graphopt " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "",
     )
@@ -94,3 +100,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_results(BenchResult.load(args.first), BenchResult.load(args.second), args.tolerance)
     print(comparison.summary())
     return 0 if comparison.ok else 1
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .schema import BenchResult
+    from .summary import summary_markdown
+
+    print(summary_markdown([BenchResult.load(path) for path in args.results]))
+    return 0

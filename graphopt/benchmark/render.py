@@ -8,7 +8,7 @@ from graphopt.report import _si
 from .schema import BenchResult, BenchRow
 
 HEADER = ("pipeline", "stage", "runtime", "type", "params", "MACs", "bytes", "latency ms (p10-p90)", "min ms",
-          "vs ORT fp32", "vs eager", "peak %", "accuracy", "cosine", "top-1")  # fmt: skip
+          "vs ORT fp32", "vs eager", "vs ORT int8", "peak %", "accuracy", "cosine", "top-1")  # fmt: skip
 LEFT = {0, 1, 2, 3}
 
 
@@ -31,6 +31,7 @@ def cells(row: BenchRow) -> tuple[str, ...]:
         minimum,
         _ratio(row.speedup_vs_ort_fp32),
         _ratio(row.speedup_vs_eager),
+        _ratio(row.speedup_vs_ort_int8),
         "-" if row.roofline is None else f"{100 * row.roofline:.1f}",
         "-" if row.accuracy is None else f"{100 * row.accuracy:.2f} %",
         "-" if row.cosine is None else f"{row.cosine:.5f}",
@@ -65,8 +66,9 @@ def header_lines(result: BenchResult) -> list[str]:
 
 def footer_lines(result: BenchResult) -> list[str]:
     lines = [
-        "vs ORT fp32 / vs eager: the original model's latency in ONNX Runtime fp32 / eager PyTorch over the "
-        "row's, from the same run",
+        "vs ORT fp32 / vs eager / vs ORT int8: the latency of the original model in ONNX Runtime fp32 / in "
+        "eager PyTorch / quantized by ORT quantize_static (best settings) over the row's, paired round by "
+        "round in the same run",
         "peak %: MACs per second over the measured GEMM peak of the row's type; bytes: the file for timed "
         "rows, parameters and buffers otherwise",
         "peers: " + "; ".join(f"{r.stage}: {', '.join(r.notes)}" for r in result.rows if r.kind == "peer"),

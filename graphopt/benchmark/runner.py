@@ -42,7 +42,7 @@ from .models import BenchModel, load_bench_model
 from .outputs import write_outputs
 from .peer_rows import PEERS, build_peers
 from .pipelines import Pipeline
-from .schema import EAGER_FP32, ORT_FP32, BenchError, BenchResult
+from .schema import REFERENCES, BenchError, BenchResult
 from .stages import run_pipeline
 
 Rounds = dict[str, list[np.ndarray]]  # per-call milliseconds of each candidate, round by round
@@ -62,6 +62,7 @@ class BenchConfig:
     measure_peak: bool = True
     out_dir: Path | None = None
     plot: bool = True
+    keep_artifacts: bool = False  # keep every timed file in out_dir/artifacts (else a temporary folder)
     quiet: bool = False
     command: str = ""
     extra_notes: tuple[str, ...] = field(default=())
@@ -88,7 +89,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     for pipeline in config.pipelines:
         bench.check_can_run(pipeline)
     with edge_timing() as core, tempfile.TemporaryDirectory() as tmp:
-        folder = config.out_dir / "artifacts" if config.out_dir else Path(tmp)
+        folder = config.out_dir / "artifacts" if config.out_dir and config.keep_artifacts else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         result = _new_result(config, bench, core)
         return _run(config, bench, result, folder)
@@ -180,20 +181,20 @@ def _time_fixed_input(bench: BenchModel, candidates: list[Candidate], config: Be
 
 
 def _time_per_sample(bench: BenchModel, peers: list[Candidate], exits: list[Candidate]) -> None:
-    """Each exit model over the held-out split one image at a time, interleaved with the original in ORT
-    fp32 and eagerly; ratios of means go into the rows directly."""
+    """Each exit model over the held-out split one image at a time, interleaved with the reference peers
+    (the original in ORT fp32 and eagerly, ORT quantize_static when run); ratios of means go into the rows."""
     if not exits:
         return
     assert bench.eval is not None  # check_can_run refused exit pipelines without labelled data
-    references = {c.row.stage: c for c in peers if c.row.stage in (ORT_FP32, EAGER_FP32)}
+    references = {c.row.stage: c for c in peers if c.row.stage in REFERENCES}
     for candidate in exits:
         runners = {"exits": candidate.run, **{name: c.run for name, c in references.items()}}
         times = sample_latencies(runners, bench.eval)
         row = candidate.row
         row.latency = summarize(times["exits"])
         row.mean_ms = float(times["exits"].mean())
-        row.speedup_vs_ort_fp32 = float(times[ORT_FP32].mean()) / row.mean_ms
-        row.speedup_vs_eager = float(times[EAGER_FP32].mean()) / row.mean_ms
+        for name in references:
+            setattr(row, REFERENCES[name], float(times[name].mean()) / row.mean_ms)
         row.latency_basis = f"per held-out image, batch 1 ({len(times['exits'])} images); ratios of means"
 
 
@@ -209,14 +210,12 @@ def _ratios(result: BenchResult, rounds: Rounds) -> None:
     """Speed-ups against the original in ORT fp32 and eagerly (paired per round, see ``paired_ratio``) and
     the fraction of the measured peak."""
     peaks = {"fp32": result.machine.get("peak_fp32_gmacs"), "int8": result.machine.get("peak_int8_gmacs")}
-    reference = {name: rounds.get(f"{PEERS} / {name}") for name in (ORT_FP32, EAGER_FP32)}
+    references = {name: rounds[f"{PEERS} / {name}"] for name in REFERENCES if f"{PEERS} / {name}" in rounds}
     for row in result.rows:
         if row.latency is None or row.mean_ms is not None or row.key not in rounds:
             continue
-        if reference[ORT_FP32] is not None:
-            row.speedup_vs_ort_fp32 = paired_ratio(reference[ORT_FP32], rounds[row.key])
-        if reference[EAGER_FP32] is not None:
-            row.speedup_vs_eager = paired_ratio(reference[EAGER_FP32], rounds[row.key])
+        for name, reference in references.items():
+            setattr(row, REFERENCES[name], paired_ratio(reference, rounds[row.key]))
         peak = peaks.get(row.numeric)
         if peak:
             row.roofline = row.macs / (row.latency.median_ms * 1e-3) / (peak * 1e9)

@@ -8,7 +8,8 @@ compatible). Each row is one thing timed or measured:
 - ``kind="artifact"``: the file a pipeline ships, run in its backend's runtime.
 
 Ratios: ``speedup_vs_ort_fp32`` is the original model's ORT fp32 latency over the row's, ``speedup_vs_eager``
-the original's eager PyTorch latency over the row's; both come from the same interleaved run. ``roofline``
+the original's eager PyTorch latency over the row's, ``speedup_vs_ort_int8`` ORT ``quantize_static`` (best
+settings) over the row's; all come from the same interleaved run. ``roofline``
 is the row's MACs per second over the measured GEMM peak of its numeric type.
 """
 
@@ -26,6 +27,13 @@ SCHEMA = "graphopt.bench/1"
 RowKind = Literal["peer", "stage", "artifact"]
 ORT_FP32 = "ORT fp32"  # the peer every speed-up is measured against
 EAGER_FP32 = "eager fp32"
+ORT_INT8 = "ORT quantize_static (best)"
+#: The peers each row's speed-ups are measured against, and the row field that holds each.
+REFERENCES = {
+    ORT_FP32: "speedup_vs_ort_fp32",
+    EAGER_FP32: "speedup_vs_eager",
+    ORT_INT8: "speedup_vs_ort_int8",
+}
 
 
 @dataclass
@@ -43,6 +51,7 @@ class BenchRow:
     mean_ms: float | None = None  # early exit: mean per-sample latency over the held-out split
     speedup_vs_ort_fp32: float | None = None
     speedup_vs_eager: float | None = None
+    speedup_vs_ort_int8: float | None = None  # against ORT quantize_static at its best settings, when run
     roofline: float | None = None
     accuracy: float | None = None  # fraction of labelled test samples right
     cosine: float | None = None  # min over probes of the cosine with the original's outputs
