@@ -28,8 +28,11 @@ from graphopt.targets import Target
 #: How closely an fp32 artifact must reproduce the eager optimized model: |a - b| <= 1e-4 * max(1, max|b|).
 ARTIFACT_RTOL = 1e-4
 #: An int8 artifact runs integer kernels whose requantization rounds differently from the eager simulation
-#: (outputs may differ by a quantization step), so it is held to agreement instead: cosine >= this.
+#: (outputs may differ by a quantization step), so it is held to agreement instead. Below the first cosine
+#: the report says so (deep depthwise stacks with small outputs get there: MobileNetV2 pruned to half its
+#: channels reached 0.9975); below the second the artifact computes something else and export fails.
 INT8_ARTIFACT_COSINE = 0.999
+INT8_ARTIFACT_COSINE_FLOOR = 0.99
 
 
 @dataclass(frozen=True)
@@ -176,15 +179,23 @@ class OptimizeResult:
         control flow agrees on the example but not on inputs that take the other branch.
 
         An int8 artifact for another CPU family (arm-int8 checked on x86) runs here through kernels that
-        the target does not use (x86 s8 x s8 saturates in int16), so a mismatch is reported, not raised."""
+        the target does not use (x86 s8 x s8 saturates in int16), so a mismatch is reported, not raised; so
+        is a native int8 artifact between the two cosine thresholds above."""
         quantized, foreign = is_quantized(model), self._foreign_isa
+        note = None
         for inputs in _probe_inputs(self.example_inputs):
             with torch.no_grad():
                 eager = model(*inputs)
             got = runner.run(*inputs)
             if quantized:
                 match = agreement(eager, got)
-                ok, max_abs = match.cosine >= INT8_ARTIFACT_COSINE, match.max_abs
+                ok, max_abs = match.cosine >= INT8_ARTIFACT_COSINE_FLOOR, match.max_abs
+                if ok and match.cosine < INT8_ARTIFACT_COSINE and not foreign:
+                    note = (
+                        f"the int8 artifact agrees with the eager int8 simulation at cosine "
+                        f"{match.cosine:.4f} (max abs {max_abs:.3g}): the runtime's integer kernels round "
+                        "requantization differently; the artifact row's numbers are measured on the artifact"
+                    )
             else:
                 scale = max((float(t.abs().max()) for t in flatten_outputs(eager)), default=1.0)
                 tolerance = Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL * max(scale, 1.0))
@@ -201,7 +212,7 @@ class OptimizeResult:
                     f"{max_abs:.3g}); the model probably has data-dependent control flow that the exporter "
                     "baked into one branch: express it with torch.where or torch.cond"
                 )
-        return None
+        return note
 
     def _dataset_latency(self, runner: Any) -> dict[str, float]:
         """Mean latency per eval sample of the artifact and of the original in ORT fp32, interleaved."""

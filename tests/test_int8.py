@@ -127,3 +127,22 @@ def test_latency_guard_skips_artifacts_for_another_cpu_family(tmp_path):
     assert row.stage == "artifact:onnx" and "guard_int8_ms" not in row.stats
     assert any("latency guard skipped: aarch64 artifacts cannot be timed on x86_64" in n for n in row.notes)
     assert any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
+
+
+@pytest.mark.parametrize(("cosine", "outcome"), [(0.9999, "silent"), (0.995, "note"), (0.95, "error")])
+def test_int8_artifact_agreement_thresholds(cosine, outcome, tmp_path, monkeypatch):
+    """Integer kernels may round requantization differently from the eager simulation: between the two
+    cosine thresholds the artifact ships with a note saying so; below the floor export fails."""
+    import graphopt.result
+    from graphopt.numerics import Agreement
+
+    model, inputs = get_model("resnet_basic").build()
+    res = graphopt.optimize(model, "x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs))
+    monkeypatch.setattr(graphopt.result, "agreement", lambda *_: Agreement(0.03, cosine, 1.0))
+    if outcome == "error":
+        with pytest.raises(graphopt.ExportError, match="disagrees with the optimized model"):
+            res.export(tmp_path / "m.onnx", latency_guard=False)
+        return
+    res.export(tmp_path / "m.onnx", latency_guard=False)
+    notes = " ".join(res.report.stages[-1].notes)
+    assert ("round requantization differently" in notes) == (outcome == "note")

@@ -103,7 +103,8 @@ def _stage_candidates(
         row.stage += " (no change)" if model is None else ""
         row.seconds = record.seconds
         rows.append(row)
-        if model is None:
+        if model is None:  # the model of the row above: its measurements stand for this one
+            row.accuracy = row.cosine = row.top1 = None
             row.notes.append("the pass changed nothing")
             continue  # no runner: the row keeps the report's numbers
         if has_exits(model):
