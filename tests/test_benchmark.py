@@ -278,3 +278,33 @@ def test_bench_compare_cli(tmp_path, capsys):
     assert "over tolerance" in capsys.readouterr().out
     (tmp_path / "c.json").write_text("{not json")
     assert main(["bench-compare", str(first), str(tmp_path / "c.json")]) == 2
+
+
+def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypatch):
+    from graphopt.benchmark import models
+    from graphopt.early_exit.config import EarlyExitConfig
+
+    config = EarlyExitConfig(exits=("features.6",), epochs=5, quiet=True)
+    monkeypatch.setitem(
+        models.DIGITS_MODELS,
+        "digits",
+        lambda seed, quiet: models._digits("digits", digits_model, digits, config),
+    )
+    result = run_bench(
+        BenchConfig(
+            model="digits",
+            pipelines=(parse_pipeline("generic-fp32+early-exit"),),
+            rounds=1,
+            round_ms=2,
+            measure_peak=False,
+            quiet=True,
+        )
+    )
+    row = result.row("generic-fp32+early-exit", "artifact:onnx")
+    assert row.mean_ms is not None and row.mean_ms > 0
+    assert row.latency_basis.startswith("per held-out image") and row.latency.runs == len(digits.test_y)
+    assert row.speedup_vs_ort_fp32 > 0 and row.speedup_vs_eager > 0 and row.speedup_vs_ort_int8 is None
+    assert row.accuracy > 0.9
+    assert (
+        result.row("generic-fp32+early-exit", "insert_early_exit").macs < result.row("peers", "ORT fp32").macs
+    )
