@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from graphopt.backends.timing import LatencyStats
+from graphopt.energy import SOURCE as ENERGY_SOURCE
+from graphopt.energy import EnergyEstimate
 from graphopt.numerics import Agreement
 
 SCHEMA_VERSION = 1
@@ -34,6 +36,7 @@ class StageRecord:
     agreement: Agreement | None = None
     accuracy: float | None = None
     exact_check_max_abs: float | None = None  # exact passes: max output change vs the previous stage
+    energy: EnergyEstimate | None = None  # an estimate from op counts (graphopt.energy), never a measurement
     stats: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -75,8 +78,9 @@ class Report:
         return base / record.latency.median_ms
 
     # ----------------------------------------------------------------------------------------- rendering
-    _HEADER = ("stage", "nodes", "params", "MACs", "bytes", "time s", "latency ms", "vs ORT fp32",
-               "max|Δ|", "cosine", "top-1", "accuracy", "stats")  # fmt: skip
+    _HEADER = ("stage", "nodes", "params", "MACs", "bytes", "energy µJ (est.)", "time s", "latency ms",
+               "vs ORT fp32", "max|Δ|", "cosine", "top-1", "accuracy", "stats")  # fmt: skip
+    _LEFT = (0, 13)
 
     def rows(self) -> list[tuple[str, ...]]:
         return [self._row(r) for r in self.stages]
@@ -91,6 +95,7 @@ class Report:
             _si(r.params),
             _si(r.macs),
             _si(r.bytes, binary=True),
+            _fmt(r.energy.total_uj if r.energy else None, ".2f"),
             _fmt(r.seconds, ".3f"),
             _fmt(r.latency.median_ms if r.latency else None, ".3f"),
             f"{speedup:.2f}x" if speedup is not None else "-",
@@ -107,7 +112,7 @@ class Report:
         lines = [f"graphopt report: {self.model} -> {self.target}"]
         for i, row in enumerate(rows):
             cells = [
-                c.ljust(w) if j in (0, 12) else c.rjust(w)
+                c.ljust(w) if j in self._LEFT else c.rjust(w)
                 for j, (c, w) in enumerate(zip(row, widths, strict=True))
             ]
             lines.append("  ".join(cells).rstrip())
@@ -121,6 +126,8 @@ class Report:
 
     def _footer(self) -> list[str]:
         lines = []
+        if any(r.energy is not None for r in self.stages):
+            lines.append(f"energy is an ESTIMATE from MACs and bytes moved, not measured ({ENERGY_SOURCE})")
         if self.baseline_latency_ms is not None:
             lines.append(
                 "speed-up is against the original model run in ONNX Runtime fp32 (one thread, batch 1)"
@@ -134,7 +141,7 @@ class Report:
 
     def to_markdown(self) -> str:
         head = "| " + " | ".join(self._HEADER) + " |"
-        rule = "|" + "|".join("---" if i in (0, 12) else "---:" for i in range(len(self._HEADER))) + "|"
+        rule = "|" + "|".join("---" if i in self._LEFT else "---:" for i in range(len(self._HEADER))) + "|"
         body = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows()]
         extra = [f"- {line}" for line in self._footer()]
         return "\n".join([f"**{self.model} -> {self.target}**", "", head, rule, *body, "", *extra]).rstrip()

@@ -18,6 +18,7 @@ from graphopt.backends.onnx_backend import OnnxRunner, exporter_of
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
+from graphopt.energy import estimate_graph
 from graphopt.errors import ExportError
 from graphopt.evaluation import Batch, accuracy
 from graphopt.numerics import Tolerance, agreement, allclose, flatten_outputs
@@ -116,6 +117,7 @@ class OptimizeResult:
             params=count_params(model),
             macs=count_macs(model),
             bytes=artifact.stat().st_size,
+            energy=estimate_graph(model, count_params(model), "int8" if is_quantized(model) else "fp32"),
             agreement=agreement(self.reference_outputs, outputs),
             notes=[f"{artifact.name} written by {exporter_of(artifact)}, run in {chosen.runtime}"],
         )
@@ -244,6 +246,7 @@ class OptimizeResult:
                 macs=original.macs,
                 bytes=size,
                 latency=latency,
+                energy=original.energy,
                 agreement=original.agreement,
                 accuracy=original.accuracy,
                 notes=["the reference for speed-ups: the unoptimized model exported to ONNX, fp32"],

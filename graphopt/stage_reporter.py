@@ -12,11 +12,13 @@ import torch
 import torch.fx as fx
 
 from graphopt.cost import count_macs, count_params, weight_bytes
+from graphopt.energy import estimate_graph
 from graphopt.evaluation import Batch, accuracy
 from graphopt.ir import count_nodes
 from graphopt.numerics import agreement
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassRecord
+from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
 
 
@@ -27,13 +29,15 @@ class StageReporter:
     def measure(self, stage: str, kind: str, gm: fx.GraphModule, context: PassContext) -> StageRecord:
         with torch.no_grad():
             outputs = gm(*context.example_inputs)
+        params = count_params(gm)
         return StageRecord(
             stage=stage,
             kind=kind,  # type: ignore[arg-type]
             nodes=count_nodes(gm),
-            params=count_params(gm),
+            params=params,
             macs=count_macs(gm),
             bytes=weight_bytes(gm),
+            energy=estimate_graph(gm, params, "int8" if is_quantized(gm) else "fp32"),
             agreement=agreement(self.reference, outputs),
             accuracy=accuracy(gm, self.labelled) if self.labelled is not None else None,
         )

@@ -107,6 +107,11 @@ def test_paired_ratio_cancels_what_a_slow_round_does_to_both():
     assert stats.median_ms == 1.0 and stats.min_ms == 1.0 and stats.runs == 5
 
 
+def test_bad_ratio_statistic_is_refused():
+    with pytest.raises(ConfigError, match="ratio_statistic must be 'min' or 'paired-median'"):
+        BenchConfig(model="mlp", pipelines=(parse_pipeline("generic-fp32"),), ratio_statistic="mean")
+
+
 def test_machine_facts_state_the_cpu_and_a_measured_peak():
     facts = machine_facts(threads=1, pinned_core=None, measure_peak=False)
     assert facts.cpu and facts.arch and facts.cores >= 1
@@ -179,6 +184,11 @@ def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
         rows = [r for r in result.rows if r.pipeline == label]
         assert rows[-1].kind == "artifact" and rows[-1].timed
         assert any(r.kind == "stage" for r in rows)
+    assert result.settings["ratio_statistic"] == "min"
+    base = result.row("peers", "ORT fp32").latency.min_ms
+    assert result.row("x86-int8+prune=0.5", "prune_channels").speedup_vs_ort_fp32 == pytest.approx(
+        base / result.row("x86-int8+prune=0.5", "prune_channels").latency.min_ms
+    )
     assert result.row("peers", "ORT fp32").speedup_vs_ort_fp32 == pytest.approx(1.0)
     assert result.row("peers", "eager fp32").speedup_vs_eager == pytest.approx(1.0)
     assert result.row("peers", "ORT quantize_static (best)").speedup_vs_ort_int8 == pytest.approx(1.0)
@@ -207,6 +217,11 @@ def test_a_run_writes_json_markdown_and_a_png(tiny_run):
     assert "| resnet_basic | **graphopt x86-int8+prune=0.5**" in summary
     assert "| resnet_basic | ORT quantize_static (best) | int8 |" in summary
     assert "channels_last" not in summary and "machine: " in summary
+    assert "energy: an ESTIMATE" in summary and "energy µJ*" in text
+    for row in result.rows:
+        assert row.energy_uj is not None and row.energy_uj > 0, row.key
+    int8, fp32 = result.row("peers", "ORT quantize_static (best)"), result.row("peers", "ORT fp32")
+    assert int8.energy_uj < fp32.energy_uj / 3  # 0.23 vs 4.6 pJ per MAC, 1 vs 4 bytes per weight
 
 
 def test_a_failing_pipeline_is_recorded_and_the_rest_still_measured(tmp_path, monkeypatch):
@@ -308,3 +323,30 @@ def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypa
     assert (
         result.row("generic-fp32+early-exit", "insert_early_exit").macs < result.row("peers", "ORT fp32").macs
     )
+
+
+def test_torch_pruning_peer_prunes_when_installed():
+    pytest.importorskip(
+        "torch_pruning", reason="Torch-Pruning is an optional peer: pip install 'graphopt[peers]'"
+    )
+    from graphopt.benchmark.peer_rows import model_cost, torch_pruning_magnitude
+    from graphopt.zoo import get_model
+
+    model, inputs = get_model("resnet_basic").build()
+    pruned = torch_pruning_magnitude(model, inputs, 0.5)
+    assert model_cost(pruned, inputs).macs < 0.5 * model_cost(model, inputs).macs
+    assert pruned(*inputs).shape == model(*inputs).shape  # the classifier is kept whole
+
+
+def test_without_torch_pruning_the_result_says_so(monkeypatch):
+    import importlib.util
+
+    from graphopt.benchmark import peer_rows
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        peer_rows.importlib.util, "find_spec", lambda n: None if n == "torch_pruning" else real(n)
+    )
+    notes: list[str] = []
+    assert peer_rows._torch_pruning(load_bench_model("mlp"), 0.5, notes) is None
+    assert notes and "pip install 'graphopt[peers]'" in notes[0]

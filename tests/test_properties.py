@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -100,6 +100,10 @@ def test_random_networks_keep_their_outputs(blocks, width, in_channels, size, ba
     round_to=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
+# Found by hypothesis: the concat's second branch ranked lowest in a group coupled by the residual, and its
+# conv lost every output channel.
+@example(blocks=["conv_bn", "concat", "residual"], width=2, ratio=0.75, importance="l1", scope="local",
+         round_to=1, seed=0)  # fmt: skip
 def test_random_networks_prune_exactly(blocks, width, ratio, importance, scope, round_to, seed):
     """Whatever the graph and the selection, zeroing the removed channels and cutting them agree."""
     torch.manual_seed(seed)

@@ -40,6 +40,10 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         default=20.0,
         help="time per candidate per round, at least one call (default 20)",
     )
+    p.add_argument(
+        "--ratio-statistic", choices=["min", "paired-median"], default="min",
+        help="speed-ups from the fastest calls (default; repeats best on shared machines) or paired medians",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed for training and synthetic data")
     p.add_argument(
         "--recovery-epochs", type=int, default=10, help="distillation / QAT epochs (digits models)"
@@ -80,6 +84,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         recovery_epochs=args.recovery_epochs,
         rounds=args.rounds,
         round_ms=args.round_ms,
+        ratio_statistic=args.ratio_statistic,
         measure_peak=not args.no_peak,
         out_dir=args.out,
         plot=not args.no_plot,

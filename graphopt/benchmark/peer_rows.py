@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx, export_torchscript
 from graphopt.capture import capture
 from graphopt.cost import count_macs, count_params, weight_bytes
+from graphopt.energy import estimate_graph
 from graphopt.peers import OrtPreset, ort_quantize_static
 from graphopt.shapes import propagate_shapes
 
@@ -32,11 +34,21 @@ from .schema import EAGER_FP32, ORT_FP32, BenchRow
 PEERS = "peers"
 
 
-def original_cost(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:
-    """Parameters and MACs of the unoptimized model, counted as the report counts them."""
+@dataclass(frozen=True)
+class ModelCost:
+    """Parameters, MACs and the energy estimate of an unoptimized model, counted as the report counts them."""
+
+    params: int
+    macs: int
+    energy_uj: dict[str, float]  # by numeric type: the same graph run in fp32 or in int8
+
+
+def model_cost(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ModelCost:
     gm = capture(copy.deepcopy(model).eval()).gm
     propagate_shapes(gm, inputs)
-    return count_params(gm), count_macs(gm)
+    params = count_params(gm)
+    energy = {numeric: estimate_graph(gm, params, numeric).total_uj for numeric in ("fp32", "int8")}
+    return ModelCost(params, count_macs(gm), energy)
 
 
 def build_peers(
@@ -44,13 +56,14 @@ def build_peers(
 ) -> tuple[list[Candidate], list[str]]:
     """The peer candidates for ``pipelines``, and notes on peers left out and why."""
     model, inputs = bench.model, bench.example_inputs
-    params, macs = original_cost(model, inputs)
+    cost = model_cost(model, inputs)
     peers: list[Candidate] = []
     notes: list[str] = []
 
     def add(stage: str, numeric: str, runner: Runner, size: int, note: str) -> None:
         runtime = {OnnxRunner: "onnxruntime", TorchScriptRunner: "torch.jit"}.get(type(runner), "eager")
-        row = BenchRow(bench.name, PEERS, stage, "peer", numeric, runtime, params, macs, size, notes=[note])
+        row = BenchRow(bench.name, PEERS, stage, "peer", numeric, runtime, cost.params, cost.macs, size,
+                       energy_uj=cost.energy_uj[numeric], notes=[note])  # fmt: skip
         peers.append(Candidate(row, runner))
 
     path = export_onnx(model, inputs, folder / "peer_ort_fp32.onnx")
@@ -70,7 +83,7 @@ def build_peers(
         pruned = _torch_pruning(bench, ratio, notes)
         if pruned is None:
             continue
-        params, macs = original_cost(pruned, inputs)
+        cost = model_cost(pruned, inputs)
         note = f"Torch-Pruning MagnitudePruner (L2), pruning_ratio {ratio:g}, no fine-tuning"
         path = export_onnx(pruned, inputs, folder / f"peer_tp_{ratio:g}.onnx")
         add(f"Torch-Pruning {ratio:g}", "fp32", OnnxRunner(path), _size(path), note)

@@ -3,12 +3,14 @@ the data stated above them, notes and errors below."""
 
 from __future__ import annotations
 
+from graphopt.energy import SOURCE as ENERGY_SOURCE
 from graphopt.report import _si
 
 from .schema import BenchResult, BenchRow
 
-HEADER = ("pipeline", "stage", "runtime", "type", "params", "MACs", "bytes", "latency ms (p10-p90)", "min ms",
-          "vs ORT fp32", "vs eager", "vs ORT int8", "peak %", "accuracy", "cosine", "top-1")  # fmt: skip
+HEADER = ("pipeline", "stage", "runtime", "type", "params", "MACs", "bytes", "latency ms (p10-p90)",
+          "min ms", "vs ORT fp32", "vs eager", "vs ORT int8", "peak %", "energy µJ*", "accuracy", "cosine",
+          "top-1")  # fmt: skip
 LEFT = {0, 1, 2, 3}
 
 
@@ -33,6 +35,7 @@ def cells(row: BenchRow) -> tuple[str, ...]:
         _ratio(row.speedup_vs_eager),
         _ratio(row.speedup_vs_ort_int8),
         "-" if row.roofline is None else f"{100 * row.roofline:.1f}",
+        "-" if row.energy_uj is None else f"{row.energy_uj:.2f}",
         "-" if row.accuracy is None else f"{100 * row.accuracy:.2f} %",
         "-" if row.cosine is None else f"{row.cosine:.5f}",
         "-" if row.top1 is None else f"{100 * row.top1:.1f} %",
@@ -43,12 +46,18 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+_STATISTICS = {
+    "min": "fastest call over fastest call (the quiet-machine latency, which repeats best across runs)",
+    "paired-median": "median over rounds of the ratio of round medians",
+}
+
+
 def header_lines(result: BenchResult) -> list[str]:
     m = result.machine
     fp32, int8 = m.get("peak_fp32_gmacs"), m.get("peak_int8_gmacs")
     peak = "peak not measured"
     if fp32 and int8:
-        peak = f"measured peak (ORT GEMM, 1 thread): fp32 {fp32:.1f}, int8 {int8:.1f} GMAC/s"
+        peak = f"measured peak (ORT GEMM and 3x3 conv, 1 thread): fp32 {fp32:.1f}, int8 {int8:.1f} GMAC/s"
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     pinned = m.get("pinned_core")
     where = f"core {pinned}" if pinned is not None else "not pinned"
@@ -67,10 +76,12 @@ def header_lines(result: BenchResult) -> list[str]:
 def footer_lines(result: BenchResult) -> list[str]:
     lines = [
         "vs ORT fp32 / vs eager / vs ORT int8: the latency of the original model in ONNX Runtime fp32 / in "
-        "eager PyTorch / quantized by ORT quantize_static (best settings) over the row's, paired round by "
-        "round in the same run",
+        "eager PyTorch / quantized by ORT quantize_static (best settings) over the row's, from the same run, "
+        + _STATISTICS[result.settings.get("ratio_statistic", "paired-median")],
         "peak %: MACs per second over the measured GEMM peak of the row's type; bytes: the file for timed "
         "rows, parameters and buffers otherwise",
+        f"* energy: an ESTIMATE per inference from MACs and bytes moved, not a measurement ({ENERGY_SOURCE}; "
+        "assumptions in graphopt/energy.py)",
         "peers: " + "; ".join(f"{r.stage}: {', '.join(r.notes)}" for r in result.rows if r.kind == "peer"),
     ]
     lines += [f"note: {n}" for n in result.notes]

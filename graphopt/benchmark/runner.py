@@ -31,7 +31,7 @@ from .peer_rows import build_peers
 from .pipelines import Pipeline
 from .schema import BenchError, BenchResult
 from .stages import run_pipeline
-from .timing import add_ratios, remeasure_peak, time_fixed_input, time_per_sample
+from .timing import RatioStatistic, add_ratios, remeasure_peak, time_fixed_input, time_per_sample
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class BenchConfig:
     recovery_epochs: int = 10  # distillation after pruning, and QAT, when the model has training data
     rounds: int = 100
     round_ms: float = 20.0
+    ratio_statistic: RatioStatistic = "min"  # speed-ups from the fastest calls, or "paired-median"
     measure_peak: bool = True
     out_dir: Path | None = None
     plot: bool = True
@@ -56,6 +57,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.pipelines:
             raise ConfigError("give at least one pipeline, e.g. x86-int8")
+        if self.ratio_statistic not in ("min", "paired-median"):
+            raise ConfigError(
+                f"ratio_statistic must be 'min' or 'paired-median', got {self.ratio_statistic!r}"
+            )
         if self.rounds < 1 or self.round_ms <= 0 or self.calibration_samples < 1:
             raise ConfigError(
                 f"rounds, round_ms and calibration_samples must be positive, got {self.rounds}, "
@@ -94,6 +99,7 @@ def _new_result(config: BenchConfig, bench: BenchModel, core: int | None) -> Ben
             "pinned_core": core,
             "rounds": config.rounds,
             "round_ms": config.round_ms,
+            "ratio_statistic": config.ratio_statistic,
             "seed": config.seed,
             "recovery_epochs": config.recovery_epochs,
             "pipelines": [p.label for p in config.pipelines],
@@ -139,7 +145,7 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
     time_per_sample(bench, peers, [c for c in candidates if c.timed and c.exits])
     if config.measure_peak:
         remeasure_peak(result)
-    add_ratios(result, rounds)
+    add_ratios(result, rounds, config.ratio_statistic)
     result.complete = True
     save()
     return result

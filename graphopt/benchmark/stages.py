@@ -78,11 +78,13 @@ def run_pipeline(
     seconds = time.perf_counter() - start
     rows, candidates = _stage_candidates(bench, pipeline, result, snapshots, folder)
     record = result.report.stages[-1]
+    exits = has_exits(result.model)
     numeric = "int8" if is_quantized(result.model) and "fp32 fallback" not in record.stage else "fp32"
     row = _row(bench, pipeline, record, "artifact", numeric, backend.runtime)
     row.bytes, row.seconds = artifact.stat().st_size, seconds
+    if exits:
+        row.macs = rows[-1].macs  # the expected MACs of the exit stage
     row.notes.append(f"optimize + export took {seconds:.1f} s")
-    exits = has_exits(result.model)
     runner = backend.runner(artifact, threads=pipeline.spec.backend.threads)
     candidates.append(Candidate(row, runner, exits=exits))
     return PipelineRun(result, [*rows, row], candidates, exits)
@@ -94,7 +96,8 @@ def _stage_candidates(
     rows: list[BenchRow] = []
     candidates: list[Candidate] = []
     records = [r for r in result.report.stages if r.kind == "pass"]
-    last_timed = _cost(result.report.stages[0])
+    original = result.report.stages[0]
+    last_timed = _cost(original)
     for record in records:
         model = snapshots.models.get(record.stage)
         int8 = any(isinstance(m, ActivationQuantizer) for m in model.modules()) if model is not None else (
@@ -102,6 +105,9 @@ def _stage_candidates(
         row = _row(bench, pipeline, record, "stage", "int8" if int8 else "fp32", "-")
         row.stage += " (no change)" if model is None else ""
         row.seconds = record.seconds
+        if "expected_macs_share" in record.stats:  # an exit model's cost depends on where each input leaves
+            row.macs = round(record.stats["expected_macs_share"] * rows[-1].macs if rows else original.macs)
+            row.notes.append("MACs: expected per input over the held-out calibration split")
         rows.append(row)
         if model is None:  # the model of the row above: its measurements stand for this one
             row.accuracy = row.cosine = row.top1 = None
@@ -146,6 +152,7 @@ def _row(
         macs=record.macs,
         bytes=record.bytes,
         accuracy=record.accuracy,
+        energy_uj=record.energy.total_uj if record.energy else None,
         cosine=record.agreement.cosine if record.agreement else None,
         top1=record.agreement.top1 if record.agreement else None,
         notes=[f"{k}={v:g}" for k, v in record.stats.items() if k.startswith("skipped")] + list(record.notes),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from graphopt.energy import SOURCE as ENERGY_SOURCE
 from graphopt.report import _si
 
 from .render import header_lines
 from .schema import BenchResult, BenchRow
 
 HEADER = ("model", "what runs", "type", "MACs", "file", "latency ms", "vs ORT fp32", "vs ORT int8",
-          "vs eager", "accuracy or agreement")  # fmt: skip
+          "vs eager", "energy µJ (est.)", "accuracy or agreement")  # fmt: skip
 SKIPPED_PEERS = ("eager fp32 channels_last",)  # in the per-model tables; the summary keeps the references
 
 
@@ -39,8 +40,9 @@ def _cells(row: BenchRow) -> tuple[str, ...]:
     latency = f"{row.mean_ms:.3f} mean/image" if row.mean_ms is not None else f"{row.latency.median_ms:.2f}"
     ratio = [("-" if v is None else f"{v:.2f}x") for v in
              (row.speedup_vs_ort_fp32, row.speedup_vs_ort_int8, row.speedup_vs_eager)]  # fmt: skip
+    energy = "-" if row.energy_uj is None else f"{row.energy_uj:.1f}"
     return (row.model, _what(row), row.numeric, _si(row.macs), _si(row.bytes, binary=True), latency, *ratio,
-            _quality(row))  # fmt: skip
+            energy, _quality(row))  # fmt: skip
 
 
 def summary_rows(result: BenchResult) -> list[tuple[str, ...]]:
@@ -59,9 +61,19 @@ def summary_markdown(results: Sequence[BenchResult]) -> str:
         for r in results
         for row in summary_rows(r)
     ]
-    machines = {tuple(header_lines(r)[1:3]) for r in results}
-    lines = [f"- {line}" for machine in sorted(machines) for line in machine]
-    lines += [f"- {r.model}: `{r.command}` ({r.created}; data: {r.data})" for r in results]
+    machines = sorted({header_lines(r)[1] for r in results})
+    lines = [f"- {machine}" for machine in machines]
+    lines.append(
+        "- timing: batch 1, 1 thread, one pinned core, interleaved rounds; latency = median of round "
+        "medians; speed-ups from the statistic each run states (settings.ratio_statistic)"
+    )
+    lines.append(
+        f"- energy: an ESTIMATE from MACs and bytes moved, not measured ({ENERGY_SOURCE}; graphopt/energy.py)"
+    )
+    for r in results:
+        fp32, int8 = r.machine.get("peak_fp32_gmacs") or 0.0, r.machine.get("peak_int8_gmacs") or 0.0
+        peaks = f"measured peak fp32 {fp32:.1f} / int8 {int8:.1f} GMAC/s"
+        lines.append(f"- {r.model}: `{r.command}` ({r.created}; {peaks}; data: {r.data})")
     incomplete = [r.model for r in results if not r.complete or r.errors]
     lines += [f"- INCOMPLETE or with errors: {', '.join(incomplete)}"] if incomplete else []
     return "\n".join([head, rule, *body, "", *lines])

@@ -74,6 +74,8 @@ class Group:
     producers: list[str]
     units: list[int]
     blocked: dict[int, set[str]]
+    #: The units of each producer: a producer left with none would be a layer with zero outputs.
+    producer_units: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def prunable(self) -> list[int]:
@@ -146,7 +148,7 @@ class DependencyGraph:
         for number, targets in enumerate(members.values()):
             units = sorted({u for t in targets for u in roots[t]})
             blocked = {u: self.coupling.reasons(u) for u in units if self.coupling.reasons(u)}
-            groups.append(Group(number, targets, units, blocked))
+            groups.append(Group(number, targets, units, blocked, {t: roots[t] for t in targets}))
         return groups
 
 

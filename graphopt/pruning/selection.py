@@ -4,8 +4,9 @@ For a group of ``n`` units of which ``p`` are prunable, ``local`` removes ``floo
 important. ``global`` ranks every prunable unit by its score divided by its group's mean score (raw scores
 of a 3-channel stem and a 512-channel stage are not comparable) and removes the lowest
 ``floor(ratio * total)``. Either way the kept width ``k`` of each group is then raised to
-``max(k, min_channels)`` and rounded up to a multiple of ``round_to`` (never above ``n``); a group that
-would have been emptied or cut below the minimum is reported as clamped.
+``max(k, min_channels)`` and rounded up to a multiple of ``round_to`` (never above ``n``), and every
+producer of the group keeps at least one unit; a group that would have been emptied or cut below the
+minimum is reported as clamped.
 """
 
 from __future__ import annotations
@@ -41,10 +42,33 @@ def choose(groups: list[Group], scores: Scores, config: PruneConfig) -> Selectio
             selection.clamped.append(group.index)
             keep = floor
         keep = min(n, math.ceil(keep / config.round_to) * config.round_to)
-        remove = min(n - keep, len(candidates))
-        selection.removed.update(candidates[:remove])
-        selection.kept[group.index] = n - remove
+        chosen = _keep_every_producer(group, candidates, min(n - keep, len(candidates)))
+        if len(chosen) < min(n - keep, len(candidates)):
+            selection.clamped.append(group.index)
+        selection.removed.update(chosen)
+        selection.kept[group.index] = n - len(chosen)
     return selection
+
+
+def _keep_every_producer(group: Group, candidates: list[int], count: int) -> list[int]:
+    """The first ``count`` candidates (least important first) whose removal leaves every producer of the
+    group at least one unit: in a group coupled through a concat and a residual, one branch's units can
+    all rank lowest, and a conv with zero output channels is not a layer."""
+    remaining = {p: len(units) for p, units in group.producer_units.items()}
+    owners: dict[int, list[str]] = {}
+    for producer, units in group.producer_units.items():
+        for unit in units:
+            owners.setdefault(unit, []).append(producer)
+    chosen: list[int] = []
+    for unit in candidates:
+        if len(chosen) == count:
+            break
+        if any(remaining[p] <= 1 for p in owners.get(unit, ())):
+            continue
+        for producer in owners.get(unit, ()):
+            remaining[producer] -= 1
+        chosen.append(unit)
+    return chosen
 
 
 def _local_counts(groups: list[Group], config: PruneConfig) -> dict[int, int]:
