@@ -135,7 +135,22 @@ QDQ fully (20 QLinearConv, 8 QLinearAdd, 1 QGemm on ResNet-18), its NEON/dot-pro
 int32 so 8-bit weights do not saturate, and s8 is the native signed type there. The same file on x86 fuses
 only 9 of 20 convs: do not use arm-int8 artifacts on x86."""
 
-TARGETS: dict[str, Target] = {t.name: t for t in (GENERIC_FP32, ARM_FP32, X86_INT8, X86_VNNI_INT8, ARM_INT8)}
+FIXED_POINT_INT8 = Target(
+    name="fixed-point-int8",
+    description=(
+        "int8 with power-of-two scales for fixed-point DSPs and NPUs whose requantizer only shifts: u8 "
+        "activations, s8 per-channel weights with reduce_range, every scale 2^-b; canonical QDQ ONNX."
+    ),
+    isa="any",
+    passes=_int8(QuantScheme(activations="uint8", reduce_range=True, power_of_two=True)),
+    scheme=NumericScheme(weights="int8", activations="uint8"),
+)
+"""u8 activations and 7-bit weights like x86-int8, so the same file also runs fast and unsaturated in ORT on
+AVX2 (where its accuracy is checked); only the scales differ."""
+
+TARGETS: dict[str, Target] = {
+    t.name: t for t in (GENERIC_FP32, ARM_FP32, X86_INT8, X86_VNNI_INT8, ARM_INT8, FIXED_POINT_INT8)
+}
 
 
 def resolve_target(target: str | Target) -> Target:

@@ -146,3 +146,47 @@ def test_int8_artifact_agreement_thresholds(cosine, outcome, tmp_path, monkeypat
     res.export(tmp_path / "m.onnx", latency_guard=False)
     notes = " ".join(res.report.stages[-1].notes)
     assert ("round requantization differently" in notes) == (outcome == "note")
+
+
+def test_power_of_two_scales_pick_the_direction_with_less_error():
+    from graphopt.quant.scheme import _neighbour_powers
+
+    scheme = QuantScheme(power_of_two=True, reduce_range=False)
+    # Channel 0: one outlier among small weights -> rounding the scale down (clipping the outlier) loses
+    # less than coarser steps for every other weight. Channel 1: two equal peaks -> up (no clipping) wins.
+    weight = torch.tensor([[1.0] + [0.013 * i for i in range(1, 64)], [1.0, -1.0] + [0.5] * 62])
+    free = weight_scales(weight, QuantScheme(reduce_range=False))
+    down, up = _neighbour_powers(free.double())
+    scales = weight_scales(weight, scheme)
+    assert torch.all(torch.log2(scales) == torch.round(torch.log2(scales)))
+    assert scales[0] == down[0].float() and scales[1] == up[1].float()
+    # Activations: without a sample the scale goes up (no clipping); a sample decides otherwise.
+    lo, hi = 0.0, 2.2  # free scale 2.2/255, between 2^-7 (range 0..1.99) and 2^-6
+    assert activation_qparams(lo, hi, scheme)[0] == 2.0**-6
+    mostly_small = torch.cat([torch.rand(10_000), torch.tensor([2.2])])  # clipping one value costs less
+    assert activation_qparams(lo, hi, scheme, mostly_small)[0] == 2.0**-7
+    spread = torch.rand(10_000) * 2.2  # here clipping the top 10 % costs more than coarser steps
+    assert activation_qparams(lo, hi, scheme, spread)[0] == 2.0**-6
+
+
+def test_fixed_point_target_has_only_power_of_two_scales(digits_model, digits, tmp_path):
+    import math
+
+    calibration = [digits.train_x[i : i + 32] for i in range(0, 128, 32)]
+    res = graphopt.optimize(
+        digits_model, "fixed-point-int8", example_inputs=(digits.test_x[:1],), calibration_data=calibration
+    )
+    quantizers = [m for m in res.model.modules() if isinstance(m, ActivationQuantizer)]
+    layers = [m for m in res.model.modules() if isinstance(m, QuantizedLayer)]
+    assert quantizers and layers
+    assert all(math.log2(q.scale).is_integer() for q in quantizers)
+    for layer in layers:
+        for scale in (layer.weight_scale, layer.bias_scale):
+            assert torch.equal(torch.log2(scale), torch.round(torch.log2(scale)))
+    path = res.export(tmp_path / "m.onnx", latency_guard=False)
+    ops = ort_histogram(path, tmp_path)
+    assert ops["QLinearConv"] == 3 and ops["Conv"] == 0  # the same canonical QDQ, fused the same way
+    from graphopt.backends import OnnxRunner
+    from graphopt.evaluation import accuracy
+
+    assert accuracy(OnnxRunner(path).run_batched, digits.test_batches()) > 0.97

@@ -43,7 +43,7 @@ class ActivationQuantizer(nn.Module):
         super().__init__()
         self.scheme = scheme
         self.observer_config, self.seed = observer, seed
-        self.observer: RangeObserver | None = RangeObserver(observer, seed)
+        self.observer: RangeObserver | None = self._new_observer()
         # Python numbers, not buffers: they become constants of the exported graph.
         self.scale: float | None = None
         self.zero_point: int | None = None
@@ -58,13 +58,16 @@ class ActivationQuantizer(nn.Module):
 
     def reset(self) -> None:
         """Forget what was observed (and any frozen scale): the quantizer observes afresh."""
-        self.observer = RangeObserver(self.observer_config, self.seed)
+        self.observer = self._new_observer()
         self.scale = self.zero_point = None
+
+    def _new_observer(self) -> RangeObserver:
+        return RangeObserver(self.observer_config, self.seed, keep_sample=self.scheme.power_of_two)
 
     def freeze(self) -> None:
         assert self.observer is not None
         lo, hi = self.observer.range(self.scheme)
-        self.scale, self.zero_point = activation_qparams(lo, hi, self.scheme)
+        self.scale, self.zero_point = activation_qparams(lo, hi, self.scheme, self.observer.sample)
         self.observer = None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -45,8 +45,10 @@ class ObserverConfig:
 class RangeObserver:
     """Watches one tensor; :meth:`range` returns the calibrated ``[lo, hi]``."""
 
-    def __init__(self, config: ObserverConfig, seed: int = 0):
+    def __init__(self, config: ObserverConfig, seed: int = 0, *, keep_sample: bool = False):
         self.config = config
+        #: Keep a sample whatever the method (power-of-two scales pick their rounding direction on it).
+        self.keep_sample = keep_sample or config.method in ("percentile", "mse")
         self.lo = float("inf")
         self.hi = float("-inf")
         self.avg_lo: float | None = None
@@ -69,7 +71,7 @@ class RangeObserver:
         self.avg_lo = lo if self.avg_lo is None else m * self.avg_lo + (1 - m) * lo
         self.avg_hi = hi if self.avg_hi is None else m * self.avg_hi + (1 - m) * hi
         self.batches += 1
-        if self.config.method in ("percentile", "mse"):
+        if self.keep_sample:
             self._keep_sample(x.float().flatten())
 
     def _keep_sample(self, x: torch.Tensor) -> None:
@@ -100,7 +102,7 @@ def _mse_range(sample: torch.Tensor, lo: float, hi: float, scheme: QuantScheme) 
     best, best_err = (lo, hi), float("inf")
     for fraction in torch.linspace(0.3, 1.0, 36).tolist():
         cand_lo, cand_hi = lo * fraction, hi * fraction
-        scale, zp = activation_qparams(cand_lo, cand_hi, scheme)
+        scale, zp = activation_qparams(cand_lo, cand_hi, scheme, sample)
         q = torch.clamp(torch.round(sample / scale) + zp, q_min, q_max)
         err = float(((q - zp) * scale - sample).pow(2).mean())
         if err < best_err:

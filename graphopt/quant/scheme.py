@@ -11,6 +11,14 @@ Affine quantization: ``q = clamp(round(x / s) + z, q_min, q_max)``, ``x ~ s * (q
   ``2 * 255 * 64 = 32640`` never saturates (FINDINGS: 99.54 % vs 98.52 % on digits without it).
 - Bias, int32 per output channel: ``s_b = s_in * s_w,c``, ``z = 0``, which is what integer kernels
   (QLinearConv, QGemm) accumulate in.
+- Power-of-two (fixed-point) scales, ``power_of_two=True``: every scale is ``2^-b``, so
+  ``x_q = round(x * 2^b)``, ``x = x_q / 2^b``, and requantization is a shift (what fixed-point DSPs and
+  NPUs without a multiplier in the requantizer need). The free scale ``s`` lies between
+  ``2^floor(log2 s)`` (finer steps, the top of the range clips) and ``2^ceil(log2 s)`` (no clipping,
+  coarser steps); the direction taken is the one with the smaller mean squared round-trip error: on the
+  calibration sample for activations (without one, up: no clipping), on the weights themselves, channel by
+  channel, for weights. Bias scales, products of two powers of two, are powers of two too. The lowered QDQ
+  ONNX is the same canonical form; only the scale values change.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class QuantScheme:
     activations: ActivationType = "uint8"
     reduce_range: bool = True
     per_channel: bool = True
+    power_of_two: bool = False  # fixed-point: every scale 2^-b (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.activations not in _RANGES:
@@ -55,20 +64,58 @@ class QuantScheme:
         return 64 if self.reduce_range else 127
 
 
-def activation_qparams(lo: float, hi: float, scheme: QuantScheme) -> tuple[float, int]:
-    """``(scale, zero_point)`` for the range ``[lo, hi]`` (widened to contain 0)."""
+def activation_qparams(
+    lo: float, hi: float, scheme: QuantScheme, sample: torch.Tensor | None = None
+) -> tuple[float, int]:
+    """``(scale, zero_point)`` for the range ``[lo, hi]`` (widened to contain 0). With power-of-two scales,
+    the neighbour power with the smaller round-trip error on ``sample`` (without one: the upper)."""
     q_min, q_max = scheme.activation_range
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max((hi - lo) / (q_max - q_min), 1e-8)
-    zero_point = int(min(max(round(q_min - lo / scale), q_min), q_max))
+    if scheme.power_of_two:
+        down, up = _neighbour_powers(torch.tensor(scale, dtype=torch.float64))
+        scale = float(up)
+        if sample is not None and sample.numel():
+            errors = [_activation_error(sample, float(s), lo, scheme) for s in (down, up)]
+            scale = float(down) if errors[0] < errors[1] else float(up)
+    zero_point = _zero_point(lo, scale, scheme)
     return float(scale), zero_point
 
 
+def _zero_point(lo: float, scale: float, scheme: QuantScheme) -> int:
+    q_min, q_max = scheme.activation_range
+    return int(min(max(round(q_min - lo / scale), q_min), q_max))
+
+
+def _activation_error(sample: torch.Tensor, scale: float, lo: float, scheme: QuantScheme) -> float:
+    q_min, q_max = scheme.activation_range
+    zero_point = _zero_point(lo, scale, scheme)
+    q = torch.clamp(torch.round(sample / scale) + zero_point, q_min, q_max)
+    return float(((q - zero_point) * scale - sample).pow(2).mean())
+
+
+def _neighbour_powers(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The powers of two just below and just above ``scale`` (both equal to it when it is one)."""
+    exponent = torch.log2(scale)
+    return torch.exp2(torch.floor(exponent)), torch.exp2(torch.ceil(exponent))
+
+
 def weight_scales(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
-    """Per-output-channel (axis 0) symmetric scales ``max|w_c| / bound`` (one scale if not per-channel)."""
-    flat = weight.detach().reshape(weight.shape[0], -1).abs()
-    peak = flat.amax(dim=1) if scheme.per_channel else flat.amax().expand(weight.shape[0])
-    return (peak / scheme.weight_bound).clamp(min=1e-12).float()
+    """Per-output-channel (axis 0) symmetric scales ``max|w_c| / bound`` (one scale if not per-channel);
+    with power-of-two scales, per channel the neighbour power with the smaller round-trip error."""
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    magnitude = flat.abs()
+    peak = magnitude.amax(dim=1) if scheme.per_channel else magnitude.amax().expand(weight.shape[0])
+    scales = (peak / scheme.weight_bound).clamp(min=1e-12).double()
+    if not scheme.power_of_two:
+        return scales.float()
+    down, up = _neighbour_powers(scales)
+    bound = scheme.weight_bound
+    errors = [
+        ((torch.clamp(torch.round(flat / s[:, None]), -bound, bound) * s[:, None] - flat).pow(2)).mean(dim=1)
+        for s in (down, up)
+    ]
+    return torch.where(errors[0] < errors[1], down, up).float()
 
 
 def quantize_weight(weight: torch.Tensor, scales: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
