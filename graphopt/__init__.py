@@ -24,6 +24,7 @@ from graphopt.errors import (
 )
 from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pass_manager import PassManager, PassRecord
+from graphopt.passes.sparsify import SparsifyConfig
 from graphopt.pruning import PruneConfig
 from graphopt.recovery import DistillConfig, FeatureHint, OptimizerConfig, RecoveryConfig, RecoveryResult
 from graphopt.registry import list_passes, register_pass
@@ -63,6 +64,7 @@ __all__ = [
     "RecoveryResult",
     "Report",
     "SerializationError",
+    "SparsifyConfig",
     "StageRecord",
     "Target",
     "TrainingDivergedError",

@@ -34,6 +34,7 @@ from graphopt.passes.prune_channels import PruneChannels, check_protected_names
 from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm
+from graphopt.passes.sparsify import Sparsify, SparsifyConfig
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.recovery.config import RecoveryConfig
@@ -67,6 +68,7 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     recovery: RecoveryConfig | None = None,
     accuracy_budget: float | None = None,
+    sparsify: float | SparsifyConfig = 0.0,
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and report every stage.
 
@@ -83,6 +85,11 @@ def optimize(
     channel pruning, BatchNorm re-estimation (on ``calibration_data``, else the inputs of ``train_data``),
     and with ``train_data`` distillation recovery; quantization, if the target has it, follows.
 
+    ``sparsify`` (a fraction of weights, or a :class:`SparsifyConfig`) zeroes the smallest-magnitude weights
+    of every conv and linear just before quantization (or last), fine-tuning with the zeros held when
+    ``train_data`` is given; later training keeps them zero. Latency does not change (dense kernels); the
+    compressed artifact shrinks (``zipped_bytes``).
+
     ``accuracy_budget`` (percentage points, needs ``eval_data``) keeps the layers most sensitive to int8 in
     fp32 until the accuracy drop against the original is within the budget (pass ``accuracy_budget``,
     right after ``calibrate``); the report's ``accuracy_budget`` table says which layers and why.
@@ -91,6 +98,7 @@ def optimize(
     inputs = check_example_inputs(example_inputs)
     spec = resolve_target(target)
     pipeline = _with_budget(_pipeline(spec, passes), accuracy_budget)
+    pipeline = _with_sparsity(pipeline, _sparsify_config(sparsify, recovery))
     pipeline = _with_pruning(pipeline, _prune_config(prune, model), train_data is not None, recovery)
     pipeline = _with_recovery(pipeline, train_data is not None, recovery)
     pipeline = _with_early_exit(pipeline, early_exit)
@@ -145,6 +153,29 @@ def _with_early_exit(pipeline: list[Pass], config: EarlyExitConfig | None) -> li
             f"early_exit must be None or a graphopt.EarlyExitConfig, got {type(config).__name__}"
         )
     return [*pipeline, InsertEarlyExit(config)]
+
+
+def _sparsify_config(
+    sparsify: float | SparsifyConfig, recovery: RecoveryConfig | None
+) -> SparsifyConfig | None:
+    if isinstance(sparsify, SparsifyConfig):
+        config = sparsify
+    elif isinstance(sparsify, (int, float)) and not isinstance(sparsify, bool):
+        config = SparsifyConfig(sparsity=float(sparsify), recovery=recovery or RecoveryConfig(epochs=5))
+    else:
+        raise ConfigError(
+            f"sparsify must be a fraction in [0, 1) or a graphopt.SparsifyConfig, got {sparsify!r}"
+        )
+    return config if config.sparsity > 0 else None
+
+
+def _with_sparsity(pipeline: list[Pass], config: SparsifyConfig | None) -> list[Pass]:
+    """Zero weights after the fp32 clean-up and before quantization (int8 then calibrates the sparse
+    weights), or at the end of an fp32 pipeline."""
+    if config is None:
+        return pipeline
+    at = next((i for i, p in enumerate(pipeline) if isinstance(p, InsertFakeQuant)), len(pipeline))
+    return [*pipeline[:at], Sparsify(config), *pipeline[at:]]
 
 
 def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]:

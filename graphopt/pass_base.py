@@ -73,6 +73,8 @@ class PassContext:
         self.notes: list[str] = []
         #: Extra per-layer tables a pass wants in the report (e.g. "int8": scales and SQNR per layer).
         self.tables: dict[str, list[dict[str, object]]] = {}
+        #: Set by ``sparsify``: later training stages (recover, qat) keep zero weights at zero.
+        self.keep_zero_weights = False
 
     @property
     def calibration_data(self) -> Iterable[Any] | None:

@@ -24,6 +24,7 @@ from graphopt.evaluation import Batch, accuracy
 from graphopt.numerics import Tolerance, agreement, allclose, flatten_outputs
 from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
+from graphopt.sparsity import zipped_bytes
 from graphopt.targets import Target
 
 #: How closely an fp32 artifact must reproduce the eager optimized model: |a - b| <= 1e-4 * max(1, max|b|).
@@ -121,6 +122,7 @@ class OptimizeResult:
             agreement=agreement(self.reference_outputs, outputs),
             notes=[f"{artifact.name} written by {exporter_of(artifact)}, run in {chosen.runtime}"],
         )
+        record.stats["zipped_bytes"] = zipped_bytes(artifact)  # what zeros (sparsity) save in storage
         if mismatch is not None:
             record.notes.append(mismatch)
         if skipped is not None:

@@ -17,6 +17,7 @@ from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
 from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
+from graphopt.passes.sparsify import Sparsify, SparsifyConfig
 
 BUILTIN_PASSES = (
     FoldBatchNorm,
@@ -30,6 +31,7 @@ BUILTIN_PASSES = (
     InsertEarlyExit,
     AccuracyBudget,
     QuantizationAwareTraining,
+    Sparsify,
 )
 
 __all__ = [
@@ -52,4 +54,6 @@ __all__ = [
     "ReestimateBatchNormOptions",
     "RemoveIdentity",
     "RemoveIdentityOptions",
+    "Sparsify",
+    "SparsifyConfig",
 ]

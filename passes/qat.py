@@ -14,6 +14,8 @@ from the trained values, int32 biases with ``s_in * s_w``). Lossy.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch.fx as fx
 
 from graphopt.pass_base import Pass, PassResult
@@ -47,8 +49,11 @@ class QuantizationAwareTraining(Pass):
         for layer in layers:
             layer.thaw()
         try:
+            options = (
+                replace(self.options, keep_zero_weights=True) if context.keep_zero_weights else self.options
+            )
             result = fit(
-                gm, context.teacher, context.train_data, self.options,
+                gm, context.teacher, context.train_data, options,
                 example_inputs=context.example_inputs, desc="qat",
             )  # fmt: skip
         finally:

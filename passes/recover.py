@@ -10,6 +10,8 @@ Skipped, with the reason in ``stats`` and a note in the report: ``skipped:no_tra
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch.fx as fx
 
 from graphopt.pass_base import Pass, PassResult
@@ -32,5 +34,6 @@ class Recover(Pass):
         if context.teacher is None:
             context.notes.append("recover: no teacher in the pass context, accuracy was not recovered")
             return PassResult(gm, modified=False, stats={"skipped:no_teacher": 1})
-        result = fit(gm, context.teacher, data, self.options, example_inputs=context.example_inputs)
+        options = replace(self.options, keep_zero_weights=True) if context.keep_zero_weights else self.options
+        result = fit(gm, context.teacher, data, options, example_inputs=context.example_inputs)
         return PassResult(gm, modified=True, stats=result.stats())

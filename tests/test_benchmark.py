@@ -38,6 +38,7 @@ def test_pipeline_labels_round_trip():
         "x86-int8+prune=0.5",
         "generic-fp32+early-exit",
         "arm-int8+prune=0.3+early-exit",
+        "x86-int8+sparsify=0.8",
     ):
         assert parse_pipeline(label).label == label
     pipeline = parse_pipeline("x86-int8+prune=0.5")
@@ -51,6 +52,7 @@ def test_pipeline_labels_round_trip():
         ("x86-int9", UnknownNameError, "unknown target 'x86-int9'; known targets: .*x86-int8"),
         ("x86-int8+prune=1.5", ConfigError, r"prune must be a fraction in \[0, 1\)"),
         ("x86-int8+prune=half", ConfigError, "prune= needs a fraction"),
+        ("x86-int8+sparsify=1", ConfigError, r"sparsify must be a fraction in \[0, 1\)"),
         ("x86-int8+sparsity=0.5", ConfigError, "unknown pipeline option 'sparsity=0.5'"),
     ],
 )

@@ -25,7 +25,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="digits, digits_resnet, a reference model name, or pkg.module:factory")
     p.add_argument(
         "-t", "--target", dest="pipelines", action="append", metavar="PIPELINE",
-        help="TARGET[+prune=R][+early-exit], repeatable (default: fp32, int8, prune 0.5 + int8 for this CPU)",
+        help="TARGET[+prune=R][+sparsify=S][+early-exit], repeatable (default: fp32, int8, prune 0.5 + "
+        "int8 for this CPU)",
     )  # fmt: skip
     p.add_argument(
         "--input-shape", help="example input shape for pkg.module:factory models, e.g. 1,3,224,224"

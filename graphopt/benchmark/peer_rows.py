@@ -25,6 +25,7 @@ from graphopt.cost import count_macs, count_params, weight_bytes
 from graphopt.energy import estimate_graph
 from graphopt.peers import OrtPreset, ort_quantize_static
 from graphopt.shapes import propagate_shapes
+from graphopt.sparsity import zipped_bytes
 
 from .candidates import Candidate, EagerRunner, Runner
 from .models import BenchModel
@@ -64,6 +65,8 @@ def build_peers(
         runtime = {OnnxRunner: "onnxruntime", TorchScriptRunner: "torch.jit"}.get(type(runner), "eager")
         row = BenchRow(bench.name, PEERS, stage, "peer", numeric, runtime, cost.params, cost.macs, size,
                        energy_uj=cost.energy_uj[numeric], notes=[note])  # fmt: skip
+        if isinstance(runner, (OnnxRunner, TorchScriptRunner)):
+            row.zipped_bytes = zipped_bytes(runner.path)
         peers.append(Candidate(row, runner))
 
     path = export_onnx(model, inputs, folder / "peer_ort_fp32.onnx")

@@ -56,6 +56,7 @@ class BenchRow:
     accuracy: float | None = None  # fraction of labelled test samples right
     cosine: float | None = None  # min over probes of the cosine with the original's outputs
     top1: float | None = None  # fraction of probes whose argmax matches the original's
+    zipped_bytes: int | None = None  # the file compressed with zlib, for rows that have a file
     energy_uj: float | None = None  # ESTIMATED from MACs and bytes moved (graphopt.energy), never measured
     seconds: float | None = None  # how long the pass (stage) or the whole optimize + export (artifact) took
     latency_basis: str = "example input, batch 1"

@@ -26,6 +26,7 @@ from graphopt.quant.modules import ActivationQuantizer
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.report import StageRecord
 from graphopt.result import OptimizeResult
+from graphopt.sparsity import zipped_bytes
 
 from .candidates import Candidate, EagerRunner
 from .models import BenchModel
@@ -57,7 +58,7 @@ def run_pipeline(
 ) -> PipelineRun:
     snapshots = StageSnapshots()
     # Training data goes to the stages that learn: recovery after pruning, QAT after int8, exit heads.
-    lossy = bool(pipeline.prune) or pipeline.quantized
+    lossy = bool(pipeline.prune or pipeline.sparsify) or pipeline.quantized
     train = bench.train if (lossy and recovery_epochs > 0) or pipeline.early_exit else None
     recovery = RecoveryConfig(epochs=max(recovery_epochs, 1), augment=bench.augment, seed=seed, quiet=quiet)
     start = time.perf_counter()
@@ -69,6 +70,7 @@ def run_pipeline(
         train_data=train,
         eval_data=bench.eval,
         prune=pipeline.prune,
+        sparsify=pipeline.sparsify,
         early_exit=bench.early_exit if pipeline.early_exit else None,
         recovery=recovery if train is not None and lossy else None,
         instruments=[snapshots],
@@ -81,7 +83,7 @@ def run_pipeline(
     exits = has_exits(result.model)
     numeric = "int8" if is_quantized(result.model) and "fp32 fallback" not in record.stage else "fp32"
     row = _row(bench, pipeline, record, "artifact", numeric, backend.runtime)
-    row.bytes, row.seconds = artifact.stat().st_size, seconds
+    row.bytes, row.seconds, row.zipped_bytes = artifact.stat().st_size, seconds, zipped_bytes(artifact)
     if exits:
         row.macs = rows[-1].macs  # the expected MACs of the exit stage
     row.notes.append(f"optimize + export took {seconds:.1f} s")
@@ -129,6 +131,7 @@ def _stage_candidates(
             model, bench.example_inputs, folder / f"{_file_stem(pipeline.label)}_{record.stage}.onnx"
         )
         row.runtime, row.bytes, last_timed = "onnxruntime", path.stat().st_size, _cost(record)
+        row.zipped_bytes = zipped_bytes(path)
         row.notes.append("this stage lowered to ONNX fp32")
         candidates.append(Candidate(row, OnnxRunner(path, threads=pipeline.spec.backend.threads)))
     return rows, candidates

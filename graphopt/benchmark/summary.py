@@ -14,7 +14,7 @@ from graphopt.report import _si
 from .render import header_lines
 from .schema import BenchResult, BenchRow
 
-HEADER = ("model", "what runs", "type", "MACs", "file", "latency ms", "vs ORT fp32", "vs ORT int8",
+HEADER = ("model", "what runs", "type", "MACs", "file (zipped)", "latency ms", "vs ORT fp32", "vs ORT int8",
           "vs eager", "energy µJ (est.)", "accuracy or agreement")  # fmt: skip
 SKIPPED_PEERS = ("eager fp32 channels_last",)  # in the per-model tables; the summary keeps the references
 
@@ -41,8 +41,11 @@ def _cells(row: BenchRow) -> tuple[str, ...]:
     ratio = [("-" if v is None else f"{v:.2f}x") for v in
              (row.speedup_vs_ort_fp32, row.speedup_vs_ort_int8, row.speedup_vs_eager)]  # fmt: skip
     energy = "-" if row.energy_uj is None else f"{row.energy_uj:.1f}"
-    return (row.model, _what(row), row.numeric, _si(row.macs), _si(row.bytes, binary=True), latency, *ratio,
-            energy, _quality(row))  # fmt: skip
+    size = _si(row.bytes, binary=True)
+    if row.zipped_bytes is not None:
+        size += f" ({_si(row.zipped_bytes, binary=True)})"
+    return (row.model, _what(row), row.numeric, _si(row.macs), size, latency, *ratio, energy,
+            _quality(row))  # fmt: skip
 
 
 def summary_rows(result: BenchResult) -> list[tuple[str, ...]]:

@@ -84,6 +84,9 @@ class RecoveryConfig(PassOptions):
     - ``train_fn`` replaces the built-in loop by the user's own (DDP, Lightning, accelerate): it receives a
       :class:`~graphopt.recovery.engine.RecoveryJob` with the student, the teacher and the loss.
     - ``augment(x, generator)`` transforms each training batch's first input (built-in loop only).
+    - ``keep_zero_weights``: weight tensors' entries that are exactly zero when training starts stay zero
+      (the masks of unstructured sparsity survive fine-tuning): re-applied after every optimizer step of the
+      built-in loop, once after a ``train_fn``.
     - ``device``: ``"cuda"`` trains on the GPU when one is available and on the CPU otherwise.
     """
 
@@ -101,6 +104,7 @@ class RecoveryConfig(PassOptions):
     quiet: bool = False
     train_fn: Callable[[RecoveryJob], None] | None = None
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    keep_zero_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

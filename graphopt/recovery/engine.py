@@ -83,6 +83,14 @@ class RecoveryJob:
     device: torch.device
     loss_module: RecoveryLoss
     epochs_run: int = 0
+    #: Sparsity masks (``keep_zero_weights``): each weight tensor with the positions allowed to be non-zero.
+    masks: list[tuple[nn.Parameter, Tensor]] = field(default_factory=list)
+
+    def apply_masks(self) -> None:
+        """Zero the masked weights again (after an optimizer step moved them)."""
+        with torch.no_grad():
+            for weight, mask in self.masks:
+                weight.mul_(mask)
 
     def parameters(self) -> list[nn.Parameter]:
         return [*self.student.parameters(), *self.loss_module.trainable()]
@@ -143,10 +151,13 @@ def fit(
         teacher.to(device).eval().requires_grad_(False)
     loss_module.to(device)
     job = RecoveryJob(student, teacher, train, config, device, loss_module)
+    if config.keep_zero_weights:
+        job.masks = zero_masks(student)
     before = evaluate(student, val, device) if val is not None else None
     try:
         if config.train_fn is not None:
             config.train_fn(job)
+            job.apply_masks()
             result = _after_user_loop(job, val, before)
         else:
             result = _built_in_loop(job, val, before, desc)
@@ -162,6 +173,17 @@ def fit(
     result.device = str(device)
     log.info("recovery: %s", result.stats())
     return result
+
+
+def zero_masks(model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]:
+    """For every weight tensor (2-D or more) that has exact zeros: the tensor and its non-zero mask."""
+    masks = []
+    for name, weight in model.named_parameters():
+        if weight.dim() >= 2 and weight.is_floating_point() and name.endswith("weight"):
+            mask = (weight.detach() != 0).to(weight.dtype)
+            if not bool(mask.all()):
+                masks.append((weight, mask))
+    return masks
 
 
 def _built_in_loop(
@@ -185,6 +207,7 @@ def _built_in_loop(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            job.apply_masks()
             schedule.step()
             total, seen, steps = total + float(loss.detach()) * len(labels), seen + len(labels), steps + 1
             if steps >= total_steps:
