@@ -192,7 +192,8 @@ def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
         base / result.row("x86-int8+prune=0.5", "prune_channels").latency.min_ms
     )
     assert result.row("peers", "ORT fp32").speedup_vs_ort_fp32 == pytest.approx(1.0)
-    assert result.row("peers", "eager fp32").speedup_vs_eager == pytest.approx(1.0)
+    eager = [result.row("peers", "eager fp32"), result.row("peers", "eager fp32 channels_last")]
+    assert max(r.speedup_vs_eager for r in eager) == pytest.approx(1.0)  # the faster layout is the reference
     assert result.row("peers", "ORT quantize_static (best)").speedup_vs_ort_int8 == pytest.approx(1.0)
     for row in result.rows:
         if row.timed:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .schema import REFERENCES, BenchResult
 
-RATIOS = tuple(REFERENCES.values())
+RATIOS = tuple(REFERENCES)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from graphopt.sparsity import zipped_bytes
 from .candidates import Candidate, EagerRunner, Runner
 from .models import BenchModel
 from .pipelines import Pipeline
-from .schema import EAGER_FP32, ORT_FP32, BenchRow
+from .schema import EAGER_CHANNELS_LAST, EAGER_FP32, ORT_FP32, BenchRow
 
 PEERS = "peers"
 
@@ -74,7 +74,7 @@ def build_peers(
     add(EAGER_FP32, "fp32", EagerRunner(model), weight_bytes(model), "the unoptimized model in PyTorch")
     if all(x.dim() == 4 for x in inputs):
         runner = EagerRunner(model, channels_last=True)
-        add("eager fp32 channels_last", "fp32", runner, weight_bytes(model), "model and input channels-last")
+        add(EAGER_CHANNELS_LAST, "fp32", runner, weight_bytes(model), "model and input channels-last")
     path = export_torchscript(model, inputs, folder / "peer_torchscript_fp32.pt")
     add("TorchScript fp32", "fp32", TorchScriptRunner(path), _size(path), "torch.jit.trace + freeze")
     quantize = any(p.quantized for p in pipelines) and bench.calibration is not None

@@ -76,7 +76,8 @@ def header_lines(result: BenchResult) -> list[str]:
 def footer_lines(result: BenchResult) -> list[str]:
     lines = [
         "vs ORT fp32 / vs eager / vs ORT int8: the latency of the original model in ONNX Runtime fp32 / in "
-        "eager PyTorch / quantized by ORT quantize_static (best settings) over the row's, from the same run, "
+        "eager PyTorch (the faster of contiguous and channels-last) / quantized by ORT quantize_static (best "
+        "settings) over the row's, from the same run, "
         + _STATISTICS[result.settings.get("ratio_statistic", "paired-median")],
         "peak %: MACs per second over the measured GEMM peak of the row's type; bytes: the file for timed "
         "rows, parameters and buffers otherwise",

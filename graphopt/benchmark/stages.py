@@ -102,13 +102,16 @@ def _stage_candidates(
     last_timed = _cost(original)
     for record in records:
         model = snapshots.models.get(record.stage)
-        int8 = any(isinstance(m, ActivationQuantizer) for m in model.modules()) if model is not None else (
-            rows[-1].numeric == "int8" if rows else False)  # fmt: skip
+        if model is not None:
+            int8 = any(isinstance(m, ActivationQuantizer) for m in model.modules())
+        else:  # unchanged: the same numeric type as the row above
+            int8 = bool(rows) and rows[-1].numeric == "int8"
         row = _row(bench, pipeline, record, "stage", "int8" if int8 else "fp32", "-")
         row.stage += " (no change)" if model is None else ""
         row.seconds = record.seconds
         if "expected_macs_share" in record.stats:  # an exit model's cost depends on where each input leaves
-            row.macs = round(record.stats["expected_macs_share"] * rows[-1].macs if rows else original.macs)
+            backbone = rows[-1].macs if rows else original.macs
+            row.macs = round(record.stats["expected_macs_share"] * backbone)
             row.notes.append("MACs: expected per input over the held-out calibration split")
         rows.append(row)
         if model is None:  # the model of the row above: its measurements stand for this one

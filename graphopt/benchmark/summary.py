@@ -12,11 +12,11 @@ from graphopt.energy import SOURCE as ENERGY_SOURCE
 from graphopt.report import _si
 
 from .render import header_lines
-from .schema import BenchResult, BenchRow
+from .schema import EAGER_CHANNELS_LAST, BenchResult, BenchRow
 
 HEADER = ("model", "what runs", "type", "MACs", "file (zipped)", "latency ms", "vs ORT fp32", "vs ORT int8",
           "vs eager", "energy µJ (est.)", "accuracy or agreement")  # fmt: skip
-SKIPPED_PEERS = ("eager fp32 channels_last",)  # in the per-model tables; the summary keeps the references
+SKIPPED_PEERS = (EAGER_CHANNELS_LAST,)  # in the per-model tables; the summary keeps the references
 
 
 def _quality(row: BenchRow) -> str:

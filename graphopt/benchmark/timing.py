@@ -22,7 +22,7 @@ from .candidates import Candidate
 from .machine import gemm_peaks
 from .models import BenchModel
 from .peer_rows import PEERS
-from .schema import REFERENCES, BenchResult
+from .schema import REFERENCES, BenchResult, BenchRow
 
 RatioStatistic = Literal["min", "paired-median"]
 Rounds = dict[str, list[np.ndarray]]  # per-call milliseconds of each candidate, round by round
@@ -51,14 +51,17 @@ def time_per_sample(bench: BenchModel, peers: list[Candidate], exits: list[Candi
         return
     assert bench.eval is not None  # check_can_run refused exit pipelines without labelled data
     samples = [as_input_tuple(inputs) for inputs, _ in one_by_one(bench.eval)]
-    references = {c.row.stage: c for c in peers if c.row.stage in REFERENCES}
+    names = {name for group in REFERENCES.values() for name in group}
+    references = {c.row.stage: c for c in peers if c.row.stage in names}
     for candidate in exits:
         times = _interleaved_per_sample({"exits": candidate, **references}, samples)
         row = candidate.row
         row.latency = summarize(times["exits"])
         row.mean_ms = float(times["exits"].mean())
-        for name in references:
-            setattr(row, REFERENCES[name], float(times[name].mean()) / row.mean_ms)
+        for field, group in REFERENCES.items():
+            means = [float(times[name].mean()) for name in group if name in times]
+            if means:
+                setattr(row, field, min(means) / row.mean_ms)
         row.latency_basis = f"per held-out image, batch 1 ({len(samples)} images); ratios of means"
 
 
@@ -95,17 +98,26 @@ def add_ratios(result: BenchResult, rounds: Rounds, statistic: RatioStatistic) -
     the ratio of round medians (:func:`~graphopt.backends.timing.paired_ratio`), the typical case.
     """
     peaks = {"fp32": result.machine.get("peak_fp32_gmacs"), "int8": result.machine.get("peak_int8_gmacs")}
-    references = {name: f"{PEERS} / {name}" for name in REFERENCES if f"{PEERS} / {name}" in rounds}
     rows = {row.key: row for row in result.rows}
+    references = {}
+    for field, group in REFERENCES.items():
+        keys = [f"{PEERS} / {name}" for name in group if f"{PEERS} / {name}" in rounds]
+        if keys:  # the fastest of the group in this run
+            references[field] = min(keys, key=lambda k: _statistic(rows[k], rounds[k], statistic))
     for row in result.rows:
         if row.latency is None or row.mean_ms is not None or row.key not in rounds:
             continue
-        for name, key in references.items():
+        for field, key in references.items():
             if statistic == "min":
                 ratio = rows[key].latency.min_ms / row.latency.min_ms  # type: ignore[union-attr]
             else:
                 ratio = paired_ratio(rounds[key], rounds[row.key])
-            setattr(row, REFERENCES[name], ratio)
+            setattr(row, field, ratio)
         peak = peaks.get(row.numeric)
         if peak:
             row.roofline = row.macs / (row.latency.median_ms * 1e-3) / (peak * 1e9)
+
+
+def _statistic(row: BenchRow, rounds: list[np.ndarray], statistic: RatioStatistic) -> float:
+    assert row.latency is not None
+    return row.latency.min_ms if statistic == "min" else float(np.median([np.median(r) for r in rounds]))
