@@ -115,6 +115,8 @@ def optimize(
     calibration = read_calibration_inputs(calibration_data, inputs) if calibration_data is not None else None
     captured = capture(private_eval_copy(model))
     gm = captured.gm
+    for parameter in gm.parameters():  # graphopt's own copy: its training stages may update every weight,
+        parameter.requires_grad_(True)  # whatever the caller froze in the model it handed over
     _check_capture(gm, inputs, reference)
 
     report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))

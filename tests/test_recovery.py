@@ -197,3 +197,27 @@ def test_distill_config_is_validated():
         OptimizerConfig(name="adam")
     with pytest.raises(graphopt.ConfigError, match="alpha"):
         RecoveryConfig(distill=DistillConfig(alpha=2))
+
+
+def test_distill_leaves_the_teacher_as_it_was(digits_model, digits):
+    """The teacher may be the caller's model: its grad flags and mode come back after training."""
+    teacher = DigitsCNN()
+    teacher.load_state_dict(digits_model.state_dict())
+    teacher.train()
+    teacher.features[0].weight.requires_grad_(False)  # the caller had frozen one layer
+    flags = [p.requires_grad for p in teacher.parameters()]
+    graphopt.distill(DigitsCNN(width=16), teacher, batches(digits.train_x[:256], digits.train_y[:256], 64),
+                     RecoveryConfig(epochs=1, quiet=True))  # fmt: skip
+    assert [p.requires_grad for p in teacher.parameters()] == flags and teacher.training
+
+
+def test_optimize_trains_its_copy_of_a_frozen_model(digits_model, digits):
+    frozen = DigitsCNN()
+    frozen.load_state_dict(digits_model.state_dict())
+    frozen.requires_grad_(False)  # an inference model, as often handed over
+    res = graphopt.optimize(
+        frozen, example_inputs=(digits.test_x[:1],), prune=0.5,
+        train_data=batches(digits.train_x, digits.train_y, 64), recovery=RecoveryConfig(epochs=2, quiet=True),
+    )  # fmt: skip
+    assert res.report.stage("recover").modified
+    assert not any(p.requires_grad for p in frozen.parameters())  # the caller's model is untouched

@@ -147,8 +147,7 @@ def fit(
     snapshot = copy.deepcopy(student.state_dict())
     loss_module = RecoveryLoss(student, teacher, config.distill, config.hints, sample)
     student.to(device)
-    if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
+    teacher_state = _frozen_for_training(teacher, device)
     loss_module.to(device)
     job = RecoveryJob(student, teacher, train, config, device, loss_module)
     if config.keep_zero_weights:
@@ -167,12 +166,30 @@ def fit(
     finally:
         loss_module.detach_hooks()
         student.to("cpu").eval()
-        if teacher is not None:
-            teacher.to("cpu")
+        _restore(teacher, teacher_state)
     result.seconds = time.perf_counter() - start
     result.device = str(device)
     log.info("recovery: %s", result.stats())
     return result
+
+
+def _frozen_for_training(teacher: nn.Module | None, device: torch.device) -> tuple[bool, list[bool]] | None:
+    """Freeze the teacher for the stage (eval, no grad) and return what to restore: the teacher may be the
+    caller's own model (``graphopt.distill``), which graphopt never leaves changed."""
+    if teacher is None:
+        return None
+    state = (teacher.training, [p.requires_grad for p in teacher.parameters()])
+    teacher.to(device).eval().requires_grad_(False)
+    return state
+
+
+def _restore(teacher: nn.Module | None, state: tuple[bool, list[bool]] | None) -> None:
+    if teacher is None or state is None:
+        return
+    training, flags = state
+    teacher.to("cpu").train(training)
+    for parameter, flag in zip(teacher.parameters(), flags, strict=True):
+        parameter.requires_grad_(flag)
 
 
 def zero_masks(model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]:
