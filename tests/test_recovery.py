@@ -199,15 +199,15 @@ def test_distill_config_is_validated():
         RecoveryConfig(distill=DistillConfig(alpha=2))
 
 
-def test_distill_leaves_the_teacher_as_it_was(digits_model, digits):
-    """The teacher may be the caller's model: its grad flags and mode come back after training."""
+def test_fit_leaves_the_teacher_as_it_was(digits_model, digits):
+    """``recovery.fit`` may get the caller's model as the teacher: its grad flags and mode come back."""
     teacher = DigitsCNN()
     teacher.load_state_dict(digits_model.state_dict())
     teacher.train()
     teacher.features[0].weight.requires_grad_(False)  # the caller had frozen one layer
     flags = [p.requires_grad for p in teacher.parameters()]
-    graphopt.distill(DigitsCNN(width=16), teacher, batches(digits.train_x[:256], digits.train_y[:256], 64),
-                     RecoveryConfig(epochs=1, quiet=True))  # fmt: skip
+    fit(DigitsCNN(width=16), teacher, batches(digits.train_x[:256], digits.train_y[:256], 64),
+        RecoveryConfig(epochs=1, quiet=True), example_inputs=(digits.test_x[:1],))  # fmt: skip
     assert [p.requires_grad for p in teacher.parameters()] == flags and teacher.training
 
 
