@@ -7,14 +7,12 @@ slow patch of the machine falls on every candidate of a round alike. Speed-ups: 
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import numpy as np
-import torch
 
 from graphopt.backends.timing import calls_for, interleaved_rounds, paired_ratio, stats_of_rounds, summarize
-from graphopt.early_exit.measure import one_by_one
+from graphopt.early_exit.measure import interleaved_per_sample, one_by_one
 from graphopt.evaluation import as_input_tuple
 from graphopt.progress import Progress
 
@@ -54,7 +52,8 @@ def time_per_sample(bench: BenchModel, peers: list[Candidate], exits: list[Candi
     names = {name for group in REFERENCES.values() for name in group}
     references = {c.row.stage: c for c in peers if c.row.stage in names}
     for candidate in exits:
-        times = _interleaved_per_sample({"exits": candidate, **references}, samples)
+        runners = {"exits": candidate, **references}
+        times = interleaved_per_sample({name: [c.bind(s) for s in samples] for name, c in runners.items()})
         row = candidate.row
         row.latency = summarize(times["exits"])
         row.mean_ms = float(times["exits"].mean())
@@ -63,21 +62,6 @@ def time_per_sample(bench: BenchModel, peers: list[Candidate], exits: list[Candi
             if means:
                 setattr(row, field, min(means) / row.mean_ms)
         row.latency_basis = f"per held-out image, batch 1 ({len(samples)} images); ratios of means"
-
-
-def _interleaved_per_sample(
-    candidates: dict[str, Candidate], samples: list[tuple[torch.Tensor, ...]]
-) -> dict[str, np.ndarray]:
-    calls = {name: [c.bind(s) for s in samples] for name, c in candidates.items()}
-    for bound in calls.values():
-        bound[0]()  # warm-up
-    times = {name: np.empty(len(samples)) for name in calls}
-    for i in range(len(samples)):
-        for name, bound in calls.items():
-            start = time.perf_counter()
-            bound[i]()
-            times[name][i] = 1e3 * (time.perf_counter() - start)
-    return times
 
 
 def remeasure_peak(result: BenchResult) -> None:

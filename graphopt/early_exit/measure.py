@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,19 +41,24 @@ def per_sample_accuracy(predict: Callable[..., Any], data: Sequence[Batch]) -> f
 
 def mean_latencies(runners: dict[str, Callable[..., Any]], data: Sequence[Batch]) -> dict[str, float]:
     """Mean milliseconds per sample for each runner, over every sample of ``data``, interleaved."""
-    return {name: float(times.mean()) for name, times in sample_latencies(runners, data).items()}
-
-
-def sample_latencies(runners: dict[str, Callable[..., Any]], data: Sequence[Batch]) -> dict[str, np.ndarray]:
-    """Milliseconds of each sample of ``data`` through each runner, interleaved sample by sample."""
     samples = [as_input_tuple(inputs) for inputs, _ in one_by_one(data)]
-    spent = {name: np.empty(len(samples)) for name in runners}
+    calls = {name: [partial(run, *sample) for sample in samples] for name, run in runners.items()}
     with torch.no_grad():
-        for run in runners.values():
-            run(*samples[0])  # warm-up
-        for i, inputs in enumerate(samples):
-            for name, run in runners.items():
-                start = time.perf_counter()
-                run(*inputs)
-                spent[name][i] = 1e3 * (time.perf_counter() - start)
-    return spent
+        times = interleaved_per_sample(calls)
+    return {name: float(spent.mean()) for name, spent in times.items()}
+
+
+def interleaved_per_sample(calls: dict[str, list[Callable[[], object]]]) -> dict[str, np.ndarray]:
+    """Milliseconds of each call, sample by sample: sample ``i`` goes through every runner in turn before
+    sample ``i + 1``, so a slow patch of the machine hits all runners alike. Each runner's first call is
+    made once untimed (warm-up)."""
+    for bound in calls.values():
+        bound[0]()
+    count = len(next(iter(calls.values())))
+    times = {name: np.empty(count) for name in calls}
+    for i in range(count):
+        for name, bound in calls.items():
+            start = time.perf_counter()
+            bound[i]()
+            times[name][i] = 1e3 * (time.perf_counter() - start)
+    return times
