@@ -96,12 +96,36 @@ def lower_to_onnx(gm: fx.GraphModule, opset: int, graph_name: str = "graphopt") 
             outputs = _graph_outputs(builder, node)
         else:
             lower_node(builder, gm, node)
-    graph = helper.make_graph(builder.nodes, graph_name, inputs, outputs, builder.initializers)
+    nodes = _live(builder.nodes, {o.name for o in outputs})
+    read = set().union(*(_names_read(n) for n in nodes))
+    initializers = [i for i in builder.initializers if i.name in read]
+    graph = helper.make_graph(nodes, graph_name, inputs, outputs, initializers)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=PRODUCER, ir_version=8
     )
     onnx.checker.check_model(model)
     return model
+
+
+def _live(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
+    """The nodes the outputs depend on, in order. A lowering may leave a value no one reads (a zero
+    padding folded into the conv after it); ORT would run it anyway."""
+    live, needed = [], set(wanted)
+    for node in reversed(nodes):
+        if any(out in needed for out in node.output):
+            live.append(node)
+            needed |= _names_read(node)
+    return live[::-1]
+
+
+def _names_read(node: onnx.NodeProto) -> set[str]:
+    """Inputs of ``node``, with the outer values its subgraphs (``If`` branches) read."""
+    names = set(node.input)
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in graph.node:
+                names |= _names_read(inner)
+    return names
 
 
 def lower_node(builder: OnnxGraphBuilder, gm: fx.GraphModule, node: fx.Node) -> None:

@@ -17,6 +17,8 @@ from torch import nn
 
 from graphopt.backends.onnx_lowering import OnnxGraphBuilder, UnsupportedNode
 from graphopt.early_exit.network import EarlyExitNetwork
+from graphopt.ir import module_of
+from graphopt.layout import SpaceToDepth
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
 ModuleLowering = Callable[[OnnxGraphBuilder, fx.Node, nn.Module], str]
@@ -131,7 +133,20 @@ def _apply_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module, weight: s
             return b.op("Gemm", [x, weight, *bias], "linear", transB=1)
         out = b.op("MatMul", [x, b.op("Transpose", [weight], "weight_t", perm=[1, 0])], "matmul")
         return b.op("Add", [out, *bias], "linear") if bias else out
-    return b.op("Conv", [x, weight, *bias], "conv", **_conv_attrs(layer))
+    attrs = _conv_attrs(layer)
+    padded = node.args[0]
+    folds = (
+        isinstance(padded, fx.Node)
+        and padded.graph is b.gm.graph  # (an exit branch's nodes belong to their segment's module)
+        and isinstance(module_of(b.gm, padded), nn.ZeroPad2d)
+    )
+    if folds and len(padded.users) == 1 and len(attrs["pads"]) == 4:
+        # Fold the padding into the conv (the Pad then has no reader and is dropped): ORT fuses
+        # DQ -> Conv -> Q into QLinearConv only when the conv reads the DequantizeLinear directly.
+        left, right, top, bottom = b.gm.get_submodule(str(padded.target)).padding
+        x = b.input_of(padded.args[0])
+        attrs["pads"] = [p + q for p, q in zip(attrs["pads"], (top, left, bottom, right), strict=True)]
+    return b.op("Conv", [x, weight, *bias], "conv", **attrs)
 
 
 def _activation_quantizer(b: OnnxGraphBuilder, node: fx.Node, q: ActivationQuantizer) -> str:
@@ -143,6 +158,21 @@ def _activation_quantizer(b: OnnxGraphBuilder, node: fx.Node, q: ActivationQuant
     zero = b.constant(torch.tensor(q.zero_point, dtype=dtype), f"{node.target}.zero_point")
     quantized = b.op("QuantizeLinear", [x, scale, zero], "q")
     return b.op("DequantizeLinear", [quantized, scale, zero], "dq")
+
+
+def _space_to_depth(b: OnnxGraphBuilder, node: fx.Node, m: SpaceToDepth) -> str:
+    x = _only_input(b, node)
+    if any(m.pads):
+        right, bottom = m.pads
+        pads = b.constant(torch.tensor([0, 0, 0, 0, 0, 0, bottom, right], dtype=torch.int64), "pads")
+        x = b.op("Pad", [x, pads], "pad")
+    return b.op("SpaceToDepth", [x], "space_to_depth", blocksize=m.block)
+
+
+def _zero_pad(b: OnnxGraphBuilder, node: fx.Node, m: nn.ZeroPad2d) -> str:
+    left, right, top, bottom = m.padding
+    pads = b.constant(torch.tensor([0, 0, top, left, 0, 0, bottom, right], dtype=torch.int64), "pads")
+    return b.op("Pad", [_only_input(b, node), pads], "pad")
 
 
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
@@ -244,6 +274,8 @@ _MODULES: dict[type[nn.Module], ModuleLowering] = {
     nn.Linear: _float_layer,
     QuantizedLayer: _quantized_layer,
     ActivationQuantizer: _activation_quantizer,
+    SpaceToDepth: _space_to_depth,
+    nn.ZeroPad2d: _zero_pad,
     nn.BatchNorm1d: _batchnorm,
     nn.BatchNorm2d: _batchnorm,
     nn.ReLU: _unary("Relu"),

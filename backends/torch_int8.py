@@ -10,8 +10,8 @@ the graph onto quantized tensors:
   ``torch.ao.nn.quantized`` Conv / Linear (with ReLU fused when the policy quantized after a ReLU) whose
   output scale and zero point are those of the quantizer after it; weights are the same int8 values, the
   bias is requantized by the kernel with ``s_in * s_w`` exactly as the IR's int32 bias;
-- residual adds become ``quantized.add`` (``add_relu``), channel concat ``quantized.cat``; pooling, flatten
-  and ReLU run on quantized tensors as they are;
+- residual adds become ``quantized.add`` (``add_relu``), channel concat ``quantized.cat``; pooling, flatten,
+  ReLU, zero padding and space-to-depth run on quantized tensors as they are;
 - any other op gets its quantized inputs dequantized first, and outputs leave as float.
 
 Activations are ``quint8``: an s8 activation with zero point ``z`` (arm-int8) is the same set of values as
@@ -35,6 +35,7 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.ir import module_of
+from graphopt.layout import SpaceToDepth
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
 Engine = Literal["x86", "qnnpack"]
@@ -114,8 +115,8 @@ class _Rewriter:
         if node.args[1:] and any(isinstance(a, fx.Node) for a in node.args[1:]):
             return False
         pooling = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-        if module is not None:
-            return isinstance(module, (*_RELU, *pooling))
+        if module is not None:  # zero padding pads with the zero point; space-to-depth permutes: same scale
+            return isinstance(module, (*_RELU, *pooling, nn.ZeroPad2d, SpaceToDepth))
         functions = (
             *_RELU_FUNCTIONS,
             torch.flatten,

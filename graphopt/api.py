@@ -34,6 +34,7 @@ from graphopt.passes.prune_channels import PruneChannels, check_protected_names
 from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm
+from graphopt.passes.space_to_depth import SpaceToDepthRewrite
 from graphopt.passes.sparsify import Sparsify, SparsifyConfig
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.calibration_data import read_calibration_inputs
@@ -176,7 +177,7 @@ def _with_sparsity(pipeline: list[Pass], config: SparsifyConfig | None) -> list[
     weights), or at the end of an fp32 pipeline."""
     if config is None:
         return pipeline
-    at = next((i for i, p in enumerate(pipeline) if isinstance(p, InsertFakeQuant)), len(pipeline))
+    at = next((i for i, p in enumerate(pipeline) if isinstance(p, _INT8_START)), len(pipeline))
     return [*pipeline[:at], Sparsify(config), *pipeline[at:]]
 
 
@@ -257,14 +258,19 @@ def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
                 )
 
 
+#: Passes that begin the int8 part of a pipeline: rewrites for the int8 kernels' layout, then quantization.
+_INT8_START = (SpaceToDepthRewrite, InsertFakeQuant)
+
+
 class Fp32Snapshot:
-    """Keeps a copy of the graph just before quantization: the fp32 model the latency guard compares with."""
+    """Keeps a copy of the graph just before the int8 part of the pipeline (layout rewrites made for int8
+    kernels included): the fp32 model the latency guard compares with."""
 
     def __init__(self) -> None:
         self.model: fx.GraphModule | None = None
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
-        if self.model is None and isinstance(pass_, InsertFakeQuant):
+        if self.model is None and isinstance(pass_, _INT8_START):
             self.model = copy.deepcopy(gm)
 
 

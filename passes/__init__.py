@@ -17,6 +17,7 @@ from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
 from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
+from graphopt.passes.space_to_depth import SpaceToDepthOptions, SpaceToDepthRewrite
 from graphopt.passes.sparsify import Sparsify, SparsifyConfig
 
 BUILTIN_PASSES = (
@@ -32,6 +33,7 @@ BUILTIN_PASSES = (
     AccuracyBudget,
     QuantizationAwareTraining,
     Sparsify,
+    SpaceToDepthRewrite,
 )
 
 __all__ = [
@@ -54,6 +56,8 @@ __all__ = [
     "ReestimateBatchNormOptions",
     "RemoveIdentity",
     "RemoveIdentityOptions",
+    "SpaceToDepthOptions",
+    "SpaceToDepthRewrite",
     "Sparsify",
     "SparsifyConfig",
 ]

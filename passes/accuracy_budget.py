@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from graphopt.errors import ConfigError
 from graphopt.evaluation import accuracy, as_input_tuple
@@ -115,10 +116,12 @@ def _restore_fp32(gm: fx.GraphModule, name: str, layer: QuantizedLayer) -> Calla
     rewired = []
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target == name:
-            source = node.args[0]
+            reader, source = node, node.args[0]
+            if isinstance(source, fx.Node) and isinstance(module_of(gm, source), nn.ZeroPad2d):
+                reader, source = source, source.args[0]  # its padding reads the float tensor instead
             if isinstance(source, fx.Node) and isinstance(module_of(gm, source), ActivationQuantizer):
-                node.update_arg(0, source.args[0])
-                rewired.append((node, source))
+                reader.update_arg(0, source.args[0])
+                rewired.append((reader, source))
     gm.recompile()
 
     def undo() -> None:

@@ -22,6 +22,7 @@ from graphopt.pass_base import Pass, PassOptions, PassResult
 from graphopt.progress import Progress
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.quant.policy import through_data_movement
 from graphopt.quant.scheme import sqnr_db
 
 
@@ -111,7 +112,7 @@ class Calibrate(Pass):
             layer = module_of(gm, node)
             if not isinstance(layer, QuantizedLayer) or layer.frozen:
                 continue
-            source = node.args[0]
+            source = through_data_movement(gm, node.args[0])
             quantizer = module_of(gm, source) if isinstance(source, fx.Node) else None
             if isinstance(quantizer, ActivationQuantizer) and quantizer.frozen:
                 layer.freeze(quantizer.scale)

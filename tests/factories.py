@@ -12,3 +12,10 @@ def small_cnn() -> nn.Module:
 
 def broken() -> nn.Module:
     raise RuntimeError("weights file missing")
+
+
+def rgb_stem_net() -> nn.Module:
+    """A 7x7 stride-2 stem over RGB (what ``space_to_depth`` rewrites), a max-pool, a residual block."""
+    from graphopt.zoo.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, (1,), base_width=16, num_classes=10)

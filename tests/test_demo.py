@@ -8,9 +8,9 @@ def test_demo_trains_optimizes_exports_and_reports(tmp_path):
     result = run_demo(DemoConfig(epochs=4, recovery_epochs=2, out_dir=tmp_path, quiet=True))
     report = result.report
     stages = [s.stage for s in report.stages]
-    assert stages[:10] == [
+    assert stages[:11] == [
         "original", "prune_channels", "reestimate_batchnorm", "recover", "fold_batchnorm", "remove_identity",
-        "eliminate_dead_code", "insert_fake_quant", "calibrate", "qat",
+        "eliminate_dead_code", "space_to_depth", "insert_fake_quant", "calibrate", "qat",
     ]  # fmt: skip
     pruned = report.stage("qat")
     assert pruned.macs <= 0.3 * report.stage("original").macs

@@ -14,6 +14,7 @@ import graphopt
 from graphopt.cli import main
 from graphopt.verify import ForeignRuntime, verify_artifact
 from graphopt.zoo import get_model
+from tests.factories import rgb_stem_net
 
 # (model, convs, residual adds); each has one Linear classifier.
 MODELS = [("resnet_basic", 9, 3), ("mobilenet_v2_tiny", 16, 2)]
@@ -40,9 +41,13 @@ def x86_ort_1_20() -> ForeignRuntime:
 
 def _artifact(name: str, target: str, tmp_path):
     model, inputs = get_model(name).build()
+    return _export(model, inputs, target, tmp_path / f"{name}-{target}.onnx")
+
+
+def _export(model, inputs, target: str, path):
     calibration = [torch.randn(8, *inputs[0].shape[1:]) for _ in range(4)]
     result = graphopt.optimize(model, target, example_inputs=inputs, calibration_data=calibration)
-    return result.export(tmp_path / f"{name}-{target}.onnx", latency_guard=False)
+    return result.export(path, latency_guard=False)
 
 
 def _assert_fully_integer(result, convs: int, adds: int) -> None:
@@ -66,6 +71,14 @@ def test_arm_int8_fuses_fully_on_emulated_aarch64(aarch64, name, convs, adds, tm
     result = verify_artifact(_artifact(name, "arm-int8", tmp_path), "aarch64")
     assert result.runtime == "onnxruntime 1.20.1 on aarch64"
     _assert_fully_integer(result, convs, adds)
+
+
+def test_x86_int8_space_to_depth_stem_on_onnxruntime_1_20(x86_ort_1_20, tmp_path):
+    """The rewritten RGB stem (u8 Pad -> SpaceToDepth -> QLinearConv) runs and fuses on the older runtime."""
+    path = _export(rgb_stem_net().eval(), (torch.randn(1, 3, 32, 32),), "x86-int8", tmp_path / "stem.onnx")
+    result = verify_artifact(path, "x86_64", ort_version="1.20.1")
+    assert result.ops["SpaceToDepth"] == 1, result.ops
+    _assert_fully_integer(result, convs=3, adds=1)
 
 
 def test_arm_int8_on_x86_is_flagged(x86_ort_1_20, tmp_path):

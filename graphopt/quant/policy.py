@@ -9,6 +9,9 @@ residual add, concat, pooling):
 - its output *after* a following ReLU / ReLU6 / hardtanh when that is its only user, never between the two,
   because ORT fuses conv+relu and a Q/DQ pair in between would both cost accuracy and break the fusion.
 
+A layer fed through ``nn.ZeroPad2d`` gets its quantizer before the padding (zero is exact in int8), so that
+the lowering can fold the padding into the conv's own ``pads`` and ORT still fuses a QLinearConv.
+
 Every other op stays fp32 between a DQ and a Q. Layers the policy cannot quantize are counted with the reason
 (``kept_fp32:<why>``), never an error.
 """
@@ -72,7 +75,7 @@ def plan_int8(gm: fx.GraphModule) -> QuantPlan:
                 plan.skipped["kept_fp32:shared_module"] += 1
                 continue
             plan.layers.append(node)
-            inputs = [node.args[0]]
+            inputs = [through_data_movement(gm, node.args[0])]
         else:
             inputs = list(node.args[0]) if kind == "cat" else list(node.args)
         for source in inputs:
@@ -83,6 +86,13 @@ def plan_int8(gm: fx.GraphModule) -> QuantPlan:
             marked[end] = None
     plan.tensors = [n for n in gm.graph.nodes if n in marked]
     return plan
+
+
+def through_data_movement(gm: fx.GraphModule, value: object) -> object:
+    """The input of an ``nn.ZeroPad2d`` call, or ``value`` itself: where a layer's quantizer goes."""
+    if isinstance(value, fx.Node) and isinstance(module_of(gm, value), nn.ZeroPad2d):
+        return value.args[0]
+    return value
 
 
 def _op_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
