@@ -11,17 +11,18 @@ than ORT's fp32 NCHWc conv. Measured here (one core, AVX2, ORT 1.32):
   the network 5 % faster.
 - MobileNetV2: stem 3x3/2 3->32 1.11 ms -> 0.50 ms; the network 4-7 % faster.
 
-The rewrite (:mod:`graphopt.layout`): ``conv(x)`` becomes ``conv'(SpaceToDepth(x))`` with the kernel cut into
-``block x block`` phases; exact up to float summation order. In an int8 graph the quantizer stays on ``x``
-and the ONNX lowering moves u8 data (``QuantizeLinear -> Pad(zero point) -> SpaceToDepth ->
-DequantizeLinear``), a quarter of the bytes of the fp32 form.
+The rewrite (:mod:`graphopt.layout`): ``conv(x)`` becomes ``conv'(ZeroPad2d(SpaceToDepth(x)))``, a stride-1
+conv with the kernel cut into ``block x block`` phases; exact up to float summation order. In an int8 graph
+the quantizer goes between the space-to-depth and the padding, and the ONNX lowering folds the padding into
+the conv's ``pads``: ``SpaceToDepth -> QuantizeLinear -> DequantizeLinear -> Conv``, which every ORT
+version fuses into QLinearConv (onnxruntime 1.20.1 has no u8 SpaceToDepth, so it runs on the fp32 input).
 
 Rewritten: ``nn.Conv2d`` with stride ``(block, block)``, groups 1, dilation 1, zero padding given as numbers,
 a kernel larger than 1, input channels *not* a multiple of ``channel_alignment``, ``block^2`` times them a
 multiple, and output channels a multiple of ``output_alignment`` and at least ``min_output_channels``.
 Skipped, counted in ``stats``: ``skipped:aligned`` (the kernel already takes it), ``skipped:output_channels``
 (the fast kernel would still not take it), ``skipped:unsupported_conv`` (groups, dilation, padding mode,
-1x1), ``skipped:shape`` (an even kernel over an odd padded size, where the rewrite would add an output row),
+1x1), ``skipped:shape`` (unknown input shape, or a size the rewrite cannot reproduce without cropping),
 ``skipped:shared_module``.
 
 Only the x86 int8 targets run it: ORT's aarch64 symmetric kernel needs 64 input channels, so the rewritten
