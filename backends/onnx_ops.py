@@ -135,15 +135,12 @@ def _apply_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module, weight: s
         return b.op("Add", [out, *bias], "linear") if bias else out
     attrs = _conv_attrs(layer)
     padded = node.args[0]
-    folds = (
-        isinstance(padded, fx.Node)
-        and padded.graph is b.gm.graph  # (an exit branch's nodes belong to their segment's module)
-        and isinstance(module_of(b.gm, padded), nn.ZeroPad2d)
-    )
-    if folds and len(padded.users) == 1 and len(attrs["pads"]) == 4:
+    # (an exit branch's nodes belong to their segment's module, not to b.gm)
+    padding = module_of(b.gm, padded) if isinstance(padded, fx.Node) and padded.graph is b.gm.graph else None
+    if isinstance(padding, nn.ZeroPad2d) and len(padded.users) == 1 and len(attrs["pads"]) == 4:
         # Fold the padding into the conv (the Pad then has no reader and is dropped): ORT fuses
         # DQ -> Conv -> Q into QLinearConv only when the conv reads the DequantizeLinear directly.
-        left, right, top, bottom = b.gm.get_submodule(str(padded.target)).padding
+        left, right, top, bottom = padding.padding
         x = b.input_of(padded.args[0])
         attrs["pads"] = [p + q for p, q in zip(attrs["pads"], (top, left, bottom, right), strict=True)]
     return b.op("Conv", [x, weight, *bias], "conv", **attrs)
@@ -164,15 +161,19 @@ def _space_to_depth(b: OnnxGraphBuilder, node: fx.Node, m: SpaceToDepth) -> str:
     x = _only_input(b, node)
     if any(m.pads):
         right, bottom = m.pads
-        pads = b.constant(torch.tensor([0, 0, 0, 0, 0, 0, bottom, right], dtype=torch.int64), "pads")
-        x = b.op("Pad", [x, pads], "pad")
+        x = _pad_spatial(b, x, top=0, left=0, bottom=bottom, right=right)
     return b.op("SpaceToDepth", [x], "space_to_depth", blocksize=m.block)
 
 
 def _zero_pad(b: OnnxGraphBuilder, node: fx.Node, m: nn.ZeroPad2d) -> str:
     left, right, top, bottom = m.padding
+    return _pad_spatial(b, _only_input(b, node), top=top, left=left, bottom=bottom, right=right)
+
+
+def _pad_spatial(b: OnnxGraphBuilder, x: str, *, top: int, left: int, bottom: int, right: int) -> str:
+    """Zero-pad the two spatial axes of an NCHW tensor (ONNX pads: all begins, then all ends)."""
     pads = b.constant(torch.tensor([0, 0, top, left, 0, 0, bottom, right], dtype=torch.int64), "pads")
-    return b.op("Pad", [_only_input(b, node), pads], "pad")
+    return b.op("Pad", [x, pads], "pad")
 
 
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")

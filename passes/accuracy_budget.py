@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
-from torch import nn
 
 from graphopt.errors import ConfigError
 from graphopt.evaluation import accuracy, as_input_tuple
@@ -36,6 +35,7 @@ from graphopt.ir import module_of, set_module
 from graphopt.numerics import flatten_outputs
 from graphopt.pass_base import Pass, PassOptions, PassResult
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.quant.policy import through_data_movement
 from graphopt.quant.scheme import sqnr_db
 
 
@@ -116,9 +116,8 @@ def _restore_fp32(gm: fx.GraphModule, name: str, layer: QuantizedLayer) -> Calla
     rewired = []
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target == name:
-            reader, source = node, node.args[0]
-            if isinstance(source, fx.Node) and isinstance(module_of(gm, source), nn.ZeroPad2d):
-                reader, source = source, source.args[0]  # its padding reads the float tensor instead
+            source = through_data_movement(gm, node.args[0])
+            reader = node if source is node.args[0] else node.args[0]  # its padding reads the float instead
             if isinstance(source, fx.Node) and isinstance(module_of(gm, source), ActivationQuantizer):
                 reader.update_arg(0, source.args[0])
                 rewired.append((reader, source))
