@@ -70,6 +70,7 @@ def optimize(
     recovery: RecoveryConfig | None = None,
     accuracy_budget: float | None = None,
     sparsify: float | SparsifyConfig = 0.0,
+    validation_data: Iterable[Batch] | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and report every stage.
 
@@ -94,6 +95,11 @@ def optimize(
     ``accuracy_budget`` (percentage points, needs ``eval_data``) keeps the layers most sensitive to int8 in
     fp32 until the accuracy drop against the original is within the budget (pass ``accuracy_budget``,
     right after ``calibrate``); the report's ``accuracy_budget`` table says which layers and why.
+
+    ``validation_data`` (labelled batches the model was *not* trained on) is what early exit calibrates its
+    thresholds on, so that the accuracy it promises holds on new data; without it a share of
+    ``train_data`` is held out instead, and the report warns that the thresholds are optimistic when the
+    model was trained on those samples.
     """
     check_model(model)
     inputs = check_example_inputs(example_inputs)
@@ -109,7 +115,8 @@ def optimize(
     reference = run_reference(original, inputs)
     if early_exit is not None:
         check_classifier_output(reference)
-    train = _read_train_data(train_data, inputs, reference)
+    train = _read_labelled_data(train_data, "train_data", inputs, reference)
+    validation = _read_labelled_data(validation_data, "validation_data", inputs, reference)
     _check_needs(
         pipeline, spec, calibration_data=calibration_data, train_data=train_data, eval_data=eval_data
     )
@@ -122,7 +129,12 @@ def optimize(
 
     report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
     context = PassContext(
-        inputs, calibration_data=calibration, train_data=train, teacher=original, eval_data=labelled
+        inputs,
+        calibration_data=calibration,
+        train_data=train,
+        teacher=original,
+        eval_data=labelled,
+        validation_data=validation,
     )
     reporter = StageReporter(report, reference, labelled)
     report.add(reporter.measure("original", "original", gm, context))
@@ -274,17 +286,18 @@ class Fp32Snapshot:
             self.model = copy.deepcopy(gm)
 
 
-def _read_train_data(
-    train_data: Iterable[Any] | None, inputs: tuple[torch.Tensor, ...], reference: Any
+def _read_labelled_data(
+    data: Iterable[Any] | None, what: str, inputs: tuple[torch.Tensor, ...], reference: Any
 ) -> Any:
-    """Check ``train_data`` up front, so bad data fails before any pass runs, with the expected form named."""
-    if train_data is None:
+    """Check labelled ``data`` up front, so bad data fails before any pass runs, with the expected form
+    named."""
+    if data is None:
         return None
-    data = read_labelled(train_data, "train_data", inputs)
+    labelled = read_labelled(data, what, inputs)
     logits = flatten_outputs(reference)
     if logits:
-        check_label_range(data.labels, logits[0].shape[-1], "train_data")
-    return data
+        check_label_range(labelled.labels, logits[0].shape[-1], what)
+    return labelled
 
 
 def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:

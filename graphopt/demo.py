@@ -15,7 +15,14 @@ import torch
 
 from graphopt.api import optimize
 from graphopt.backends.timing import pin_to_one_core
-from graphopt.digits import DigitsTraining, batches, load_digits_split, random_shift, train_digits_cnn
+from graphopt.digits import (
+    DigitsTraining,
+    batches,
+    hold_out_validation,
+    load_digits_split,
+    random_shift,
+    train_digits_cnn,
+)
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.result import OptimizeResult
@@ -37,7 +44,9 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig) -> OptimizeResult:
     torch.manual_seed(config.seed)
-    data = load_digits_split()
+    data, validation = load_digits_split(), None
+    if config.early_exit:  # exit thresholds calibrate on images the model never trained on
+        data, validation = hold_out_validation(data)
     model = train_digits_cnn(data, DigitsTraining(epochs=config.epochs, seed=config.seed), quiet=config.quiet)
     # Train on every core; measure like an edge deployment: one pinned core, one thread.
     core = pin_to_one_core()
@@ -52,7 +61,10 @@ def run_demo(config: DemoConfig) -> OptimizeResult:
         if config.recovery_epochs or config.early_exit
         else None,
         prune=config.prune,
-        early_exit=EarlyExitConfig(exits=("features.6",), quiet=config.quiet) if config.early_exit else None,
+        early_exit=EarlyExitConfig(exits=("features.6",), augment=random_shift, quiet=config.quiet)
+        if config.early_exit
+        else None,
+        validation_data=validation,
         recovery=RecoveryConfig(
             epochs=max(1, config.recovery_epochs), augment=random_shift, seed=config.seed, quiet=config.quiet
         ),

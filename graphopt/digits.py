@@ -51,6 +51,20 @@ def load_digits_split() -> DigitsSplit:
     return DigitsSplit((train_x - mean) / std, y[idx_train], (test_x - mean) / std, y[idx_test])
 
 
+def hold_out_validation(
+    data: DigitsSplit, size: int = 360
+) -> tuple[DigitsSplit, list[tuple[Tensor, Tensor]]]:
+    """Split ``size`` training images off (stratified, ``random_state=0``) as validation batches: the model
+    trains on the rest, so decisions calibrated on them (early-exit thresholds) see data as new as the
+    test split's."""
+    from sklearn.model_selection import train_test_split  # load_digits_split already needed scikit-learn
+
+    labels = data.train_y.numpy()
+    keep, held = train_test_split(range(len(labels)), test_size=size, stratify=labels, random_state=0)
+    kept = DigitsSplit(data.train_x[keep], data.train_y[keep], data.test_x, data.test_y)
+    return kept, batches(data.train_x[held], data.train_y[held], 128)
+
+
 class DigitsCNN(nn.Module):
     def __init__(self, width: int = 32, num_classes: int = 10):
         super().__init__()

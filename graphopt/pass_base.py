@@ -51,8 +51,8 @@ class PassContext:
     """Data a pass may need, handed over by the PassManager instead of globals.
 
     ``notes`` collects sentences a pass wants shown in the report (for example why a lossy rewrite was not
-    recovered). Reading ``calibration_data`` or ``train_data`` is recorded, so data that the caller gave
-    but no pass read is reported rather than silently ignored.
+    recovered). Reading ``calibration_data``, ``train_data`` or ``validation_data`` is recorded, so data
+    that the caller gave but no pass read is reported rather than silently ignored.
     """
 
     def __init__(
@@ -62,13 +62,18 @@ class PassContext:
         train_data: Iterable[Any] | None = None,
         teacher: nn.Module | None = None,
         eval_data: list[tuple[Any, torch.Tensor]] | None = None,
+        validation_data: Any | None = None,
     ):
         self.example_inputs = example_inputs
         self.teacher = teacher  # the original model, frozen: what recovery distills from
         #: Held-out labelled batches ``(inputs, labels)``; the report measures accuracy on them after every
         #: pass, and accuracy-driven passes (``accuracy_budget``) decide with them.
         self.eval_data = eval_data
-        self._data = {"calibration_data": calibration_data, "train_data": train_data}
+        self._data = {
+            "calibration_data": calibration_data,
+            "train_data": train_data,
+            "validation_data": validation_data,
+        }
         self._read: set[str] = set()
         self.notes: list[str] = []
         #: Extra per-layer tables a pass wants in the report (e.g. "int8": scales and SQNR per layer).
@@ -85,6 +90,13 @@ class PassContext:
     def train_data(self) -> Iterable[Any] | None:
         self._read.add("train_data")
         return self._data["train_data"]
+
+    @property
+    def validation_data(self) -> Any | None:
+        """Labelled data the model was not trained on (read, checked :class:`LabelledTensors`): decisions
+        that trade accuracy for cost (early-exit thresholds) are calibrated on it."""
+        self._read.add("validation_data")
+        return self._data["validation_data"]
 
     def unused_data(self) -> list[str]:
         """Names of the data the caller gave that no pass read."""

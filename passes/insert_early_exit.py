@@ -4,16 +4,19 @@ Annotate, then insert: :func:`~graphopt.early_exit.segments.find_cuts` marks the
 through, the config picks some (names, or MAC fractions), then one rewrite replaces the graph by a call to
 an :class:`~graphopt.early_exit.network.EarlyExitNetwork` holding the backbone segments, a head per exit
 and the ``torch.cond`` branch between them. The heads train with the backbone frozen (labels + distillation
-from the final output) and the thresholds are calibrated on held-out labelled data to minimise expected
-MACs within the accuracy budget. Lossy by nature; with every threshold at +inf it computes exactly the
-original graph.
+from the final output) and the thresholds are calibrated on held-out labelled data (``validation_data``,
+else a share of ``train_data``) to minimise expected MACs with the expected accuracy drop on new data
+within the budget. Lossy by nature; with every threshold at +inf it computes exactly the original graph.
 
 Report: the ``early_exit`` table lists every exit with its threshold, exit rate, accuracy of the samples it
-takes and MACs per sample there; ``stats`` hold the expected MACs and held-out accuracy with and without
-exits. Needs ``train_data``.
+takes and MACs per sample there; ``stats`` hold the expected MACs, the held-out accuracy with and without
+exits and the harm (held-out samples the exits get wrong that the network without them gets right). Needs
+``train_data``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.fx as fx
@@ -22,7 +25,7 @@ from graphopt.cost import count_macs, measure_module_macs
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
 from graphopt.early_exit.segments import Cut, choose_cuts, find_cuts, split_at
-from graphopt.early_exit.thresholds import NEVER, Routing, calibrate
+from graphopt.early_exit.thresholds import NEVER, Routing, calibrate, harm_allowed
 from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
 from graphopt.errors import InvalidInputError
 from graphopt.ir import shape_of
@@ -49,7 +52,9 @@ class InsertEarlyExit(Pass):
         segments = split_at(gm, chosen)
         heads = [exit_head(c.channels, classes, config.head) for c in chosen]
         network = EarlyExitNetwork(segments, heads, config.criterion)
-        train, held_out = _split(context.train_data, config)
+        train, held_out = self._training_and_held_out(config)
+        with torch.no_grad():  # the network without exits, before any joint fine-tuning changes it
+            reference = cached_features(network, held_out)[-1].argmax(-1) == held_out.labels
         stats = train_heads(network, train, config)
         if config.joint_epochs:
             stats.update(fine_tune_jointly(network, train, config))
@@ -57,25 +62,55 @@ class InsertEarlyExit(Pass):
         with torch.no_grad():
             logits = cached_features(network, held_out)
             exits = [h(f) for h, f in zip(network.heads, logits[:-1], strict=True)]
+        all_logits = [*exits, logits[-1]]
         routing = calibrate(
-            [*exits, logits[-1]], held_out.labels, macs, config.accuracy_budget, config.criterion
+            all_logits, held_out.labels, macs, config.accuracy_budget, config.criterion, reference
         )
         network.thresholds.copy_(torch.tensor(routing.thresholds))
         _replace_graph(gm, network)
-        context.tables["early_exit"] = _table(chosen, routing, [*exits, logits[-1]], held_out.labels, macs)
+        context.tables["early_exit"] = _table(chosen, routing, all_logits, held_out.labels, macs)
         if all(t == NEVER for t in routing.thresholds):
-            context.notes.append(
-                f"insert_early_exit: no exit threshold keeps the held-out accuracy within "
-                f"{config.accuracy_budget} pp of the network without exits; the exits stay disabled"
-            )
-        baseline = float((logits[-1].argmax(-1) == held_out.labels).float().mean())
+            context.notes.append(_disabled_note(len(held_out), config.accuracy_budget))
         stats.update(
             exits=len(chosen),
+            heldout_samples=len(held_out),
             expected_macs_share=round(routing.expected_macs / macs[-1], 4),
             heldout_accuracy=round(routing.accuracy, 4),
-            heldout_accuracy_without_exits=round(baseline, 4),
+            heldout_accuracy_without_exits=round(float(reference.float().mean()), 4),
+            heldout_harm=routing.harm,
         )
         return PassResult(gm, modified=True, stats=stats)
+
+    def _training_and_held_out(self, config: EarlyExitConfig) -> tuple[LabelledTensors, LabelledTensors]:
+        """Heads train on ``train_data``; thresholds calibrate on ``validation_data``, or without it on a
+        held-out share of ``train_data`` (with a report note: the model may have seen those samples)."""
+        context = self.context
+        validation = context.validation_data
+        if validation is not None:
+            return context.train_data, validation
+        train, held_out = _split(context.train_data, config)
+        context.notes.append(
+            f"insert_early_exit: thresholds calibrated on {len(held_out)} samples held out of train_data "
+            "(no validation_data given); if the model was trained on them, its confidence there is higher "
+            "than on new data and the accuracy drop on new data can exceed the budget: pass "
+            "validation_data=... (labelled batches the model never saw)"
+        )
+        return train, held_out
+
+
+def _disabled_note(samples: int, budget_pp: float) -> str:
+    note = (
+        f"insert_early_exit: no exit threshold keeps the expected accuracy drop within {budget_pp} pp of "
+        "the network without exits; the exits stay disabled"
+    )
+    if harm_allowed(samples, budget_pp) < 0:
+        needed = math.ceil(100 / budget_pp - 1) if budget_pp > 0 else None
+        note += (
+            f" (certifying {budget_pp} pp needs at least {needed} held-out samples, got {samples})"
+            if needed is not None
+            else " (a 0 pp budget can never be certified on finite data)"
+        )
+    return note
 
 
 def check_classifier_output(output: object) -> None:

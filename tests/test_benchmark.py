@@ -306,7 +306,7 @@ def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypa
     monkeypatch.setitem(
         models.DIGITS_MODELS,
         "digits",
-        lambda seed, quiet: models._digits("digits", digits_model, digits, config),
+        lambda seed, quiet: models._digits("digits", digits_model, digits, digits.test_batches(), config),
     )
     result = run_bench(
         BenchConfig(

@@ -17,7 +17,9 @@ from graphopt.backends import OnnxRunner, TorchScriptRunner
 from graphopt.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.measure import per_sample_accuracy
-from graphopt.early_exit.thresholds import NEVER, calibrate
+from graphopt.early_exit.thresholds import NEVER, calibrate, harm_allowed, route
+from graphopt.early_exit.training import with_augmented_copies
+from graphopt.recovery.data import LabelledTensors
 from tests.conftest import assert_unchanged, state_snapshot
 from tests.helpers import digits_optimize_data
 
@@ -152,6 +154,89 @@ def test_a_budget_no_threshold_meets_leaves_the_exits_disabled():
     right = torch.nn.functional.one_hot(labels, 10).float() * 5
     routing = calibrate([wrong, right], labels, [1.0, 10.0], budget_pp=0.0, criterion="max_prob")
     assert routing.thresholds == [NEVER] and routing.accuracy == 1.0 and routing.expected_macs == 10.0
+
+
+def _one_head(samples: int, wrong: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A head that is right on every sample but the first ``wrong``, and surest on those; a perfect final
+    classifier."""
+    labels = torch.arange(samples) % 10
+    predicted = labels.clone()
+    predicted[:wrong] = (labels[:wrong] + 1) % 10
+    head = torch.nn.functional.one_hot(predicted, 10).float() * 4
+    head[:wrong] *= 2  # confidently wrong
+    return [head, torch.nn.functional.one_hot(labels, 10).float() * 9], labels
+
+
+@pytest.mark.parametrize(("wrong", "exits"), [(2, True), (3, False)])
+def test_thresholds_keep_one_sample_of_margin_under_the_budget(wrong, exits):
+    # 1000 held-out samples, 0.3 pp: the plain rule would allow harm 3 (0.3 %); conformal risk control
+    # allows (harm + 1) / 1001 <= 0.003, i.e. harm 2.
+    logits, labels = _one_head(1000, wrong)
+    routing = calibrate(logits, labels, [1.0, 10.0], budget_pp=0.3, criterion="max_prob")
+    if exits:
+        assert routing.thresholds[0] < NEVER and routing.harm == wrong and routing.expected_macs == 1.0
+    else:
+        assert routing.thresholds == [NEVER] and routing.harm == 0 and routing.expected_macs == 10.0
+
+
+def test_too_few_held_out_samples_certify_no_budget():
+    logits, labels = _one_head(300, 0)  # a perfect head, but 300 samples cannot certify 0.3 pp
+    assert harm_allowed(300, 0.3) == -1 and harm_allowed(333, 0.3) == 0
+    routing = calibrate(logits, labels, [1.0, 10.0], budget_pp=0.3, criterion="max_prob")
+    assert routing.thresholds == [NEVER]
+    assert calibrate(logits, labels, [1.0, 10.0], budget_pp=1.0, criterion="max_prob").thresholds[0] < NEVER
+
+
+def test_harm_counts_against_the_network_before_training():
+    logits, labels = _one_head(20, 0)
+    reference = torch.ones(20, dtype=torch.bool)
+    reference[0] = False  # the network without exits got sample 0 wrong: routing it wrong is no harm
+    logits[0][0] = torch.nn.functional.one_hot(torch.tensor(5), 10).float() * 8
+    routing = route(
+        [torch.ones(20)], [logits[0].argmax(-1) == labels, reference], [1.0, 2.0], [0.5], reference
+    )
+    assert routing.harm == 0 and routing.accuracy == pytest.approx(0.95)
+    assert route([torch.ones(20)], [logits[0].argmax(-1) == labels, reference], [1.0, 2.0], [0.5]).harm == 0
+    assert route([torch.ones(20)], [reference, labels >= 0], [1.0, 2.0], [0.5]).harm == 1
+
+
+def test_validation_data_calibrates_the_thresholds(digits_model, digits):
+    train, validation = batches(digits.train_x[:1000], digits.train_y[:1000], 64), digits.test_batches()
+    config = EarlyExitConfig(exits=("features.6",), epochs=2, quiet=True)
+    result = graphopt.optimize(
+        digits_model, example_inputs=(digits.test_x[:1],), train_data=train, early_exit=config,
+        validation_data=validation,
+    )  # fmt: skip
+    stats = result.report.stage("insert_early_exit").stats
+    assert stats["heldout_samples"] == len(digits.test_y) and stats["head_samples"] == 1000
+    assert not any("held out of train_data" in note for note in result.report.notes)
+
+
+def test_without_validation_data_the_report_warns(exited):
+    (note,) = [n for n in exited.report.notes if "held out of train_data" in n]
+    assert "validation_data" in note and "360 samples" in note
+
+
+def test_a_small_validation_set_says_how_many_samples_the_budget_needs(digits_model, digits):
+    result = graphopt.optimize(
+        digits_model,
+        example_inputs=(digits.test_x[:1],),
+        train_data=batches(digits.train_x[:256], digits.train_y[:256], 64),
+        validation_data=batches(digits.test_x[:200], digits.test_y[:200], 100),
+        early_exit=EarlyExitConfig(exits=("features.6",), epochs=1, quiet=True),
+    )
+    assert any("needs at least 333 held-out samples, got 200" in n for n in result.report.notes)
+    assert _network(result).thresholds.tolist() == [NEVER]
+
+
+def test_heads_train_on_augmented_copies():
+    data = LabelledTensors((torch.arange(6.0).view(3, 2), torch.ones(3, 1)), torch.tensor([0, 1, 2]))
+    config = EarlyExitConfig(augment=lambda x, generator: -x, augment_copies=2)
+    grown = with_augmented_copies(data, config)
+    assert len(grown) == 9 and grown.labels.tolist() == [0, 1, 2] * 3
+    torch.testing.assert_close(grown.inputs[0], torch.cat([data.inputs[0], -data.inputs[0], -data.inputs[0]]))
+    assert grown.inputs[1].shape == (9, 1)
+    assert with_augmented_copies(data, EarlyExitConfig()) is data  # no augment: the data as given
 
 
 def test_early_exit_needs_labelled_data(digits_model, digits):

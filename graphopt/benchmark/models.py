@@ -2,7 +2,8 @@
 
 - ``digits`` and ``digits_resnet`` are trained here on scikit-learn's bundled digits (the CNN on 8x8
   images, a three-stage ResNet on images upsampled to 32x32): real labels, so every row gets test accuracy,
-  calibration comes from the training split, and recovery, QAT and exit heads can train.
+  calibration comes from the training split, and recovery, QAT and exit heads can train. 360 training
+  images are held out as validation data the model never sees: early exit calibrates its thresholds there.
 - The reference architectures (``resnet18``, ``mobilenet_v2``, ...) have random weights and no data bundled:
   calibration uses synthetic N(0, 1) inputs, rows get output agreement with the original on synthetic
   probes, and anything that needs labels (early exit) is refused with the reason.
@@ -22,6 +23,7 @@ from graphopt.digits import (
     DigitsSplit,
     DigitsTraining,
     batches,
+    hold_out_validation,
     load_digits_split,
     random_shift,
     train_digits_cnn,
@@ -50,6 +52,7 @@ class BenchModel:
     train: list[Batch] | None = None
     eval: list[Batch] | None = None
     probes: list[tuple[torch.Tensor, ...]] | None = None
+    validation: list[Batch] | None = None
     early_exit: EarlyExitConfig | None = None
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
@@ -122,19 +125,24 @@ def _synthetic(
 
 
 def _digits_cnn(seed: int, quiet: bool) -> BenchModel:
-    split = load_digits_split()
+    split, validation = hold_out_validation(load_digits_split())
     model = train_digits_cnn(split, DigitsTraining(seed=seed), quiet=quiet)
-    return _digits("digits", model, split, EarlyExitConfig(exits=("features.6",), seed=seed, quiet=quiet))
+    config = EarlyExitConfig(exits=("features.6",), augment=random_shift, seed=seed, quiet=quiet)
+    return _digits("digits", model, split, validation, config)
 
 
 def _digits_resnet(seed: int, quiet: bool) -> BenchModel:
-    split = upsampled(load_digits_split())
+    split, validation = hold_out_validation(upsampled(load_digits_split()))
     model = train_digits_cnn(split, DigitsTraining(epochs=15, seed=seed), quiet=quiet, model=resnet_digits())
-    config = EarlyExitConfig(fractions=(0.2, 0.5), head="spatial", seed=seed, quiet=quiet)
-    return _digits("digits_resnet", model, split, config)
+    config = EarlyExitConfig(
+        fractions=(0.2, 0.5), head="spatial", augment=random_shift, seed=seed, quiet=quiet
+    )
+    return _digits("digits_resnet", model, split, validation, config)
 
 
-def _digits(name: str, model: nn.Module, split: DigitsSplit, early_exit: EarlyExitConfig) -> BenchModel:
+def _digits(
+    name: str, model: nn.Module, split: DigitsSplit, validation: list[Batch], early_exit: EarlyExitConfig
+) -> BenchModel:
     size = split.train_x.shape[-1]
     return BenchModel(
         name=name,
@@ -142,10 +150,12 @@ def _digits(name: str, model: nn.Module, split: DigitsSplit, early_exit: EarlyEx
         example_inputs=(split.test_x[:1],),
         data=(
             f"scikit-learn digits ({size}x{size}): trained on {len(split.train_y)} images, calibration on "
-            f"320 of them, accuracy on {len(split.test_y)} held-out images"
+            f"320 of them, {sum(len(y) for _, y in validation)} validation images for early-exit "
+            f"thresholds, accuracy on {len(split.test_y)} held-out test images"
         ),
         calibration=[split.train_x[i : i + 32] for i in range(0, 320, 32)],
         train=batches(split.train_x, split.train_y, 64),
+        validation=validation,
         eval=split.test_batches(),
         early_exit=early_exit,
         augment=random_shift,

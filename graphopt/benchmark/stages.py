@@ -72,6 +72,7 @@ def run_pipeline(
         prune=pipeline.prune,
         sparsify=pipeline.sparsify,
         early_exit=bench.early_exit if pipeline.early_exit else None,
+        validation_data=bench.validation if pipeline.early_exit else None,
         recovery=recovery if train is not None and lossy else None,
         instruments=[snapshots],
     )

@@ -22,9 +22,14 @@ class EarlyExitConfig(PassOptions):
     - ``head``: ``linear`` (global pooling + linear, like the classifier), ``conv`` (a 3x3 conv first) or
       ``spatial`` (pooling to 4x4, then linear: keeps where features are, for early exits).
     - Heads train with the backbone frozen, on labels and distilled from the final output (``distill``),
-      for ``epochs`` on ``1 - holdout_fraction`` of ``train_data``; the thresholds are calibrated on the
-      held-out rest to minimise expected MACs with an accuracy drop of at most ``accuracy_budget``
-      percentage points against the network without exits.
+      for ``epochs`` on ``train_data`` plus ``augment_copies`` copies of it passed through ``augment``
+      (when given: heads trained on the backbone's features of the very samples it was trained on learn
+      to be overconfident; shifted copies look more like new data).
+    - The thresholds are calibrated on ``validation_data`` (data the model was not trained on) to minimise
+      expected MACs while the expected accuracy drop on new data against the network without exits stays
+      within ``accuracy_budget`` percentage points (conformal risk control, see
+      :mod:`graphopt.early_exit.thresholds`). Without ``validation_data``, ``holdout_fraction`` of
+      ``train_data`` is held out from head training and used instead.
     - ``joint_epochs > 0`` then fine-tunes backbone and heads together (every exit distilled from the
       original network's output, ``augment`` applied to the inputs): early features become more
       separable, so early heads take more samples; the backbone changes, so the exit-free path is no longer
@@ -44,6 +49,7 @@ class EarlyExitConfig(PassOptions):
     joint_epochs: int = 0
     joint_lr: float = 1e-3
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    augment_copies: int = 3
     seed: int = 0
     quiet: bool = False
 
@@ -60,7 +66,14 @@ class EarlyExitConfig(PassOptions):
             )
         if not self.accuracy_budget >= 0:
             raise ConfigError(f"accuracy_budget is percentage points >= 0, got {self.accuracy_budget!r}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.joint_epochs < 0:
-            raise ConfigError("epochs and batch_size must be >= 1, joint_epochs >= 0 and lr > 0")
+        if (
+            self.epochs < 1
+            or self.batch_size < 1
+            or not self.lr > 0
+            or min(self.joint_epochs, self.augment_copies) < 0
+        ):
+            raise ConfigError(
+                "epochs and batch_size must be >= 1, joint_epochs and augment_copies >= 0, lr > 0"
+            )
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")

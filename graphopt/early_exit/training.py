@@ -1,7 +1,8 @@
 """Training the exit heads with the backbone frozen, and optionally backbone and heads together.
 
 The backbone does not change, so its features at every cut and its final logits are computed once (no
-gradients) and cached; each epoch then only runs the heads. Loss per head ``k``:
+gradients) and cached, for the training inputs and for augmented copies of them; each epoch then only runs
+the heads. Loss per head ``k``:
 ``alpha * CE(head_k, labels) + (1 - alpha) * tau^2 * KL(final || head_k)``, summed over heads: every head
 learns the labels and the final classifier's soft output (Hinton et al., 2015; the recovery engine's loss).
 """
@@ -36,9 +37,23 @@ def cached_features(
     return [torch.cat(column) for column in zip(*parts, strict=True)]
 
 
+def with_augmented_copies(data: LabelledTensors, config: EarlyExitConfig) -> LabelledTensors:
+    """``data`` followed by ``config.augment_copies`` copies whose first input went through
+    ``config.augment`` (``data`` itself without ``augment``)."""
+    if config.augment is None or config.augment_copies == 0:
+        return data
+    generator = torch.Generator().manual_seed(config.seed)
+    first, rest = data.inputs[0], data.inputs[1:]
+    copies = [first, *(config.augment(first, generator) for _ in range(config.augment_copies))]
+    repeats = len(copies)
+    inputs = (torch.cat(copies), *(x.repeat(repeats, *[1] * (x.dim() - 1)) for x in rest))
+    return LabelledTensors(inputs, data.labels.repeat(repeats))
+
+
 def train_heads(
     network: EarlyExitNetwork, data: LabelledTensors, config: EarlyExitConfig
 ) -> dict[str, float]:
+    data = with_augmented_copies(data, config)
     cache = cached_features(network, data)
     features, final = cache[:-1], cache[-1]
     heads = network.heads
@@ -58,7 +73,7 @@ def train_heads(
             loss_value = step(loss)
         progress.update(loss=loss_value)
     heads.eval()
-    return {"head_epochs": config.epochs, "head_final_loss": round(loss_value, 4)}
+    return {"head_epochs": config.epochs, "head_samples": len(data), "head_final_loss": round(loss_value, 4)}
 
 
 def fine_tune_jointly(
