@@ -2,8 +2,12 @@
 
 - ``digits`` and ``digits_resnet`` are trained here on scikit-learn's bundled digits (the CNN on 8x8
   images, a three-stage ResNet on images upsampled to 32x32): real labels, so every row gets test accuracy,
-  calibration comes from the training split, and recovery, QAT and exit heads can train. 360 training
-  images are held out as validation data the model never sees: early exit calibrates its thresholds there.
+  calibration comes from the training split, and recovery, QAT and exit heads can train. For
+  ``digits_resnet`` 360 training images are held out as validation data the model never sees: early exit
+  calibrates its thresholds there.
+- ``resnet18_digits`` is ResNet-18 at 224x224 with a labelled task: random convolutions (no weights can be
+  downloaded), BatchNorm statistics and a linear-probe classifier fitted on digits upsampled to 224x224
+  (:mod:`graphopt.benchmark.probed`); the same ops, MACs and latency as ``resnet18``, with test accuracy.
 - The reference architectures (``resnet18``, ``mobilenet_v2``, ...) have random weights and no data bundled:
   calibration uses synthetic N(0, 1) inputs, rows get output agreement with the original on synthetic
   probes, and anything that needs labels (early exit) is refused with the reason.
@@ -36,6 +40,7 @@ from graphopt.zoo import REFERENCE_MODELS
 from graphopt.zoo.resnet import resnet_digits
 
 from .pipelines import Pipeline
+from .probed import digits_rgb, probed_model
 
 SYNTHETIC_PROBES = 16
 
@@ -66,7 +71,8 @@ class BenchModel:
         if pipeline.early_exit and (self.train is None or self.early_exit is None):
             raise InvalidInputError(
                 f"{pipeline.label} trains exit heads and calibrates thresholds on labelled data, which "
-                f"{self.name} has none of ({self.data}); early exit runs on digits and digits_resnet"
+                f"{self.name} has none of ({self.data}); early exit runs on the models with labels: "
+                f"{', '.join(DIGITS_MODELS)}"
             )
 
 
@@ -125,10 +131,13 @@ def _synthetic(
 
 
 def _digits_cnn(seed: int, quiet: bool) -> BenchModel:
-    split, validation = hold_out_validation(load_digits_split())
+    # Trained on the whole training split: the small CNN loses 1.1 pp when 360 images are held out (98.61
+    # vs 99.72 %, seed 0), which would misstate every other row; its exit thresholds calibrate on a held-out
+    # share of the training split instead, and the report says so.
+    split = load_digits_split()
     model = train_digits_cnn(split, DigitsTraining(seed=seed), quiet=quiet)
     config = EarlyExitConfig(exits=("features.6",), augment=random_shift, seed=seed, quiet=quiet)
-    return _digits("digits", model, split, validation, config)
+    return _digits("digits", model, split, None, config)
 
 
 def _digits_resnet(seed: int, quiet: bool) -> BenchModel:
@@ -141,17 +150,25 @@ def _digits_resnet(seed: int, quiet: bool) -> BenchModel:
 
 
 def _digits(
-    name: str, model: nn.Module, split: DigitsSplit, validation: list[Batch], early_exit: EarlyExitConfig
+    name: str,
+    model: nn.Module,
+    split: DigitsSplit,
+    validation: list[Batch] | None,
+    early_exit: EarlyExitConfig,
 ) -> BenchModel:
     size = split.train_x.shape[-1]
+    thresholds = (
+        f"{sum(len(y) for _, y in validation)} validation images for early-exit thresholds"
+        if validation is not None
+        else "early-exit thresholds on a held-out quarter of the training images"
+    )
     return BenchModel(
         name=name,
         model=model,
         example_inputs=(split.test_x[:1],),
         data=(
             f"scikit-learn digits ({size}x{size}): trained on {len(split.train_y)} images, calibration on "
-            f"320 of them, {sum(len(y) for _, y in validation)} validation images for early-exit "
-            f"thresholds, accuracy on {len(split.test_y)} held-out test images"
+            f"320 of them, {thresholds}, accuracy on {len(split.test_y)} held-out test images"
         ),
         calibration=[split.train_x[i : i + 32] for i in range(0, 320, 32)],
         train=batches(split.train_x, split.train_y, 64),
@@ -162,7 +179,17 @@ def _digits(
     )
 
 
+def _resnet18_digits(seed: int, quiet: bool) -> BenchModel:
+    split, validation = hold_out_validation(digits_rgb())
+    model = probed_model("resnet18", split, seed=seed, quiet=quiet)
+    config = EarlyExitConfig(fractions=(0.2, 0.5), head="spatial", seed=seed, quiet=quiet)
+    bench = _digits("resnet18_digits", model, split, validation, config)
+    bench.data = f"ResNet-18, random convolutions, linear probe (graphopt.benchmark.probed); {bench.data}"
+    return bench
+
+
 DIGITS_MODELS: dict[str, Callable[[int, bool], BenchModel]] = {
     "digits": _digits_cnn,
     "digits_resnet": _digits_resnet,
+    "resnet18_digits": _resnet18_digits,
 }
