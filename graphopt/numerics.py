@@ -23,6 +23,13 @@ class Tolerance:
     rtol: float = 1e-5
     atol: float = 1e-5
 
+    def relative_to(self, outputs: Any) -> Tolerance:
+        """``atol`` scaled by ``max(1, max|outputs|)``. Float rounding in a rewritten network is relative to
+        the size of the values flowing through it, not to each output element: an exact rewrite of a deep
+        network whose logits reach 50 moves a logit near 0 by about ``50 * 1e-6 * depth``."""
+        scale = max((float(t.abs().max()) for t in flatten_outputs(outputs) if t.numel()), default=1.0)
+        return Tolerance(rtol=self.rtol, atol=self.atol * max(scale, 1.0))
+
 
 @dataclass(frozen=True)
 class Agreement:

@@ -21,7 +21,7 @@ from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_ac
 from graphopt.energy import estimate_graph
 from graphopt.errors import ExportError
 from graphopt.evaluation import Batch, accuracy
-from graphopt.numerics import Tolerance, agreement, allclose, flatten_outputs
+from graphopt.numerics import Tolerance, agreement, allclose
 from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
 from graphopt.sparsity import zipped_bytes
@@ -201,8 +201,7 @@ class OptimizeResult:
                         "requantization differently; the artifact row's numbers are measured on the artifact"
                     )
             else:
-                scale = max((float(t.abs().max()) for t in flatten_outputs(eager)), default=1.0)
-                tolerance = Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL * max(scale, 1.0))
+                tolerance = Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL).relative_to(eager)
                 ok, max_abs = allclose(eager, got, tolerance)
             if not ok and quantized and foreign:
                 return (

@@ -61,6 +61,44 @@ def test_exact_pass_that_changes_outputs_is_caught():
         PassManager([FoldBatchNorm(), ScaleOutput()]).run(gm, PassContext(example_inputs=inputs))
 
 
+class NudgeOutput(Pass):
+    """Adds ``delta`` to output element 0: rounding-sized or not, depending on the test."""
+
+    name = "nudge_output"
+    description = "Add a small constant to one logit."
+    exact = True
+    delta = 0.0
+
+    def call(self, gm):
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        bump = torch.zeros(10)
+        bump[0] = self.delta
+        gm.register_buffer("bump", bump)
+        with gm.graph.inserting_before(out):
+            nudged = gm.graph.call_function(torch.add, (out.args[0], gm.graph.get_attr("bump")))
+        out.args = (nudged,)
+        return PassResult(gm, modified=True)
+
+
+@pytest.mark.parametrize(("delta", "caught"), [(2e-3, False), (0.1, True)])
+def test_exactness_is_judged_relative_to_the_size_of_the_outputs(delta, caught):
+    # Logits near 100: float rounding through a deep network moves a logit near 0 by ~1e-3, which
+    # element-wise rtol would call a change; a real change (0.1) is still caught.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([0.0, *([100.0] * 9)]))
+    gm, inputs = captured(model), (torch.randn(1, 3, 2, 2),)
+    nudge = type("Nudge", (NudgeOutput,), {"delta": delta})()
+    run = lambda: PassManager([nudge]).run(gm, PassContext(example_inputs=inputs))  # noqa: E731
+    if caught:
+        with pytest.raises(PassError, match=r"changed the outputs by up to 0.1 .*x max\(1, max\|outputs\|\)"):
+            run()
+    else:
+        (record,) = run()
+        assert record.max_abs_change == pytest.approx(delta, rel=1e-2)
+
+
 def test_lossy_pass_is_not_held_to_exactness():
     gm, inputs = _resnet()
 
