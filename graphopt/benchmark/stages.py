@@ -114,7 +114,7 @@ def _stage_candidates(
         if "expected_macs_share" in record.stats:  # an exit model's cost depends on where each input leaves
             backbone = rows[-1].macs if rows else original.macs
             row.macs = round(record.stats["expected_macs_share"] * backbone)
-            row.notes.append("MACs: expected per input over the held-out calibration split")
+            row.notes.append("MACs: expected per input over the held-out samples the thresholds were set on")
         rows.append(row)
         if model is None:  # the model of the row above: its measurements stand for this one
             row.accuracy = row.cosine = row.top1 = None
