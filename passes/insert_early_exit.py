@@ -53,16 +53,16 @@ class InsertEarlyExit(Pass):
         heads = [exit_head(c.channels, classes, config.head) for c in chosen]
         network = EarlyExitNetwork(segments, heads, config.criterion)
         train, held_out = self._training_and_held_out(config)
-        with torch.no_grad():  # the network without exits, before any joint fine-tuning changes it
-            reference = cached_features(network, held_out)[-1].argmax(-1) == held_out.labels
+        held_out_features = cached_features(network, held_out)  # the backbone as given
+        reference = held_out_features[-1].argmax(-1) == held_out.labels  # the network without exits
         stats = train_heads(network, train, config)
-        if config.joint_epochs:
+        if config.joint_epochs:  # the backbone changed: its held-out features too
             stats.update(fine_tune_jointly(network, train, config))
+            held_out_features = cached_features(network, held_out)
         macs = _macs_per_exit(network, context.example_inputs)
         with torch.no_grad():
-            logits = cached_features(network, held_out)
-            exits = [h(f) for h, f in zip(network.heads, logits[:-1], strict=True)]
-        all_logits = [*exits, logits[-1]]
+            exits = [h(f) for h, f in zip(network.heads, held_out_features[:-1], strict=True)]
+        all_logits = [*exits, held_out_features[-1]]
         routing = calibrate(
             all_logits, held_out.labels, macs, config.accuracy_budget, config.criterion, reference
         )
