@@ -93,6 +93,9 @@ class DigitsTraining:
     max_lr: float = 0.01
     weight_decay: float = 1e-4
     seed: int = 0
+    # Train in channels-last memory order (about 2x faster for depthwise convs at 224x224 on CPU); the model
+    # is handed back in the default order.
+    channels_last: bool = False
 
 
 def random_shift(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -129,23 +132,26 @@ def train_digits_cnn(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = model if model is not None else DigitsCNN()
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(data.train_y) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
     )
-    progress = Progress(config.epochs, "train digits CNN", quiet=quiet)
+    progress = Progress(config.epochs, f"train {type(model).__name__} on digits", quiet=quiet)
     for _ in range(config.epochs):
         model.train()
         order = torch.randperm(len(data.train_y), generator=generator)
         total = 0.0
         for i in range(0, len(order), config.batch_size):
             idx = order[i : i + config.batch_size]
-            loss = F.cross_entropy(model(random_shift(data.train_x[idx], generator)), data.train_y[idx])
+            images = random_shift(data.train_x[idx], generator).contiguous(memory_format=layout)
+            loss = F.cross_entropy(model(images), data.train_y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(idx)
         progress.update(loss=total / len(order))
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()
