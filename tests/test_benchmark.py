@@ -162,7 +162,10 @@ def test_compare_flags_the_ratio_that_moved():
     comparison = compare_results(first, moved)
     assert not comparison.ok
     assert comparison.worst is not None and comparison.worst.row.endswith("/ b")
-    assert "NOT within 5%" in comparison.summary()
+    assert "NOT within 5%" in comparison.summary() and "steal" not in comparison.summary()
+    moved.machine["steal_during_timing"] = 0.187
+    summary = compare_results(first, moved).summary()
+    assert "CPU steal while timing (first / second): unknown / 18.7%" in summary
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +194,7 @@ def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
         assert rows[-1].kind == "artifact" and rows[-1].timed
         assert any(r.kind == "stage" for r in rows)
     assert result.settings["ratio_statistic"] == "min" and result.settings["processes"] == 2
+    assert 0 <= result.machine["steal_during_timing"] <= 1
     base = result.row("peers", "ORT fp32").latency.min_ms
     assert result.row("x86-int8+prune=0.5", "prune_channels").speedup_vs_ort_fp32 == pytest.approx(
         base / result.row("x86-int8+prune=0.5", "prune_channels").latency.min_ms

@@ -31,6 +31,7 @@ class Comparison:
     differences: list[RatioDifference]
     tolerance: float
     only_in_one: list[str]
+    steal: tuple[float | None, float | None] = (None, None)  # CPU steal while each run timed
 
     @property
     def worst(self) -> RatioDifference | None:
@@ -52,6 +53,9 @@ class Comparison:
         )  # fmt: skip
         lines.append(verdict)
         lines += [f"only in one run (not compared): {key}" for key in self.only_in_one]
+        if any(share is not None for share in self.steal):
+            shares = " / ".join("unknown" if v is None else f"{v:.1%}" for v in self.steal)
+            lines.append(f"CPU steal while timing (first / second): {shares}")
         return "\n".join(lines)
 
 
@@ -65,4 +69,5 @@ def compare_results(first: BenchResult, second: BenchResult, tolerance: float = 
             if a is not None and b is not None and (a, b) != (1.0, 1.0):
                 differences.append(RatioDifference(key, ratio, a, b))
     only = sorted(rows_a.keys() ^ rows_b.keys())
-    return Comparison(sorted(differences, key=lambda d: (d.row, d.ratio)), tolerance, only)
+    steal = (first.machine.get("steal_during_timing"), second.machine.get("steal_during_timing"))
+    return Comparison(sorted(differences, key=lambda d: (d.row, d.ratio)), tolerance, only, steal)

@@ -31,6 +31,7 @@ from .peer_rows import build_peers
 from .pipelines import Pipeline
 from .schema import BenchError, BenchResult
 from .stages import run_pipeline
+from .steal import core_ticks, steal_note, steal_share
 from .timing import RatioStatistic, add_ratios, remeasure_peak, time_fixed_input, time_per_sample
 
 
@@ -141,11 +142,15 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
     _evaluate_all(bench, candidates, quiet=config.quiet)
     save()
     fixed = [c for c in candidates if c.timed and not c.exits]
+    core = result.settings["pinned_core"]
+    ticks = core_ticks(core)
     rounds = time_fixed_input(
         bench, fixed, rounds=config.rounds, round_ms=config.round_ms, processes=config.processes,
         folder=folder / "timing", quiet=config.quiet,
     )  # fmt: skip
     time_per_sample(bench, peers, [c for c in candidates if c.timed and c.exits])
+    result.machine["steal_during_timing"] = share = steal_share(ticks, core_ticks(core))
+    result.notes += [n for n in [steal_note(share, core)] if n]
     if config.measure_peak:
         remeasure_peak(result)
     add_ratios(result, rounds, config.ratio_statistic)

@@ -1,0 +1,61 @@
+"""How much of the timing core the hypervisor took while a benchmark timed (CPU steal time).
+
+On a virtual machine the host may run other guests on the physical core behind ours; Linux counts the time
+our core was ready but not running as ``steal`` in ``/proc/stat``. Interleaving spreads such gaps over every
+candidate of a round, but not evenly over models that differ in size and memory traffic, so a run with a lot
+of steal gives ratios that do not repeat. Measured on this project's machine kind: an idle stretch showed
+0 % steal, a loaded one 50 %, and two consecutive ResNet-18 runs in a loaded stretch disagreed by up to
+18.7 % on a ratio where quiet pairs agreed within 4.4 %. The share is recorded in every result, and a run
+above :data:`NOISY_STEAL` carries a note saying its ratios may not repeat.
+
+``/proc/stat`` per-core line: ``cpuN user nice system idle iowait irq softirq steal guest guest_nice`` in
+clock ticks; steal share = Δsteal / Δ(user..steal). Elsewhere (no ``/proc/stat``) nothing is recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Above this share of steal during timing a result says its ratios may not repeat.
+NOISY_STEAL = 0.02
+_STAT = Path("/proc/stat")
+
+
+@dataclass(frozen=True)
+class CoreTicks:
+    steal: int
+    total: int
+
+
+def core_ticks(core: int | None, stat: Path = _STAT) -> CoreTicks | None:
+    """Steal and total ticks of ``core`` (all cores when None) so far; None without ``/proc/stat``."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    name = "cpu" if core is None else f"cpu{core}"
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] == name and len(fields) >= 9:
+            ticks = [int(v) for v in fields[1:9]]  # user .. steal; guest time is already in user
+            return CoreTicks(steal=ticks[7], total=sum(ticks))
+    return None
+
+
+def steal_share(before: CoreTicks | None, after: CoreTicks | None) -> float | None:
+    """The share of the ticks between ``before`` and ``after`` that were stolen (None when unknown)."""
+    if before is None or after is None or after.total <= before.total:
+        return None
+    return (after.steal - before.steal) / (after.total - before.total)
+
+
+def steal_note(share: float | None, core: int | None) -> str | None:
+    """A note for a result whose timing lost more than :data:`NOISY_STEAL` of its core to the host."""
+    if share is None or share <= NOISY_STEAL:
+        return None
+    where = f"core {core}" if core is not None else "the cores"
+    return (
+        f"the hypervisor took {share:.1%} of {where} while timing (CPU steal): other guests were running on "
+        "this machine's cores, so ratios from this run may not repeat; run again when it is quieter"
+    )
