@@ -11,7 +11,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from graphopt.backends.timing import interleaved_stats, paired_ratio, stats_of_rounds
 from graphopt.benchmark import (
@@ -25,12 +24,10 @@ from graphopt.benchmark import (
     to_markdown,
     to_text,
 )
-from graphopt.benchmark.candidates import Candidate, EagerRunner
 from graphopt.benchmark.machine import RELEVANT_FLAGS, gemm_peaks, machine_facts
 from graphopt.benchmark.plot import pareto_front
 from graphopt.benchmark.schema import BenchError, BenchRow
 from graphopt.benchmark.summary import summary_markdown
-from graphopt.benchmark.workers import WorkerError, _shares, spread_over_processes
 from graphopt.cli import main
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError, UnknownNameError
 
@@ -174,9 +171,8 @@ def tiny_run(tmp_path_factory):
     config = BenchConfig(
         model="resnet_basic",
         pipelines=(parse_pipeline("generic-fp32"), parse_pipeline("x86-int8+prune=0.5")),
-        rounds=2,
+        rounds=1,
         round_ms=5,
-        processes=2,  # every runner kind (ORT, TorchScript, eager both layouts) timed in worker processes
         out_dir=out,
         quiet=True,
     )
@@ -193,7 +189,7 @@ def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
         rows = [r for r in result.rows if r.pipeline == label]
         assert rows[-1].kind == "artifact" and rows[-1].timed
         assert any(r.kind == "stage" for r in rows)
-    assert result.settings["ratio_statistic"] == "min" and result.settings["processes"] == 2
+    assert result.settings["ratio_statistic"] == "min"
     assert 0 <= result.machine["steal_during_timing"] <= 1
     base = result.row("peers", "ORT fp32").latency.min_ms
     assert result.row("x86-int8+prune=0.5", "prune_channels").speedup_vs_ort_fp32 == pytest.approx(
@@ -205,7 +201,6 @@ def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
     assert result.row("peers", "ORT quantize_static (best)").speedup_vs_ort_int8 == pytest.approx(1.0)
     for row in result.rows:
         if row.timed:
-            assert row.latency.runs >= 2  # a round in each of the two worker processes, a call or more each
             assert row.speedup_vs_ort_fp32 > 0 and row.speedup_vs_eager > 0
             assert row.roofline is not None and row.roofline > 0
             assert row.cosine is not None and -1.0 <= row.cosine <= 1.0 + 1e-6
@@ -234,20 +229,6 @@ def test_a_run_writes_json_markdown_and_a_png(tiny_run):
         assert row.energy_uj is not None and row.energy_uj > 0, row.key
     int8, fp32 = result.row("peers", "ORT quantize_static (best)"), result.row("peers", "ORT fp32")
     assert int8.energy_uj < fp32.energy_uj / 3  # 0.23 vs 4.6 pJ per MAC, 1 vs 4 bytes per weight
-
-
-def test_rounds_are_shared_out_over_worker_processes():
-    assert _shares(100, 3) == [34, 33, 33] and _shares(2, 4) == [1, 1] and _shares(5, 1) == [5]
-
-
-def test_a_failing_timing_worker_is_one_clear_error(tmp_path):
-    row = BenchRow(model="m", pipeline="p", stage="s", kind="peer", numeric="fp32", runtime="onnxruntime",
-                   params=0, macs=0, bytes=0)  # fmt: skip
-    broken = Candidate(row, EagerRunner(torch.nn.Linear(2, 2)))
-    broken.runner.model.forward = None  # pickles, then fails to run in the worker
-    with pytest.raises(WorkerError, match="timing worker 0 failed"):
-        spread_over_processes([broken], (torch.zeros(1, 2),), rounds=1, calls_per_round={row.key: 1},
-                              processes=1, folder=tmp_path)  # fmt: skip
 
 
 def test_a_failing_pipeline_is_recorded_and_the_rest_still_measured(tmp_path, monkeypatch):

@@ -67,26 +67,21 @@ class Candidate:
 
     def bind(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         """A no-argument call of this candidate on ``inputs``, with the inputs converted once."""
-        return bind(self.runner, inputs)
+        runner = self.runner
+        if isinstance(runner, EagerRunner):
+            return runner.bind(inputs)
+        if isinstance(runner, OnnxRunner):
+            feeds = {n: x.detach().numpy() for n, x in zip(runner.input_names, inputs, strict=True)}
+            session = runner.session
+            return lambda: session.run(None, feeds)
+        tensors = [torch.as_tensor(x) for x in inputs]
+        module = runner.module
 
+        def call() -> object:
+            with torch.no_grad():
+                return module(*tensors)
 
-def bind(runner: Runner, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
-    """A no-argument call of ``runner`` on ``inputs``: the inputs converted once, only the runtime's call
-    left to time."""
-    if isinstance(runner, EagerRunner):
-        return runner.bind(inputs)
-    if isinstance(runner, OnnxRunner):
-        feeds = {n: x.detach().numpy() for n, x in zip(runner.input_names, inputs, strict=True)}
-        session = runner.session
-        return lambda: session.run(None, feeds)
-    tensors = [torch.as_tensor(x) for x in inputs]
-    module = runner.module
-
-    def call() -> object:
-        with torch.no_grad():
-            return module(*tensors)
-
-    return call
+        return call
 
 
 def as_tensors(outputs: Any) -> list[torch.Tensor]:

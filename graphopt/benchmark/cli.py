@@ -42,10 +42,6 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         help="time per candidate per round, at least one call (default 20)",
     )
     p.add_argument(
-        "--processes", type=int, default=1,
-        help="split the timing rounds over this many fresh processes (samples per-process speed; default 1)",
-    )  # fmt: skip
-    p.add_argument(
         "--ratio-statistic", choices=["min", "paired-median"], default="min",
         help="speed-ups from the fastest calls (default; repeats best on shared machines) or paired medians",
     )  # fmt: skip
@@ -89,7 +85,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         recovery_epochs=args.recovery_epochs,
         rounds=args.rounds,
         round_ms=args.round_ms,
-        processes=args.processes,
         ratio_statistic=args.ratio_statistic,
         measure_peak=not args.no_peak,
         out_dir=args.out,

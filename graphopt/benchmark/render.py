@@ -63,15 +63,13 @@ def header_lines(result: BenchResult) -> list[str]:
     where = f"core {pinned}" if pinned is not None else "not pinned"
     virtual = ", virtualized" if m.get("virtualized") else ""
     rounds, round_ms = result.settings["rounds"], result.settings["round_ms"]
-    processes = result.settings.get("processes", 1)
-    spread = f" over {processes} fresh processes" if processes > 1 else ""
     steal = m.get("steal_during_timing")
     stolen = f"; CPU steal while timing {steal:.1%}" if steal is not None else ""
     return [
         f"graphopt bench: {result.model}" + ("" if result.complete else " (INCOMPLETE: partial result)"),
         f"machine: {m['cpu']} ({m['arch']}, {m['cores']} cores{virtual}); flags: {' '.join(m['flags'])}",
         f"{peak}; timing: batch 1, 1 thread, {where}, {rounds} interleaved rounds of ~{round_ms:g} ms per "
-        f"candidate{spread}, latency = median of round medians{stolen}",
+        f"candidate, latency = median of round medians{stolen}",
         f"versions: {versions}",
         f"data: {result.data}",
     ]

@@ -46,7 +46,6 @@ class BenchConfig:
     recovery_epochs: int = 10  # distillation after pruning, and QAT, when the model has training data
     rounds: int = 100
     round_ms: float = 20.0
-    processes: int = 1  # fresh processes the timing rounds are split over (see workers.py)
     ratio_statistic: RatioStatistic = "min"  # speed-ups from the fastest calls, or "paired-median"
     measure_peak: bool = True
     out_dir: Path | None = None
@@ -63,10 +62,10 @@ class BenchConfig:
             raise ConfigError(
                 f"ratio_statistic must be 'min' or 'paired-median', got {self.ratio_statistic!r}"
             )
-        if self.rounds < 1 or self.round_ms <= 0 or self.calibration_samples < 1 or self.processes < 1:
+        if self.rounds < 1 or self.round_ms <= 0 or self.calibration_samples < 1:
             raise ConfigError(
-                f"rounds, round_ms, calibration_samples and processes must be positive, got {self.rounds}, "
-                f"{self.round_ms}, {self.calibration_samples}, {self.processes}"
+                f"rounds, round_ms and calibration_samples must be positive, got {self.rounds}, "
+                f"{self.round_ms}, {self.calibration_samples}"
             )
 
 
@@ -101,7 +100,6 @@ def _new_result(config: BenchConfig, bench: BenchModel, core: int | None) -> Ben
             "pinned_core": core,
             "rounds": config.rounds,
             "round_ms": config.round_ms,
-            "processes": config.processes,
             "ratio_statistic": config.ratio_statistic,
             "seed": config.seed,
             "recovery_epochs": config.recovery_epochs,
@@ -145,9 +143,8 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
     core = result.settings["pinned_core"]
     ticks = core_ticks(core)
     rounds = time_fixed_input(
-        bench, fixed, rounds=config.rounds, round_ms=config.round_ms, processes=config.processes,
-        folder=folder / "timing", quiet=config.quiet,
-    )  # fmt: skip
+        bench, fixed, rounds=config.rounds, round_ms=config.round_ms, quiet=config.quiet
+    )
     time_per_sample(bench, peers, [c for c in candidates if c.timed and c.exits])
     result.machine["steal_during_timing"] = share = steal_share(ticks, core_ticks(core))
     result.notes += [n for n in [steal_note(share, core)] if n]

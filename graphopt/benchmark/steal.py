@@ -2,11 +2,12 @@
 
 On a virtual machine the host may run other guests on the physical core behind ours; Linux counts the time
 our core was ready but not running as ``steal`` in ``/proc/stat``. Interleaving spreads such gaps over every
-candidate of a round, but not evenly over models that differ in size and memory traffic, so a run with a lot
-of steal gives ratios that do not repeat. Measured on this project's machine kind: an idle stretch showed
-0 % steal, a loaded one 50 %, and two consecutive ResNet-18 runs in a loaded stretch disagreed by up to
-18.7 % on a ratio where quiet pairs agreed within 4.4 %. The share is recorded in every result, and a run
-above :data:`NOISY_STEAL` carries a note saying its ratios may not repeat.
+candidate of a round, but not evenly over models that differ in size and memory traffic, so ratios from a
+run with much steal may not repeat. On this project's machine kind ``top`` showed 50 % steal at one moment
+and 0 % at others; two consecutive ResNet-18 runs with 0.0 and 0.2 % steal still differed by up to 6.4 % on
+the ratios against PyTorch (ONNX Runtime's ratios within 2 %), so steal is one cause of run-to-run
+movement, not the only one. The share is recorded in every result so a reader can rule it in or out, and a
+run above :data:`NOISY_STEAL` carries a note saying its ratios may not repeat.
 
 ``/proc/stat`` per-core line: ``cpuN user nice system idle iowait irq softirq steal guest guest_nice`` in
 clock ticks; steal share = Δsteal / Δ(user..steal). Elsewhere (no ``/proc/stat``) nothing is recorded.

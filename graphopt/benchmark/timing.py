@@ -2,14 +2,11 @@
 early exits one held-out image at a time, then the speed-ups and the fraction of the measured peak.
 
 Rounds: each candidate is called for about ``round_ms`` per round (at least once), round after round, so a
-slow patch of the machine falls on every candidate of a round alike; optionally split over several fresh
-processes (:mod:`.workers`), which samples what differs from one process to the next. Speed-ups: see
-:func:`add_ratios`.
+slow patch of the machine falls on every candidate of a round alike. Speed-ups: see :func:`add_ratios`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -24,38 +21,21 @@ from .machine import gemm_peaks
 from .models import BenchModel
 from .peer_rows import PEERS
 from .schema import REFERENCES, BenchResult, BenchRow
-from .workers import spread_over_processes
 
 RatioStatistic = Literal["min", "paired-median"]
 Rounds = dict[str, list[np.ndarray]]  # per-call milliseconds of each candidate, round by round
 
 
 def time_fixed_input(
-    bench: BenchModel,
-    candidates: list[Candidate],
-    *,
-    rounds: int,
-    round_ms: float,
-    processes: int = 1,
-    folder: Path | None = None,
-    quiet: bool = False,
+    bench: BenchModel, candidates: list[Candidate], *, rounds: int, round_ms: float, quiet: bool
 ) -> Rounds:
     """Interleaved rounds on the example input; each candidate gets about ``round_ms`` per round (at least
-    one call), so a round is short and a slow patch of the machine falls on every candidate of it. With
-    ``processes > 1`` the rounds are split over that many fresh processes (:mod:`.workers`; files go to
-    ``folder``)."""
+    one call), so a round is short and a slow patch of the machine falls on every candidate of it."""
     calls = {c.row.key: c.bind(bench.example_inputs) for c in candidates}
     per_round = {key: calls_for(call, round_ms, at_least=1, at_most=100_000) for key, call in calls.items()}
-    where = f" in {processes} processes" if processes > 1 else ""
-    progress = Progress(rounds, f"timing {len(calls)} candidates{where}", quiet=quiet)
-    if processes > 1:
-        assert folder is not None, "timing in worker processes needs a folder for their files"
-        samples = spread_over_processes(candidates, bench.example_inputs, rounds=rounds,
-                                        calls_per_round=per_round, processes=processes, folder=folder,
-                                        on_share=progress.update)  # fmt: skip
-    else:
-        samples = interleaved_rounds(calls, rounds=rounds, calls_per_round=per_round,
-                                     on_round=lambda _: progress.update())  # fmt: skip
+    progress = Progress(rounds, f"timing {len(calls)} candidates", quiet=quiet)
+    samples = interleaved_rounds(calls, rounds=rounds, calls_per_round=per_round,
+                                 on_round=lambda _: progress.update())  # fmt: skip
     for candidate in candidates:
         candidate.row.latency = stats_of_rounds(samples[candidate.row.key])
     return samples
