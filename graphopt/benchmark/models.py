@@ -10,7 +10,7 @@
   (:mod:`graphopt.benchmark.probed`); the same ops, MACs and latency as ``resnet18``, with test accuracy.
 - ``mobilenet_v2_digits`` is MobileNetV2 at 224x224 trained from scratch on the same task (a probe on its
   random features reaches only 34 %: they fade through the linear bottlenecks): the ops, MACs and latency
-  of ``mobilenet_v2``, with test accuracy, after about 7 minutes of training on two cores.
+  of ``mobilenet_v2``, with test accuracy, after 6-8 minutes of training on two cores.
 - The reference architectures (``resnet18``, ``mobilenet_v2``, ...) have random weights and no data bundled:
   calibration uses synthetic N(0, 1) inputs, rows get output agreement with the original on synthetic
   probes, and anything that needs labels (early exit) is refused with the reason.
