@@ -16,8 +16,6 @@ exits and the harm (held-out samples the exits get wrong that the network withou
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.fx as fx
 
@@ -25,7 +23,7 @@ from graphopt.cost import count_macs, measure_module_macs
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
 from graphopt.early_exit.segments import Cut, choose_cuts, find_cuts, split_at
-from graphopt.early_exit.thresholds import NEVER, Routing, calibrate, harm_allowed
+from graphopt.early_exit.thresholds import NEVER, Routing, calibrate, harm_allowed, samples_needed
 from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
 from graphopt.errors import InvalidInputError
 from graphopt.ir import shape_of
@@ -104,7 +102,7 @@ def _disabled_note(samples: int, budget_pp: float) -> str:
         "the network without exits; the exits stay disabled"
     )
     if harm_allowed(samples, budget_pp) < 0:
-        needed = math.ceil(100 / budget_pp - 1) if budget_pp > 0 else None
+        needed = samples_needed(budget_pp)
         note += (
             f" (certifying {budget_pp} pp needs at least {needed} held-out samples, got {samples})"
             if needed is not None

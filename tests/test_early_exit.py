@@ -17,7 +17,7 @@ from graphopt.backends import OnnxRunner, TorchScriptRunner
 from graphopt.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.measure import per_sample_accuracy
-from graphopt.early_exit.thresholds import NEVER, calibrate, harm_allowed, route
+from graphopt.early_exit.thresholds import NEVER, calibrate, harm_allowed, route, samples_needed
 from graphopt.early_exit.training import with_augmented_copies
 from graphopt.recovery.data import LabelledTensors
 from tests.conftest import assert_unchanged, state_snapshot
@@ -182,6 +182,10 @@ def test_thresholds_keep_one_sample_of_margin_under_the_budget(wrong, exits):
 def test_too_few_held_out_samples_certify_no_budget():
     logits, labels = _one_head(300, 0)  # a perfect head, but 300 samples cannot certify 0.3 pp
     assert harm_allowed(300, 0.3) == -1 and harm_allowed(333, 0.3) == 0
+    for budget in (0.25, 0.3, 0.5, 1.0, 2.0, 10.0):  # samples_needed inverts harm_allowed at zero harm
+        needed = samples_needed(budget)
+        assert harm_allowed(needed, budget) == 0 and harm_allowed(needed - 1, budget) == -1
+    assert samples_needed(0.0) is None
     routing = calibrate(logits, labels, [1.0, 10.0], budget_pp=0.3, criterion="max_prob")
     assert routing.thresholds == [NEVER]
     assert calibrate(logits, labels, [1.0, 10.0], budget_pp=1.0, criterion="max_prob").thresholds[0] < NEVER

@@ -184,21 +184,31 @@ def _digits(
 
 
 def _resnet18_digits(seed: int, quiet: bool) -> BenchModel:
-    split, validation = hold_out_validation(digits_rgb())
-    model = probed_model("resnet18", split, seed=seed, quiet=quiet)
-    config = EarlyExitConfig(fractions=(0.2, 0.5), head="spatial", seed=seed, quiet=quiet)
-    bench = _digits("resnet18_digits", model, split, validation, config)
-    bench.data = f"ResNet-18, random convolutions, linear probe (graphopt.benchmark.probed); {bench.data}"
-    return bench
+    return _digits_at_224(
+        "resnet18_digits", seed, quiet,
+        lambda split: probed_model("resnet18", split, seed=seed, quiet=quiet),
+        "ResNet-18, random convolutions, linear probe (graphopt.benchmark.probed)",
+    )  # fmt: skip
 
 
 def _mobilenet_v2_digits(seed: int, quiet: bool) -> BenchModel:
-    split, validation = hold_out_validation(digits_rgb())
     training = DigitsTraining(epochs=5, batch_size=32, max_lr=4e-3, seed=seed, channels_last=True)
-    model = train_digits_cnn(split, training, quiet=quiet, model=mobilenet_v2(num_classes=10))
+    return _digits_at_224(
+        "mobilenet_v2_digits", seed, quiet,
+        lambda split: train_digits_cnn(split, training, quiet=quiet, model=mobilenet_v2(num_classes=10)),
+        f"MobileNetV2 trained from scratch for {training.epochs} epochs",
+    )  # fmt: skip
+
+
+def _digits_at_224(
+    name: str, seed: int, quiet: bool, build: Callable[[DigitsSplit], nn.Module], what: str
+) -> BenchModel:
+    """A reference architecture on digits at 224x224 (RGB-shaped), 360 training images held out for the
+    exit thresholds; ``build`` makes the model from the remaining training split."""
+    split, validation = hold_out_validation(digits_rgb())
     config = EarlyExitConfig(fractions=(0.2, 0.5), head="spatial", seed=seed, quiet=quiet)
-    bench = _digits("mobilenet_v2_digits", model, split, validation, config)
-    bench.data = f"MobileNetV2 trained from scratch for {training.epochs} epochs; {bench.data}"
+    bench = _digits(name, build(split), split, validation, config)
+    bench.data = f"{what}; {bench.data}"
     return bench
 
 

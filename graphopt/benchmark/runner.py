@@ -147,7 +147,8 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
     )
     time_per_sample(bench, peers, [c for c in candidates if c.timed and c.exits])
     result.machine["steal_during_timing"] = share = steal_share(ticks, core_ticks(core))
-    result.notes += [n for n in [steal_note(share, core)] if n]
+    if note := steal_note(share, core):
+        result.notes.append(note)
     if config.measure_peak:
         remeasure_peak(result)
     add_ratios(result, rounds, config.ratio_statistic)

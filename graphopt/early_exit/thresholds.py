@@ -72,6 +72,12 @@ def harm_allowed(samples: int, budget_pp: float) -> int:
     return math.floor(budget_pp / 100 * (samples + 1) - 1 + 1e-9)
 
 
+def samples_needed(budget_pp: float) -> int | None:
+    """The fewest held-out samples on which zero harm certifies ``budget_pp`` (the inverse of
+    :func:`harm_allowed`); None for a 0 pp budget, which no finite set certifies."""
+    return math.ceil(100 / budget_pp - 1 - 1e-9) if budget_pp > 0 else None
+
+
 def calibrate(
     logits: list[torch.Tensor],
     labels: torch.Tensor,
