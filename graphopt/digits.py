@@ -132,8 +132,8 @@ def train_digits_cnn(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = model if model is not None else DigitsCNN()
-    layout = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=layout)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(data.train_y) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -146,7 +146,9 @@ def train_digits_cnn(
         total = 0.0
         for i in range(0, len(order), config.batch_size):
             idx = order[i : i + config.batch_size]
-            images = random_shift(data.train_x[idx], generator).contiguous(memory_format=layout)
+            images = random_shift(data.train_x[idx], generator)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(model(images), data.train_y[idx])
             optimizer.zero_grad()
             loss.backward()
@@ -154,4 +156,6 @@ def train_digits_cnn(
             schedule.step()
             total += float(loss.detach()) * len(idx)
         progress.update(loss=total / len(order))
-    return model.to(memory_format=torch.contiguous_format).eval()
+    if config.channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return model.eval()
