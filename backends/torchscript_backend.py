@@ -66,7 +66,11 @@ def _script_or_trace(
 
 
 class TorchScriptRunner:
-    """Loads a TorchScript file and runs or times it with a fixed number of intra-op threads."""
+    """Loads a TorchScript file and runs or times it with a fixed number of intra-op threads.
+
+    A TorchScript file is a program (its code runs when called), so this runner is for artifacts graphopt
+    wrote itself; a model from elsewhere comes in as a ``.pt2`` through :func:`graphopt.load`.
+    """
 
     def __init__(self, path: str | Path, *, threads: int = 1):
         self.path = Path(path)

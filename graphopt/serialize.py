@@ -2,8 +2,9 @@
 
 The GraphModule is exported with ``torch.export`` and written as a ``.pt2`` archive: the graph as serialized
 ATen ops, the weights as tensors, and a small JSON header. Loading rebuilds a module from that description
-(``torch.export.load(...).module()``); no user class is imported or unpickled, so a pruned model whose
-shapes changed round-trips as it is. The batch dimension is exported as dynamic when the graph allows it.
+after checking every member (:mod:`graphopt.safe_pt2`); no user class is imported and nothing is
+unpickled or evaluated, so a pruned model whose shapes changed round-trips as it is. The batch dimension
+is exported as dynamic when the graph allows it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from torch import nn
 from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.quiet import quiet_export
 from graphopt.errors import SerializationError
+from graphopt.safe_pt2 import HEADER_MEMBER, load_program, read_checked
 
 FORMAT = "graphopt.pt2"
 FORMAT_VERSION = 1
-_HEADER = "graphopt.json"
+_HEADER = HEADER_MEMBER.removeprefix("extra/")
 
 
 def save(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path, **header: str) -> Path:
@@ -43,29 +45,47 @@ def save(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str |
 
 
 def load(path: str | Path) -> nn.Module:
-    """Load a model written by :func:`save` (or ``OptimizeResult.save``)."""
+    """Load a model written by :func:`save` (or ``OptimizeResult.save``), running nothing from the file.
+
+    The archive is checked member by member before torch reads it (see :mod:`graphopt.safe_pt2`): a
+    tampered archive (pickled members, code in its program) raises :class:`SerializationError` and nothing
+    in it is unpickled or evaluated.
+    """
     path = Path(path)
     if not path.is_file():
         raise SerializationError(f"no such file: {path}")
-    extra = {_HEADER: ""}
+    checked = read_checked(path.read_bytes(), str(path))
+    _check_header(checked.header, path)
     try:
         with quiet_export():
-            program = torch.export.load(str(path), extra_files=extra)
-    except Exception as exc:  # a corrupt or foreign archive
+            program = load_program(checked)
+            return program.module()
+    except Exception as exc:  # a corrupt archive: torch raises many types; all mean the same to the user
         raise SerializationError(
-            f"{path} is not a graphopt .pt2 archive ({type(exc).__name__}: {exc})"
+            f"{path} is not a loadable graphopt .pt2 archive ({type(exc).__name__}: {_first_line(exc)}); "
+            "re-save the model with graphopt.save"
         ) from exc
+
+
+def _check_header(text: str, path: Path) -> None:
     try:
-        meta = json.loads(extra[_HEADER] or "{}")
+        meta = json.loads(text or "{}")
     except json.JSONDecodeError:
-        meta = {}
-    if meta.get("format") != FORMAT:
-        raise SerializationError(f"{path} was not written by graphopt.save (no {_HEADER} header)")
-    if meta.get("version", 0) > FORMAT_VERSION:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SerializationError(f"{path} was not written by graphopt.save (no valid {HEADER_MEMBER} header)")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SerializationError(f"{path}: its header's version is {version!r}, not an integer")
+    if version > FORMAT_VERSION:
         raise SerializationError(
-            f"{path} has format version {meta['version']}; this graphopt reads <= {FORMAT_VERSION}"
+            f"{path} has format version {version}; this graphopt reads <= {FORMAT_VERSION}: upgrade graphopt"
         )
-    return program.module()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:

@@ -59,7 +59,7 @@ class VerifyResult:
 
 
 def op_histogram(path: str | Path) -> Counter[str]:
-    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def verify_artifact(
@@ -90,7 +90,7 @@ def verify_artifact(
         ops = op_histogram(Path(tmp) / "optimized.onnx")
         theirs = dict(np.load(Path(tmp) / "outputs.npz"))
         info = json.loads((Path(tmp) / "runtime.json").read_text())
-    quantized = any(n.op_type == "DequantizeLinear" for n in onnx.load(str(path)).graph.node)
+    quantized = "DequantizeLinear" in op_histogram(path)
     min_cosine = _min_cosine(reference, feeds, theirs)
     result = VerifyResult(
         path=path,
