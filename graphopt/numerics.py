@@ -41,14 +41,14 @@ class Agreement:
 
 
 def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
-    """The tensors in a (possibly nested) output structure, as float tensors on the CPU."""
+    """The tensors in a (possibly nested) output structure, as float64 tensors on the CPU."""
     leaves, _ = tree_flatten(outputs)
     tensors = []
     for leaf in leaves:
         if isinstance(leaf, np.ndarray):
             leaf = torch.from_numpy(leaf)
         if isinstance(leaf, torch.Tensor):
-            tensors.append(leaf.detach().cpu().float())
+            tensors.append(leaf.detach().cpu().double())  # float64 keeps float64 outputs exact
     return tensors
 
 
@@ -79,6 +79,12 @@ def _top1(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> float | None:
         return None
     r, c = logits[0]
     return float((r.argmax(-1) == c.argmax(-1)).float().mean())
+
+
+def max_abs_difference(reference: Any, candidate: Any) -> float:
+    """``max |a - b|`` over every output element (inf when the structures differ)."""
+    ref, cand = flatten_outputs(reference), flatten_outputs(candidate)
+    return _max_abs(ref, cand) if _same_structure(ref, cand) else float("inf")
 
 
 def allclose(reference: Any, candidate: Any, tolerance: Tolerance) -> tuple[bool, float]:

@@ -1,9 +1,10 @@
 """Shape and dtype propagation into ``node.meta``.
 
 An interpreter runs the graph once on the example inputs and stores, for every node that yields a tensor,
-``node.meta["shape"]`` (a tuple of ints) and ``node.meta["dtype"]``; for tuple outputs it stores the
-per-element lists ``node.meta["shapes"]`` / ``node.meta["dtypes"]``. Passes read these instead of
-re-running the model. The PassManager refreshes them after every pass.
+``node.meta["shape"]`` (a tuple of ints), ``node.meta["dtype"]`` and ``node.meta["contiguous"]`` (whether
+the tensor was contiguous in memory, which decides if ``.contiguous()`` after it is a no-op); for tuple
+outputs it stores the per-element lists ``node.meta["shapes"]`` / ``node.meta["dtypes"]``. Passes read
+these instead of re-running the model. The PassManager refreshes them after every pass.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.fx as fx
 
 from graphopt.cost import measure_module_macs
 
-META_KEYS = ("shape", "dtype", "shapes", "dtypes", "leaf_macs")
+META_KEYS = ("shape", "dtype", "contiguous", "shapes", "dtypes", "leaf_macs")
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -36,6 +37,7 @@ class _ShapeRecorder(fx.Interpreter):
         if isinstance(result, torch.Tensor):
             n.meta["shape"] = tuple(result.shape)
             n.meta["dtype"] = result.dtype
+            n.meta["contiguous"] = result.is_contiguous()
         elif isinstance(result, (tuple, list)) and all(isinstance(r, torch.Tensor) for r in result):
             n.meta["shapes"] = [tuple(r.shape) for r in result]
             n.meta["dtypes"] = [r.dtype for r in result]

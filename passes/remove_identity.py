@@ -3,13 +3,17 @@
 - ``nn.Identity`` calls;
 - dropout in eval (``nn.Dropout*``, ``nn.AlphaDropout``, ``F.dropout*(..., training=False)``): the identity,
   since inverted dropout scales at training time only;
-- ``x.contiguous()``: same values, only the memory layout may differ;
+- ``x.contiguous()`` where ``x`` already is contiguous (shape propagation records it): same values, same
+  layout. After a ``transpose`` or ``permute`` it is kept (``skipped:layout_needed``): a later ``view``
+  needs the copy (ShuffleNet's channel shuffle ``x.view(...).transpose(1, 2).contiguous().view(...)``);
+  on a graph input it is kept too (``skipped:graph_input``: the caller may pass any layout);
 - reshapes that keep the shape: ``flatten`` over a single dimension (a no-op for any input of that rank),
   ``view`` / ``reshape`` / ``torch.reshape`` whose output shape equals the input shape, provided the batch
   dimension is not a hard-coded size (``x.view(1, 64)`` is a no-op only at batch 1, so it stays).
 
 Skipped, with the reason counted in ``stats``: ``skipped:dropout_active`` (functional dropout called with
-``training=True``, the default of ``F.dropout``, which is live even in eval) and ``skipped:batch_specific``.
+``training=True``, the default of ``F.dropout``, which is live even in eval), ``skipped:batch_specific``,
+``skipped:layout_needed`` and ``skipped:graph_input``.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def _identity_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
         training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
         return "dropout" if training is False else "skipped:dropout_active"
     if node.op == "call_method" and node.target == "contiguous" and len(node.args) == 1:
-        return "contiguous"
+        return _contiguous_kind(node.args[0])
     is_flatten = (node.op == "call_method" and node.target == "flatten") or (
         node.op == "call_function" and node.target is torch.flatten
     )
@@ -104,6 +108,14 @@ def _identity_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
     if is_reshape:
         return _reshape_kind(node)
     return None
+
+
+def _contiguous_kind(source: object) -> str | None:
+    if not isinstance(source, fx.Node):
+        return None
+    if source.op == "placeholder":
+        return "skipped:graph_input"
+    return "contiguous" if source.meta.get("contiguous") is True else "skipped:layout_needed"
 
 
 def _flatten_kind(node: fx.Node, start: object, end: object) -> str | None:

@@ -79,3 +79,36 @@ def test_keeps_ops_that_are_not_identities(model, shape, expected_stats):
     assert not record.modified
     assert record.stats == expected_stats
     assert len(gm.graph.nodes) == nodes
+
+
+class ShuffleWithView(nn.Module):
+    """ShuffleNetV2's channel shuffle as common code writes it: the last view needs the contiguous copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x).contiguous()  # already contiguous: a no-op
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous()
+        return y.view(n, -1, h, w)
+
+
+def test_contiguous_is_kept_where_a_later_view_needs_it():
+    x = torch.randn(2, 4, 5, 5)
+    gm = captured(ShuffleWithView())
+    expected = outputs(gm, x)
+    record = run_pass(RemoveIdentity(), gm, x)
+    assert record.stats["contiguous"] == 1 and record.stats["skipped:layout_needed"] == 1
+    torch.testing.assert_close(outputs(gm, x), expected, rtol=0, atol=0)
+
+
+def test_shufflenet_with_view_optimizes_for_every_target_kind():
+    import graphopt
+
+    x = torch.randn(2, 4, 5, 5)
+    calibration = [torch.randn(2, 4, 5, 5) for _ in range(2)]
+    for target in ("generic-fp32", "x86-int8"):
+        res = graphopt.optimize(ShuffleWithView(), target, example_inputs=(x,), calibration_data=calibration)
+        assert res.report.stage("remove_identity").stats["skipped:layout_needed"] == 1

@@ -2,9 +2,16 @@
 
 After a model is edited (channels pruned, weights quantized) the running mean/var of its BatchNorm layers
 no longer describe the activations. Re-estimation resets them and runs the calibration data through the
-model with only the BatchNorm layers in training mode and ``momentum=None``, which makes PyTorch keep a
-cumulative average: ``mean = (1/n) sum_i mean_i`` over the ``n`` batches, the same for the variance.
-Weights do not change; it costs one forward pass per batch.
+model in eval mode. A hook before every BatchNorm adds its input to per-channel float64 sums over every
+sample and position seen so far, ``n``, ``S1 = sum x``, ``S2 = sum x^2``, and sets
+
+    running_mean = S1 / n,    running_var = (S2 - S1^2 / n) / (n - 1)    (0 while n = 1)
+
+before the layer runs, so each BatchNorm normalizes with the statistics of all data so far and the layers
+after it see activations as they will be. Unlike train-mode BatchNorm this works at batch 1 with a 1x1 map
+(DeepLabV3's image-pooling branch), where PyTorch refuses "Expected more than 1 value per channel", and the
+result is the pooled statistics of the whole set, not an average of per-batch ones. Weights do not change;
+it costs one forward pass per batch.
 """
 
 from __future__ import annotations
@@ -48,12 +55,11 @@ def reestimate_batchnorm(model: nn.Module, data: Iterable[Any], max_batches: int
     if not norms:
         return 0
     was_training = model.training
-    saved_momenta = [m.momentum for m in norms]
     model.eval()
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches
-        m.train()
+    accumulators = [_ChannelMoments() for _ in norms]
+    handles = [m.register_forward_pre_hook(acc.update) for m, acc in zip(norms, accumulators, strict=True)]
     used = 0
     try:
         with torch.no_grad():
@@ -63,9 +69,31 @@ def reestimate_batchnorm(model: nn.Module, data: Iterable[Any], max_batches: int
                 model(*inputs)
                 used += 1
     finally:
-        for m, momentum in zip(norms, saved_momenta, strict=True):
-            m.momentum = momentum
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     if used == 0:
         raise InvalidInputError("calibration_data is empty: BatchNorm re-estimation needs at least one batch")
     return used
+
+
+class _ChannelMoments:
+    """Per-channel float64 sums of a BatchNorm's inputs; writes the pooled statistics into the layer."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def update(self, norm: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]  # every axis but channels: batch and positions
+        total, squares = x.sum(dims), (x * x).sum(dims)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += x.numel() // x.shape[1]
+        mean = self.total / self.count
+        spread = (self.squares - self.total * mean).clamp_min(0)
+        variance = spread / (self.count - 1) if self.count > 1 else torch.zeros_like(mean)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(variance)
