@@ -11,6 +11,9 @@ through every node with the rules of :mod:`graphopt.pruning.rules` (an explicit 
 - *shape edits*: nodes whose literal sizes follow the widths (reshape sizes, ``split`` sizes, the softmax
   scale of attention whose head dim shrinks).
 
+Channel counts read from tensors (``x.shape``) are followed too (:mod:`graphopt.pruning.size_flow`): one
+that shapes a tensor of another group blocks the channels it was read from.
+
 Fail closed: an op outside the table blocks every unit that reaches it, and the network's outputs are never
 pruned. :meth:`DependencyGraph.groups` then gathers the producers that share units into groups, with their
 units and the reasons any of them are blocked.
@@ -155,15 +158,19 @@ class DependencyGraph:
 def analyze(gm: fx.GraphModule) -> DependencyGraph:
     """Walk ``gm`` (shapes in ``node.meta``) and return its channel dependencies."""
     from graphopt.pruning.rules import apply_rule
+    from graphopt.pruning.size_flow import SizeFlow
 
     graph = DependencyGraph(gm)
     maps: dict[fx.Node, NodeMap] = {}
+    sizes = SizeFlow()
     for node in gm.graph.nodes:
         if node.op == "output":
             for value in _nested_nodes(node.args):
                 graph.block(maps.get(value), "reaches the network output")
+            sizes.visit(graph, node, maps)
             continue
         maps[node] = apply_rule(graph, node, maps)
+        sizes.visit(graph, node, maps)
     return graph
 
 
