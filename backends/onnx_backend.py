@@ -76,6 +76,17 @@ def export_onnx(
     return path
 
 
+def check_onnx_dtypes(model: torch.nn.Module) -> None:
+    """ONNX Runtime's CPU kernels for Conv (and most others) are float32 (float16 on some builds): a
+    float64 model is refused before anything is written, with the remedy."""
+    doubles = sorted({str(p.dtype) for p in model.parameters() if p.dtype == torch.float64})
+    if doubles:
+        raise ExportError(
+            "the model's weights are float64, which ONNX Runtime has no CPU Conv/Gemm kernels for: "
+            "optimize model.float() (or export with backend='torchscript', which runs float64)"
+        )
+
+
 def _sink_branch_weights(path: Path) -> None:
     """Put the weights of ``If`` branches (early exits) inside them: see :mod:`.onnx_subgraphs`."""
     model = onnx.load(str(path))

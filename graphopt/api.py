@@ -115,6 +115,7 @@ def optimize(
     reference = run_reference(original, inputs)
     if early_exit is not None:
         check_classifier_output(reference)
+    _check_eval_labels(labelled, reference)
     train = _read_labelled_data(train_data, "train_data", inputs, reference)
     validation = _read_labelled_data(validation_data, "validation_data", inputs, reference)
     _check_needs(
@@ -298,6 +299,18 @@ def _read_labelled_data(
     if logits:
         check_label_range(labelled.labels, logits[0].shape[-1], what)
     return labelled
+
+
+def _check_eval_labels(labelled: list[Batch] | None, reference: Any) -> None:
+    """eval_data's labels must name the model's classes, like train and validation data's: out-of-range
+    labels would read as 0 % accuracy rather than as an error."""
+    logits = flatten_outputs(reference)
+    if labelled is None or not logits:
+        return
+    labels = torch.cat([torch.as_tensor(y).reshape(-1) for _, y in labelled])
+    if labels.is_floating_point():
+        raise InvalidInputError("eval_data labels must be integer class indices, got floating-point labels")
+    check_label_range(labels, logits[0].shape[-1], "eval_data")
 
 
 def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:

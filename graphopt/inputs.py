@@ -17,7 +17,19 @@ def check_model(model: Any) -> nn.Module:
         raise InvalidModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}")
     if isinstance(model, torch.jit.ScriptModule):
         raise InvalidModelError("model is a TorchScript module; graphopt needs the original Python nn.Module")
+    if _holds_int8_quantizers(model):
+        raise InvalidModelError(
+            "model is already quantized by graphopt (the .model of an int8 result): pruning or quantizing it "
+            "again would work on simulated int8 weights. Optimize the original fp32 model with the options "
+            "combined (prune=..., target='x86-int8')"
+        )
     return model
+
+
+def _holds_int8_quantizers(model: nn.Module) -> bool:
+    from graphopt.quant import is_quantized  # the quant package imports the pass machinery
+
+    return is_quantized(model)
 
 
 def check_example_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -39,7 +51,22 @@ def check_example_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     for i, x in enumerate(example_inputs):
         if not isinstance(x, torch.Tensor):
             raise InvalidInputError(f"example_inputs[{i}] must be a torch.Tensor, got {type(x).__name__}")
+        _check_example_tensor(i, x)
     return tuple(x.detach() for x in example_inputs)
+
+
+def _check_example_tensor(i: int, x: torch.Tensor) -> None:
+    """Every check downstream (capture, exactness, the artifact) compares outputs on these inputs: empty or
+    non-finite ones would make each comparison vacuous or NaN."""
+    if x.numel() == 0:
+        raise InvalidInputError(
+            f"example_inputs[{i}] has shape {tuple(x.shape)}, with no elements (batch 0?): every check "
+            "compares outputs on the example inputs, so give at least one real sample"
+        )
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise InvalidInputError(
+            f"example_inputs[{i}] contains NaN or inf: give finite values shaped like a real input"
+        )
 
 
 def private_eval_copy(model: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.fx as fx
 
+from graphopt.errors import ConfigError
 from graphopt.numerics import Tolerance, allclose, max_abs_difference
 
 if TYPE_CHECKING:
@@ -144,7 +145,12 @@ class IRDump:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"dump_ir {self.directory} is a file: give a folder (it is created if missing)")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"dump_ir folder {self.directory} cannot be created ({exc.strerror})") from exc
         self._count = 0
 
     def dump(self, label: str, gm: fx.GraphModule) -> Path:

@@ -27,7 +27,8 @@ class Tolerance:
         """``atol`` scaled by ``max(1, max|outputs|)``. Float rounding in a rewritten network is relative to
         the size of the values flowing through it, not to each output element: folding BatchNorm into
         ResNet-18 at 224x224 moved even its logits near 0 by 1.2e-5 of the largest one."""
-        scale = max((float(t.abs().max()) for t in flatten_outputs(outputs) if t.numel()), default=1.0)
+        finite = [t[torch.isfinite(t)] for t in flatten_outputs(outputs)]
+        scale = max((float(t.abs().max()) for t in finite if t.numel()), default=1.0)
         return Tolerance(rtol=self.rtol, atol=self.atol * max(scale, 1.0))
 
 
@@ -56,8 +57,17 @@ def _same_structure(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> bool:
     return len(ref) == len(cand) and all(r.shape == c.shape for r, c in zip(ref, cand, strict=True))
 
 
+def all_finite(outputs: Any) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in flatten_outputs(outputs))
+
+
 def _max_abs(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> float:
-    diffs = (float((r - c).abs().max()) for r, c in zip(ref, cand, strict=True) if r.numel())
+    """Over the positions where the reference is finite (NaN where both are NaN is agreement)."""
+    diffs = (
+        float((r - c)[torch.isfinite(r)].abs().max())
+        for r, c in zip(ref, cand, strict=True)
+        if bool(torch.isfinite(r).any())
+    )
     return max(diffs, default=0.0)
 
 
@@ -93,5 +103,5 @@ def allclose(reference: Any, candidate: Any, tolerance: Tolerance) -> tuple[bool
     if not _same_structure(ref, cand):
         return False, float("inf")
     pairs = zip(ref, cand, strict=True)
-    ok = all(torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol) for r, c in pairs)
+    ok = all(torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True) for r, c in pairs)
     return ok, _max_abs(ref, cand)

@@ -14,14 +14,15 @@ from torch import nn
 
 from graphopt import serialize
 from graphopt.backends import Backend, backend_for, export_onnx
-from graphopt.backends.onnx_backend import OnnxRunner, exporter_of
+from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, exporter_of
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
+from graphopt.destination import StagedFile, check_destination
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.energy import estimate_graph
-from graphopt.errors import ExportError
+from graphopt.errors import ConfigError, ExportError
 from graphopt.evaluation import Batch, accuracy
-from graphopt.numerics import Tolerance, agreement, allclose
+from graphopt.numerics import Tolerance, agreement, all_finite, allclose
 from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
 from graphopt.sparsity import zipped_bytes
@@ -91,7 +92,7 @@ class OptimizeResult:
         Runtime fp32. The latency guard (on unless ``latency_guard=False``) times an int8 artifact against the
         fp32 model of the same pipeline in the same runtime and ships fp32 when int8 is not faster.
         """
-        chosen = backend_for(path, backend)
+        destination, chosen = self._check_export(path, backend, warmup, repeat)
         model, guard, skipped = self.model, None, None
         if latency_guard and self.fp32_model is not None and is_quantized(self.model):
             if has_exits(self.model):
@@ -107,10 +108,13 @@ class OptimizeResult:
             else:
                 guard = self._latency_guard(chosen)
                 model = self.model if guard.int8_wins else self.fp32_model
-        artifact = self._lower(chosen, model, Path(path))
-        runner = chosen.runner(artifact, threads=self.target.backend.threads)
-        outputs = runner.run(*self.example_inputs)
-        mismatch = self._check_artifact(model, runner, chosen.name)
+        with StagedFile(destination) as staged:  # nothing reaches the destination unless verified
+            lowered = self._lower(chosen, model, staged.path)
+            runner = chosen.runner(lowered, threads=self.target.backend.threads)
+            outputs = runner.run(*self.example_inputs)
+            mismatch = self._check_artifact(model, runner, chosen.name)
+            artifact = staged.commit()
+        runner.path = artifact
         record = StageRecord(
             stage=f"artifact:{chosen.name}"
             + ("" if guard is None or guard.int8_wins else " (fp32 fallback)"),
@@ -145,6 +149,24 @@ class OptimizeResult:
                 )
         self.report.add(record)
         return artifact
+
+    def _check_export(
+        self, path: object, backend: str | None, warmup: int, repeat: int
+    ) -> tuple[Path, Backend]:
+        """Everything about the call that can be wrong, checked before any lowering or timing."""
+        destination = check_destination(path, "export path")
+        chosen = backend_for(destination, backend)
+        if destination.suffix != chosen.suffix:
+            raise ConfigError(
+                f"export path {destination.name} does not end in {chosen.suffix}, the suffix of backend "
+                f"{chosen.name!r}: name it {destination.with_suffix(chosen.suffix).name}, or drop backend="
+            )
+        for name, value, low in (("warmup", warmup, 0), ("repeat", repeat, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if chosen.name == "onnx":
+            check_onnx_dtypes(self.model)
+        return destination, chosen
 
     def _lower(self, backend: Backend, model: nn.Module, path: Path) -> Path:
         settings = self.target.backend
@@ -190,6 +212,8 @@ class OptimizeResult:
         for inputs in _probe_inputs(self.example_inputs):
             with torch.no_grad():
                 eager = model(*inputs)
+            if inputs is not self.example_inputs and not all_finite(eager):
+                continue  # a probe outside the model's domain (sqrt of a negated input) proves nothing
             got = runner.run(*inputs)
             if quantized:
                 match = agreement(eager, got)

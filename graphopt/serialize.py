@@ -17,6 +17,7 @@ from torch import nn
 
 from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.quiet import quiet_export
+from graphopt.destination import StagedFile, check_destination
 from graphopt.errors import SerializationError
 from graphopt.safe_pt2 import HEADER_MEMBER, load_program, read_checked
 
@@ -27,21 +28,21 @@ _HEADER = HEADER_MEMBER.removeprefix("extra/")
 
 def save(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path, **header: str) -> Path:
     """Write ``model`` to ``path`` (``.pt2``)."""
-    path = Path(path)
-    if path.suffix != ".pt2":
-        raise SerializationError(f"graphopt saves to a .pt2 file, got {path.name!r}")
+    if isinstance(path, (str, Path)) and Path(path).suffix != ".pt2":
+        raise SerializationError(f"graphopt saves to a .pt2 file, got {Path(path).name!r}")
+    path = check_destination(path, "save path")
     try:
         with quiet_export():
             program = _export(model, example_inputs)
-            meta = {"format": FORMAT, "version": FORMAT_VERSION, **header}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.export.save(program, str(path), extra_files={_HEADER: json.dumps(meta)})
     except Exception as exc:  # torch.export raises many types; all mean the same to the user
         raise SerializationError(
-            f"could not save the model with torch.export ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"could not capture the model with torch.export ({type(exc).__name__}: {_first_line(exc)}); "
             "data-dependent Python control flow must be expressed with torch.cond to be saved"
         ) from exc
-    return path
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, **header}
+    with StagedFile(path) as staged:
+        torch.export.save(program, str(staged.path), extra_files={_HEADER: json.dumps(meta)})
+        return staged.commit()
 
 
 def load(path: str | Path) -> nn.Module:
