@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,9 @@ from torch import nn
 
 from graphopt.benchmark.cli import add_bench_commands
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
+
+#: An example input larger than this (1 GiB of float32) is a typo, not a model input.
+MAX_INPUT_ELEMENTS = 2**28
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,11 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recovery-epochs", type=int, default=20, help="epochs of distillation and of QAT (0: no training)"
     )
-    p.add_argument(
-        "--early-exit",
-        action="store_true",
-        help="add an early exit (needs an fp32 target: --target generic-fp32)",
-    )
+    p.add_argument("--early-exit", action="store_true", help="add an early exit after the second conv block")
     p.add_argument("--out", type=Path, default=Path("graphopt-demo"))
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=_cmd_demo)
@@ -101,7 +101,11 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from graphopt.api import optimize
+    from graphopt.destination import check_destination
 
+    for option, path in (("--output", args.output), ("--save", args.save), ("--json", args.json)):
+        if path is not None:  # checked before any work, so nothing is written and then a traceback
+            check_destination(path, option)
     model, example = load_model(args.model, args.input_shape)
     result = optimize(model, target=args.target, example_inputs=example, dump_ir=args.dump_ir)
     if args.output:
@@ -110,6 +114,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         result.save(args.save)
     print(result.report)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(result.report.to_json())
     return 0
 
@@ -148,6 +153,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
         ) from None
     if not shape or any(d <= 0 for d in shape):
         raise InvalidInputError(f"--input-shape must be positive integers, got {text!r}")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise InvalidInputError(
+            f"--input-shape {text} is {math.prod(shape):,} elements, over {MAX_INPUT_ELEMENTS:,}: give the "
+            "shape of one real input (batch 1)"
+        )
     return shape
 
 

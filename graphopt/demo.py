@@ -15,6 +15,7 @@ import torch
 
 from graphopt.api import optimize
 from graphopt.backends.timing import pin_to_one_core
+from graphopt.destination import check_destination
 from graphopt.digits import (
     DigitsTraining,
     batches,
@@ -23,8 +24,11 @@ from graphopt.digits import (
     train_digits_cnn,
 )
 from graphopt.early_exit.config import EarlyExitConfig
+from graphopt.errors import ConfigError
+from graphopt.quant import is_quantized
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.result import OptimizeResult
+from graphopt.targets import resolve_target
 
 log = logging.getLogger("graphopt")
 
@@ -39,6 +43,17 @@ class DemoConfig:
     early_exit: bool = False  # an exit after the second conv block (fp32 targets only)
     out_dir: Path = Path("graphopt-demo")
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        """Checked before the 15 s of training, so a typo fails at once."""
+        resolve_target(self.target)
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not isinstance(self.recovery_epochs, int) or self.recovery_epochs < 0:
+            raise ConfigError(f"recovery_epochs must be an integer >= 0, got {self.recovery_epochs!r}")
+        if not 0 <= self.prune < 1:
+            raise ConfigError(f"prune must be a fraction in [0, 1), got {self.prune!r}")
+        check_destination(self.out_dir / "digits.onnx", "demo output folder")
 
 
 def run_demo(config: DemoConfig) -> OptimizeResult:
@@ -67,7 +82,10 @@ def run_demo(config: DemoConfig) -> OptimizeResult:
     )
     out = config.out_dir
     result.export(out / "digits.onnx", measure_latency=True)
-    result.export(out / "digits.pt", measure_latency=True)
+    if config.early_exit and is_quantized(result.model):
+        result.report.notes.append("no TorchScript artifact: int8 with early exits exports to ONNX only")
+    else:
+        result.export(out / "digits.pt", measure_latency=True)
     result.save(out / "digits.pt2")
     where = f"pinned to core {core}" if core is not None else "unpinned"
     result.report.notes.append(f"latency: batch 1, one thread, {where}; artifacts in {out}/")

@@ -10,10 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
+from graphopt.errors import ConfigError, InvalidInputError
 from graphopt.inputs import check_model, private_eval_copy
+from graphopt.numerics import flatten_outputs
 from graphopt.recovery.config import RecoveryConfig
+from graphopt.recovery.data import LabelledTensors, read_labelled
 from graphopt.recovery.engine import RecoveryResult, fit
 
 
@@ -36,9 +40,38 @@ def distill(
     ``train_fn`` hook."""
     check_model(teacher)
     check_model(student)
+    if config is not None and not isinstance(config, RecoveryConfig):
+        raise ConfigError(
+            f"config must be a graphopt.RecoveryConfig, got {type(config).__name__}: "
+            "e.g. RecoveryConfig(epochs=1)"
+        )
     frozen_teacher = private_eval_copy(teacher)
     trained = private_eval_copy(student)
-    result = fit(
-        trained, frozen_teacher, train_data, config or RecoveryConfig(), val_data=val_data, desc="distill"
-    )
+    data = read_labelled(train_data, "train_data", None)
+    _check_pair(frozen_teacher, trained, data)
+    result = fit(trained, frozen_teacher, data, config or RecoveryConfig(), val_data=val_data, desc="distill")
     return DistillResult(trained, result)
+
+
+def _check_pair(teacher: nn.Module, student: nn.Module, data: LabelledTensors) -> None:
+    """Both models must run on the data's inputs and give logits of one width, before any training."""
+    sample = tuple(x[:2] for x in data.inputs)
+    shapes = ", ".join(str(tuple(x.shape)) for x in sample)
+    widths = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        try:
+            with torch.no_grad():
+                out = model(*sample)
+        except Exception as exc:  # whatever the user's model raises on inputs it does not take
+            raise InvalidInputError(
+                f"the {name} fails on train_data's inputs (shapes {shapes}): {type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Teacher and student must "
+                "take the same inputs"
+            ) from exc
+        leaves = flatten_outputs(out)
+        widths[name] = tuple(leaves[0].shape[1:]) if leaves else None
+    if widths["teacher"] != widths["student"]:
+        raise InvalidInputError(
+            f"teacher outputs {widths['teacher']} per sample but the student {widths['student']}: "
+            "distillation matches their logits, so both must predict the same classes"
+        )

@@ -47,6 +47,12 @@ def test_optimize_a_zoo_model_with_ir_dump(tmp_path, capsys):
         (["optimize", "no_such_pkg.mod:f", "--input-shape", "1"], "cannot import 'no_such_pkg.mod'"),
         (["optimize", "resnet9000"], "unknown model 'resnet9000'; known models: .*resnet18"),
         (["optimize", "mlp", "--target", "x"], "unknown target 'x'"),
+        (["optimize", "mlp", "--json", "/proc/graphopt-test/r.json", "-o", "/tmp/m.onnx"], "--json .*cannot"),
+        (["optimize", "mlp", "--input-shape", "1,3,99999,99999"], r"elements, over .*batch 1"),
+        (["verify", __file__], "is not an ONNX model"),
+        (["verify", __file__.replace(".py", ".onnx"), "--ort", "0.0.1"], "no ONNX file"),
+        (["demo", "--epochs", "-1"], "epochs must be an integer >= 1"),
+        (["demo", "--target", "bogus"], "unknown target 'bogus'"),
     ],
 )
 def test_errors_are_one_clear_line(argv, message, capsys):

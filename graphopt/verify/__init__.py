@@ -62,6 +62,15 @@ def op_histogram(path: str | Path) -> Counter[str]:
     return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def _check_onnx_file(path: Path) -> None:
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and others for a file that is not ONNX
+        raise InvalidInputError(
+            f"{path} is not an ONNX model ({type(exc).__name__}); give an .onnx file"
+        ) from exc
+
+
 def verify_artifact(
     path: str | Path,
     arch: Arch = "aarch64",
@@ -75,6 +84,7 @@ def verify_artifact(
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"no ONNX file at {path}")
+    _check_onnx_file(path)
     runtime = ForeignRuntime(arch, ort_version)
     runtime.prepare(quiet=quiet)
     reference = OnnxRunner(path, optimization="disabled")

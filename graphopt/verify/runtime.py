@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from graphopt.errors import ConfigError, RuntimeSetupError
 Arch = Literal["aarch64", "x86_64"]
 SETUP_SCRIPT = Path(__file__).with_name("setup_foreign_runtime.sh")
 DEFAULT_ORT = "1.20.1"
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+#: Opset 18 (what graphopt writes) is read by onnxruntime 1.14 and later.
+_OLDEST = (1, 14, 0)
 
 
 def cache_root() -> Path:
@@ -40,6 +44,11 @@ class ForeignRuntime:
     def __post_init__(self) -> None:
         if self.arch not in ("aarch64", "x86_64"):
             raise ConfigError(f"arch must be 'aarch64' or 'x86_64', got {self.arch!r}")
+        if not _VERSION.fullmatch(self.ort_version) or tuple(map(int, self.ort_version.split("."))) < _OLDEST:
+            raise ConfigError(
+                f"onnxruntime version must look like 1.20.1 and be >= {'.'.join(map(str, _OLDEST))} (the "
+                f"oldest with opset 18 and the fusions checked here), got {self.ort_version!r}"
+            )
 
     @property
     def folder(self) -> Path:
@@ -79,6 +88,7 @@ class ForeignRuntime:
             command, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}
         )
         if done.returncode != 0 or not self.ready:
+            shutil.rmtree(self.folder, ignore_errors=True)  # a half-made runtime must not look cached
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise RuntimeSetupError(
                 f"setting up {self.arch} onnxruntime {self.ort_version} failed (exit {done.returncode}); it "

@@ -1,0 +1,172 @@
+"""Input that used to end in a raw exception, a silent wrong result or a file left behind.
+
+Each test names the class of input from the reliability review (issue 18) and fails on the code before it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt import ConfigError, ExportError, InvalidInputError, InvalidModelError
+from graphopt.zoo import ValueControlFlowNet, get_model
+
+
+@pytest.fixture(scope="module")
+def fp32_result():
+    model, inputs = get_model("resnet_basic").build()
+    return graphopt.optimize(model, "generic-fp32", example_inputs=inputs)
+
+
+@pytest.fixture(scope="module")
+def int8_result():
+    model, (x,) = get_model("resnet_basic").build()
+    calibration = [torch.randn(4, *x.shape[1:]) for _ in range(2)]
+    return graphopt.optimize(model, "x86-int8", example_inputs=(x,), calibration_data=calibration)
+
+
+# -- example inputs ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda x: x[:0], r"no elements \(batch 0\?\)"),
+        (lambda x: x * float("nan"), "NaN or inf"),
+        (lambda x: x.clone().index_fill_(0, torch.tensor([0]), float("inf")), "NaN or inf"),
+    ],
+    ids=["batch-0", "nan", "inf"],
+)
+def test_empty_or_non_finite_example_inputs_are_refused(make, message):
+    model, (x,) = get_model("resnet_basic").build()
+    with pytest.raises(InvalidInputError, match=message):
+        graphopt.optimize(model, example_inputs=(make(x),))
+
+
+def test_an_int8_result_cannot_be_optimized_again(int8_result):
+    x = int8_result.example_inputs[0]
+    for kwargs in ({"prune": 0.5}, {"target": "x86-int8", "calibration_data": [x]}):
+        with pytest.raises(InvalidModelError, match="already quantized by graphopt.*original fp32 model"):
+            graphopt.optimize(int8_result.model, example_inputs=(x,), **kwargs)
+
+
+def test_eval_labels_outside_the_models_classes_are_refused():
+    model, (x,) = get_model("resnet_basic").build()
+    with pytest.raises(
+        InvalidInputError, match=r"eval_data has labels in \[10, 10\] but the model outputs 10"
+    ):
+        graphopt.optimize(model, example_inputs=(x,), eval_data=[(x, torch.tensor([10]))])
+
+
+# -- export destinations ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("destination", "backend", "message"),
+    [
+        (lambda tmp: tmp, None, "is a folder"),
+        (lambda tmp: None, None, "must be a file path.*NoneType"),
+        (lambda tmp: bytes(tmp / "m.onnx"), None, "must be a file path.*bytes"),
+        (lambda tmp: tmp / "m.onnx", "torchscript", r"does not end in \.pt.*name it m\.pt"),
+        (lambda tmp: tmp / "file" / "m.onnx", None, "is a file, not a folder"),
+    ],
+    ids=["folder", "none", "bytes", "suffix-backend-mismatch", "file-as-folder"],
+)
+def test_bad_export_destinations_fail_before_any_work(fp32_result, tmp_path, destination, backend, message):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=message):
+        fp32_result.export(destination(tmp_path), backend=backend)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused_up_front(int8_result, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match="cannot be written"):
+        int8_result.export(locked / "sub" / "m.onnx")  # int8: the latency guard would run first
+
+
+def test_an_unwritable_mount_is_refused_up_front(fp32_result):
+    with pytest.raises(ConfigError, match="cannot be written.*refuses new files"):
+        fp32_result.export(Path("/proc/graphopt-test/m.onnx"))
+
+
+def test_timing_options_are_checked_before_the_file_is_written(fp32_result, tmp_path):
+    with pytest.raises(ConfigError, match="warmup must be an integer >= 0"):
+        fp32_result.export(tmp_path / "m.onnx", measure_latency=True, warmup=-1, repeat=0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_export_leaves_nothing_at_the_destination(tmp_path):
+    res = graphopt.optimize(ValueControlFlowNet().eval(), example_inputs=(torch.randn(1, 3, 8, 8),))
+    with pytest.raises(ExportError, match="torchscript artifact disagrees"):
+        res.export(tmp_path / "m.pt")  # written, loaded, then refused by the probe check
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_float64_model_is_refused_for_onnx_and_exports_to_torchscript(tmp_path):
+    model, (x,) = get_model("resnet_basic").build()
+    res = graphopt.optimize(model.double(), example_inputs=(x.double(),))
+    with pytest.raises(ExportError, match=r"float64.*model\.float\(\)"):
+        res.export(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    assert res.export(tmp_path / "m.pt").is_file()
+
+
+class SquareRoot(nn.Module):
+    """Finite on the example (positive inputs), NaN on the negated probe."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.sqrt(self.fc(x).abs() + x)
+
+
+def test_a_model_that_is_nan_on_a_probe_still_exports(tmp_path):
+    x = torch.rand(2, 4) + 1
+    res = graphopt.optimize(SquareRoot(), example_inputs=(x,))
+    assert res.export(tmp_path / "m.onnx").is_file()
+
+
+def test_save_into_an_unwritable_place_names_the_place_not_control_flow(fp32_result):
+    with pytest.raises(ConfigError, match="cannot be written") as info:
+        fp32_result.save("/proc/graphopt-test/m.pt2")
+    assert "torch.cond" not in str(info.value)
+
+
+def test_dump_ir_onto_an_existing_file_is_refused(tmp_path):
+    model, inputs = get_model("resnet_basic").build()
+    (tmp_path / "ir").write_text("")
+    with pytest.raises(ConfigError, match="is a file: give a folder"):
+        graphopt.optimize(model, example_inputs=inputs, dump_ir=tmp_path / "ir")
+
+
+# -- distill --------------------------------------------------------------------------------------------
+def _digits_like_batches(channels: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.randn(8, channels, 8, 8), torch.randint(0, 10, (8,))) for _ in range(2)]
+
+
+def _cnn(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(channels, 4, 3), nn.Flatten(), nn.Linear(144, 10))
+
+
+def test_distill_config_must_be_a_recovery_config():
+    with pytest.raises(ConfigError, match=r"RecoveryConfig, got dict"):
+        graphopt.distill(_cnn(1), _cnn(1), _digits_like_batches(), config={"epochs": 1})
+
+
+def test_distill_student_with_other_inputs_is_refused_before_training():
+    with pytest.raises(InvalidInputError, match="the student fails on train_data's inputs.*same inputs"):
+        graphopt.distill(_cnn(1), _cnn(3), _digits_like_batches())
+
+
+@pytest.mark.parametrize("version", ["0.0.1", "latest", "1.20", "1.20.1; rm -rf /"])
+def test_a_foreign_runtime_version_is_validated_before_any_set_up(version):
+    from graphopt.verify.runtime import ForeignRuntime
+
+    with pytest.raises(ConfigError, match="onnxruntime version must look like 1.20.1"):
+        ForeignRuntime("x86_64", version)
