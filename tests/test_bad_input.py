@@ -49,7 +49,7 @@ def test_empty_or_non_finite_example_inputs_are_refused(make, message):
 def test_an_int8_result_cannot_be_optimized_again(int8_result):
     x = int8_result.example_inputs[0]
     for kwargs in ({"prune": 0.5}, {"target": "x86-int8", "calibration_data": [x]}):
-        with pytest.raises(InvalidModelError, match="already quantized by graphopt.*original fp32 model"):
+        with pytest.raises(InvalidModelError, match=r"already quantized by graphopt.*original fp32 model"):
             graphopt.optimize(int8_result.model, example_inputs=(x,), **kwargs)
 
 
@@ -89,7 +89,7 @@ def test_a_read_only_folder_is_refused_up_front(int8_result, tmp_path):
 
 
 def test_an_unwritable_mount_is_refused_up_front(fp32_result):
-    with pytest.raises(ConfigError, match="cannot be written.*refuses new files"):
+    with pytest.raises(ConfigError, match=r"cannot be written.*refuses new files"):
         fp32_result.export(Path("/proc/graphopt-test/m.onnx"))
 
 
@@ -160,7 +160,7 @@ def test_distill_config_must_be_a_recovery_config():
 
 
 def test_distill_student_with_other_inputs_is_refused_before_training():
-    with pytest.raises(InvalidInputError, match="the student fails on train_data's inputs.*same inputs"):
+    with pytest.raises(InvalidInputError, match=r"the student fails on train_data's inputs.*same inputs"):
         graphopt.distill(_cnn(1), _cnn(3), _digits_like_batches())
 
 
@@ -168,5 +168,5 @@ def test_distill_student_with_other_inputs_is_refused_before_training():
 def test_a_foreign_runtime_version_is_validated_before_any_set_up(version):
     from graphopt.verify.runtime import ForeignRuntime
 
-    with pytest.raises(ConfigError, match="onnxruntime version must look like 1.20.1"):
+    with pytest.raises(ConfigError, match=r"onnxruntime version must look like 1.20.1"):
         ForeignRuntime("x86_64", version)
