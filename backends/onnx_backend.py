@@ -25,7 +25,7 @@ from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_
 from graphopt.backends.onnx_subgraphs import sink_initializers
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
-from graphopt.errors import ExportError
+from graphopt.errors import ExportError, first_line
 from graphopt.shapes import propagate_shapes
 
 log = logging.getLogger("graphopt")
@@ -63,7 +63,7 @@ def export_onnx(
             run_exporter(example_inputs, None)
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
         raise ExportError(
-            f"ONNX export failed ({type(exc).__name__}: {_first_line(exc)}). Data-dependent Python control "
+            f"ONNX export failed ({type(exc).__name__}: {first_line(exc)}). Data-dependent Python control "
             "flow cannot be exported: rewrite it with torch.where or torch.cond, or export with "
             "backend='torchscript'."
         ) from exc
@@ -72,7 +72,7 @@ def export_onnx(
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported ONNX file fails onnx.checker: {_first_line(exc)}") from exc
+        raise ExportError(f"the exported ONNX file fails onnx.checker: {first_line(exc)}") from exc
     return path
 
 
@@ -157,8 +157,3 @@ class OnnxRunner:
 
 def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

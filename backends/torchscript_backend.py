@@ -19,7 +19,7 @@ from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.backends.torch_int8 import Engine, lower_to_quantized_kernels, quantized_engine
 from graphopt.early_exit.network import EarlyExitNetwork, ScriptableEarlyExit
-from graphopt.errors import ExportError
+from graphopt.errors import ExportError, first_line
 from graphopt.quant import is_quantized
 
 #: The extra file of a TorchScript artifact naming its quantized engine.
@@ -51,7 +51,7 @@ def export_torchscript(
             frozen = torch.jit.freeze(_script_or_trace(model.eval(), example_inputs))
             torch.jit.save(frozen, str(path), _extra_files=extra)
     except Exception as exc:  # torch.jit raises many types; all mean the same to the user
-        raise ExportError(f"TorchScript export failed ({type(exc).__name__}: {exc})") from exc
+        raise ExportError(f"TorchScript export failed ({type(exc).__name__}: {first_line(exc)})") from exc
     return path
 
 

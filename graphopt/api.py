@@ -21,7 +21,13 @@ from graphopt.capture import capture
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import CaptureError, ConfigError, InvalidInputError
 from graphopt.evaluation import Batch, materialize_labelled
-from graphopt.inputs import check_example_inputs, check_model, private_eval_copy, run_reference
+from graphopt.inputs import (
+    bake_parametrizations,
+    check_example_inputs,
+    check_model,
+    private_eval_copy,
+    run_reference,
+)
 from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
 from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
@@ -122,13 +128,20 @@ def optimize(
         pipeline, spec, calibration_data=calibration_data, train_data=train_data, eval_data=eval_data
     )
     calibration = read_calibration_inputs(calibration_data, inputs) if calibration_data is not None else None
-    captured = capture(private_eval_copy(model))
+    working = private_eval_copy(model)
+    baked = bake_parametrizations(working)
+    captured = capture(working)
     gm = captured.gm
     for parameter in gm.parameters():  # graphopt's own copy: its training stages may update every weight,
         parameter.requires_grad_(True)  # whatever the caller froze in the model it handed over
     _check_capture(gm, inputs, reference)
 
     report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
+    if baked:
+        report.notes.append(
+            f"parametrized weights baked into plain tensors ({', '.join(baked)}): same outputs; training "
+            "stages train the weights themselves"
+        )
     context = PassContext(
         inputs,
         calibration_data=calibration,

@@ -8,6 +8,10 @@ MACs are counted on the graph from the shapes in ``node.meta`` (see :mod:`grapho
 - scaled dot-product attention ``softmax(Q K^T) V`` with Q ``[..., L, E]``, K ``[..., S, E]``,
   V ``[..., S, Ev]``: ``batch * L * S * (E + Ev)``
 - ``nn.MultiheadAttention``: the q/k/v/out projections plus the attention itself.
+- recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``), per sample and time step, summed over layers and
+  directions: ``gates * H * (I_l + R)`` with 4 gates (LSTM), 3 (GRU) or 1 (RNN), ``I_l`` the layer's input
+  width (``input_size``, then ``dirs * R``) and ``R`` the recurrent width (``proj_size`` or ``H``), plus
+  ``H * proj_size`` for an LSTM projection.
 
 Element-wise ops, normalisation and pooling are not MACs and are not counted (they are memory-bound).
 Opaque leaf modules (see :mod:`graphopt.capture`) are counted by running them once with forward hooks on the
@@ -68,6 +72,24 @@ def _multihead_attention_macs(module: nn.MultiheadAttention, node: fx.Node) -> i
     return projections + attention
 
 
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _recurrent_macs(layer: nn.RNNBase, in_shape: tuple[int, ...] | None) -> int:
+    """MACs of an LSTM / GRU / RNN over its input ``[T, B, I]`` (``[B, T, I]`` batch-first, or ``[T, I]``)."""
+    if in_shape is None or len(in_shape) not in (2, 3):
+        return 0
+    steps = in_shape[0] * (in_shape[1] if len(in_shape) == 3 else 1)  # time steps x samples
+    gates, hidden = _GATES.get(layer.mode, 1), layer.hidden_size
+    recurrent = layer.proj_size or hidden
+    directions = 2 if layer.bidirectional else 1
+    per_step = 0
+    for depth in range(layer.num_layers):
+        width = layer.input_size if depth == 0 else directions * recurrent
+        per_step += directions * (gates * hidden * (width + recurrent) + hidden * layer.proj_size)
+    return steps * per_step
+
+
 def _layer_macs(layer: nn.Module, in_numel: int, out_numel: int) -> int | None:
     """MACs of a conv / transposed conv / linear from its input and output sizes; None for other layers."""
     if isinstance(layer, _CONVS):
@@ -87,6 +109,8 @@ def _module_macs(module: nn.Module, node: fx.Node) -> int:
         return layer
     if isinstance(module, nn.MultiheadAttention):
         return _multihead_attention_macs(module, node)
+    if isinstance(module, nn.RNNBase):
+        return _recurrent_macs(module, shape_of(node.args[0]) if node.args else None)
     # An opaque leaf: shape propagation ran it with hooks on its standard layers.
     return int(node.meta.get("leaf_macs", 0))
 
@@ -133,14 +157,17 @@ def measure_module_macs(
     """Call ``module``; return ``(MACs of the convs/linears inside it, its output)``, using forward hooks."""
     total = 0
 
-    def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
         nonlocal total
-        total += _layer_macs(layer, inputs[0].numel(), output.numel()) or 0
+        if isinstance(layer, nn.RNNBase):
+            total += _recurrent_macs(layer, tuple(inputs[0].shape))
+        else:
+            total += _layer_macs(layer, inputs[0].numel(), output.numel()) or 0  # type: ignore[attr-defined]
 
     handles = [
         m.register_forward_hook(hook)
         for m in module.modules()
-        if isinstance(m, (*_CONVS, *_CONV_TRANSPOSES, nn.Linear))
+        if isinstance(m, (*_CONVS, *_CONV_TRANSPOSES, nn.Linear, nn.RNNBase))
     ]
     try:
         with torch.no_grad():

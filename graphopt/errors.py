@@ -7,7 +7,17 @@ and what to do about it. Subclasses also derive from the builtin exception a Pyt
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception from a library, without terminal colour codes: what goes into a
+    graphopt message (torch.onnx colours its errors; a log file or a JSON report should not get escapes)."""
+    text = _ANSI_ESCAPE.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class GraphoptError(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -72,7 +73,9 @@ def _check_example_tensor(i: int, x: torch.Tensor) -> None:
 def private_eval_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode, so nothing graphopt does can reach the caller's model."""
     try:
-        clone = copy.deepcopy(model)
+        with warnings.catch_warnings():  # torch's own deprecation chatter from copying exported modules
+            warnings.simplefilter("ignore", FutureWarning)
+            clone = copy.deepcopy(model)
     except Exception as exc:  # deepcopy runs user __deepcopy__ / __getstate__ code
         raise InvalidModelError(f"the model cannot be deep-copied ({type(exc).__name__}: {exc})") from exc
     return clone.eval()
@@ -89,3 +92,19 @@ def run_reference(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) ->
             f"the model fails on example_inputs of shape {shapes}: {type(exc).__name__}: {exc}. "
             "Give inputs shaped and typed like the model's real inputs."
         ) from exc
+
+
+def bake_parametrizations(model: nn.Module) -> list[str]:
+    """Replace every parametrized tensor (``weight_norm``, ``spectral_norm``, ``orthogonal``) of graphopt's
+    private copy with its current value, so layers are plain ``nn.Conv2d`` / ``nn.Linear`` again (same
+    outputs; passes and int8 recognise them). Returns the tensors baked. Training stages then train the
+    plain weight, not the parametrization's factors."""
+    from torch.nn.utils import parametrize
+
+    baked = []
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor_name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+                baked.append(f"{name}.{tensor_name}" if name else tensor_name)
+    return baked

@@ -18,7 +18,7 @@ from torch import nn
 from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.quiet import quiet_export
 from graphopt.destination import StagedFile, check_destination
-from graphopt.errors import SerializationError
+from graphopt.errors import SerializationError, first_line
 from graphopt.safe_pt2 import HEADER_MEMBER, load_program, read_checked
 
 FORMAT = "graphopt.pt2"
@@ -36,7 +36,7 @@ def save(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str |
             program = _export(model, example_inputs)
     except Exception as exc:  # torch.export raises many types; all mean the same to the user
         raise SerializationError(
-            f"could not capture the model with torch.export ({type(exc).__name__}: {_first_line(exc)}); "
+            f"could not capture the model with torch.export ({type(exc).__name__}: {first_line(exc)}); "
             "data-dependent Python control flow must be expressed with torch.cond to be saved"
         ) from exc
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **header}
@@ -63,7 +63,7 @@ def load(path: str | Path) -> nn.Module:
             return program.module()
     except Exception as exc:  # a corrupt archive: torch raises many types; all mean the same to the user
         raise SerializationError(
-            f"{path} is not a loadable graphopt .pt2 archive ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{path} is not a loadable graphopt .pt2 archive ({type(exc).__name__}: {first_line(exc)}); "
             "re-save the model with graphopt.save"
         ) from exc
 
@@ -82,11 +82,6 @@ def _check_header(text: str, path: Path) -> None:
         raise SerializationError(
             f"{path} has format version {version}; this graphopt reads <= {FORMAT_VERSION}: upgrade graphopt"
         )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no message"
 
 
 def _export(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:

@@ -76,21 +76,36 @@ class Calibrate(Pass):
     def _observe(
         self, gm: fx.GraphModule, quantizers: list[ActivationQuantizer], batches: list
     ) -> list[tuple[torch.Tensor, ...]]:
-        """Run the data through the observers; return the batches as they were run."""
-        chunks = concatenate_batches(batches, self.options.chunk_samples)
+        """Run the data through the observers; return the batches as they were run.
+
+        Large chunks first (fastest); a graph that fixes its batch size (``x.view(1, -1)``) fails on them,
+        so the batches as given are tried next, then slices of the example inputs' batch size, the one
+        size the model is known to run at. Observers start over for each attempt."""
+        example_batch = len(self.context.example_inputs[0])
+        attempts = [
+            concatenate_batches(batches, self.options.chunk_samples),
+            batches,
+            slice_batches(batches, example_batch),
+        ]
         for q in quantizers:
             q.observing = True
         try:
-            try:
-                self._run(gm, chunks)
-                return chunks
-            except ValueError:
-                raise
-            except Exception:  # the graph fixes its batch size: start over with the batches as given
+            for attempt in attempts:
                 for q in quantizers:
                     q.reset()
-                self._run(gm, batches)
-                return batches
+                try:
+                    self._run(gm, attempt)
+                    return attempt
+                except InvalidInputError:
+                    raise
+                except Exception as exc:  # the graph fixes its batch size: try the next batching
+                    failure = exc
+            sizes = sorted({len(b[0]) for b in batches})
+            raise InvalidInputError(
+                f"the model fails on calibration batches of {sizes} samples and on slices of the example "
+                f"inputs' batch size {example_batch} ({type(failure).__name__}: {failure}); check that "
+                "calibration_data holds inputs like example_inputs"
+            ) from failure
         finally:
             for q in quantizers:
                 q.observing = False
@@ -172,3 +187,13 @@ def int8_summary(gm: fx.GraphModule) -> list[dict[str, object]]:
                          "scale": f"{float(scales.min()):.3g}..{float(scales.max()):.3g}",
                          "sqnr_db": round(module.weight_sqnr_db, 1)})  # fmt: skip
     return rows
+
+
+def slice_batches(batches: list[tuple[torch.Tensor, ...]], size: int) -> list[tuple[torch.Tensor, ...]]:
+    """Every batch cut into slices of ``size`` samples (a last, shorter slice is dropped: a graph that fixes
+    its batch size runs only at that size)."""
+    return [
+        tuple(x[start : start + size] for x in batch)
+        for batch in batches
+        for start in range(0, len(batch[0]) - size + 1, size)
+    ]

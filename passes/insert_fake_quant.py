@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
+from graphopt.errors import ConfigError
 from graphopt.ir import module_of, set_module
 from graphopt.pass_base import Pass, PassOptions, PassResult
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
@@ -37,10 +38,21 @@ class InsertFakeQuant(Pass):
     exact = True  # observers pass values through until `calibrate` freezes them
     Options = InsertFakeQuantOptions
 
+    def requires(self, gm: fx.GraphModule) -> None:
+        """int8 scales and the fused kernels start from float32 weights and activations."""
+        dtypes = sorted({str(p.dtype) for p in gm.parameters() if p.is_floating_point()} - {"torch.float32"})
+        if dtypes:
+            raise ConfigError(
+                f"int8 quantization starts from a float32 model; this one has {', '.join(dtypes)} weights: "
+                "optimize model.float() with float32 example inputs"
+            )
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         if any(isinstance(m, (ActivationQuantizer, QuantizedLayer)) for m in gm.modules()):
             return PassResult(gm, modified=False, stats={"skipped:already_quantized": 1})
         plan = plan_int8(gm)
+        if not plan.layers:
+            raise ConfigError(_nothing_to_quantize(plan.skipped))
         scheme, observer = self.options.scheme, self.options.observer
         last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
         for i, node in enumerate(plan.tensors):
@@ -54,3 +66,17 @@ class InsertFakeQuant(Pass):
             set_module(gm, str(node.target), QuantizedLayer(module_of(gm, node), scheme))
         stats = {"activation_quantizers": len(plan.tensors), "int8_layers": len(plan.layers), **plan.skipped}
         return PassResult(gm, modified=bool(plan.tensors or plan.layers), stats=stats)
+
+
+def _nothing_to_quantize(kept: dict[str, int]) -> str:
+    """Why an int8 target found no layer: said loudly, since an int8 artifact of a fp32 model misleads."""
+    reasons = ", ".join(f"{k.removeprefix('kept_fp32:')} x{v}" for k, v in kept.items()) or "none found"
+    hint = (
+        "; this is an ATen graph (a model loaded from .pt2?): optimize the original nn.Module"
+        if "kept_fp32:aten_function" in kept
+        else ""
+    )
+    return (
+        f"no conv or linear layer can get int8 weights (layers kept fp32: {reasons}){hint}; use an fp32 "
+        "target such as generic-fp32"
+    )

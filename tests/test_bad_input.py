@@ -170,3 +170,111 @@ def test_a_foreign_runtime_version_is_validated_before_any_set_up(version):
 
     with pytest.raises(ConfigError, match=r"onnxruntime version must look like 1.20.1"):
         ForeignRuntime("x86_64", version)
+
+
+# -- silent wrong results ------------------------------------------------------------------------------------
+class Recurrent(nn.Module):
+    def __init__(self, kind: type[nn.RNNBase]):
+        super().__init__()
+        self.rnn = kind(16, 32, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize(("kind", "gates"), [(nn.LSTM, 4), (nn.GRU, 3), (nn.RNN, 1)])
+def test_recurrent_layers_are_counted_and_said_to_stay_fp32(kind, gates):
+    x = torch.randn(1, 10, 16)
+    res = graphopt.optimize(
+        Recurrent(kind), "x86-int8", example_inputs=(x,), calibration_data=[torch.randn(4, 10, 16)]
+    )
+    per_step = gates * 32 * (16 + 32) + gates * 32 * (32 + 32)  # layer 1, layer 2
+    assert res.report.stages[0].macs == 10 * per_step + 32 * 5
+    assert res.report.stage("insert_fake_quant").stats[f"kept_fp32:{kind.__name__}"] == 1
+
+
+def test_int8_on_a_loaded_aten_graph_is_refused_not_silently_fp32(fp32_result, tmp_path):
+    loaded = graphopt.load(fp32_result.save(tmp_path / "m.pt2"))
+    x = fp32_result.example_inputs[0]
+    with pytest.raises(graphopt.PassError, match="no conv or linear layer.*ATen graph.*original nn.Module"):
+        graphopt.optimize(loaded, "x86-int8", example_inputs=(x,), calibration_data=[x])
+
+
+def test_int8_on_a_float64_model_is_refused():
+    model, (x,) = get_model("resnet_basic").build()
+    with pytest.raises(graphopt.PassError, match=r"starts from a float32 model.*float64.*model\.float\(\)"):
+        graphopt.optimize(
+            model.double(), "x86-int8", example_inputs=(x.double(),), calibration_data=[x.double()]
+        )
+
+
+class TokensAndMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(100, 16), nn.Linear(16, 4)
+
+    def forward(self, ids, mask):
+        return self.fc((self.embed(ids) * mask.unsqueeze(-1).float()).mean(1))
+
+
+def test_calibration_pairs_of_integer_tensors_are_the_inputs_of_a_two_input_model():
+    ids, mask = torch.randint(0, 100, (1, 12)), torch.ones(1, 12, dtype=torch.long)
+    calibration = [(torch.randint(0, 100, (4, 12)), torch.ones(4, 12, dtype=torch.long)) for _ in range(3)]
+    res = graphopt.optimize(
+        TokensAndMask(), "x86-int8", example_inputs=(ids, mask), calibration_data=calibration
+    )
+    assert res.report.stage("calibrate").stats["batches"] == 3
+
+
+# -- misleading messages ---------------------------------------------------------------------------------------
+def test_a_float16_model_passes_the_exact_checks():
+    model, (x,) = get_model("resnet_basic").build()
+    res = graphopt.optimize(model.half(), "generic-fp32", example_inputs=(x.half(),))
+    assert res.report.stage("fold_batchnorm").stats["folded"] > 0
+
+
+class WeightNormed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        from torch.nn.utils.parametrizations import weight_norm
+
+        self.conv = weight_norm(nn.Conv2d(3, 8, 3))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_a_weight_normed_conv_is_baked_and_quantized():
+    model, x = WeightNormed(), torch.randn(1, 3, 8, 8)
+    res = graphopt.optimize(
+        model, "x86-int8", example_inputs=(x,), calibration_data=[torch.randn(4, 3, 8, 8)]
+    )
+    assert res.report.stage("insert_fake_quant").stats["int8_layers"] == 2
+    assert any("baked" in note and "conv.weight" in note for note in res.report.notes)
+    assert type(model.conv).__name__ == "ParametrizedConv2d"  # the caller's model is untouched
+
+
+class FixedBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8 * 36, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(1, -1))
+
+
+def test_a_fixed_batch_model_calibrates_on_larger_batches_sample_by_sample():
+    x = torch.randn(1, 3, 8, 8)
+    res = graphopt.optimize(
+        FixedBatch(), "x86-int8", example_inputs=(x,), calibration_data=[torch.randn(4, 3, 8, 8)]
+    )
+    assert res.report.stage("calibrate").stats["int8_layers"] == 2
+
+
+def test_library_messages_lose_their_terminal_colours():
+    from graphopt.errors import first_line
+
+    assert first_line(RuntimeError("\x1b[1m\x1b[31mError\x1b[0m: no kernel\ntraceback")) == "Error: no kernel"

@@ -16,7 +16,7 @@ def read_calibration_inputs(
 ) -> list[tuple[torch.Tensor, ...]]:
     if isinstance(data, torch.Tensor):
         data = [data]
-    batches = list(calibration_inputs(data))
+    batches = list(calibration_inputs(data, example_inputs=example_inputs))
     if not batches:
         raise InvalidInputError("calibration_data is empty; give at least one batch of inputs")
     expected = [tuple(x.shape[1:]) for x in example_inputs]

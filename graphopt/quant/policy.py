@@ -49,7 +49,24 @@ _POOL_FUNCTIONS = (
     F.adaptive_avg_pool2d,
 )
 _ADD_FUNCTIONS = (operator.add, torch.add)
-_UNSUPPORTED_LAYERS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention)
+#: Layers int8 leaves in fp32, counted by type: transposed convs, attention, recurrent layers (LSTM, GRU,
+#: RNN: ORT has no int8 kernel for their gates).
+_UNSUPPORTED_LAYERS = (
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+)
+#: ATen convolutions and matmuls as functions (a model loaded from a .pt2 archive is an ATen graph with no
+#: layer modules): int8 here wraps layer modules, so these stay fp32, counted.
+_ATEN_LAYER_OPS = (
+    torch.ops.aten.conv1d.default,
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv3d.default,
+    torch.ops.aten.convolution.default,
+    torch.ops.aten.linear.default,
+)
 
 
 @dataclass
@@ -69,6 +86,9 @@ def plan_int8(gm: fx.GraphModule) -> QuantPlan:
             continue
         if kind == "unsupported":
             plan.skipped[f"kept_fp32:{type(module_of(gm, node)).__name__}"] += 1
+            continue
+        if kind == "aten_layer":
+            plan.skipped["kept_fp32:aten_function"] += 1
             continue
         if kind == "layer":
             if sites[str(node.target)] > 1:
@@ -106,6 +126,8 @@ def _op_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
             return "unsupported"
         return None
     if node.op == "call_function":
+        if node.target in _ATEN_LAYER_OPS:
+            return "aten_layer"
         if node.target in _POOL_FUNCTIONS:
             return "pool"
         if (

@@ -27,11 +27,20 @@ from graphopt.evaluation import as_input_tuple
 
 
 def calibration_inputs(
-    data: Iterable[Any], what: str = "calibration_data"
+    data: Iterable[Any],
+    what: str = "calibration_data",
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> Iterable[tuple[torch.Tensor, ...]]:
-    """Input tuples from an iterable of tensors, input tuples, or ``(inputs, labels)`` pairs."""
+    """Input tuples from an iterable of tensors, input tuples, or ``(inputs, labels)`` pairs.
+
+    A pair ``(a, b)`` with an integer ``b`` is read as ``(inputs, labels)``, unless the model takes two
+    inputs shaped like ``a`` and ``b`` (``example_inputs``): then it is the inputs of a two-input model,
+    such as ``(input_ids, attention_mask)``.
+    """
     for item in data:
-        if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list)):
+        if _is_input_tuple(item, example_inputs):
+            pass
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list)):
             item = item[0]  # ((x, ...), labels)
         elif (
             isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.Tensor)
@@ -45,6 +54,18 @@ def calibration_inputs(
                 f"{what} must yield input tensors, tuples of tensors, or (inputs, labels) pairs; got "
                 f"{type(item).__name__}"
             ) from None
+
+
+def _is_input_tuple(item: Any, example_inputs: tuple[torch.Tensor, ...] | None) -> bool:
+    """Whether ``item`` is one batch of the model's inputs: as many tensors as it takes, shaped alike."""
+    if example_inputs is None or len(example_inputs) < 2 or not isinstance(item, (tuple, list)):
+        return False
+    if len(item) != len(example_inputs) or not all(isinstance(x, torch.Tensor) for x in item):
+        return False
+    return all(
+        x.shape[1:] == e.shape[1:] and x.dtype.is_floating_point == e.dtype.is_floating_point
+        for x, e in zip(item, example_inputs, strict=True)
+    )
 
 
 def reestimate_batchnorm(model: nn.Module, data: Iterable[Any], max_batches: int = 100) -> int:
