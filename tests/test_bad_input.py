@@ -198,7 +198,7 @@ def test_recurrent_layers_are_counted_and_said_to_stay_fp32(kind, gates):
 def test_int8_on_a_loaded_aten_graph_is_refused_not_silently_fp32(fp32_result, tmp_path):
     loaded = graphopt.load(fp32_result.save(tmp_path / "m.pt2"))
     x = fp32_result.example_inputs[0]
-    with pytest.raises(graphopt.PassError, match="no conv or linear layer.*ATen graph.*original nn.Module"):
+    with pytest.raises(graphopt.PassError, match=r"no conv or linear layer.*ATen graph.*original nn.Module"):
         graphopt.optimize(loaded, "x86-int8", example_inputs=(x,), calibration_data=[x])
 
 
@@ -228,7 +228,7 @@ def test_calibration_pairs_of_integer_tensors_are_the_inputs_of_a_two_input_mode
     assert res.report.stage("calibrate").stats["batches"] == 3
 
 
-# -- misleading messages ---------------------------------------------------------------------------------------
+# -- misleading messages ----------------------------------------------------------------------------------
 def test_a_float16_model_passes_the_exact_checks():
     model, (x,) = get_model("resnet_basic").build()
     res = graphopt.optimize(model.half(), "generic-fp32", example_inputs=(x.half(),))
