@@ -22,6 +22,7 @@ import torch.fx as fx
 
 from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
+from graphopt.backends.onnx_names import output_names, rename_outputs
 from graphopt.backends.onnx_subgraphs import sink_initializers
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
@@ -69,11 +70,23 @@ def export_onnx(
         ) from exc
     if not big:
         _sink_branch_weights(path)
+        _name_dict_outputs(path, model, example_inputs)
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the exported ONNX file fails onnx.checker: {first_line(exc)}") from exc
     return path
+
+
+def _name_dict_outputs(path: Path, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    """Dict outputs keep their keys as ONNX output names (:mod:`.onnx_names`)."""
+    with torch.no_grad():
+        names = output_names(model(*example_inputs))
+    if names is None:
+        return
+    proto = onnx.load(str(path))
+    if rename_outputs(proto, names):
+        onnx.save(proto, str(path))
 
 
 def check_onnx_dtypes(model: torch.nn.Module) -> None:

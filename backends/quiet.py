@@ -15,12 +15,24 @@ from collections.abc import Iterator
 
 import torch
 
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch._export", "onnxscript")
+_NOISY_ROOTS = ("torch", "onnxscript")
+
+
+def _noisy_loggers() -> list[logging.Logger]:
+    """The roots, and every descendant with a level of its own (torch sets some: ``torch._dynamo``);
+    the rest inherit. Failures that matter surface as exceptions, not log lines: torch.export logs
+    "Error while creating guard" and fake-tensor tracebacks from attempts it then recovers from."""
+    named = [
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in _NOISY_ROOTS and logger.level
+    ]
+    return [logging.getLogger(name) for name in _NOISY_ROOTS] + named
 
 
 @contextlib.contextmanager
 def quiet_export() -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    loggers = _noisy_loggers()
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", FutureWarning)
@@ -28,7 +40,7 @@ def quiet_export() -> Iterator[None]:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         for lg in loggers:
-            lg.setLevel(logging.ERROR)
+            lg.setLevel(logging.CRITICAL)
         try:
             yield
         finally:

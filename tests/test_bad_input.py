@@ -278,3 +278,38 @@ def test_library_messages_lose_their_terminal_colours():
     from graphopt.errors import first_line
 
     assert first_line(RuntimeError("\x1b[1m\x1b[31mError\x1b[0m: no kernel\ntraceback")) == "Error: no kernel"
+
+
+# -- leftovers and noise ----------------------------------------------------------------------------------
+class FixedBatchGelu(FixedBatch):
+    """Not covered by the direct ONNX lowering (GELU, fixed batch): torch.export runs, and retries."""
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.gelu(self.conv(x)).view(1, -1))
+
+
+def test_a_successful_export_and_save_print_nothing(tmp_path, capfd):
+    res = graphopt.optimize(FixedBatchGelu(), example_inputs=(torch.randn(1, 3, 8, 8),))
+    res.export(tmp_path / "m.onnx")
+    res.save(tmp_path / "m.pt2")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+class DictOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cls, self.box = nn.Linear(4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return {"logits": self.cls(x), "boxes": self.box(x)}
+
+
+def test_dict_outputs_keep_their_keys_as_onnx_output_names(tmp_path):
+    import onnx
+
+    res = graphopt.optimize(DictOutputs(), example_inputs=(torch.randn(2, 4),))
+    path = res.export(tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["logits", "boxes"]
+    assert [i.name for i in graph.input] == ["x"]
