@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 from pathlib import Path
 
-DEFAULT_PIPELINES = {
-    "x86_64": ("generic-fp32", "x86-int8", "x86-int8+prune=0.5"),
-    "aarch64": ("arm-fp32", "arm-int8", "arm-int8+prune=0.5"),
-}
+from graphopt.cpu import Int8Choice, host_int8_choice
+
+
+def default_pipelines(choice: Int8Choice) -> tuple[str, ...]:
+    """fp32, int8 and prune 0.5 + int8, with the int8 target this CPU runs best (:mod:`graphopt.cpu`)."""
+    fp32 = "arm-fp32" if choice.target == "arm-int8" else "generic-fp32"
+    return (fp32, choice.target, f"{choice.target}+prune=0.5")
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +76,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .render import to_text
     from .runner import BenchConfig, run_bench
 
-    labels = args.pipelines or DEFAULT_PIPELINES.get(platform.machine(), ("generic-fp32",))
+    labels = args.pipelines or default_pipelines(host_int8_choice())
     config = BenchConfig(
         model=args.model,
         pipelines=tuple(parse_pipeline(label) for label in labels),

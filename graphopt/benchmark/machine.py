@@ -18,12 +18,13 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from graphopt.cpu import cpuinfo, int8_choice
 
 #: CPU features that decide which int8 and fp32 kernels ORT and PyTorch pick.
 RELEVANT_FLAGS = (
@@ -48,6 +49,8 @@ class MachineFacts:
     versions: dict[str, str]
     peak_fp32_gmacs: float | None
     peak_int8_gmacs: float | None
+    #: The int8 target this CPU's default pipelines and ORT peer use, and why (:mod:`graphopt.cpu`).
+    int8_target: str = ""
 
     def peak_gmacs(self, numeric: str) -> float | None:
         return self.peak_int8_gmacs if numeric == "int8" else self.peak_fp32_gmacs
@@ -63,7 +66,8 @@ class MachineFacts:
         versions = ", ".join(f"{k} {v}" for k, v in self.versions.items())
         return (
             f"{self.cpu} ({self.arch}, {self.cores} cores{', virtualized' if self.virtualized else ''}); "
-            f"flags: {flags}; {self.threads} thread, {pinned}; {peaks}; {versions}"
+            f"flags: {flags}; int8 default {self.int8_target or 'not recorded'}; {self.threads} thread, "
+            f"{pinned}; {peaks}; {versions}"
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -71,7 +75,8 @@ class MachineFacts:
 
 
 def machine_facts(*, threads: int, pinned_core: int | None, measure_peak: bool = True) -> MachineFacts:
-    cpu, flags = _cpuinfo()
+    cpu, flags = cpuinfo()
+    choice = int8_choice(platform.machine(), flags)
     peaks = gemm_peaks(threads) if measure_peak else (None, None)
     return MachineFacts(
         cpu=cpu,
@@ -84,23 +89,8 @@ def machine_facts(*, threads: int, pinned_core: int | None, measure_peak: bool =
         versions=_versions(),
         peak_fp32_gmacs=peaks[0],
         peak_int8_gmacs=peaks[1],
+        int8_target=f"{choice.target} ({choice.reason})",
     )
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    """CPU model name and feature flags from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    path = Path("/proc/cpuinfo")
-    if not path.exists():
-        return platform.processor() or platform.machine(), set()
-    model, flags = "", set()
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("model name", "Hardware", "CPU part") and not model:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return model or platform.processor() or platform.machine(), flags
 
 
 def _versions() -> dict[str, str]:

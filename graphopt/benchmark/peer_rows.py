@@ -22,6 +22,7 @@ from torch import nn
 from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx, export_torchscript
 from graphopt.capture import capture
 from graphopt.cost import count_macs, count_params, weight_bytes
+from graphopt.cpu import host_int8_choice
 from graphopt.energy import estimate_graph
 from graphopt.peers import OrtPreset, ort_quantize_static
 from graphopt.shapes import propagate_shapes
@@ -79,7 +80,7 @@ def build_peers(
     add("TorchScript fp32", "fp32", TorchScriptRunner(path), _size(path), "torch.jit.trace + freeze")
     quantize = any(p.quantized for p in pipelines) and bench.calibration is not None
     if quantize:
-        for preset, note in QUANTIZE_STATIC_PRESETS.items():
+        for preset, note in quantize_static_presets().items():
             path = _quantize_static(model, bench, folder / f"peer_ort_qs_{preset}.onnx", preset)
             add(f"ORT quantize_static ({preset})", "int8", OnnxRunner(path), _size(path), note)
     for ratio in sorted({p.prune for p in pipelines if p.prune}):
@@ -97,10 +98,14 @@ def build_peers(
     return peers, notes
 
 
-QUANTIZE_STATIC_PRESETS: dict[OrtPreset, str] = {
-    "default": "quantize_static with no options",
-    "best": "quantize_static, u8 activations, s8 per-channel weights, reduce_range",
-}
+def quantize_static_presets() -> dict[OrtPreset, str]:
+    """The two ORT peers and what they ran: ``best`` uses reduce_range only where this CPU needs it."""
+    choice = host_int8_choice()
+    weights = "reduce_range" if choice.reduce_range else "full 8-bit weights"
+    return {
+        "default": "quantize_static with no options",
+        "best": f"quantize_static, u8 activations, s8 per-channel weights, {weights} ({choice.reason})",
+    }
 
 
 def _size(path: Path) -> int:
