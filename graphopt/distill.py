@@ -16,7 +16,7 @@ from torch import nn
 from graphopt.errors import ConfigError, InvalidInputError
 from graphopt.inputs import check_model, private_eval_copy
 from graphopt.numerics import flatten_outputs
-from graphopt.recovery.config import RecoveryConfig
+from graphopt.recovery.config import NEW_STUDENT, RecoveryConfig
 from graphopt.recovery.data import LabelledTensors, read_labelled
 from graphopt.recovery.engine import RecoveryResult, fit
 
@@ -37,7 +37,8 @@ def distill(
 ) -> DistillResult:
     """Train a copy of ``student`` on ``train_data`` (``(inputs, labels)`` batches) with knowledge
     distillation from ``teacher``; :class:`RecoveryConfig` sets the loss, schedule, validation and the
-    ``train_fn`` hook."""
+    ``train_fn`` hook. Without one, :data:`~graphopt.recovery.config.NEW_STUDENT` (30 epochs, one-cycle, peak
+    lr 0.01): settings for a student trained from scratch."""
     check_model(teacher)
     check_model(student)
     if config is not None and not isinstance(config, RecoveryConfig):
@@ -49,7 +50,7 @@ def distill(
     trained = private_eval_copy(student)
     data = read_labelled(train_data, "train_data", None)
     _check_pair(frozen_teacher, trained, data)
-    result = fit(trained, frozen_teacher, data, config or RecoveryConfig(), val_data=val_data, desc="distill")
+    result = fit(trained, frozen_teacher, data, config or NEW_STUDENT, val_data=val_data, desc="distill")
     return DistillResult(trained, result)
 
 

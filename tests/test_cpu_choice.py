@@ -39,6 +39,8 @@ def test_the_ort_peer_uses_reduce_range_exactly_where_this_cpu_needs_it(monkeypa
     import torch
     from torch import nn
 
-    peers.ort_quantize_static(nn.Linear(4, 2), (torch.randn(1, 4),), [(torch.randn(1, 4),)], "/tmp/unused.onnx")
+    peers.ort_quantize_static(
+        nn.Linear(4, 2), (torch.randn(1, 4),), [(torch.randn(1, 4),)], "/tmp/unused.onnx"
+    )
     assert seen["reduce_range"] is host_int8_choice().reduce_range
     assert ("reduce_range" in quantize_static_presets()["best"]) is host_int8_choice().reduce_range

@@ -221,3 +221,16 @@ def test_optimize_trains_its_copy_of_a_frozen_model(digits_model, digits):
     )  # fmt: skip
     assert res.report.stage("recover").modified
     assert not any(p.requires_grad for p in frozen.parameters())  # the caller's model is untouched
+
+
+@pytest.mark.slow
+def test_distill_defaults_come_within_a_point_of_the_tuned_settings(digits_model, digits):
+    """A user who passes no config gets a good student: within 1 pp of bench/distill_digits.py's settings."""
+    data = batches(digits.train_x, digits.train_y, 256)
+    torch.manual_seed(0)
+    default = graphopt.distill(digits_model, DigitsCNN(width=16), data).student
+    tuned_config = RecoveryConfig(**{**FAST, "epochs": 30}, patience=None, augment=random_shift)
+    torch.manual_seed(0)
+    tuned = graphopt.distill(digits_model, DigitsCNN(width=16), data, tuned_config).student
+    test = digits.test_batches()
+    assert accuracy(default, test) >= accuracy(tuned, test) - 0.01
