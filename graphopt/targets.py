@@ -125,6 +125,13 @@ X86_VNNI_INT8 = Target(
     passes=_int8(QuantScheme(activations="uint8", reduce_range=False)),
     scheme=NumericScheme(weights="int8", activations="uint8"),
 )
+"""What ``graphopt bench`` and :func:`graphopt.cpu.int8_choice` pick on a CPU with ``avx512_vnni`` or
+``avx_vnni``; the ORT ``quantize_static`` peer then runs without reduce_range too. Measured so far: on the
+AVX512-VNNI EPYC of 2026-11-26 ``x86-int8`` (7-bit weights) ran ResNet-18@224 at 3.57x ORT fp32 against
+3.38x for ``quantize_static`` best (FINDINGS.md). ``x86-vnni-int8`` itself has not yet been timed on a
+VNNI CPU: the sessions since had AVX2 only, where it saturates (digits 98.52 % vs 99.54 %). The next session
+on a VNNI CPU should run ``graphopt bench resnet18 -t x86-int8 -t x86-vnni-int8`` and record the result
+here."""
 
 ARM_INT8 = Target(
     name="arm-int8",
