@@ -225,7 +225,7 @@ class OptimizeResult:
                         "requantization differently; the artifact row's numbers are measured on the artifact"
                     )
             else:
-                tolerance = Tolerance(rtol=ARTIFACT_RTOL, atol=ARTIFACT_RTOL).relative_to(eager)
+                tolerance = _artifact_tolerance(model).relative_to(eager)
                 ok, max_abs = allclose(eager, got, tolerance)
             if not ok and quantized and foreign:
                 return (
@@ -277,6 +277,15 @@ class OptimizeResult:
                 notes=["the reference for speed-ups: the unoptimized model exported to ONNX, fp32"],
             )
         )
+
+
+def _artifact_tolerance(model: nn.Module) -> Tolerance:
+    """``ARTIFACT_RTOL`` for float32 models; for float16 ones, 4 steps of float16's precision (2^-10):
+    the runtime's fp16 kernels round in other places than PyTorch's (ResNet logits moved 2.4e-4)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    step = max((torch.finfo(d).eps for d in dtypes), default=0.0)
+    rtol = max(ARTIFACT_RTOL, 4 * step)
+    return Tolerance(rtol=rtol, atol=rtol)
 
 
 def _probe_inputs(example: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:

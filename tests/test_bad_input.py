@@ -229,10 +229,11 @@ def test_calibration_pairs_of_integer_tensors_are_the_inputs_of_a_two_input_mode
 
 
 # -- misleading messages ----------------------------------------------------------------------------------
-def test_a_float16_model_passes_the_exact_checks():
+def test_a_float16_model_passes_the_exact_checks_and_exports(tmp_path):
     model, (x,) = get_model("resnet_basic").build()
     res = graphopt.optimize(model.half(), "generic-fp32", example_inputs=(x.half(),))
     assert res.report.stage("fold_batchnorm").stats["folded"] > 0
+    assert res.export(tmp_path / "m.onnx").is_file()  # held to float16's precision, not float32's
 
 
 class WeightNormed(nn.Module):
