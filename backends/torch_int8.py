@@ -22,7 +22,6 @@ AVX2 u8 x s8) or ``qnnpack`` (the ARM engine).
 from __future__ import annotations
 
 import contextlib
-import copy
 import operator
 import warnings
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ import torch.ao.nn.quantized as nnq
 import torch.fx as fx
 from torch import nn
 
-from graphopt.ir import module_of
+from graphopt.ir import deep_copy, module_of
 from graphopt.layout import SpaceToDepth
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
@@ -69,7 +68,7 @@ def quantized_engine(engine: Engine) -> Iterator[None]:
 
 def lower_to_quantized_kernels(gm: fx.GraphModule, engine: Engine) -> fx.GraphModule:
     """A new GraphModule computing ``gm`` with PyTorch's quantized kernels (``gm`` is not modified)."""
-    gm = copy.deepcopy(gm)
+    gm = deep_copy(gm)
     with quantized_engine(engine):
         _Rewriter(gm).run()
     gm.graph.eliminate_dead_code()

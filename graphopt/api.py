@@ -7,7 +7,6 @@ The caller's model is never touched: graphopt works on a deep copy in eval mode.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from graphopt.inputs import (
     run_reference,
 )
 from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
+from graphopt.ir import deep_copy
 from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
@@ -130,13 +130,17 @@ def optimize(
     calibration = read_calibration_inputs(calibration_data, inputs) if calibration_data is not None else None
     working = private_eval_copy(model)
     baked = bake_parametrizations(working)
-    captured = capture(working)
+    captured = capture(working, inputs)
     gm = captured.gm
     for parameter in gm.parameters():  # graphopt's own copy: its training stages may update every weight,
         parameter.requires_grad_(True)  # whatever the caller froze in the model it handed over
     _check_capture(gm, inputs, reference)
 
-    report = Report(model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves))
+    report = Report(
+        model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves), capture=captured.method
+    )
+    if captured.why:
+        report.notes.append(f"capture: {captured.method}, because {captured.why}")
     if baked:
         report.notes.append(
             f"parametrized weights baked into plain tensors ({', '.join(baked)}): same outputs; training "
@@ -297,7 +301,7 @@ class Fp32Snapshot:
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
         if self.model is None and isinstance(pass_, _INT8_START):
-            self.model = copy.deepcopy(gm)
+            self.model = deep_copy(gm)
 
 
 def _read_labelled_data(

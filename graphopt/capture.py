@@ -4,8 +4,12 @@ Symbolic tracing keeps standard layers (``nn.Conv2d``, ``nn.BatchNorm2d``, ...) 
 that passes edit modules. Some user code cannot be traced symbolically: Python control flow on a traced
 value (``if x.sum() > 0``, ``if x.shape[-1] % 4``), iteration over a tensor, and so on. Instead of giving
 up, capture finds the innermost submodule whose ``forward`` raised during tracing, re-traces with that
-submodule as an opaque leaf (one ``call_module`` node that passes do not look inside), and repeats. The
-leaves are reported, so the user knows which parts were not optimized.
+submodule as an opaque leaf (one ``call_module`` node that passes do not look inside), and repeats.
+
+Where tracing fails at the top or leaves opaque leaves, and example inputs are given, capture goes through
+``torch.export`` instead and lifts its ATen graph back to modules (:mod:`graphopt.capture_export`): input
+checks that raise, Hugging Face transformers and detectors come out as whole graphs of ``nn`` layers.
+Leaves remain only where torch.export fails too; the leaves, and which capture ran and why, are reported.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from graphopt.capture_export import DynamicDims, capture_with_export
 from graphopt.errors import CaptureError
 
 #: How many submodules capture may turn into leaves before it gives up.
@@ -30,6 +35,9 @@ class Capture:
 
     gm: fx.GraphModule
     leaves: dict[str, str] = field(default_factory=dict)
+    #: "torch.fx" or "torch.export", and why torch.export was needed (or why it could not help).
+    method: str = "torch.fx"
+    why: str = ""
 
 
 class _LeafFallbackTracer(fx.Tracer):
@@ -60,8 +68,42 @@ class _LeafFallbackTracer(fx.Tracer):
             self._stack.pop()
 
 
-def capture(model: nn.Module) -> Capture:
-    """Trace ``model`` (already a private copy, in eval mode) into a GraphModule.
+def capture(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+    dynamic: DynamicDims | None = None,
+) -> Capture:
+    """Capture ``model`` (already a private copy, in eval mode) into a module-level GraphModule.
+
+    torch.fx first; torch.export (lifted) when fx leaves opaque leaves or fails at the top and
+    ``example_inputs`` are given. Raises :class:`CaptureError` when neither captures the model.
+    """
+    try:
+        traced: Capture | None = trace_with_leaves(model)
+        fx_failure = ""
+    except CaptureError as exc:
+        traced, fx_failure = None, str(exc)
+    if (traced is not None and not traced.leaves) or example_inputs is None:
+        if traced is None:
+            raise CaptureError(fx_failure)
+        return traced
+    why = (
+        f"torch.fx left {len(traced.leaves)} opaque leaves ({', '.join(traced.leaves)})"
+        if traced is not None
+        else "torch.fx cannot trace the model's own forward"
+    )
+    try:
+        gm = capture_with_export(model, example_inputs, dynamic or DynamicDims())
+    except CaptureError as exc:
+        if traced is None:
+            raise CaptureError(f"{fx_failure} {exc}") from exc
+        traced.why = f"torch.export could not capture it either: {exc}"
+        return traced
+    return Capture(gm, {}, method="torch.export", why=why)
+
+
+def trace_with_leaves(model: nn.Module) -> Capture:
+    """Symbolic tracing, turning the innermost failing submodule into an opaque leaf until it succeeds.
 
     Raises :class:`CaptureError` when the model's own ``forward`` (not a submodule) cannot be traced, or
     when more than :data:`MAX_LEAVES` submodules would have to become leaves.

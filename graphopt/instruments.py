@@ -8,7 +8,6 @@ it or raise. Built-ins: :class:`NumericCheck` (exact passes must preserve output
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.fx as fx
 
 from graphopt.errors import ConfigError
+from graphopt.ir import deep_copy
 from graphopt.numerics import Tolerance, allclose, max_abs_difference
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _float64_verdict(
 
 def _copy(gm: fx.GraphModule) -> fx.GraphModule | None:
     try:
-        return copy.deepcopy(gm)
+        return deep_copy(gm)
     except Exception:  # an opaque leaf that cannot be copied: the float64 re-check is skipped
         return None
 

@@ -7,12 +7,17 @@ pass that edits a module must first check :func:`call_sites` and skip shared mod
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections import Counter
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 import torch.fx as fx
 from torch import nn
+
+T = TypeVar("T")
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -91,3 +96,12 @@ def mutates_inputs(gm: fx.GraphModule, node: fx.Node) -> bool:
 def _aten_op_is_mutable(name: str) -> bool:
     schemas = torch._C._jit_get_schemas_for_operator(f"aten::{name}")
     return any(s.is_mutable for s in schemas if not s.overload_name.endswith("out"))
+
+
+def deep_copy(module: T) -> T:
+    """``copy.deepcopy``, without the FutureWarning torch's pytree emits when copying the output spec of a
+    graph lifted from torch.export (``LeafSpec`` deprecation inside torch's own copy): not the user's to
+    act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(module)

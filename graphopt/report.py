@@ -51,6 +51,8 @@ class Report:
     leaves: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     tables: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    #: Which capture built the IR ("torch.fx", "torch.export") and, when not fx, why.
+    capture: str = "torch.fx"
 
     def add(self, record: StageRecord) -> StageRecord:
         self.stages.append(record)
@@ -109,7 +111,7 @@ class Report:
     def __str__(self) -> str:
         rows = [self._HEADER, *self.rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
-        lines = [f"graphopt report: {self.model} -> {self.target}"]
+        lines = [f"graphopt report: {self.model} -> {self.target} (captured with {self.capture})"]
         for i, row in enumerate(rows):
             cells = [
                 c.ljust(w) if j in self._LEFT else c.rjust(w)
@@ -152,8 +154,9 @@ class Report:
             d = asdict(r)
             d["speedup_vs_ort_fp32"] = self.speedup(r)
             stages.append(d)
-        return {"schema": SCHEMA_VERSION, "model": self.model, "target": self.target, "stages": stages,
-                "leaves": dict(self.leaves), "notes": list(self.notes), "tables": self.tables}  # fmt: skip
+        return {"schema": SCHEMA_VERSION, "model": self.model, "target": self.target, "capture": self.capture,
+                "stages": stages, "leaves": dict(self.leaves), "notes": list(self.notes),
+                "tables": self.tables}  # fmt: skip
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

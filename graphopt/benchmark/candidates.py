@@ -6,7 +6,6 @@ channels-last copy for the channels-last peer) so the timed call is the runtime'
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from graphopt.backends import OnnxRunner, TorchScriptRunner
+from graphopt.ir import deep_copy
 
 from .schema import BenchRow
 
@@ -25,7 +25,7 @@ class EagerRunner:
 
     def __init__(self, model: nn.Module, *, channels_last: bool = False):
         self.channels_last = channels_last
-        self.model = copy.deepcopy(model).eval()
+        self.model = deep_copy(model).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 

@@ -9,7 +9,6 @@ graph with quantizers still training, so these are measured for accuracy but not
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch.fx as fx
 from graphopt.api import optimize
 from graphopt.backends import OnnxRunner, backend_for, export_onnx
 from graphopt.early_exit.measure import has_exits
+from graphopt.ir import deep_copy
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassRecord
 from graphopt.quant import is_quantized
@@ -42,7 +42,7 @@ class StageSnapshots:
 
     def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
         if record.modified:
-            self.models[record.name] = copy.deepcopy(gm)
+            self.models[record.name] = deep_copy(gm)
 
 
 @dataclass

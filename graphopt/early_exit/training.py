@@ -9,13 +9,13 @@ learns the labels and the final classifier's soft output (Hinton et al., 2015; t
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork
+from graphopt.ir import deep_copy
 from graphopt.progress import Progress
 from graphopt.recovery.data import LabelledTensors
 from graphopt.recovery.losses import distillation_loss
@@ -81,7 +81,7 @@ def fine_tune_jointly(
 ) -> dict[str, float]:
     """Train backbone and heads together; every exit (the final one too) is distilled from the network as
     it was before (a frozen copy), on the same possibly augmented inputs."""
-    teacher = copy.deepcopy(network).eval()
+    teacher = deep_copy(network).eval()
     step = _one_cycle(network, config.joint_lr, config.joint_epochs, len(data), config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
     progress = Progress(config.joint_epochs, "fine-tune backbone and exits", quiet=config.quiet)

@@ -216,6 +216,10 @@ def _reshape(editable: bool) -> Rule:
         src, dst = shape_of(node.args[0]), shape_of(node)
         if src is None or dst is None:
             raise ValueError("no shape recorded")
+        if src == dst:  # a reshape to the same shape: the map passes; its literal sizes still follow
+            if editable:
+                graph.edits.append(ShapeEdit(node, "reshape", [m]))
+            return m
         block = [(ia, ja) for ia, ja in reshape_blocks(src, dst) if set(ia) & set(m.axes)]
         if len(block) != 1 or not set(m.axes) <= set(block[0][0]):
             raise ValueError("tracked axes spread over several reshape groups")

@@ -1,0 +1,145 @@
+"""Capture through torch.export, lifted to the module-level IR, on models torch.fx cannot trace.
+
+Third-party architectures are built from configs (no weights, nothing downloaded): BERT, DistilBERT and
+ViT from Hugging Face transformers; and the reference models of the zoo, forced through the export path, so
+every rule of the lifter is checked against the graphs fx produces.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt import PruneConfig
+from graphopt.capture import capture
+from graphopt.capture_export import DynamicDims, capture_with_export
+from graphopt.cost import count_macs
+from graphopt.numerics import Tolerance, allclose
+from graphopt.pruning import analyze, choose, remove_units, unit_scores
+from graphopt.pruning.exactness import zero_units
+from graphopt.shapes import propagate_shapes
+from graphopt.zoo import TEST_MODELS, get_model
+from tests.helpers import outputs, randomize_batchnorm
+
+PARITY = Tolerance(rtol=1e-4, atol=1e-4)
+
+
+class InputChecked(nn.Module):
+    """A CNN whose forward starts with an input check, as many user models do: fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        if x.shape[-2:] != (28, 28):
+            raise ValueError("expects 28x28 images")
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _prune_exactly(gm, inputs, ratio=0.3) -> int:
+    """Zero what pruning removes, prune, and check nothing moved; return the units removed."""
+    propagate_shapes(gm, inputs)
+    macs = count_macs(gm)
+    graph = analyze(gm)
+    config = PruneConfig(ratio=ratio)
+    selection = choose(graph.groups(), unit_scores(graph, config), config)
+    zero_units(graph, selection.removed)
+    dense = outputs(gm, *inputs)
+    remove_units(graph, selection.removed)
+    propagate_shapes(gm, inputs)
+    gm.graph.lint()
+    ok, err = allclose(dense, outputs(gm, *inputs), Tolerance(rtol=1e-5, atol=1e-5))
+    assert ok, err
+    assert not selection.removed or count_macs(gm) < macs
+    return len(selection.removed)
+
+
+def test_an_input_checking_cnn_is_captured_whole_and_optimizes_on_every_kind_of_target():
+    torch.manual_seed(0)
+    model, x = InputChecked().eval(), torch.randn(1, 1, 28, 28)
+    calibration = [torch.randn(4, 1, 28, 28)]
+    for target, prune in (("generic-fp32", 0.0), ("x86-int8", 0.0), ("generic-fp32", 0.3)):
+        res = graphopt.optimize(model, target, example_inputs=(x,), calibration_data=calibration, prune=prune)
+        assert res.report.capture == "torch.export" and not res.report.leaves
+        assert any("torch.fx cannot trace the model's own forward" in n for n in res.report.notes)
+        assert res.model(torch.randn(3, 1, 28, 28)).shape == (3, 10)  # the batch stays dynamic
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_every_reference_model_lifts_to_the_same_function_and_prunes_exactly(name):
+    model, inputs = get_model(name).build()
+    randomize_batchnorm(model)
+    model.eval()
+    gm = capture_with_export(model, inputs, DynamicDims())
+    layers = sum(1 for n in gm.graph.nodes if n.op == "call_module")
+    assert layers >= sum(1 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    ok, err = allclose(outputs(model, *inputs), outputs(gm, *inputs), Tolerance(rtol=1e-5, atol=1e-5))
+    assert ok, err
+    _prune_exactly(gm, inputs)
+
+
+# -- Hugging Face transformers, from configs --------------------------------------------------------------
+transformers = pytest.importorskip("transformers")
+
+
+def _bert():
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    return transformers.BertModel(config), _tokens()
+
+
+def _distilbert():
+    config = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                           max_position_embeddings=64)  # fmt: skip
+    return transformers.DistilBertModel(config), _tokens()
+
+
+def _vit():
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64)  # fmt: skip
+    return transformers.ViTModel(config), (torch.randn(1, 3, 32, 32),)
+
+
+def _tokens(batch: int = 1, length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(0, 100, (batch, length)), torch.ones(batch, length, dtype=torch.long)
+
+
+HF_MODELS = {"bert": _bert, "distilbert": _distilbert, "vit": _vit}
+
+
+@pytest.fixture(params=sorted(HF_MODELS), scope="module")
+def hf_model(request):
+    torch.manual_seed(0)
+    model, inputs = HF_MODELS[request.param]()
+    return request.param, model.eval(), inputs
+
+
+def _calibration(inputs):
+    return [tuple(torch.cat([x] * 4) for x in inputs) for _ in range(2)]
+
+
+def test_transformers_capture_without_leaves_and_match(hf_model):
+    name, model, inputs = hf_model
+    res = graphopt.optimize(model, "generic-fp32", example_inputs=inputs)
+    assert res.report.capture == "torch.export" and not res.report.leaves
+    wider = tuple(torch.cat([x, x.flip(0) if x.is_floating_point() else x]) for x in inputs)
+    expected, got = outputs(model, *wider), outputs(res.model, *wider)
+    assert type(got) is type(expected)  # the ModelOutput structure survives
+    ok, err = allclose(expected, got, PARITY.relative_to(expected))
+    assert ok, f"{name}: {err}"
+
+
+def test_transformers_int8_quantizes_their_linear_layers(hf_model):
+    name, model, inputs = hf_model
+    res = graphopt.optimize(model, "x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs))
+    linears = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+    assert res.report.stage("calibrate").stats["int8_layers"] >= linears - 1, name
+
+
+def test_transformers_prune_exactly(hf_model):
+    name, model, inputs = hf_model
+    gm = capture(model, inputs).gm
+    assert _prune_exactly(gm, inputs) > 0, name
