@@ -86,8 +86,9 @@ transformers = pytest.importorskip("transformers")
 
 
 def _bert():
-    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64)  # fmt: skip
     return transformers.BertModel(config), _tokens()
 
 
