@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.fx as fx
+from torch.utils._pytree import tree_flatten
 
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
@@ -62,7 +63,8 @@ def _script_or_trace(
     networks = [m for m in model.modules() if isinstance(m, EarlyExitNetwork)]
     if networks:
         return torch.jit.script(ScriptableEarlyExit(networks[0]).eval())
-    return torch.jit.trace(model, example_inputs, check_trace=False)
+    # strict=False: a dict output (a Hugging Face ModelOutput) is traced as a dict, whose keys are fixed.
+    return torch.jit.trace(model, example_inputs, check_trace=False, strict=False)
 
 
 class TorchScriptRunner:
@@ -88,7 +90,7 @@ class TorchScriptRunner:
         tensors = [torch.as_tensor(x) for x in inputs]
         with quiet_export(), torch.no_grad(), _threads(self.threads):
             out = self.module(*tensors)
-        leaves = out if isinstance(out, (tuple, list)) else [out]
+        leaves, _ = tree_flatten(out)  # tuples, and dicts (ModelOutput) in key order
         return [t.numpy() for t in leaves]
 
     def time(self, *inputs: torch.Tensor | np.ndarray, warmup: int = 10, repeat: int = 100) -> LatencyStats:

@@ -152,10 +152,19 @@ FUNCTION_RULES: dict[Any, Callable[..., Any]] = {
     aten.max_pool2d.default: F.max_pool2d,
     aten.avg_pool2d.default: F.avg_pool2d,
     aten.scaled_dot_product_attention.default: F.scaled_dot_product_attention,
+    aten.arange.default: torch.arange,
+    aten.arange.start: torch.arange,
 }
 
 #: FUNCTION_RULES entries whose ATen keyword names are the torch function's too (kwargs carried over).
-KEYWORDS_MATCH = frozenset({aten.scaled_dot_product_attention.default, aten.gelu.default})
+KEYWORDS_MATCH = frozenset(
+    {
+        aten.scaled_dot_product_attention.default,
+        aten.gelu.default,
+        aten.arange.default,
+        aten.arange.start,
+    }
+)
 
 #: ATen op -> tensor method with the same positional arguments.
 METHOD_RULES: dict[Any, str] = {

@@ -14,9 +14,9 @@ So graphopt reads the zip itself and checks everything before torch sees any of 
 * payload configs: no entry may say ``use_pickle``;
 * sample inputs: loaded with ``torch.load(weights_only=True)`` (PyTorch's allow-listed unpickler), never
   with a fallback;
-* the program: node metadata (free text: stack traces, module paths) is dropped, ``guards_code`` must be
-  empty, every op target must be in :data:`ALLOWED_TARGET_PREFIXES` / :data:`ALLOWED_OPERATOR_TARGETS`, every
-  other string must be a dotted identifier, and every symbolic expression must tokenise into symbols,
+* the program: node metadata (free text: stack traces, module paths) is dropped, ``guards_code`` may only
+  compare input sizes (``L['x'].size()[0] == L['y'].size()[0]``), every op target must be in
+  :data:`ALLOWED_TARGET_PREFIXES` / :data:`ALLOWED_OPERATOR_TARGETS`, every other string must be a dotted identifier, and every symbolic expression must tokenise into symbols,
   integers, operators and the few sympy names in :data:`ALLOWED_EXPR_NAMES` (no attribute access, no
   strings beyond a quoted symbol name).
 
@@ -70,6 +70,11 @@ ALLOWED_TARGET_PREFIXES = (
 )
 #: ATen ops that touch files or processes: refused even though they are ATen.
 REFUSED_ATEN_OPS = frozenset({"from_file", "_save", "save"})
+#: ATen ops whose names are dunders (the bitwise operators); any other dunder is an attribute walk.
+ATEN_DUNDER_OPS = frozenset(
+    f"__{name}__"
+    for name in ("and", "or", "xor", "lshift", "rshift", "iand", "ior", "ixor", "ilshift", "irshift")
+)
 #: Python-level callables a graph may name (symbolic shape arithmetic and tuple indexing).
 ALLOWED_OPERATOR_TARGETS = frozenset(
     f"_operator.{name}"
@@ -138,6 +143,10 @@ ALLOWED_EXPR_NAMES = frozenset(
 )
 _EXPR_TOKEN = re.compile(r"\s*(?:'(?P<quoted>[a-z]+\d+)'|(?P<name>[A-Za-z_]\w*)|\d+|[-+*/%(),<>=!])")
 _SYMBOL = re.compile(r"[a-z]+\d+")
+_GUARD_TOKEN = re.compile(
+    r"\s*(?:L\['[A-Za-z_]\w*'\]|\.size\(\)|\.stride\(\)|\[\d+\]|\d+|==|!=|<=|>=|<|>|\+|-|\*|//|%|\(|\)"
+    r"|and\b|or\b|not\b)"
+)
 _DOTTED_NAME = re.compile(r"[A-Za-z0-9_.]*")
 #: Keys whose strings are checked by their own rule rather than as dotted names.
 _FREE_KEYS = frozenset({"target", "expr_str", "in_spec", "out_spec", "torch_version", "type"})
@@ -244,10 +253,11 @@ def _check_sample_inputs(data: bytes, name: str) -> None:
 
 
 def _checked_program(program: dict[str, Any], name: str) -> dict[str, Any]:
-    if program.get("guards_code"):
+    guards = program.get("guards_code") or []
+    if not isinstance(guards, list) or not all(isinstance(g, str) and _is_shape_guard(g) for g in guards):
         raise SerializationError(
-            f"{name}: its program carries guards_code (Python source torch would compile); graphopt does "
-            "not load archives that hold code"
+            f"{name}: its program carries guards_code that is not a plain comparison of input sizes (torch "
+            "compiles it into Python); graphopt does not load archives that hold code"
         )
     program = _without_node_metadata(program)
     for key, value in _strings(program):
@@ -291,6 +301,8 @@ def _string_problem(key: str, value: str) -> str | None:
         return None if _allowed_target(value) else f"op target {value!r} is not an allowed operator"
     if key == "expr_str":
         return _expr_problem(value)
+    if key == "guards_code":
+        return None if _is_shape_guard(value) else f"guard {value!r} is not a comparison of input sizes"
     if key in {"in_spec", "out_spec"}:
         return None  # JSON tree specs: torch resolves their types from a registry, never by import
     if key in _FREE_KEYS:
@@ -306,7 +318,25 @@ def _allowed_target(target: str) -> bool:
     if not target.startswith(ALLOWED_TARGET_PREFIXES) or not _DOTTED_NAME.fullmatch(target):
         return False
     parts = target.split(".")
-    return not (parts[2] == "aten" and parts[3] in REFUSED_ATEN_OPS) and "__" not in target
+    if target == "torch.ops.higher_order.cond":
+        return True
+    if len(parts) != 5:  # torch.ops.<namespace>.<op>.<overload>: nothing deeper, no attribute walk
+        return False
+    op, overload = parts[3], parts[4]
+    dunder_ok = op in ATEN_DUNDER_OPS or "__" not in op
+    return op not in REFUSED_ATEN_OPS and dunder_ok and "__" not in overload
+
+
+def _is_shape_guard(guard: str) -> bool:
+    """Whether ``guard`` is arithmetic and comparisons of input sizes (``L['x'].size()[0] == 2``): the only
+    guards torch.export writes for graphopt's models; anything else could be any Python."""
+    position = 0
+    while position < len(guard):
+        token = _GUARD_TOKEN.match(guard, position)
+        if token is None or token.end() == position:
+            return False
+        position = token.end()
+    return True
 
 
 def _expr_problem(expr: str) -> str | None:
