@@ -17,8 +17,9 @@ So graphopt reads the zip itself and checks everything before torch sees any of 
 * the program: node metadata (free text: stack traces, module paths) is dropped, ``guards_code`` may only
   compare input sizes (``L['x'].size()[0] == L['y'].size()[0]``), every op target must be in
   :data:`ALLOWED_TARGET_PREFIXES` / :data:`ALLOWED_OPERATOR_TARGETS`, every other string must be a
-  dotted identifier, and every symbolic expression must tokenise into symbols, integers, operators and the few sympy names in :data:`ALLOWED_EXPR_NAMES` (no attribute access, no
-  strings beyond a quoted symbol name).
+  dotted identifier, and every symbolic expression must tokenise into symbols, integers, operators and
+  the few sympy names in :data:`ALLOWED_EXPR_NAMES` (no attribute access, no strings beyond a quoted
+  symbol name).
 
 Only then is the checked JSON handed to torch's deserializer, from bytes already in memory (the file is read
 once, so it cannot change between the check and the load).
