@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 import torch.fx as fx
 
-from graphopt.backends.dynamic import dynamic_batch_example
+from graphopt.backends.dynamic import DynamicDims, dynamic_example
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
 from graphopt.backends.onnx_names import output_names, rename_outputs
 from graphopt.backends.onnx_subgraphs import sink_initializers
@@ -35,13 +35,20 @@ _PROTOBUF_LIMIT = 2**31 - 1
 
 
 def export_onnx(
-    model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: str | Path, *, opset: int = 18
+    model: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: str | Path,
+    *,
+    opset: int = 18,
+    dynamic: DynamicDims | None = None,
 ) -> Path:
-    """Export ``model`` to ``path`` and check the file; raise :class:`ExportError` naming the cause."""
+    """Export ``model`` to ``path`` and check the file; raise :class:`ExportError` naming the cause.
+    Dimension 0 of every input is dynamic, and so are the dimensions ``dynamic`` names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > _PROTOBUF_LIMIT
-    if isinstance(model, fx.GraphModule) and not big and _export_direct(model, example_inputs, path, opset):
+    direct = isinstance(model, fx.GraphModule) and not big
+    if direct and _export_direct(model, example_inputs, path, opset, dynamic):
         return path
 
     def run_exporter(inputs: tuple[torch.Tensor, ...], dynamic_shapes: object) -> None:
@@ -59,7 +66,7 @@ def export_onnx(
 
     try:
         try:
-            run_exporter(*dynamic_batch_example(example_inputs))
+            run_exporter(*dynamic_example(example_inputs, dynamic))
         except Exception:  # a graph that fixes the batch size exports with static shapes
             run_exporter(example_inputs, None)
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
@@ -108,13 +115,17 @@ def _sink_branch_weights(path: Path) -> None:
 
 
 def _export_direct(
-    gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...], path: Path, opset: int
+    gm: fx.GraphModule,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    dynamic: DynamicDims | None,
 ) -> bool:
     """Write ``gm`` with the direct lowering; False (nothing written) when it has an op it does not cover."""
     if any("dtype" not in n.meta for n in gm.graph.nodes if n.op != "output"):
         propagate_shapes(gm, example_inputs)
     try:
-        model = lower_to_onnx(gm, opset)
+        model = lower_to_onnx(gm, opset, dynamic=dynamic)
     except UnsupportedNode as exc:
         log.debug("direct ONNX lowering not used: %s", exc)
         return False

@@ -18,6 +18,7 @@ is lowered approximately. The batch dimension of every input is symbolic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import onnx
@@ -25,6 +26,7 @@ import torch
 import torch.fx as fx
 from onnx import helper
 
+from graphopt.backends.dynamic import DynamicDims
 from graphopt.ir import module_of
 from graphopt.quant.modules import ActivationQuantizer
 
@@ -84,16 +86,21 @@ class OnnxGraphBuilder:
         raise UnsupportedNode(f"argument of type {type(arg).__name__}")
 
 
-def lower_to_onnx(gm: fx.GraphModule, opset: int, graph_name: str = "graphopt") -> onnx.ModelProto:
-    """The ONNX model of ``gm``; raises :class:`UnsupportedNode` naming the first node it cannot lower."""
+def lower_to_onnx(
+    gm: fx.GraphModule, opset: int, graph_name: str = "graphopt", dynamic: DynamicDims | None = None
+) -> onnx.ModelProto:
+    """The ONNX model of ``gm``; raises :class:`UnsupportedNode` naming the first node it cannot lower.
+    Dimension 0 of every input and output is ``batch``; the dimensions ``dynamic`` names are symbolic too
+    (and every non-batch output dimension then is left unnamed: it may follow them)."""
     builder = OnnxGraphBuilder(gm)
     inputs, outputs = [], []
+    named = dynamic.dims if dynamic is not None and dynamic.named() else ()
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            inputs.append(_graph_input(node))
+            inputs.append(_graph_input(node, named[len(inputs)] if named else {}))
             builder.names[node] = node.name
         elif node.op == "output":
-            outputs = _graph_outputs(builder, node)
+            outputs = _graph_outputs(builder, node, free=bool(named))
         else:
             lower_node(builder, gm, node)
     nodes = _live(builder.nodes, {o.name for o in outputs})
@@ -149,14 +156,15 @@ def _require_float32(node: fx.Node) -> None:
         raise UnsupportedNode(f"node {node.name} has dtype {dtype}, the direct lowering covers float32 only")
 
 
-def _graph_input(node: fx.Node) -> onnx.ValueInfoProto:
+def _graph_input(node: fx.Node, dynamic: Mapping[int, str]) -> onnx.ValueInfoProto:
     shape = node.meta.get("shape")
     if node.meta.get("dtype") is not torch.float32 or shape is None or len(shape) == 0:
         raise UnsupportedNode(f"input {node.name} is not a batched float32 tensor")
-    return helper.make_tensor_value_info(node.name, onnx.TensorProto.FLOAT, ["batch", *shape[1:]])
+    dims = ["batch", *(dynamic.get(axis, size) for axis, size in enumerate(shape[1:], start=1))]
+    return helper.make_tensor_value_info(node.name, onnx.TensorProto.FLOAT, dims)
 
 
-def _graph_outputs(builder: OnnxGraphBuilder, node: fx.Node) -> list[onnx.ValueInfoProto]:
+def _graph_outputs(builder: OnnxGraphBuilder, node: fx.Node, free: bool) -> list[onnx.ValueInfoProto]:
     result = node.args[0]
     values = list(result) if isinstance(result, (tuple, list)) else [result]
     if not all(isinstance(v, fx.Node) for v in values):
@@ -168,6 +176,6 @@ def _graph_outputs(builder: OnnxGraphBuilder, node: fx.Node) -> list[onnx.ValueI
         shape = value.meta.get("shape")
         if not shape:
             raise UnsupportedNode(f"output {value.name} has no recorded shape")
-        dims = ["batch", *shape[1:]]
+        dims = ["batch", *([None] * (len(shape) - 1) if free else shape[1:])]
         outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims))
     return outputs

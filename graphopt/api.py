@@ -8,7 +8,7 @@ The caller's model is never touched: graphopt works on a deep copy in eval mode.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from graphopt.backends.dynamic import DynamicDims
 from graphopt.capture import capture
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import CaptureError, ConfigError, InvalidInputError
@@ -24,6 +25,7 @@ from graphopt.inputs import (
     bake_parametrizations,
     check_example_inputs,
     check_model,
+    input_names,
     private_eval_copy,
     run_reference,
 )
@@ -77,6 +79,7 @@ def optimize(
     accuracy_budget: float | None = None,
     sparsify: float | SparsifyConfig = 0.0,
     validation_data: Iterable[Batch] | None = None,
+    dynamic_shapes: Mapping[str | int, Mapping[int, str]] | Sequence[Mapping[int, str]] | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and report every stage.
 
@@ -106,6 +109,10 @@ def optimize(
     thresholds on, so that the accuracy it promises holds on new data; without it a share of
     ``train_data`` is held out instead, and the report warns that the thresholds are optimistic when the
     model was trained on those samples.
+
+    ``dynamic_shapes`` names the input dimensions that vary besides the batch (always dynamic), e.g.
+    ``{"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}``: capture keeps them symbolic, the ONNX
+    artifact declares them, and the artifact is checked at other sizes of each.
     """
     check_model(model)
     inputs = check_example_inputs(example_inputs)
@@ -130,7 +137,8 @@ def optimize(
     calibration = read_calibration_inputs(calibration_data, inputs) if calibration_data is not None else None
     working = private_eval_copy(model)
     baked = bake_parametrizations(working)
-    captured = capture(working, inputs)
+    dynamic = DynamicDims.of(dynamic_shapes, input_names(model, len(inputs)), len(inputs))
+    captured = capture(working, inputs, dynamic)
     gm = captured.gm
     for parameter in gm.parameters():  # graphopt's own copy: its training stages may update every weight,
         parameter.requires_grad_(True)  # whatever the caller froze in the model it handed over
@@ -173,6 +181,7 @@ def optimize(
         original=original,
         eval_data=labelled,
         fp32_model=snapshot.model,
+        dynamic=dynamic,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from typing import Any
 
@@ -108,3 +109,14 @@ def bake_parametrizations(model: nn.Module) -> list[str]:
                 parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
                 baked.append(f"{name}.{tensor_name}" if name else tensor_name)
     return baked
+
+
+def input_names(model: nn.Module, count: int) -> list[str]:
+    """The names of ``model.forward``'s first ``count`` positional parameters (``input_{i}`` past them)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C++ forward without a signature
+        parameters = []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in parameters if p.kind in positional]
+    return [names[i] if i < len(names) else f"input_{i}" for i in range(count)]

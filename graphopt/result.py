@@ -14,6 +14,7 @@ from torch import nn
 
 from graphopt import serialize
 from graphopt.backends import Backend, backend_for, export_onnx
+from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, exporter_of
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
@@ -73,6 +74,8 @@ class OptimizeResult:
     eval_data: list[Batch] | None = field(default=None, repr=False)
     #: The graph just before quantization, for the latency guard (None when nothing was quantized).
     fp32_model: fx.GraphModule | None = field(default=None, repr=False)
+    #: Input dimensions that vary besides the batch (``optimize(dynamic_shapes=...)``).
+    dynamic: DynamicDims = field(default_factory=DynamicDims)
 
     def export(
         self,
@@ -171,7 +174,7 @@ class OptimizeResult:
     def _lower(self, backend: Backend, model: nn.Module, path: Path) -> Path:
         settings = self.target.backend
         if backend.name == "onnx":
-            return export_onnx(model, self.example_inputs, path, opset=settings.opset)
+            return export_onnx(model, self.example_inputs, path, opset=settings.opset, dynamic=self.dynamic)
         return backend.export(model, self.example_inputs, path, engine=settings.torch_engine)
 
     def _latency_guard(self, backend: Backend) -> LatencyGuard:
@@ -209,7 +212,7 @@ class OptimizeResult:
         is a native int8 artifact between the two cosine thresholds above."""
         quantized, foreign = is_quantized(model), self._foreign_isa
         note = None
-        for inputs in _probe_inputs(self.example_inputs):
+        for inputs in _probe_inputs(self.example_inputs, self.dynamic):
             with torch.no_grad():
                 eager = model(*inputs)
             if inputs is not self.example_inputs and not all_finite(eager):
@@ -288,12 +291,30 @@ def _artifact_tolerance(model: nn.Module) -> Tolerance:
     return Tolerance(rtol=rtol, atol=rtol)
 
 
-def _probe_inputs(example: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+def _probe_inputs(example: tuple[torch.Tensor, ...], dynamic: DynamicDims) -> list[tuple[torch.Tensor, ...]]:
+    """The example, then (float inputs) its negation and a random draw, then the example at half and twice
+    each dynamic dimension's size: a file that fixed a dimension fails there."""
+    resized = [_resized(example, dynamic, factor) for factor in (0.5, 2.0) if dynamic.named()]
     generator = torch.Generator().manual_seed(0)
     if not all(x.is_floating_point() for x in example):
-        return [example]
+        return [example, *resized]
     negated = tuple(-x for x in example)
     drawn = tuple(
         torch.randn(x.shape, generator=generator, dtype=x.dtype) * x.std().clamp(min=1e-3) for x in example
     )
-    return [example, negated, drawn]
+    return [example, negated, drawn, *resized]
+
+
+def _resized(
+    example: tuple[torch.Tensor, ...], dynamic: DynamicDims, factor: float
+) -> tuple[torch.Tensor, ...]:
+    """``example`` with every named dimension scaled by ``factor`` (tiled or cut along that axis)."""
+    out = []
+    for x, dims in zip(example, dynamic.dims, strict=True):
+        for axis in dims:
+            size = max(1, round(x.shape[axis] * factor))
+            repeats = [1] * x.dim()
+            repeats[axis] = -(-size // x.shape[axis])
+            x = x.repeat(*repeats).narrow(axis, 0, size)
+        out.append(x)
+    return tuple(out)

@@ -144,3 +144,35 @@ def test_transformers_prune_exactly(hf_model):
     name, model, inputs = hf_model
     gm = capture(model, inputs).gm
     assert _prune_exactly(gm, inputs) > 0, name
+
+
+def test_a_dynamic_sequence_length_survives_capture_and_onnx(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    model, inputs = _bert()
+    model.eval()
+    dynamic = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
+    res = graphopt.optimize(model, "generic-fp32", example_inputs=inputs, dynamic_shapes=dynamic)
+    longer = _tokens(batch=3, length=24)
+    ok, err = allclose(outputs(model, *longer), outputs(res.model, *longer), PARITY)
+    assert ok, err
+    path = res.export(tmp_path / "bert.onnx")  # checked at 8 and 32 tokens besides the example's 16
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "seq"]
+    assert [o.name for o in graph.output] == ["last_hidden_state", "pooler_output"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"token_ids": {1: "seq"}}, r"names input 'token_ids'.*\['input_ids', 'attention_mask'\]"),
+        ({"input_ids": {0: "seq"}}, "dim 0 is always the batch"),
+        ("seq", "must map input names"),
+    ],
+)
+def test_bad_dynamic_shapes_are_refused_up_front(spec, message):
+    model, inputs = _bert()
+    with pytest.raises(graphopt.ConfigError, match=message):
+        graphopt.optimize(model, example_inputs=inputs, dynamic_shapes=spec)
