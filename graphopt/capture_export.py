@@ -10,6 +10,10 @@ refused for it.
 
 from __future__ import annotations
 
+import os
+import traceback
+from pathlib import Path
+
 import torch
 import torch.fx as fx
 from torch import nn
@@ -36,11 +40,47 @@ def export_program(
         with quiet_export():
             return torch.export.export(model, widened, dynamic_shapes=tuple(shapes), strict=False)
     except Exception as exc:  # torch.export raises many types: the message is what the user needs
+        where = user_frame(exc)
         raise CaptureError(
             f"torch.export cannot capture {type(model).__name__} either ({type(exc).__name__}: "
-            f"{first_line(exc)}). Data-dependent Python control flow must become torch.cond or torch.where, "
-            "or move out of the model (pass the submodule that computes the network instead)"
+            f"{first_line(exc)}){f' at {where}' if where else ''}. Data-dependent Python control flow must "
+            f"become torch.cond or torch.where, or move out of the model: {_network_hint(model)}"
         ) from exc
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """``file:line: code`` of the innermost frame of the caller's own code in ``exc``'s traceback (not
+    torch's, not graphopt's, not the standard library's): the line that could not be captured."""
+    import graphopt.backends
+    import graphopt.passes
+
+    packages = (torch, graphopt.backends, graphopt.passes)
+    ours = (Path(__file__).parent, Path(os.__file__).parent, *(Path(p.__file__).parent for p in packages))
+    frames = []
+    seen: BaseException | None = exc
+    while seen is not None and len(frames) < 10_000:  # torch re-raises: the user's frames are in the chain
+        frames = traceback.extract_tb(seen.__traceback__) + frames
+        seen = seen.__cause__ or seen.__context__
+    mine = [
+        f for f in frames
+        if not f.filename.startswith("<") and not any(Path(f.filename).is_relative_to(root) for root in ours)
+    ]  # fmt: skip
+    if not mine:
+        return None
+    frame = mine[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno}: {(frame.line or '').strip()}"
+
+
+def _network_hint(model: nn.Module) -> str:
+    """Which submodules to optimize instead: a detector's post-processing (box decoding, NMS) is Python
+    over values, while its backbone and heads capture."""
+    children = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+    if not children:
+        return "optimize the part of the model that computes tensors and run the rest outside"
+    return (
+        f"optimize the network part ({', '.join(children)}) as one module that returns its raw outputs, "
+        "and run the post-processing (decoding, NMS) on those outputs outside it"
+    )
 
 
 def capture_with_export(
