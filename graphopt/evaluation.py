@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from graphopt.errors import InvalidInputError
+from graphopt.numerics import first_output
 
 Batch = tuple[Any, torch.Tensor]
 
@@ -50,9 +51,7 @@ def accuracy(predict: Callable[..., Any], data: Sequence[Batch]) -> float:
     correct = total = 0
     with torch.no_grad():
         for inputs, labels in data:
-            logits = predict(*as_input_tuple(inputs))
-            if isinstance(logits, (list, tuple)):
-                logits = logits[0]
+            logits = first_output(predict(*as_input_tuple(inputs)))
             pred = np.asarray(logits.detach() if isinstance(logits, torch.Tensor) else logits).argmax(-1)
             correct += int((pred == labels.numpy()).sum())
             total += int(labels.numel())

@@ -53,6 +53,13 @@ def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     return tensors
 
 
+def first_output(outputs: Any) -> Any:
+    """The first leaf of an output structure: the logits of a classifier, whether it returns a tensor, a
+    tuple, a dict or a Hugging Face ``ModelOutput`` (whose leaves skip ``None`` fields such as ``loss``)."""
+    leaves, _ = tree_flatten(outputs)
+    return leaves[0] if leaves else outputs
+
+
 def _same_structure(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> bool:
     return len(ref) == len(cand) and all(r.shape == c.shape for r, c in zip(ref, cand, strict=True))
 

@@ -198,3 +198,27 @@ def test_the_real_minilm_captures_whole_runs_at_three_lengths_and_prunes_exactly
             torch.from_numpy(embedding), outputs(model, ids, mask), rtol=1e-4, atol=1e-4
         )
     assert _prune_exactly(capture(model, tokens).gm, tokens) > 0
+
+
+def test_a_bert_classifier_runs_the_whole_pipeline_on_token_batches():
+    """Training, evaluation and calibration batches of ``(input_ids, attention_mask)``: prune, recover,
+    int8 with QAT, accuracy on every row."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64, num_labels=3)  # fmt: skip
+    model = transformers.BertForSequenceClassification(config).eval()
+
+    def batch(n: int = 8) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return _tokens(n), torch.randint(0, 3, (n,))
+
+    train, labelled = [batch() for _ in range(3)], [batch() for _ in range(2)]
+    res = graphopt.optimize(
+        model, "x86-int8", example_inputs=_tokens(), calibration_data=[inputs for inputs, _ in train],
+        train_data=train, eval_data=labelled, prune=0.3,
+        recovery=graphopt.RecoveryConfig(epochs=1, quiet=True),
+    )  # fmt: skip
+    stages = [r.stage for r in res.report.stages]
+    assert stages[:2] == ["original", "prune_channels"] and "qat" in stages
+    assert all(r.accuracy is not None for r in res.report.stages)
+    assert res.report.stage("calibrate").stats["int8_layers"] >= 7

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from graphopt.errors import TrainingDivergedError
+from graphopt.numerics import first_output
 from graphopt.progress import Progress
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import LabelledTensors, check_label_range, read_labelled, split_validation
@@ -289,7 +290,7 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def _logits(output: Any) -> Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
+    return first_output(output)
 
 
 def _optimizer(params: list[nn.Parameter], config: RecoveryConfig) -> torch.optim.Optimizer:
