@@ -8,6 +8,7 @@ The caller's model is never touched: graphopt works on a deep copy in eval mode.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,20 @@ def optimize(
     working = private_eval_copy(model)
     baked = bake_parametrizations(working)
     dynamic = DynamicDims.of(dynamic_shapes, input_names(model, len(inputs)), len(inputs))
+    started = time.perf_counter()
     captured = capture(working, inputs, dynamic)
+    capture_seconds = time.perf_counter() - started
     gm = captured.gm
     for parameter in gm.parameters():  # graphopt's own copy: its training stages may update every weight,
         parameter.requires_grad_(True)  # whatever the caller froze in the model it handed over
     _check_capture(gm, inputs, reference)
 
     report = Report(
-        model=type(model).__name__, target=spec.name, leaves=dict(captured.leaves), capture=captured.method
+        model=type(model).__name__,
+        target=spec.name,
+        leaves=dict(captured.leaves),
+        capture=captured.method,
+        capture_seconds=round(capture_seconds, 3),
     )
     if captured.why:
         report.notes.append(f"capture: {captured.method}, because {captured.why}")

@@ -10,6 +10,8 @@ the graph node by node (:mod:`graphopt.lift_rules` holds the tables):
   owner (``encoder.layer.0.output.dense``); a layer called at several sites keeps one module;
 - parameters, buffers and constants read by other ops become ``get_attr`` of tensors registered at their
   qualified names;
+- an activation or pooling op that is all a parameterless leaf module did (``nn.ReLU`` at ``stem.2``)
+  becomes that module again, under that name;
 - ops with a torch-level twin become that call; the rest stay ATen calls;
 - the output keeps the model's structure (dicts, Hugging Face ``ModelOutput``) through the exported output
   spec, so the optimized model returns what the original returned.
@@ -30,6 +32,7 @@ from graphopt.lift_rules import (
     KEYWORDS_MATCH,
     LAYER_RULES,
     METHOD_RULES,
+    MODULE_RULES,
     SPECIAL_RULES,
     LayerRule,
 )
@@ -50,6 +53,7 @@ class _Lifter:
         self.graph = fx.Graph()
         self.env: dict[fx.Node, Any] = {}
         self.layers: dict[str, tuple[Any, tuple[Any, ...]]] = {}  # layer name -> (op, literal arguments)
+        self.scopes = _leaf_scopes(program)
 
     # -- tensors of the program --------------------------------------------------------------------------
     def tensor(self, placeholder: str) -> torch.Tensor:
@@ -79,15 +83,26 @@ class _Lifter:
                     continue  # a tensor: lifted where it is read
                 self.env[node] = self.graph.placeholder(node.name)
             elif node.op == "output":
-                self.graph.output(self.user_outputs(node))
+                self.output(self.user_outputs(node))
             elif node.target in DROPPED:
                 continue
             else:
                 self.env[node] = self.call(node)
-        spec = self.program.call_spec
-        self.graph._codegen = _PyTreeCodeGen(_PyTreeInfo(list(self.user_inputs), spec.in_spec, spec.out_spec))
         gm = fx.GraphModule(self.root, self.graph, class_name="Lifted")
         return gm.eval()
+
+    def output(self, values: tuple[Any, ...]) -> None:
+        """A tensor or a tuple of tensors is returned as it is (what passes read at the output node); any
+        other structure (a dict, a ``ModelOutput``) is rebuilt from the exported output spec by codegen."""
+        spec = self.program.call_spec
+        if spec.out_spec.is_leaf():
+            self.graph.output(values[0])
+        elif spec.out_spec.type in (tuple, list) and all(c.is_leaf() for c in spec.out_spec.children_specs):
+            self.graph.output(tuple(values))
+        else:
+            self.graph.output(values)
+            info = _PyTreeInfo(list(self.user_inputs), spec.in_spec, spec.out_spec)
+            self.graph._codegen = _PyTreeCodeGen(info)
 
     def user_outputs(self, node: fx.Node) -> tuple[Any, ...]:
         """The outputs the caller sees (the program also outputs mutated buffers: not ours in eval)."""
@@ -108,7 +123,7 @@ class _Lifter:
         return arg
 
     def call(self, node: fx.Node) -> fx.Node:
-        layer = self.layer_call(node)
+        layer = self.layer_call(node) or self.module_call(node)
         if layer is not None:
             return layer
         args, kwargs = self.value(node.args), self.value(node.kwargs)
@@ -139,6 +154,22 @@ class _Lifter:
             self.layers[name] = (node.target, literals)
         return self.graph.call_module(name, (self.value(node.args[rule.data]),))
 
+    def module_call(self, node: fx.Node) -> fx.Node | None:
+        """A parameterless leaf module of the user's model (:data:`MODULE_RULES`), rebuilt under its name."""
+        name = self.scopes.get(node)
+        if name is None or node.target not in MODULE_RULES or node.kwargs:
+            return None
+        literals = (node.target, tuple(a for a in node.args[1:]))
+        if name in self.layers:
+            if self.layers[name] != literals:
+                return None
+        else:
+            if _exists(self.root, name):
+                return None
+            _set_path(self.root, name, MODULE_RULES[node.target](node.args))
+            self.layers[name] = literals
+        return self.graph.call_module(name, (self.value(node.args[0]),))
+
     def _owns(self, node: fx.Node, rule: LayerRule) -> bool:
         """The weight is a parameter, and the bias and the owned statistics are program tensors or absent."""
         weight = node.args[rule.weight] if len(node.args) > rule.weight else None
@@ -157,6 +188,26 @@ class _Lifter:
         )
         bias = args[rule.bias] if rule.bias is not None and len(args) > rule.bias else None
         return rule.build(args, args[rule.weight], bias)
+
+
+def _leaf_scopes(program: torch.export.ExportedProgram) -> dict[fx.Node, str]:
+    """The module each op ran in, for ops whose module ran nothing else and holds no other module or
+    parameter (a leaf such as ``nn.ReLU``): op -> that module's qualified name."""
+    scope: dict[fx.Node, str] = {}
+    ops_in: dict[str, set[Any]] = {}
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack") if node.op == "call_function" else None
+        if stack:
+            path = list(stack.values())[-1][0]
+            scope[node] = path
+            ops_in.setdefault(path, set()).add(node.target)
+    owners = {*program.state_dict, *program.constants, *ops_in}
+    containers = {name.rsplit(".", depth)[0] for name in owners for depth in range(1, name.count(".") + 1)}
+    containers |= {name.rpartition(".")[0] for name in (*program.state_dict, *program.constants)}
+    return {
+        node: path for node, path in scope.items()
+        if path and path not in containers and len(ops_in[path]) == 1
+    }  # fmt: skip
 
 
 def _ensure_path(root: nn.Module, path: str) -> nn.Module:

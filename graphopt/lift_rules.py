@@ -116,6 +116,37 @@ LAYER_RULES: dict[Any, LayerRule] = {
     aten.batch_norm.default: LayerRule(_batch_norm, weight=1, bias=2, data=0, owned=(3, 4)),
 }
 
+def _hardtanh(args: tuple[Any, ...]) -> nn.Module:
+    low, high = _arg(args, 1, -1.0), _arg(args, 2, 1.0)
+    return nn.ReLU6() if (low, high) == (0.0, 6.0) else nn.Hardtanh(low, high)
+
+
+def _max_pool(args: tuple[Any, ...]) -> nn.Module:
+    kernel = args[1]
+    stride = _arg(args, 2, []) or kernel
+    return nn.MaxPool2d(kernel, stride, _arg(args, 3, 0), _arg(args, 4, 1), _arg(args, 5, False))
+
+
+#: ATen op -> the parameterless ``nn`` module that computes it, when the op is all a leaf module of the
+#: user's model did (``stem.2``, an ``nn.ReLU``): lifted as ``call_module`` under that name, as fx traces
+#: it, so exit points, int8 fusion and reports can name it.
+MODULE_RULES: dict[Any, Callable[[tuple[Any, ...]], nn.Module]] = {
+    aten.relu.default: lambda args: nn.ReLU(),
+    aten.relu_.default: lambda args: nn.ReLU(),
+    aten.hardtanh.default: _hardtanh,
+    aten.hardtanh_.default: _hardtanh,
+    aten.gelu.default: lambda args: nn.GELU(),
+    aten.silu.default: lambda args: nn.SiLU(),
+    aten.silu_.default: lambda args: nn.SiLU(),
+    aten.sigmoid.default: lambda args: nn.Sigmoid(),
+    aten.tanh.default: lambda args: nn.Tanh(),
+    aten.hardswish.default: lambda args: nn.Hardswish(),
+    aten.hardswish_.default: lambda args: nn.Hardswish(),
+    aten.adaptive_avg_pool2d.default: lambda args: nn.AdaptiveAvgPool2d(tuple(args[1])),
+    aten.max_pool2d.default: _max_pool,
+    aten.flatten.using_ints: lambda args: nn.Flatten(_arg(args, 1, 0), _arg(args, 2, -1)),
+}
+
 #: ATen op -> torch function taking the same positional arguments.
 FUNCTION_RULES: dict[Any, Callable[..., Any]] = {
     aten.relu.default: torch.relu,

@@ -53,6 +53,7 @@ class Report:
     tables: dict[str, list[dict[str, object]]] = field(default_factory=dict)
     #: Which capture built the IR ("torch.fx", "torch.export") and, when not fx, why.
     capture: str = "torch.fx"
+    capture_seconds: float | None = None
 
     def add(self, record: StageRecord) -> StageRecord:
         self.stages.append(record)
@@ -111,7 +112,8 @@ class Report:
     def __str__(self) -> str:
         rows = [self._HEADER, *self.rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
-        lines = [f"graphopt report: {self.model} -> {self.target} (captured with {self.capture})"]
+        took = f" in {self.capture_seconds:.2f} s" if self.capture_seconds is not None else ""
+        lines = [f"graphopt report: {self.model} -> {self.target} (captured with {self.capture}{took})"]
         for i, row in enumerate(rows):
             cells = [
                 c.ljust(w) if j in self._LEFT else c.rjust(w)
@@ -155,6 +157,7 @@ class Report:
             d["speedup_vs_ort_fp32"] = self.speedup(r)
             stages.append(d)
         return {"schema": SCHEMA_VERSION, "model": self.model, "target": self.target, "capture": self.capture,
+                "capture_seconds": self.capture_seconds,
                 "stages": stages, "leaves": dict(self.leaves), "notes": list(self.notes),
                 "tables": self.tables}  # fmt: skip
 

@@ -222,3 +222,36 @@ def test_a_bert_classifier_runs_the_whole_pipeline_on_token_batches():
     assert stages[:2] == ["original", "prune_channels"] and "qat" in stages
     assert all(r.accuracy is not None for r in res.report.stages)
     assert res.report.stage("calibrate").stats["int8_layers"] >= 7
+
+
+class InputCheckedDeep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        )  # fmt: skip
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        if x.shape[-2:] != (16, 16):
+            raise ValueError("expects 16x16 images")
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def test_early_exit_and_sparsity_on_a_lifted_classifier_name_its_modules(tmp_path):
+    """Parameterless leaf modules (``features.5``, an ``nn.ReLU``) come back as modules under their names, so
+    exit points can be named as in the user's model."""
+    torch.manual_seed(0)
+    model, x = InputCheckedDeep().eval(), torch.randn(1, 1, 16, 16)
+    train = [(torch.randn(32, 1, 16, 16), torch.randint(0, 4, (32,))) for _ in range(4)]
+    quick = graphopt.RecoveryConfig(epochs=1, quiet=True)
+    res = graphopt.optimize(
+        model, "generic-fp32", example_inputs=(x,), train_data=train, recovery=quick,
+        early_exit=graphopt.EarlyExitConfig(exits=("features.5",), epochs=2, quiet=True),
+        sparsify=graphopt.SparsifyConfig(0.5, recovery=quick),
+    )  # fmt: skip
+    assert res.report.capture == "torch.export"
+    assert {"sparsify", "insert_early_exit"} <= {r.stage for r in res.report.stages}
+    assert res.export(tmp_path / "exits.onnx").is_file()
