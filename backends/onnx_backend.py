@@ -27,6 +27,7 @@ from graphopt.backends.onnx_subgraphs import sink_initializers
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.errors import ExportError, first_line
+from graphopt.quant.dynamic import onnx_translations
 from graphopt.shapes import propagate_shapes
 
 log = logging.getLogger("graphopt")
@@ -62,6 +63,7 @@ def export_onnx(
                 external_data=big,
                 dynamic_shapes=dynamic_shapes,
                 verbose=False,
+                custom_translation_table=onnx_translations(),
             )
 
     try:

@@ -41,6 +41,7 @@ from graphopt.passes.insert_early_exit import InsertEarlyExit, check_classifier_
 from graphopt.passes.insert_fake_quant import InsertFakeQuant
 from graphopt.passes.prune_channels import PruneChannels, check_protected_names
 from graphopt.passes.qat import QuantizationAwareTraining
+from graphopt.passes.quantize_dynamic import QuantizeDynamic
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm
 from graphopt.passes.space_to_depth import SpaceToDepthRewrite
@@ -305,7 +306,7 @@ def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
 
 
 #: Passes that begin the int8 part of a pipeline: rewrites for the int8 kernels' layout, then quantization.
-_INT8_START = (SpaceToDepthRewrite, InsertFakeQuant)
+_INT8_START = (SpaceToDepthRewrite, InsertFakeQuant, QuantizeDynamic)
 
 
 class Fp32Snapshot:

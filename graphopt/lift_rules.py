@@ -116,6 +116,7 @@ LAYER_RULES: dict[Any, LayerRule] = {
     aten.batch_norm.default: LayerRule(_batch_norm, weight=1, bias=2, data=0, owned=(3, 4)),
 }
 
+
 def _hardtanh(args: tuple[Any, ...]) -> nn.Module:
     low, high = _arg(args, 1, -1.0), _arg(args, 2, 1.0)
     return nn.ReLU6() if (low, high) == (0.0, 6.0) else nn.Hardtanh(low, high)

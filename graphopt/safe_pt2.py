@@ -66,6 +66,7 @@ ALLOWED_MEMBERS = (
 #: Op targets a graph may call: ATen and the quantize/dequantize and control-flow operators export emits.
 ALLOWED_TARGET_PREFIXES = (
     "torch.ops.aten.",
+    "torch.ops.graphopt.",  # graphopt's own ops (dynamic int8 Linear), registered when graphopt is imported
     "torch.ops.quantized_decomposed.",
     "torch.ops.higher_order.cond",
 )

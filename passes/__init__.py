@@ -14,6 +14,7 @@ from graphopt.passes.insert_early_exit import InsertEarlyExit
 from graphopt.passes.insert_fake_quant import InsertFakeQuant, InsertFakeQuantOptions
 from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.qat import QuantizationAwareTraining
+from graphopt.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicOptions
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
 from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
@@ -34,6 +35,7 @@ BUILTIN_PASSES = (
     QuantizationAwareTraining,
     Sparsify,
     SpaceToDepthRewrite,
+    QuantizeDynamic,
 )
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     "InsertFakeQuantOptions",
     "PruneChannels",
     "QuantizationAwareTraining",
+    "QuantizeDynamic",
+    "QuantizeDynamicOptions",
     "Recover",
     "ReestimateBatchNorm",
     "ReestimateBatchNormOptions",
