@@ -1,0 +1,92 @@
+"""Dynamic int8 (x86-dynamic-int8): the eager simulation is what ONNX Runtime computes, the file fuses into
+its dynamic int8 kernels, and transformers quantize end to end (Linear layers and embeddings)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt.quant.dynamic import DynamicInt8Linear
+from tests.helpers import outputs
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, ids):
+        return self.head(self.mlp(self.embed(ids)).mean(1))
+
+
+def _optimized_histogram(path) -> collections.Counter:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path) + ".opt.onnx"
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_the_eager_layer_computes_the_runtime_arithmetic(reduce_range):
+    """Checked without ONNX: the simulation against a direct integer evaluation of the formula."""
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 16)
+    quantized, x = DynamicInt8Linear(layer, reduce_range=reduce_range), torch.randn(3, 5, 48) * 4
+    scale = (x.max().clamp(min=0) - x.min().clamp(max=0)) / 255
+    zero = torch.round(-x.min().clamp(max=0) / scale)
+    x_q = torch.clamp(torch.round(x / scale) + zero, 0, 255).long()
+    acc = (x_q - zero.long()) @ quantized.weight_t.long()
+    expected = acc.double() * scale.double() * quantized.weight_scale.double() + quantized.bias.double()
+    torch.testing.assert_close(quantized(x).double(), expected, rtol=1e-6, atol=1e-6)
+    assert quantized.weight_t.abs().max() <= (63 if reduce_range else 127)
+    torch.testing.assert_close(quantized(x), layer(x), rtol=0.05, atol=0.1)  # within the quantization step
+
+
+def test_a_token_model_quantizes_fuses_and_matches_the_runtime(tmp_path):
+    torch.manual_seed(0)
+    model, ids = Tokens().eval(), torch.randint(0, 50, (1, 12))
+    res = graphopt.optimize(model, "x86-dynamic-int8", example_inputs=(ids,), dynamic_shapes={0: {1: "seq"}})
+    stats = res.report.stage("quantize_dynamic").stats
+    assert stats == {"int8_layers": 3, "int8_embeddings": 1}
+    assert {row["name"] for row in res.report.tables["int8"]} == {"embed", "mlp.0", "mlp.2", "head"}
+    path = res.export(tmp_path / "tokens.onnx", latency_guard=False)
+    assert not [n for n in res.report.stage("artifact:onnx").notes if "agrees with the eager" in n]
+    ops = _optimized_histogram(path)
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == 3 and ops["MatMul"] == 0
+    session = ort.InferenceSession(str(path))
+    longer = torch.randint(0, 50, (2, 20))
+    (got,) = session.run(None, {session.get_inputs()[0].name: longer.numpy()})
+    np.testing.assert_allclose(got, outputs(res.model, longer).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_dynamic_int8_model_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    model, ids = Tokens().eval(), torch.randint(0, 50, (2, 12))
+    res = graphopt.optimize(model, "x86-dynamic-int8", example_inputs=(ids,))
+    loaded = graphopt.load(res.save(tmp_path / "tokens.pt2"))
+    torch.testing.assert_close(loaded(ids), outputs(res.model, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_bert_quantizes_every_linear_and_embedding(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64)  # fmt: skip
+    model = transformers.BertModel(config).eval()
+    tokens = (torch.randint(0, 100, (1, 16)), torch.ones(1, 16, dtype=torch.long))
+    dynamic = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
+    res = graphopt.optimize(model, "x86-dynamic-int8", example_inputs=tokens, dynamic_shapes=dynamic)
+    linears = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+    assert res.report.stage("quantize_dynamic").stats == {"int8_layers": linears, "int8_embeddings": 3}
+    path = res.export(tmp_path / "bert.onnx", latency_guard=False)  # checked at 8, 16 and 32 tokens
+    assert _optimized_histogram(path)["MatMul"] <= 4  # only attention's activation x activation products
