@@ -141,7 +141,10 @@ X86_DYNAMIC_INT8 = Target(
         "weights and activations quantized per call from their own range (DynamicQuantizeMatMul)."
     ),
     isa="x86_64",
-    passes=(*_FP32_CLEANUP, PassSpec("quantize_dynamic", QuantizeDynamicOptions(reduce_range=True))),
+    passes=(
+        *_FP32_CLEANUP,
+        PassSpec("quantize_dynamic", QuantizeDynamicOptions(reduce_range=True, min_cosine=0.99)),
+    ),
     scheme=NumericScheme(weights="int8", activations="uint8"),
 )
 """Why dynamic (measured on all-MiniLM-L6-v2, AMD EPYC with AVX2 and no VNNI): the static ``x86-int8``

@@ -11,15 +11,21 @@ sites). The report's ``int8`` table lists every layer with its weight SQNR.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 from torch import nn
 
+from graphopt.errors import ConfigError
 from graphopt.ir import call_sites, module_of, set_module
+from graphopt.numerics import first_output
 from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.dynamic import DynamicInt8Linear, Int8Embedding
+from graphopt.quant.fallback import fall_back
 
 _KINDS = {nn.Linear: "linear", nn.Embedding: "embedding"}
 _DESCRIPTIONS = {
@@ -34,6 +40,17 @@ class QuantizeDynamicOptions(PassOptions):
     reduce_range: bool = True
     #: Embedding tables weight-only int8 (one scale per row).
     embeddings: bool = True
+    #: Put the most sensitive Linear layers back in fp32 until every sample's output cosine to fp32 is at
+    #: least this, measured on calibration_data (else the example inputs); None: no fall-back.
+    min_cosine: float | None = None
+    #: At most this fraction of the Linear layers (rounded up) goes back to fp32.
+    max_fallback: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
+            raise ConfigError(f"min_cosine must be in (0, 1], got {self.min_cosine}")
+        if not 0 <= self.max_fallback <= 1:
+            raise ConfigError(f"max_fallback must be in [0, 1], got {self.max_fallback}")
 
 
 class QuantizeDynamic(Pass):
@@ -45,9 +62,13 @@ class QuantizeDynamic(Pass):
     Options = QuantizeDynamicOptions
 
     def call(self, gm: fx.GraphModule) -> PassResult:
+        batches = self._batches()
+        with torch.no_grad():
+            reference = [first_output(gm(*inputs)) for inputs in batches] if self.options.min_cosine else []
         stats: Counter[str] = Counter()
         sites = call_sites(gm)
         table = []
+        originals: dict[str, nn.Module] = {}
         for node in list(gm.graph.nodes):
             layer = module_of(gm, node)
             kind = _KINDS.get(type(layer)) if layer is not None else None
@@ -58,6 +79,7 @@ class QuantizeDynamic(Pass):
                 continue
             if kind == "linear":
                 quantized: nn.Module = DynamicInt8Linear(layer, reduce_range=self.options.reduce_range)
+                originals[str(node.target)] = layer
                 stats["int8_layers"] += 1
             else:
                 quantized = Int8Embedding(layer)
@@ -65,6 +87,25 @@ class QuantizeDynamic(Pass):
             set_module(gm, str(node.target), quantized)
             table.append({"name": str(node.target), "kind": _DESCRIPTIONS[kind],
                           "sqnr_db": round(quantized.weight_sqnr_db, 1)})  # fmt: skip
+        if self.options.min_cosine is not None and originals:
+            limit = math.ceil(self.options.max_fallback * len(originals))
+            result = fall_back(gm, originals, batches, reference, self.options.min_cosine, limit)
+            kept = dict(result.kept_fp32)
+            for row in table:
+                if row["name"] in kept:
+                    row["kind"] = f"Linear kept fp32 (worst cosine {kept[row['name']]:.4f} with it back)"
+            stats["int8_layers"] -= len(kept)
+            stats["kept_fp32:sensitive"] = len(kept)
+            stats["worst_cosine"] = round(result.after, 5)
         if table:
             self.context.tables["int8"] = table
         return PassResult(gm, modified=bool(table), stats=dict(stats))
+
+    def _batches(self) -> list[tuple[torch.Tensor, ...]]:
+        """calibration_data's batches when given (read only when the fall-back needs data)."""
+        if self.options.min_cosine is None:
+            return []
+        data = self.context.calibration_data
+        if data is None:
+            return [self.context.example_inputs]
+        return read_calibration_inputs(data, self.context.example_inputs)

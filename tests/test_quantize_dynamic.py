@@ -56,7 +56,7 @@ def test_a_token_model_quantizes_fuses_and_matches_the_runtime(tmp_path):
     model, ids = Tokens().eval(), torch.randint(0, 50, (1, 12))
     res = graphopt.optimize(model, "x86-dynamic-int8", example_inputs=(ids,), dynamic_shapes={0: {1: "seq"}})
     stats = res.report.stage("quantize_dynamic").stats
-    assert stats == {"int8_layers": 3, "int8_embeddings": 1}
+    assert (stats["int8_layers"], stats["int8_embeddings"], stats["kept_fp32:sensitive"]) == (3, 1, 0)
     assert {row["name"] for row in res.report.tables["int8"]} == {"embed", "mlp.0", "mlp.2", "head"}
     path = res.export(tmp_path / "tokens.onnx", latency_guard=False)
     assert not [n for n in res.report.stage("artifact:onnx").notes if "agrees with the eager" in n]
@@ -87,6 +87,43 @@ def test_bert_quantizes_every_linear_and_embedding(tmp_path):
     dynamic = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
     res = graphopt.optimize(model, "x86-dynamic-int8", example_inputs=tokens, dynamic_shapes=dynamic)
     linears = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
-    assert res.report.stage("quantize_dynamic").stats == {"int8_layers": linears, "int8_embeddings": 3}
+    stats = res.report.stage("quantize_dynamic").stats
+    assert stats["int8_layers"] + stats["kept_fp32:sensitive"] == linears and stats["int8_embeddings"] == 3
+    assert stats["worst_cosine"] >= 0.99
     path = res.export(tmp_path / "bert.onnx", latency_guard=False)  # checked at 8, 16 and 32 tokens
     assert _optimized_histogram(path)["MatMul"] <= 4  # only attention's activation x activation products
+
+
+class Outlier(nn.Module):
+    """One channel of ``fc2``'s input is 1000x the others (and weighted down, so the output still depends on
+    the rest): a per-tensor u8 step sized for the outlier erases the other channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 8)
+        gain = torch.ones(32)
+        gain[0] = 1000.0
+        self.register_buffer("gain", gain)
+        with torch.no_grad():
+            self.fc2.weight[:, 0] *= 1e-3
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)) * self.gain)))
+
+
+def test_the_most_sensitive_layer_goes_back_to_fp32_until_the_cosine_holds():
+    torch.manual_seed(0)
+    x = torch.randn(8, 16)
+    calibration = [torch.randn(16, 16) for _ in range(2)]
+    res = graphopt.optimize(
+        Outlier().eval(), "x86-dynamic-int8", example_inputs=(x,), calibration_data=calibration
+    )
+    stats = res.report.stage("quantize_dynamic").stats
+    assert stats["kept_fp32:sensitive"] == 1 and stats["worst_cosine"] >= 0.99
+    kept = [row["name"] for row in res.report.tables["int8"] if "kept fp32" in row["kind"]]
+    assert kept == ["fc2"]
+    plain = graphopt.optimize(
+        Outlier().eval(), example_inputs=(x,),
+        passes=[graphopt.passes.QuantizeDynamic(graphopt.passes.QuantizeDynamicOptions(min_cosine=None))],
+    )  # fmt: skip
+    assert plain.report.stage("quantize_dynamic").stats["int8_layers"] == 3  # no fall-back asked: all int8
