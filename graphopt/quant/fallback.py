@@ -2,9 +2,11 @@
 
 A few layers of a transformer carry most of the int8 error (in all-MiniLM-L6-v2 the first FFN output
 projection: keeping it alone in fp32 lifts the worst Lee-corpus document's cosine to fp32 from 0.988 to
-0.992). Greedy, on the data given: while the worst sample's output cosine to the fp32 model is below
-``min_cosine``, put back in fp32 the one int8 layer whose return raises that worst cosine most, up to
-``max_layers``. Each step costs one forward pass per remaining int8 layer and batch.
+0.992). On the data given, each int8 layer is ranked once by how much putting it alone back in fp32
+raises the worst sample's output cosine to the fp32 model; layers then go back in that order while the
+worst cosine is below ``min_cosine``, up to ``max_layers``. That costs ``n + k`` forward passes per batch
+(``n`` layers, ``k`` put back), where re-ranking after every choice cost ``n * k``: 207 s instead of
+about 60 s on MiniLM with 4 layers back.
 """
 
 from __future__ import annotations
@@ -52,17 +54,19 @@ def fall_back(
     cosine reaches ``min_cosine`` (module docstring)."""
     current = worst_cosine(gm, batches, reference)
     result = FallbackResult([], current, current)
-    quantized = {name: gm.get_submodule(name) for name in originals}
-    while current < min_cosine and len(result.kept_fp32) < max_layers and quantized:
-        trials = {}
-        for name, module in quantized.items():
-            set_module(gm, name, originals[name])
-            trials[name] = worst_cosine(gm, batches, reference)
-            set_module(gm, name, module)
-        best = max(trials, key=trials.__getitem__)
-        set_module(gm, best, originals[best])
-        del quantized[best]
-        current = trials[best]
-        result.kept_fp32.append((best, current))
+    if current >= min_cosine or max_layers < 1:
+        return result
+    gains = {}
+    for name, original in originals.items():
+        quantized = gm.get_submodule(name)
+        set_module(gm, name, original)
+        gains[name] = worst_cosine(gm, batches, reference)
+        set_module(gm, name, quantized)
+    for name in sorted(gains, key=gains.__getitem__, reverse=True)[:max_layers]:
+        set_module(gm, name, originals[name])
+        current = worst_cosine(gm, batches, reference)
+        result.kept_fp32.append((name, current))
+        if current >= min_cosine:
+            break
     result.after = current
     return result
