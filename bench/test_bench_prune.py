@@ -19,12 +19,11 @@ import graphopt
 from graphopt.backends import OnnxRunner, export_onnx
 from graphopt.backends.timing import interleaved_medians
 from graphopt.capture import capture
-from graphopt.cost import count_macs
 from graphopt.digits import DigitsTraining, batches, load_digits_split, random_shift, train_digits_cnn
 from graphopt.evaluation import accuracy
 from graphopt.peers import ort_quantize_static
-from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_scores
-from graphopt.pruning.exactness import zero_units
+from graphopt.pruning import PruneConfig, analyze
+from graphopt.pruning.exactness import zero_then_prune
 from graphopt.recovery import RecoveryConfig
 from graphopt.shapes import propagate_shapes
 from graphopt.zoo import TEST_MODELS, get_model
@@ -74,20 +73,11 @@ def test_reference_architectures_prune_exactly(benchmark, ratio):
     rows = []
     for name in TEST_MODELS:
         model, inputs = get_model(name).build()
-        gm = capture(model).gm
-        propagate_shapes(gm, inputs)
-        before = count_macs(gm)
-        graph = analyze(gm)
-        config = PruneConfig(ratio=ratio)
-        selection = choose(graph.groups(), unit_scores(graph, config), config)
-        zero_units(graph, selection.removed)
-        with torch.no_grad():
-            dense = gm(*inputs)
-            remove_units(graph, selection.removed)
-            error = float((gm(*inputs) - dense).abs().max())
-        propagate_shapes(gm, inputs)
-        rows.append((name, before, count_macs(gm), error))
-        benchmark.extra_info[name] = {"macs_ratio": round(count_macs(gm) / before, 3), "max_abs_error": error}
+        run = zero_then_prune(capture(model).gm, inputs, PruneConfig(ratio=ratio))
+        error = float((run.pruned - run.zeroed).abs().max())
+        rows.append((name, run.macs_before, run.macs_after, error))
+        ratio_kept = round(run.macs_after / run.macs_before, 3)
+        benchmark.extra_info[name] = {"macs_ratio": ratio_kept, "max_abs_error": error}
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     print(
         f"\nratio {ratio}:\n"

@@ -15,11 +15,8 @@ import graphopt
 from graphopt import PruneConfig
 from graphopt.capture import capture
 from graphopt.capture_export import DynamicDims, capture_with_export
-from graphopt.cost import count_macs
 from graphopt.numerics import Tolerance, allclose
-from graphopt.pruning import analyze, choose, remove_units, unit_scores
-from graphopt.pruning.exactness import zero_units
-from graphopt.shapes import propagate_shapes
+from graphopt.pruning.exactness import zero_then_prune
 from graphopt.zoo import TEST_MODELS, get_model
 from tests.helpers import outputs, randomize_batchnorm
 
@@ -41,20 +38,11 @@ class InputChecked(nn.Module):
 
 def _prune_exactly(gm, inputs, ratio=0.3) -> int:
     """Zero what pruning removes, prune, and check nothing moved; return the units removed."""
-    propagate_shapes(gm, inputs)
-    macs = count_macs(gm)
-    graph = analyze(gm)
-    config = PruneConfig(ratio=ratio)
-    selection = choose(graph.groups(), unit_scores(graph, config), config)
-    zero_units(graph, selection.removed)
-    dense = outputs(gm, *inputs)
-    remove_units(graph, selection.removed)
-    propagate_shapes(gm, inputs)
-    gm.graph.lint()
-    ok, err = allclose(dense, outputs(gm, *inputs), Tolerance(rtol=1e-5, atol=1e-5))
+    run = zero_then_prune(gm, inputs, PruneConfig(ratio=ratio))
+    ok, err = allclose(run.zeroed, run.pruned, Tolerance(rtol=1e-5, atol=1e-5))
     assert ok, err
-    assert not selection.removed or count_macs(gm) < macs
-    return len(selection.removed)
+    assert not run.removed or run.macs_after < run.macs_before
+    return run.removed
 
 
 def test_an_input_checking_cnn_is_captured_whole_and_optimizes_on_every_kind_of_target():

@@ -9,11 +9,15 @@ path and the outputs differ. Tests and benchmarks use it on every reference arch
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 
-from graphopt.pruning.dependency import DependencyGraph
+from graphopt.pruning.config import PruneConfig
+from graphopt.pruning.dependency import DependencyGraph, analyze
 
 
 def zero_units(graph: DependencyGraph, removed: Iterable[int]) -> None:
@@ -45,3 +49,38 @@ def zero_units(graph: DependencyGraph, removed: Iterable[int]) -> None:
             owner_name, _, name = s.target.rpartition(".")
             owner = gm.get_submodule(owner_name) if owner_name else gm
             getattr(owner, name).index_fill_(s.axis, gone(s.positions), 0)
+
+
+@dataclass(frozen=True)
+class ExactnessRun:
+    """The outputs before (units zeroed) and after pruning, MACs before and after, the units removed."""
+
+    zeroed: Any
+    pruned: Any
+    macs_before: int
+    macs_after: int
+    removed: int
+
+
+def zero_then_prune(
+    gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], config: PruneConfig
+) -> ExactnessRun:
+    """Analyze ``gm``, zero the units ``config`` selects, record the outputs, prune, record them again."""
+    from graphopt.cost import count_macs
+    from graphopt.pruning.importance import unit_scores
+    from graphopt.pruning.selection import choose
+    from graphopt.pruning.surgery import remove_units
+    from graphopt.shapes import propagate_shapes
+
+    propagate_shapes(gm, inputs)
+    before = count_macs(gm)
+    graph = analyze(gm)
+    selection = choose(graph.groups(), unit_scores(graph, config), config)
+    zero_units(graph, selection.removed)
+    with torch.no_grad():
+        zeroed = gm(*inputs)
+        remove_units(graph, selection.removed)
+        pruned = gm(*inputs)
+    propagate_shapes(gm, inputs)
+    gm.graph.lint()
+    return ExactnessRun(zeroed, pruned, before, count_macs(gm), len(selection.removed))
