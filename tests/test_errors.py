@@ -74,7 +74,10 @@ def test_single_tensor_is_accepted(model_and_input):
 
 def test_unknown_target_lists_known(model_and_input):
     model, inputs = model_and_input
-    known = r"known targets: arm-fp32, arm-int8, fixed-point-int8, generic-fp32, x86-int8, x86-vnni-int8"
+    known = (
+        r"known targets: arm-fp32, arm-int8, fixed-point-int8, generic-fp32, x86-dynamic-int8, x86-int8, "
+        r"x86-vnni-int8"
+    )
     with pytest.raises(UnknownNameError, match=rf"unknown target 'arm-int4'; {known}"):
         graphopt.optimize(model, target="arm-int4", example_inputs=inputs)
 
