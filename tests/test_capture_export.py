@@ -243,3 +243,14 @@ def test_early_exit_and_sparsity_on_a_lifted_classifier_name_its_modules(tmp_pat
     assert res.report.capture == "torch.export"
     assert {"sparsify", "insert_early_exit"} <= {r.stage for r in res.report.stages}
     assert res.export(tmp_path / "exits.onnx").is_file()
+
+
+def test_transformers_export_to_onnx_and_run_at_other_lengths(hf_model, tmp_path):
+    """Text models with a dynamic sequence length (checked by export at half and twice the example's);
+    the ViT at its image size."""
+    name, model, inputs = hf_model
+    text = name != "vit"
+    dynamic = {0: {1: "seq"}, 1: {1: "seq"}} if text else None
+    res = graphopt.optimize(model, "generic-fp32", example_inputs=inputs, dynamic_shapes=dynamic)
+    path = res.export(tmp_path / f"{name}.onnx")
+    assert path.is_file() and not [n for n in res.report.stage("artifact:onnx").notes if "differs" in n]
