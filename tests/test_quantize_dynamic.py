@@ -127,3 +127,31 @@ def test_the_most_sensitive_layer_goes_back_to_fp32_until_the_cosine_holds():
         passes=[graphopt.passes.QuantizeDynamic(graphopt.passes.QuantizeDynamicOptions(min_cosine=None))],
     )  # fmt: skip
     assert plain.report.stage("quantize_dynamic").stats["int8_layers"] == 3  # no fall-back asked: all int8
+
+
+@pytest.mark.parametrize("source", ["zoo", "transformers"])
+def test_vit_attention_and_mlp_linears_fuse_to_dynamic_int8(source, tmp_path):
+    if source == "zoo":
+        from graphopt.zoo import get_model
+
+        model, inputs = get_model("vit").build()
+    else:
+        transformers = pytest.importorskip("transformers")
+        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=64)  # fmt: skip
+        model, inputs = transformers.ViTModel(config).eval(), (torch.randn(1, 3, 32, 32),)
+    res = graphopt.optimize(model, "x86-dynamic-int8", example_inputs=inputs)
+    stats = res.report.stage("quantize_dynamic").stats
+    linears = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+    assert stats["int8_layers"] + stats["kept_fp32:sensitive"] == linears and stats["int8_layers"] > 0
+    ops = _optimized_histogram(res.export(tmp_path / "vit.onnx", latency_guard=False))
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == stats["int8_layers"]
+
+
+def test_the_latency_guard_times_dynamic_int8_against_fp32(tmp_path):
+    torch.manual_seed(0)
+    model, ids = Tokens().eval(), torch.randint(0, 50, (1, 12))
+    res = graphopt.optimize(model, "x86-dynamic-int8", example_inputs=(ids,))
+    res.export(tmp_path / "guarded.onnx")
+    record = res.report.stages[-1]
+    assert {"guard_int8_ms", "guard_fp32_ms", "shipped_fp32"} <= set(record.stats)
