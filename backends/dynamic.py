@@ -17,12 +17,17 @@ import torch
 from graphopt.errors import ConfigError
 
 
+def widen_batch(example_inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Batch-1 inputs repeated to batch 2: torch.export specialises a dimension of size 1."""
+    return tuple(torch.cat([x, x]) if x.dim() > 0 and x.shape[0] == 1 else x for x in example_inputs)
+
+
 def dynamic_batch_example(
     example_inputs: tuple[torch.Tensor, ...],
 ) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, object] | None, ...]]:
     """Example inputs with batch >= 2 and the matching ``dynamic_shapes`` for torch.export."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    widened = tuple(torch.cat([x, x]) if x.dim() > 0 and x.shape[0] == 1 else x for x in example_inputs)
+    widened = widen_batch(example_inputs)
     return widened, tuple({0: batch} if x.dim() > 0 else None for x in example_inputs)
 
 

@@ -329,22 +329,26 @@ def _read_labelled_data(
     if data is None:
         return None
     labelled = read_labelled(data, what, inputs)
-    logits = flatten_outputs(reference)
-    if logits:
-        check_label_range(labelled.labels, logits[0].shape[-1], what)
+    _check_labels(labelled.labels, reference, what)
     return labelled
 
 
 def _check_eval_labels(labelled: list[Batch] | None, reference: Any) -> None:
     """eval_data's labels must name the model's classes, like train and validation data's: out-of-range
     labels would read as 0 % accuracy rather than as an error."""
-    logits = flatten_outputs(reference)
-    if labelled is None or not logits:
+    if labelled is None:
         return
     labels = torch.cat([torch.as_tensor(y).reshape(-1) for _, y in labelled])
     if labels.is_floating_point():
         raise InvalidInputError("eval_data labels must be integer class indices, got floating-point labels")
-    check_label_range(labels, logits[0].shape[-1], "eval_data")
+    _check_labels(labels, reference, "eval_data")
+
+
+def _check_labels(labels: torch.Tensor, reference: Any, what: str) -> None:
+    """Labels must index the classes of the model's first output (its logits)."""
+    logits = flatten_outputs(reference)
+    if logits:
+        check_label_range(labels, logits[0].shape[-1], what)
 
 
 def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:

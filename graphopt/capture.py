@@ -82,10 +82,10 @@ def capture(
         traced: Capture | None = trace_with_leaves(model)
         fx_failure = ""
     except CaptureError as exc:
+        if example_inputs is None:
+            raise
         traced, fx_failure = None, str(exc)
-    if (traced is not None and not traced.leaves) or example_inputs is None:
-        if traced is None:
-            raise CaptureError(fx_failure)
+    if traced is not None and (not traced.leaves or example_inputs is None):
         return traced
     why = (
         f"torch.fx left {len(traced.leaves)} opaque leaves ({', '.join(traced.leaves)})"
@@ -96,7 +96,7 @@ def capture(
         gm = capture_with_export(model, example_inputs, dynamic or DynamicDims())
     except CaptureError as exc:
         if traced is None:
-            raise CaptureError(f"{fx_failure} {exc}") from exc
+            raise CaptureError(f"{fx_failure} {exc}") from exc  # both reasons: fx's and torch.export's
         traced.why = f"torch.export could not capture it either: {exc}"
         return traced
     return Capture(gm, {}, method="torch.export", why=why)

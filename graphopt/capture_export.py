@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 from torch.export import Dim
 
-from graphopt.backends.dynamic import DynamicDims
+from graphopt.backends.dynamic import DynamicDims, widen_batch
 from graphopt.backends.quiet import quiet_export
 from graphopt.errors import CaptureError, first_line
 from graphopt.lift import lift
@@ -31,7 +31,7 @@ def export_program(
     """``torch.export`` with the batch dynamic where the model allows (``Dim.AUTO``) and the named dims
     dynamic (``Dim.DYNAMIC``: export infers their ranges, such as a maximum sequence length, and that
     inputs sharing a name share the size; it refuses only a model that fixes one)."""
-    widened = tuple(torch.cat([x, x]) if x.dim() > 0 and x.shape[0] == 1 else x for x in example_inputs)
+    widened = widen_batch(example_inputs)
     shapes = []
     for x, dims in zip(widened, dynamic.dims or [{}] * len(widened), strict=True):
         entry = {0: Dim.AUTO, **dict.fromkeys(dims, Dim.DYNAMIC)} if x.dim() > 0 else None
@@ -56,11 +56,13 @@ def user_frame(exc: BaseException) -> str | None:
 
     packages = (torch, graphopt.backends, graphopt.passes)
     ours = (Path(__file__).parent, Path(os.__file__).parent, *(Path(p.__file__).parent for p in packages))
-    frames = []
-    seen: BaseException | None = exc
-    while seen is not None and len(frames) < 10_000:  # torch re-raises: the user's frames are in the chain
-        frames = traceback.extract_tb(seen.__traceback__) + frames
-        seen = seen.__cause__ or seen.__context__
+    frames: list[traceback.FrameSummary] = []
+    chain: BaseException | None = exc
+    visited: set[int] = set()
+    while chain is not None and id(chain) not in visited:  # torch re-raises: the user's frames are inside
+        visited.add(id(chain))
+        frames = traceback.extract_tb(chain.__traceback__) + frames
+        chain = chain.__cause__ or chain.__context__
     mine = [
         f for f in frames
         if not f.filename.startswith("<") and not any(Path(f.filename).is_relative_to(root) for root in ours)
@@ -87,7 +89,4 @@ def capture_with_export(
     model: nn.Module, example_inputs: tuple[torch.Tensor, ...], dynamic: DynamicDims
 ) -> fx.GraphModule:
     """The lifted module-level graph of ``model``; :class:`CaptureError` when torch.export fails."""
-    program = export_program(model, example_inputs, dynamic)
-    gm = lift(program)
-    gm.meta["capture"] = "torch.export"
-    return gm
+    return lift(export_program(model, example_inputs, dynamic))

@@ -202,8 +202,8 @@ def _leaf_scopes(program: torch.export.ExportedProgram) -> dict[fx.Node, str]:
             scope[node] = path
             ops_in.setdefault(path, set()).add(node.target)
     owners = {*program.state_dict, *program.constants, *ops_in}
+    # Every proper prefix of a tensor's or an op's module path is a container (a tensor's owner included).
     containers = {name.rsplit(".", depth)[0] for name in owners for depth in range(1, name.count(".") + 1)}
-    containers |= {name.rpartition(".")[0] for name in (*program.state_dict, *program.constants)}
     return {
         node: path for node, path in scope.items()
         if path and path not in containers and len(ops_in[path]) == 1

@@ -165,7 +165,7 @@ def analyze(gm: fx.GraphModule) -> DependencyGraph:
     sizes = SizeFlow()
     for node in gm.graph.nodes:
         if node.op == "output":
-            for value in _nested_nodes(node.args):
+            for value in nested_nodes(node.args):
                 graph.block(maps.get(value), "reaches the network output")
             sizes.visit(graph, node, maps)
             continue
@@ -174,7 +174,7 @@ def analyze(gm: fx.GraphModule) -> DependencyGraph:
     return graph
 
 
-def _nested_nodes(value: Any) -> list[fx.Node]:
+def nested_nodes(value: Any) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg(value, found.append)
     return found

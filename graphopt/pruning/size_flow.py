@@ -13,6 +13,7 @@ of the node it reaches, are blocked with the reason named.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 import torch.fx as fx
 
 from graphopt.pruning.channel_map import ChannelMap
-from graphopt.pruning.dependency import DependencyGraph, NodeMap
+from graphopt.pruning.dependency import DependencyGraph, NodeMap, nested_nodes
 
 _RESHAPE_METHODS = ("view", "reshape")
 
@@ -50,7 +51,7 @@ class SizeFlow:
         if _is_shape_index(node) and node.args[0] in self.sources:
             self.sources[node] = _index(self.sources[node.args[0]], node.args[1])
             return
-        inbound = [s for arg in _node_args(node) for s in self.sources.get(arg, [])]
+        inbound = [s for arg in nested_nodes((node.args, node.kwargs)) for s in self.sources.get(arg, [])]
         if not inbound:
             return
         if "shape" not in node.meta and not isinstance(maps.get(node), ChannelMap):
@@ -60,7 +61,7 @@ class SizeFlow:
         for source in unsafe:
             reason = f"{node.name} is shaped by the channel count of {source.tensor.name}"
             graph.block(source.channels, reason)
-            for arg in _node_args(node):
+            for arg in nested_nodes((node.args, node.kwargs)):
                 graph.block(maps.get(arg), reason)
 
 
@@ -81,8 +82,6 @@ def _size_query(node: fx.Node, maps: dict[fx.Node, NodeMap]) -> _Source | None:
 
 
 def _is_shape_index(node: fx.Node) -> bool:
-    import operator
-
     return node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int)
 
 
@@ -98,12 +97,6 @@ def _index(sources: list[_Source], index: int) -> list[_Source]:
     return picked
 
 
-def _node_args(node: fx.Node) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), found.append)
-    return found
-
-
 def _unsafe_sources(
     graph: DependencyGraph, node: fx.Node, maps: dict[fx.Node, NodeMap], sources: dict[fx.Node, list[_Source]]
 ) -> list[_Source]:
@@ -117,7 +110,7 @@ def _unsafe_sources(
         for source in sources[value]:
             if position not in rewritten or not _same_units(graph, source.channels, reshaped):
                 unsafe.append(source)
-    for arg in _node_args(node):  # a channel-derived value anywhere else in the call
+    for arg in nested_nodes((node.args, node.kwargs)):  # a channel-derived value anywhere else in the call
         if arg in sources and not any(arg is v for _, v in _size_arguments(node)):
             unsafe.extend(sources[arg])
     return unsafe
@@ -130,19 +123,19 @@ def _same_units(graph: DependencyGraph, a: ChannelMap, b: NodeMap) -> bool:
     return units[0] == units[1]
 
 
-def _rewritten_positions(node: fx.Node, out: NodeMap) -> set[int]:
-    is_reshape = (node.op == "call_method" and node.target in _RESHAPE_METHODS) or (
+def _is_reshape(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in _RESHAPE_METHODS) or (
         node.op == "call_function" and node.target is torch.reshape
     )
-    return set(out.axes) if is_reshape and isinstance(out, ChannelMap) else set()
+
+
+def _rewritten_positions(node: fx.Node, out: NodeMap) -> set[int]:
+    return set(out.axes) if _is_reshape(node) and isinstance(out, ChannelMap) else set()
 
 
 def _size_arguments(node: fx.Node) -> list[tuple[int, Any]]:
     """``(output axis, value)`` of a reshape's size arguments; nothing for other ops."""
-    is_reshape = (node.op == "call_method" and node.target in _RESHAPE_METHODS) or (
-        node.op == "call_function" and node.target is torch.reshape
-    )
-    if not is_reshape:
+    if not _is_reshape(node):
         return []
     sizes: Any = node.args[1:]
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):

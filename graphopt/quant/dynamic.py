@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from graphopt.quant.scheme import sqnr_db
+
 
 @torch.library.custom_op("graphopt::dynamic_int8_linear", mutates_args=())
 def dynamic_int8_linear(x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor:
@@ -50,16 +52,14 @@ class DynamicInt8Linear(nn.Module):
     def __init__(self, layer: nn.Linear, reduce_range: bool = False):
         super().__init__()
         weight = layer.weight.detach().float()
-        limit = 63 if reduce_range else 127
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / limit
-        weight_q = torch.clamp(torch.round(weight / scale[:, None]), -limit, limit).to(torch.int8)
+        weight_q, scale = _per_row_int8(weight, 63 if reduce_range else 127)
         self.register_buffer("weight_t", weight_q.t().contiguous())
         self.register_buffer("weight_scale", scale)
         bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(layer.out_features)
         self.register_buffer("bias", bias)
         self.in_features, self.out_features = layer.in_features, layer.out_features
         #: Output SQNR of the weight quantization alone, in dB (for the report's int8 table).
-        self.weight_sqnr_db = _sqnr_db(weight, weight_q.float() * scale[:, None])
+        self.weight_sqnr_db = sqnr_db(weight, weight_q.float() * scale[:, None])
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.graphopt.dynamic_int8_linear(x, self.weight_t, self.weight_scale, self.bias)
@@ -79,21 +79,20 @@ class Int8Embedding(nn.Module):
     def __init__(self, layer: nn.Embedding):
         super().__init__()
         weight = layer.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.register_buffer(
-            "weight_int8", torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8)
-        )
+        weight_q, scale = _per_row_int8(weight, 127)
+        self.register_buffer("weight_int8", weight_q)
         self.register_buffer("row_scale", scale)
         self.padding_idx = layer.padding_idx
-        self.weight_sqnr_db = _sqnr_db(weight, self.weight_int8.float() * scale[:, None])
+        self.weight_sqnr_db = sqnr_db(weight, weight_q.float() * scale[:, None])
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.weight_int8[ids].to(self.row_scale.dtype) * self.row_scale[ids].unsqueeze(-1)
 
 
-def _sqnr_db(reference: Tensor, approximation: Tensor) -> float:
-    noise = (reference - approximation).pow(2).sum().clamp(min=1e-30)
-    return float(10 * torch.log10(reference.pow(2).sum() / noise))
+def _per_row_int8(weight: Tensor, limit: int) -> tuple[Tensor, Tensor]:
+    """``(W_q, s)``: symmetric s8 rows ``round(W / s)`` clamped to ``+-limit``, ``s = max|W[j]| / limit``."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / limit
+    return torch.clamp(torch.round(weight / scale[:, None]), -limit, limit).to(torch.int8), scale
 
 
 def _onnx_dynamic_int8_linear(x, weight_t, weight_scale, bias):  # type: ignore[no-untyped-def]
