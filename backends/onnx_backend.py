@@ -24,6 +24,7 @@ from graphopt.backends.dynamic import DynamicDims, dynamic_example
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
 from graphopt.backends.onnx_names import output_names, rename_outputs
 from graphopt.backends.onnx_subgraphs import sink_initializers
+from graphopt.backends.onnx_transformer import LOWERING_KEY, export_fused_transformer
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.errors import ExportError, first_line
@@ -42,14 +43,21 @@ def export_onnx(
     *,
     opset: int = 18,
     dynamic: DynamicDims | None = None,
+    fused_transformer: bool = True,
 ) -> Path:
     """Export ``model`` to ``path`` and check the file; raise :class:`ExportError` naming the cause.
-    Dimension 0 of every input is dynamic, and so are the dimensions ``dynamic`` names."""
+    Dimension 0 of every input is dynamic, and so are the dimensions ``dynamic`` names. Transformers with
+    dynamic int8 layers go through ONNX Runtime's fused kernels (:mod:`.onnx_transformer`) unless
+    ``fused_transformer`` is False (benchmarks measure the other route with it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > _PROTOBUF_LIMIT
     direct = isinstance(model, fx.GraphModule) and not big
     if direct and _export_direct(model, example_inputs, path, opset, dynamic):
+        return path
+    fused = direct and fused_transformer
+    if fused and export_fused_transformer(model, example_inputs, path, dynamic=dynamic) is not None:
+        _name_dict_outputs(path, model, example_inputs)
         return path
 
     def run_exporter(inputs: tuple[torch.Tensor, ...], dynamic_shapes: object) -> None:
@@ -139,7 +147,11 @@ def exporter_of(path: Path) -> str:
     """Which exporter wrote an artifact: graphopt's direct lowering, torch.onnx, or (not ONNX) torch.jit."""
     if path.suffix != ".onnx":
         return "torch.jit"
-    producer = onnx.load(str(path), load_external_data=False).producer_name
+    model = onnx.load(str(path), load_external_data=False)
+    lowering = {p.key: p.value for p in model.metadata_props}.get(LOWERING_KEY)
+    if lowering:
+        return lowering
+    producer = model.producer_name
     return "graphopt's direct lowering" if producer == PRODUCER else f"torch.onnx ({producer or 'unknown'})"
 
 

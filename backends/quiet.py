@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator
 
@@ -46,3 +47,21 @@ def quiet_export() -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_ort() -> Iterator[None]:
+    """ONNX Runtime's quantization and transformer-optimizer tools log advice at WARNING on the root logger
+    and print progress: quiet them as :func:`quiet_export` quiets the exporters. They also write scratch
+    files (``sym_shape_infer_temp.onnx``, ``<uuid>.data``, 90 MB for MiniLM) into the current directory and
+    leave them there when a step fails: they run inside a scratch folder, removed afterwards (so paths
+    given to them must be absolute)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="graphopt-ort-") as scratch, quiet_export():
+            with contextlib.chdir(scratch):
+                yield
+    finally:
+        root.setLevel(level)

@@ -27,7 +27,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from graphopt.backends import export_onnx
-from graphopt.backends.quiet import quiet_export
+from graphopt.backends.dynamic import DynamicDims
+from graphopt.backends.quiet import quiet_ort
 from graphopt.cpu import host_int8_choice
 from graphopt.errors import ConfigError
 
@@ -51,17 +52,24 @@ def ort_quantize_static(
     path: str | Path,
     preset: OrtPreset = "best",
     reduce_range: bool | None = None,
+    dynamic: DynamicDims | None = None,
 ) -> Path:
     """Quantize ``model`` with ORT's ``quantize_static`` at ``preset``; write the QDQ file to ``path``.
-    ``reduce_range`` (``best`` only) defaults to what this CPU needs."""
+    ``reduce_range`` (``best`` only) defaults to what this CPU needs; ``dynamic`` names the dimensions
+    besides the batch that vary (a sequence length)."""
     if preset not in ("default", "best"):
         raise ConfigError(f"preset must be 'default' or 'best', got {preset!r}")
-    path = Path(path)
+    path = Path(path).absolute()  # ORT's tools run in a scratch folder (quiet_ort)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model.eval(), example_inputs, Path(tmp) / "fp32.onnx")
+        fp32 = export_onnx(model.eval(), example_inputs, Path(tmp) / "fp32.onnx", dynamic=dynamic)
         prepared = Path(tmp) / "prepared.onnx"
-        with quiet_export():
-            quant_pre_process(str(fp32), str(prepared))
+        with quiet_ort():
+            try:
+                quant_pre_process(str(fp32), str(prepared))
+            except Exception:  # ORT raises a bare Exception; a user then skips the step
+                # ORT's symbolic shape inference gives up on some symbolic sizes (a transformer's
+                # Min(512, seq)); its documented way out is to skip that step and keep ONNX's own.
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         names = [i.name for i in ort.InferenceSession(str(prepared)).get_inputs()]
         options = {} if preset == "default" else {
             "activation_type": QuantType.QUInt8,
@@ -69,7 +77,7 @@ def ort_quantize_static(
             "per_channel": True,
             "reduce_range": host_int8_choice().reduce_range if reduce_range is None else reduce_range,
         }  # fmt: skip
-        with quiet_export():
+        with quiet_ort():
             quantize_static(
                 str(prepared), str(path), _Reader(names, calibration), quant_format=QuantFormat.QDQ, **options
             )

@@ -147,10 +147,19 @@ X86_DYNAMIC_INT8 = Target(
     ),
     scheme=NumericScheme(weights="int8", activations="uint8"),
 )
-"""Why dynamic (measured on all-MiniLM-L6-v2, AMD EPYC with AVX2 and no VNNI): the static ``x86-int8``
-scheme, calibrated once, kept only cosine 0.88 to fp32 (activation outliers); dynamic activations keep the
-embedding (numbers in the README's transformer int8 section). Why 7-bit weights: full 8-bit s8 weights
-overflowed ORT's int16 pair sums on this CPU (outputs moved by 0.5 on a 64-wide layer)."""
+"""What won on this CPU, and why (all-MiniLM-L6-v2, ``graphopt bench minilm``, AMD EPYC with AVX2 and no
+VNNI, 2026-11-27):
+
+- dynamic over static: ORT ``quantize_static`` at its best settings kept a worst Lee-document cosine of
+  0.74 to fp32 (Spearman 0.485) and ran slower than dynamic int8 (34.3 vs 31.0 ms): transformer
+  activations carry outlier channels that one calibrated scale per tensor cannot serve;
+- ONNX Runtime's fused kernels over graphopt's own lowering: the same int8 layers ran 1.18x faster as
+  ``QAttention`` + ``DynamicQuantizeMatMul`` after ORT's transformer optimizer (Attention, SkipLayerNorm,
+  BiasGelu fusions; :mod:`graphopt.backends.onnx_transformer`) than through torch.export (30.6 vs 36.1 ms);
+- 7-bit weights: full 8-bit s8 weights overflow ORT's int16 pair sums without VNNI (outputs moved by 0.5 on
+  a 64-wide layer);
+- the fall-back to fp32 of the most sensitive layers, until the worst cosine on ``calibration_data``
+  reaches 0.99, costs speed and size (README); ``QuantizeDynamicOptions(min_cosine=None)`` turns it off."""
 
 ARM_INT8 = Target(
     name="arm-int8",

