@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphopt.backends.onnx_backend import OnnxRunner, export_onnx
+from torch import nn
+
+from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, export_onnx
 from graphopt.backends.timing import LatencyStats, measure, pin_to_one_core
 from graphopt.backends.torchscript_backend import TorchScriptRunner, export_torchscript
 from graphopt.errors import ConfigError, UnknownNameError
@@ -19,16 +21,31 @@ from graphopt.errors import ConfigError, UnknownNameError
 
 @dataclass(frozen=True)
 class Backend:
+    """``lower(model, example_inputs, path, opset=, engine=, dynamic=)`` writes the artifact (each backend
+    reads the settings it has); ``check(model)`` refuses, before anything is written, a model the backend
+    cannot run; ``runner(path, threads=)`` loads it to run and time."""
+
     name: str
     suffix: str
     runtime: str
-    export: Callable[..., Path]
+    lower: Callable[..., Path]
     runner: Callable[..., Any]
+    check: Callable[[nn.Module], None] = lambda model: None
+
+
+def _lower_onnx(model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any) -> Path:
+    return export_onnx(model, inputs, path, opset=opset, dynamic=dynamic)
+
+
+def _lower_torchscript(
+    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any
+) -> Path:
+    return export_torchscript(model, inputs, path, engine=engine)
 
 
 BACKENDS: dict[str, Backend] = {
-    "onnx": Backend("onnx", ".onnx", "onnxruntime", export_onnx, OnnxRunner),
-    "torchscript": Backend("torchscript", ".pt", "torch.jit", export_torchscript, TorchScriptRunner),
+    "onnx": Backend("onnx", ".onnx", "onnxruntime", _lower_onnx, OnnxRunner, check_onnx_dtypes),
+    "torchscript": Backend("torchscript", ".pt", "torch.jit", _lower_torchscript, TorchScriptRunner),
 }
 
 

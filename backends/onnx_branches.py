@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from onnx import helper
 
-from graphopt.backends.onnx_lowering import OnnxGraphBuilder, UnsupportedNode, lower_node
+from graphopt.backends.onnx_builder import OnnxGraphBuilder, UnsupportedNode
 from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.quant.modules import ActivationQuantizer
 from graphopt.shapes import propagate_shapes
@@ -71,7 +71,7 @@ def _inline(b: OnnxGraphBuilder, gm: fx.GraphModule, inputs: list[str]) -> str:
                 raise UnsupportedNode("a segment that returns more than one tensor")
             return b.names[node.args[0]]
         else:
-            lower_node(b, gm, node)
+            b.lower_node(b, gm, node)
     raise UnsupportedNode(f"{type(gm).__name__} has no output")
 
 
@@ -92,10 +92,8 @@ def _replay_quantizer(b: OnnxGraphBuilder, segment: fx.GraphModule, features: st
     module = segment.get_submodule(str(cut.target)) if cut.op == "call_module" else None
     if not (isinstance(module, ActivationQuantizer) and module.frozen):
         return features
-    from graphopt.backends.onnx_ops import lower_module
-
     b.names[cut.args[0]] = features
-    return lower_module(b, cut, module)
+    return b.lower_module(b, cut, module)
 
 
 def _subgraph(b: OnnxGraphBuilder, output: str, name: str) -> onnx.GraphProto:

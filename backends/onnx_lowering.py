@@ -19,7 +19,6 @@ is lowered approximately. The batch dimension of every input is symbolic.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import onnx
 import torch
@@ -27,63 +26,12 @@ import torch.fx as fx
 from onnx import helper
 
 from graphopt.backends.dynamic import DynamicDims
+from graphopt.backends.onnx_builder import OnnxGraphBuilder, UnsupportedNode
+from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
 from graphopt.ir import module_of
-from graphopt.quant.modules import ActivationQuantizer
 
 #: ``producer_name`` of files this module writes, so reports can say which exporter made an artifact.
 PRODUCER = "graphopt.direct"
-
-
-class UnsupportedNode(Exception):
-    """The IR has a node this lowering does not cover; use the general exporter instead."""
-
-
-class OnnxGraphBuilder:
-    """Accumulates nodes and initializers; hands out unique tensor names."""
-
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.names: dict[fx.Node, str] = {}
-        self._used: set[str] = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
-        #: Whether the graph computes in int8 anywhere (changes how fp32 layers' weights are written).
-        self.quantized = any(isinstance(m, ActivationQuantizer) and m.frozen for m in gm.modules())
-
-    def branch(self) -> OnnxGraphBuilder:
-        """A builder for a subgraph (an ``If`` branch): its own nodes and initializers, this one's names."""
-        child = OnnxGraphBuilder.__new__(OnnxGraphBuilder)
-        child.gm, child.nodes, child.initializers = self.gm, [], []
-        child.names, child._used, child.quantized = {}, self._used, self.quantized
-        return child
-
-    def fresh(self, hint: str) -> str:
-        """``hint`` itself while unused (initializers keep their layer's name), else ``hint_<n>``."""
-        name, n = hint, 0
-        while name in self._used:
-            n += 1
-            name = f"{hint}_{n}"
-        self._used.add(name)
-        return name
-
-    def constant(self, value: torch.Tensor | float | int, hint: str) -> str:
-        tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.tensor(value)
-        name = self.fresh(hint)
-        self.initializers.append(onnx.numpy_helper.from_array(tensor.contiguous().numpy(), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
-        out = self.fresh(hint)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
-
-    def input_of(self, arg: Any) -> str:
-        """The ONNX name of an fx argument: a lowered node, or a Python number made a float constant."""
-        if isinstance(arg, fx.Node):
-            return self.names[arg]
-        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            return self.constant(torch.tensor(float(arg)), "scalar")
-        raise UnsupportedNode(f"argument of type {type(arg).__name__}")
 
 
 def lower_to_onnx(
@@ -92,7 +40,7 @@ def lower_to_onnx(
     """The ONNX model of ``gm``; raises :class:`UnsupportedNode` naming the first node it cannot lower.
     Dimension 0 of every input and output is ``batch``; the dimensions ``dynamic`` names are symbolic too
     (and every non-batch output dimension then is left unnamed: it may follow them)."""
-    builder = OnnxGraphBuilder(gm)
+    builder = OnnxGraphBuilder(gm, lower_node, lower_module)
     inputs, outputs = [], []
     named = dynamic.dims if dynamic is not None and dynamic.named() else ()
     for node in gm.graph.nodes:
@@ -137,8 +85,6 @@ def _names_read(node: onnx.NodeProto) -> set[str]:
 
 def lower_node(builder: OnnxGraphBuilder, gm: fx.GraphModule, node: fx.Node) -> None:
     """Lower one computing node of ``gm`` into ``builder`` (its inputs must be lowered already)."""
-    from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
-
     _require_float32(node)
     if node.op == "call_module":
         builder.names[node] = lower_module(builder, node, module_of(gm, node))

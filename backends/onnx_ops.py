@@ -15,19 +15,16 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.backends.onnx_lowering import OnnxGraphBuilder, UnsupportedNode
+from graphopt.backends.onnx_branches import lower_early_exit
+from graphopt.backends.onnx_builder import ModuleLowering, OnnxGraphBuilder, UnsupportedNode
 from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.ir import module_of
 from graphopt.layout import SpaceToDepth
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
-ModuleLowering = Callable[[OnnxGraphBuilder, fx.Node, nn.Module], str]
-
 
 def lower_module(b: OnnxGraphBuilder, node: fx.Node, module: nn.Module | None) -> str:
     if isinstance(module, EarlyExitNetwork):
-        from graphopt.backends.onnx_branches import lower_early_exit
-
         return lower_early_exit(b, node, module)
     for kind, lowering in _MODULES.items():
         if type(module) is kind:

@@ -60,8 +60,11 @@ def quiet_ort() -> Iterator[None]:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with tempfile.TemporaryDirectory(prefix="graphopt-ort-") as scratch, quiet_export():
-            with contextlib.chdir(scratch):
-                yield
+        with (
+            tempfile.TemporaryDirectory(prefix="graphopt-ort-") as scratch,
+            quiet_export(),
+            contextlib.chdir(scratch),
+        ):
+            yield
     finally:
         root.setLevel(level)

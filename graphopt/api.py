@@ -20,7 +20,7 @@ from torch import nn
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.capture import capture
 from graphopt.early_exit.config import EarlyExitConfig
-from graphopt.errors import CaptureError, ConfigError, InvalidInputError
+from graphopt.errors import CaptureError, InvalidInputError
 from graphopt.evaluation import Batch, materialize_labelled
 from graphopt.inputs import (
     bake_parametrizations,
@@ -35,22 +35,14 @@ from graphopt.ir import deep_copy
 from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager
-from graphopt.passes.accuracy_budget import AccuracyBudget
-from graphopt.passes.calibrate import Calibrate
-from graphopt.passes.insert_early_exit import InsertEarlyExit, check_classifier_output
-from graphopt.passes.insert_fake_quant import InsertFakeQuant
-from graphopt.passes.prune_channels import PruneChannels, check_protected_names
-from graphopt.passes.qat import QuantizationAwareTraining
-from graphopt.passes.quantize_dynamic import QuantizeDynamic
-from graphopt.passes.recover import Recover
-from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm
-from graphopt.passes.space_to_depth import SpaceToDepthRewrite
-from graphopt.passes.sparsify import Sparsify, SparsifyConfig
+from graphopt.passes.insert_early_exit import check_classifier_output
+from graphopt.passes.prune_channels import check_protected_names
+from graphopt.passes.sparsify import SparsifyConfig
+from graphopt.plan import INT8_SLOTS, make_plan, plan_options
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import check_label_range, read_labelled
-from graphopt.registry import make_pass
 from graphopt.report import Report
 from graphopt.result import OptimizeResult
 from graphopt.shapes import propagate_shapes
@@ -119,11 +111,14 @@ def optimize(
     check_model(model)
     inputs = check_example_inputs(example_inputs)
     spec = resolve_target(target)
-    pipeline = _with_budget(_pipeline(spec, passes), accuracy_budget)
-    pipeline = _with_sparsity(pipeline, _sparsify_config(sparsify, recovery))
-    pipeline = _with_pruning(pipeline, _prune_config(prune, model), train_data is not None, recovery)
-    pipeline = _with_recovery(pipeline, train_data is not None, recovery)
-    pipeline = _with_early_exit(pipeline, early_exit)
+    options = plan_options(
+        passes=passes, prune=prune, sparsify=sparsify, accuracy_budget=accuracy_budget, recovery=recovery,
+        has_train_data=train_data is not None, early_exit=early_exit,
+    )  # fmt: skip
+    if options.prune is not None:
+        check_protected_names(options.prune.protect, model)
+    plan = make_plan(spec, options)
+    pipeline = plan.passes()
     labelled = materialize_labelled(eval_data, "eval_data")
 
     original = private_eval_copy(model)
@@ -190,104 +185,8 @@ def optimize(
         eval_data=labelled,
         fp32_model=snapshot.model,
         dynamic=dynamic,
+        plan=plan,
     )
-
-
-def _with_early_exit(pipeline: list[Pass], config: EarlyExitConfig | None) -> list[Pass]:
-    """Exits go last, on the finished backbone (pruned, recovered, BN-folded, quantized): heads learn the
-    features the deployed backbone computes."""
-    if config is None:
-        return pipeline
-    if not isinstance(config, EarlyExitConfig):
-        raise ConfigError(
-            f"early_exit must be None or a graphopt.EarlyExitConfig, got {type(config).__name__}"
-        )
-    return [*pipeline, InsertEarlyExit(config)]
-
-
-def _sparsify_config(
-    sparsify: float | SparsifyConfig, recovery: RecoveryConfig | None
-) -> SparsifyConfig | None:
-    if isinstance(sparsify, SparsifyConfig):
-        config = sparsify
-    elif isinstance(sparsify, (int, float)) and not isinstance(sparsify, bool):
-        config = SparsifyConfig(sparsity=float(sparsify), recovery=recovery or RecoveryConfig(epochs=5))
-    else:
-        raise ConfigError(
-            f"sparsify must be a fraction in [0, 1) or a graphopt.SparsifyConfig, got {sparsify!r}"
-        )
-    return config if config.sparsity > 0 else None
-
-
-def _with_sparsity(pipeline: list[Pass], config: SparsifyConfig | None) -> list[Pass]:
-    """Zero weights after the fp32 clean-up and before quantization (int8 then calibrates the sparse
-    weights), or at the end of an fp32 pipeline."""
-    if config is None:
-        return pipeline
-    at = next((i for i, p in enumerate(pipeline) if isinstance(p, _INT8_START)), len(pipeline))
-    return [*pipeline[:at], Sparsify(config), *pipeline[at:]]
-
-
-def _pipeline(target: Target, passes: Sequence[str | Pass] | None) -> list[Pass]:
-    if passes is None:
-        return [make_pass(p.name, p.options) for p in target.passes]
-    if isinstance(passes, (str, Pass)):
-        raise ConfigError(
-            "passes must be a sequence of pass names or Pass instances, e.g. passes=['fold_batchnorm']"
-        )
-    return [make_pass(p) for p in passes]
-
-
-def _prune_config(prune: float | PruneConfig, model: nn.Module) -> PruneConfig | None:
-    if isinstance(prune, PruneConfig):
-        config = prune
-    elif isinstance(prune, (int, float)) and not isinstance(prune, bool):
-        config = PruneConfig(ratio=float(prune))
-    else:
-        raise ConfigError(f"prune must be a fraction in [0, 1) or a graphopt.PruneConfig, got {prune!r}")
-    check_protected_names(config.protect, model)
-    return config if config.ratio > 0 else None
-
-
-def _with_pruning(
-    pipeline: list[Pass], config: PruneConfig | None, has_train_data: bool, recovery: RecoveryConfig | None
-) -> list[Pass]:
-    """Put the pruning stage first, while BatchNorm is still there to rank channels and be re-estimated:
-    prune, re-estimate BatchNorm statistics, then (with ``train_data``) recover by distillation."""
-    if config is None:
-        return pipeline
-    stage: list[Pass] = [PruneChannels(config), ReestimateBatchNorm()]
-    if has_train_data:
-        stage.append(Recover(recovery or RecoveryConfig()))
-    return [*stage, *pipeline]
-
-
-def _with_recovery(pipeline: list[Pass], has_train_data: bool, recovery: RecoveryConfig | None) -> list[Pass]:
-    """Append the training stage that ``train_data`` asks for: quantization-aware training after int8
-    calibration, distillation recovery after other lossy passes (or whenever ``recovery`` is given)."""
-    if recovery is not None and not isinstance(recovery, RecoveryConfig):
-        raise ConfigError(f"recovery must be a graphopt.RecoveryConfig, got {type(recovery).__name__}")
-    if not has_train_data or any(isinstance(p, QuantizationAwareTraining) for p in pipeline):
-        return pipeline
-    if any(isinstance(p, Calibrate) for p in pipeline):
-        return [*pipeline, QuantizationAwareTraining(recovery)]
-    if any(isinstance(p, Recover) for p in pipeline):
-        return pipeline
-    if recovery is not None or any(not p.exact for p in pipeline):
-        return [*pipeline, Recover(recovery or RecoveryConfig())]
-    return pipeline
-
-
-def _with_budget(pipeline: list[Pass], budget: float | None) -> list[Pass]:
-    if budget is None:
-        return pipeline
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
-        raise ConfigError(f"accuracy_budget must be a number of percentage points, got {budget!r}")
-    positions = [i for i, p in enumerate(pipeline) if isinstance(p, Calibrate)]
-    if not positions:
-        raise ConfigError("accuracy_budget applies to int8 targets (pipelines with calibrate); this has none")
-    at = positions[-1] + 1
-    return [*pipeline[:at], AccuracyBudget(budget_pp=float(budget)), *pipeline[at:]]
 
 
 def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
@@ -305,19 +204,15 @@ def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
                 )
 
 
-#: Passes that begin the int8 part of a pipeline: rewrites for the int8 kernels' layout, then quantization.
-_INT8_START = (SpaceToDepthRewrite, InsertFakeQuant, QuantizeDynamic)
-
-
 class Fp32Snapshot:
-    """Keeps a copy of the graph just before the int8 part of the pipeline (layout rewrites made for int8
-    kernels included): the fp32 model the latency guard compares with."""
+    """Keeps a copy of the graph just before the int8 part of the plan (its :data:`INT8_SLOTS`: layout
+    rewrites made for int8 kernels included): the fp32 model the latency guard compares with."""
 
     def __init__(self) -> None:
         self.model: fx.GraphModule | None = None
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
-        if self.model is None and isinstance(pass_, _INT8_START):
+        if self.model is None and pass_.slot in INT8_SLOTS:
             self.model = deep_copy(gm)
 
 

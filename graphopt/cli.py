@@ -4,21 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from graphopt.benchmark.cli import add_bench_commands
-from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
-
-#: An example input larger than this (1 GiB of float32) is a typo, not a model input.
-MAX_INPUT_ELEMENTS = 2**28
+from graphopt.errors import GraphoptError
+from graphopt.model_spec import load_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list the target presets and what they run")
     p.set_defaults(run=_cmd_targets)
+
+    p = sub.add_parser("plan", help="print what optimize() would run for a target and options, slot by slot")
+    p.add_argument("target")
+    p.add_argument("--prune", type=float, default=0.0, help="fraction of channels to prune")
+    p.add_argument("--sparsify", type=float, default=0.0, help="fraction of weights to zero")
+    p.add_argument("--accuracy-budget", type=float, help="percentage points int8 may cost (needs eval data)")
+    p.add_argument("--train-data", action="store_true", help="plan as if train_data were given")
+    p.add_argument("--early-exit", action="store_true", help="plan early exits (default EarlyExitConfig)")
+    p.set_defaults(run=_cmd_plan)
 
     p = sub.add_parser(
         "optimize", help="optimize a model given as pkg.module:factory or a reference model name"
@@ -99,6 +101,19 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from graphopt.early_exit.config import EarlyExitConfig
+    from graphopt.plan import make_plan, plan_options
+    from graphopt.targets import resolve_target
+
+    options = plan_options(
+        prune=args.prune, sparsify=args.sparsify, accuracy_budget=args.accuracy_budget,
+        has_train_data=args.train_data, early_exit=EarlyExitConfig() if args.early_exit else None,
+    )  # fmt: skip
+    print(make_plan(resolve_target(args.target), options))
+    return 0
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from graphopt.api import optimize
     from graphopt.destination import check_destination
@@ -142,56 +157,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(config)
     print(result.report)
     return 0
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        raise InvalidInputError(
-            f"--input-shape must be comma-separated integers like 1,3,224,224, got {text!r}"
-        ) from None
-    if not shape or any(d <= 0 for d in shape):
-        raise InvalidInputError(f"--input-shape must be positive integers, got {text!r}")
-    if math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise InvalidInputError(
-            f"--input-shape {text} is {math.prod(shape):,} elements, over {MAX_INPUT_ELEMENTS:,}: give the "
-            "shape of one real input (batch 1)"
-        )
-    return shape
-
-
-def load_model(spec: str, input_shape: str | None) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A model and example input from ``pkg.module:factory`` (needs ``input_shape``) or a zoo name."""
-    if ":" not in spec:
-        from graphopt.zoo import get_model
-
-        model, example = get_model(spec).build()
-        return model, ((torch.randn(*parse_shape(input_shape)),) if input_shape else example)
-    if input_shape is None:
-        raise InvalidInputError(f"--input-shape is required for {spec!r}, e.g. --input-shape 1,3,224,224")
-    factory = _import_factory(spec)
-    try:
-        model = factory()
-    except Exception as exc:  # user code
-        raise ConfigError(f"the factory {spec} raised {type(exc).__name__}: {exc}") from exc
-    return model, (torch.randn(*parse_shape(input_shape)),)
-
-
-def _import_factory(spec: str) -> Callable[[], nn.Module]:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"model must look like pkg.module:factory, got {spec!r}")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: modules in the working directory can be named
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for {spec!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"{module_name} has no callable {attr!r}")
-    return factory
 
 
 if __name__ == "__main__":

@@ -105,3 +105,16 @@ def deep_copy(module: T) -> T:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return copy.deepcopy(module)
+
+
+#: Facts one pass leaves for later ones live on the IR (``gm.meta``, copied with it), not in the pass
+#: context: a graph handed to another pipeline keeps them. Keys are graphopt-namespaced constants.
+KEEP_ZERO_WEIGHTS = "graphopt.keep_zero_weights"  # set by sparsify: later training keeps zeros zero
+
+
+def ir_fact(gm: torch.nn.Module, key: str, default: object = None) -> object:
+    return getattr(gm, "meta", {}).get(key, default)
+
+
+def set_ir_fact(gm: torch.nn.Module, key: str, value: object) -> None:
+    gm.meta[key] = value

@@ -78,8 +78,6 @@ class PassContext:
         self.notes: list[str] = []
         #: Extra per-layer tables a pass wants in the report (e.g. "int8": scales and SQNR per layer).
         self.tables: dict[str, list[dict[str, object]]] = {}
-        #: Set by ``sparsify``: later training stages (recover, qat) keep zero weights at zero.
-        self.keep_zero_weights = False
 
     @property
     def calibration_data(self) -> Iterable[Any] | None:
@@ -110,6 +108,9 @@ class Pass:
     description: ClassVar[str]
     exact: ClassVar[bool]
     Options: ClassVar[type[PassOptions]] = PassOptions
+    #: Where the pass belongs in a plan (:data:`graphopt.plan.SLOT_ORDER`); the planner places the slots
+    #: a call's options add relative to it. Passes outside graphopt's own slots are ``"custom"``.
+    slot: ClassVar[str] = "custom"
     #: Data the pass cannot run without (``"calibration_data"``, ``"train_data"``): optimize checks up front.
     needs: ClassVar[tuple[str, ...]] = ()
 

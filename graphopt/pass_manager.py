@@ -6,8 +6,9 @@ refreshes the shape metadata, checks ``ensures``, records a :class:`PassRecord`,
 (by default :class:`~graphopt.instruments.NumericCheck`, which holds exact passes to the previous stage's
 outputs). Any failure becomes a :class:`PassError` naming the pass and the passes already run.
 
-With ``steps > 1`` the pipeline is repeated until a whole sweep modifies nothing (a fixed point) or the step
-budget is spent.
+With ``steps > 1`` the exact passes are repeated until a whole sweep of them modifies nothing (a fixed
+point) or the step budget is spent. Lossy passes (pruning, training, quantization) run once, in the
+first sweep: repeating them would prune the pruned model again and train it again.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class PassRecord:
 
 
 class PassManager:
-    """Runs ``passes`` in order, ``steps`` times at most (stopping at a fixed point)."""
+    """Runs ``passes`` in order; with ``steps > 1`` the exact ones up to a fixed point (module docstring)."""
 
     def __init__(
         self,
@@ -80,10 +81,10 @@ class PassManager:
         propagate_shapes(gm, context.example_inputs)
         for step in range(self.steps):
             modified = False
-            for pass_ in self.passes:
+            for pass_ in self.passes if step == 0 else [p for p in self.passes if p.exact]:
                 record = self._run_one(pass_, gm, context, step, [r.name for r in records])
                 records.append(record)
-                modified |= record.modified
+                modified |= record.modified and pass_.exact
             if not modified:
                 break
         return records

@@ -39,6 +39,7 @@ class StageRecord:
     energy: EnergyEstimate | None = None  # an estimate from op counts (graphopt.energy), never a measurement
     stats: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    backend: str | None = None  # artifact rows: the backend that wrote the file
 
 
 @dataclass
@@ -65,6 +66,13 @@ class Report:
             if record.stage == name:
                 return record
         raise KeyError(f"no stage {name!r}; stages: {[r.stage for r in self.stages]}")
+
+    def artifact(self, backend: str = "onnx") -> StageRecord:
+        """The last artifact exported with ``backend`` (whichever model the latency guard shipped)."""
+        for record in reversed(self.stages):
+            if record.kind == "artifact" and record.backend == backend:
+                return record
+        raise KeyError(f"no {backend} artifact; stages: {[r.stage for r in self.stages]}")
 
     @property
     def baseline_latency_ms(self) -> float | None:

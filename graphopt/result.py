@@ -13,30 +13,24 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt import serialize
+from graphopt.artifact_check import check_artifact
 from graphopt.backends import Backend, backend_for, export_onnx
 from graphopt.backends.dynamic import DynamicDims
-from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, exporter_of
+from graphopt.backends.onnx_backend import OnnxRunner, exporter_of
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
 from graphopt.destination import StagedFile, check_destination
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.energy import estimate_graph
-from graphopt.errors import ConfigError, ExportError
+from graphopt.errors import ConfigError
 from graphopt.evaluation import Batch, accuracy
-from graphopt.numerics import Tolerance, agreement, all_finite, allclose
+from graphopt.keys import SHIPPED_FP32, ZIPPED_BYTES
+from graphopt.numerics import agreement
+from graphopt.plan import Plan
 from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
 from graphopt.sparsity import zipped_bytes
 from graphopt.targets import Target
-
-#: How closely an fp32 artifact must reproduce the eager optimized model: |a - b| <= 1e-4 * max(1, max|b|).
-ARTIFACT_RTOL = 1e-4
-#: An int8 artifact runs integer kernels whose requantization rounds differently from the eager simulation
-#: (outputs may differ by a quantization step), so it is held to agreement instead. Below the first cosine
-#: the report says so (deep depthwise stacks with small outputs get there: MobileNetV2 pruned to half its
-#: channels reached 0.9975); below the second the artifact computes something else and export fails.
-INT8_ARTIFACT_COSINE = 0.999
-INT8_ARTIFACT_COSINE_FLOOR = 0.99
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,16 @@ class LatencyGuard:
 
     def stats(self) -> dict[str, float]:
         return {"guard_int8_ms": round(self.int8_ms, 4), "guard_fp32_ms": round(self.fp32_ms, 4),
-                "shipped_fp32": int(not self.int8_wins)}  # fmt: skip
+                SHIPPED_FP32: int(not self.int8_wins)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """The model an export ships, the latency guard's measurement when it ran, and a note for the row."""
+
+    model: nn.Module
+    guard: LatencyGuard | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -76,6 +79,8 @@ class OptimizeResult:
     fp32_model: fx.GraphModule | None = field(default=None, repr=False)
     #: Input dimensions that vary besides the batch (``optimize(dynamic_shapes=...)``).
     dynamic: DynamicDims = field(default_factory=DynamicDims)
+    #: What ran, slot by slot, and why each slot is there (``print(res.plan)``).
+    plan: Plan | None = field(default=None, repr=False)
 
     def export(
         self,
@@ -96,62 +101,82 @@ class OptimizeResult:
         fp32 model of the same pipeline in the same runtime and ships fp32 when int8 is not faster.
         """
         destination, chosen = self._check_export(path, backend, warmup, repeat)
-        model, guard, skipped = self.model, None, None
-        if latency_guard and self.fp32_model is not None and is_quantized(self.model):
-            if has_exits(self.model):
-                skipped = (
-                    "latency guard skipped: an early-exit model's cost depends on the input and the fp32 "
-                    "snapshot has no exits; compare dataset_mean_ms (measure_latency=True with eval_data)"
-                )
-            elif self._foreign_isa:
-                skipped = (
-                    f"latency guard skipped: {self.target.isa} artifacts cannot be timed on "
-                    f"{platform.machine()}; int8 shipped"
-                )
-            else:
-                guard = self._latency_guard(chosen)
-                model = self.model if guard.int8_wins else self.fp32_model
+        shipped = self.choose_artifact(chosen, latency_guard)
         with StagedFile(destination) as staged:  # nothing reaches the destination unless verified
-            lowered = self._lower(chosen, model, staged.path)
+            lowered = self._lower(chosen, shipped.model, staged.path)
             runner = chosen.runner(lowered, threads=self.target.backend.threads)
             outputs = runner.run(*self.example_inputs)
-            mismatch = self._check_artifact(model, runner, chosen.name)
+            mismatch = check_artifact(shipped.model, runner, chosen.name, self.example_inputs, self.dynamic,
+                                      self.target.isa)  # fmt: skip
             artifact = staged.commit()
         runner.path = artifact
+        record = self._artifact_record(chosen, shipped, artifact, outputs)
+        record.notes += [n for n in (mismatch, shipped.note) if n is not None]
+        self._measure_artifact(record, runner, shipped.model, measure_latency, warmup, repeat)
+        self.report.add(record)
+        return artifact
+
+    def choose_artifact(self, backend: Backend, latency_guard: bool = True) -> ShippedModel:
+        """Which model ships: the int8 one unless the latency guard timed it slower than the fp32 model of
+        the same plan in ``backend``'s runtime; the guard is skipped (and says why) for early-exit models
+        and for another CPU family's artifacts."""
+        if not (latency_guard and self.fp32_model is not None and is_quantized(self.model)):
+            return ShippedModel(self.model)
+        if has_exits(self.model):
+            why = (
+                "latency guard skipped: an early-exit model's cost depends on the input and the fp32 "
+                "snapshot has no exits; compare dataset_mean_ms (measure_latency=True with eval_data)"
+            )
+            return ShippedModel(self.model, note=why)
+        if self._foreign_isa:
+            why = (
+                f"latency guard skipped: {self.target.isa} artifacts cannot be timed on {platform.machine()}"
+            )
+            return ShippedModel(self.model, note=f"{why}; int8 shipped")
+        guard = self._latency_guard(backend)
+        model = self.model if guard.int8_wins else self.fp32_model
+        return ShippedModel(model, guard, guard.sentence(backend.runtime))
+
+    def _artifact_record(
+        self, backend: Backend, shipped: ShippedModel, artifact: Path, outputs: Any
+    ) -> StageRecord:
+        model, guard = shipped.model, shipped.guard
+        fallback = guard is not None and not guard.int8_wins
+        params = count_params(model)
         record = StageRecord(
-            stage=f"artifact:{chosen.name}"
-            + ("" if guard is None or guard.int8_wins else " (fp32 fallback)"),
+            stage=f"artifact:{backend.name}" + (" (fp32 fallback)" if fallback else ""),
             kind="artifact",
-            params=count_params(model),
+            params=params,
             macs=count_macs(model),
             bytes=artifact.stat().st_size,
-            energy=estimate_graph(model, count_params(model), "int8" if is_quantized(model) else "fp32"),
+            energy=estimate_graph(model, params, "int8" if is_quantized(model) else "fp32"),
             agreement=agreement(self.reference_outputs, outputs),
-            notes=[f"{artifact.name} written by {exporter_of(artifact)}, run in {chosen.runtime}"],
+            notes=[f"{artifact.name} written by {exporter_of(artifact)}, run in {backend.runtime}"],
+            backend=backend.name,
         )
-        record.stats["zipped_bytes"] = zipped_bytes(artifact)  # what zeros (sparsity) save in storage
-        if mismatch is not None:
-            record.notes.append(mismatch)
-        if skipped is not None:
-            record.notes.append(skipped)
+        record.stats[ZIPPED_BYTES] = zipped_bytes(artifact)  # what zeros (sparsity) save in storage
         if guard is not None:
-            record.notes.append(guard.sentence(chosen.runtime))
             record.stats.update(guard.stats())
+        return record
+
+    def _measure_artifact(
+        self, record: StageRecord, runner: Any, model: nn.Module, latency: bool, warmup: int, repeat: int
+    ) -> None:
+        """Accuracy on ``eval_data`` and, when asked, latency next to the original's in ORT fp32."""
         exits = has_exits(model)
         if self.eval_data is not None:
             predict = getattr(runner, "run_batched", runner.run)
             record.accuracy = (per_sample_accuracy if exits else accuracy)(predict, self.eval_data)
-        if measure_latency:
-            self._measure_baseline(warmup, repeat)
-            record.latency = runner.time(*self.example_inputs, warmup=warmup, repeat=repeat)
-            if exits and self.eval_data is not None:
-                record.stats.update(self._dataset_latency(runner))
-                record.notes.append(
-                    "early exit: accuracy and dataset_mean_ms are per sample (batch 1) over eval_data; "
-                    "the latency column is the example input's path only"
-                )
-        self.report.add(record)
-        return artifact
+        if not latency:
+            return
+        self._measure_baseline(warmup, repeat)
+        record.latency = runner.time(*self.example_inputs, warmup=warmup, repeat=repeat)
+        if exits and self.eval_data is not None:
+            record.stats.update(self._dataset_latency(runner))
+            record.notes.append(
+                "early exit: accuracy and dataset_mean_ms are per sample (batch 1) over eval_data; "
+                "the latency column is the example input's path only"
+            )
 
     def _check_export(
         self, path: object, backend: str | None, warmup: int, repeat: int
@@ -167,15 +192,13 @@ class OptimizeResult:
         for name, value, low in (("warmup", warmup, 0), ("repeat", repeat, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if chosen.name == "onnx":
-            check_onnx_dtypes(self.model)
+        chosen.check(self.model)
         return destination, chosen
 
     def _lower(self, backend: Backend, model: nn.Module, path: Path) -> Path:
         settings = self.target.backend
-        if backend.name == "onnx":
-            return export_onnx(model, self.example_inputs, path, opset=settings.opset, dynamic=self.dynamic)
-        return backend.export(model, self.example_inputs, path, engine=settings.torch_engine)
+        return backend.lower(model, self.example_inputs, path, opset=settings.opset,
+                             engine=settings.torch_engine, dynamic=self.dynamic)  # fmt: skip
 
     def _latency_guard(self, backend: Backend) -> LatencyGuard:
         """Time the int8 and the fp32 artifact side by side (batch 1, the target's threads)."""
@@ -201,48 +224,6 @@ class OptimizeResult:
     def _foreign_isa(self) -> bool:
         """Whether the target is for another CPU family than this machine's."""
         return self.target.isa not in ("any", platform.machine())
-
-    def _check_artifact(self, model: nn.Module, runner: Any, backend: str) -> str | None:
-        """Compare the artifact with the eager model on the example inputs and on two probes of the same
-        shape (the negated example and a random draw): an exporter that baked one branch of data-dependent
-        control flow agrees on the example but not on inputs that take the other branch.
-
-        An int8 artifact for another CPU family (arm-int8 checked on x86) runs here through kernels that
-        the target does not use (x86 s8 x s8 saturates in int16), so a mismatch is reported, not raised; so
-        is a native int8 artifact between the two cosine thresholds above."""
-        quantized, foreign = is_quantized(model), self._foreign_isa
-        note = None
-        for inputs in _probe_inputs(self.example_inputs, self.dynamic):
-            with torch.no_grad():
-                eager = model(*inputs)
-            if inputs is not self.example_inputs and not all_finite(eager):
-                continue  # a probe outside the model's domain (sqrt of a negated input) proves nothing
-            got = runner.run(*inputs)
-            if quantized:
-                match = agreement(eager, got)
-                ok, max_abs = match.cosine >= INT8_ARTIFACT_COSINE_FLOOR, match.max_abs
-                if ok and match.cosine < INT8_ARTIFACT_COSINE and not foreign:
-                    note = (
-                        f"the int8 artifact agrees with the eager int8 simulation at cosine "
-                        f"{match.cosine:.4f} (max abs {max_abs:.3g}): the runtime's integer kernels round "
-                        "requantization differently; the artifact row's numbers are measured on the artifact"
-                    )
-            else:
-                tolerance = _artifact_tolerance(model).relative_to(eager)
-                ok, max_abs = allclose(eager, got, tolerance)
-            if not ok and quantized and foreign:
-                return (
-                    f"this {self.target.isa} int8 artifact run on {platform.machine()} differs from the "
-                    f"model (max abs {max_abs:.3g}); check it on the {self.target.isa} runtime: "
-                    f"graphopt verify <file> --arch {self.target.isa}"
-                )
-            if not ok:
-                raise ExportError(
-                    f"the {backend} artifact disagrees with the optimized model (max abs error "
-                    f"{max_abs:.3g}); the model probably has data-dependent control flow that the exporter "
-                    "baked into one branch: express it with torch.where or torch.cond"
-                )
-        return note
 
     def _dataset_latency(self, runner: Any) -> dict[str, float]:
         """Mean latency per eval sample of the artifact and of the original in ORT fp32, interleaved."""
@@ -280,41 +261,3 @@ class OptimizeResult:
                 notes=["the reference for speed-ups: the unoptimized model exported to ONNX, fp32"],
             )
         )
-
-
-def _artifact_tolerance(model: nn.Module) -> Tolerance:
-    """``ARTIFACT_RTOL`` for float32 models; for float16 ones, 4 steps of float16's precision (2^-10):
-    the runtime's fp16 kernels round in other places than PyTorch's (ResNet logits moved 2.4e-4)."""
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    step = max((torch.finfo(d).eps for d in dtypes), default=0.0)
-    rtol = max(ARTIFACT_RTOL, 4 * step)
-    return Tolerance(rtol=rtol, atol=rtol)
-
-
-def _probe_inputs(example: tuple[torch.Tensor, ...], dynamic: DynamicDims) -> list[tuple[torch.Tensor, ...]]:
-    """The example, then (float inputs) its negation and a random draw, then the example at half and twice
-    each dynamic dimension's size: a file that fixed a dimension fails there."""
-    resized = [_resized(example, dynamic, factor) for factor in (0.5, 2.0) if dynamic.named()]
-    generator = torch.Generator().manual_seed(0)
-    if not all(x.is_floating_point() for x in example):
-        return [example, *resized]
-    negated = tuple(-x for x in example)
-    drawn = tuple(
-        torch.randn(x.shape, generator=generator, dtype=x.dtype) * x.std().clamp(min=1e-3) for x in example
-    )
-    return [example, negated, drawn, *resized]
-
-
-def _resized(
-    example: tuple[torch.Tensor, ...], dynamic: DynamicDims, factor: float
-) -> tuple[torch.Tensor, ...]:
-    """``example`` with every named dimension scaled by ``factor`` (tiled or cut along that axis)."""
-    out = []
-    for x, dims in zip(example, dynamic.dims, strict=True):
-        for axis in dims:
-            size = max(1, round(x.shape[axis] * factor))
-            repeats = [1] * x.dim()
-            repeats[axis] = -(-size // x.shape[axis])
-            x = x.repeat(*repeats).narrow(axis, 0, size)
-        out.append(x)
-    return tuple(out)

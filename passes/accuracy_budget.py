@@ -50,6 +50,7 @@ class AccuracyBudgetOptions(PassOptions):
 
 class AccuracyBudget(Pass):
     name = "accuracy_budget"
+    slot = "int8_budget"
     description = "Keep the most int8-sensitive layers in fp32 until accuracy is within a budget (eval_data)."
     exact = False
     Options = AccuracyBudgetOptions

@@ -46,6 +46,7 @@ class CalibrateOptions(PassOptions):
 
 class Calibrate(Pass):
     name = "calibrate"
+    slot = "int8"
     description = "Observe activation ranges on calibration data; freeze int8 scales, weights and biases."
     exact = False
     Options = CalibrateOptions

@@ -23,6 +23,7 @@ class EliminateDeadCodeOptions(PassOptions):
 
 class EliminateDeadCode(Pass):
     name = "eliminate_dead_code"
+    slot = "cleanup"
     description = "Remove unused pure nodes and submodules that no node references."
     exact = True
     Options = EliminateDeadCodeOptions

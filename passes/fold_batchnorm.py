@@ -68,6 +68,7 @@ class FoldBatchNormOptions(PassOptions):
 
 class FoldBatchNorm(Pass):
     name = "fold_batchnorm"
+    slot = "cleanup"
     description = "Fold inference BatchNorm into the preceding conv, transposed conv or linear."
     exact = True
     Options = FoldBatchNormOptions

@@ -27,6 +27,7 @@ from graphopt.early_exit.thresholds import NEVER, Routing, calibrate, harm_allow
 from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
 from graphopt.errors import InvalidInputError
 from graphopt.ir import shape_of
+from graphopt.keys import EXPECTED_MACS_SHARE
 from graphopt.pass_base import Pass, PassResult
 from graphopt.recovery.data import LabelledTensors
 from graphopt.shapes import propagate_shapes
@@ -34,6 +35,7 @@ from graphopt.shapes import propagate_shapes
 
 class InsertEarlyExit(Pass):
     name = "insert_early_exit"
+    slot = "exits"
     description = (
         "Attach exit heads at cut points, train them, calibrate confidence thresholds (needs train_data)."
     )
@@ -69,10 +71,10 @@ class InsertEarlyExit(Pass):
         context.tables["early_exit"] = _table(chosen, routing, all_logits, held_out.labels, macs)
         if all(t == NEVER for t in routing.thresholds):
             context.notes.append(_disabled_note(len(held_out), config.accuracy_budget))
+        stats[EXPECTED_MACS_SHARE] = round(routing.expected_macs / macs[-1], 4)
         stats.update(
             exits=len(chosen),
             heldout_samples=len(held_out),
-            expected_macs_share=round(routing.expected_macs / macs[-1], 4),
             heldout_accuracy=round(routing.accuracy, 4),
             heldout_accuracy_without_exits=round(float(reference.float().mean()), 4),
             heldout_harm=routing.harm,

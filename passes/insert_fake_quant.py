@@ -34,6 +34,7 @@ class InsertFakeQuantOptions(PassOptions):
 
 class InsertFakeQuant(Pass):
     name = "insert_fake_quant"
+    slot = "int8"
     description = "Mark and insert int8 quantization (activation quantizers, int8-weight layers)."
     exact = True  # observers pass values through until `calibrate` freezes them
     Options = InsertFakeQuantOptions

@@ -27,6 +27,7 @@ from graphopt.pruning.selection import Selection
 
 class PruneChannels(Pass):
     name = "prune_channels"
+    slot = "prune"
     description = "Remove the least important channels of every coupled group (structured pruning)."
     exact = False
     Options = PruneConfig

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import torch.fx as fx
 
+from graphopt.ir import KEEP_ZERO_WEIGHTS, ir_fact
 from graphopt.pass_base import Pass, PassResult
 from graphopt.passes.calibrate import Calibrate, int8_summary
 from graphopt.quant.modules import QuantizedLayer
@@ -30,6 +31,7 @@ QAT_DEFAULTS = RecoveryConfig(epochs=3, optimizer=OptimizerConfig(lr=1e-4), dist
 
 class QuantizationAwareTraining(Pass):
     name = "qat"
+    slot = "training"
     description = "Fine-tune the int8 graph with fake-quantized weights (STE), distilling from the original."
     exact = False
     Options = RecoveryConfig
@@ -49,9 +51,8 @@ class QuantizationAwareTraining(Pass):
         for layer in layers:
             layer.thaw()
         try:
-            options = (
-                replace(self.options, keep_zero_weights=True) if context.keep_zero_weights else self.options
-            )
+            sparse = bool(ir_fact(gm, KEEP_ZERO_WEIGHTS))
+            options = replace(self.options, keep_zero_weights=True) if sparse else self.options
             result = fit(
                 gm, context.teacher, context.train_data, options,
                 example_inputs=context.example_inputs, desc="qat",

@@ -55,6 +55,7 @@ class QuantizeDynamicOptions(PassOptions):
 
 class QuantizeDynamic(Pass):
     name = "quantize_dynamic"
+    slot = "int8"
     description = (
         "Linear layers to s8 per-channel weights with per-call u8 activations (ORT DynamicQuantizeMatMul)."
     )

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import torch.fx as fx
 
+from graphopt.ir import KEEP_ZERO_WEIGHTS, ir_fact
 from graphopt.pass_base import Pass, PassResult
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.engine import fit
@@ -21,6 +22,7 @@ from graphopt.recovery.engine import fit
 
 class Recover(Pass):
     name = "recover"
+    slot = "training"
     description = "Fine-tune with knowledge distillation from the original model (needs train_data)."
     exact = False
     Options = RecoveryConfig
@@ -34,6 +36,7 @@ class Recover(Pass):
         if context.teacher is None:
             context.notes.append("recover: no teacher in the pass context, accuracy was not recovered")
             return PassResult(gm, modified=False, stats={"skipped:no_teacher": 1})
-        options = replace(self.options, keep_zero_weights=True) if context.keep_zero_weights else self.options
+        sparse = bool(ir_fact(gm, KEEP_ZERO_WEIGHTS))
+        options = replace(self.options, keep_zero_weights=True) if sparse else self.options
         result = fit(gm, context.teacher, data, options, example_inputs=context.example_inputs)
         return PassResult(gm, modified=True, stats=result.stats())

@@ -30,6 +30,7 @@ class ReestimateBatchNormOptions(PassOptions):
 
 class ReestimateBatchNorm(Pass):
     name = "reestimate_batchnorm"
+    slot = "prune"
     description = "Recompute BatchNorm running statistics on calibration data."
     exact = False
     Options = ReestimateBatchNormOptions

@@ -56,6 +56,7 @@ class RemoveIdentityOptions(PassOptions):
 
 class RemoveIdentity(Pass):
     name = "remove_identity"
+    slot = "cleanup"
     description = "Remove Identity, eval-mode dropout, contiguous() and shape-preserving reshapes."
     exact = True
     Options = RemoveIdentityOptions

@@ -60,6 +60,7 @@ class SpaceToDepthOptions(PassOptions):
 
 class SpaceToDepthRewrite(Pass):
     name = "space_to_depth"
+    slot = "int8_layout"
     description = "Rewrite shallow stride-2 convs (RGB stems) as space-to-depth + a stride-1 conv (int8)."
     exact = True
     Options = SpaceToDepthOptions

@@ -2,9 +2,9 @@
 zeros held (masks), and leave them zero for every later stage.
 
 Math and schedule: :mod:`graphopt.sparsity`. With ``train_data``, each step of the schedule is followed by
-distillation from the original model (``recovery``, masks kept), and the pass sets
-``context.keep_zero_weights`` so that later training (``recover``, ``qat``) keeps the zeros too. The masks
-are the zeros themselves: nothing extra is stored, exported or left to remove.
+distillation from the original model (``recovery``, masks kept), and the pass marks the IR
+(``graphopt.ir.KEEP_ZERO_WEIGHTS``) so that later training (``recover``, ``qat``) keeps the zeros too.
+The masks are the zeros themselves: nothing extra is stored, exported or left to remove.
 
 Honest accounting in the report: latency is unchanged (dense kernels multiply zeros); ``sparse_macs_share``
 is the share of MACs a sparse kernel would still do, the artifact row gives ``zipped_bytes``.
@@ -23,6 +23,7 @@ from torch import nn
 
 from graphopt.cost import node_macs
 from graphopt.errors import ConfigError
+from graphopt.ir import KEEP_ZERO_WEIGHTS, set_ir_fact
 from graphopt.pass_base import Pass, PassOptions, PassResult
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.engine import fit
@@ -56,6 +57,7 @@ class SparsifyConfig(PassOptions):
 
 class Sparsify(Pass):
     name = "sparsify"
+    slot = "sparsify"
     description = "Zero the smallest-magnitude weights (unstructured sparsity), fine-tune with zeros kept."
     exact = False
     Options = SparsifyConfig
@@ -81,7 +83,7 @@ class Sparsify(Pass):
             if data is not None:
                 fit(gm, context.teacher, data, recovery, example_inputs=context.example_inputs,
                     desc=f"sparsify {step}/{config.steps}")  # fmt: skip
-        context.keep_zero_weights = True
+        set_ir_fact(gm, KEEP_ZERO_WEIGHTS, True)
         table, stats = _accounting(gm, layers)
         if data is None and sum(int((m.weight == 0).sum()) for m in layers.values()) == zeros_before:
             return PassResult(gm, modified=False, stats={**stats, "skipped:already_sparse": 1})

@@ -253,4 +253,4 @@ def test_transformers_export_to_onnx_and_run_at_other_lengths(hf_model, tmp_path
     dynamic = {0: {1: "seq"}, 1: {1: "seq"}} if text else None
     res = graphopt.optimize(model, "generic-fp32", example_inputs=inputs, dynamic_shapes=dynamic)
     path = res.export(tmp_path / f"{name}.onnx")
-    assert path.is_file() and not [n for n in res.report.stage("artifact:onnx").notes if "differs" in n]
+    assert path.is_file() and not [n for n in res.report.artifact("onnx").notes if "differs" in n]

@@ -47,7 +47,7 @@ def test_digits_int8_accuracy(digits_model, digits, tmp_path):
     res = graphopt.optimize(digits_model, target="x86-int8", example_inputs=(digits.test_x[:1],),
                             calibration_data=calibration, eval_data=digits.test_batches())  # fmt: skip
     res.export(tmp_path / "d.onnx", latency_guard=False)
-    original, artifact = res.report.stage("original"), res.report.stage("artifact:onnx")
+    original, artifact = res.report.stage("original"), res.report.artifact("onnx")
     assert artifact.accuracy >= original.accuracy - 0.006  # within 2 test images of fp32
     table = res.report.tables["int8"]
     assert any(row["kind"].startswith("Conv2d weight") and row["sqnr_db"] > 30 for row in table)
@@ -133,12 +133,12 @@ def test_latency_guard_skips_artifacts_for_another_cpu_family(tmp_path):
 def test_int8_artifact_agreement_thresholds(cosine, outcome, tmp_path, monkeypatch):
     """Integer kernels may round requantization differently from the eager simulation: between the two
     cosine thresholds the artifact ships with a note saying so; below the floor export fails."""
-    import graphopt.result
+    import graphopt.artifact_check
     from graphopt.numerics import Agreement
 
     model, inputs = get_model("resnet_basic").build()
     res = graphopt.optimize(model, "x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs))
-    monkeypatch.setattr(graphopt.result, "agreement", lambda *_: Agreement(0.03, cosine, 1.0))
+    monkeypatch.setattr(graphopt.artifact_check, "agreement", lambda *_: Agreement(0.03, cosine, 1.0))
     if outcome == "error":
         with pytest.raises(graphopt.ExportError, match="disagrees with the optimized model"):
             res.export(tmp_path / "m.onnx", latency_guard=False)

@@ -111,5 +111,5 @@ def test_static_batch_artifact_is_evaluated_in_slices(tmp_path):
     res.eval_data = [(x, labels)]  # 8 samples in one batch against a batch-1 file
     path = res.export(tmp_path / "fixed.onnx")
     assert OnnxRunner(path).fixed_batch == 1
-    assert res.report.stage("artifact:onnx").accuracy is not None
+    assert res.report.artifact("onnx").accuracy is not None
     assert res.report.stage("remove_identity").stats == {"skipped:batch_specific": 1}

@@ -50,7 +50,7 @@ def test_latency_rows_and_speedup(tmp_path):
     res = _result()
     res.export(tmp_path / "m.onnx", measure_latency=True, warmup=2, repeat=5)
     baseline = res.report.stage("original in ORT fp32")
-    artifact = res.report.stage("artifact:onnx")
+    artifact = res.report.artifact("onnx")
     assert baseline.latency.median_ms > 0 and artifact.latency.runs == 5
     assert res.report.speedup(baseline) == 1.0
     assert res.report.speedup(artifact) == baseline.latency.median_ms / artifact.latency.median_ms

@@ -77,7 +77,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.model in OWN_BENCHES:
         return OWN_BENCHES[args.model](args)
-    from graphopt.cli import parse_shape
+    from graphopt.model_spec import parse_shape
 
     from .pipelines import parse_pipeline
     from .render import to_text

@@ -97,7 +97,7 @@ def load_bench_model(
     if name in DIGITS_MODELS:
         return DIGITS_MODELS[name](seed, quiet)
     if ":" in name:
-        from graphopt.cli import load_model  # the same factory loading and errors as `graphopt optimize`
+        from graphopt.model_spec import load_model  # the same loading and errors as `graphopt optimize`
 
         if input_shape is None:
             raise InvalidInputError(f"--input-shape is required for {name!r}, e.g. --input-shape 1,3,224,224")

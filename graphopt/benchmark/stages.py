@@ -19,6 +19,7 @@ from graphopt.api import optimize
 from graphopt.backends import OnnxRunner, backend_for, export_onnx
 from graphopt.early_exit.measure import has_exits
 from graphopt.ir import deep_copy
+from graphopt.keys import EXPECTED_MACS_SHARE, ZIPPED_BYTES
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassRecord
 from graphopt.quant import is_quantized
@@ -85,7 +86,7 @@ def run_pipeline(
     numeric = "int8" if is_quantized(result.model) and "fp32 fallback" not in record.stage else "fp32"
     row = _row(bench, pipeline, record, "artifact", numeric, backend.runtime)
     row.bytes, row.seconds = artifact.stat().st_size, seconds
-    row.zipped_bytes = int(record.stats["zipped_bytes"])  # export measured it
+    row.zipped_bytes = int(record.stats[ZIPPED_BYTES])  # export measured it
     if exits:
         row.macs = rows[-1].macs  # the expected MACs of the exit stage
     row.notes.append(f"optimize + export took {seconds:.1f} s")
@@ -111,9 +112,9 @@ def _stage_candidates(
         row = _row(bench, pipeline, record, "stage", "int8" if int8 else "fp32", "-")
         row.stage += " (no change)" if model is None else ""
         row.seconds = record.seconds
-        if "expected_macs_share" in record.stats:  # an exit model's cost depends on where each input leaves
+        if EXPECTED_MACS_SHARE in record.stats:  # an exit model's cost depends on where each input leaves
             backbone = rows[-1].macs if rows else original.macs
-            row.macs = round(record.stats["expected_macs_share"] * backbone)
+            row.macs = round(record.stats[EXPECTED_MACS_SHARE] * backbone)
             row.notes.append("MACs: expected per input over the held-out samples the thresholds were set on")
         rows.append(row)
         if model is None:  # the model of the row above: its measurements stand for this one

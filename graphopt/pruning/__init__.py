@@ -8,8 +8,9 @@ The pass that drives it is :class:`graphopt.passes.prune_channels.PruneChannels`
 
 from __future__ import annotations
 
+from graphopt.pruning.analysis import analyze
 from graphopt.pruning.config import PruneConfig
-from graphopt.pruning.dependency import DependencyGraph, Group, analyze
+from graphopt.pruning.dependency import DependencyGraph, Group
 from graphopt.pruning.importance import unit_scores
 from graphopt.pruning.selection import Selection, choose
 from graphopt.pruning.surgery import SurgeryError, remove_units

@@ -155,25 +155,6 @@ class DependencyGraph:
         return groups
 
 
-def analyze(gm: fx.GraphModule) -> DependencyGraph:
-    """Walk ``gm`` (shapes in ``node.meta``) and return its channel dependencies."""
-    from graphopt.pruning.rules import apply_rule
-    from graphopt.pruning.size_flow import SizeFlow
-
-    graph = DependencyGraph(gm)
-    maps: dict[fx.Node, NodeMap] = {}
-    sizes = SizeFlow()
-    for node in gm.graph.nodes:
-        if node.op == "output":
-            for value in nested_nodes(node.args):
-                graph.block(maps.get(value), "reaches the network output")
-            sizes.visit(graph, node, maps)
-            continue
-        maps[node] = apply_rule(graph, node, maps)
-        sizes.visit(graph, node, maps)
-    return graph
-
-
 def nested_nodes(value: Any) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg(value, found.append)

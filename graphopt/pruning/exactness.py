@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from graphopt.pruning.analysis import analyze
 from graphopt.pruning.config import PruneConfig
-from graphopt.pruning.dependency import DependencyGraph, analyze
+from graphopt.pruning.dependency import DependencyGraph
 
 
 def zero_units(graph: DependencyGraph, removed: Iterable[int]) -> None:

@@ -1,0 +1,78 @@
+"""The ONNX graph under construction: nodes, initializers and unique names (see :mod:`.onnx_lowering`).
+
+Imports nothing of the lowering itself: ``onnx_lowering`` -> ``onnx_ops`` -> ``onnx_branches`` -> this
+module is the whole import order; the recursion of early-exit branches back into node lowering goes
+through the callables the builder carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import onnx
+import torch
+import torch.fx as fx
+from onnx import helper
+from torch import nn
+
+from graphopt.quant.modules import ActivationQuantizer
+
+NodeLowering = Callable[["OnnxGraphBuilder", fx.GraphModule, fx.Node], None]
+ModuleLowering = Callable[["OnnxGraphBuilder", fx.Node, "nn.Module | None"], str]
+
+
+class UnsupportedNode(Exception):
+    """The IR has a node this lowering does not cover; use the general exporter instead."""
+
+
+class OnnxGraphBuilder:
+    """Accumulates nodes and initializers; hands out unique tensor names."""
+
+    def __init__(self, gm: fx.GraphModule, lower_node: NodeLowering, lower_module: ModuleLowering):
+        self.gm = gm
+        #: How a node (and, for branches, a module) is lowered: injected by :func:`lower_to_onnx`, so that
+        #: the early-exit branches can lower subgraphs without importing the lowering that imports them.
+        self.lower_node, self.lower_module = lower_node, lower_module
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.names: dict[fx.Node, str] = {}
+        self._used: set[str] = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
+        #: Whether the graph computes in int8 anywhere (changes how fp32 layers' weights are written).
+        self.quantized = any(isinstance(m, ActivationQuantizer) and m.frozen for m in gm.modules())
+
+    def branch(self) -> OnnxGraphBuilder:
+        """A builder for a subgraph (an ``If`` branch): its own nodes and initializers, this one's names."""
+        child = OnnxGraphBuilder.__new__(OnnxGraphBuilder)
+        child.gm, child.nodes, child.initializers = self.gm, [], []
+        child.lower_node, child.lower_module = self.lower_node, self.lower_module
+        child.names, child._used, child.quantized = {}, self._used, self.quantized
+        return child
+
+    def fresh(self, hint: str) -> str:
+        """``hint`` itself while unused (initializers keep their layer's name), else ``hint_<n>``."""
+        name, n = hint, 0
+        while name in self._used:
+            n += 1
+            name = f"{hint}_{n}"
+        self._used.add(name)
+        return name
+
+    def constant(self, value: torch.Tensor | float | int, hint: str) -> str:
+        tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.tensor(value)
+        name = self.fresh(hint)
+        self.initializers.append(onnx.numpy_helper.from_array(tensor.contiguous().numpy(), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
+        out = self.fresh(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def input_of(self, arg: Any) -> str:
+        """The ONNX name of an fx argument: a lowered node, or a Python number made a float constant."""
+        if isinstance(arg, fx.Node):
+            return self.names[arg]
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            return self.constant(torch.tensor(float(arg)), "scalar")
+        raise UnsupportedNode(f"argument of type {type(arg).__name__}")
