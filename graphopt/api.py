@@ -118,38 +118,71 @@ def optimize(
     if options.prune is not None:
         check_protected_names(options.prune.protect, model)
     plan = make_plan(spec, options)
-    pipeline = plan.passes()
-    labelled = materialize_labelled(eval_data, "eval_data")
-
     original = private_eval_copy(model)
     reference = run_reference(original, inputs)
     if early_exit is not None:
         check_classifier_output(reference)
+    _check_needs(plan.passes(), spec, calibration_data=calibration_data, train_data=train_data,
+                 eval_data=eval_data)  # fmt: skip
+    context = _pass_context(inputs, reference, original, calibration_data, train_data, eval_data,
+                            validation_data)  # fmt: skip
+    dynamic = DynamicDims.of(dynamic_shapes, input_names(model, len(inputs)), len(inputs))
+    gm, report = _capture_checked(model, inputs, reference, dynamic, spec.name)
+    reporter = StageReporter(report, reference, context.eval_data)
+    report.add(reporter.measure("original", "original", gm, context))
+    snapshot = Fp32Snapshot()
+    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, snapshot, *instruments]
+    if dump_ir is not None:
+        hooks.append(IRDump(dump_ir))
+    PassManager(plan.passes(), steps=steps, instruments=hooks).run(gm, context)
+    report.notes.extend(context.notes)
+    report.tables.update(context.tables)
+    report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())
+    return OptimizeResult(
+        model=gm, report=report, target=spec, example_inputs=inputs, reference_outputs=reference,
+        original=original, eval_data=context.eval_data, fp32_model=snapshot.model, dynamic=dynamic, plan=plan,
+    )  # fmt: skip
+
+
+def _pass_context(
+    inputs: tuple[torch.Tensor, ...],
+    reference: Any,
+    original: nn.Module,
+    calibration_data: Iterable[Any] | None,
+    train_data: Iterable[Any] | None,
+    eval_data: Iterable[Batch] | None,
+    validation_data: Iterable[Batch] | None,
+) -> PassContext:
+    """Every dataset the call gave, read and checked up front (bad data fails before any pass runs)."""
+    labelled = materialize_labelled(eval_data, "eval_data")
     _check_eval_labels(labelled, reference)
-    train = _read_labelled_data(train_data, "train_data", inputs, reference)
-    validation = _read_labelled_data(validation_data, "validation_data", inputs, reference)
-    _check_needs(
-        pipeline, spec, calibration_data=calibration_data, train_data=train_data, eval_data=eval_data
+    return PassContext(
+        inputs,
+        calibration_data=read_calibration_inputs(calibration_data, inputs)
+        if calibration_data is not None
+        else None,
+        train_data=_read_labelled_data(train_data, "train_data", inputs, reference),
+        teacher=original,
+        eval_data=labelled,
+        validation_data=_read_labelled_data(validation_data, "validation_data", inputs, reference),
     )
-    calibration = read_calibration_inputs(calibration_data, inputs) if calibration_data is not None else None
+
+
+def _capture_checked(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], reference: Any, dynamic: DynamicDims, target: str
+) -> tuple[fx.GraphModule, Report]:
+    """Capture a private copy of ``model``, check the graph reproduces it, and start the report."""
     working = private_eval_copy(model)
     baked = bake_parametrizations(working)
-    dynamic = DynamicDims.of(dynamic_shapes, input_names(model, len(inputs)), len(inputs))
     started = time.perf_counter()
     captured = capture(working, inputs, dynamic)
-    capture_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     gm = captured.gm
     for parameter in gm.parameters():  # graphopt's own copy: its training stages may update every weight,
         parameter.requires_grad_(True)  # whatever the caller froze in the model it handed over
     _check_capture(gm, inputs, reference)
-
-    report = Report(
-        model=type(model).__name__,
-        target=spec.name,
-        leaves=dict(captured.leaves),
-        capture=captured.method,
-        capture_seconds=round(capture_seconds, 3),
-    )
+    report = Report(model=type(model).__name__, target=target, leaves=dict(captured.leaves),
+                    capture=captured.method, capture_seconds=round(seconds, 3))  # fmt: skip
     if captured.why:
         report.notes.append(f"capture: {captured.method}, because {captured.why}")
     if baked:
@@ -157,36 +190,7 @@ def optimize(
             f"parametrized weights baked into plain tensors ({', '.join(baked)}): same outputs; training "
             "stages train the weights themselves"
         )
-    context = PassContext(
-        inputs,
-        calibration_data=calibration,
-        train_data=train,
-        teacher=original,
-        eval_data=labelled,
-        validation_data=validation,
-    )
-    reporter = StageReporter(report, reference, labelled)
-    report.add(reporter.measure("original", "original", gm, context))
-    snapshot = Fp32Snapshot()
-    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, snapshot, *instruments]
-    if dump_ir is not None:
-        hooks.append(IRDump(dump_ir))
-    PassManager(pipeline, steps=steps, instruments=hooks).run(gm, context)
-    report.notes.extend(context.notes)
-    report.tables.update(context.tables)
-    report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())
-    return OptimizeResult(
-        model=gm,
-        report=report,
-        target=spec,
-        example_inputs=inputs,
-        reference_outputs=reference,
-        original=original,
-        eval_data=labelled,
-        fp32_model=snapshot.model,
-        dynamic=dynamic,
-        plan=plan,
-    )
+    return gm, report
 
 
 def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:

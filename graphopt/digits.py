@@ -125,6 +125,7 @@ def train_digits_cnn(
     *,
     quiet: bool = False,
     model: nn.Module | None = None,
+    task: str = "digits",
 ) -> nn.Module:
     """Train ``model`` (default: a fresh :class:`DigitsCNN`) on the training split, deterministically for a
     given seed."""
@@ -139,7 +140,7 @@ def train_digits_cnn(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
     )
-    progress = Progress(config.epochs, f"train {type(model).__name__} on digits", quiet=quiet)
+    progress = Progress(config.epochs, f"train {type(model).__name__} on {task}", quiet=quiet)
     for _ in range(config.epochs):
         model.train()
         order = torch.randperm(len(data.train_y), generator=generator)

@@ -1,9 +1,25 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from graphopt.digits import DigitsTraining, load_digits_split, train_digits_cnn
+
+#: Node ids of the long cases, measured (tests/slow.txt says when and where).
+SLOW = {
+    line.split("#")[0].strip()
+    for line in (Path(__file__).with_name("slow.txt")).read_text().splitlines()
+    if line.split("#")[0].strip()
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the measured long cases ``slow``: ``-m "not slow"`` is the quick loop (README)."""
+    for item in items:
+        if item.nodeid in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
