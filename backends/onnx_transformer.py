@@ -111,9 +111,12 @@ def export_fused_transformer(
             return None
         model = onnx.load(str(exported))
         chosen = _nodes_to_quantize(onnx.load(str(fused)), model, {flat[n] for n in int8 if n in flat})
+        if not chosen:  # ORT would read an empty list as "quantize everything"
+            log.debug("fused transformer lowering not used: no fused node carries an int8 layer")
+            return None
         reduce_range = any(m.reduce_range for m in gm.modules() if isinstance(m, DynamicInt8Linear))
         quantized = Path(tmp) / "int8.onnx"
-        _quantize(fused, quantized, chosen, reduce_range)
+        quantize_fused(fused, quantized, chosen, reduce_range)
         final = onnx.load(str(quantized))
         described = ", ".join(f"{op} x{n}" for op, n in sorted(fusions.items()))
         final.metadata_props.add(
@@ -250,7 +253,9 @@ def _nodes_to_quantize(fused: onnx.ModelProto, exported: onnx.ModelProto, int8: 
     return chosen
 
 
-def _quantize(source: Path, target: Path, nodes: list[str], reduce_range: bool) -> None:
+def quantize_fused(source: Path, target: Path, nodes: list[str] | None, reduce_range: bool) -> None:
+    """ORT's ``quantize_dynamic`` on a file its transformer optimizer fused: s8 per-channel weights, on
+    ``nodes`` (None: every node ORT quantizes)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet_ort():

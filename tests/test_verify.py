@@ -7,6 +7,7 @@ The runtimes are set up once (about a minute, from PyPI and Debian's apt) and ca
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +96,28 @@ def test_verify_cli(aarch64, tmp_path, capsys):
     assert "on aarch64: OK" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "missing.onnx")]) == 2
     assert "no ONNX file" in capsys.readouterr().err
+
+
+def test_generated_inputs_index_tables_within_their_rows(tmp_path):
+    """Token ids must index the embedding (uniform over its rows), masks are all ones, and a symbolic
+    sequence length gets a real size."""
+    from graphopt.backends import OnnxRunner, export_onnx
+    from graphopt.backends.dynamic import DynamicDims
+    from graphopt.verify import SYMBOLIC_SIZE, _random_inputs
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(50, 8)
+
+        def forward(self, ids, mask):
+            return self.embed(ids) * mask.unsqueeze(-1).float()
+
+    example = (torch.randint(0, 50, (1, 6)), torch.ones(1, 6, dtype=torch.long))
+    dims = DynamicDims.of({"ids": {1: "seq"}, "mask": {1: "seq"}}, ["ids", "mask"], 2)
+    path = export_onnx(Tokens().eval(), example, tmp_path / "tokens.onnx", dynamic=dims)
+    feeds = _random_inputs(OnnxRunner(path), sets=2, seed=0)
+    ids, mask = feeds["0/0"], feeds["0/1"]
+    assert ids.shape == (1, SYMBOLIC_SIZE) and ids.dtype == np.int64 and 0 <= ids.min() and ids.max() < 50
+    assert ids.max() > 25  # drawn over the table, not stuck near zero
+    assert mask.shape == (1, SYMBOLIC_SIZE) and (mask == 1).all()

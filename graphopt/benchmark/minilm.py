@@ -26,14 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
 from graphopt.backends import OnnxRunner, export_onnx
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import exporter_of
-from graphopt.backends.onnx_transformer import ort_transformer_fusions
+from graphopt.backends.onnx_transformer import ort_transformer_fusions, quantize_fused
 from graphopt.backends.quiet import quiet_export, quiet_ort
 from graphopt.backends.timing import edge_timing, interleaved_stats
 from graphopt.cost import count_params
@@ -124,8 +123,6 @@ def _quantize_dynamic(per_channel: bool, reduce_range: bool) -> Callable[[Workbe
 
 
 def _optimum_flow(w: Workbench) -> Built:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     config = w.model.encoder.config
     exported, fused, path = w.folder / "ts.onnx", w.folder / "ts_fused.onnx", w.folder / "ts_fused_qd.onnx"
     eager = _with_eager_attention(w.model)
@@ -141,16 +138,7 @@ def _optimum_flow(w: Workbench) -> Built:
             dynamic_axes={name: {0: "batch", 1: "seq"} for name in INPUTS},
         )
     fusions = ort_transformer_fusions(exported, fused, config.num_attention_heads, config.hidden_size)
-    with quiet_ort():
-        # The fused ops are in ORT's contrib domain, which ONNX shape inference cannot type: say float.
-        quantize_dynamic(
-            str(fused),
-            str(path),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+    quantize_fused(fused, path, None, reduce_range=True)
     return Built(path, [f"fusions: {describe(fusions)}", "then quantize_dynamic, per-channel, reduce_range"])
 
 

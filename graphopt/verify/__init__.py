@@ -123,19 +123,50 @@ def verify_artifact(
     return result
 
 
+#: Size given to a symbolic dimension other than the batch (a sequence length) in generated inputs.
+SYMBOLIC_SIZE = 16
+_INTEGER_INPUTS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
 def _random_inputs(runner: OnnxRunner, sets: int, seed: int) -> dict[str, np.ndarray]:
-    """``sets`` standard-normal input sets of batch 1, shaped like the file's inputs."""
+    """``sets`` input sets of batch 1 shaped like the file's inputs (symbolic dimensions besides the batch
+    at :data:`SYMBOLIC_SIZE`): float inputs standard normal; an integer input that indexes a table
+    (token ids into an embedding) uniform over the table's rows; other integer inputs (masks) all ones."""
     generator = np.random.default_rng(seed)
+    tables = _gathered_rows(onnx.load(str(runner.path), load_external_data=False).graph)
     feeds = {}
     for s in range(sets):
         for i, spec in enumerate(runner.session.get_inputs()):
-            if spec.type != "tensor(float)":
+            shape = [
+                d if isinstance(d, int) else (1 if k == 0 else SYMBOLIC_SIZE)
+                for k, d in enumerate(spec.shape)
+            ]
+            if spec.type == "tensor(float)":
+                feeds[f"{s}/{i}"] = generator.standard_normal(shape).astype(np.float32)
+            elif spec.type in _INTEGER_INPUTS:
+                rows = tables.get(spec.name)
+                values = generator.integers(0, rows, shape) if rows else np.ones(shape)
+                feeds[f"{s}/{i}"] = values.astype(_INTEGER_INPUTS[spec.type])
+            else:
                 raise InvalidInputError(
-                    f"input {spec.name} is {spec.type}; verify generates float inputs only"
+                    f"input {spec.name} is {spec.type}; verify generates float and int inputs"
                 )
-            shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-            feeds[f"{s}/{i}"] = generator.standard_normal(shape).astype(np.float32)
     return feeds
+
+
+def _gathered_rows(graph: onnx.GraphProto) -> dict[str, int]:
+    """For each graph input that indexes a ``Gather`` of a stored table (directly, or through the table's
+    ``DequantizeLinear``), the number of rows of the smallest such table."""
+    sizes = {init.name: int(init.dims[0]) for init in graph.initializer if init.dims}
+    for node in graph.node:  # a quantized table: rows of the int8 initializer behind the dequantization
+        if node.op_type == "DequantizeLinear" and node.input[0] in sizes:
+            sizes[node.output[0]] = sizes[node.input[0]]
+    inputs = {i.name for i in graph.input}
+    rows: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "Gather" and node.input[1] in inputs and node.input[0] in sizes:
+            rows[node.input[1]] = min(rows.get(node.input[1], sizes[node.input[0]]), sizes[node.input[0]])
+    return rows
 
 
 def _min_cosine(host: OnnxRunner, feeds: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> float:
