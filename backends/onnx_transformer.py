@@ -118,7 +118,7 @@ def export_fused_transformer(
         quantized = Path(tmp) / "int8.onnx"
         quantize_fused(fused, quantized, chosen, reduce_range)
         final = onnx.load(str(quantized))
-        described = ", ".join(f"{op} x{n}" for op, n in sorted(fusions.items()))
+        described = describe_fusions(fusions)
         final.metadata_props.add(
             key=LOWERING_KEY,
             value=(
@@ -199,18 +199,30 @@ def _torchscript_onnx(
     dynamic: DynamicDims | None,
 ) -> None:
     names = [n.target for n in twin.graph.nodes if n.op == "placeholder"]
+    torchscript_onnx(_Call(twin), inputs, path, names, dynamic, opset=opset)
+
+
+def torchscript_onnx(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    names: list[str],
+    dynamic: DynamicDims | None,
+    *,
+    opset: int = 17,
+) -> None:
+    """``torch.onnx.export(dynamo=False)``, quietly: the exporter whose graphs ORT's transformer optimizer
+    recognises. Inputs are called ``names``; dimension 0 and the dimensions ``dynamic`` names are symbolic."""
     dims = dynamic.dims if dynamic is not None else tuple({} for _ in names)
     axes = {name: {0: "batch", **extra} for name, extra in zip(names, dims, strict=True)}
     with quiet_export(), torch.no_grad():
         torch.onnx.export(
-            _Call(twin),
-            inputs,
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=names,
-            dynamic_axes=axes,
+            model, inputs, str(path), dynamo=False, opset_version=opset, input_names=names, dynamic_axes=axes
         )
+
+
+def describe_fusions(fusions: dict[str, int]) -> str:
+    return ", ".join(f"{op} x{n}" for op, n in sorted(fusions.items())) or "none fired"
 
 
 def ort_transformer_fusions(source: Path, target: Path, heads: int = 0, hidden: int = 0) -> dict[str, int]:

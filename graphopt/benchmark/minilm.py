@@ -32,8 +32,13 @@ from torch import nn
 from graphopt.backends import OnnxRunner, export_onnx
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import exporter_of
-from graphopt.backends.onnx_transformer import ort_transformer_fusions, quantize_fused
-from graphopt.backends.quiet import quiet_export, quiet_ort
+from graphopt.backends.onnx_transformer import (
+    describe_fusions,
+    ort_transformer_fusions,
+    quantize_fused,
+    torchscript_onnx,
+)
+from graphopt.backends.quiet import quiet_ort
 from graphopt.backends.timing import edge_timing, interleaved_stats
 from graphopt.cost import count_params
 from graphopt.errors import ConfigError
@@ -46,6 +51,7 @@ from .schema import ORT_FP32, BenchResult, BenchRow, RowKind
 
 INPUTS = ("input_ids", "attention_mask")
 SEQUENCE = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
+SEQUENCE_DIMS = DynamicDims.of(SEQUENCE, INPUTS, len(INPUTS))
 GRAPHOPT = "graphopt"
 PEERS = "peers"
 
@@ -98,8 +104,7 @@ class Contender:
 
 
 def _ort_fp32(w: Workbench) -> Built:
-    dims = DynamicDims.of(SEQUENCE, INPUTS, len(INPUTS))
-    w.fp32 = export_onnx(w.model, w.tokens, w.folder / "fp32.onnx", dynamic=dims)
+    w.fp32 = export_onnx(w.model, w.tokens, w.folder / "fp32.onnx", dynamic=SEQUENCE_DIMS)
     return Built(w.fp32, ["torch.onnx.export(dynamo=True), sequence length dynamic"])
 
 
@@ -125,29 +130,19 @@ def _quantize_dynamic(per_channel: bool, reduce_range: bool) -> Callable[[Workbe
 def _optimum_flow(w: Workbench) -> Built:
     config = w.model.encoder.config
     exported, fused, path = w.folder / "ts.onnx", w.folder / "ts_fused.onnx", w.folder / "ts_fused_qd.onnx"
-    eager = _with_eager_attention(w.model)
-    with quiet_export(), torch.no_grad():
-        torch.onnx.export(
-            eager,
-            w.tokens,
-            str(exported),
-            dynamo=False,
-            opset_version=17,
-            input_names=list(INPUTS),
-            output_names=["embedding"],
-            dynamic_axes={name: {0: "batch", 1: "seq"} for name in INPUTS},
-        )
+    torchscript_onnx(_with_eager_attention(w.model), w.tokens, exported, list(INPUTS), SEQUENCE_DIMS)
     fusions = ort_transformer_fusions(exported, fused, config.num_attention_heads, config.hidden_size)
     quantize_fused(fused, path, None, reduce_range=True)
-    return Built(path, [f"fusions: {describe(fusions)}", "then quantize_dynamic, per-channel, reduce_range"])
+    return Built(
+        path, [f"fusions: {describe_fusions(fusions)}", "then quantize_dynamic, per-channel, reduce_range"]
+    )
 
 
 def _quantize_static(w: Workbench) -> Built:
     from graphopt.peers import ort_quantize_static
 
     path = w.folder / "qs_best.onnx"
-    dims = DynamicDims.of(SEQUENCE, INPUTS, len(INPUTS))
-    ort_quantize_static(w.model, w.tokens, w.calibration, path, "best", dynamic=dims)
+    ort_quantize_static(w.model, w.tokens, w.calibration, path, "best", dynamic=SEQUENCE_DIMS)
     return Built(path, ["u8 activations, s8 per-channel weights, calibrated on the random-token batches"])
 
 
@@ -181,8 +176,7 @@ def _graphopt(fallback: bool, fused: bool = True) -> Callable[[Workbench], Built
         if fused:
             result.export(path, latency_guard=False)
         else:
-            dims = DynamicDims.of(SEQUENCE, INPUTS, len(INPUTS))
-            export_onnx(result.model, w.tokens, path, dynamic=dims, fused_transformer=False)
+            export_onnx(result.model, w.tokens, path, dynamic=SEQUENCE_DIMS, fused_transformer=False)
         layers = result.report.tables.get("int8", [])
         linear = [row for row in layers if str(row["kind"]).startswith("Linear")]
         kept = [str(row["name"]) for row in linear if "kept fp32" in str(row["kind"])]
@@ -212,10 +206,6 @@ CONTENDERS: tuple[Contender, ...] = (
         "x86-dynamic-int8 through torch.export", GRAPHOPT, "int8", _graphopt(fallback=True, fused=False)
     ),
 )
-
-
-def describe(fusions: dict[str, int]) -> str:
-    return ", ".join(f"{op} x{n}" for op, n in sorted(fusions.items())) or "none fired"
 
 
 def _with_eager_attention(model: nn.Module) -> nn.Module:
