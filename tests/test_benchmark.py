@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,11 +40,14 @@ def test_pipeline_labels_round_trip():
         "generic-fp32+early-exit",
         "arm-int8+prune=0.3+early-exit",
         "x86-int8+sparsify=0.8",
+        "x86-int8+prune=0.5+early-exit+labels-only",
     ):
         assert parse_pipeline(label).label == label
     pipeline = parse_pipeline("x86-int8+prune=0.5")
     assert pipeline.quantized and pipeline.prune == 0.5 and not pipeline.early_exit
     assert not parse_pipeline("generic-fp32").quantized
+    assert parse_pipeline("x86-int8+labels-only+prune=0.5").labels_only
+    assert not parse_pipeline("x86-int8+prune=0.5").labels_only
 
 
 @pytest.mark.parametrize(
@@ -54,6 +58,7 @@ def test_pipeline_labels_round_trip():
         ("x86-int8+prune=half", ConfigError, "prune= needs a fraction"),
         ("x86-int8+sparsify=1", ConfigError, r"sparsify must be a fraction in \[0, 1\)"),
         ("x86-int8+sparsity=0.5", ConfigError, "unknown pipeline option 'sparsity=0.5'"),
+        ("x86-int8+labels-only=1", ConfigError, "unknown pipeline option 'labels-only=1'"),
     ],
 )
 def test_bad_pipelines_say_what_is_wrong(label, error, message):
@@ -357,3 +362,38 @@ def test_without_torch_pruning_the_result_says_so(monkeypatch):
     notes: list[str] = []
     assert peer_rows._torch_pruning(load_bench_model("mlp"), 0.5, notes) is None
     assert notes and "pip install 'graphopt[peers]'" in notes[0]
+
+
+def test_torch_pruning_peer_is_fine_tuned_on_labels_alone(digits, digits_model):
+    pytest.importorskip(
+        "torch_pruning", reason="Torch-Pruning is an optional peer: pip install 'graphopt[peers]'"
+    )
+    from graphopt.benchmark import models, peer_rows
+    from graphopt.evaluation import accuracy
+    from graphopt.recovery.config import RecoveryConfig
+
+    bench = models._digits("digits", digits_model, digits, None, None)
+    pruned = peer_rows.torch_pruning_magnitude(digits_model, bench.example_inputs, 0.7)
+    before = accuracy(pruned, bench.eval)
+    note = peer_rows._fine_tune(pruned, bench, RecoveryConfig(epochs=2, patience=None, quiet=True))
+    assert note.startswith("fine-tuned 2 epochs on labels alone")
+    assert accuracy(pruned, bench.eval) > before + 0.05  # 70 % of the channels gone: training brings it back
+    assert peer_rows._fine_tune(pruned, bench, None) == "no fine-tuning"
+
+
+def test_labels_only_pipelines_train_without_the_teacher(monkeypatch, digits, digits_model):
+    from graphopt.benchmark import models, stages
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen["recovery"] = kwargs["recovery"]
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(stages, "optimize", record)
+    bench = models._digits("digits", digits_model, digits, None, None)
+    for label, alpha in (("x86-int8+prune=0.5+labels-only", 1.0), ("x86-int8+prune=0.5", 0.1)):
+        with pytest.raises(ConfigError, match="stop here"):
+            pipeline = parse_pipeline(label)
+            stages.run_pipeline(bench, pipeline, Path("."), recovery_epochs=1, seed=0, quiet=True)
+        assert seen["recovery"].distill.alpha == alpha

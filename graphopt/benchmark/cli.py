@@ -6,9 +6,13 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from graphopt.cpu import Int8Choice, host_int8_choice
 from graphopt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .runner import BenchConfig
 
 
 def default_pipelines(choice: Int8Choice) -> tuple[str, ...]:
@@ -32,8 +36,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "-t", "--target", dest="pipelines", action="append", metavar="PIPELINE",
-        help="TARGET[+prune=R][+sparsify=S][+early-exit], repeatable (default: fp32, int8, prune 0.5 + "
-        "int8 for this CPU)",
+        help="TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only], repeatable (default: fp32, int8, "
+        "prune 0.5 + int8 for this CPU)",
     )  # fmt: skip
     p.add_argument(
         "--input-shape", help="example input shape for pkg.module:factory models, e.g. 1,3,224,224"
@@ -52,7 +56,11 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         "--ratio-statistic", choices=["min", "paired-median"], default="min",
         help="speed-ups from the fastest calls (default; repeats best on shared machines) or paired medians",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed for training and synthetic data")
+    p.add_argument(
+        "--seed", type=int, action="append", metavar="N",
+        help="seed for training and synthetic data (default 0); repeat it to run the whole benchmark once "
+        "per seed and write OUT/seeds.md with each row's accuracy per seed, mean and worst",
+    )  # fmt: skip
     p.add_argument(
         "--recovery-epochs", type=int, default=10, help="distillation / QAT epochs (digits models)"
     )
@@ -89,7 +97,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         pipelines=tuple(parse_pipeline(label) for label in labels),
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,
         synthetic_data=args.synthetic_data,
-        seed=args.seed,
+        seed=(args.seed or [0])[0],
         calibration_samples=args.calibration_samples,
         recovery_epochs=args.recovery_epochs,
         rounds=args.rounds or 100,
@@ -102,10 +110,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         command="graphopt " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "",
     )
+    if len(args.seed or []) > 1:
+        return _bench_seeds(config, args.seed)
     result = run_bench(config)
     print(to_text(result))
     print(f"written: {', '.join(str(p) for p in sorted(args.out.glob('bench.*')))}")
     return 1 if result.errors else 0
+
+
+def _bench_seeds(config: BenchConfig, seeds: list[int]) -> int:
+    from .seeds import run_seeds, seeds_markdown
+
+    results, rows = run_seeds(config, seeds)
+    print(seeds_markdown(results, rows))
+    assert config.out_dir is not None
+    print(f"written: {', '.join(str(p) for p in sorted(config.out_dir.glob('seeds.*')))}")
+    return 1 if any(r.errors for r in results) else 0
 
 
 def _cmd_minilm(args: argparse.Namespace) -> int:

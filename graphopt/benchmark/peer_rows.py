@@ -5,7 +5,9 @@
 - ORT ``quantize_static`` at its defaults and at its best settings on this CPU (int8 pipelines only);
 - TorchScript fp32 (trace + freeze);
 - Torch-Pruning's magnitude pruner at the same channel ratio, run in ORT fp32 and, for int8 pipelines,
-  quantized with ORT's best settings (pruning pipelines only, when ``torch-pruning`` is installed).
+  quantized with ORT's best settings (pruning pipelines only, when ``torch-pruning`` is installed). On a
+  model with training data it is fine-tuned first on the labels alone (Torch-Pruning has no distillation)
+  with graphopt's recovery loop and the whole training budget of graphopt's chain: recovery plus QAT epochs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +27,8 @@ from graphopt.cost import count_macs, count_params, weight_bytes
 from graphopt.cpu import host_int8_choice
 from graphopt.energy import estimate_graph
 from graphopt.peers import OrtPreset, ort_quantize_static
+from graphopt.recovery.config import LABELS_ONLY, RecoveryConfig
+from graphopt.recovery.engine import fit
 from graphopt.shapes import propagate_shapes
 from graphopt.sparsity import zipped_bytes
 
@@ -54,9 +58,13 @@ def model_cost(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ModelCost:
 
 
 def build_peers(
-    bench: BenchModel, pipelines: Sequence[Pipeline], folder: Path
+    bench: BenchModel,
+    pipelines: Sequence[Pipeline],
+    folder: Path,
+    fine_tune: RecoveryConfig | None = None,
 ) -> tuple[list[Candidate], list[str]]:
-    """The peer candidates for ``pipelines``, and notes on peers left out and why."""
+    """The peer candidates for ``pipelines``, and notes on peers left out and why; ``fine_tune`` is how the
+    pruned peers train on ``bench.train`` (None: they are not fine-tuned)."""
     model, inputs = bench.model, bench.example_inputs
     cost = model_cost(model, inputs)
     peers: list[Candidate] = []
@@ -88,7 +96,8 @@ def build_peers(
         if pruned is None:
             continue
         cost = model_cost(pruned, inputs)
-        note = f"Torch-Pruning MagnitudePruner (L2), pruning_ratio {ratio:g}, no fine-tuning"
+        trained = _fine_tune(pruned, bench, fine_tune)
+        note = f"Torch-Pruning MagnitudePruner (L2), pruning_ratio {ratio:g}, {trained}"
         path = export_onnx(pruned, inputs, folder / f"peer_tp_{ratio:g}.onnx")
         add(f"Torch-Pruning {ratio:g}", "fp32", OnnxRunner(path), _size(path), note)
         if quantize:
@@ -106,6 +115,14 @@ def quantize_static_presets() -> dict[OrtPreset, str]:
         "default": "quantize_static with no options",
         "best": f"quantize_static, u8 activations, s8 per-channel weights, {weights} ({choice.reason})",
     }
+
+
+def _fine_tune(pruned: nn.Module, bench: BenchModel, config: RecoveryConfig | None) -> str:
+    """Fine-tune ``pruned`` in place on the labels alone; say what was done."""
+    if config is None or bench.train is None:
+        return "no fine-tuning"
+    result = fit(pruned, None, bench.train, replace(config, distill=LABELS_ONLY), desc="fine-tune peer")
+    return f"fine-tuned {result.epochs_run} epochs on labels alone (graphopt's recovery loop, no teacher)"
 
 
 def _size(path: Path) -> int:

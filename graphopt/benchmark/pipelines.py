@@ -1,7 +1,9 @@
 """What a benchmark runs through ``optimize``: a target preset, optionally with pruning and early exit.
 
-Written on the command line as ``TARGET[+prune=R][+sparsify=S][+early-exit]``, for example ``x86-int8``,
-``x86-int8+prune=0.5``, ``x86-int8+sparsify=0.8`` or ``generic-fp32+early-exit``.
+Written on the command line as ``TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]``, for example
+``x86-int8``, ``x86-int8+prune=0.5``, ``x86-int8+sparsify=0.8`` or ``generic-fp32+early-exit``.
+``+labels-only`` fine-tunes (recovery and QAT) on the labels alone, with no teacher: the ablation that
+measures what distillation adds at the same training budget.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class Pipeline:
     prune: float = 0.0
     early_exit: bool = False
     sparsify: float = 0.0
+    labels_only: bool = False  # recovery and QAT without the teacher (distillation's ablation)
 
     def __post_init__(self) -> None:
         resolve_target(self.target)  # unknown names fail here, with the known ones listed
@@ -40,15 +43,20 @@ class Pipeline:
             parts.append(f"prune={self.prune:g}")
         if self.sparsify:
             parts.append(f"sparsify={self.sparsify:g}")
-        if self.early_exit:
-            parts.append("early-exit")
+        parts += [flag for flag, field in FLAGS.items() if getattr(self, field)]
         return "+".join(parts)
 
 
+#: The value-less options of a pipeline label and the Pipeline field each one sets.
+FLAGS = {"early-exit": "early_exit", "labels-only": "labels_only"}
+USAGE = "TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]"
+
+
 def parse_pipeline(text: str) -> Pipeline:
-    """``TARGET[+prune=R][+early-exit]`` as a :class:`Pipeline`."""
+    """``TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]`` as a :class:`Pipeline`."""
     target, *options = text.strip().split("+")
-    fractions, early_exit = {"prune": 0.0, "sparsify": 0.0}, False
+    fractions = {"prune": 0.0, "sparsify": 0.0}
+    flags: dict[str, bool] = {}
     for option in options:
         key, _, value = option.partition("=")
         if key in fractions and value:
@@ -56,11 +64,10 @@ def parse_pipeline(text: str) -> Pipeline:
                 fractions[key] = float(value)
             except ValueError:
                 raise ConfigError(f"{key}= needs a fraction like 0.5, got {value!r} in {text!r}") from None
-        elif key == "early-exit" and not value:
-            early_exit = True
+        elif key in FLAGS and not value:
+            flags[FLAGS[key]] = True
         else:
             raise ConfigError(
-                f"unknown pipeline option {option!r} in {text!r}; write "
-                "TARGET[+prune=R][+sparsify=S][+early-exit], e.g. x86-int8+prune=0.5"
+                f"unknown pipeline option {option!r} in {text!r}; write {USAGE}, e.g. x86-int8+prune=0.5"
             )
-    return Pipeline(target=target, early_exit=early_exit, **fractions)
+    return Pipeline(target=target, **fractions, **flags)

@@ -38,7 +38,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot(result: BenchResult, path: Path) -> Path:
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib's pyplot on the file-only backend, or a ConfigError naming the extra."""
     try:
         import matplotlib
 
@@ -48,6 +49,11 @@ def plot(result: BenchResult, path: Path) -> Path:
         raise ConfigError(
             "the PNG plot needs matplotlib: pip install 'graphopt[plot]' (or pass --no-plot)"
         ) from exc
+    return plt
+
+
+def plot(result: BenchResult, path: Path) -> Path:
+    plt = pyplot()
     rows = [r for r in result.rows if latency_ms(r) is not None and quality(r) is not None]
     points = [(latency_ms(r), quality(r)) for r in rows]
     front = pareto_front(points)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from pathlib import Path
 from graphopt.backends.timing import edge_timing
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.progress import Progress
+from graphopt.recovery.config import RecoveryConfig
 
 from .candidates import Candidate
 from .evaluate import evaluate, probes_of, reference_outputs
@@ -115,7 +116,7 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
         if config.out_dir is not None:
             write_outputs(result, config.out_dir, plot=config.plot and result.complete)
 
-    peers, notes = build_peers(bench, config.pipelines, folder)
+    peers, notes = build_peers(bench, config.pipelines, folder, _peer_fine_tune(config, bench))
     result.rows += [c.row for c in peers]
     result.notes += notes
     save()
@@ -155,6 +156,16 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
     result.complete = True
     save()
     return result
+
+
+def _peer_fine_tune(config: BenchConfig, bench: BenchModel) -> RecoveryConfig | None:
+    """The pruned peers' training: graphopt's whole budget (recovery, and QAT when a pipeline quantizes)."""
+    if bench.train is None or config.recovery_epochs < 1:
+        return None
+    stages = 2 if any(p.quantized for p in config.pipelines) else 1
+    return RecoveryConfig(
+        epochs=stages * config.recovery_epochs, augment=bench.augment, seed=config.seed, quiet=config.quiet
+    )
 
 
 def _evaluate_all(bench: BenchModel, candidates: list[Candidate], *, quiet: bool) -> None:

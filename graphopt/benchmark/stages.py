@@ -24,7 +24,7 @@ from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassRecord
 from graphopt.quant import is_quantized
 from graphopt.quant.modules import ActivationQuantizer
-from graphopt.recovery.config import RecoveryConfig
+from graphopt.recovery.config import LABELS_ONLY, DistillConfig, RecoveryConfig
 from graphopt.report import StageRecord
 from graphopt.result import OptimizeResult
 from graphopt.sparsity import zipped_bytes
@@ -61,7 +61,10 @@ def run_pipeline(
     # Training data goes to the stages that learn: recovery after pruning, QAT after int8, exit heads.
     lossy = bool(pipeline.prune or pipeline.sparsify) or pipeline.quantized
     train = bench.train if (lossy and recovery_epochs > 0) or pipeline.early_exit else None
-    recovery = RecoveryConfig(epochs=max(recovery_epochs, 1), augment=bench.augment, seed=seed, quiet=quiet)
+    recovery = RecoveryConfig(
+        epochs=max(recovery_epochs, 1), augment=bench.augment, seed=seed, quiet=quiet,
+        distill=LABELS_ONLY if pipeline.labels_only else DistillConfig(),
+    )  # fmt: skip
     start = time.perf_counter()
     result = optimize(
         bench.model,

@@ -70,6 +70,9 @@ class FeatureHint:
             raise ConfigError(f"hint weight must be >= 0, got {self.weight}")
 
 
+#: Fine-tuning on the labels alone: no teacher forward pass, the ablation that measures distillation's gain.
+LABELS_ONLY = DistillConfig(alpha=1.0)
+
 Schedule = Literal["constant", "cosine", "onecycle"]
 
 
