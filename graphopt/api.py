@@ -34,13 +34,14 @@ from graphopt.instruments import Instrument, IRDump, NumericCheck, ProgressLog
 from graphopt.ir import deep_copy
 from graphopt.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.pass_base import Pass, PassContext
-from graphopt.pass_manager import PassManager
+from graphopt.pass_manager import PassManager, PassRecord
 from graphopt.passes.insert_early_exit import check_classifier_output
 from graphopt.passes.prune_channels import check_protected_names
 from graphopt.passes.sparsify import SparsifyConfig
 from graphopt.plan import INT8_SLOTS, make_plan, plan_options
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.calibration_data import read_calibration_inputs
+from graphopt.quant.float_twin import float_twin, has_int8_layers
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import check_label_range, read_labelled
 from graphopt.report import Report
@@ -138,6 +139,11 @@ def optimize(
     report.notes.extend(context.notes)
     report.tables.update(context.tables)
     report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())
+    if snapshot.trained_after:
+        report.notes.append(
+            "the latency guard's fp32 alternative is the QAT-trained graph without its quantizers "
+            "(dequantized int8 weights): a fall-back to fp32 keeps what QAT trained"
+        )
     return OptimizeResult(
         model=gm, report=report, target=spec, example_inputs=inputs, reference_outputs=reference,
         original=original, eval_data=context.eval_data, fp32_model=snapshot.model, dynamic=dynamic, plan=plan,
@@ -210,14 +216,22 @@ def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
 
 class Fp32Snapshot:
     """Keeps a copy of the graph just before the int8 part of the plan (its :data:`INT8_SLOTS`: layout
-    rewrites made for int8 kernels included): the fp32 model the latency guard compares with."""
+    rewrites made for int8 kernels included): the fp32 model the latency guard compares with. A training
+    stage on the int8 graph (QAT) moves the weights past that copy, so it is then replaced by the trained
+    graph's fp32 twin (:func:`~graphopt.quant.float_twin.float_twin`): a fall-back keeps the training."""
 
     def __init__(self) -> None:
         self.model: fx.GraphModule | None = None
+        self.trained_after = False
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
         if self.model is None and pass_.slot in INT8_SLOTS:
             self.model = deep_copy(gm)
+
+    def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
+        trained_int8 = pass_.slot == "training" and record.modified and has_int8_layers(gm)
+        if self.model is not None and trained_int8:
+            self.model, self.trained_after = float_twin(gm), True
 
 
 def _read_labelled_data(

@@ -93,3 +93,40 @@ def test_qat_runs_for_int8_targets_given_train_data(digits_model, digits):
     row = res.report.stage("qat")
     assert row.stats["qat_layers"] == 10 and row.stats["steps"] >= 1
     assert all(m.frozen for m in res.model.modules() if isinstance(m, QuantizedLayer))
+
+
+def test_the_fp32_fall_back_keeps_what_qat_trained():
+    """After QAT the latency guard's fp32 model is the trained graph without quantizers, not the pre-QAT
+    copy."""
+    from graphopt.quant.modules import ActivationQuantizer
+
+    model, inputs = get_model("resnet_basic").build()
+    shape = inputs[0].shape[1:]
+    res = graphopt.optimize(
+        model, "x86-int8", example_inputs=inputs, calibration_data=[torch.randn(8, *shape)],
+        train_data=[(torch.randn(32, *shape), torch.randint(0, 10, (32,)))],
+        recovery=RecoveryConfig(epochs=1, quiet=True, val_fraction=0.0, patience=None),
+    )  # fmt: skip
+    fp32 = res.fp32_model
+    assert not any(isinstance(m, (ActivationQuantizer, QuantizedLayer)) for m in fp32.modules())
+    int8_layers = {n: m for n, m in res.model.named_modules() if isinstance(m, QuantizedLayer)}
+    for name, layer in int8_layers.items():  # every trained weight, dequantized, and nothing else
+        assert torch.equal(fp32.get_submodule(name).weight, layer._dequantized_weight())
+    x = torch.randn(4, *shape)
+    int8_out, fp32_out = res.model(x), fp32(x)
+    cosine = torch.nn.functional.cosine_similarity(int8_out.flatten(), fp32_out.flatten(), dim=0)
+    assert 0.99 < cosine < 1.0  # the same model up to activation rounding
+    assert any("fall-back to fp32 keeps what QAT trained" in note for note in res.report.notes)
+
+
+def test_without_qat_the_fp32_fall_back_is_the_snapshot_before_int8(digits_model, digits):
+    res = graphopt.optimize(
+        digits_model, "x86-int8", example_inputs=(digits.test_x[:1],), calibration_data=[digits.train_x[:64]]
+    )
+    int8_layers = {n: m for n, m in res.model.named_modules() if isinstance(m, QuantizedLayer)}
+    assert int8_layers
+    for name, layer in int8_layers.items():  # the float weights from before int8, not the rounded ones
+        weight, rounded = res.fp32_model.get_submodule(name).weight, layer._dequantized_weight()
+        assert not torch.equal(weight, rounded)
+        torch.testing.assert_close(weight, rounded, rtol=0, atol=float(layer.weight_scale.max()))
+    assert not any("keeps what QAT trained" in note for note in res.report.notes)

@@ -139,14 +139,23 @@ class QuantizedLayer(nn.Module):
         quantizes the trained weights again."""
         if not self.frozen:
             return
+        layer = self.as_float()
+        for name in ("weight_int8", "weight_scale", "bias_int32", "bias_scale", "channel_zero_points"):
+            delattr(self, name)
+        self.float_layer, self.qat = layer, True
+
+    def as_float(self) -> nn.Module:
+        """A new fp32 layer computing what this one computes without its quantizers: frozen, the dequantized
+        int8 weights and int32 bias (``W = s_c * W_q``, ``b = s_in * s_c * b_q``); else the float layer."""
+        if not self.frozen:
+            assert self.float_layer is not None
+            return copy.deepcopy(self.float_layer)
         layer = copy.deepcopy(self.mac_layer).to_empty(device=self.weight_int8.device)
         with torch.no_grad():
             layer.weight.copy_(self._dequantized_weight())
             if layer.bias is not None:
                 layer.bias.copy_(self._dequantized_bias())
-        for name in ("weight_int8", "weight_scale", "bias_int32", "bias_scale", "channel_zero_points"):
-            delattr(self, name)
-        self.float_layer, self.qat = layer, True
+        return layer
 
     def _dequantized_bias(self) -> Tensor:
         low, high = INT32_RANGE
