@@ -13,7 +13,13 @@ from typing import Any
 
 from torch import nn
 
-from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, export_onnx
+from graphopt.backends.executorch_backend import (
+    ExecuTorchRunner,
+    describe_pte,
+    export_executorch,
+    require_executorch,
+)
+from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, export_onnx, exporter_of
 from graphopt.backends.timing import LatencyStats, measure, pin_to_one_core
 from graphopt.backends.torchscript_backend import TorchScriptRunner, export_torchscript
 from graphopt.errors import ConfigError, UnknownNameError
@@ -23,7 +29,8 @@ from graphopt.errors import ConfigError, UnknownNameError
 class Backend:
     """``lower(model, example_inputs, path, opset=, engine=, dynamic=)`` writes the artifact (each backend
     reads the settings it has); ``check(model)`` refuses, before anything is written, a model the backend
-    cannot run; ``runner(path, threads=)`` loads it to run and time."""
+    cannot run; ``runner(path, threads=)`` loads it to run and time; ``describe(path)`` says how the file
+    runs (which exporter wrote it, what was fused or delegated), for the report row."""
 
     name: str
     suffix: str
@@ -31,6 +38,7 @@ class Backend:
     lower: Callable[..., Path]
     runner: Callable[..., Any]
     check: Callable[[nn.Module], None] = lambda model: None
+    describe: Callable[[Path], str] = lambda path: "torch.jit"
 
 
 def _lower_onnx(model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any) -> Path:
@@ -43,9 +51,31 @@ def _lower_torchscript(
     return export_torchscript(model, inputs, path, engine=engine)
 
 
+def _lower_executorch(
+    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any
+) -> Path:
+    if dynamic is not None and any(dynamic.dims):
+        raise ConfigError(
+            "the executorch backend writes programs with the example input's shapes; drop dynamic_shapes or "
+            "export to ONNX (.onnx), whose artifacts keep them"
+        )
+    return export_executorch(model, inputs, path)
+
+
 BACKENDS: dict[str, Backend] = {
-    "onnx": Backend("onnx", ".onnx", "onnxruntime", _lower_onnx, OnnxRunner, check_onnx_dtypes),
+    "onnx": Backend(
+        "onnx", ".onnx", "onnxruntime", _lower_onnx, OnnxRunner, check_onnx_dtypes, describe=exporter_of
+    ),
     "torchscript": Backend("torchscript", ".pt", "torch.jit", _lower_torchscript, TorchScriptRunner),
+    "executorch": Backend(
+        "executorch",
+        ".pte",
+        "executorch",
+        _lower_executorch,
+        ExecuTorchRunner,
+        lambda model: require_executorch(),
+        describe=describe_pte,
+    ),
 }
 
 
@@ -66,10 +96,12 @@ def backend_for(path: str | Path, backend: str | None = None) -> Backend:
 __all__ = [
     "BACKENDS",
     "Backend",
+    "ExecuTorchRunner",
     "LatencyStats",
     "OnnxRunner",
     "TorchScriptRunner",
     "backend_for",
+    "export_executorch",
     "export_onnx",
     "export_torchscript",
     "measure",

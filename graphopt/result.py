@@ -16,7 +16,7 @@ from graphopt import serialize
 from graphopt.artifact_check import check_artifact
 from graphopt.backends import Backend, backend_for, export_onnx
 from graphopt.backends.dynamic import DynamicDims
-from graphopt.backends.onnx_backend import OnnxRunner, exporter_of
+from graphopt.backends.onnx_backend import OnnxRunner
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
 from graphopt.destination import StagedFile, check_destination
@@ -151,7 +151,7 @@ class OptimizeResult:
             bytes=artifact.stat().st_size,
             energy=estimate_graph(model, params, "int8" if is_quantized(model) else "fp32"),
             agreement=agreement(self.reference_outputs, outputs),
-            notes=[f"{artifact.name} written by {exporter_of(artifact)}, run in {backend.runtime}"],
+            notes=[f"{artifact.name} written by {backend.describe(artifact)}, run in {backend.runtime}"],
             backend=backend.name,
         )
         record.stats[ZIPPED_BYTES] = zipped_bytes(artifact)  # what zeros (sparsity) save in storage

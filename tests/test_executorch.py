@@ -1,0 +1,99 @@
+"""The ExecuTorch backend: ``.pte`` files on XNNPACK, fp32 and int8 from graphopt's own calibration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphopt
+from graphopt.backends import backend_for
+from graphopt.errors import ConfigError, ExportError
+from graphopt.zoo import get_model
+
+pytest.importorskip(
+    "executorch", reason="the executorch backend is optional: pip install 'graphopt[executorch]'"
+)
+
+from graphopt.backends.executorch_backend import (
+    ExecuTorchRunner,
+    describe_pte,
+    export_executorch,
+    xnnpack_form,
+)
+
+
+def _optimized(name: str, target: str) -> graphopt.OptimizeResult:
+    model, inputs = get_model(name).build()
+    calibration = [torch.randn(8, *inputs[0].shape[1:]) for _ in range(2)]
+    return graphopt.optimize(model, target, example_inputs=inputs, calibration_data=calibration)
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mobilenet_v2_tiny"])
+@pytest.mark.parametrize("target", ["x86-int8", "arm-int8"])
+def test_int8_reuses_graphopts_calibration_and_every_op_is_delegated(name, target, tmp_path):
+    res = _optimized(name, target)
+    x = res.example_inputs[0]
+    path = export_executorch(res.model, (x,), tmp_path / "m.pte")
+    assert describe_pte(path).endswith("ops outside them: none)")  # convs, adds, pooling: all in XNNPACK
+    got = torch.as_tensor(ExecuTorchRunner(path).run(x)[0])
+    want = res.model(x)
+    cosine = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+    assert cosine >= 0.999, cosine  # the same int8 values as the eager simulation, XNNPACK's rounding
+
+
+def test_the_xnnpack_form_computes_exactly_what_the_ir_computes():
+    res = _optimized("resnet_basic", "x86-int8")
+    x = torch.randn(2, *res.example_inputs[0].shape[1:])
+    torch.testing.assert_close(xnnpack_form(res.model)(x), res.model(x), rtol=0, atol=0)
+
+
+def test_fp32_export_matches_the_model_and_runs_any_batch(tmp_path):
+    res = _optimized("resnet_basic", "generic-fp32")
+    x = res.example_inputs[0]
+    runner = ExecuTorchRunner(export_executorch(res.model, (x,), tmp_path / "m.pte"))
+    torch.testing.assert_close(torch.as_tensor(runner.run(x)[0]), res.model(x), rtol=1e-4, atol=1e-5)
+    batch = torch.randn(3, *x.shape[1:])
+    torch.testing.assert_close(
+        torch.as_tensor(runner.run_batched(batch)[0]), res.model(batch), rtol=1e-4, atol=1e-5
+    )
+    assert runner.time(x, warmup=1, repeat=3).median_ms > 0
+
+
+def test_result_export_writes_a_pte_with_its_report_row(tmp_path):
+    res = _optimized("resnet_basic", "x86-int8")
+    path = res.export(tmp_path / "m.pte")
+    assert path.suffix == ".pte" and backend_for(path).name == "executorch"
+    row = res.report.artifact("executorch")
+    assert row.stage.startswith("artifact:executorch") and "XnnpackBackend" in " ".join(row.notes)
+
+
+def test_what_executorch_cannot_take_is_refused_and_leaves_no_file(tmp_path):
+    res = _optimized("resnet_basic", "generic-fp32")
+    with pytest.raises(ConfigError, match="example input's shapes"):
+        backend_for("m.pte").lower(res.model, res.example_inputs, tmp_path / "a.pte", opset=17, engine="x86",
+                                   dynamic=_batch_and_width())  # fmt: skip
+
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            return x.numpy()  # leaves torch: torch.export refuses
+
+    with pytest.raises(ExportError, match="ExecuTorch export failed"):
+        export_executorch(Unexportable(), res.example_inputs, tmp_path / "b.pte")
+    assert not list(tmp_path.iterdir())
+
+
+def _batch_and_width():
+    from graphopt.backends.dynamic import DynamicDims
+
+    return DynamicDims.of({"x": {3: "width"}}, ["x"], 1)
+
+
+def test_without_executorch_the_error_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from graphopt.backends import executorch_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "executorch" else real(n, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'graphopt\[executorch\]'"):
+        executorch_backend.require_executorch()
