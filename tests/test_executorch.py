@@ -28,8 +28,9 @@ def _optimized(name: str, target: str) -> graphopt.OptimizeResult:
     return graphopt.optimize(model, target, example_inputs=inputs, calibration_data=calibration)
 
 
-@pytest.mark.parametrize("name", ["resnet_basic", "mobilenet_v2_tiny"])
-@pytest.mark.parametrize("target", ["x86-int8", "arm-int8"])
+@pytest.mark.parametrize(
+    ("name", "target"), [("resnet_basic", "x86-int8"), ("mobilenet_v2_tiny", "xnnpack-int8")]
+)
 def test_int8_reuses_graphopts_calibration_and_every_op_is_delegated(name, target, tmp_path):
     res = _optimized(name, target)
     x = res.example_inputs[0]
@@ -97,3 +98,28 @@ def test_without_executorch_the_error_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "executorch" else real(n, *a))
     with pytest.raises(ConfigError, match=r"pip install 'graphopt\[executorch\]'"):
         executorch_backend.require_executorch()
+
+
+def test_the_xnnpack_target_ships_a_pte_timed_against_fp32_in_executorch(digits, digits_model, tmp_path):
+    res = graphopt.optimize(
+        digits_model, "xnnpack-int8", example_inputs=(digits.test_x[:1],),
+        calibration_data=[digits.train_x[:64]], eval_data=digits.test_batches(),
+    )  # fmt: skip
+    path = res.export(tmp_path / "digits.pte")
+    row = res.report.artifact("executorch")
+    assert "guard_int8_ms" in row.stats and row.stats["guard_fp32_ms"] > 0  # the guard timed both in ET
+    assert row.accuracy >= res.report.stages[0].accuracy - 0.01  # measured on the .pte, sample by sample
+    assert path.stat().st_size < 0.4 * sum(p.numel() * 4 for p in digits_model.parameters())
+
+
+def test_bench_adds_executorchs_own_int8_flow_as_a_peer(digits, digits_model, tmp_path):
+    from graphopt.benchmark import models, parse_pipeline
+    from graphopt.benchmark.peer_rows import build_peers
+
+    bench = models._digits("digits", digits_model, digits, None, None)
+    peers, _ = build_peers(bench, [parse_pipeline("xnnpack-int8")], tmp_path)
+    rows = {c.row.stage: c.row for c in peers}
+    assert rows["ExecuTorch fp32"].runtime == rows["ExecuTorch PT2E int8"].runtime == "executorch"
+    assert rows["ExecuTorch PT2E int8"].numeric == "int8"
+    outputs = peers[-1].run(digits.test_x[:1])
+    assert outputs[0].shape == (1, 10)

@@ -68,7 +68,7 @@ class Candidate:
     def bind(self, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         """A no-argument call of this candidate on ``inputs``, with the inputs converted once."""
         runner = self.runner
-        if isinstance(runner, EagerRunner):
+        if hasattr(runner, "bind"):  # EagerRunner, ExecuTorchRunner
             return runner.bind(inputs)
         if isinstance(runner, OnnxRunner):
             feeds = {n: x.detach().numpy() for n, x in zip(runner.input_names, inputs, strict=True)}

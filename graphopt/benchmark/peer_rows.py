@@ -4,6 +4,8 @@
 - ONNX Runtime fp32 of the unoptimized model (the reference of every speed-up);
 - ORT ``quantize_static`` at its defaults and at its best settings on this CPU (int8 pipelines only);
 - TorchScript fp32 (trace + freeze);
+- for pipelines that ship ``.pte`` (xnnpack-int8): ExecuTorch fp32 on XNNPACK and ExecuTorch's own int8 flow
+  (torchao PT2E with ``XNNPACKQuantizer``, calibrated on the same samples as graphopt);
 - Torch-Pruning's magnitude pruner at the same channel ratio, run in ORT fp32 and, for int8 pipelines,
   quantized with ORT's best settings (pruning pipelines only, when ``torch-pruning`` is installed). On a
   model with training data it is fine-tuned first on the labels alone (Torch-Pruning has no distillation)
@@ -14,14 +16,21 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx, export_torchscript
+from graphopt.backends import (
+    ExecuTorchRunner,
+    OnnxRunner,
+    TorchScriptRunner,
+    export_executorch,
+    export_onnx,
+    export_torchscript,
+)
 from graphopt.capture import capture
 from graphopt.cost import count_macs, count_params, weight_bytes
 from graphopt.cpu import host_int8_choice
@@ -71,10 +80,11 @@ def build_peers(
     notes: list[str] = []
 
     def add(stage: str, numeric: str, runner: Runner, size: int, note: str) -> None:
-        runtime = {OnnxRunner: "onnxruntime", TorchScriptRunner: "torch.jit"}.get(type(runner), "eager")
+        runtimes = {OnnxRunner: "onnxruntime", TorchScriptRunner: "torch.jit", ExecuTorchRunner: "executorch"}
+        runtime = runtimes.get(type(runner), "eager")
         row = BenchRow(bench.name, PEERS, stage, "peer", numeric, runtime, cost.params, cost.macs, size,
                        energy_uj=cost.energy_uj[numeric], notes=[note])  # fmt: skip
-        if isinstance(runner, (OnnxRunner, TorchScriptRunner)):
+        if isinstance(runner, (OnnxRunner, TorchScriptRunner, ExecuTorchRunner)):
             row.zipped_bytes = zipped_bytes(runner.path)
         peers.append(Candidate(row, runner))
 
@@ -91,6 +101,8 @@ def build_peers(
         for preset, note in quantize_static_presets().items():
             path = _quantize_static(model, bench, folder / f"peer_ort_qs_{preset}.onnx", preset)
             add(f"ORT quantize_static ({preset})", "int8", OnnxRunner(path), _size(path), note)
+    if any(p.spec.backend.backend == "executorch" for p in pipelines):
+        _executorch_peers(bench, folder, quantize, add)
     for ratio in sorted({p.prune for p in pipelines if p.prune}):
         pruned = _torch_pruning(bench, ratio, notes)
         if pruned is None:
@@ -105,6 +117,20 @@ def build_peers(
             stage = f"Torch-Pruning {ratio:g} + ORT quantize_static (best)"
             add(stage, "int8", OnnxRunner(path), _size(path), note)
     return peers, notes
+
+
+def _executorch_peers(bench: BenchModel, folder: Path, quantize: bool, add: Callable[..., None]) -> None:
+    from graphopt.backends.executorch_backend import pt2e_executorch
+
+    inputs = bench.example_inputs
+    path = export_executorch(bench.model, inputs, folder / "peer_et_fp32.pte")
+    add("ExecuTorch fp32", "fp32", ExecuTorchRunner(path), _size(path), "torch.export -> XNNPACK, fp32")
+    if quantize:
+        assert bench.calibration is not None
+        samples = [(x[i : i + 1],) for x in bench.calibration for i in range(len(x))]
+        path = pt2e_executorch(bench.model, inputs, samples, folder / "peer_et_pt2e.pte")
+        note = "ExecuTorch's flow: PT2E XNNPACKQuantizer (per-channel symmetric), graphopt's calibration"
+        add("ExecuTorch PT2E int8", "int8", ExecuTorchRunner(path), _size(path), note)
 
 
 def quantize_static_presets() -> dict[OrtPreset, str]:
