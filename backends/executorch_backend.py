@@ -39,16 +39,14 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from graphopt.backends.executorch_exits import exit_network_of, run_stages, stage_programs
+from graphopt.backends.executorch_form import xnnpack_form
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.early_exit.measure import has_exits
 from graphopt.errors import ConfigError, ExportError, first_line
-from graphopt.ir import deep_copy, set_module
-from graphopt.quant.dynamic import DynamicInt8Linear
-from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
 INSTALL = "pip install 'graphopt[executorch]'  (executorch beside torch 2.13.0)"
-_qd = torch.ops.quantized_decomposed
 #: Ops that must be delegated: an int8 conv or linear run outside XNNPACK would be a float fallback.
 MUST_DELEGATE = ("convolution", "linear", "addmm", "mm")
 
@@ -81,116 +79,9 @@ def quiet_native() -> Iterator[None]:
             os.close(fd)
 
 
-class XnnpackInt8Layer(nn.Module):
-    """A frozen int8 conv / linear as XNNPACK's partitioner matches it (module docstring)."""
-
-    def __init__(self, layer: QuantizedLayer):
-        super().__init__()
-        self.functional, self.kwargs = layer.functional, dict(layer.kwargs)
-        self.register_buffer("weight_int8", layer.weight_int8.detach().clone())
-        self.register_buffer("weight_scale", layer.weight_scale.detach().clone())
-        self.register_buffer("zero_points", torch.zeros(len(layer.weight_scale), dtype=torch.int64))
-        self.register_buffer("bias", layer._dequantized_bias().detach().clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        zero, scale = self.zero_points, self.weight_scale
-        weight = _qd.dequantize_per_channel(self.weight_int8, scale, zero, 0, -127, 127, torch.int8)
-        return self.functional(x, weight, self.bias, **self.kwargs)
-
-
-class Int8RoundTrip(nn.Module):
-    """A frozen activation quantizer as int8 quantize -> dequantize (u8 zero points shifted by 128)."""
-
-    def __init__(self, quantizer: ActivationQuantizer):
-        super().__init__()
-        assert quantizer.scale is not None and quantizer.zero_point is not None
-        shift = 0 if quantizer.scheme.activations == "int8" else 128
-        self.scale, self.zero_point = quantizer.scale, quantizer.zero_point - shift
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _dequantize(_quantize(x, self.scale, self.zero_point), self.scale, self.zero_point)
-
-
-def xnnpack_form(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every int8 module in the form XNNPACK delegates; fp32 models as they are."""
-    unsupported = [n for n, m in model.named_modules() if isinstance(m, DynamicInt8Linear)]
-    if unsupported:
-        raise ExportError(
-            f"dynamic int8 layers ({', '.join(unsupported[:3])}) are not lowered to ExecuTorch yet: export "
-            "them to ONNX (.onnx), or use a static int8 target (x86-int8, arm-int8) for .pte"
-        )
-    form = deep_copy(model) if isinstance(model, fx.GraphModule) else copy.deepcopy(model)
-    for name, module in list(form.named_modules()):
-        if isinstance(module, QuantizedLayer) and module.frozen:
-            set_module(form, name, XnnpackInt8Layer(module))  # type: ignore[arg-type]
-        elif isinstance(module, ActivationQuantizer) and module.frozen:
-            set_module(form, name, Int8RoundTrip(module))  # type: ignore[arg-type]
-        elif isinstance(module, (QuantizedLayer, ActivationQuantizer)):
-            raise ExportError(f"{name} is not calibrated: run calibrate before exporting int8 to ExecuTorch")
-    if isinstance(form, fx.GraphModule):
-        _keepdim_spatial_means(form)
-        _dequantize_per_user(form)
-        form.recompile()
-    return form.eval()
-
-
-def _quantize(x: Tensor, scale: float, zero_point: int) -> Tensor:
-    return _qd.quantize_per_tensor(x, scale, zero_point, -128, 127, torch.int8)
-
-
-def _dequantize(q: Tensor, scale: float, zero_point: int) -> Tensor:
-    return _qd.dequantize_per_tensor(q, scale, zero_point, -128, 127, torch.int8)
-
-
-def _dequantize_per_user(gm: fx.GraphModule) -> None:
-    """Each consumer of a quantized value gets its own dequantize, as PT2E's convert leaves them: XNNPACK's
-    partitioner takes ``dq -> op -> q`` groups, and one dequantize shared by ops of different partitions
-    (a residual input read by a conv and by the add) makes partitions depend on each other in a cycle."""
-    for node in list(gm.graph.nodes):
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if not isinstance(module, Int8RoundTrip) or len(node.users) < 2:
-            continue
-        qparams = (module.scale, module.zero_point)
-        with gm.graph.inserting_after(node):
-            quantized = gm.graph.call_function(_quantize, (node.args[0], *qparams))
-        for user in list(node.users):
-            with gm.graph.inserting_before(user):
-                dequantized = gm.graph.call_function(_dequantize, (quantized, *qparams))
-            user.replace_input_with(node, dequantized)
-        gm.graph.erase_node(node)
-
-
-def _is_spatial_mean(node: fx.Node) -> bool:
-    """``x.mean((2, 3))`` / ``torch.mean(x, dim=(-2, -1))`` on a 4-D value, keepdim False."""
-    if not (node.op == "call_method" and node.target == "mean") and node.target is not torch.mean:
-        return False
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    shape = getattr(node.args[0], "meta", {}).get("shape")
-    if dims is None or shape is None or len(shape) != 4 or node.kwargs.get("keepdim", False):
-        return False
-    return sorted(d % 4 for d in (dims if isinstance(dims, (tuple, list)) else (dims,))) == [2, 3]
-
-
-def _global_mean(x: Tensor) -> Tensor:
-    return x.mean((2, 3), keepdim=True).flatten(1)
-
-
-def _keepdim_spatial_means(gm: fx.GraphModule) -> None:
-    """XNNPACK takes a global average only with ``keepdim=True`` (its global-pooling form): the classifier
-    head's ``mean((2, 3))`` becomes that and a flatten, the same values."""
-    for node in gm.graph.nodes:
-        if _is_spatial_mean(node):
-            node.op, node.target, node.args, node.kwargs = "call_function", _global_mean, node.args[:1], {}
-
-
 def export_executorch(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str | Path) -> Path:
     """Lower ``model`` to an XNNPACK-delegated ``.pte`` at ``path`` (module docstring)."""
     require_executorch()
-    if has_exits(model):
-        raise ExportError(
-            "early-exit models are not lowered to ExecuTorch yet: export them to ONNX (.onnx), whose If "
-            "runs the exits"
-        )
     path = Path(path)
     form = xnnpack_form(model)
     try:
@@ -198,21 +89,33 @@ def export_executorch(model: nn.Module, example_inputs: tuple[Tensor, ...], path
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
 
-            exported = torch.export.export(form, tuple(example_inputs))
+            if has_exits(form):  # one method per stage (backends/executorch_exits.py)
+                exported = stage_programs(exit_network_of(form), tuple(example_inputs))
+            else:
+                exported = {"forward": torch.export.export(form, tuple(example_inputs))}
             edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-            outside = ops_outside_delegates(edge.exported_program().graph_module)
+            _check_delegated(edge, list(exported))
             program = edge.to_executorch()
+    except ExportError:
+        raise
     except Exception as exc:  # torch.export and exir raise many types; all mean the same to the user
         raise ExportError(f"ExecuTorch export failed ({type(exc).__name__}: {first_line(exc)})") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(program.buffer)
+    return path
+
+
+def _check_delegated(edge: Any, methods: list[str]) -> None:
+    """An :class:`ExportError` naming every conv / linear XNNPACK did not take, before anything is written."""
+    outside: Counter[str] = Counter()
+    for name in methods:
+        outside += ops_outside_delegates(edge.exported_program(name).graph_module)
     undelegated = [op for op in outside if any(k in op for k in MUST_DELEGATE)]
     if undelegated:
         raise ExportError(
             f"XNNPACK did not take {', '.join(undelegated)}: they would run as portable (float or reference) "
             "kernels; export to ONNX (.onnx) instead"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(program.buffer)
-    return path
 
 
 def ops_outside_delegates(gm: fx.GraphModule) -> Counter[str]:
@@ -236,11 +139,14 @@ def describe_pte(path: Path) -> str:
 
         program = deserialize_pte_binary(path.read_bytes())
     program = getattr(program, "program", program)
-    plan = program.execution_plan[0]
-    delegates = Counter(d.id for d in plan.delegates)
-    outside = sorted({op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators})
+    plans = program.execution_plan
+    delegates = Counter(d.id for plan in plans for d in plan.delegates)
+    outside = sorted(
+        {op.name + (f".{op.overload}" if op.overload else "") for p in plans for op in p.operators}
+    )
     inside = ", ".join(f"{count} {name}" for name, count in delegates.items()) or "no delegate"
-    return f"ExecuTorch ({inside} delegates; ops outside them: {', '.join(outside) or 'none'})"
+    methods = f"methods {', '.join(p.name for p in plans)}; " if len(plans) > 1 else ""
+    return f"ExecuTorch ({methods}{inside} delegates; ops outside them: {', '.join(outside) or 'none'})"
 
 
 class ExecuTorchRunner:
@@ -260,12 +166,20 @@ class ExecuTorchRunner:
             from executorch.runtime import Runtime
 
             portable_lib._unsafe_reset_threadpool(threads)
-            self.method = Runtime.get().load_program(self.path).load_method("forward")
+            program = Runtime.get().load_program(self.path)
+            #: Each method of the program by name: ``forward``, or an exit network's stages.
+            self.methods = {name: program.load_method(name) for name in program.method_names}
+        self.exits = "forward" not in self.methods
+
+    def _execute(self, tensors: list[Tensor]) -> list[Tensor]:
+        if self.exits:
+            return run_stages(self.methods, tensors)
+        return list(self.methods["forward"].execute(tensors))
 
     def run(self, *inputs: Tensor | np.ndarray) -> list[np.ndarray]:
         tensors = [torch.as_tensor(x).contiguous() for x in inputs]
         with torch.no_grad():
-            outputs = self.method.execute(tensors)
+            outputs = self._execute(tensors)
         return [torch.as_tensor(o).numpy() for o in outputs]
 
     def run_batched(self, *inputs: Tensor | np.ndarray) -> list[np.ndarray]:
@@ -276,8 +190,7 @@ class ExecuTorchRunner:
     def bind(self, inputs: tuple[Tensor, ...]) -> Callable[[], object]:
         """A no-argument call on ``inputs``, converted once (what interleaved timing calls)."""
         tensors = [torch.as_tensor(x).contiguous() for x in inputs]
-        method = self.method
-        return lambda: method.execute(tensors)
+        return lambda: self._execute(tensors)
 
     def time(self, *inputs: Tensor | np.ndarray, warmup: int = 10, repeat: int = 100) -> LatencyStats:
         return measure(self.bind(inputs), warmup=warmup, repeat=repeat)

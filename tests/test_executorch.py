@@ -18,8 +18,8 @@ from graphopt.backends.executorch_backend import (
     ExecuTorchRunner,
     describe_pte,
     export_executorch,
-    xnnpack_form,
 )
+from graphopt.backends.executorch_form import xnnpack_form
 
 
 def _optimized(name: str, target: str) -> graphopt.OptimizeResult:
@@ -123,3 +123,34 @@ def test_bench_adds_executorchs_own_int8_flow_as_a_peer(digits, digits_model, tm
     assert rows["ExecuTorch PT2E int8"].numeric == "int8"
     outputs = peers[-1].run(digits.test_x[:1])
     assert outputs[0].shape == (1, 10)
+
+
+@pytest.mark.parametrize("target", ["generic-fp32", "xnnpack-int8"])
+def test_early_exits_run_stage_by_stage_and_leave_where_the_model_leaves(
+    digits, digits_model, target, tmp_path
+):
+    from graphopt.digits import batches
+    from graphopt.early_exit import EarlyExitConfig, EarlyExitNetwork
+
+    res = graphopt.optimize(
+        digits_model, target, example_inputs=(digits.test_x[:1],), calibration_data=[digits.train_x[:64]],
+        train_data=batches(digits.train_x, digits.train_y, 64),
+        early_exit=EarlyExitConfig(exits=("features.6",), epochs=2, quiet=True),
+    )  # fmt: skip
+    (network,) = [m for m in res.model.modules() if isinstance(m, EarlyExitNetwork)]
+    x = digits.test_x[:40]
+    with torch.no_grad():
+        sure = torch.softmax(network.forced_exit(0, x), -1).amax(-1)
+    network.thresholds.fill_(float(sure.median()))  # about half the samples leave at the head
+    path = export_executorch(res.model, (x[:1],), tmp_path / "exits.pte")
+    assert "methods exit_0, final" in describe_pte(path)
+    runner = ExecuTorchRunner(path)
+    left = 0
+    for i in range(len(x)):
+        sample = x[i : i + 1]
+        got = torch.as_tensor(runner.run(sample)[0])
+        leaves = bool(sure[i] >= network.thresholds[0])
+        expected = network.forced_exit(0 if leaves else 1, sample)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        left += leaves
+    assert 0 < left < len(x)  # both paths were taken, each matched
