@@ -67,3 +67,16 @@ def test_run_seeds_runs_each_seed_into_its_folder_and_writes_the_table(tmp_path,
     assert (tmp_path / "seeds.md").read_text().startswith("**graphopt bench m: 2 seeds (3, 5)**")
     assert (tmp_path / "seeds.png").stat().st_size > 10_000
     assert '"drop_pp"' in (tmp_path / "seeds.json").read_text()
+
+
+def test_bench_seeds_cli_combines_separate_runs(tmp_path, capsys):
+    from graphopt.cli import main
+
+    paths = []
+    for seed, chain in ((0, 0.89), (1, 0.90)):
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(_seed(seed, 0.9, chain).to_json())
+        paths.append(str(path))
+    assert main(["bench-seeds", *paths, "--out", str(tmp_path / "out"), "--no-plot"]) == 0
+    assert "2 seeds (0, 1)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "seeds.md").exists() and not (tmp_path / "out" / "seeds.png").exists()

@@ -77,6 +77,15 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance (default 0.05)")
     p.set_defaults(run=_cmd_compare)
 
+    p = sub.add_parser(
+        "bench-seeds",
+        help="one table across runs of the same benchmark with different seeds (accuracy mean, worst, drop)",
+    )
+    p.add_argument("results", type=Path, nargs="+", help="bench.json files, one per seed")
+    p.add_argument("--out", type=Path, default=Path("graphopt-bench"), help="folder for seeds.json/md/png")
+    p.add_argument("--no-plot", action="store_true", help="do not write seeds.png")
+    p.set_defaults(run=_cmd_seeds)
+
     p = sub.add_parser("bench-summary", help="one Markdown table of what ships, across bench.json results")
     p.add_argument("results", type=Path, nargs="+", help="bench.json files")
     p.set_defaults(run=_cmd_summary)
@@ -154,6 +163,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_results(BenchResult.load(args.first), BenchResult.load(args.second), args.tolerance)
     print(comparison.summary())
     return 0 if comparison.ok else 1
+
+
+def _cmd_seeds(args: argparse.Namespace) -> int:
+    from .schema import BenchResult
+    from .seeds import seed_rows, seeds_markdown, write_seed_outputs
+
+    results = [BenchResult.load(path) for path in args.results]
+    if len({r.model for r in results}) != 1:
+        raise ConfigError(f"bench-seeds combines runs of one model, got {sorted({r.model for r in results})}")
+    rows = seed_rows(results)
+    print(seeds_markdown(results, rows))
+    paths = write_seed_outputs(results, rows, args.out, plot=not args.no_plot)
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:

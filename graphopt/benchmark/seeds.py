@@ -4,7 +4,8 @@ A claim such as "accuracy within 0.5 pp of the original" is a claim about traini
 original model, the recovery and the QAT each start from a seed. ``graphopt bench MODEL --seed 0 --seed 1
 --seed 2`` runs the whole benchmark once per seed (``OUT/seed-N/bench.*``) and writes ``OUT/seeds.json``,
 ``seeds.md`` and ``seeds.png``: per row, the accuracy of each seed, their mean and worst, the drop against
-the same seed's original (ORT fp32), and the speed-up and file ratio against it.
+the same seed's original (ORT fp32), and the speed-up and file ratio against it. ``graphopt bench-seeds
+A.json B.json ...`` writes the same from runs made separately (in parallel, one per core).
 
     drop_s = acc(ORT fp32, seed s) - acc(row, seed s)        (percentage points)
     mean drop = mean_s drop_s,  worst drop = max_s drop_s
