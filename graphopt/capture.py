@@ -24,6 +24,7 @@ from torch import nn
 
 from graphopt.capture_export import DynamicDims, capture_with_export
 from graphopt.errors import CaptureError
+from graphopt.functional_norms import lift_functional_batch_norms
 
 #: How many submodules capture may turn into leaves before it gives up.
 MAX_LEAVES = 32
@@ -130,7 +131,9 @@ def trace_with_leaves(model: nn.Module) -> Capture:
             leaves[culprit] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             continue
         name = type(model).__name__
-        return Capture(fx.GraphModule(tracer.root, graph, class_name=name).eval(), leaves)
+        gm = fx.GraphModule(tracer.root, graph, class_name=name).eval()
+        lift_functional_batch_norms(gm, model)  # BatchNorm subclasses calling F.batch_norm (timm)
+        return Capture(gm, leaves)
 
 
 def example_outputs(gm: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:

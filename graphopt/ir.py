@@ -41,6 +41,19 @@ def module_calls(gm: fx.GraphModule, types: type | tuple[type, ...]) -> Iterator
             yield node, module
 
 
+#: Reads of what a tensor looks like, not of what is in it: rewrites that keep shapes and dtypes (folding,
+#: channel pruning's per-channel edits) need not care about them (timm asserts ``x.ndim == 4`` everywhere).
+METADATA_ATTRIBUTES = ("shape", "dtype", "device", "ndim", "is_contiguous", "layout")
+METADATA_METHODS = ("size", "dim", "numel")
+
+
+def is_metadata_read(node: fx.Node) -> bool:
+    """``getattr(x, "shape")``-style and ``x.size()``-style nodes."""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in METADATA_ATTRIBUTES
+    return node.op == "call_method" and node.target in METADATA_METHODS
+
+
 def call_sites(gm: fx.GraphModule) -> Counter[str]:
     """How many ``call_module`` nodes call each module target (a module object may be called twice)."""
     return Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")

@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.ir import call_sites, get_attr_value, module_of, shape_of
+from graphopt.ir import call_sites, get_attr_value, is_metadata_read, module_of, shape_of
 from graphopt.pass_base import Pass, PassOptions, PassResult
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -136,8 +136,8 @@ def _why_not_foldable(gm: fx.GraphModule, producer: object, sites: Counter[str])
         module_of(gm, producer), (*_CONVS, *_CONV_TRANSPOSES, nn.Linear)
     ):
         return "no_foldable_producer"
-    if len(producer.users) > 1:
-        return "shared_output"
+    if len([u for u in producer.users if not is_metadata_read(u)]) > 1:
+        return "shared_output"  # reads of its shape or ndim alone do not see the fold
     if sites[str(producer.target)] > 1:
         return "shared_module"
     return None

@@ -32,7 +32,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.ir import shape_of
+from graphopt.ir import is_metadata_read, shape_of
 from graphopt.pruning.channel_map import ChannelMap, reshape_blocks
 from graphopt.pruning.dependency import DependencyGraph, NodeMap, ShapeEdit, untracked
 
@@ -50,10 +50,8 @@ def apply_rule(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     if node.op in ("placeholder", "get_attr"):
         return None
     inputs = [maps.get(n) for n in _tensor_args(node)]
-    if node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "dtype", "device"):
-        return None
-    if node.op == "call_method" and node.target in ("size", "dim", "numel"):
-        return None
+    if is_metadata_read(node):
+        return None  # what a tensor looks like (timm asserts ``x.ndim == 4``): no channel flows on
     rule = _find_rule(graph, node)
     if all(m is None for m in inputs) and rule not in (_conv, _linear):
         return None  # nothing tracked flows in and nothing new is produced: any op is fine

@@ -110,6 +110,19 @@ class QuantizedLayer(nn.Module):
     def frozen(self) -> bool:
         return self.float_layer is None
 
+    # Other nodes may read a layer's tensors as attributes (EdgeNeXt's positional encoding reads
+    # ``token_projection.weight`` for its dtype and device): the int8 layer keeps answering them, with
+    # the values it computes with (the dequantized int8 weight once frozen), so such graphs still lint.
+    @property
+    def weight(self) -> Tensor:
+        layer = self.float_layer
+        return self._dequantized_weight() if layer is None else layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        layer = self.float_layer
+        return self._dequantized_bias() if layer is None else layer.bias
+
     def freeze(self, input_scale: float) -> None:
         layer = self.float_layer
         assert layer is not None
