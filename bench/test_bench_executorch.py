@@ -18,8 +18,9 @@ import torch
 import graphopt
 from graphopt.backends import ExecuTorchRunner, OnnxRunner, export_executorch, export_onnx
 from graphopt.backends.timing import interleaved_medians
-from graphopt.numerics import agreement
 from graphopt.zoo import get_model
+
+from .side_by_side import artifact_lines
 
 pytest.importorskip("executorch", reason="pip install 'graphopt[executorch]'")
 
@@ -60,14 +61,8 @@ def test_pte_int8_vs_executorch_pt2e(benchmark, name, tmp_path):
     probes = [torch.randn(inputs[0].shape, generator=generator) for _ in range(4)]
     with torch.no_grad():
         expected = [model(x) for x in probes]
-    base = medians["ort_fp32"]
     lines = [f"{name}: graphopt .pte export {export_s:.1f} s"]
-    for key, ms in medians.items():
-        cosine = min(agreement(e, runners[key].run(x)).cosine for e, x in zip(expected, probes, strict=True))
-        size = paths[key].stat().st_size
-        benchmark.extra_info[key] = {"ms": round(ms, 3), "speedup_vs_ort_fp32": round(base / ms, 3),
-                                     "min_cosine": round(cosine, 5), "bytes": size}  # fmt: skip
-        lines.append(f"  {key:24s} {ms:8.2f} ms {base / ms:5.2f}x cosine {cosine:.5f} {size / 1e6:6.2f} MB")
+    lines += artifact_lines(benchmark, medians, runners, paths, expected, probes)
     ratio = medians["executorch_pt2e_int8"] / medians["graphopt_xnnpack_int8"]
     lines.append(f"  graphopt .pte vs PT2E .pte: {ratio:.2f}x")
     benchmark.extra_info["export_s"] = round(export_s, 2)

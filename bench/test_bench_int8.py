@@ -21,9 +21,10 @@ from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx
 from graphopt.backends.timing import interleaved_medians
 from graphopt.digits import DigitsTraining, load_digits_split, train_digits_cnn
 from graphopt.evaluation import accuracy
-from graphopt.numerics import agreement
 from graphopt.peers import ort_quantize_static
 from graphopt.zoo import get_model
+
+from .side_by_side import artifact_lines
 
 PRESETS = ("default", "best")
 
@@ -59,18 +60,8 @@ def test_int8_vs_ort_quantize_static(benchmark, name, tmp_path):
     probes = [torch.randn(inputs[0].shape, generator=generator) for _ in range(4)]
     with torch.no_grad():
         expected = [model(x) for x in probes]
-    base = medians["ort_fp32"]
     lines = [f"{name}: optimize + export (100 calibration samples) {seconds:.1f} s"]
-    for key, ms in medians.items():
-        cosine = min(agreement(e, runners[key].run(x)).cosine for e, x in zip(expected, probes, strict=True))
-        size = paths[key].stat().st_size
-        benchmark.extra_info[key] = {
-            "ms": round(ms, 3),
-            "speedup_vs_ort_fp32": round(base / ms, 3),
-            "min_cosine": round(cosine, 5),
-            "bytes": size,
-        }
-        lines.append(f"  {key:30s} {ms:8.2f} ms {base / ms:5.2f}x cosine {cosine:.5f} {size / 1e6:6.1f} MB")
+    lines += artifact_lines(benchmark, medians, runners, paths, expected, probes)
     benchmark.extra_info["optimize_plus_export_s"] = round(seconds, 2)
     benchmark.pedantic(lambda: runners["graphopt_x86_int8"].run(*inputs), rounds=10, iterations=1)
     print("\n" + "\n".join(lines))

@@ -56,7 +56,6 @@ def plot(result: BenchResult, path: Path) -> Path:
     plt = pyplot()
     rows = [r for r in result.rows if latency_ms(r) is not None and quality(r) is not None]
     points = [(latency_ms(r), quality(r)) for r in rows]
-    front = pareto_front(points)  # type: ignore[arg-type]
     labelled = any(r.accuracy is not None for r in rows)
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     colors = {"peer": "tab:gray", "stage": "tab:blue", "artifact": "tab:red"}
@@ -67,14 +66,24 @@ def plot(result: BenchResult, path: Path) -> Path:
     for (x, y), r in zip(points, rows, strict=True):
         name = r.stage if r.kind == "peer" else f"{r.pipeline}: {r.stage}"
         ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ylabel = "test accuracy, %" if labelled else "min cosine with the original's outputs"
+    title = f"{result.model}: quality vs latency ({result.machine['cpu']})"
+    return save_latency_plot(fig, ax, points, ylabel, title, path)
+
+
+def save_latency_plot(  # type: ignore[no-untyped-def]
+    fig, ax, points: list[tuple[float, float]], ylabel: str, title: str, path: Path
+) -> Path:
+    """The Pareto front of ``points`` dashed, log latency axis, labels, grid; the figure saved and closed."""
+    front = pareto_front(points)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms (batch 1, 1 thread; log scale)")
-    ax.set_ylabel("test accuracy, %" if labelled else "min cosine with the original's outputs")
-    ax.set_title(f"{result.model}: quality vs latency ({result.machine['cpu']})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    pyplot().close(fig)
     return path

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .plot import pareto_front
+from .plot import save_latency_plot
 from .runner import BenchConfig, run_bench
 from .schema import ORT_FP32, BenchResult, BenchRow
 
@@ -143,7 +143,7 @@ def plot_seeds(first: BenchResult, rows: list[SeedRow], path: Path) -> Path:
     """Mean accuracy against mean latency, a bar from the worst to the best seed, the Pareto front dashed."""
     from .plot import pyplot
 
-    plt = pyplot()
+    plt = pyplot()  # matplotlib is optional: imported when a plot is asked for
     points = [(statistics.fmean(r.latency_ms), r.mean_accuracy) for r in rows]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     for (x, y), r in zip(points, rows, strict=True):
@@ -152,18 +152,9 @@ def plot_seeds(first: BenchResult, rows: list[SeedRow], path: Path) -> Path:
         ax.errorbar(x, y, yerr=spread, fmt="o", color=color, capsize=3, zorder=3)
         name = r.stage if r.kind == "peer" else r.pipeline
         ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
     ax.scatter([], [], c="tab:gray", label="peer")
     ax.scatter([], [], c="tab:red", label="graphopt")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency, ms (batch 1, 1 thread; log scale)")
     seeds = len(rows[0].accuracy) if rows else 0
-    ax.set_ylabel(f"test accuracy, % (mean of {seeds} seeds; bar: worst to best)")
-    ax.set_title(f"{first.model}: accuracy vs latency ({first.machine.get('cpu', '?')})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ylabel = f"test accuracy, % (mean of {seeds} seeds; bar: worst to best)"
+    title = f"{first.model}: accuracy vs latency ({first.machine.get('cpu', '?')})"
+    return save_latency_plot(fig, ax, points, ylabel, title, path)
