@@ -155,3 +155,15 @@ def test_early_exits_run_stage_by_stage_and_leave_where_the_model_leaves(
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         left += leaves
     assert 0 < left < len(x)  # both paths were taken, each matched
+
+
+@pytest.mark.parametrize("option", [{"prune": 0.5}, {"sparsify": 0.5}])
+def test_pruned_and_sparse_models_lower_the_same_way(option, tmp_path):
+    model, inputs = get_model("resnet_basic").build()
+    data = {"calibration_data": [torch.randn(8, *inputs[0].shape[1:]) for _ in range(2)]}
+    res = graphopt.optimize(model, "xnnpack-int8", example_inputs=inputs, **data, **option)
+    path = export_executorch(res.model, inputs, tmp_path / "m.pte")
+    assert describe_pte(path).endswith("ops outside them: none)")
+    got = torch.as_tensor(ExecuTorchRunner(path).run(inputs[0])[0])
+    cosine = torch.nn.functional.cosine_similarity(got.flatten(), res.model(inputs[0]).flatten(), dim=0)
+    assert cosine >= 0.999
