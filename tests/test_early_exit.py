@@ -328,3 +328,20 @@ def test_int8_backbone_with_exits_fuses_inside_the_branches(digits_model, digits
     assert ops["QLinearConv"] == 3 and ops["QGemm"] == 1 and ops["Conv"] == 0  # the branch's conv too
     with pytest.raises(graphopt.ExportError, match="int8 model with early exits"):
         result.export(tmp_path / "m.pt")
+
+
+def test_heads_train_on_a_seeded_subset_when_the_feature_cache_would_not_fit(exited):
+    from graphopt.early_exit.training import cached_features, within_cache_budget
+
+    network = _network(exited)
+    data = LabelledTensors((torch.randn(300, 1, 8, 8),), torch.randint(0, 10, (300,)))
+    per_sample = sum(
+        t.numel() * t.element_size() for t in cached_features(network, data.subset(torch.arange(1)))
+    )
+    config = EarlyExitConfig(batch_size=64, cache_bytes=100 * per_sample, seed=3)
+    kept = within_cache_budget(network, data, config)
+    assert len(kept) == 100
+    again = within_cache_budget(network, data, config)
+    torch.testing.assert_close(kept.inputs[0], again.inputs[0])  # seeded: the same subset every run
+    assert within_cache_budget(network, data, EarlyExitConfig()) is data  # 2 GB: all of it
+    assert exited.report.stage("insert_early_exit").stats["head_samples_available"] > 0

@@ -90,10 +90,14 @@ def _latency(row: BenchRow) -> float:
     return row.latency.median_ms
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def seeds_markdown(results: list[BenchResult], rows: list[SeedRow]) -> str:
     seeds, machine = [r.settings["seed"] for r in results], results[0].machine
     lines = [
-        f"**graphopt bench {results[0].model}: {len(seeds)} seeds ({', '.join(map(str, seeds))})**",
+        f"**graphopt bench {results[0].model}: {_count(len(seeds), 'seed')} ({', '.join(map(str, seeds))})**",
         "",
         f"- machine: {machine.get('cpu', '?')}; flags: {' '.join(machine.get('flags', []))}",
         f"- data: {results[0].data}",

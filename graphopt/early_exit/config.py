@@ -24,7 +24,9 @@ class EarlyExitConfig(PassOptions):
     - Heads train with the backbone frozen, on labels and distilled from the final output (``distill``),
       for ``epochs`` on ``train_data`` plus ``augment_copies`` copies of it passed through ``augment``
       (when given: heads trained on the backbone's features of the very samples it was trained on learn
-      to be overconfident; shifted copies look more like new data).
+      to be overconfident; shifted copies look more like new data). The backbone's features are cached
+      once; when they would take more than ``cache_bytes``, a seeded random subset that fits is used (the
+      report's ``head_samples`` / ``head_samples_available``).
     - The thresholds are calibrated on ``validation_data`` (data the model was not trained on) to minimise
       expected MACs while the expected accuracy drop on new data against the network without exits stays
       within ``accuracy_budget`` percentage points (conformal risk control, see
@@ -50,6 +52,8 @@ class EarlyExitConfig(PassOptions):
     joint_lr: float = 1e-3
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     augment_copies: int = 3
+    #: Memory for the cached backbone features heads train on; beyond it a seeded random subset is used.
+    cache_bytes: int = 2 * 1024**3
     seed: int = 0
     quiet: bool = False
 
@@ -71,9 +75,11 @@ class EarlyExitConfig(PassOptions):
             or self.batch_size < 1
             or not self.lr > 0
             or min(self.joint_epochs, self.augment_copies) < 0
+            or self.cache_bytes < 1
         ):
             raise ConfigError(
-                "epochs and batch_size must be >= 1, joint_epochs and augment_copies >= 0, lr > 0"
+                "epochs, batch_size and cache_bytes must be >= 1, joint_epochs and augment_copies >= 0, "
+                "lr > 0"
             )
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
