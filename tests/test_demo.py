@@ -18,9 +18,10 @@ def test_demo_trains_optimizes_exports_and_reports(tmp_path):
     original = report.stage("original")
     onnx = next(s for s in report.stages if s.stage.startswith("artifact:onnx"))
     assert original.accuracy > 0.85  # 4 epochs; 30 epochs reach ~99.5 %
-    # the artifact is the int8 model, or the pruned fp32 one when the latency guard falls back
-    shipped = report.stage("eliminate_dead_code" if "fp32 fallback" in onnx.stage else "qat")
-    assert abs(onnx.accuracy - shipped.accuracy) <= 0.01
+    # the artifact is the int8 model, or its fp32 twin (the QAT-trained weights, no activation rounding)
+    # when the latency guard falls back: either way what QAT trained, not the copy from before int8
+    tolerance = 0.02 if "fp32 fallback" in onnx.stage else 0.01
+    assert abs(onnx.accuracy - report.stage("qat").accuracy) <= tolerance
     assert onnx.accuracy >= original.accuracy - 0.06  # half the channels, only 2 recovery epochs here
     assert onnx.latency.median_ms > 0 and report.speedup(onnx) is not None
     assert "guard_int8_ms" in onnx.stats and "latency guard:" in str(report)
