@@ -62,7 +62,7 @@ def test_fp32_export_matches_the_model_and_runs_any_batch(tmp_path):
 
 def test_result_export_writes_a_pte_with_its_report_row(tmp_path):
     res = _optimized("resnet_basic", "x86-int8")
-    path = res.export(tmp_path / "m.pte")
+    path = res.export(tmp_path / "m.pte", latency_guard=False)  # the guard in ET: the xnnpack-target test
     assert path.suffix == ".pte" and backend_for(path).name == "executorch"
     row = res.report.artifact("executorch")
     assert row.stage.startswith("artifact:executorch") and "XnnpackBackend" in " ".join(row.notes)
@@ -157,11 +157,10 @@ def test_early_exits_run_stage_by_stage_and_leave_where_the_model_leaves(
     assert 0 < left < len(x)  # both paths were taken, each matched
 
 
-@pytest.mark.parametrize("option", [{"prune": 0.5}, {"sparsify": 0.5}])
-def test_pruned_and_sparse_models_lower_the_same_way(option, tmp_path):
+def test_pruned_and_sparse_models_lower_the_same_way(tmp_path):
     model, inputs = get_model("resnet_basic").build()
     data = {"calibration_data": [torch.randn(8, *inputs[0].shape[1:]) for _ in range(2)]}
-    res = graphopt.optimize(model, "xnnpack-int8", example_inputs=inputs, **data, **option)
+    res = graphopt.optimize(model, "xnnpack-int8", example_inputs=inputs, **data, prune=0.5, sparsify=0.5)
     path = export_executorch(res.model, inputs, tmp_path / "m.pte")
     assert describe_pte(path).endswith("ops outside them: none)")
     got = torch.as_tensor(ExecuTorchRunner(path).run(inputs[0])[0])
