@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +27,7 @@ from graphopt.ir import set_module
 
 _SIGNATURE = inspect.signature(F.batch_norm)
 _TENSORS = ("running_mean", "running_var", "weight", "bias")
-_PLAIN = (nn.BatchNorm3d, nn.BatchNorm2d, nn.BatchNorm1d)  # subclasses first: isinstance picks the rank
+_PLAIN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # the owner's base class gives the rank
 
 
 def lift_functional_batch_norms(gm: fx.GraphModule, traced: nn.Module) -> list[str]:
@@ -48,7 +47,7 @@ def lift_functional_batch_norms(gm: fx.GraphModule, traced: nn.Module) -> list[s
             container.add_module(child_name, child)
         container.add_module("bn", norm)
         set_module(gm, owner_name, container)
-        reads = [arguments[key] for key in ("running_mean", "running_var", "weight", "bias")]
+        reads = [arguments[key] for key in _TENSORS]
         with gm.graph.inserting_before(node):
             call = gm.graph.call_module(f"{owner_name}.bn", (arguments["input"],))
         node.replace_all_uses_with(call)
@@ -63,10 +62,8 @@ def lift_functional_batch_norms(gm: fx.GraphModule, traced: nn.Module) -> list[s
 
 def _owner(traced: nn.Module, node: fx.Node, called: set[str]) -> str | None:
     """The BatchNorm module whose tensors ``node`` (a functional batch norm) reads, when eligible."""
-    if node.op != "call_function" or node.target not in (F.batch_norm, torch.batch_norm):
-        return None
-    if node.target is not F.batch_norm:
-        return None  # torch.batch_norm has another signature; not seen from nn subclasses
+    if node.op != "call_function" or node.target is not F.batch_norm:
+        return None  # (torch.batch_norm has another signature, and nn subclasses call F.batch_norm)
     try:
         arguments = _SIGNATURE.bind(*node.args, **node.kwargs).arguments
     except TypeError:
@@ -81,8 +78,9 @@ def _owner(traced: nn.Module, node: fx.Node, called: set[str]) -> str | None:
     if len(owners) != 1 or names != list(_TENSORS):
         return None
     (owner_name,) = owners
-    if not owner_name or owner_name in called:
-        return None
+    others = [str(n.target) for n in node.graph.nodes if n.op == "get_attr" and n not in reads]
+    if not owner_name or owner_name in called or any(t.startswith(owner_name + ".") for t in others):
+        return None  # the owner is called, or other tensors of it are read: it must stay as it is
     try:
         owner = traced.get_submodule(owner_name)
     except AttributeError:
