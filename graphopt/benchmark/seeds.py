@@ -74,7 +74,9 @@ def seed_rows(results: list[BenchResult]) -> list[SeedRow]:
 
 
 def _scored(row: BenchRow) -> bool:
-    return row.kind in ("peer", "artifact") and row.timed and row.accuracy is not None
+    """A peer or artifact with a measured latency (a run cut short before timing has none) and accuracy."""
+    timed = row.latency is not None or row.mean_ms is not None
+    return row.kind in ("peer", "artifact") and timed and row.accuracy is not None
 
 
 def _acc(row: BenchRow) -> float:
