@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from graphopt.backends.xnnpack_qdq import Int8RoundTrip, dequantize_int8, quantize_int8
+from graphopt.backends.xnnpack_qdq import Int8RoundTrip, dequantize_int8, quantize_then_dequantize_per_user
 from graphopt.early_exit.network import EarlyExitNetwork, confidence
 from graphopt.errors import ExportError
 
@@ -76,13 +76,7 @@ def requantize_stage_inputs(network: EarlyExitNetwork) -> None:
         if qparams is None or not isinstance(segment, fx.GraphModule):
             continue
         placeholder = next(n for n in segment.graph.nodes if n.op == "placeholder")
-        users = list(placeholder.users)
-        with segment.graph.inserting_after(placeholder):
-            quantized = segment.graph.call_function(quantize_int8, (placeholder, *qparams))
-        for user in users:
-            with segment.graph.inserting_before(user):
-                dequantized = segment.graph.call_function(dequantize_int8, (quantized, *qparams))
-            user.replace_input_with(placeholder, dequantized)
+        quantize_then_dequantize_per_user(segment.graph, placeholder, placeholder, qparams)
         segment.recompile()
 
 

@@ -10,7 +10,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from graphopt.backends.executorch_exits import requantize_stage_inputs
-from graphopt.backends.xnnpack_qdq import Int8RoundTrip, dequantize_int8, quantize_int8
+from graphopt.backends.xnnpack_qdq import Int8RoundTrip, quantize_then_dequantize_per_user
 from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.errors import ExportError
 from graphopt.ir import deep_copy, set_module
@@ -29,7 +29,7 @@ class XnnpackInt8Layer(nn.Module):
         self.register_buffer("weight_int8", layer.weight_int8.detach().clone())
         self.register_buffer("weight_scale", layer.weight_scale.detach().clone())
         self.register_buffer("zero_points", torch.zeros(len(layer.weight_scale), dtype=torch.int64))
-        self.register_buffer("bias", layer._dequantized_bias().detach().clone())
+        self.register_buffer("bias", layer.bias.detach().clone())  # frozen: the dequantized int32 bias
 
     def forward(self, x: Tensor) -> Tensor:
         zero, scale = self.zero_points, self.weight_scale
@@ -70,13 +70,7 @@ def _dequantize_per_user(gm: fx.GraphModule) -> None:
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
         if not isinstance(module, Int8RoundTrip) or len(node.users) < 2:
             continue
-        qparams = (module.scale, module.zero_point)
-        with gm.graph.inserting_after(node):
-            quantized = gm.graph.call_function(quantize_int8, (node.args[0], *qparams))
-        for user in list(node.users):
-            with gm.graph.inserting_before(user):
-                dequantized = gm.graph.call_function(dequantize_int8, (quantized, *qparams))
-            user.replace_input_with(node, dequantized)
+        quantize_then_dequantize_per_user(gm.graph, node.args[0], node, (module.scale, module.zero_point))
         gm.graph.erase_node(node)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 
 from graphopt.quant.modules import ActivationQuantizer
@@ -29,3 +30,18 @@ class Int8RoundTrip(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return dequantize_int8(quantize_int8(x, self.scale, self.zero_point), self.scale, self.zero_point)
+
+
+def quantize_then_dequantize_per_user(
+    graph: fx.Graph, source: fx.Node, replaced: fx.Node, qparams: tuple[float, int]
+) -> None:
+    """Quantize ``source`` once (right after ``replaced``) and give every user of ``replaced`` its own
+    dequantize of it, in place of ``replaced``: the ``q -> dq`` per consumer that PT2E's convert leaves
+    and XNNPACK's partitioner takes."""
+    users = list(replaced.users)
+    with graph.inserting_after(replaced):
+        quantized = graph.call_function(quantize_int8, (source, *qparams))
+    for user in users:
+        with graph.inserting_before(user):
+            dequantized = graph.call_function(dequantize_int8, (quantized, *qparams))
+        user.replace_input_with(replaced, dequantized)
