@@ -170,7 +170,13 @@ class OnnxRunner:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT's own exception types: an invalid graph, an op it lacks
+            raise ExportError(
+                f"ONNX Runtime {ort.__version__} cannot load {self.path.name}: {first_line(exc)}; "
+                "please report it with the model (graphopt wrote a graph this runtime refuses)"
+            ) from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         first_dims = [i.shape[0] if i.shape else None for i in self.session.get_inputs()]
         #: The batch size the file was exported with when its batch dimension is static, else None.

@@ -30,6 +30,7 @@ from graphopt.recovery import DistillConfig, FeatureHint, OptimizerConfig, Recov
 from graphopt.registry import list_passes, register_pass
 from graphopt.report import Report, StageRecord
 from graphopt.result import OptimizeResult
+from graphopt.search import Goals, SearchConfig
 from graphopt.serialize import load
 from graphopt.targets import TARGETS, BackendSettings, NumericScheme, PassSpec, Target
 
@@ -45,6 +46,7 @@ __all__ = [
     "EarlyExitConfig",
     "ExportError",
     "FeatureHint",
+    "Goals",
     "GraphoptError",
     "InvalidInputError",
     "InvalidModelError",
@@ -63,6 +65,7 @@ __all__ = [
     "RecoveryConfig",
     "RecoveryResult",
     "Report",
+    "SearchConfig",
     "SerializationError",
     "SparsifyConfig",
     "StageRecord",

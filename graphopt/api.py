@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,10 @@ from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import check_label_range, read_labelled
 from graphopt.report import Report
 from graphopt.result import OptimizeResult
+from graphopt.search.goals import Goals
+from graphopt.search.space import SearchConfig
 from graphopt.shapes import propagate_shapes
+from graphopt.stage_cache import RunParts, StageCache
 from graphopt.stage_reporter import StageReporter
 from graphopt.targets import Target, resolve_target
 
@@ -75,6 +79,8 @@ def optimize(
     sparsify: float | SparsifyConfig = 0.0,
     validation_data: Iterable[Batch] | None = None,
     dynamic_shapes: Mapping[str | int, Mapping[int, str]] | Sequence[Mapping[int, str]] | None = None,
+    goals: Goals | None = None,
+    search: SearchConfig | None = None,
 ) -> OptimizeResult:
     """Optimize ``model`` for ``target`` and report every stage.
 
@@ -109,33 +115,87 @@ def optimize(
     ``{"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}``: capture keeps them symbolic, the ONNX
     artifact declares them, and the artifact is checked at other sizes of each.
     """
-    check_model(model)
-    inputs = check_example_inputs(example_inputs)
-    spec = resolve_target(target)
+    call = OptimizeCall(
+        model, target, example_inputs, calibration_data, train_data, prune, early_exit, passes,
+        eval_data=eval_data, steps=steps, dump_ir=dump_ir, instruments=tuple(instruments), recovery=recovery,
+        accuracy_budget=accuracy_budget, sparsify=sparsify, validation_data=validation_data,
+        dynamic_shapes=dynamic_shapes,
+    )  # fmt: skip
+    if goals is None and search is None:
+        return run_call(call)
+    from graphopt.search import search_optimize  # the search runs this module's run_call per candidate
+
+    return search_optimize(call, goals or Goals(), search or SearchConfig())
+
+
+@dataclass(frozen=True)
+class OptimizeCall:
+    """Everything one :func:`optimize` call was given; a search varies its plan options
+    (:func:`dataclasses.replace`) and runs each variant with :func:`run_call`."""
+
+    model: nn.Module
+    target: str | Target = "generic-fp32"
+    example_inputs: tuple[torch.Tensor, ...] | None = None
+    calibration_data: Iterable[Any] | None = None
+    train_data: Iterable[Any] | None = None
+    prune: float | PruneConfig = 0.0
+    early_exit: EarlyExitConfig | None = None
+    passes: Sequence[str | Pass] | None = None
+    eval_data: Iterable[Batch] | None = None
+    steps: int = 1
+    dump_ir: str | Path | None = None
+    instruments: tuple[Instrument, ...] = ()
+    recovery: RecoveryConfig | None = None
+    accuracy_budget: float | None = None
+    sparsify: float | SparsifyConfig = 0.0
+    validation_data: Iterable[Batch] | None = None
+    dynamic_shapes: Mapping[str | int, Mapping[int, str]] | Sequence[Mapping[int, str]] | None = None
+
+
+@dataclass(frozen=True)
+class CacheScope:
+    """A :class:`StageCache` and the name of the model, data and target it is shared under."""
+
+    cache: StageCache
+    scope: str
+
+
+def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeResult:
+    """One plan on one model (the :func:`optimize` contract); with ``cached``, plans sharing a prefix of
+    lossy passes with an earlier run resume from its state (:mod:`graphopt.stage_cache`)."""
+    check_model(call.model)
+    inputs = check_example_inputs(call.example_inputs)
+    spec = resolve_target(call.target)
     options = plan_options(
-        passes=passes, prune=prune, sparsify=sparsify, accuracy_budget=accuracy_budget, recovery=recovery,
-        has_train_data=train_data is not None, early_exit=early_exit,
+        passes=call.passes, prune=call.prune, sparsify=call.sparsify, accuracy_budget=call.accuracy_budget,
+        recovery=call.recovery, has_train_data=call.train_data is not None, early_exit=call.early_exit,
     )  # fmt: skip
     if options.prune is not None:
-        check_protected_names(options.prune.protect, model)
+        check_protected_names(options.prune.protect, call.model)
     plan = make_plan(spec, options)
-    original = private_eval_copy(model)
+    original = private_eval_copy(call.model)
     reference = run_reference(original, inputs)
-    if early_exit is not None:
+    if call.early_exit is not None:
         check_classifier_output(reference)
-    _check_needs(plan.passes(), spec, calibration_data=calibration_data, train_data=train_data,
-                 eval_data=eval_data)  # fmt: skip
-    context = _pass_context(inputs, reference, original, calibration_data, train_data, eval_data,
-                            validation_data)  # fmt: skip
-    dynamic = DynamicDims.of(dynamic_shapes, input_names(model, len(inputs)), len(inputs))
-    gm, report = _capture_checked(model, inputs, reference, dynamic, spec.name)
+    _check_needs(plan.passes(), spec, calibration_data=call.calibration_data, train_data=call.train_data,
+                 eval_data=call.eval_data)  # fmt: skip
+    context = _pass_context(inputs, reference, original, call.calibration_data, call.train_data,
+                            call.eval_data, call.validation_data)  # fmt: skip
+    dynamic = DynamicDims.of(call.dynamic_shapes, input_names(call.model, len(inputs)), len(inputs))
+    gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
     reporter = StageReporter(report, reference, context.eval_data)
     report.add(reporter.measure("original", "original", gm, context))
     snapshot = Fp32Snapshot()
-    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, snapshot, *instruments]
-    if dump_ir is not None:
-        hooks.append(IRDump(dump_ir))
-    PassManager(plan.passes(), steps=steps, instruments=hooks).run(gm, context)
+    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, snapshot, *call.instruments]
+    if call.dump_ir is not None:
+        hooks.append(IRDump(call.dump_ir))
+    passes = plan.passes()
+    done = 0
+    if cached is not None:
+        parts = RunParts(report, context, snapshot)
+        gm, done = cached.cache.resume(cached.scope, passes, parts, gm)
+        hooks.append(cached.cache.recorder(cached.scope, passes, parts, done))  # last: after the row
+    PassManager(passes[done:], steps=call.steps, instruments=hooks).run(gm, context)
     report.notes.extend(context.notes)
     report.tables.update(context.tables)
     report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())

@@ -81,6 +81,8 @@ class OptimizeResult:
     dynamic: DynamicDims = field(default_factory=DynamicDims)
     #: What ran, slot by slot, and why each slot is there (``print(res.plan)``).
     plan: Plan | None = field(default=None, repr=False)
+    #: A goal-driven call's every candidate and its choice (:class:`graphopt.search.engine.SearchResult`).
+    search: Any = field(default=None, repr=False)
 
     def export(
         self,

@@ -2,12 +2,14 @@
 
 Runs after ``calibrate``, with held-out labelled data (``eval_data``):
 
-1. ``drop = acc(original) - acc(int8 graph)`` in percentage points; within ``budget_pp``: nothing to do.
+1. ``drop = acc(fp32 graph) - acc(int8 graph)`` in percentage points, where the fp32 graph is the int8
+   graph without its quantizers and with its unrounded weights (:func:`~graphopt.quant.float_twin.float_twin`:
+   the model that entered quantization, after any pruning and recovery); within ``budget_pp``: nothing to do.
 2. Sensitivity of every int8 layer ``l``: the output SQNR of the graph with only ``l`` back in fp32 minus
-   the SQNR with every layer int8, both against the original model's logits on the eval inputs,
-   ``SQNR = 10 log10(sum y^2 / sum (y - y_q)^2)`` dB. A layer whose int8 weights cost the network much
-   signal gains much when restored. (Output SQNR, not accuracy, ranks layers: on a few hundred labelled
-   samples accuracy moves in steps too coarse to order layers by.)
+   the SQNR with every layer int8, both against the fp32 graph's logits on the eval inputs,
+   ``SQNR = 10 log10(sum y^2 / sum (y - y_q)^2)`` dB, ``y`` the fp32 graph's logits. A layer whose int8
+   weights cost the network much signal gains much when restored. (Output SQNR, not accuracy, ranks
+   layers: on a few hundred labelled samples accuracy moves in steps too coarse to order layers by.)
 3. Greedily, most sensitive first, put layers back to their fp32 weights until the drop is within budget.
 
 A restored layer reads the float tensor its input quantizer was quantizing (the quantizer stays for other
@@ -28,15 +30,20 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from graphopt.errors import ConfigError
 from graphopt.evaluation import accuracy, as_input_tuple
 from graphopt.ir import module_of, set_module
 from graphopt.numerics import flatten_outputs
 from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
-from graphopt.quant.policy import through_data_movement
+from graphopt.quant.policy import is_pool, through_data_movement
 from graphopt.quant.scheme import sqnr_db
+
+#: Elementwise activations: an int8 value stays int8 through them (ONNX Runtime fuses them into the layer).
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
 @dataclass(frozen=True)
@@ -57,15 +64,18 @@ class AccuracyBudget(Pass):
     needs = ("eval_data",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        data, teacher = self.context.eval_data, self.context.teacher
+        data = self.context.eval_data
         layers = {name: m for name, m in gm.named_modules() if isinstance(m, QuantizedLayer) and m.frozen}
-        if not data or teacher is None or not layers:
-            why = "no eval_data" if not data else "no original model" if teacher is None else "no int8 layer"
+        if not data or not layers:
+            why = "no eval_data" if not data else "no int8 layer"
             self.context.notes.append(f"accuracy_budget: not applied ({why})")
             return PassResult(gm, modified=False, stats={f"skipped:{why.replace(' ', '_')}": 1})
         budget = self.options.budget_pp
-        baseline = 100 * accuracy(teacher, data)
-        reference = _logits(teacher, data)
+        # What int8 costs is measured against the fp32 graph that entered quantization, not the original:
+        # a loss earlier passes made (pruning) is not one that fp32 layers can win back.
+        entering = float_twin(gm, unrounded=True)
+        baseline = 100 * accuracy(entering, data)
+        reference = _logits(entering, data)
         current = 100 * accuracy(gm, data)
         stats: dict[str, float] = {"fp32_accuracy": round(baseline, 3), "int8_accuracy": round(current, 3)}
         rows = {name: {"layer": name, "sensitivity_db": None, "kept_fp32": False} for name in layers}
@@ -82,6 +92,7 @@ class AccuracyBudget(Pass):
                 current = 100 * accuracy(gm, data)
                 rows[name].update(kept_fp32=True, accuracy_after=round(current, 3))
         _drop_unused_quantizers(gm)
+        _drop_useless_quantizers(gm)
         stats.update(final_accuracy=round(current, 3), kept_fp32=len(kept))
         within = baseline - current <= budget
         verdict = "within" if within else "NOT within (the loss is in activation quantization)"
@@ -131,6 +142,45 @@ def _restore_fp32(gm: fx.GraphModule, name: str, layer: QuantizedLayer) -> Calla
         gm.recompile()
 
     return undo
+
+
+def _drop_useless_quantizers(gm: fx.GraphModule) -> None:
+    """Take out activation quantizers that neither follow nor lead to an int8 layer (through activations,
+    pools and other quantizers): once the layers around them are fp32 they only round.
+
+    They also mislead ONNX Runtime: it moves a DequantizeLinear past a pool, rebuilds a ``DQ -> Conv -> Q``
+    sandwich around an fp32 layer and quantizes its weights after all (ORT 1.32 then writes an invalid
+    QLinearConv with int32 weights: measured on the digits CNN pruned 0.5 with every layer kept fp32)."""
+    for node in list(gm.graph.nodes):
+        if isinstance(module_of(gm, node), ActivationQuantizer) and not _near_int8(gm, node):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            gm.delete_submodule(str(node.target))
+    gm.recompile()
+
+
+def _near_int8(gm: fx.GraphModule, quantizer: fx.Node) -> bool:
+    def passes_int8_through(node: object) -> bool:
+        module = module_of(gm, node)
+        return is_pool(gm, node) or isinstance(module, (ActivationQuantizer, *_ACTIVATIONS))
+
+    before = quantizer.args[0]
+    while passes_int8_through(before):
+        assert isinstance(before, fx.Node)
+        before = before.args[0]
+    if isinstance(module_of(gm, before), QuantizedLayer):
+        return True
+    frontier, seen = list(quantizer.users), set()
+    while frontier:
+        node = frontier.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(module_of(gm, node), QuantizedLayer):
+            return True
+        if passes_int8_through(node):
+            frontier.extend(node.users)
+    return False
 
 
 def _drop_unused_quantizers(gm: fx.GraphModule) -> None:

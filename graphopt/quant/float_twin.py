@@ -21,8 +21,11 @@ def has_int8_layers(gm: fx.GraphModule) -> bool:
     return any(isinstance(m, QuantizedLayer) for m in gm.modules())
 
 
-def float_twin(gm: fx.GraphModule) -> fx.GraphModule:
-    """A new graph: ``gm`` with its int8 layers in fp32 and its activation quantizers taken out."""
+def float_twin(gm: fx.GraphModule, *, unrounded: bool = False) -> fx.GraphModule:
+    """A new graph: ``gm`` with its int8 layers in fp32 and its activation quantizers taken out.
+
+    ``unrounded``: the layers' fp32 weights as they were before quantization (``fp32_layer``), not the
+    dequantized int8 ones: the model that entered quantization, for measuring what int8 costs."""
     twin = deep_copy(gm)
     for node in list(twin.graph.nodes):
         if node.op != "call_module":
@@ -32,7 +35,7 @@ def float_twin(gm: fx.GraphModule) -> fx.GraphModule:
             node.replace_all_uses_with(node.args[0])
             twin.graph.erase_node(node)
         elif isinstance(module, QuantizedLayer):
-            set_module(twin, node.target, module.as_float())
+            set_module(twin, node.target, module.fp32_layer if unrounded else module.as_float())
     twin.delete_all_unused_submodules()
     twin.recompile()
     return twin

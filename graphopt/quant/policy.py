@@ -115,6 +115,11 @@ def through_data_movement(gm: fx.GraphModule, value: object) -> object:
     return value
 
 
+def is_pool(gm: fx.GraphModule, value: object) -> bool:
+    """Whether ``value`` is a pooling call (module or function): int8 passes through it unchanged."""
+    return isinstance(value, fx.Node) and _op_kind(gm, value) == "pool"
+
+
 def _op_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
     module = module_of(gm, node)
     if module is not None:

@@ -1,0 +1,366 @@
+"""Goal-driven optimize: try the plans of the search space, measure each as it ships, return the best
+artifact that meets every goal (or the closest one, saying what it misses), with the whole table.
+
+    space (prune x int8 x exits x backend) --bounds--> queue --run_call (stage cache)--> export, time, score
+        --> judge (goals, Pareto front) --> choose --> OptimizeResult + .search (SearchResult)
+
+Stages shared between candidates run once (:mod:`graphopt.stage_cache`); candidates measured by an
+earlier search on the same model and data (``SearchConfig(reuse=previous.search)``) are not run again.
+Test data (``eval_data``) is only reported: candidates are scored and chosen on ``validation_data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphopt.api import CacheScope, OptimizeCall, run_call
+from graphopt.backends import BACKENDS
+from graphopt.early_exit.config import EarlyExitConfig
+from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
+from graphopt.evaluation import Batch, materialize_labelled
+from graphopt.inputs import check_example_inputs, private_eval_copy
+from graphopt.plan import INT8_SLOTS
+from graphopt.pruning.config import PruneConfig
+from graphopt.registry import make_pass, pass_class
+from graphopt.result import OptimizeResult
+from graphopt.search.goals import Goals
+from graphopt.search.measure import Baseline, measure_candidate
+from graphopt.search.rows import CandidateRow, choose, judge
+from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits, enumerate_points
+from graphopt.stage_cache import StageCache
+from graphopt.targets import Target, resolve_target
+
+log = logging.getLogger("graphopt")
+
+
+@dataclass
+class SearchResult:
+    """Every candidate of a search, the goals, and which row was returned and why."""
+
+    goals: Goals
+    rows: list[CandidateRow]
+    verdict: str
+    seconds: float
+    baseline_ms: float | None
+    stage_cache: StageCache = field(repr=False)
+    #: Measured candidates by (scope, point), with their results: what ``SearchConfig(reuse=...)`` reads.
+    outcomes: dict[tuple[str, SearchPoint], tuple[CandidateRow, OptimizeResult]] = field(repr=False)
+    scope: str = ""
+
+    @property
+    def chosen(self) -> CandidateRow | None:
+        return next((r for r in self.rows if r.chosen), None)
+
+    def table(self) -> list[dict[str, object]]:
+        return [r.as_dict() for r in self.rows]
+
+    def front(self) -> list[CandidateRow]:
+        return [r for r in self.rows if r.has_measurement and not r.dominated]
+
+    def save_plot(self, path: str | Path) -> Path:
+        from graphopt.search.plot import plot_search
+
+        return plot_search(self, Path(path))
+
+
+def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> OptimizeResult:
+    """The goal-driven :func:`graphopt.optimize` (module docstring)."""
+    if not isinstance(goals, Goals):
+        raise ConfigError(f"goals must be a graphopt.Goals, got {type(goals).__name__}")
+    if not isinstance(config, SearchConfig):
+        raise ConfigError(f"search must be a graphopt.SearchConfig, got {type(config).__name__}")
+    started = time.perf_counter()
+    call = _materialized(call)
+    _check_search_data(call, goals)
+    spec = resolve_target(call.target)
+    inputs = check_example_inputs(call.example_inputs)
+    original = private_eval_copy(call.model)
+    validation = call.validation_data
+    with tempfile.TemporaryDirectory(prefix="graphopt-search-") as tmp:
+        folder = Path(tmp)
+        baseline = Baseline.of(original, inputs, spec.backend.threads, folder, validation, call.eval_data)
+        run = _SearchRun(call, goals, config, spec, baseline, folder)
+        run.run_all()
+    return run.finish(time.perf_counter() - started)
+
+
+class _SearchRun:
+    """One search: the queue of candidates, the caches, and the rows as they are measured."""
+
+    def __init__(
+        self, call: OptimizeCall, goals: Goals, config: SearchConfig, spec: Target, baseline: Baseline,
+        folder: Path,
+    ) -> None:  # fmt: skip
+        self.call, self.goals, self.config, self.spec = call, goals, config, spec
+        self.baseline, self.folder = baseline, folder
+        self.scope = _scope(call, spec)
+        previous = config.reuse
+        same = previous is not None and previous.scope == self.scope
+        self.stage_cache = previous.stage_cache if same and previous else StageCache()
+        self.outcomes = dict(previous.outcomes) if same and previous else {}
+        self.results: dict[int, OptimizeResult] = {}
+        self.artifacts: dict[str, CandidateRow] = {}  # sha256 of each measured file
+        self.rows = self._queue()
+        self.notes: list[str] = []
+        if call.train_data is None:
+            self.notes.append(
+                "no train_data: post-training candidates only (pruning without recovery, int8 without QAT, "
+                "no exits); with train_data, pruned models are recovered by distillation, int8 is "
+                "trained by QAT and exit heads can be trained"
+            )
+
+    def _queue(self) -> list[CandidateRow]:
+        limits = SpaceLimits(
+            int8_target=_quantizes(self.spec),
+            can_exit=self.call.train_data is not None and self.call.validation_data is not None,
+            has_accuracy_goal=self.goals.needs_accuracy,
+            backends=self.config.backends or (self.spec.backend.backend,),
+        )
+        for name in limits.backends:
+            if name not in BACKENDS:
+                raise ConfigError(
+                    f"SearchConfig.backends: unknown backend {name!r}; known: {', '.join(BACKENDS)}"
+                )
+        rows = []
+        params = sum(p.numel() for p in self.call.model.parameters())
+        first_exit = min(self._exit_config().fractions or (0.33,))
+        for point in enumerate_points(self.config, limits):
+            why = self._ruled_out(point, params, first_exit)
+            rows.append(CandidateRow(point, "ruled out" if why else "queued", why))
+        queued = [r for r in rows if r.status == "queued"]
+        if not queued and rows:  # never nothing: measure the point the estimates put closest to the goals
+            closest = min(rows, key=lambda r: self._estimated_gap(r.point, params, first_exit))
+            closest.status = "queued"
+            closest.why = f"every candidate is estimated to miss; measured as the closest estimate ({closest.why})"
+            queued = [closest]
+        for row in queued[self.config.max_candidates :]:
+            row.status, row.why = "not run", f"over max_candidates={self.config.max_candidates}"
+        return rows
+
+    def _ruled_out(self, point: SearchPoint, params: int, first_exit: float) -> str:
+        goals = self.goals
+        if goals.min_speedup is not None and point.speedup_ceiling(first_exit) < goals.min_speedup:
+            ceiling = point.speedup_ceiling(first_exit)
+            return f"speed-up at most {ceiling:.2f}x (estimate) < {goals.min_speedup:g}x"
+        if goals.max_bytes is not None and point.bytes_floor(params) > goals.max_bytes:
+            return f"at least {point.bytes_floor(params) / 1e6:.3g} MB of weights (estimate) > goal"
+        return ""
+
+    def _estimated_gap(self, point: SearchPoint, params: int, first_exit: float) -> float:
+        estimate = {"speedup": point.speedup_ceiling(first_exit), "bytes": point.bytes_floor(params)}
+        return sum(m.relative_gap for m in self.goals.misses(estimate) if m.goal.metric in estimate)
+
+    def run_all(self) -> None:
+        started = time.perf_counter()
+        queue = [r for r in self.rows if r.status == "queued"]
+        spent: list[float] = []
+        for i, row in enumerate(queue):
+            elapsed = time.perf_counter() - started
+            mean = sum(spent) / len(spent) if spent else 0.0
+            if elapsed + mean > 60 * self.config.max_minutes:
+                for late in queue[i:]:
+                    late.status, late.why = "not run", f"time budget max_minutes={self.config.max_minutes:g}"
+                break
+            t0 = time.perf_counter()
+            self._run_one(i, row)
+            row.seconds = time.perf_counter() - t0
+            spent.append(row.seconds)
+            self._progress(i + 1, len(queue), row)
+
+    def _run_one(self, index: int, row: CandidateRow) -> None:
+        key = (self.scope, row.point)
+        if key in self.outcomes:
+            earlier, result = self.outcomes[key]
+            row.measured, row.accuracy_drop, row.test_drop = (
+                earlier.measured,
+                earlier.accuracy_drop,
+                earlier.test_drop,
+            )
+            row.status, row.why = "reused", "measured by an earlier search (SearchConfig.reuse)"
+            row.misses = self.goals.misses(row.metrics())
+            self.results[id(row)] = result
+            return
+        try:
+            result = run_call(self._variant(row.point), CacheScope(self.stage_cache, self.scope))
+            measured = measure_candidate(
+                result, row.point.backend, self.folder / f"candidate-{index}", self.baseline,
+                self.call.validation_data, self.call.eval_data,
+            )  # fmt: skip
+        except GraphoptError as exc:
+            row.status, row.why = "failed", f"{type(exc).__name__}: {exc}"
+            return
+        twin = self.artifacts.setdefault(hashlib.sha256(measured.path.read_bytes()).hexdigest(), row)
+        if twin is not row:  # e.g. fall-backs that kept every layer int8: not a second choice
+            row.status, row.why = "duplicate", f"writes the same artifact as {twin.point.label}"
+            return
+        row.status, row.measured = "measured", measured
+        row.accuracy_drop = self.baseline.drop(measured.accuracy)
+        row.test_drop = self.baseline.drop(measured.test_accuracy, test=True)
+        row.misses = self.goals.misses(row.metrics())
+        self.results[id(row)] = result
+        self.outcomes[key] = (row, result)
+
+    def _variant(self, point: SearchPoint) -> OptimizeCall:
+        """The optimize call of one point: the caller's call with the point's plan options."""
+        trains = point.prune > 0 or point.int8 != "off"
+        return dataclasses.replace(
+            self.call,
+            target=self.spec,
+            passes=None if point.int8 != "off" else _fp32_passes(self.spec, self.call.passes),
+            prune=PruneConfig(ratio=point.prune, importance=point.importance) if point.prune else 0.0,
+            early_exit=self._exit_config() if point.exits else None,
+            accuracy_budget=self._fallback_budget() if point.int8 == "fallbacks" else None,
+            recovery=self.call.recovery if trains else None,
+            eval_data=self.call.validation_data,  # candidates are scored on validation, never on test
+        )
+
+    def _exit_config(self) -> EarlyExitConfig:
+        return self.config.early_exit or self.call.early_exit or EarlyExitConfig(quiet=self.config.quiet)
+
+    def _fallback_budget(self) -> float:
+        assert self.goals.max_accuracy_drop is not None
+        return self.goals.max_accuracy_drop / 2  # half the goal: QAT and exits may cost the other half
+
+    def _progress(self, done: int, total: int, row: CandidateRow) -> None:
+        if self.config.quiet:
+            return
+        d = row.as_dict()
+        detail = (
+            f"{d['speedup']}x, {d['bytes']} B, drop {d['drop_pp']} pp, goals: {d['goals']}"
+            if row.has_measurement
+            else f"{row.status}: {row.why}"
+        )
+        print(f"search {done}/{total} {row.point.label}: {detail} ({row.seconds:.0f} s)", file=sys.stderr)
+
+    def finish(self, seconds: float) -> OptimizeResult:
+        judge(self.rows, self.goals)
+        best = choose(self.rows, self.config.tie_break)
+        if best is None:
+            failures = "; ".join(f"{r.point.label}: {r.why}" for r in self.rows if r.status == "failed")
+            raise GraphoptError(
+                f"the search measured no candidate ({failures or 'all were ruled out or not run'}); "
+                "widen SearchConfig (prune_ratios, int8, max_minutes) or relax the goals"
+            )
+        result = _pinned(self.results[id(best)])
+        verdict = _verdict(best, self.goals)
+        result.search = SearchResult(
+            self.goals, self.rows, verdict, round(seconds, 1), self.baseline_ms(best), self.stage_cache,
+            self.outcomes, self.scope,
+        )  # fmt: skip
+        result.report.tables["search"] = result.search.table()
+        result.report.notes.extend([*self.notes, verdict, self._cache_note()])
+        return result
+
+    def baseline_ms(self, row: CandidateRow) -> float | None:
+        return None if row.measured is None else row.measured.baseline_ms
+
+    def _cache_note(self) -> str:
+        cache = self.stage_cache
+        return (
+            f"search: {sum(r.has_measurement for r in self.rows)} candidates measured, "
+            f"{sum(r.status == 'ruled out' for r in self.rows)} ruled out by estimates, "
+            f"{sum(r.status == 'not run' for r in self.rows)} not run; "
+            f"stage cache: {cache.hits} runs resumed, "
+            f"{cache.passes_skipped} passes not run again"
+        )
+
+
+def _verdict(best: CandidateRow, goals: Goals) -> str:
+    if not best.misses:
+        return f"search: returned {best.point.label}, which meets every goal ({goals})"
+    misses = "; ".join(str(m) for m in best.misses)
+    return (
+        f"search: no candidate meets every goal ({goals}); returned the closest, {best.point.label}: {misses}"
+    )
+
+
+def _pinned(result: OptimizeResult) -> OptimizeResult:
+    """The result with the latency guard's decision of the measured export fixed, so that exporting it
+    again writes the artifact that was measured (and does not time it again)."""
+    artifact = result.report.stages[-1]
+    if artifact.stats.get("shipped_fp32") and result.fp32_model is not None:
+        result.model = result.fp32_model
+    result.fp32_model = None
+    return result
+
+
+def _quantizes(spec: Target) -> bool:
+    return any(pass_class(p.name).slot in INT8_SLOTS for p in spec.passes)
+
+
+def _fp32_passes(spec: Target, passes: Any) -> list[Any]:
+    """The target's (or the caller's) pipeline without its int8 passes."""
+    chosen = passes if passes is not None else [make_pass(p.name, p.options) for p in spec.passes]
+    return [p for p in chosen if (make_pass(p) if isinstance(p, str) else p).slot not in INT8_SLOTS]
+
+
+def _materialized(call: OptimizeCall) -> OptimizeCall:
+    """Data read once: each candidate iterates it again (a generator would be empty the second time)."""
+
+    def once(data: Iterable[Any] | None) -> Any:
+        return data if data is None or isinstance(data, (list, tuple)) else list(data)
+
+    return dataclasses.replace(
+        call,
+        calibration_data=once(call.calibration_data),
+        train_data=once(call.train_data),
+        validation_data=materialize_labelled(call.validation_data, "validation_data"),
+        eval_data=materialize_labelled(call.eval_data, "eval_data"),
+    )
+
+
+def _check_search_data(call: OptimizeCall, goals: Goals) -> None:
+    if goals.needs_accuracy and call.validation_data is None:
+        raise InvalidInputError(
+            "an accuracy goal is scored on validation_data=...: labelled batches (inputs, labels) the model "
+            "was not trained on; eval_data (test data) is only reported, never used to choose"
+        )
+
+
+def _scope(call: OptimizeCall, spec: Target) -> str:
+    """What a cached stage depends on besides its passes: the model's weights, the data, the target."""
+    digest = hashlib.sha256()
+    for name, tensor in private_state(call.model):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for what in ("calibration_data", "train_data", "validation_data"):
+        digest.update(f"{what}:{_data_digest(getattr(call, what))}".encode())
+    digest.update(repr(spec).encode())
+    return digest.hexdigest()[:16]
+
+
+def private_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return sorted(model.state_dict().items())
+
+
+def _data_digest(data: Any) -> str:
+    if data is None:
+        return "none"
+    digest = hashlib.sha256()
+    for item in data:
+        for tensor in _tensors(item):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _tensors(item: Any) -> list[torch.Tensor]:
+    if isinstance(item, torch.Tensor):
+        return [item]
+    if isinstance(item, (list, tuple)):
+        return [t for x in item for t in _tensors(x)]
+    return []
+
+
+__all__ = ["Batch", "SearchResult", "search_optimize"]

@@ -1,0 +1,157 @@
+"""What the user needs, as numbers: ``Goals(min_speedup=3, max_accuracy_drop=0.5, max_bytes=2_000_000)``.
+
+Each goal is a row of :data:`GOAL_METRICS`: the metric it reads from a measured candidate, the direction
+that is better, how its gap is normalised, and how the command line spells it (``--goal speedup>=3``,
+``--goal accuracy-drop<=0.5``, ``--goal size<=2MB``). A candidate meets a goal when
+
+    speedup  = ORT fp32 latency of the original / the candidate's latency     >= min_speedup
+    drop     = accuracy of the original - the candidate's (pp, validation)     <= max_accuracy_drop
+    bytes    = size of the candidate's artifact file                           <= max_bytes
+
+and misses it by ``gap``: how far the value is from the limit, in the metric's unit; ``relative_gap`` is
+that gap over the limit (over 1 pp for the accuracy drop, whose limit may be 0), so misses of different
+goals can be added up to find the closest candidate when none meets every goal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+from graphopt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GoalMetric:
+    field: str  # the Goals field
+    metric: str  # the candidate measurement it limits
+    cli: str  # how --goal names it
+    op: str  # ">=" (at least) or "<="  (at most)
+    unit: str
+    scale_floor: float  # the gap is divided by max(limit, this) to compare misses across goals
+
+
+GOAL_METRICS: tuple[GoalMetric, ...] = (
+    GoalMetric("min_speedup", "speedup", "speedup", ">=", "x", 1.0),
+    GoalMetric("max_accuracy_drop", "accuracy_drop", "accuracy-drop", "<=", "pp", 1.0),
+    GoalMetric("max_bytes", "bytes", "size", "<=", "B", 1.0),
+)
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A goal a candidate does not meet, and by how much."""
+
+    goal: GoalMetric
+    value: float
+    limit: float
+
+    @property
+    def gap(self) -> float:
+        return self.limit - self.value if self.goal.op == ">=" else self.value - self.limit
+
+    @property
+    def relative_gap(self) -> float:
+        return self.gap / max(abs(self.limit), self.goal.scale_floor)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.goal.cli} {_fmt(self.value, self.goal.unit)} misses {self.goal.op} "
+            f"{_fmt(self.limit, self.goal.unit)} by {_fmt(self.gap, self.goal.unit)}"
+        )
+
+
+@dataclass(frozen=True)
+class Goals:
+    """Requirements on the returned artifact; ``None`` leaves a metric free (module docstring)."""
+
+    min_speedup: float | None = None
+    max_accuracy_drop: float | None = None
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+                raise ConfigError(f"Goals.{f.name} must be a number or None, got {value!r}")
+        if self.min_speedup is not None and self.min_speedup <= 0:
+            raise ConfigError(f"Goals.min_speedup must be > 0 (e.g. 3.0 for 3x), got {self.min_speedup}")
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise ConfigError(f"Goals.max_bytes must be > 0, got {self.max_bytes}")
+
+    def active(self) -> list[tuple[GoalMetric, float]]:
+        return [(g, getattr(self, g.field)) for g in GOAL_METRICS if getattr(self, g.field) is not None]
+
+    @property
+    def needs_accuracy(self) -> bool:
+        return self.max_accuracy_drop is not None
+
+    def misses(self, measured: dict[str, float | None]) -> list[Miss]:
+        """The goals ``measured`` (metric name -> value) does not meet; an unmeasured metric misses by the
+        whole limit."""
+        out = []
+        for goal, limit in self.active():
+            value = measured.get(goal.metric)
+            if value is None:
+                value = 0.0 if goal.op == ">=" else float("inf")
+            ok = value >= limit if goal.op == ">=" else value <= limit
+            if not ok:
+                out.append(Miss(goal, float(value), float(limit)))
+        return out
+
+    def __str__(self) -> str:
+        parts = [f"{g.cli} {g.op} {_fmt(limit, g.unit)}" for g, limit in self.active()]
+        return ", ".join(parts) if parts else "no goals"
+
+
+def parse_goals(texts: list[str]) -> Goals:
+    """``["speedup>=3", "accuracy-drop<=0.5", "size<=2MB"]`` as :class:`Goals` (the ``--goal`` syntax)."""
+    values: dict[str, float] = {}
+    for text in texts:
+        goal, limit = _parse_one(text)
+        if goal.field in values:
+            raise ConfigError(f"--goal {goal.cli} is given twice; give each goal once")
+        values[goal.field] = limit
+    if "max_bytes" in values:
+        values["max_bytes"] = int(values["max_bytes"])
+    return Goals(**values)  # type: ignore[arg-type]
+
+
+def _parse_one(text: str) -> tuple[GoalMetric, float]:
+    known = ", ".join(f"{g.cli}{g.op}N" for g in GOAL_METRICS)
+    match = re.fullmatch(r"\s*([a-z-]+)\s*(>=|<=)\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    if match is None:
+        raise ConfigError(f"--goal {text!r} is not NAME>=N or NAME<=N; the goals are: {known}")
+    name, op, number, unit = match.groups()
+    goal = next((g for g in GOAL_METRICS if g.cli == name), None)
+    if goal is None:
+        raise ConfigError(f"--goal {text!r}: unknown goal {name!r}; the goals are: {known}")
+    if op != goal.op:
+        raise ConfigError(f"--goal {text!r}: {name} is a bound {goal.op} N (e.g. {goal.cli}{goal.op}3)")
+    try:
+        limit = float(number)
+    except ValueError:
+        raise ConfigError(f"--goal {text!r}: {number!r} is not a number") from None
+    return goal, limit * _unit_factor(goal, unit, text)
+
+
+def _unit_factor(goal: GoalMetric, unit: str, text: str) -> float:
+    if goal.unit == "B":
+        if unit.lower() not in _SIZE_UNITS:
+            raise ConfigError(f"--goal {text!r}: size unit must be one of B, kB, MB, GB, KiB, MiB")
+        return _SIZE_UNITS[unit.lower()]
+    if unit.lower() not in ("", goal.unit):
+        raise ConfigError(f"--goal {text!r}: {goal.cli} is in {goal.unit}, got unit {unit!r}")
+    return 1.0
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "B":
+        return f"{value / 1e6:.3g} MB" if abs(value) >= 1e5 else f"{value / 1e3:.3g} kB"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:.2f} {unit}"

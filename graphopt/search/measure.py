@@ -1,0 +1,136 @@
+"""Measuring one candidate the way it will ship: exported, loaded back in its runtime, timed side by side
+with the original in ONNX Runtime fp32, scored on validation data (and on test data, only reported).
+
+Latency is a ratio from one timing session: the candidate and the original alternate in rounds
+(:func:`~graphopt.backends.timing.interleaved_medians`), so a slow patch of the machine hits both. An
+early-exit candidate's cost depends on the input: it is the mean per sample over (up to
+:data:`EXIT_TIMING_SAMPLES` of) the validation samples, the original timed on the same samples in turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphopt.backends import BACKENDS, OnnxRunner, export_onnx
+from graphopt.backends.timing import calls_for, interleaved_medians
+from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
+from graphopt.evaluation import Batch, accuracy
+from graphopt.keys import SHIPPED_FP32
+from graphopt.result import OptimizeResult
+
+EXIT_TIMING_SAMPLES = 500
+TIMING_ROUNDS = 7
+
+
+@dataclass
+class Baseline:
+    """The original model in ONNX Runtime fp32: the reference every speed-up and drop is against."""
+
+    runner: OnnxRunner
+    inputs: tuple[torch.Tensor, ...]
+    accuracy: float | None  # on validation data, percent
+    test_accuracy: float | None
+
+    @classmethod
+    def of(
+        cls,
+        original: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        threads: int,
+        folder: Path,
+        validation: list[Batch] | None,
+        test: list[Batch] | None,
+    ) -> Baseline:
+        path = export_onnx(original, inputs, folder / "original.onnx")
+        runner = OnnxRunner(path, threads=threads)
+        return cls(runner, inputs, _percent(runner.run, validation), _percent(runner.run, test))
+
+    def drop(self, value: float | None, test: bool = False) -> float | None:
+        reference = self.test_accuracy if test else self.accuracy
+        return None if value is None or reference is None else round(reference - value, 3)
+
+
+@dataclass
+class Measured:
+    path: Path
+    latency_ms: float
+    baseline_ms: float
+    bytes: int
+    params: int
+    macs: int
+    accuracy: float | None  # validation, percent
+    test_accuracy: float | None
+    shipped_fp32: bool
+    exits: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_ms / self.latency_ms
+
+
+def measure_candidate(
+    result: OptimizeResult,
+    backend_name: str,
+    path: Path,
+    baseline: Baseline,
+    validation: list[Batch] | None,
+    test: list[Batch] | None,
+) -> Measured:
+    """Export ``result`` to ``path`` (latency guard on), then time and score the file."""
+    backend = BACKENDS[backend_name]
+    artifact = result.export(path.with_suffix(backend.suffix), backend=backend_name)
+    record = result.report.stages[-1]
+    runner = backend.runner(artifact, threads=result.target.backend.threads)
+    exits = has_exits(result.model)
+    if exits and validation is not None:
+        samples = _first_samples(validation, EXIT_TIMING_SAMPLES)
+        means = mean_latencies({"candidate": runner.run, "original": baseline.runner.run}, samples)
+        latency, reference = means["candidate"], means["original"]
+    else:
+        latency, reference = _side_by_side(runner, baseline)
+    score = per_sample_accuracy if exits else accuracy
+    test_accuracy = None if test is None else 100 * score(getattr(runner, "run_batched", runner.run), test)
+    return Measured(
+        path=artifact,
+        latency_ms=latency,
+        baseline_ms=reference,
+        bytes=artifact.stat().st_size,
+        params=record.params,
+        macs=record.macs,
+        accuracy=None if record.accuracy is None else 100 * record.accuracy,
+        test_accuracy=test_accuracy,
+        shipped_fp32=bool(record.stats.get(SHIPPED_FP32, 0)),
+        exits=exits,
+    )
+
+
+def _side_by_side(runner: Any, baseline: Baseline) -> tuple[float, float]:
+    calls = {
+        "candidate": lambda: runner.run(*baseline.inputs),
+        "original": lambda: baseline.runner.run(*baseline.inputs),
+    }
+    per_round = calls_for(calls["original"], round_ms=40)
+    medians = interleaved_medians(calls, rounds=TIMING_ROUNDS, calls_per_round=per_round)
+    return medians["candidate"], medians["original"]
+
+
+def _percent(predict: Any, data: list[Batch] | None) -> float | None:
+    return None if data is None else 100 * accuracy(predict, data)
+
+
+def _first_samples(data: list[Batch], count: int) -> list[Batch]:
+    out: list[Batch] = []
+    left = count
+    for inputs, labels in data:
+        if left <= 0:
+            break
+        take = min(left, len(labels))
+        sliced = tuple(x[:take] for x in inputs) if isinstance(inputs, (tuple, list)) else inputs[:take]
+        out.append((sliced, labels[:take]))
+        left -= take
+    return out

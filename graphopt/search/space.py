@@ -1,0 +1,137 @@
+"""The search space: one :class:`SearchPoint` per combination of the plan slots a search may set.
+
+    prune ratio x importance x int8 (off / on / on with per-layer fp32 fall-backs) x early exits x backend
+
+Points are ordered so that shared stages are computed once and cheap decisions come first: grouped by
+pruning (ratio ascending, then importance: the pruned-and-recovered model is the start of its fp32, int8 and
+exit variants), within a group fp32, int8, int8 with fall-backs, then each with exits (exits reuse the
+finished backbone). Before anything runs, :func:`bound` rules out points that cannot meet a goal whatever
+their accuracy, from estimates that err on the generous side:
+
+    speed-up <= 1 / (1 - r)^2  x  (4 if int8)  x  (1 / first exit fraction if exits)
+    bytes    >= params x (1 - r)^2 x (1 byte if int8 else 4)
+
+(pruning a fraction ``r`` of the channels of a layer whose inputs are pruned too leaves ``(1 - r)^2`` of its
+MACs and weights; int8 kernels do at most 4x the fp32 MACs per cycle on these CPUs; a sample leaving at the
+first exit costs at least that exit's fraction of the backbone).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from graphopt.early_exit.config import EarlyExitConfig
+from graphopt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from graphopt.search.engine import SearchResult
+
+Int8Mode = Literal["off", "on", "fallbacks"]
+TieBreak = Literal["speed", "accuracy", "size"]
+
+#: The most int8 kernels gain over fp32 per MAC on the CPUs graphopt targets (VNNI: 4 int8 MACs per lane).
+INT8_CEILING = 4.0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What a goal-driven ``optimize`` may try, and for how long.
+
+    ``int8`` modes apply to int8 targets (``"fallbacks"`` keeps the layers most sensitive to int8 in fp32
+    within half the accuracy goal, and needs an accuracy goal); fp32 targets try ``"off"`` only. ``exits``
+    needs ``train_data`` (heads train) and labelled ``validation_data`` (thresholds); ``early_exit`` is the
+    configuration exit candidates use. ``backends`` defaults to the target's. ``max_candidates`` and
+    ``max_minutes`` stop the search (a candidate is not started when the time left is less than the mean
+    candidate so far). ``reuse``: the :class:`SearchResult` of an earlier search on the same model and data,
+    whose stages and measured candidates this one reuses. ``tie_break``: among candidates meeting every
+    goal, the fastest (``"speed"``), the most accurate or the smallest wins; the other two break ties.
+    """
+
+    prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.7)
+    importances: tuple[str, ...] = ("l2",)
+    int8: tuple[Int8Mode, ...] = ("off", "on", "fallbacks")
+    exits: tuple[bool, ...] = (False, True)
+    early_exit: EarlyExitConfig | None = None
+    backends: tuple[str, ...] | None = None
+    max_candidates: int = 24
+    max_minutes: float = 20.0
+    tie_break: TieBreak = "speed"
+    quiet: bool = False
+    reuse: SearchResult | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.prune_ratios or any(not 0 <= r < 1 for r in self.prune_ratios):
+            raise ConfigError(
+                f"SearchConfig.prune_ratios must be fractions in [0, 1), got {self.prune_ratios}"
+            )
+        for mode in self.int8:
+            if mode not in ("off", "on", "fallbacks"):
+                raise ConfigError(f"SearchConfig.int8 modes are 'off', 'on', 'fallbacks'; got {mode!r}")
+        if self.max_candidates < 1 or self.max_minutes <= 0:
+            raise ConfigError("SearchConfig.max_candidates must be >= 1 and max_minutes > 0")
+        if self.tie_break not in ("speed", "accuracy", "size"):
+            raise ConfigError(
+                f"SearchConfig.tie_break is 'speed', 'accuracy' or 'size'; got {self.tie_break!r}"
+            )
+        if self.early_exit is not None and not isinstance(self.early_exit, EarlyExitConfig):
+            raise ConfigError("SearchConfig.early_exit must be a graphopt.EarlyExitConfig or None")
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """One plan the search can run."""
+
+    prune: float = 0.0
+    importance: str = "l2"
+    int8: Int8Mode = "off"
+    exits: bool = False
+    backend: str = "onnx"
+
+    @property
+    def label(self) -> str:
+        parts = [f"prune={self.prune:g}" + (f"/{self.importance}" if self.prune else "")]
+        parts.append({"off": "fp32", "on": "int8", "fallbacks": "int8+fp32 fall-backs"}[self.int8])
+        if self.exits:
+            parts.append("exits")
+        return " ".join(parts) + f" [{self.backend}]"
+
+    def speedup_ceiling(self, first_exit_fraction: float) -> float:
+        ceiling = 1.0 / (1.0 - self.prune) ** 2
+        if self.int8 != "off":
+            ceiling *= INT8_CEILING
+        if self.exits:
+            ceiling /= first_exit_fraction
+        return ceiling
+
+    def bytes_floor(self, params: int) -> float:
+        return params * (1.0 - self.prune) ** 2 * (1 if self.int8 != "off" else 4)
+
+
+@dataclass(frozen=True)
+class SpaceLimits:
+    """What the call allows: int8 only on int8 targets, exits only with the data they need."""
+
+    int8_target: bool
+    can_exit: bool
+    has_accuracy_goal: bool
+    backends: tuple[str, ...]
+
+
+def enumerate_points(config: SearchConfig, limits: SpaceLimits) -> list[SearchPoint]:
+    """Every point of the space the call allows, in search order (module docstring)."""
+    int8_modes = [m for m in ("off", "on", "fallbacks") if m in config.int8]
+    if not limits.int8_target:
+        int8_modes = ["off"]
+    if not limits.has_accuracy_goal:
+        int8_modes = [m for m in int8_modes if m != "fallbacks"]
+    exits = [e for e in (False, True) if e in config.exits and (limits.can_exit or not e)]
+    points = []
+    for ratio in sorted(set(config.prune_ratios)):
+        importances = config.importances if ratio > 0 else config.importances[:1]
+        for importance, with_exits, mode, backend in itertools.product(
+            importances, exits, int8_modes, limits.backends
+        ):
+            points.append(SearchPoint(ratio, importance, mode, with_exits, backend))  # type: ignore[arg-type]
+    return points

@@ -1,0 +1,134 @@
+"""Goal-driven optimize: goals parsed and checked, candidates measured as they ship, the best one meeting
+every goal returned (or the closest, naming the miss), shared stages run once, reruns reuse candidates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphopt
+from graphopt import ConfigError, Goals, InvalidInputError, RecoveryConfig, SearchConfig
+from graphopt.api import CacheScope, OptimizeCall, run_call
+from graphopt.digits import batches
+from graphopt.search.goals import parse_goals
+from graphopt.stage_cache import StageCache
+
+
+def test_goals_parse_from_the_command_line_syntax():
+    goals = parse_goals(["speedup>=3", "accuracy-drop<=0.5", "size<=2MB"])
+    assert goals == Goals(min_speedup=3.0, max_accuracy_drop=0.5, max_bytes=2_000_000)
+    assert parse_goals(["size <= 512 KiB"]).max_bytes == 512 * 1024
+    misses = goals.misses({"speedup": 2.5, "accuracy_drop": 0.2, "bytes": 3e6})
+    assert [m.goal.cli for m in misses] == ["speedup", "size"]
+    assert misses[0].gap == pytest.approx(0.5) and misses[1].gap == pytest.approx(1e6)
+    assert "speedup 2.50x misses >= 3.00x by 0.50x" in str(misses[0])
+
+
+@pytest.mark.parametrize(
+    "text, cause",
+    [("speed>=3", "unknown goal"), ("speedup<=3", "is a bound >="), ("size<=2parsec", "size unit"),
+     ("accuracy-drop 0.5", "is not NAME>=N")],
+)  # fmt: skip
+def test_bad_goals_say_what_is_accepted(text, cause):
+    with pytest.raises(ConfigError, match=cause):
+        parse_goals([text])
+
+
+def test_bad_goal_values_and_configs_are_refused():
+    with pytest.raises(ConfigError, match="min_speedup must be > 0"):
+        Goals(min_speedup=0)
+    with pytest.raises(ConfigError, match="prune_ratios"):
+        SearchConfig(prune_ratios=(1.2,))
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_goals(["speedup>=2", "speedup>=3"])
+
+
+def _halves(digits):
+    """The digits test images split: the first half scores candidates, the second is only reported."""
+    batches_ = digits.test_batches()
+    return batches_[: len(batches_) // 2], batches_[len(batches_) // 2 :]
+
+
+def _search(model, digits, goals, config, **kwargs):
+    validation, test = _halves(digits)
+    return graphopt.optimize(
+        model, "x86-int8", example_inputs=(digits.test_x[:1],),
+        calibration_data=[digits.train_x[i : i + 32] for i in range(0, 128, 32)],
+        validation_data=validation, eval_data=test, goals=goals, search=config, **kwargs,
+    )  # fmt: skip
+
+
+def test_the_returned_artifact_meets_every_goal_and_exports_as_measured(digits_model, digits, tmp_path):
+    fp32_bytes = 4 * sum(p.numel() for p in digits_model.parameters())
+    goals = Goals(max_accuracy_drop=1.0, max_bytes=fp32_bytes // 2)
+    res = _search(digits_model, digits, goals, SearchConfig(prune_ratios=(0.0,), exits=(False,), quiet=True))
+    rows = {r["candidate"]: r for r in res.search.table()}
+    # fp32 cannot be under half the fp32 weights: ruled out by the estimate, never run
+    assert rows["prune=0 fp32 [onnx]"]["status"] == "ruled out"
+    chosen = res.search.chosen
+    assert chosen is not None and chosen.point.int8 == "on" and not chosen.misses
+    assert chosen.measured.bytes <= goals.max_bytes and chosen.accuracy_drop <= 1.0
+    assert "meets every goal" in res.search.verdict and res.search.verdict in res.report.notes
+    assert res.report.tables["search"] == res.search.table()
+    # the decision is pinned: exporting again writes the measured artifact, without a second guard
+    path = res.export(tmp_path / "chosen.onnx")
+    assert path.stat().st_size == chosen.measured.bytes
+    assert "latency guard" not in " ".join(res.report.stages[-1].notes)
+
+
+def test_a_goal_no_candidate_meets_returns_the_closest_and_names_the_gap(digits_model, digits):
+    goals = Goals(min_speedup=100.0)
+    res = _search(
+        digits_model, digits, goals, SearchConfig(prune_ratios=(0.0, 0.5), exits=(False,), quiet=True)
+    )
+    statuses = [r["status"] for r in res.search.table()]
+    assert statuses.count("measured") == 1 and statuses.count("ruled out") == len(statuses) - 1
+    chosen = res.search.chosen
+    assert chosen.point.prune == 0.5 and chosen.point.int8 == "on"  # the highest estimated ceiling
+    assert [m.goal.cli for m in chosen.misses] == ["speedup"]
+    assert "no candidate meets every goal" in res.search.verdict
+    assert f"by {100 - chosen.measured.speedup:.2f}x" in res.search.verdict
+
+
+def test_an_accuracy_goal_needs_validation_data(digits_model, digits):
+    with pytest.raises(InvalidInputError, match="validation_data"):
+        graphopt.optimize(
+            digits_model, "x86-int8", example_inputs=(digits.test_x[:1],), eval_data=digits.test_batches(),
+            goals=Goals(max_accuracy_drop=1.0),
+        )  # fmt: skip
+
+
+def _pruned_call(model, digits, target):
+    return OptimizeCall(
+        model, target, (digits.test_x[:1],),
+        calibration_data=[digits.train_x[i : i + 32] for i in range(0, 128, 32)],
+        train_data=batches(digits.train_x[:512], digits.train_y[:512], 64), prune=0.5,
+        recovery=RecoveryConfig(epochs=1, quiet=True),
+    )  # fmt: skip
+
+
+def test_a_plan_sharing_a_prefix_resumes_and_ends_where_a_full_run_ends(digits_model, digits):
+    cache = StageCache()
+    scope = CacheScope(cache, "digits")
+    fp32 = run_call(_pruned_call(digits_model, digits, "generic-fp32"), scope)
+    assert cache.hits == 0 and len(cache) >= 3  # prune, re-estimate, recover: each lossy pass kept
+    int8 = run_call(_pruned_call(digits_model, digits, "x86-int8"), scope)
+    assert cache.hits == 1 and cache.passes_skipped == 3  # pruning and its recovery ran once
+    full = run_call(_pruned_call(digits_model, digits, "x86-int8"))
+    x = digits.test_x[:64]
+    with torch.no_grad():
+        assert torch.equal(int8.model(x), full.model(x))
+    assert [r.stage for r in int8.report.stages] == [r.stage for r in full.report.stages]
+    assert any("reused from an earlier run" in note for note in int8.report.notes)
+    assert fp32.report.stage("recover").accuracy is None  # no eval_data: same as without a cache
+
+
+def test_a_second_search_reuses_the_measured_candidates(digits_model, digits):
+    config = SearchConfig(prune_ratios=(0.0,), int8=("on",), exits=(False,), quiet=True)
+    first = _search(digits_model, digits, Goals(max_accuracy_drop=2.0), config)
+    wider = SearchConfig(
+        prune_ratios=(0.0,), int8=("off", "on"), exits=(False,), quiet=True, reuse=first.search
+    )
+    second = _search(digits_model, digits, Goals(max_accuracy_drop=2.0), wider)
+    status = {r["candidate"]: r["status"] for r in second.search.table()}
+    assert status == {"prune=0 fp32 [onnx]": "measured", "prune=0 int8 [onnx]": "reused"}
