@@ -12,6 +12,7 @@ from pathlib import Path
 from graphopt.benchmark.cli import add_bench_commands
 from graphopt.errors import GraphoptError
 from graphopt.model_spec import load_model
+from graphopt.search.cli import add_search_arguments, run_search_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true", help="time the artifact and the original in ORT fp32")
     p.add_argument("--dump-ir", type=Path, help="write the IR after each pass into this folder")
     p.add_argument("--json", type=Path, help="write the report as JSON")
+    add_search_arguments(p)
     p.set_defaults(run=_cmd_optimize)
 
     p = sub.add_parser(
@@ -118,11 +120,15 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from graphopt.api import optimize
     from graphopt.destination import check_destination
 
-    for option, path in (("--output", args.output), ("--save", args.save), ("--json", args.json)):
+    for option, path in (("--output", args.output), ("--save", args.save), ("--json", args.json),
+                         ("--search-plot", args.search_plot)):  # fmt: skip
         if path is not None:  # checked before any work, so nothing is written and then a traceback
             check_destination(path, option)
-    model, example = load_model(args.model, args.input_shape)
-    result = optimize(model, target=args.target, example_inputs=example, dump_ir=args.dump_ir)
+    if args.goal:
+        result = run_search_command(args)
+    else:
+        model, example = load_model(args.model, args.input_shape)
+        result = optimize(model, target=args.target, example_inputs=example, dump_ir=args.dump_ir)
     if args.output:
         result.export(args.output, measure_latency=args.latency)
     if args.save:

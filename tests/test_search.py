@@ -132,3 +132,26 @@ def test_a_second_search_reuses_the_measured_candidates(digits_model, digits):
     second = _search(digits_model, digits, Goals(max_accuracy_drop=2.0), wider)
     status = {r["candidate"]: r["status"] for r in second.search.table()}
     assert status == {"prune=0 fp32 [onnx]": "measured", "prune=0 int8 [onnx]": "reused"}
+
+
+def test_the_command_line_searches_writes_the_artifact_plot_and_report(tmp_path, capsys):
+    from graphopt.cli import main
+
+    out, plot, report = tmp_path / "m.onnx", tmp_path / "front.png", tmp_path / "r.json"
+    argv = ["optimize", "resnet_basic", "--target", "x86-int8", "--goal", "size<=40kB", "--search-prune", "0",
+            "--no-exits", "--recovery-epochs", "0", "-o", str(out), "--search-plot", str(plot),
+            "--json", str(report), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert out.stat().st_size <= 40_000 and plot.stat().st_size > 0
+    import json
+
+    rows = json.loads(report.read_text())["tables"]["search"]
+    assert [r["status"] for r in rows] == ["ruled out", "measured"]
+    assert "search:" in capsys.readouterr().out
+
+
+def test_an_accuracy_goal_on_a_model_without_labels_is_one_clear_error(capsys):
+    from graphopt.cli import main
+
+    assert main(["optimize", "resnet_basic", "--goal", "accuracy-drop<=1", "--quiet"]) == 2
+    assert "needs labelled validation data" in capsys.readouterr().err

@@ -143,7 +143,9 @@ class _SearchRun:
         if not queued and rows:  # never nothing: measure the point the estimates put closest to the goals
             closest = min(rows, key=lambda r: self._estimated_gap(r.point, params, first_exit))
             closest.status = "queued"
-            closest.why = f"every candidate is estimated to miss; measured as the closest estimate ({closest.why})"
+            closest.why = (
+                f"every candidate is estimated to miss; measured as the closest estimate ({closest.why})"
+            )
             queued = [closest]
         for row in queued[self.config.max_candidates :]:
             row.status, row.why = "not run", f"over max_candidates={self.config.max_candidates}"
@@ -278,8 +280,15 @@ class _SearchRun:
 
 
 def _verdict(best: CandidateRow, goals: Goals) -> str:
+    assert best.measured is not None
+    if best.measured.speedup < 1:
+        slower = (
+            f" (it is slower than the original in ORT fp32, {best.measured.speedup:.2f}x: no faster one met)"
+        )
+    else:
+        slower = ""
     if not best.misses:
-        return f"search: returned {best.point.label}, which meets every goal ({goals})"
+        return f"search: returned {best.point.label}, which meets every goal ({goals}){slower}"
     misses = "; ".join(str(m) for m in best.misses)
     return (
         f"search: no candidate meets every goal ({goals}); returned the closest, {best.point.label}: {misses}"
