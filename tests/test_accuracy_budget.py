@@ -91,3 +91,35 @@ def test_budget_errors(digits_model, digits):
         )  # fmt: skip
     with pytest.raises(ConfigError, match=r"must be in \[0, 100\)"):
         _optimize(digits_model, digits, accuracy_budget=-1.0)
+
+
+def test_with_every_layer_back_in_fp32_no_quantizer_is_left_to_mislead_onnx_runtime(
+    digits_model, digits, tmp_path
+):
+    """Quantizers between fp32 layers made ORT 1.32 quantize a pooled fp32 conv itself and write an invalid
+    QLinearConv (int32 weights): found by the search on the digits CNN pruned 0.5 with every layer kept."""
+    from graphopt.passes.accuracy_budget import (
+        _drop_unused_quantizers,
+        _drop_useless_quantizers,
+        _restore_fp32,
+    )
+    from graphopt.quant.modules import ActivationQuantizer
+
+    res = _optimize(digits_model, digits)
+    gm = res.model
+    for name, layer in [(n, m) for n, m in gm.named_modules() if isinstance(m, QuantizedLayer)]:
+        _restore_fp32(gm, name, layer)
+    _drop_unused_quantizers(gm)
+    _drop_useless_quantizers(gm)
+    assert not any(isinstance(m, ActivationQuantizer) for m in gm.modules())
+    res.export(tmp_path / "m.onnx", latency_guard=False)
+    assert res.report.stages[-1].accuracy >= res.report.stage("original").accuracy - 0.003
+
+
+def test_after_pruning_int8_is_measured_against_the_pruned_model(digits_model, digits):
+    res = _optimize(digits_model, digits, prune=0.5, accuracy_budget=0.5)
+    stages = [r.stage for r in res.report.stages]
+    entering = res.report.stages[stages.index("insert_fake_quant") - 1]
+    row = res.report.stage("accuracy_budget")
+    assert row.stats["fp32_accuracy"] == pytest.approx(100 * entering.accuracy, abs=0.01)
+    assert row.stats["fp32_accuracy"] < 100 * res.report.stage("original").accuracy - 1  # pruning cost

@@ -80,12 +80,17 @@ def measure_candidate(
     baseline: Baseline,
     validation: list[Batch] | None,
     test: list[Batch] | None,
+    *,
+    latency_guard: bool = False,
 ) -> Measured:
-    """Export ``result`` to ``path``, then time and score the file. No latency guard: the search itself
-    weighs the int8 candidate against the fp32 one (both are rows), and a size goal may need the int8 file
-    even where it is not the faster."""
+    """Export ``result`` to ``path``, then time and score the file. The search exports without the latency
+    guard: it weighs the int8 candidate against the fp32 one itself (both are rows), and a size goal may
+    need the int8 file even where it is not the faster; a preset pipeline measured for comparison keeps
+    it (``latency_guard=True``), as ``export`` does."""
     backend = BACKENDS[backend_name]
-    artifact = result.export(path.with_suffix(backend.suffix), backend=backend_name, latency_guard=False)
+    artifact = result.export(
+        path.with_suffix(backend.suffix), backend=backend_name, latency_guard=latency_guard
+    )
     record = result.report.stages[-1]
     runner = backend.runner(artifact, threads=result.target.backend.threads)
     exits = has_exits(result.model)
