@@ -28,13 +28,24 @@ def _optimized(name: str, target: str) -> graphopt.OptimizeResult:
     return graphopt.optimize(model, target, example_inputs=inputs, calibration_data=calibration)
 
 
+@pytest.fixture(scope="module")
+def resnet_int8_pte(tmp_path_factory):
+    """resnet_basic int8 exported once through ``res.export`` (lowering a .pte takes seconds)."""
+    res = _optimized("resnet_basic", "x86-int8")
+    path = res.export(tmp_path_factory.mktemp("pte") / "m.pte", latency_guard=False)  # guard: xnnpack test
+    return res, path
+
+
 @pytest.mark.parametrize(
     ("name", "target"), [("resnet_basic", "x86-int8"), ("mobilenet_v2_tiny", "xnnpack-int8")]
 )
-def test_int8_reuses_graphopts_calibration_and_every_op_is_delegated(name, target, tmp_path):
-    res = _optimized(name, target)
+def test_int8_reuses_graphopts_calibration_and_every_op_is_delegated(name, target, tmp_path, request):
+    if name == "resnet_basic":
+        res, path = request.getfixturevalue("resnet_int8_pte")
+    else:
+        res = _optimized(name, target)
+        path = export_executorch(res.model, (res.example_inputs[0],), tmp_path / "m.pte")
     x = res.example_inputs[0]
-    path = export_executorch(res.model, (x,), tmp_path / "m.pte")
     assert describe_pte(path).endswith("ops outside them: none)")  # convs, adds, pooling: all in XNNPACK
     got = torch.as_tensor(ExecuTorchRunner(path).run(x)[0])
     want = res.model(x)
@@ -60,9 +71,8 @@ def test_fp32_export_matches_the_model_and_runs_any_batch(tmp_path):
     assert runner.time(x, warmup=1, repeat=3).median_ms > 0
 
 
-def test_result_export_writes_a_pte_with_its_report_row(tmp_path):
-    res = _optimized("resnet_basic", "x86-int8")
-    path = res.export(tmp_path / "m.pte", latency_guard=False)  # the guard in ET: the xnnpack-target test
+def test_result_export_writes_a_pte_with_its_report_row(resnet_int8_pte):
+    res, path = resnet_int8_pte
     assert path.suffix == ".pte" and backend_for(path).name == "executorch"
     row = res.report.artifact("executorch")
     assert row.stage.startswith("artifact:executorch") and "XnnpackBackend" in " ".join(row.notes)

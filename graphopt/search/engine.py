@@ -6,7 +6,8 @@ artifact that meets every goal (or the closest one, saying what it misses), with
 
 Stages shared between candidates run once (:mod:`graphopt.stage_cache`); candidates measured by an
 earlier search on the same model and data (``SearchConfig(reuse=previous.search)``) are not run again.
-Test data (``eval_data``) is only reported: candidates are scored and chosen on ``validation_data``.
+Candidates tune (exit thresholds, fp32 fall-backs) on one share of ``validation_data`` and are scored and
+chosen on the rest (:mod:`graphopt.search.data`); test data (``eval_data``) is only reported.
 """
 
 from __future__ import annotations
@@ -17,24 +18,21 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from graphopt.api import CacheScope, OptimizeCall, run_call
 from graphopt.backends import BACKENDS
 from graphopt.early_exit.config import EarlyExitConfig
-from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
-from graphopt.evaluation import Batch, materialize_labelled
+from graphopt.errors import ConfigError, GraphoptError
+from graphopt.evaluation import Batch
 from graphopt.inputs import check_example_inputs, private_eval_copy
 from graphopt.plan import INT8_SLOTS
 from graphopt.pruning.config import PruneConfig
 from graphopt.registry import make_pass, pass_class
 from graphopt.result import OptimizeResult
+from graphopt.search.data import check_search_data, materialized, scope_of, split_validation
 from graphopt.search.goals import Goals
 from graphopt.search.measure import Baseline, measure_candidate
 from graphopt.search.rows import CandidateRow, choose, judge
@@ -82,16 +80,17 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
     if not isinstance(config, SearchConfig):
         raise ConfigError(f"search must be a graphopt.SearchConfig, got {type(config).__name__}")
     started = time.perf_counter()
-    call = _materialized(call)
-    _check_search_data(call, goals)
+    call = materialized(call)
+    check_search_data(call, goals)
+    tune, score = split_validation(call.validation_data, config.tune_share)
+    call = dataclasses.replace(call, validation_data=tune)
     spec = resolve_target(call.target)
     inputs = check_example_inputs(call.example_inputs)
     original = private_eval_copy(call.model)
-    validation = call.validation_data
     with tempfile.TemporaryDirectory(prefix="graphopt-search-") as tmp:
         folder = Path(tmp)
-        baseline = Baseline.of(original, inputs, spec.backend.threads, folder, validation, call.eval_data)
-        run = _SearchRun(call, goals, config, spec, baseline, folder)
+        baseline = Baseline.of(original, inputs, spec.backend.threads, folder, score, call.eval_data)
+        run = _SearchRun(call, goals, config, spec, baseline, folder, score)
         run.run_all()
     return run.finish(time.perf_counter() - started)
 
@@ -101,11 +100,11 @@ class _SearchRun:
 
     def __init__(
         self, call: OptimizeCall, goals: Goals, config: SearchConfig, spec: Target, baseline: Baseline,
-        folder: Path,
+        folder: Path, score: list[Batch] | None,
     ) -> None:  # fmt: skip
         self.call, self.goals, self.config, self.spec = call, goals, config, spec
-        self.baseline, self.folder = baseline, folder
-        self.scope = _scope(call, spec)
+        self.baseline, self.folder, self.score = baseline, folder, score
+        self.scope = scope_of(call, spec)
         previous = config.reuse
         same = previous is not None and previous.scope == self.scope
         self.stage_cache = previous.stage_cache if same and previous else StageCache()
@@ -198,7 +197,7 @@ class _SearchRun:
             result = run_call(self._variant(row.point), CacheScope(self.stage_cache, self.scope))
             measured = measure_candidate(
                 result, row.point.backend, self.folder / f"candidate-{index}", self.baseline,
-                self.call.validation_data, self.call.eval_data,
+                self.score, self.call.eval_data,
             )  # fmt: skip
         except GraphoptError as exc:
             row.status, row.why = "failed", f"{type(exc).__name__}: {exc}"
@@ -225,7 +224,7 @@ class _SearchRun:
             early_exit=self._exit_config() if point.exits else None,
             accuracy_budget=self._fallback_budget() if point.int8 == "fallbacks" else None,
             recovery=self.call.recovery if trains else None,
-            eval_data=self.call.validation_data,  # candidates are scored on validation, never on test
+            eval_data=self.call.validation_data,  # the tuning share: fall-backs decide on it, rows show it
         )
 
     def _exit_config(self) -> EarlyExitConfig:
@@ -313,63 +312,6 @@ def _fp32_passes(spec: Target, passes: Any) -> list[Any]:
     """The target's (or the caller's) pipeline without its int8 passes."""
     chosen = passes if passes is not None else [make_pass(p.name, p.options) for p in spec.passes]
     return [p for p in chosen if (make_pass(p) if isinstance(p, str) else p).slot not in INT8_SLOTS]
-
-
-def _materialized(call: OptimizeCall) -> OptimizeCall:
-    """Data read once: each candidate iterates it again (a generator would be empty the second time)."""
-
-    def once(data: Iterable[Any] | None) -> Any:
-        return data if data is None or isinstance(data, (list, tuple)) else list(data)
-
-    return dataclasses.replace(
-        call,
-        calibration_data=once(call.calibration_data),
-        train_data=once(call.train_data),
-        validation_data=materialize_labelled(call.validation_data, "validation_data"),
-        eval_data=materialize_labelled(call.eval_data, "eval_data"),
-    )
-
-
-def _check_search_data(call: OptimizeCall, goals: Goals) -> None:
-    if goals.needs_accuracy and call.validation_data is None:
-        raise InvalidInputError(
-            "an accuracy goal is scored on validation_data=...: labelled batches (inputs, labels) the model "
-            "was not trained on; eval_data (test data) is only reported, never used to choose"
-        )
-
-
-def _scope(call: OptimizeCall, spec: Target) -> str:
-    """What a cached stage depends on besides its passes: the model's weights, the data, the target."""
-    digest = hashlib.sha256()
-    for name, tensor in private_state(call.model):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for what in ("calibration_data", "train_data", "validation_data"):
-        digest.update(f"{what}:{_data_digest(getattr(call, what))}".encode())
-    digest.update(repr(spec).encode())
-    return digest.hexdigest()[:16]
-
-
-def private_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return sorted(model.state_dict().items())
-
-
-def _data_digest(data: Any) -> str:
-    if data is None:
-        return "none"
-    digest = hashlib.sha256()
-    for item in data:
-        for tensor in _tensors(item):
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _tensors(item: Any) -> list[torch.Tensor]:
-    if isinstance(item, torch.Tensor):
-        return [item]
-    if isinstance(item, (list, tuple)):
-        return [t for x in item for t in _tensors(x)]
-    return []
 
 
 __all__ = ["Batch", "SearchResult", "search_optimize"]

@@ -101,7 +101,9 @@ def measure_candidate(
     else:
         latency, reference = _side_by_side(runner, baseline)
     score = per_sample_accuracy if exits else accuracy
-    test_accuracy = None if test is None else 100 * score(getattr(runner, "run_batched", runner.run), test)
+    predict = getattr(runner, "run_batched", runner.run)
+    test_accuracy = None if test is None else 100 * score(predict, test)
+    valid_accuracy = None if validation is None else 100 * score(predict, validation)
     return Measured(
         path=artifact,
         latency_ms=latency,
@@ -109,7 +111,7 @@ def measure_candidate(
         bytes=artifact.stat().st_size,
         params=record.params,
         macs=record.macs,
-        accuracy=None if record.accuracy is None else 100 * record.accuracy,
+        accuracy=valid_accuracy,
         test_accuracy=test_accuracy,
         shipped_fp32=bool(record.stats.get(SHIPPED_FP32, 0)),
         exits=exits,

@@ -58,6 +58,8 @@ class SearchConfig:
     max_candidates: int = 24
     max_minutes: float = 20.0
     tie_break: TieBreak = "speed"
+    #: Share of validation_data on which candidates tune (exit thresholds, fall-backs); scored on the rest.
+    tune_share: float = 0.5
     quiet: bool = False
     reuse: SearchResult | None = field(default=None, compare=False, repr=False)
 
@@ -71,6 +73,8 @@ class SearchConfig:
                 raise ConfigError(f"SearchConfig.int8 modes are 'off', 'on', 'fallbacks'; got {mode!r}")
         if self.max_candidates < 1 or self.max_minutes <= 0:
             raise ConfigError("SearchConfig.max_candidates must be >= 1 and max_minutes > 0")
+        if not 0 < self.tune_share < 1:
+            raise ConfigError(f"SearchConfig.tune_share must be in (0, 1), got {self.tune_share}")
         if self.tie_break not in ("speed", "accuracy", "size"):
             raise ConfigError(
                 f"SearchConfig.tie_break is 'speed', 'accuracy' or 'size'; got {self.tie_break!r}"

@@ -1,0 +1,109 @@
+"""The data a search reads: read once, split into a tuning and a scoring share, and fingerprinted.
+
+Decisions a candidate makes from labelled data (early-exit thresholds, which layers fall back to fp32)
+are taken on the *tuning* share of ``validation_data``; the candidate is scored on the *scoring* share,
+which none of its decisions saw, so the accuracy the search reports is what new data will see. Test data
+(``eval_data``) is only reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphopt.api import OptimizeCall
+from graphopt.errors import InvalidInputError
+from graphopt.evaluation import Batch, as_input_tuple, materialize_labelled
+from graphopt.search.goals import Goals
+
+
+def split_validation(
+    data: list[Batch] | None, tune_share: float
+) -> tuple[list[Batch] | None, list[Batch] | None]:
+    """``data`` as (tuning, scoring) batches: a fixed random ``tune_share`` of the samples, the rest."""
+    if data is None:
+        return None, None
+    inputs = [torch.cat(parts) for parts in zip(*(as_input_tuple(x) for x, _ in data), strict=True)]
+    labels = torch.cat([y for _, y in data])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    cut = int(round(tune_share * len(labels)))
+    if cut < 1 or cut >= len(labels):
+        raise InvalidInputError(
+            f"validation_data has {len(labels)} samples: too few to keep {tune_share:.0%} for tuning and the "
+            "rest for scoring; give more labelled samples"
+        )
+    return _batches(inputs, labels, order[:cut]), _batches(inputs, labels, order[cut:])
+
+
+def _batches(
+    inputs: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor, size: int = 256
+) -> list[Batch]:
+    index = index.sort().values
+    out: list[Batch] = []
+    for start in range(0, len(index), size):
+        part = index[start : start + size]
+        chosen = tuple(x[part] for x in inputs)
+        out.append((chosen[0] if len(chosen) == 1 else chosen, labels[part]))
+    return out
+
+
+def materialized(call: OptimizeCall) -> OptimizeCall:
+    """Data read once: each candidate iterates it again (a generator would be empty the second time)."""
+
+    def once(data: Iterable[Any] | None) -> Any:
+        return data if data is None or isinstance(data, (list, tuple)) else list(data)
+
+    return dataclasses.replace(
+        call,
+        calibration_data=once(call.calibration_data),
+        train_data=once(call.train_data),
+        validation_data=materialize_labelled(call.validation_data, "validation_data"),
+        eval_data=materialize_labelled(call.eval_data, "eval_data"),
+    )
+
+
+def check_search_data(call: OptimizeCall, goals: Goals) -> None:
+    if goals.needs_accuracy and call.validation_data is None:
+        raise InvalidInputError(
+            "an accuracy goal is scored on validation_data=...: labelled batches (inputs, labels) the model "
+            "was not trained on; eval_data (test data) is only reported, never used to choose"
+        )
+
+
+def scope_of(call: OptimizeCall, spec: object) -> str:
+    """What a cached stage depends on besides its passes: the model's weights, the data, the target."""
+    digest = hashlib.sha256()
+    for name, tensor in _private_state(call.model):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for what in ("calibration_data", "train_data", "validation_data"):
+        digest.update(f"{what}:{_data_digest(getattr(call, what))}".encode())
+    digest.update(repr(spec).encode())
+    return digest.hexdigest()[:16]
+
+
+def _private_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return sorted(model.state_dict().items())
+
+
+def _data_digest(data: Any) -> str:
+    if data is None:
+        return "none"
+    digest = hashlib.sha256()
+    for item in data:
+        for tensor in _tensors(item):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _tensors(item: Any) -> list[torch.Tensor]:
+    if isinstance(item, torch.Tensor):
+        return [item]
+    if isinstance(item, (list, tuple)):
+        return [t for x in item for t in _tensors(x)]
+    return []
