@@ -16,7 +16,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ddp_distill.py"
 
 
 def _run(world_size: int, out: Path) -> dict[str, float]:
-    budget = ["--epochs", "8", "--teacher-epochs", "8"]
+    budget = ["--epochs", "6", "--teacher-epochs", "6"]
     cmd = [sys.executable, str(EXAMPLE), "--world-size", str(world_size), *budget, "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     return json.loads(out.read_text())

@@ -64,7 +64,7 @@ class RandomNet(nn.Module):
         return self.head(nn.functional.adaptive_avg_pool2d(x, 4))
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     blocks=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=5),
     width=st.integers(2, 12),
