@@ -31,7 +31,7 @@ def split_validation(
     inputs = [torch.cat(parts) for parts in zip(*(as_input_tuple(x) for x, _ in data), strict=True)]
     labels = torch.cat([y for _, y in data])
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    cut = int(round(tune_share * len(labels)))
+    cut = round(tune_share * len(labels))
     if cut < 1 or cut >= len(labels):
         raise InvalidInputError(
             f"validation_data has {len(labels)} samples: too few to keep {tune_share:.0%} for tuning and the "

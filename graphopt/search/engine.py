@@ -282,7 +282,7 @@ def _verdict(best: CandidateRow, goals: Goals) -> str:
     assert best.measured is not None
     if best.measured.speedup < 1:
         slower = (
-            f" (it is slower than the original in ORT fp32, {best.measured.speedup:.2f}x: no faster one met)"
+            f"; it is slower than the original in ORT fp32 ({best.measured.speedup:.2f}x): no faster one did"
         )
     else:
         slower = ""
