@@ -155,3 +155,41 @@ def test_an_accuracy_goal_on_a_model_without_labels_is_one_clear_error(capsys):
 
     assert main(["optimize", "resnet_basic", "--goal", "accuracy-drop<=1", "--quiet"]) == 2
     assert "needs labelled validation data" in capsys.readouterr().err
+
+
+def _row(label, speedup, drop, size):
+    from pathlib import Path
+
+    from graphopt.search.measure import Measured
+    from graphopt.search.rows import CandidateRow
+    from graphopt.search.space import SearchPoint
+
+    measured = Measured(Path(label), 1.0 / speedup, 1.0, size, 0, 0, 90.0 - drop, None, False, False)
+    return CandidateRow(SearchPoint(prune=len(label) / 10), "measured", measured=measured, accuracy_drop=drop)
+
+
+def test_the_front_and_the_choice_follow_the_stated_rules():
+    from graphopt.search.rows import choose, judge
+
+    fast, accurate, dominated, small = (
+        _row("a", 4.0, 0.8, 100),
+        _row("bb", 2.0, 0.1, 100),
+        _row("ccc", 1.9, 0.2, 120),
+        _row("dddd", 1.0, 0.3, 50),
+    )
+    rows = [fast, accurate, dominated, small]
+    judge(rows, Goals(max_accuracy_drop=0.5))
+    assert [r.dominated for r in rows] == [False, False, True, False]  # ccc: slower, less accurate, larger
+    assert choose(rows, "speed") is accurate  # the fastest of those within 0.5 pp (fast misses it)
+    for r in rows:
+        r.chosen = False
+    assert choose(rows, "size") is small
+    # nobody meets these: the smallest sum of relative gaps, (10 - 2) / 10 = 0.8 against
+    # (10 - 4) / 10 + (0.8 - 0.5) / 1 = 0.9 for the fastest
+    judge(rows, Goals(min_speedup=10.0, max_accuracy_drop=0.5))
+    for r in rows:
+        r.chosen = False
+    assert choose(rows, "speed") is accurate and [m.goal.cli for m in fast.misses] == [
+        "speedup",
+        "accuracy-drop",
+    ]
