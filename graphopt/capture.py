@@ -24,6 +24,7 @@ from torch import nn
 
 from graphopt.capture_export import DynamicDims, capture_with_export
 from graphopt.errors import CaptureError
+from graphopt.functional_convs import bake_computed_conv_weights
 from graphopt.functional_norms import lift_functional_batch_norms
 
 #: How many submodules capture may turn into leaves before it gives up.
@@ -133,6 +134,7 @@ def trace_with_leaves(model: nn.Module) -> Capture:
         name = type(model).__name__
         gm = fx.GraphModule(tracer.root, graph, class_name=name).eval()
         lift_functional_batch_norms(gm, model)  # BatchNorm subclasses calling F.batch_norm (timm)
+        bake_computed_conv_weights(gm, model)  # weight-standardized convs (timm's NFNets, BiT)
         return Capture(gm, leaves)
 
 

@@ -7,7 +7,9 @@ timm / torchvision models are made of, so pruning and int8 must go through them.
   ``token_projection.weight`` for its dtype and device);
 - cascaded group attention with BatchNorm on its projections (EfficientViT): conv + BN projections, one with
   zero-initialised BN gain, a depthwise conv + BN on the queries, a learned attention-bias table indexed by
-  a buffer, and a BatchNorm1d before the classifier.
+  a buffer, and a BatchNorm1d before the classifier;
+- a weight-standardized conv (timm's ``ScaledStdConv2d``, NFNets): a Conv2d subclass that standardizes its
+  weight per output channel with ``F.batch_norm(training=True)`` and a learned gain at every call.
 """
 
 from __future__ import annotations
@@ -209,3 +211,43 @@ def test_a_training_mode_functional_batch_norm_is_left_alone(training):
     model = nn.Sequential(nn.Conv2d(3, 4, 1), AlwaysBatchStats(4)).eval()
     gm = capture(model).gm
     assert [n for n in gm.graph.nodes if n.target is F.batch_norm]  # batch statistics: not a BN module
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    """timm's: ``W' = gain * scale * (W - mean_o) / sqrt(var_o + eps)`` computed in forward."""
+
+    def __init__(self, cin: int, cout: int, k: int):
+        super().__init__(cin, cout, k, padding=k // 2)
+        self.gain = nn.Parameter(torch.rand(cout, 1, 1, 1) + 0.5)
+        self.scale = (cin * k * k) ** -0.5
+
+    def forward(self, x):
+        weight = F.batch_norm(
+            self.weight.reshape(1, self.out_channels, -1), None, None,
+            weight=(self.gain * self.scale).view(-1), training=True, momentum=0.0, eps=1e-6,
+        ).reshape_as(self.weight)  # fmt: skip
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class NfNetStyle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = ScaledStdConv2d(3, 16, 3), ScaledStdConv2d(16, 32, 3)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(F.gelu(self.conv(F.gelu(self.stem(x)))).mean((2, 3)))
+
+
+def test_weight_standardized_convs_become_plain_convs_that_prune_exactly_and_quantize(tmp_path):
+    model, x = NfNetStyle().eval(), torch.randn(2, 3, 12, 12)
+    gm = capture(copy.deepcopy(model)).gm
+    assert type(gm.get_submodule("conv")) is nn.Conv2d  # the standardized weight baked in
+    assert not [n for n in gm.graph.nodes if n.target in (F.batch_norm, F.conv2d)]
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
+
+    run = zero_then_prune(gm, (x,), PruneConfig(ratio=0.5))  # was: no producer, nothing pruned
+    ok, err = allclose(run.zeroed, run.pruned, Tolerance(rtol=1e-5, atol=1e-5))
+    assert ok, err
+    assert run.removed == 24 and run.macs_after < run.macs_before / 3
+    assert _int8_artifact_agrees(model, x[:1], tmp_path) >= 0.999
