@@ -32,9 +32,15 @@ from graphopt.plan import INT8_SLOTS
 from graphopt.pruning.config import PruneConfig
 from graphopt.registry import make_pass, pass_class
 from graphopt.result import OptimizeResult
-from graphopt.search.data import check_search_data, materialized, scope_of, split_validation
+from graphopt.search.data import (
+    MIN_SAMPLES_TO_SPLIT,
+    check_search_data,
+    materialized,
+    scope_of,
+    split_validation,
+)
 from graphopt.search.goals import Goals
-from graphopt.search.measure import Baseline, measure_candidate
+from graphopt.search.measure import Baseline, measure_candidate, retime_together
 from graphopt.search.rows import CandidateRow, choose, judge
 from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits, enumerate_points
 from graphopt.stage_cache import StageCache
@@ -84,6 +90,7 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
     check_search_data(call, goals)
     tune, score = split_validation(call.validation_data, config.tune_share)
     call = dataclasses.replace(call, validation_data=tune)
+    shared = tune is score and tune is not None
     spec = resolve_target(call.target)
     inputs = check_example_inputs(call.example_inputs)
     original = private_eval_copy(call.model)
@@ -91,7 +98,14 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
         folder = Path(tmp)
         baseline = Baseline.of(original, inputs, spec.backend.threads, folder, score, call.eval_data)
         run = _SearchRun(call, goals, config, spec, baseline, folder, score)
+        if shared:
+            run.notes.append(
+                f"validation_data has under {MIN_SAMPLES_TO_SPLIT} samples: exit thresholds and fall-backs "
+                "are tuned on the same samples the candidates are scored on, so their scores are optimistic; "
+                "the test columns (eval_data) are not"
+            )
         run.run_all()
+        run.retime_finalists()
     return run.finish(time.perf_counter() - started)
 
 
@@ -179,6 +193,21 @@ class _SearchRun:
             row.seconds = time.perf_counter() - t0
             spent.append(row.seconds)
             self._progress(i + 1, len(queue), row)
+
+    def retime_finalists(self) -> None:
+        """The rows on the Pareto front or meeting every goal, timed again together (one session)."""
+        judge(self.rows, self.goals)
+        finalists = [r for r in self.rows if r.status == "measured" and (not r.dominated or not r.misses)]
+        if len(finalists) < 2:
+            return
+        measured = [r.measured for r in finalists if r.measured is not None]
+        retime_together(measured, self.baseline, self.score, self.spec.backend.threads)
+        for row in finalists:
+            row.misses = self.goals.misses(row.metrics())
+        self.notes.append(
+            f"search: the {len(finalists)} finalists (Pareto front or every goal met) were timed again side "
+            "by side in one session; their rows show that timing"
+        )
 
     def _run_one(self, index: int, row: CandidateRow) -> None:
         key = (self.scope, row.point)

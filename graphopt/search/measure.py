@@ -24,7 +24,10 @@ from graphopt.keys import SHIPPED_FP32
 from graphopt.result import OptimizeResult
 
 EXIT_TIMING_SAMPLES = 500
-TIMING_ROUNDS = 7
+EXIT_TIMING_PASSES = 3  # each sample timed this many times (a single pass over a few hundred is noisy)
+TIMING_ROUNDS = 10
+#: Finalists are timed together in one session with more rounds (their ratios are what decides).
+FINAL_ROUNDS = 25
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Measured:
     test_accuracy: float | None
     shipped_fp32: bool
     exits: bool
+    backend: str = "onnx"
 
     @property
     def speedup(self) -> float:
@@ -95,7 +99,7 @@ def measure_candidate(
     runner = backend.runner(artifact, threads=result.target.backend.threads)
     exits = has_exits(result.model)
     if exits and validation is not None:
-        samples = _first_samples(validation, EXIT_TIMING_SAMPLES)
+        samples = _first_samples(validation, EXIT_TIMING_SAMPLES) * EXIT_TIMING_PASSES
         means = mean_latencies({"candidate": runner.run, "original": baseline.runner.run}, samples)
         latency, reference = means["candidate"], means["original"]
     else:
@@ -115,7 +119,35 @@ def measure_candidate(
         test_accuracy=test_accuracy,
         shipped_fp32=bool(record.stats.get(SHIPPED_FP32, 0)),
         exits=exits,
+        backend=backend_name,
     )
+
+
+def retime_together(
+    finalists: list[Measured], baseline: Baseline, validation: list[Batch] | None, threads: int
+) -> None:
+    """Time ``finalists`` and the original in one interleaved session and update their latencies: each
+    was first timed in its own session, and a choice between two of them should not rest on two sessions'
+    noise. Exit models are timed sample by sample over the same validation samples, the original in turn."""
+    runners = {i: BACKENDS[m.backend].runner(m.path, threads=threads) for i, m in enumerate(finalists)}
+    plain = {str(i): r for i, r in runners.items() if not finalists[i].exits}
+    if plain:
+        calls = {key: (lambda r=r: r.run(*baseline.inputs)) for key, r in plain.items()}
+        calls["original"] = lambda: baseline.runner.run(*baseline.inputs)
+        per_round = calls_for(calls["original"], round_ms=40)
+        medians = interleaved_medians(calls, rounds=FINAL_ROUNDS, calls_per_round=per_round)
+        for key in plain:
+            _timed(finalists[int(key)], medians[key], medians["original"])
+    exits = {str(i): r.run for i, r in runners.items() if finalists[i].exits}
+    if exits and validation is not None:
+        samples = _first_samples(validation, EXIT_TIMING_SAMPLES) * EXIT_TIMING_PASSES
+        means = mean_latencies({**exits, "original": baseline.runner.run}, samples)
+        for key in exits:
+            _timed(finalists[int(key)], means[key], means["original"])
+
+
+def _timed(measured: Measured, latency_ms: float, baseline_ms: float) -> None:
+    measured.latency_ms, measured.baseline_ms = latency_ms, baseline_ms
 
 
 def _side_by_side(runner: Any, baseline: Baseline) -> tuple[float, float]:
