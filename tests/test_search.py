@@ -123,7 +123,7 @@ def test_a_plan_sharing_a_prefix_resumes_and_ends_where_a_full_run_ends(digits_m
     assert fp32.report.stage("recover").accuracy is None  # no eval_data: same as without a cache
 
 
-def test_a_second_search_reuses_the_measured_candidates(digits_model, digits):
+def test_a_second_search_reuses_the_measured_candidates(digits_model, digits, capsys):
     config = SearchConfig(prune_ratios=(0.0,), int8=("on",), exits=(False,), quiet=True)
     first = _search(digits_model, digits, Goals(max_accuracy_drop=2.0), config)
     wider = SearchConfig(
@@ -132,6 +132,7 @@ def test_a_second_search_reuses_the_measured_candidates(digits_model, digits):
     second = _search(digits_model, digits, Goals(max_accuracy_drop=2.0), wider)
     status = {r["candidate"]: r["status"] for r in second.search.table()}
     assert status == {"prune=0 fp32 [onnx]": "measured", "prune=0 int8 [onnx]": "reused"}
+    assert capsys.readouterr().err == ""  # quiet: no progress lines
 
 
 def test_the_command_line_searches_writes_the_artifact_plot_and_report(tmp_path, capsys):

@@ -30,6 +30,7 @@ from graphopt.evaluation import Batch
 from graphopt.inputs import check_example_inputs, private_eval_copy
 from graphopt.plan import INT8_SLOTS
 from graphopt.pruning.config import PruneConfig
+from graphopt.recovery.config import RecoveryConfig
 from graphopt.registry import make_pass, pass_class
 from graphopt.result import OptimizeResult
 from graphopt.search.data import (
@@ -252,12 +253,19 @@ class _SearchRun:
             prune=PruneConfig(ratio=point.prune, importance=point.importance) if point.prune else 0.0,
             early_exit=self._exit_config() if point.exits else None,
             accuracy_budget=self._fallback_budget() if point.int8 == "fallbacks" else None,
-            recovery=self.call.recovery if trains else None,
+            recovery=self._recovery() if trains else None,
             eval_data=self.call.validation_data,  # the tuning share: fall-backs decide on it, rows show it
         )
 
+    def _recovery(self) -> RecoveryConfig | None:
+        recovery = self.call.recovery
+        if recovery is None or not self.config.quiet:
+            return recovery
+        return dataclasses.replace(recovery, quiet=True)  # a quiet search trains quietly too
+
     def _exit_config(self) -> EarlyExitConfig:
-        return self.config.early_exit or self.call.early_exit or EarlyExitConfig(quiet=self.config.quiet)
+        config = self.config.early_exit or self.call.early_exit or EarlyExitConfig()
+        return dataclasses.replace(config, quiet=True) if self.config.quiet else config
 
     def _fallback_budget(self) -> float:
         assert self.goals.max_accuracy_drop is not None
