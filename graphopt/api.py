@@ -39,7 +39,7 @@ from graphopt.pass_manager import PassManager, PassRecord
 from graphopt.passes.insert_early_exit import check_classifier_output
 from graphopt.passes.prune_channels import check_protected_names
 from graphopt.passes.sparsify import SparsifyConfig
-from graphopt.plan import INT8_SLOTS, make_plan, plan_options
+from graphopt.plan import INT8_SLOTS, Plan, make_plan, plan_options
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.float_twin import float_twin, has_int8_layers
@@ -160,19 +160,24 @@ class CacheScope:
     scope: str
 
 
-def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeResult:
-    """One plan on one model (the :func:`optimize` contract); with ``cached``, plans sharing a prefix of
-    lossy passes with an earlier run resume from its state (:mod:`graphopt.stage_cache`)."""
-    check_model(call.model)
-    inputs = check_example_inputs(call.example_inputs)
-    spec = resolve_target(call.target)
+def plan_of(call: OptimizeCall) -> Plan:
+    """What ``call`` will run, slot by slot (:mod:`graphopt.plan`), checked, before anything runs."""
     options = plan_options(
         passes=call.passes, prune=call.prune, sparsify=call.sparsify, accuracy_budget=call.accuracy_budget,
         recovery=call.recovery, has_train_data=call.train_data is not None, early_exit=call.early_exit,
     )  # fmt: skip
     if options.prune is not None:
         check_protected_names(options.prune.protect, call.model)
-    plan = make_plan(spec, options)
+    return make_plan(resolve_target(call.target), options)
+
+
+def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeResult:
+    """One plan on one model (the :func:`optimize` contract); with ``cached``, plans sharing a prefix of
+    lossy passes with an earlier run resume from its state (:mod:`graphopt.stage_cache`)."""
+    check_model(call.model)
+    inputs = check_example_inputs(call.example_inputs)
+    spec = resolve_target(call.target)
+    plan = plan_of(call)
     original = private_eval_copy(call.model)
     reference = run_reference(original, inputs)
     if call.early_exit is not None:

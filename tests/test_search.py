@@ -194,3 +194,25 @@ def test_the_front_and_the_choice_follow_the_stated_rules():
         "speedup",
         "accuracy-drop",
     ]
+
+
+def test_a_rerun_with_a_cache_folder_measures_nothing_again_and_rebuilds_the_choice(
+    digits_model, digits, tmp_path
+):
+    config = SearchConfig(
+        prune_ratios=(0.0,), int8=("off", "on"), exits=(False,), cache_dir=tmp_path / "cache", quiet=True
+    )
+    fp32_bytes = 4 * sum(p.numel() for p in digits_model.parameters())
+    goals = Goals(
+        max_accuracy_drop=2.0, max_bytes=fp32_bytes // 2
+    )  # int8 only: the choice is not a speed race
+    first = _search(digits_model, digits, goals, config)
+    second = _search(digits_model, digits, goals, config)
+    assert "measured" in {r["status"] for r in first.search.table()}
+    assert {r["status"] for r in second.search.table()} <= {"cached", "duplicate", "ruled out"}
+    assert second.search.chosen.point == first.search.chosen.point
+    assert any("rebuilt, same artifact" in note for note in second.report.notes)
+    from graphopt.search.store import CandidateStore
+
+    (tmp_path / "cache" / "junk.json").write_text("not json")  # an unreadable entry is a miss, not an error
+    assert CandidateStore(tmp_path / "cache").load("junk") is None

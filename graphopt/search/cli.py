@@ -26,6 +26,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=20.0)
     p.add_argument("--recovery-epochs", type=int, default=5, help="distillation / QAT epochs per candidate")
     p.add_argument("--search-plot", type=Path, help="write the search's Pareto plot (PNG) here")
+    p.add_argument("--search-cache", type=Path, help="keep measured candidates here: a rerun reuses them")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -53,7 +54,7 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
     config = SearchConfig(
         prune_ratios=_ratios(args.search_prune), exits=(False,) if args.no_exits else (False, True),
         early_exit=bench.early_exit, max_candidates=args.max_candidates, max_minutes=args.max_minutes,
-        quiet=args.quiet,
+        cache_dir=args.search_cache, quiet=args.quiet,
     )  # fmt: skip
     result = optimize(
         bench.model, args.target, bench.example_inputs, calibration_data=bench.calibration,

@@ -91,7 +91,7 @@ def scope_of(call: OptimizeCall, spec: object) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for what in ("calibration_data", "train_data", "validation_data"):
-        digest.update(f"{what}:{_data_digest(getattr(call, what))}".encode())
+        digest.update(f"{what}:{data_digest(getattr(call, what))}".encode())
     digest.update(repr(spec).encode())
     return digest.hexdigest()[:16]
 
@@ -100,7 +100,7 @@ def _private_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return sorted(model.state_dict().items())
 
 
-def _data_digest(data: Any) -> str:
+def data_digest(data: Any) -> str:
     if data is None:
         return "none"
     digest = hashlib.sha256()

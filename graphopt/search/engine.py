@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphopt.api import CacheScope, OptimizeCall, run_call
+from graphopt.api import CacheScope, OptimizeCall, plan_of, run_call
 from graphopt.backends import BACKENDS
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError, GraphoptError
@@ -36,6 +36,7 @@ from graphopt.result import OptimizeResult
 from graphopt.search.data import (
     MIN_SAMPLES_TO_SPLIT,
     check_search_data,
+    data_digest,
     materialized,
     scope_of,
     split_validation,
@@ -44,6 +45,7 @@ from graphopt.search.goals import Goals
 from graphopt.search.measure import Baseline, measure_candidate, retime_together
 from graphopt.search.rows import CandidateRow, choose, judge
 from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits, enumerate_points
+from graphopt.search.store import CandidateStore
 from graphopt.stage_cache import StageCache
 from graphopt.targets import Target, resolve_target
 
@@ -107,7 +109,8 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
             )
         run.run_all()
         run.retime_finalists()
-    return run.finish(time.perf_counter() - started)
+        best = run.rebuild_choice()
+    return run.finish(best, time.perf_counter() - started)
 
 
 class _SearchRun:
@@ -126,6 +129,8 @@ class _SearchRun:
         self.outcomes = dict(previous.outcomes) if same and previous else {}
         self.results: dict[int, OptimizeResult] = {}
         self.artifacts: dict[str, CandidateRow] = {}  # sha256 of each measured file
+        self.store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
+        self.score_digest = data_digest(score)
         self.rows = self._queue()
         self.notes: list[str] = []
         if call.train_data is None:
@@ -198,7 +203,8 @@ class _SearchRun:
     def retime_finalists(self) -> None:
         """The rows on the Pareto front or meeting every goal, timed again together (one session)."""
         judge(self.rows, self.goals)
-        finalists = [r for r in self.rows if r.status == "measured" and (not r.dominated or not r.misses)]
+        timed_here = ("measured", "cached")  # artifacts on disk now (reused rows' files went with their run)
+        finalists = [r for r in self.rows if r.status in timed_here and (not r.dominated or not r.misses)]
         if len(finalists) < 2:
             return
         measured = [r.measured for r in finalists if r.measured is not None]
@@ -224,7 +230,11 @@ class _SearchRun:
             self.results[id(row)] = result
             return
         try:
-            result = run_call(self._variant(row.point), CacheScope(self.stage_cache, self.scope))
+            variant = self._variant(row.point)
+            stored_key = self._stored_key(variant, row.point)
+            if self._from_store(row, stored_key):
+                return
+            result = run_call(variant, CacheScope(self.stage_cache, self.scope))
             measured = measure_candidate(
                 result, row.point.backend, self.folder / f"candidate-{index}", self.baseline,
                 self.score, self.call.eval_data,
@@ -242,6 +252,53 @@ class _SearchRun:
         row.misses = self.goals.misses(row.metrics())
         self.results[id(row)] = result
         self.outcomes[key] = (row, result)
+        if self.store is not None and stored_key is not None:
+            self.store.save(stored_key, measured, row.accuracy_drop, row.test_drop)
+
+    def _stored_key(self, variant: OptimizeCall, point: SearchPoint) -> str | None:
+        if self.store is None:
+            return None
+        passes = [repr(p) for p in plan_of(variant).passes()]
+        return self.store.key(self.scope, point.backend, self.score_digest, *passes)
+
+    def _from_store(self, row: CandidateRow, key: str | None) -> bool:
+        """Fill ``row`` from the candidate store when it holds this plan's measurement."""
+        stored = None if self.store is None or key is None else self.store.load(key)
+        if stored is None:
+            return False
+        row.measured, row.accuracy_drop, row.test_drop = stored
+        row.status, row.why = "cached", f"measured by an earlier run ({self.config.cache_dir})"
+        row.misses = self.goals.misses(row.metrics())
+        self.artifacts.setdefault(hashlib.sha256(row.measured.path.read_bytes()).hexdigest(), row)
+        return True
+
+    def rebuild_choice(self) -> CandidateRow | None:
+        """Choose; a choice measured by an earlier run has its plan run again to rebuild its result (the
+        same artifact, checked byte for byte; else it is measured afresh and chosen again)."""
+        judge(self.rows, self.goals)
+        best = choose(self.rows, self.config.tie_break)
+        if best is None or id(best) in self.results:
+            return best
+        assert best.measured is not None
+        cached_sha = hashlib.sha256(best.measured.path.read_bytes()).hexdigest()
+        result = run_call(self._variant(best.point), CacheScope(self.stage_cache, self.scope))
+        measured = measure_candidate(result, best.point.backend, self.folder / "rebuilt", self.baseline,
+                                     self.score, self.call.eval_data)  # fmt: skip
+        self.results[id(best)] = result
+        if hashlib.sha256(measured.path.read_bytes()).hexdigest() == cached_sha:
+            self.notes.append(
+                f"search: {best.point.label} was measured by an earlier run; rebuilt, same artifact"
+            )
+            return best
+        best.status, best.measured = "measured", measured
+        best.accuracy_drop = self.baseline.drop(measured.accuracy)
+        best.test_drop = self.baseline.drop(measured.test_accuracy, test=True)
+        self.notes.append(
+            f"search: {best.point.label} rebuilt to a different artifact than stored: measured afresh"
+        )
+        for row in self.rows:
+            row.chosen = False
+        return self.rebuild_choice()
 
     def _variant(self, point: SearchPoint) -> OptimizeCall:
         """The optimize call of one point: the caller's call with the point's plan options."""
@@ -282,9 +339,7 @@ class _SearchRun:
         )
         print(f"search {done}/{total} {row.point.label}: {detail} ({row.seconds:.0f} s)", file=sys.stderr)
 
-    def finish(self, seconds: float) -> OptimizeResult:
-        judge(self.rows, self.goals)
-        best = choose(self.rows, self.config.tie_break)
+    def finish(self, best: CandidateRow | None, seconds: float) -> OptimizeResult:
         if best is None:
             failures = "; ".join(f"{r.point.label}: {r.why}" for r in self.rows if r.status == "failed")
             raise GraphoptError(

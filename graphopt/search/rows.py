@@ -20,7 +20,7 @@ from graphopt.search.space import SearchPoint, TieBreak
 @dataclass
 class CandidateRow:
     point: SearchPoint
-    status: str  # measured | reused | duplicate | ruled out | failed | not run
+    status: str  # measured | reused | cached | duplicate | ruled out | failed | not run
     why: str = ""
     measured: Measured | None = None
     accuracy_drop: float | None = None  # pp on validation data, against the original

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from graphopt.early_exit.config import EarlyExitConfig
@@ -58,6 +59,9 @@ class SearchConfig:
     max_candidates: int = 24
     max_minutes: float = 20.0
     tie_break: TieBreak = "speed"
+    #: A folder where measured candidates are kept, so that a rerun or a wider search (another process,
+    #: the command line) does not measure them again (:mod:`graphopt.search.store`).
+    cache_dir: str | Path | None = None
     #: Share of validation_data on which candidates tune (exit thresholds, fall-backs); scored on the rest.
     tune_share: float = 0.5
     quiet: bool = False
