@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from graphopt.api import CacheScope, OptimizeCall, plan_of, run_call
-from graphopt.backends import BACKENDS
-from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.evaluation import Batch
 from graphopt.inputs import check_example_inputs, private_eval_copy
-from graphopt.plan import INT8_SLOTS
-from graphopt.pruning.config import PruneConfig
-from graphopt.recovery.config import RecoveryConfig
-from graphopt.registry import make_pass, pass_class
 from graphopt.result import OptimizeResult
 from graphopt.search.data import (
     MIN_SAMPLES_TO_SPLIT,
@@ -42,14 +34,14 @@ from graphopt.search.data import (
     split_validation,
 )
 from graphopt.search.goals import Goals
-from graphopt.search.measure import Baseline, measure_candidate, retime_together
+from graphopt.search.measure import Baseline, Measured, measure_candidate, retime_together
+from graphopt.search.queue import build_queue
 from graphopt.search.rows import CandidateRow, choose, judge
-from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits, enumerate_points
+from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits
 from graphopt.search.store import CandidateStore
+from graphopt.search.variants import Variants, quantizes
 from graphopt.stage_cache import StageCache
 from graphopt.targets import Target, resolve_target
-
-log = logging.getLogger("graphopt")
 
 
 @dataclass
@@ -131,7 +123,16 @@ class _SearchRun:
         self.artifacts: dict[str, CandidateRow] = {}  # sha256 of each measured file
         self.store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
         self.score_digest = data_digest(score)
-        self.rows = self._queue()
+        self.variants = Variants(call, config, goals, spec)
+        limits = SpaceLimits(
+            int8_target=quantizes(spec),
+            can_exit=call.train_data is not None and call.validation_data is not None,
+            has_accuracy_goal=goals.needs_accuracy,
+            backends=config.backends or (spec.backend.backend,),
+        )
+        params = sum(p.numel() for p in call.model.parameters())
+        first_exit = min(self.variants.exit_config().fractions or (0.33,))
+        self.rows = build_queue(config, goals, limits, params, first_exit)
         self.notes: list[str] = []
         if call.train_data is None:
             self.notes.append(
@@ -139,49 +140,6 @@ class _SearchRun:
                 "no exits); with train_data, pruned models are recovered by distillation, int8 is "
                 "trained by QAT and exit heads can be trained"
             )
-
-    def _queue(self) -> list[CandidateRow]:
-        limits = SpaceLimits(
-            int8_target=_quantizes(self.spec),
-            can_exit=self.call.train_data is not None and self.call.validation_data is not None,
-            has_accuracy_goal=self.goals.needs_accuracy,
-            backends=self.config.backends or (self.spec.backend.backend,),
-        )
-        for name in limits.backends:
-            if name not in BACKENDS:
-                raise ConfigError(
-                    f"SearchConfig.backends: unknown backend {name!r}; known: {', '.join(BACKENDS)}"
-                )
-        rows = []
-        params = sum(p.numel() for p in self.call.model.parameters())
-        first_exit = min(self._exit_config().fractions or (0.33,))
-        for point in enumerate_points(self.config, limits):
-            why = self._ruled_out(point, params, first_exit)
-            rows.append(CandidateRow(point, "ruled out" if why else "queued", why))
-        queued = [r for r in rows if r.status == "queued"]
-        if not queued and rows:  # never nothing: measure the point the estimates put closest to the goals
-            closest = min(rows, key=lambda r: self._estimated_gap(r.point, params, first_exit))
-            closest.status = "queued"
-            closest.why = (
-                f"every candidate is estimated to miss; measured as the closest estimate ({closest.why})"
-            )
-            queued = [closest]
-        for row in queued[self.config.max_candidates :]:
-            row.status, row.why = "not run", f"over max_candidates={self.config.max_candidates}"
-        return rows
-
-    def _ruled_out(self, point: SearchPoint, params: int, first_exit: float) -> str:
-        goals = self.goals
-        if goals.min_speedup is not None and point.speedup_ceiling(first_exit) < goals.min_speedup:
-            ceiling = point.speedup_ceiling(first_exit)
-            return f"speed-up at most {ceiling:.2f}x (estimate) < {goals.min_speedup:g}x"
-        if goals.max_bytes is not None and point.bytes_floor(params) > goals.max_bytes:
-            return f"at least {point.bytes_floor(params) / 1e6:.3g} MB of weights (estimate) > goal"
-        return ""
-
-    def _estimated_gap(self, point: SearchPoint, params: int, first_exit: float) -> float:
-        estimate = {"speedup": point.speedup_ceiling(first_exit), "bytes": point.bytes_floor(params)}
-        return sum(m.relative_gap for m in self.goals.misses(estimate) if m.goal.metric in estimate)
 
     def run_all(self) -> None:
         started = time.perf_counter()
@@ -220,17 +178,12 @@ class _SearchRun:
         key = (self.scope, row.point)
         if key in self.outcomes:
             earlier, result = self.outcomes[key]
-            row.measured, row.accuracy_drop, row.test_drop = (
-                earlier.measured,
-                earlier.accuracy_drop,
-                earlier.test_drop,
-            )
-            row.status, row.why = "reused", "measured by an earlier search (SearchConfig.reuse)"
-            row.misses = self.goals.misses(row.metrics())
+            self._record(row, earlier.measured, earlier.accuracy_drop, earlier.test_drop, "reused")
+            row.why = "measured by an earlier search (SearchConfig.reuse)"
             self.results[id(row)] = result
             return
         try:
-            variant = self._variant(row.point)
+            variant = self.variants.of(row.point)
             stored_key = self._stored_key(variant, row.point)
             if self._from_store(row, stored_key):
                 return
@@ -246,14 +199,26 @@ class _SearchRun:
         if twin is not row:  # e.g. fall-backs that kept every layer int8: not a second choice
             row.status, row.why = "duplicate", f"writes the same artifact as {twin.point.label}"
             return
-        row.status, row.measured = "measured", measured
-        row.accuracy_drop = self.baseline.drop(measured.accuracy)
-        row.test_drop = self.baseline.drop(measured.test_accuracy, test=True)
-        row.misses = self.goals.misses(row.metrics())
+        self._measured(row, measured)
         self.results[id(row)] = result
         self.outcomes[key] = (row, result)
         if self.store is not None and stored_key is not None:
             self.store.save(stored_key, measured, row.accuracy_drop, row.test_drop)
+
+    def _measured(self, row: CandidateRow, measured: Measured) -> None:
+        drop = self.baseline.drop(measured.accuracy)
+        self._record(row, measured, drop, self.baseline.drop(measured.test_accuracy, test=True), "measured")
+
+    def _record(
+        self,
+        row: CandidateRow,
+        measured: Measured | None,
+        drop: float | None,
+        test_drop: float | None,
+        status: str,
+    ) -> None:
+        row.measured, row.accuracy_drop, row.test_drop, row.status = measured, drop, test_drop, status
+        row.misses = self.goals.misses(row.metrics())
 
     def _stored_key(self, variant: OptimizeCall, point: SearchPoint) -> str | None:
         if self.store is None:
@@ -266,9 +231,8 @@ class _SearchRun:
         stored = None if self.store is None or key is None else self.store.load(key)
         if stored is None:
             return False
-        row.measured, row.accuracy_drop, row.test_drop = stored
-        row.status, row.why = "cached", f"measured by an earlier run ({self.config.cache_dir})"
-        row.misses = self.goals.misses(row.metrics())
+        self._record(row, *stored, "cached")
+        row.why = f"measured by an earlier run ({self.config.cache_dir})"
         self.artifacts.setdefault(hashlib.sha256(row.measured.path.read_bytes()).hexdigest(), row)
         return True
 
@@ -281,7 +245,7 @@ class _SearchRun:
             return best
         assert best.measured is not None
         cached_sha = hashlib.sha256(best.measured.path.read_bytes()).hexdigest()
-        result = run_call(self._variant(best.point), CacheScope(self.stage_cache, self.scope))
+        result = run_call(self.variants.of(best.point), CacheScope(self.stage_cache, self.scope))
         measured = measure_candidate(result, best.point.backend, self.folder / "rebuilt", self.baseline,
                                      self.score, self.call.eval_data)  # fmt: skip
         self.results[id(best)] = result
@@ -290,43 +254,13 @@ class _SearchRun:
                 f"search: {best.point.label} was measured by an earlier run; rebuilt, same artifact"
             )
             return best
-        best.status, best.measured = "measured", measured
-        best.accuracy_drop = self.baseline.drop(measured.accuracy)
-        best.test_drop = self.baseline.drop(measured.test_accuracy, test=True)
+        self._measured(best, measured)
         self.notes.append(
             f"search: {best.point.label} rebuilt to a different artifact than stored: measured afresh"
         )
         for row in self.rows:
             row.chosen = False
         return self.rebuild_choice()
-
-    def _variant(self, point: SearchPoint) -> OptimizeCall:
-        """The optimize call of one point: the caller's call with the point's plan options."""
-        trains = point.prune > 0 or point.int8 != "off"
-        return dataclasses.replace(
-            self.call,
-            target=self.spec,
-            passes=None if point.int8 != "off" else _fp32_passes(self.spec, self.call.passes),
-            prune=PruneConfig(ratio=point.prune, importance=point.importance) if point.prune else 0.0,
-            early_exit=self._exit_config() if point.exits else None,
-            accuracy_budget=self._fallback_budget() if point.int8 == "fallbacks" else None,
-            recovery=self._recovery() if trains else None,
-            eval_data=self.call.validation_data,  # the tuning share: fall-backs decide on it, rows show it
-        )
-
-    def _recovery(self) -> RecoveryConfig | None:
-        recovery = self.call.recovery
-        if recovery is None or not self.config.quiet:
-            return recovery
-        return dataclasses.replace(recovery, quiet=True)  # a quiet search trains quietly too
-
-    def _exit_config(self) -> EarlyExitConfig:
-        config = self.config.early_exit or self.call.early_exit or EarlyExitConfig()
-        return dataclasses.replace(config, quiet=True) if self.config.quiet else config
-
-    def _fallback_budget(self) -> float:
-        assert self.goals.max_accuracy_drop is not None
-        return self.goals.max_accuracy_drop / 2  # half the goal: QAT and exits may cost the other half
 
     def _progress(self, done: int, total: int, row: CandidateRow) -> None:
         if self.config.quiet:
@@ -394,16 +328,6 @@ def _pinned(result: OptimizeResult) -> OptimizeResult:
         result.model = result.fp32_model
     result.fp32_model = None
     return result
-
-
-def _quantizes(spec: Target) -> bool:
-    return any(pass_class(p.name).slot in INT8_SLOTS for p in spec.passes)
-
-
-def _fp32_passes(spec: Target, passes: Any) -> list[Any]:
-    """The target's (or the caller's) pipeline without its int8 passes."""
-    chosen = passes if passes is not None else [make_pass(p.name, p.options) for p in spec.passes]
-    return [p for p in chosen if (make_pass(p) if isinstance(p, str) else p).slot not in INT8_SLOTS]
 
 
 __all__ = ["Batch", "SearchResult", "search_optimize"]
