@@ -197,7 +197,8 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     passes = plan.passes()
     done = 0
     if cached is not None:
-        parts = RunParts(report, context, snapshot)
+        stateful = [i for i in call.instruments if hasattr(i, "state") and hasattr(i, "restore")]
+        parts = RunParts(report, context, snapshot, stateful)
         gm, done = cached.cache.resume(cached.scope, passes, parts, gm)
         hooks.append(cached.cache.recorder(cached.scope, passes, parts, done))  # last: after the row
     PassManager(passes[done:], steps=call.steps, instruments=hooks).run(gm, context)

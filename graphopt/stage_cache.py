@@ -10,9 +10,9 @@ calibration) the run's state is kept under the key
 where ``scope`` names the model, its data and the target settings (the caller's business: a
 :class:`StageCache` must only be shared between runs on the same model and data). A later run whose plan
 starts with the same passes resumes from the longest cached prefix: the graph, the report rows so far, the
-notes and tables the passes wrote, and the latency guard's fp32 snapshot are restored, then the remaining
-passes run. Passes are deterministic given their options (their seeds are options), so a resumed run ends
-where a full run would.
+notes and tables the passes wrote, the latency guard's fp32 snapshot and the state of stateful instruments
+(:class:`StatefulInstrument`) are restored, then the remaining passes run. Passes are deterministic given
+their options (their seeds are options), so a resumed run ends where a full run would.
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ class RunState:
     data_read: set[str]
     fp32_model: fx.GraphModule | None
     trained_after: bool
+    instruments: list[object]  # each stateful instrument's state, in RunParts.instruments order
+
+
+class StatefulInstrument(Protocol):
+    """An instrument that builds something up over a run (the benchmark's stage snapshots) and so takes
+    part in a resumed run: its state at a cached point is kept and put back."""
+
+    def state(self) -> object: ...
+
+    def restore(self, state: object) -> None: ...
 
 
 class Fp32Holder(Protocol):
@@ -57,6 +67,7 @@ class RunParts:
     report: Report
     context: PassContext
     snapshot: Fp32Holder
+    instruments: list[StatefulInstrument]
 
     def capture(self, gm: fx.GraphModule) -> RunState:
         return RunState(
@@ -67,6 +78,7 @@ class RunParts:
             data_read=set(self.context._read),
             fp32_model=None if self.snapshot.model is None else deep_copy(self.snapshot.model),
             trained_after=self.snapshot.trained_after,
+            instruments=[instrument.state() for instrument in self.instruments],
         )
 
     def restore(self, state: RunState) -> fx.GraphModule:
@@ -78,6 +90,8 @@ class RunParts:
         self.context._read |= state.data_read
         self.snapshot.model = None if state.fp32_model is None else deep_copy(state.fp32_model)
         self.snapshot.trained_after = state.trained_after
+        for instrument, saved in zip(self.instruments, state.instruments, strict=True):
+            instrument.restore(saved)
         return deep_copy(state.gm)
 
 

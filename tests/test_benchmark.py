@@ -337,6 +337,34 @@ def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypa
     )
 
 
+def test_pipelines_sharing_their_first_passes_run_them_once(digits, digits_model, monkeypatch):
+    from graphopt.benchmark import models
+    from graphopt.early_exit.config import EarlyExitConfig
+
+    config = EarlyExitConfig(exits=("features.6",), epochs=2, quiet=True)
+    monkeypatch.setitem(
+        models.DIGITS_MODELS,
+        "digits",
+        lambda seed, quiet: models._digits("digits", digits_model, digits, digits.test_batches(), config),
+    )
+    labels = ("generic-fp32+prune=0.3", "generic-fp32+prune=0.3+early-exit")
+    result = run_bench(
+        BenchConfig(
+            model="digits",
+            pipelines=tuple(parse_pipeline(p) for p in labels),
+            rounds=1,
+            round_ms=2,
+            recovery_epochs=1,
+            measure_peak=False,
+            quiet=True,
+        )
+    )
+    reused = [n for n in result.notes if "reused from an earlier run" in n]
+    assert len(reused) == 1 and reused[0].startswith(labels[1])  # prune, re-estimate, recover: run once
+    first, second = (result.row(label, "recover") for label in labels)
+    assert first.accuracy == second.accuracy and first.params == second.params  # the same stage, kept
+
+
 def test_torch_pruning_peer_prunes_when_installed():
     pytest.importorskip(
         "torch_pruning", reason="Torch-Pruning is an optional peer: pip install 'graphopt[peers]'"
@@ -386,11 +414,11 @@ def test_labels_only_pipelines_train_without_the_teacher(monkeypatch, digits, di
 
     seen = {}
 
-    def record(*args, **kwargs):
-        seen["recovery"] = kwargs["recovery"]
+    def record(call, cached=None):
+        seen["recovery"] = call.recovery
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(stages, "optimize", record)
+    monkeypatch.setattr(stages, "run_call", record)
     bench = models._digits("digits", digits_model, digits, None, None)
     for label, alpha in (("x86-int8+prune=0.5+labels-only", 1.0), ("x86-int8+prune=0.5", 0.1)):
         with pytest.raises(ConfigError, match="stop here"):

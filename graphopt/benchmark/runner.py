@@ -22,6 +22,7 @@ from graphopt.backends.timing import edge_timing
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.progress import Progress
 from graphopt.recovery.config import RecoveryConfig
+from graphopt.stage_cache import StageCache
 
 from .candidates import Candidate
 from .evaluate import evaluate, probes_of, reference_outputs
@@ -122,11 +123,12 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
     save()
     candidates = list(peers)
     progress = Progress(len(config.pipelines), "pipelines", quiet=config.quiet)
+    stages = StageCache()  # pipelines sharing their first passes (prune, recovery, QAT) run them once
     for pipeline in config.pipelines:
         try:
             run = run_pipeline(
                 bench, pipeline, folder, recovery_epochs=config.recovery_epochs, seed=config.seed,
-                quiet=config.quiet,
+                quiet=config.quiet, stages=stages,
             )  # fmt: skip
         except GraphoptError as exc:
             result.errors.append(BenchError(pipeline.label, type(exc).__name__, str(exc)))

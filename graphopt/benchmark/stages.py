@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch.fx as fx
 
-from graphopt.api import optimize
+from graphopt.api import CacheScope, OptimizeCall, run_call
 from graphopt.backends import OnnxRunner, backend_for, export_onnx
 from graphopt.early_exit.measure import has_exits
 from graphopt.ir import deep_copy
@@ -28,6 +28,7 @@ from graphopt.recovery.config import LABELS_ONLY, DistillConfig, RecoveryConfig
 from graphopt.report import StageRecord
 from graphopt.result import OptimizeResult
 from graphopt.sparsity import zipped_bytes
+from graphopt.stage_cache import StageCache
 
 from .candidates import Candidate, EagerRunner
 from .models import BenchModel
@@ -45,6 +46,13 @@ class StageSnapshots:
         if record.modified:
             self.models[record.name] = deep_copy(gm)
 
+    def state(self) -> dict[str, fx.GraphModule]:  # a resumed pipeline starts with the stages it shares
+        return dict(self.models)  # the copies are private and never modified: sharing them is safe
+
+    def restore(self, state: object) -> None:
+        assert isinstance(state, dict)
+        self.models = dict(state)
+
 
 @dataclass
 class PipelineRun:
@@ -55,8 +63,17 @@ class PipelineRun:
 
 
 def run_pipeline(
-    bench: BenchModel, pipeline: Pipeline, folder: Path, *, recovery_epochs: int, seed: int, quiet: bool
+    bench: BenchModel,
+    pipeline: Pipeline,
+    folder: Path,
+    *,
+    recovery_epochs: int,
+    seed: int,
+    quiet: bool,
+    stages: StageCache | None = None,
 ) -> PipelineRun:
+    """``stages``: shared by the pipelines of one run, so that those starting with the same passes (prune,
+    recovery, QAT; then with or without exits) run them once (:mod:`graphopt.stage_cache`)."""
     snapshots = StageSnapshots()
     # Training data goes to the stages that learn: recovery after pruning, QAT after int8, exit heads.
     lossy = bool(pipeline.prune or pipeline.sparsify) or pipeline.quantized
@@ -65,12 +82,12 @@ def run_pipeline(
         epochs=max(recovery_epochs, 1), augment=bench.augment, seed=seed, quiet=quiet,
         distill=LABELS_ONLY if pipeline.labels_only else DistillConfig(),
     )  # fmt: skip
-    start = time.perf_counter()
-    result = optimize(
+    calibration = bench.calibration if pipeline.quantized or pipeline.prune else None
+    call = OptimizeCall(
         bench.model,
         pipeline.target,
-        example_inputs=bench.example_inputs,
-        calibration_data=bench.calibration if pipeline.quantized or pipeline.prune else None,
+        bench.example_inputs,
+        calibration_data=calibration,
         train_data=train,
         eval_data=bench.eval,
         prune=pipeline.prune,
@@ -78,8 +95,13 @@ def run_pipeline(
         early_exit=bench.early_exit if pipeline.early_exit else None,
         validation_data=bench.validation if pipeline.early_exit else None,
         recovery=recovery if train is not None and lossy else None,
-        instruments=[snapshots],
+        instruments=(snapshots,),
     )
+    # What a shared stage read besides its options: the model and seed, and which data it was given
+    # (validation data is read by the exit pass alone, which no pipeline shares, so it is not part of it).
+    scope = f"{bench.name}|seed={seed}|calibration={calibration is not None}|train={train is not None}"
+    start = time.perf_counter()
+    result = run_call(call, None if stages is None else CacheScope(stages, scope))
     backend = backend_for("", pipeline.spec.backend.backend)
     artifact = result.export(folder / f"{_file_stem(pipeline.label)}{backend.suffix}")
     seconds = time.perf_counter() - start
