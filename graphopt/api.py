@@ -114,6 +114,13 @@ def optimize(
     ``dynamic_shapes`` names the input dimensions that vary besides the batch (always dynamic), e.g.
     ``{"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}``: capture keeps them symbolic, the ONNX
     artifact declares them, and the artifact is checked at other sizes of each.
+
+    ``goals`` (a :class:`~graphopt.search.goals.Goals`: speed-up over ORT fp32, accuracy drop, bytes) and/or
+    ``search`` (a :class:`~graphopt.search.space.SearchConfig`) turn the call into a search over the plan
+    slots (prune ratio, int8 with or without fp32 fall-backs, early exits, backend): every candidate is
+    optimized, exported, timed in its runtime and scored on ``validation_data``; the result is the best
+    artifact meeting every goal, or the closest with what it misses, and ``res.search`` holds every
+    candidate (:mod:`graphopt.search.engine`).
     """
     call = OptimizeCall(
         model, target, example_inputs, calibration_data, train_data, prune, early_exit, passes,
