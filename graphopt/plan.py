@@ -15,6 +15,7 @@ calibration it measures. Why each slot is there is part of the plan: ``print(res
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -228,7 +229,11 @@ SLOT_RULES: tuple[Callable[[PlanOptions, Plan], Slot | None], ...] = (
 
 
 def make_plan(target: Target, options: PlanOptions) -> Plan:
-    """The plan for ``target`` with ``options`` (module docstring)."""
+    """The plan for ``target`` with ``options`` (module docstring). Pruning that does not say how to round
+    kept widths rounds them to the target's ``channel_multiple`` (the kernels' SIMD block)."""
+    if options.prune is not None and options.prune.round_to is None:
+        prune = dataclasses.replace(options.prune, round_to=target.backend.channel_multiple, soft_round=True)
+        options = dataclasses.replace(options, prune=prune)
     if options.passes is not None:
         plan = Plan(target.name, _group(options.passes, "passes="))
     else:

@@ -44,8 +44,15 @@ class BackendSettings:
     #: PyTorch's quantized engine for int8 TorchScript: ``x86`` (FBGEMM / oneDNN) or ``qnnpack`` (ARM).
     torch_engine: Literal["x86", "qnnpack"] = "x86"
     threads: int = 1  # edge deployments pin one inference thread per core; timings use the same
+    #: Pruning keeps channel counts in multiples of this unless the caller sets ``PruneConfig.round_to``:
+    #: ONNX Runtime's x86 fp32 convs run in NCHWc blocks of 8 channels on AVX2, and a width off the block
+    #: falls back to slower kernels (digits ResNet pruned 0.6 to 7-channel stems: 1.47x over the original;
+    #: rounded to 8: 2.62x, in one interleaved run, AVX2).
+    channel_multiple: int = 8
 
     def __post_init__(self) -> None:
+        if self.channel_multiple < 1:
+            raise ConfigError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
         if self.opset < 17:
             raise ConfigError(f"opset must be >= 17 (LayerNorm, modern Resize), got {self.opset}")
         if self.threads < 1:
@@ -83,6 +90,7 @@ ARM_FP32 = Target(
     ),
     isa="aarch64",
     passes=_FP32_CLEANUP,
+    backend=BackendSettings(channel_multiple=4),  # NEON: 4 fp32 lanes
 )
 
 
@@ -125,6 +133,7 @@ X86_VNNI_INT8 = Target(
     isa="x86_64",
     passes=_int8(QuantScheme(activations="uint8", reduce_range=False)),
     scheme=NumericScheme(weights="int8", activations="uint8"),
+    backend=BackendSettings(channel_multiple=16),  # AVX-512: NCHWc blocks of 16
 )
 """What ``graphopt bench`` and :func:`graphopt.cpu.int8_choice` pick on a CPU with ``avx512_vnni`` or
 ``avx_vnni``; the ORT ``quantize_static`` peer then runs without reduce_range too. Measured so far: on the
@@ -169,7 +178,7 @@ ARM_INT8 = Target(
     isa="aarch64",
     passes=_int8(QuantScheme(activations="int8", reduce_range=False)),
     scheme=NumericScheme(weights="int8", activations="int8"),
-    backend=BackendSettings(torch_engine="qnnpack"),
+    backend=BackendSettings(torch_engine="qnnpack", channel_multiple=4),  # NEON: 4 fp32 lanes
 )
 """Why this scheme (measured under emulation, ../shared/FINDINGS.md): the aarch64 build of ORT fuses s8s8
 QDQ fully (20 QLinearConv, 8 QLinearAdd, 1 QGemm on ResNet-18), its NEON/dot-product kernels accumulate in

@@ -21,15 +21,20 @@ class PruneConfig(PassOptions):
     - ``importance``: ``l1`` / ``l2`` magnitude of every weight slice a channel owns (producer rows and
       consumer columns, aggregated over the coupled group), ``bn_scale`` (``|gamma|`` of its BatchNorms),
       ``taylor`` (``|sum w * dL/dw|`` over its weights, first order, needs ``train_data``), ``random``.
-    - ``round_to``: kept widths are rounded up to a multiple (SIMD-friendly); ``min_channels``: no group
-      keeps fewer channels.
+    - ``round_to``: kept widths are rounded up to a multiple (SIMD-friendly); None (the default): the
+      target's ``channel_multiple`` inside ``optimize``, 1 when the pass runs on its own; ``min_channels``:
+      no group keeps fewer channels.
     - ``protect``: module names whose output channels are never pruned.
     """
 
     ratio: float = 0.3
     importance: Importance = "l2"
     scope: Scope = "local"
-    round_to: int = 1
+    round_to: int | None = None
+    #: Set by ``optimize`` when ``round_to`` is the target's multiple rather than the caller's: a group
+    #: the rounding would leave unpruned keeps its unrounded width instead (a unit can span several
+    #: channels, as in a channel shuffle, so "8 units" may already be a multiple of 8 channels).
+    soft_round: bool = False
     min_channels: int = 1
     protect: tuple[str, ...] = ()
     taylor_batches: int = 8
@@ -51,7 +56,11 @@ class PruneConfig(PassOptions):
             )
         if self.scope not in ("local", "global"):
             raise ConfigError(f"scope must be 'local' or 'global', got {self.scope!r}")
-        if self.round_to < 1 or self.min_channels < 1 or self.taylor_batches < 1:
+        if (
+            (self.round_to is not None and self.round_to < 1)
+            or self.min_channels < 1
+            or self.taylor_batches < 1
+        ):
             raise ConfigError(
                 f"round_to, min_channels and taylor_batches must be >= 1, got {self.round_to}, "
                 f"{self.min_channels}, {self.taylor_batches}"

@@ -41,7 +41,9 @@ def choose(groups: list[Group], scores: Scores, config: PruneConfig) -> Selectio
         if keep < floor:
             selection.clamped.append(group.index)
             keep = floor
-        keep = min(n, math.ceil(keep / config.round_to) * config.round_to)
+        multiple = config.round_to or 1  # None outside optimize: no rounding
+        rounded = min(n, math.ceil(keep / multiple) * multiple)
+        keep = keep if config.soft_round and rounded == n > keep else rounded
         chosen = _keep_every_producer(group, candidates, min(n - keep, len(candidates)))
         if len(chosen) < min(n - keep, len(candidates)):
             selection.clamped.append(group.index)

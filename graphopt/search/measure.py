@@ -114,7 +114,8 @@ def measure_candidate(
         baseline_ms=reference,
         bytes=artifact.stat().st_size,
         params=record.params,
-        macs=record.macs,
+        # an exit model's MACs depend on the input: the expected MACs per sample its exit stage measured
+        macs=result.report.stage("insert_early_exit").macs if exits else record.macs,
         accuracy=valid_accuracy,
         test_accuracy=test_accuracy,
         shipped_fp32=bool(record.stats.get(SHIPPED_FP32, 0)),
