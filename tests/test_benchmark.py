@@ -307,26 +307,29 @@ def test_bench_compare_cli(tmp_path, capsys):
     assert main(["bench-compare", str(first), str(tmp_path / "c.json")]) == 2
 
 
-def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypatch):
+def _digits_with_exit_heads(monkeypatch, digits, digits_model, epochs: int) -> None:
+    """``digits`` in the bench models: the trained fixture with a one-exit configuration (no training)."""
     from graphopt.benchmark import models
     from graphopt.early_exit.config import EarlyExitConfig
 
-    config = EarlyExitConfig(exits=("features.6",), epochs=5, quiet=True)
+    config = EarlyExitConfig(exits=("features.6",), epochs=epochs, quiet=True)
     monkeypatch.setitem(
         models.DIGITS_MODELS,
         "digits",
         lambda seed, quiet: models._digits("digits", digits_model, digits, digits.test_batches(), config),
     )
-    result = run_bench(
-        BenchConfig(
-            model="digits",
-            pipelines=(parse_pipeline("generic-fp32+early-exit"),),
-            rounds=1,
-            round_ms=2,
-            measure_peak=False,
-            quiet=True,
-        )
-    )
+
+
+def _quick_bench(*labels: str, **settings) -> object:
+    pipelines = tuple(parse_pipeline(label) for label in labels)
+    config = BenchConfig(model="digits", pipelines=pipelines, rounds=1, round_ms=2, measure_peak=False,
+                         quiet=True, **settings)  # fmt: skip
+    return run_bench(config)
+
+
+def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypatch):
+    _digits_with_exit_heads(monkeypatch, digits, digits_model, epochs=5)
+    result = _quick_bench("generic-fp32+early-exit")
     row = result.row("generic-fp32+early-exit", "artifact:onnx")
     assert row.mean_ms is not None and row.mean_ms > 0
     assert row.latency_basis.startswith("per held-out image") and row.latency.runs == len(digits.test_y)
@@ -338,27 +341,9 @@ def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypa
 
 
 def test_pipelines_sharing_their_first_passes_run_them_once(digits, digits_model, monkeypatch):
-    from graphopt.benchmark import models
-    from graphopt.early_exit.config import EarlyExitConfig
-
-    config = EarlyExitConfig(exits=("features.6",), epochs=2, quiet=True)
-    monkeypatch.setitem(
-        models.DIGITS_MODELS,
-        "digits",
-        lambda seed, quiet: models._digits("digits", digits_model, digits, digits.test_batches(), config),
-    )
+    _digits_with_exit_heads(monkeypatch, digits, digits_model, epochs=2)
     labels = ("generic-fp32+prune=0.3", "generic-fp32+prune=0.3+early-exit")
-    result = run_bench(
-        BenchConfig(
-            model="digits",
-            pipelines=tuple(parse_pipeline(p) for p in labels),
-            rounds=1,
-            round_ms=2,
-            recovery_epochs=1,
-            measure_peak=False,
-            quiet=True,
-        )
-    )
+    result = _quick_bench(*labels, recovery_epochs=1)
     reused = [n for n in result.notes if "reused from an earlier run" in n]
     assert len(reused) == 1 and reused[0].startswith(labels[1])  # prune, re-estimate, recover: run once
     first, second = (result.row(label, "recover") for label in labels)
