@@ -121,7 +121,7 @@ class StageCache:
                 restored = parts.restore(state)
                 parts.context.notes.append(
                     f"stages {names} reused from an earlier run of the same passes on the same model and "
-                    "data (search stage cache)"
+                    "data (stage cache)"
                 )
                 return restored, done
         return gm, 0
