@@ -104,7 +104,8 @@ def optimize(
 
     ``accuracy_budget`` (percentage points, needs ``eval_data``) keeps the layers most sensitive to int8 in
     fp32 until the drop int8 causes (against the fp32 model that entered quantization, so after pruning
-    the pruned one) is within the budget (pass ``accuracy_budget``, right after ``calibrate``); the report's ``accuracy_budget`` table says which layers and why.
+    the pruned one) is within the budget (pass ``accuracy_budget``, right after ``calibrate``); the
+    report's ``accuracy_budget`` table says which layers and why.
 
     ``validation_data`` (labelled batches the model was *not* trained on) is what early exit calibrates its
     thresholds on, so that the accuracy it promises holds on new data; without it a share of
