@@ -156,6 +156,8 @@ def test_an_accuracy_goal_on_a_model_without_labels_is_one_clear_error(capsys):
 
     assert main(["optimize", "resnet_basic", "--goal", "accuracy-drop<=1", "--quiet"]) == 2
     assert "needs labelled validation data" in capsys.readouterr().err
+    assert main(["optimize", "resnet_basic", "--goal", "size<=1MB", "--dump-ir", "d", "--quiet"]) == 2
+    assert "--dump-ir writes the IR of one plan" in capsys.readouterr().err
 
 
 def _row(label, speedup, drop, size):

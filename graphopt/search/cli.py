@@ -38,6 +38,8 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
     from graphopt.search import SearchConfig, parse_goals
 
     goals = parse_goals(args.goal)
+    if args.dump_ir is not None:
+        raise ConfigError("--dump-ir writes the IR of one plan; a --goal search runs many: drop one of them")
     shape = parse_shape(args.input_shape) if args.input_shape else None
     bench = load_bench_model(args.model, input_shape=shape, synthetic_data=True, quiet=args.quiet)
     if goals.needs_accuracy and bench.validation is None:
