@@ -218,3 +218,21 @@ def test_a_rerun_with_a_cache_folder_measures_nothing_again_and_rebuilds_the_cho
 
     (tmp_path / "cache" / "junk.json").write_text("not json")  # an unreadable entry is a miss, not an error
     assert CandidateStore(tmp_path / "cache").load("junk") is None
+
+
+def test_a_large_validation_set_is_split_into_disjoint_tuning_and_scoring_shares():
+    from graphopt.search.data import MIN_SAMPLES_TO_SPLIT, split_validation
+
+    n = MIN_SAMPLES_TO_SPLIT
+    data = [
+        (torch.arange(i, i + 100, dtype=torch.float32).view(-1, 1), torch.arange(i, i + 100))
+        for i in range(0, n, 100)
+    ]
+    tune, score = split_validation(data, 0.5)
+    tuned = torch.cat([y for _, y in tune])
+    scored = torch.cat([y for _, y in score])
+    assert len(tuned) == len(scored) == n // 2 and not set(tuned.tolist()) & set(scored.tolist())
+    assert all(torch.equal(x[0].view(-1), y.float()) for x, y in tune)  # inputs stay with their labels
+    assert split_validation(data, 0.5)[0][0][1].tolist() == tune[0][1].tolist()  # the same split each time
+    small = data[:3]
+    assert split_validation(small, 0.5) == (small, small)  # too few samples: both share all of them

@@ -20,12 +20,14 @@ from torch import nn
 
 from graphopt.api import OptimizeCall
 from graphopt.errors import InvalidInputError
-from graphopt.evaluation import Batch, as_input_tuple, materialize_labelled
+from graphopt.evaluation import Batch, materialize_labelled
+from graphopt.recovery.data import read_labelled
 from graphopt.search.goals import Goals
 
 #: Below this many validation samples both shares would be too coarse to decide or to score with (an
 #: exit budget of 0.3 pp is less than one sample of 180): tuning and scoring then share all of them.
 MIN_SAMPLES_TO_SPLIT = 2000
+SPLIT_BATCH = 256
 
 
 def split_validation(
@@ -37,28 +39,16 @@ def split_validation(
         return None, None
     if sum(len(y) for _, y in data) < MIN_SAMPLES_TO_SPLIT:
         return data, data
-    inputs = [torch.cat(parts) for parts in zip(*(as_input_tuple(x) for x, _ in data), strict=True)]
-    labels = torch.cat([y for _, y in data])
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    cut = round(tune_share * len(labels))
-    if cut < 1 or cut >= len(labels):
+    labelled = read_labelled(data, "validation_data", None)
+    order = torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))
+    cut = round(tune_share * len(labelled))
+    if cut < 1 or cut >= len(labelled):
         raise InvalidInputError(
-            f"validation_data has {len(labels)} samples: too few to keep {tune_share:.0%} for tuning and the "
-            "rest for scoring; give more labelled samples"
+            f"validation_data has {len(labelled)} samples: too few to keep {tune_share:.0%} for tuning and "
+            "the rest for scoring; give more labelled samples"
         )
-    return _batches(inputs, labels, order[:cut]), _batches(inputs, labels, order[cut:])
-
-
-def _batches(
-    inputs: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor, size: int = 256
-) -> list[Batch]:
-    index = index.sort().values
-    out: list[Batch] = []
-    for start in range(0, len(index), size):
-        part = index[start : start + size]
-        chosen = tuple(x[part] for x in inputs)
-        out.append((chosen[0] if len(chosen) == 1 else chosen, labels[part]))
-    return out
+    tune, score = (labelled.subset(part.sort().values) for part in (order[:cut], order[cut:]))
+    return list(tune.batches(SPLIT_BATCH)), list(score.batches(SPLIT_BATCH))
 
 
 def materialized(call: OptimizeCall) -> OptimizeCall:

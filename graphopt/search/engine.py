@@ -195,7 +195,7 @@ class _SearchRun:
         except GraphoptError as exc:
             row.status, row.why = "failed", f"{type(exc).__name__}: {exc}"
             return
-        twin = self.artifacts.setdefault(hashlib.sha256(measured.path.read_bytes()).hexdigest(), row)
+        twin = self.artifacts.setdefault(_file_digest(measured.path), row)
         if twin is not row:  # e.g. fall-backs that kept every layer int8: not a second choice
             row.status, row.why = "duplicate", f"writes the same artifact as {twin.point.label}"
             return
@@ -233,7 +233,7 @@ class _SearchRun:
             return False
         self._record(row, *stored, "cached")
         row.why = f"measured by an earlier run ({self.config.cache_dir})"
-        self.artifacts.setdefault(hashlib.sha256(row.measured.path.read_bytes()).hexdigest(), row)
+        self.artifacts.setdefault(_file_digest(row.measured.path), row)
         return True
 
     def rebuild_choice(self) -> CandidateRow | None:
@@ -244,12 +244,12 @@ class _SearchRun:
         if best is None or id(best) in self.results:
             return best
         assert best.measured is not None
-        cached_sha = hashlib.sha256(best.measured.path.read_bytes()).hexdigest()
+        cached_sha = _file_digest(best.measured.path)
         result = run_call(self.variants.of(best.point), CacheScope(self.stage_cache, self.scope))
         measured = measure_candidate(result, best.point.backend, self.folder / "rebuilt", self.baseline,
                                      self.score, self.call.eval_data)  # fmt: skip
         self.results[id(best)] = result
-        if hashlib.sha256(measured.path.read_bytes()).hexdigest() == cached_sha:
+        if _file_digest(measured.path) == cached_sha:
             self.notes.append(
                 f"search: {best.point.label} was measured by an earlier run; rebuilt, same artifact"
             )
@@ -321,13 +321,15 @@ def _verdict(best: CandidateRow, goals: Goals) -> str:
 
 
 def _pinned(result: OptimizeResult) -> OptimizeResult:
-    """The result with the latency guard's decision of the measured export fixed, so that exporting it
-    again writes the artifact that was measured (and does not time it again)."""
-    artifact = result.report.stages[-1]
-    if artifact.stats.get("shipped_fp32") and result.fp32_model is not None:
-        result.model = result.fp32_model
+    """The result exporting the artifact that was measured: candidates are exported without the latency
+    guard (the search weighs int8 against fp32 itself), so a second export must not run one either."""
     result.fp32_model = None
     return result
+
+
+def _file_digest(path: Path) -> str:
+    """What two candidates' artifacts are compared by (same bytes: the same candidate)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 __all__ = ["Batch", "SearchResult", "search_optimize"]

@@ -98,20 +98,14 @@ def measure_candidate(
     record = result.report.stages[-1]
     runner = backend.runner(artifact, threads=result.target.backend.threads)
     exits = has_exits(result.model)
-    if exits and validation is not None:
-        samples = _first_samples(validation, EXIT_TIMING_SAMPLES) * EXIT_TIMING_PASSES
-        means = mean_latencies({"candidate": runner.run, "original": baseline.runner.run}, samples)
-        latency, reference = means["candidate"], means["original"]
-    else:
-        latency, reference = _side_by_side(runner, baseline)
     score = per_sample_accuracy if exits else accuracy
     predict = getattr(runner, "run_batched", runner.run)
     test_accuracy = None if test is None else 100 * score(predict, test)
     valid_accuracy = None if validation is None else 100 * score(predict, validation)
-    return Measured(
+    measured = Measured(
         path=artifact,
-        latency_ms=latency,
-        baseline_ms=reference,
+        latency_ms=float("nan"),  # timed just below, beside the original
+        baseline_ms=float("nan"),
         bytes=artifact.stat().st_size,
         params=record.params,
         # an exit model's MACs depend on the input: the expected MACs per sample its exit stage measured
@@ -122,6 +116,8 @@ def measure_candidate(
         exits=exits,
         backend=backend_name,
     )
+    _time_beside_original([(measured, runner)], baseline, validation, TIMING_ROUNDS)
+    return measured
 
 
 def retime_together(
@@ -129,36 +125,35 @@ def retime_together(
 ) -> None:
     """Time ``finalists`` and the original in one interleaved session and update their latencies: each
     was first timed in its own session, and a choice between two of them should not rest on two sessions'
-    noise. Exit models are timed sample by sample over the same validation samples, the original in turn."""
-    runners = {i: BACKENDS[m.backend].runner(m.path, threads=threads) for i, m in enumerate(finalists)}
-    plain = {str(i): r for i, r in runners.items() if not finalists[i].exits}
+    noise."""
+    entries = [(m, BACKENDS[m.backend].runner(m.path, threads=threads)) for m in finalists]
+    _time_beside_original(entries, baseline, validation, FINAL_ROUNDS)
+
+
+def _time_beside_original(
+    entries: list[tuple[Measured, Any]], baseline: Baseline, validation: list[Batch] | None, rounds: int
+) -> None:
+    """Set each entry's latency and the original's, from one interleaved session: fixed-input models on
+    the example input in ``rounds`` rounds; exit models sample by sample over the same validation samples
+    (:data:`EXIT_TIMING_PASSES` passes), the original in turn."""
+    per_sample = validation is not None
+    plain = {str(i): r for i, (m, r) in enumerate(entries) if not (m.exits and per_sample)}
     if plain:
         calls = {key: (lambda r=r: r.run(*baseline.inputs)) for key, r in plain.items()}
         calls["original"] = lambda: baseline.runner.run(*baseline.inputs)
         per_round = calls_for(calls["original"], round_ms=40)
-        medians = interleaved_medians(calls, rounds=FINAL_ROUNDS, calls_per_round=per_round)
+        medians = interleaved_medians(calls, rounds=rounds, calls_per_round=per_round)
         for key in plain:
-            _timed(finalists[int(key)], medians[key], medians["original"])
-    exits = {str(i): r.run for i, r in runners.items() if finalists[i].exits}
-    if exits and validation is not None:
+            measured = entries[int(key)][0]
+            measured.latency_ms, measured.baseline_ms = medians[key], medians["original"]
+    exits = {str(i): r.run for i, (m, r) in enumerate(entries) if m.exits and per_sample}
+    if exits:
+        assert validation is not None
         samples = _first_samples(validation, EXIT_TIMING_SAMPLES) * EXIT_TIMING_PASSES
         means = mean_latencies({**exits, "original": baseline.runner.run}, samples)
         for key in exits:
-            _timed(finalists[int(key)], means[key], means["original"])
-
-
-def _timed(measured: Measured, latency_ms: float, baseline_ms: float) -> None:
-    measured.latency_ms, measured.baseline_ms = latency_ms, baseline_ms
-
-
-def _side_by_side(runner: Any, baseline: Baseline) -> tuple[float, float]:
-    calls = {
-        "candidate": lambda: runner.run(*baseline.inputs),
-        "original": lambda: baseline.runner.run(*baseline.inputs),
-    }
-    per_round = calls_for(calls["original"], round_ms=40)
-    medians = interleaved_medians(calls, rounds=TIMING_ROUNDS, calls_per_round=per_round)
-    return medians["candidate"], medians["original"]
+            measured = entries[int(key)][0]
+            measured.latency_ms, measured.baseline_ms = means[key], means["original"]
 
 
 def _percent(predict: Any, data: list[Batch] | None) -> float | None:
