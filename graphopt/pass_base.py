@@ -96,6 +96,15 @@ class PassContext:
         self._read.add("validation_data")
         return self._data["validation_data"]
 
+    @property
+    def data_read(self) -> frozenset[str]:
+        """The names of the data passes have read so far."""
+        return frozenset(self._read)
+
+    def mark_read(self, names: frozenset[str] | set[str]) -> None:
+        """Record ``names`` as read: passes a resumed run skipped (:mod:`graphopt.stage_cache`) read them."""
+        self._read |= set(names)
+
     def unused_data(self) -> list[str]:
         """Names of the data the caller gave that no pass read."""
         return [name for name, value in self._data.items() if value is not None and name not in self._read]

@@ -38,7 +38,7 @@ class RunState:
     stages: list[StageRecord]
     notes: list[str]
     tables: dict[str, list[dict[str, object]]]
-    data_read: set[str]
+    data_read: frozenset[str]
     fp32_model: fx.GraphModule | None
     trained_after: bool
     instruments: list[object]  # each stateful instrument's state, in RunParts.instruments order
@@ -75,7 +75,7 @@ class RunParts:
             stages=copy.deepcopy(self.report.stages),
             notes=list(self.context.notes),
             tables=copy.deepcopy(self.context.tables),
-            data_read=set(self.context._read),
+            data_read=self.context.data_read,
             fp32_model=None if self.snapshot.model is None else deep_copy(self.snapshot.model),
             trained_after=self.snapshot.trained_after,
             instruments=[instrument.state() for instrument in self.instruments],
@@ -87,7 +87,7 @@ class RunParts:
         self.context.notes[:] = state.notes
         self.context.tables.clear()
         self.context.tables.update(copy.deepcopy(state.tables))
-        self.context._read |= state.data_read
+        self.context.mark_read(state.data_read)
         self.snapshot.model = None if state.fp32_model is None else deep_copy(state.fp32_model)
         self.snapshot.trained_after = state.trained_after
         for instrument, saved in zip(self.instruments, state.instruments, strict=True):
