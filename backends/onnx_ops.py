@@ -245,20 +245,43 @@ def _is_global(output_size: object) -> bool:
 
 
 def _adaptive_avg_pool_module(b: OnnxGraphBuilder, node: fx.Node, m: nn.Module) -> str:
-    if _is_global(m.output_size):
-        return b.op("GlobalAveragePool", [_only_input(b, node)], "gap")
-    # An output size that divides the input evenly is a plain average pool with kernel = stride = in / out.
-    shape, out = node.args[0].meta.get("shape"), m.output_size
-    sizes = list(out) if isinstance(out, (tuple, list)) else [out] * (len(shape or ()) - 2)
-    spatial = list((shape or ())[2:])
-    if (
-        not spatial
-        or len(sizes) != len(spatial)
-        or any(s is None or d % s for d, s in zip(spatial, sizes, strict=True))
-    ):
-        raise UnsupportedNode(f"adaptive average pooling to {m.output_size}")
-    kernel = [d // s for d, s in zip(spatial, sizes, strict=True)]
-    return b.op("AveragePool", [_only_input(b, node)], "pool", kernel_shape=kernel, strides=kernel)
+    return _adaptive_avg_pool(b, node.args[0], m.output_size)
+
+
+def _adaptive_avg_pool(b: OnnxGraphBuilder, x: fx.Node, output_size: object) -> str:
+    """Adaptive average pooling of ``x`` (static spatial sizes): global, a plain AveragePool when every
+    output size divides its input size (kernel = stride = in / out), else a MatMul per spatial axis with
+    :func:`pooling_matrix` (torch's windows overlap or differ in size then, which no ONNX pool expresses)."""
+    if _is_global(output_size):
+        return b.op("GlobalAveragePool", [b.input_of(x)], "gap")
+    shape = list(x.meta.get("shape") or ())
+    spatial = shape[2:]
+    sizes = list(output_size) if isinstance(output_size, (tuple, list)) else [output_size] * len(spatial)
+    if not spatial or len(sizes) != len(spatial) or not all(isinstance(d, int) for d in spatial):
+        raise UnsupportedNode(f"adaptive average pooling to {output_size} of shape {shape}")
+    sizes = [d if s is None else s for d, s in zip(spatial, sizes, strict=True)]  # None keeps the size
+    if all(d % s == 0 for d, s in zip(spatial, sizes, strict=True)):
+        kernel = [d // s for d, s in zip(spatial, sizes, strict=True)]
+        return b.op("AveragePool", [b.input_of(x)], "pool", kernel_shape=kernel, strides=kernel)
+    if len(spatial) > 2:
+        raise UnsupportedNode(f"adaptive average pooling to {output_size} over {len(spatial)} axes")
+    # The last axis: x [.., W] @ P_w^T [W, w_out]; the one before: P_h [h_out, H] @ y [.., H, w_out].
+    pooled = b.op("MatMul", [b.input_of(x), b.constant(pooling_matrix(spatial[-1], sizes[-1]).T, "pool_w")],
+                  "pool_w")  # fmt: skip
+    if len(spatial) == 2:
+        rows = b.constant(pooling_matrix(spatial[0], sizes[0]), "pool_h")
+        pooled = b.op("MatMul", [rows, pooled], "pool_h")
+    return pooled
+
+
+def pooling_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """Adaptive average pooling along one axis as a ``[size_out, size_in]`` matrix: row ``i`` averages
+    inputs ``floor(i * in / out)`` to ``ceil((i + 1) * in / out) - 1``, torch's window for output ``i``."""
+    matrix = torch.zeros(size_out, size_in)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -(-(i + 1) * size_in // size_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 def _flatten_module(b: OnnxGraphBuilder, node: fx.Node, m: nn.Flatten) -> str:
@@ -338,9 +361,7 @@ def _cat(b: OnnxGraphBuilder, node: fx.Node) -> str:
 
 def _adaptive_avg_pool_call(b: OnnxGraphBuilder, node: fx.Node) -> str:
     size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
-    if not _is_global(size):
-        raise UnsupportedNode(f"adaptive average pooling to {size}")
-    return b.op("GlobalAveragePool", [b.input_of(node.args[0])], "gap")
+    return _adaptive_avg_pool(b, node.args[0], size)
 
 
 def _mean_call(b: OnnxGraphBuilder, node: fx.Node) -> str:

@@ -20,7 +20,8 @@ from graphopt.backends.onnx_backend import OnnxRunner
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
 from graphopt.destination import StagedFile, check_destination
-from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
+from graphopt.early_exit.float_twin import exit_float_twin
+from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy, sample_mean_latencies
 from graphopt.energy import estimate_graph
 from graphopt.errors import ConfigError
 from graphopt.evaluation import Batch, accuracy
@@ -39,6 +40,8 @@ class LatencyGuard:
 
     int8_ms: float
     fp32_ms: float
+    #: How the two were timed, when not on the example input (early exits: a mean over held-out samples).
+    basis: str = ""
 
     @property
     def int8_wins(self) -> bool:
@@ -49,7 +52,8 @@ class LatencyGuard:
             "int8 shipped" if self.int8_wins else "int8 is not faster here, so the fp32 model was shipped"
         )
         return (
-            f"latency guard: int8 {self.int8_ms:.3f} ms vs fp32 {self.fp32_ms:.3f} ms in {runtime}: {verdict}"
+            f"latency guard: int8 {self.int8_ms:.3f} ms vs fp32 {self.fp32_ms:.3f} ms in {runtime}"
+            f"{self.basis}: {verdict}"
         )
 
     def stats(self) -> dict[str, float]:
@@ -83,6 +87,8 @@ class OptimizeResult:
     plan: Plan | None = field(default=None, repr=False)
     #: A goal-driven call's every candidate and its choice (:class:`graphopt.search.engine.SearchResult`).
     search: Any = field(default=None, repr=False)
+    #: Held-out batch-1 inputs the latency guard times an early-exit model on (its cost depends on them).
+    guard_samples: list[tuple[torch.Tensor, ...]] = field(default_factory=list, repr=False)
 
     def export(
         self,
@@ -120,23 +126,28 @@ class OptimizeResult:
 
     def choose_artifact(self, backend: Backend, latency_guard: bool = True) -> ShippedModel:
         """Which model ships: the int8 one unless the latency guard timed it slower than the fp32 model of
-        the same plan in ``backend``'s runtime; the guard is skipped (and says why) for early-exit models
-        and for another CPU family's artifacts."""
+        the same plan in ``backend``'s runtime. An early-exit model is timed per sample over held-out inputs
+        against its fp32 twin (the same exits, fp32 segments: :mod:`graphopt.early_exit.float_twin`). The
+        guard is skipped (and says why) for another CPU family's artifacts, and for an exit model with no
+        held-out inputs to time on."""
         if not (latency_guard and self.fp32_model is not None and is_quantized(self.model)):
             return ShippedModel(self.model)
-        if has_exits(self.model):
-            why = (
-                "latency guard skipped: an early-exit model's cost depends on the input and the fp32 "
-                "snapshot has no exits; compare dataset_mean_ms (measure_latency=True with eval_data)"
-            )
-            return ShippedModel(self.model, note=why)
+        exits = has_exits(self.model)
+        why = None
         if self._foreign_isa:
             why = (
                 f"latency guard skipped: {self.target.isa} artifacts cannot be timed on {platform.machine()}"
             )
+        elif exits and not self.guard_samples:
+            why = (
+                "latency guard skipped: an early-exit model's cost depends on the input and no held-out "
+                "inputs were given to time it on (validation_data or calibration_data)"
+            )
+        if why is not None:
             return ShippedModel(self.model, note=f"{why}; int8 shipped")
-        guard = self._latency_guard(backend)
-        model = self.model if guard.int8_wins else self.fp32_model
+        fp32 = exit_float_twin(self.model) if exits else self.fp32_model
+        guard = self._latency_guard(backend, fp32, per_sample=exits)
+        model = self.model if guard.int8_wins else fp32
         return ShippedModel(model, guard, guard.sentence(backend.runtime))
 
     def _artifact_record(
@@ -202,17 +213,23 @@ class OptimizeResult:
         return backend.lower(model, self.example_inputs, path, opset=settings.opset,
                              engine=settings.torch_engine, dynamic=self.dynamic)  # fmt: skip
 
-    def _latency_guard(self, backend: Backend) -> LatencyGuard:
-        """Time the int8 and the fp32 artifact side by side (batch 1, the target's threads)."""
-        assert self.fp32_model is not None
+    def _latency_guard(self, backend: Backend, fp32: nn.Module, *, per_sample: bool) -> LatencyGuard:
+        """Time the int8 and the fp32 artifact side by side (batch 1, the target's threads): medians of
+        interleaved rounds on the example input, or (``per_sample``) the mean over :attr:`guard_samples`,
+        each sample through both in turn, median of 3 passes."""
         with tempfile.TemporaryDirectory() as tmp:
             runners = {
                 kind: backend.runner(
                     self._lower(backend, model, Path(tmp) / f"{kind}{backend.suffix}"),
                     threads=self.target.backend.threads,
                 )
-                for kind, model in (("int8", self.model), ("fp32", self.fp32_model))
+                for kind, model in (("int8", self.model), ("fp32", fp32))
             }
+            if per_sample:
+                runs = {kind: r.run for kind, r in runners.items()}
+                means = sample_mean_latencies(runs, self.guard_samples, passes=3)
+                basis = f" (mean per sample over {len(self.guard_samples)} held-out inputs)"
+                return LatencyGuard(int8_ms=means["int8"], fp32_ms=means["fp32"], basis=basis)
             calls = {kind: (lambda r=r: r.run(*self.example_inputs)) for kind, r in runners.items()}
             per_round = calls_for(calls["fp32"], round_ms=50)
             medians = interleaved_medians(calls, rounds=5, calls_per_round=per_round)

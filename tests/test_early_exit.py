@@ -307,18 +307,23 @@ def _op_counts(graph: onnx.GraphProto) -> Counter[str]:
     return counts
 
 
-def test_int8_backbone_with_exits_fuses_inside_the_branches(digits_model, digits, tmp_path):
-    result = graphopt.optimize(
+@pytest.fixture(scope="module")
+def int8_exited(digits_model, digits):
+    return graphopt.optimize(
         digits_model,
         "x86-int8",
         **digits_optimize_data(digits),
         recovery=graphopt.RecoveryConfig(epochs=1, quiet=True),
         early_exit=EarlyExitConfig(exits=("features.6",), quiet=True),
     )
+
+
+def test_int8_backbone_with_exits_fuses_inside_the_branches(int8_exited, tmp_path):
+    result = int8_exited
     assert [s.stage for s in result.report.stages][-3:] == ["calibrate", "qat", "insert_early_exit"]
-    path = result.export(tmp_path / "m.onnx")
+    path = result.export(tmp_path / "m.onnx", latency_guard=False)
     row = result.report.stages[-1]
-    assert any("latency guard skipped" in note for note in row.notes)
+    assert not any("latency guard" in note for note in row.notes)
     assert row.accuracy == pytest.approx(per_sample_accuracy(result.model, result.eval_data), abs=2 / 360)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -328,6 +333,51 @@ def test_int8_backbone_with_exits_fuses_inside_the_branches(digits_model, digits
     assert ops["QLinearConv"] == 3 and ops["QGemm"] == 1 and ops["Conv"] == 0  # the branch's conv too
     with pytest.raises(graphopt.ExportError, match="int8 model with early exits"):
         result.export(tmp_path / "m.pt")
+
+
+def test_the_fp32_twin_of_an_exit_model_keeps_its_exits_and_drops_its_quantizers(int8_exited, digits):
+    from graphopt.early_exit.float_twin import exit_float_twin
+    from graphopt.quant import is_quantized
+
+    twin = exit_float_twin(int8_exited.model)
+    assert is_quantized(int8_exited.model) and not is_quantized(twin)
+    int8_net = _network(int8_exited)
+    (fp32_net,) = [m for m in twin.modules() if isinstance(m, EarlyExitNetwork)]
+    assert torch.equal(fp32_net.thresholds, int8_net.thresholds) and fp32_net.heads is not int8_net.heads
+    x = digits.test_x[:64]
+    with torch.no_grad():
+        for a, b in zip(int8_net.all_exits(x), fp32_net.all_exits(x), strict=True):
+            assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize(("int8_ms", "fp32_ms"), [(1.0, 2.0), (2.0, 1.0)])
+def test_the_latency_guard_times_an_exit_model_per_sample_and_ships_the_faster(
+    int8_exited, tmp_path, monkeypatch, int8_ms, fp32_ms
+):
+    """The guard's decision, with the timing fixed so both outcomes are checked: the shipped file is the
+    chosen network (exits kept either way), and the row says which and on what it was timed."""
+    import graphopt.result
+
+    timed: list[int] = []
+
+    def fixed(runners, samples, passes):
+        timed.append(len(samples))
+        assert set(runners) == {"int8", "fp32"} and all(s[0].shape[0] == 1 for s in samples)
+        return {"int8": int8_ms, "fp32": fp32_ms}
+
+    monkeypatch.setattr(graphopt.result, "sample_mean_latencies", fixed)
+    path = int8_exited.export(tmp_path / "guarded.onnx")
+    row = int8_exited.report.stages[-1]
+    assert timed == [200]  # 256 calibration images given, the guard takes its 200
+    note = next(n for n in row.notes if n.startswith("latency guard:"))
+    assert "mean per sample over 200 held-out inputs" in note
+    ops = _op_counts(onnx.load(str(path)).graph)
+    assert ops["If"] == 1
+    if int8_ms < fp32_ms:
+        assert "int8 shipped" in note and ops["QuantizeLinear"] > 0 and row.stage == "artifact:onnx"
+    else:
+        assert "fp32 model was shipped" in note and ops["QuantizeLinear"] == 0
+        assert row.stage == "artifact:onnx (fp32 fallback)" and row.stats["shipped_fp32"] == 1
 
 
 def test_heads_train_on_a_seeded_subset_when_the_feature_cache_would_not_fit(exited):

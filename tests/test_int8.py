@@ -86,7 +86,9 @@ def test_latency_guard_ships_fp32_when_int8_is_slower(tmp_path, monkeypatch):
     from graphopt.result import LatencyGuard
 
     monkeypatch.setattr(
-        type(res), "_latency_guard", lambda self, backend: LatencyGuard(int8_ms=2.0, fp32_ms=1.0)
+        type(res),
+        "_latency_guard",
+        lambda self, backend, fp32, per_sample: LatencyGuard(int8_ms=2.0, fp32_ms=1.0),
     )
     path = res.export(tmp_path / "m.onnx")
     row = res.report.stages[-1]

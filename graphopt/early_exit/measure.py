@@ -41,11 +41,19 @@ def per_sample_accuracy(predict: Callable[..., Any], data: Sequence[Batch]) -> f
 
 def mean_latencies(runners: dict[str, Callable[..., Any]], data: Sequence[Batch]) -> dict[str, float]:
     """Mean milliseconds per sample for each runner, over every sample of ``data``, interleaved."""
-    samples = [as_input_tuple(inputs) for inputs, _ in one_by_one(data)]
+    return sample_mean_latencies(runners, [as_input_tuple(inputs) for inputs, _ in one_by_one(data)])
+
+
+def sample_mean_latencies(
+    runners: dict[str, Callable[..., Any]], samples: Sequence[tuple[torch.Tensor, ...]], passes: int = 1
+) -> dict[str, float]:
+    """Mean milliseconds per sample for each runner over ``samples`` (batch-1 input tuples), interleaved;
+    with ``passes > 1`` the median of the passes' means (a slow patch of the machine spoils one pass)."""
     calls = {name: [partial(run, *sample) for sample in samples] for name, run in runners.items()}
     with torch.no_grad():
-        times = interleaved_per_sample(calls)
-    return {name: float(spent.mean()) for name, spent in times.items()}
+        passes_ms = [interleaved_per_sample(calls) for _ in range(passes)]
+    means = [{name: float(spent.mean()) for name, spent in times.items()} for times in passes_ms]
+    return {name: float(np.median([m[name] for m in means])) for name in runners}
 
 
 def interleaved_per_sample(calls: dict[str, list[Callable[[], object]]]) -> dict[str, np.ndarray]:
