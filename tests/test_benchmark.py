@@ -394,8 +394,13 @@ def test_torch_pruning_peer_is_fine_tuned_on_labels_alone(digits, digits_model):
     assert peer_rows._fine_tune(pruned, bench, None) == "no fine-tuning"
 
 
-def test_labels_only_pipelines_train_without_the_teacher(monkeypatch, digits, digits_model):
-    from graphopt.benchmark import models, stages
+def test_every_stage_that_trains_uses_the_models_recipe(monkeypatch, digits, digits_model):
+    """Recovery, QAT and the pruned peers fine-tune the way the bench model says (its optimizer, schedule
+    and distillation); the run sets the epochs and the seed, and labels-only drops the teacher alone."""
+    from dataclasses import replace
+
+    from graphopt.benchmark import models, runner, stages
+    from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig
 
     seen = {}
 
@@ -404,9 +409,19 @@ def test_labels_only_pipelines_train_without_the_teacher(monkeypatch, digits, di
         raise ConfigError("stop here")
 
     monkeypatch.setattr(stages, "run_call", record)
-    bench = models._digits("digits", digits_model, digits, None, None)
-    for label, alpha in (("x86-int8+prune=0.5+labels-only", 1.0), ("x86-int8+prune=0.5", 0.1)):
+    recipe = RecoveryConfig(
+        optimizer=OptimizerConfig(lr=0.02), schedule="onecycle", distill=DistillConfig(tau=2)
+    )
+    bench = replace(models._digits("digits", digits_model, digits, None, None), recipe=recipe)
+    for label, alpha in (("x86-int8+prune=0.5", 0.1), ("x86-int8+prune=0.5+labels-only", 1.0)):
         with pytest.raises(ConfigError, match="stop here"):
-            pipeline = parse_pipeline(label)
-            stages.run_pipeline(bench, pipeline, Path("."), recovery_epochs=1, seed=0, quiet=True)
-        assert seen["recovery"].distill.alpha == alpha
+            stages.run_pipeline(
+                bench, parse_pipeline(label), Path("."), recovery_epochs=3, seed=7, quiet=True
+            )
+        used = seen["recovery"]
+        assert (used.optimizer.lr, used.schedule, used.epochs, used.seed) == (0.02, "onecycle", 3, 7)
+        assert used.distill.alpha == alpha and used.augment is bench.augment
+    config = BenchConfig(model="digits", pipelines=(parse_pipeline("x86-int8+prune=0.5"),), recovery_epochs=3,
+                         seed=7, quiet=True)  # fmt: skip
+    peer = runner._peer_fine_tune(config, bench)
+    assert (peer.optimizer.lr, peer.schedule, peer.epochs, peer.seed) == (0.02, "onecycle", 6, 7)

@@ -165,9 +165,7 @@ def _peer_fine_tune(config: BenchConfig, bench: BenchModel) -> RecoveryConfig | 
     if bench.train is None or config.recovery_epochs < 1:
         return None
     stages = 2 if any(p.quantized for p in config.pipelines) else 1
-    return RecoveryConfig(
-        epochs=stages * config.recovery_epochs, augment=bench.augment, seed=config.seed, quiet=config.quiet
-    )
+    return bench.fine_tuning(stages * config.recovery_epochs, config.seed, config.quiet)
 
 
 def _evaluate_all(bench: BenchModel, candidates: list[Candidate], *, quiet: bool) -> None:

@@ -10,7 +10,7 @@ graph with quantizers still training, so these are measured for accuracy but not
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch.fx as fx
@@ -24,7 +24,7 @@ from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassRecord
 from graphopt.quant import is_quantized
 from graphopt.quant.modules import ActivationQuantizer
-from graphopt.recovery.config import LABELS_ONLY, DistillConfig, RecoveryConfig
+from graphopt.recovery.config import LABELS_ONLY
 from graphopt.report import StageRecord
 from graphopt.result import OptimizeResult
 from graphopt.sparsity import zipped_bytes
@@ -78,10 +78,9 @@ def run_pipeline(
     # Training data goes to the stages that learn: recovery after pruning, QAT after int8, exit heads.
     lossy = bool(pipeline.prune or pipeline.sparsify) or pipeline.quantized
     train = bench.train if (lossy and recovery_epochs > 0) or pipeline.early_exit else None
-    recovery = RecoveryConfig(
-        epochs=max(recovery_epochs, 1), augment=bench.augment, seed=seed, quiet=quiet,
-        distill=LABELS_ONLY if pipeline.labels_only else DistillConfig(),
-    )  # fmt: skip
+    recovery = bench.fine_tuning(max(recovery_epochs, 1), seed, quiet)
+    if pipeline.labels_only:
+        recovery = replace(recovery, distill=LABELS_ONLY)
     calibration = bench.calibration if pipeline.quantized or pipeline.prune else None
     call = OptimizeCall(
         bench.model,
