@@ -21,8 +21,7 @@ from torch import nn
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.capture import capture
 from graphopt.early_exit.config import EarlyExitConfig
-from graphopt.early_exit.float_twin import guard_samples
-from graphopt.early_exit.measure import has_exits
+from graphopt.early_exit.guard import exit_guard_samples
 from graphopt.errors import CaptureError, InvalidInputError
 from graphopt.evaluation import Batch, materialize_labelled
 from graphopt.inputs import (
@@ -223,18 +222,8 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     return OptimizeResult(
         model=gm, report=report, target=spec, example_inputs=inputs, reference_outputs=reference,
         original=original, eval_data=context.eval_data, fp32_model=snapshot.model, dynamic=dynamic, plan=plan,
-        guard_samples=_exit_guard_samples(gm, context),
+        guard_samples=exit_guard_samples(gm, context),
     )  # fmt: skip
-
-
-def _exit_guard_samples(gm: fx.GraphModule, context: PassContext) -> list[tuple[torch.Tensor, ...]]:
-    """What the latency guard times an early-exit model on: held-out inputs (validation data, else the
-    calibration inputs), none for a model without exits. Read after every pass ran, so it does not count
-    as a pass reading the data."""
-    if not has_exits(gm):
-        return []
-    validation = context.validation_data
-    return guard_samples([validation.inputs] if validation is not None else context.calibration_data or [])
 
 
 def _pass_context(

@@ -20,7 +20,7 @@ from graphopt.backends.onnx_backend import OnnxRunner
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
 from graphopt.destination import StagedFile, check_destination
-from graphopt.early_exit.float_twin import exit_float_twin
+from graphopt.early_exit.guard import exit_float_twin
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy, sample_mean_latencies
 from graphopt.energy import estimate_graph
 from graphopt.errors import ConfigError
@@ -127,7 +127,7 @@ class OptimizeResult:
     def choose_artifact(self, backend: Backend, latency_guard: bool = True) -> ShippedModel:
         """Which model ships: the int8 one unless the latency guard timed it slower than the fp32 model of
         the same plan in ``backend``'s runtime. An early-exit model is timed per sample over held-out inputs
-        against its fp32 twin (the same exits, fp32 segments: :mod:`graphopt.early_exit.float_twin`). The
+        against its fp32 twin (the same exits, fp32 segments: :mod:`graphopt.early_exit.guard`). The
         guard is skipped (and says why) for another CPU family's artifacts, and for an exit model with no
         held-out inputs to time on."""
         if not (latency_guard and self.fp32_model is not None and is_quantized(self.model)):

@@ -336,7 +336,7 @@ def test_int8_backbone_with_exits_fuses_inside_the_branches(int8_exited, tmp_pat
 
 
 def test_the_fp32_twin_of_an_exit_model_keeps_its_exits_and_drops_its_quantizers(int8_exited, digits):
-    from graphopt.early_exit.float_twin import exit_float_twin
+    from graphopt.early_exit.guard import exit_float_twin
     from graphopt.quant import is_quantized
 
     twin = exit_float_twin(int8_exited.model)

@@ -12,13 +12,18 @@ report's accuracy of whichever ships is measured on the shipped artifact itself.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
 
+from graphopt.early_exit.measure import has_exits
 from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.ir import deep_copy
 from graphopt.quant.float_twin import float_twin, has_int8_layers
+
+if TYPE_CHECKING:
+    from graphopt.pass_base import PassContext
 
 #: Samples the guard times each artifact on: enough for a mean within a few percent at batch 1.
 GUARD_SAMPLES = 200
@@ -46,3 +51,13 @@ def guard_samples(
                 return samples
             samples.append(tuple(t[i : i + 1] for t in tensors))
     return samples
+
+
+def exit_guard_samples(gm: fx.GraphModule, context: PassContext) -> list[tuple[torch.Tensor, ...]]:
+    """What the latency guard times an early-exit model on: held-out inputs (validation data, else the
+    calibration inputs); none for a model without exits. Read after every pass ran, so it does not count
+    as a pass reading the data."""
+    if not has_exits(gm):
+        return []
+    validation = context.validation_data
+    return guard_samples([validation.inputs] if validation is not None else context.calibration_data or [])
