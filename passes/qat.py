@@ -22,7 +22,7 @@ from graphopt.ir import KEEP_ZERO_WEIGHTS, ir_fact
 from graphopt.pass_base import Pass, PassResult
 from graphopt.passes.calibrate import Calibrate, int8_summary
 from graphopt.quant.modules import QuantizedLayer
-from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig
+from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig, for_qat
 from graphopt.recovery.engine import fit
 
 #: QAT starts from a calibrated model that is already close: a few epochs at a small learning rate.
@@ -52,7 +52,7 @@ class QuantizationAwareTraining(Pass):
             layer.thaw()
         try:
             sparse = bool(ir_fact(gm, KEEP_ZERO_WEIGHTS))
-            options = replace(self.options, keep_zero_weights=True) if sparse else self.options
+            options = for_qat(replace(self.options, keep_zero_weights=True) if sparse else self.options)
             result = fit(
                 gm, context.teacher, context.train_data, options,
                 example_inputs=context.example_inputs, desc="qat",

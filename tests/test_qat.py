@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import onnx
+import pytest
 import torch
 
 import graphopt
@@ -130,3 +131,31 @@ def test_without_qat_the_fp32_fall_back_is_the_snapshot_before_int8(digits_model
         assert not torch.equal(weight, rounded)
         torch.testing.assert_close(weight, rounded, rtol=0, atol=float(layer.weight_scale.max()))
     assert not any("keeps what QAT trained" in note for note in res.report.notes)
+
+
+def test_qat_trains_at_its_own_rate_when_the_config_names_one(monkeypatch):
+    """One RecoveryConfig trains recovery after pruning and QAT after it; ``qat_lr`` sets QAT's peak rate
+    alone (a high rate that recovers a pruned network makes QAT of an accurate int8 graph diverge)."""
+    from graphopt.passes import qat, recover
+
+    seen: dict[str, float] = {}
+    for module, stage in ((qat, "qat"), (recover, "recover")):
+        real = module.fit
+
+        def record(*args, real=real, stage=stage, **kwargs):
+            seen[stage] = args[3].optimizer.lr
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "fit", record)
+    model, inputs = get_model("resnet_basic").build()
+    data = [(torch.randn(16, *inputs[0].shape[1:]), torch.randint(0, 10, (16,)))]
+    config = RecoveryConfig(
+        epochs=1, quiet=True, val_fraction=0.0, optimizer=OptimizerConfig(lr=0.01), qat_lr=1e-3
+    )
+    graphopt.optimize(
+        model, "x86-int8", example_inputs=inputs, calibration_data=[data[0][0]], train_data=data,
+        prune=0.5, recovery=config,
+    )  # fmt: skip
+    assert seen == {"recover": 0.01, "qat": 1e-3}
+    with pytest.raises(graphopt.ConfigError, match="qat_lr"):
+        RecoveryConfig(qat_lr=0.0)

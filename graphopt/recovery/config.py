@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -91,6 +91,13 @@ class RecoveryConfig(PassOptions):
       (the masks of unstructured sparsity survive fine-tuning): re-applied after every optimizer step of the
       built-in loop, once after a ``train_fn``.
     - ``device``: ``"cuda"`` trains on the GPU when one is available and on the CPU otherwise.
+    - ``qat_lr``: the peak learning rate when this config trains the QAT stage (``None``: ``optimizer.lr``).
+      One config trains both stages of ``optimize(prune=..., recovery=...)``, and they want different rates:
+      a network that lost half its channels recovers best at a high rate, QAT starts from a calibrated int8
+      graph that is already accurate. Measured on fashion_resnet: pruned 0.5, two epochs one-cycle at 0.01
+      recovered to 91.56 % (0.57 pp under the original) where cosine from 1e-3 reached 90.90 %; but QAT of
+      the unpruned network at 0.01 diverged (validation 27 % after one epoch, 33 % after two; the engine
+      kept the calibrated start).
     """
 
     epochs: int = 10
@@ -108,8 +115,11 @@ class RecoveryConfig(PassOptions):
     train_fn: Callable[[RecoveryJob], None] | None = None
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     keep_zero_weights: bool = False
+    qat_lr: float | None = None
 
     def __post_init__(self) -> None:
+        if self.qat_lr is not None and not self.qat_lr > 0:
+            raise ConfigError(f"qat_lr must be > 0 or None, got {self.qat_lr}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -128,6 +138,13 @@ class RecoveryConfig(PassOptions):
             raise ConfigError(
                 f"device must be a torch device string such as 'cpu' or 'cuda': {exc}"
             ) from None
+
+
+def for_qat(config: RecoveryConfig) -> RecoveryConfig:
+    """``config`` as the QAT stage trains with it: its ``qat_lr`` as the peak rate, when set."""
+    if config.qat_lr is None:
+        return config
+    return replace(config, optimizer=replace(config.optimizer, lr=config.qat_lr))
 
 
 #: What :func:`graphopt.distill` trains with when given no config. A *new* student starts from random weights,
