@@ -301,7 +301,7 @@ class Fp32Snapshot:
         self.trained_after = False
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
-        if self.model is None and pass_.slot in INT8_SLOTS:
+        if self.model is None and pass_.slot in INT8_SLOTS and pass_.name not in context.declined:
             self.model = deep_copy(gm)
 
     def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:

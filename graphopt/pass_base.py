@@ -78,6 +78,13 @@ class PassContext:
         self.notes: list[str] = []
         #: Extra per-layer tables a pass wants in the report (e.g. "int8": scales and SQNR per layer).
         self.tables: dict[str, list[dict[str, object]]] = {}
+        #: Later passes of the plan that a pass measured would not pay here, by name, each with why (a short
+        #: key): the PassManager does not call them and their rows say ``skipped:<why>``
+        #: (``probe_int8`` declines int8 and QAT when int8 is slower than fp32 in the target's runtime).
+        self.declined: dict[str, str] = {}
+        #: Epochs a pass hands to a later training pass, by that pass's name (what a declined QAT would
+        #: have trained goes to recovery).
+        self.epochs_added: dict[str, int] = {}
 
     @property
     def calibration_data(self) -> Iterable[Any] | None:

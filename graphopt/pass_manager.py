@@ -97,9 +97,8 @@ class PassManager:
             with pass_.bound(context):
                 for instrument in self.instruments:
                     _call_hook(instrument, "before_pass", pass_, gm, context)
-                pass_.requires(gm)
                 start = time.perf_counter()
-                result = pass_.call(gm)
+                result = self._call(pass_, gm, context)
                 seconds = time.perf_counter() - start
                 self._check_result(pass_, gm, result)
                 # The IR is an inference graph between passes; modules a pass created start in training
@@ -108,7 +107,8 @@ class PassManager:
                 gm.graph.lint()
                 gm.recompile()
                 propagate_shapes(gm, context.example_inputs)
-                pass_.ensures(gm)
+                if pass_.name not in context.declined:
+                    pass_.ensures(gm)
                 record = PassRecord(
                     name=pass_.name,
                     exact=pass_.exact,
@@ -126,6 +126,16 @@ class PassManager:
         except Exception as exc:  # any failure inside a pass is reported as that pass's failure
             raise PassError(pass_.name, already_run, f"{type(exc).__name__}: {exc}") from exc
         return record
+
+    @staticmethod
+    def _call(pass_: Pass, gm: fx.GraphModule, context: PassContext) -> PassResult:
+        """Run ``pass_``, unless an earlier pass declined it (:attr:`PassContext.declined`): then its record
+        says why and the graph is untouched."""
+        why = context.declined.get(pass_.name)
+        if why is not None:
+            return PassResult(gm, modified=False, stats={f"skipped:{why}": 1})
+        pass_.requires(gm)
+        return pass_.call(gm)
 
     @staticmethod
     def _check_result(pass_: Pass, gm: fx.GraphModule, result: object) -> None:

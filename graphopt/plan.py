@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
 from graphopt.pass_base import Pass
+from graphopt.passes.probe_int8 import ProbeInt8Options
 from graphopt.passes.sparsify import SparsifyConfig
 from graphopt.pruning.config import PruneConfig
 from graphopt.recovery.config import RecoveryConfig
@@ -190,9 +191,25 @@ def _prune(o: PlanOptions, plan: Plan) -> Slot | None:
     passes = [make_pass("prune_channels", o.prune), make_pass("reestimate_batchnorm")]
     why = f"prune={o.prune.ratio:g}: channels out, BatchNorm statistics re-estimated"
     if o.has_train_data:
+        probe = _int8_probe(o, plan)
+        if probe is not None:
+            passes.append(probe)
+            why += ", int8 timed against fp32 (int8 and QAT only if faster)"
         passes.append(make_pass("recover", o.recovery or RecoveryConfig()))
         why += ", then distillation from the original on train_data"
     return Slot("prune", tuple(passes), why)
+
+
+def _int8_probe(o: PlanOptions, plan: Plan) -> Pass | None:
+    """``probe_int8`` when a target's int8 pipeline will be followed by QAT (the training rule adds it):
+    it declines the int8 passes and QAT, and moves QAT's epochs to recovery, when int8 is not faster."""
+    wanted = o.prune is not None and o.prune.skip_int8_if_slower
+    if not wanted or o.passes is not None or not plan.has("calibrate"):
+        return None
+    int8 = [p.name for slot in plan.slots if slot.name in (*INT8_SLOTS, "int8_budget") for p in slot.passes]
+    qat = make_pass("qat", o.recovery)
+    return make_pass("probe_int8", ProbeInt8Options(target=plan.target, declines=(*int8, "qat"),
+                                                    moved_epochs=qat.options.epochs))  # fmt: skip
 
 
 def _training(o: PlanOptions, plan: Plan) -> Slot | None:

@@ -17,11 +17,10 @@ from graphopt.artifact_check import check_artifact
 from graphopt.backends import Backend, backend_for, export_onnx
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import OnnxRunner
-from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.cost import count_macs, count_params
 from graphopt.destination import StagedFile, check_destination
 from graphopt.early_exit.guard import exit_float_twin
-from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy, sample_mean_latencies
+from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.energy import estimate_graph
 from graphopt.errors import ConfigError
 from graphopt.evaluation import Batch, accuracy
@@ -30,6 +29,7 @@ from graphopt.numerics import agreement
 from graphopt.plan import Plan
 from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
+from graphopt.side_by_side import time_side_by_side
 from graphopt.sparsity import zipped_bytes
 from graphopt.targets import Target
 
@@ -214,26 +214,13 @@ class OptimizeResult:
                              engine=settings.torch_engine, dynamic=self.dynamic)  # fmt: skip
 
     def _latency_guard(self, backend: Backend, fp32: nn.Module, *, per_sample: bool) -> LatencyGuard:
-        """Time the int8 and the fp32 artifact side by side (batch 1, the target's threads): medians of
-        interleaved rounds on the example input, or (``per_sample``) the mean over :attr:`guard_samples`,
-        each sample through both in turn, median of 3 passes."""
-        with tempfile.TemporaryDirectory() as tmp:
-            runners = {
-                kind: backend.runner(
-                    self._lower(backend, model, Path(tmp) / f"{kind}{backend.suffix}"),
-                    threads=self.target.backend.threads,
-                )
-                for kind, model in (("int8", self.model), ("fp32", fp32))
-            }
-            if per_sample:
-                runs = {kind: r.run for kind, r in runners.items()}
-                means = sample_mean_latencies(runs, self.guard_samples, passes=3)
-                basis = f" (mean per sample over {len(self.guard_samples)} held-out inputs)"
-                return LatencyGuard(int8_ms=means["int8"], fp32_ms=means["fp32"], basis=basis)
-            calls = {kind: (lambda r=r: r.run(*self.example_inputs)) for kind, r in runners.items()}
-            per_round = calls_for(calls["fp32"], round_ms=50)
-            medians = interleaved_medians(calls, rounds=5, calls_per_round=per_round)
-        return LatencyGuard(int8_ms=medians["int8"], fp32_ms=medians["fp32"])
+        """Time the int8 and the fp32 artifact side by side (:mod:`graphopt.side_by_side`): on the example
+        input, or (``per_sample``) the mean over :attr:`guard_samples`."""
+        samples = self.guard_samples if per_sample else ()
+        ms = time_side_by_side(backend, self.target.backend, {"int8": self.model, "fp32": fp32},
+                               self.example_inputs, dynamic=self.dynamic, samples=samples)  # fmt: skip
+        basis = f" (mean per sample over {len(samples)} held-out inputs)" if samples else ""
+        return LatencyGuard(int8_ms=ms["int8"], fp32_ms=ms["fp32"], basis=basis)
 
     def save(self, path: str | Path) -> Path:
         """Save the optimized torch model as a ``.pt2`` archive; load it with ``graphopt.load``."""

@@ -39,6 +39,8 @@ class RunState:
     notes: list[str]
     tables: dict[str, list[dict[str, object]]]
     data_read: frozenset[str]
+    declined: dict[str, str]  # PassContext.declined: what a probe ruled out for the passes still to run
+    epochs_added: dict[str, int]
     fp32_model: fx.GraphModule | None
     trained_after: bool
     instruments: list[object]  # each stateful instrument's state, in RunParts.instruments order
@@ -76,6 +78,8 @@ class RunParts:
             notes=list(self.context.notes),
             tables=copy.deepcopy(self.context.tables),
             data_read=self.context.data_read,
+            declined=dict(self.context.declined),
+            epochs_added=dict(self.context.epochs_added),
             fp32_model=None if self.snapshot.model is None else deep_copy(self.snapshot.model),
             trained_after=self.snapshot.trained_after,
             instruments=[instrument.state() for instrument in self.instruments],
@@ -88,6 +92,8 @@ class RunParts:
         self.context.tables.clear()
         self.context.tables.update(copy.deepcopy(state.tables))
         self.context.mark_read(state.data_read)
+        self.context.declined = dict(state.declined)
+        self.context.epochs_added = dict(state.epochs_added)
         self.snapshot.model = None if state.fp32_model is None else deep_copy(state.fp32_model)
         self.snapshot.trained_after = state.trained_after
         for instrument, saved in zip(self.instruments, state.instruments, strict=True):

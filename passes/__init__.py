@@ -12,6 +12,7 @@ from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDead
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
 from graphopt.passes.insert_early_exit import InsertEarlyExit
 from graphopt.passes.insert_fake_quant import InsertFakeQuant, InsertFakeQuantOptions
+from graphopt.passes.probe_int8 import ProbeInt8
 from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.qat import QuantizationAwareTraining
 from graphopt.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicOptions
@@ -27,6 +28,7 @@ BUILTIN_PASSES = (
     EliminateDeadCode,
     PruneChannels,
     ReestimateBatchNorm,
+    ProbeInt8,
     Recover,
     InsertFakeQuant,
     Calibrate,
@@ -51,6 +53,7 @@ __all__ = [
     "InsertEarlyExit",
     "InsertFakeQuant",
     "InsertFakeQuantOptions",
+    "ProbeInt8",
     "PruneChannels",
     "QuantizationAwareTraining",
     "QuantizeDynamic",

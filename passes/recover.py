@@ -36,7 +36,16 @@ class Recover(Pass):
         if context.teacher is None:
             context.notes.append("recover: no teacher in the pass context, accuracy was not recovered")
             return PassResult(gm, modified=False, stats={"skipped:no_teacher": 1})
-        sparse = bool(ir_fact(gm, KEEP_ZERO_WEIGHTS))
-        options = replace(self.options, keep_zero_weights=True) if sparse else self.options
+        options = self._options(gm, context.epochs_added.get(self.name, 0))
         result = fit(gm, context.teacher, data, options, example_inputs=context.example_inputs)
         return PassResult(gm, modified=True, stats=result.stats())
+
+    def _options(self, gm: fx.GraphModule, added_epochs: int) -> RecoveryConfig:
+        """The configured options, keeping zeroed weights at zero on a sparsified graph and training the
+        epochs an earlier pass handed over (a declined QAT's: ``probe_int8``) too."""
+        options = self.options
+        if ir_fact(gm, KEEP_ZERO_WEIGHTS):
+            options = replace(options, keep_zero_weights=True)
+        if added_epochs:
+            options = replace(options, epochs=options.epochs + added_epochs)
+        return options

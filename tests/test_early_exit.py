@@ -365,7 +365,7 @@ def test_the_latency_guard_times_an_exit_model_per_sample_and_ships_the_faster(
         assert set(runners) == {"int8", "fp32"} and all(s[0].shape[0] == 1 for s in samples)
         return {"int8": int8_ms, "fp32": fp32_ms}
 
-    monkeypatch.setattr(graphopt.result, "sample_mean_latencies", fixed)
+    monkeypatch.setattr(graphopt.side_by_side, "sample_mean_latencies", fixed)
     path = int8_exited.export(tmp_path / "guarded.onnx")
     row = int8_exited.report.stages[-1]
     assert timed == [200]  # 256 calibration images given, the guard takes its 200

@@ -13,6 +13,7 @@ from torch import nn
 import graphopt
 from graphopt.errors import ConfigError
 from graphopt.pass_base import Pass, PassResult
+from graphopt.passes.qat import QAT_DEFAULTS
 from graphopt.plan import SLOT_ORDER, make_plan, plan_options
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.targets import resolve_target
@@ -27,7 +28,9 @@ def test_every_option_adds_its_slot_in_order():
                            early_exit=graphopt.EarlyExitConfig())  # fmt: skip
     plan = make_plan(resolve_target("x86-int8"), options)
     assert _slots(plan) == list(SLOT_ORDER)
-    assert [p.name for p in plan.slots[0].passes] == ["prune_channels", "reestimate_batchnorm", "recover"]
+    assert [p.name for p in plan.slots[0].passes] == [
+        "prune_channels", "reestimate_batchnorm", "probe_int8", "recover"
+    ]  # fmt: skip
     assert [p.name for p in plan.slots[-2].passes] == ["qat"]  # int8 calibrated: QAT, not distillation
     assert "prune=0.5" in str(plan) and "accuracy_budget=1 pp" in str(plan)
 
@@ -101,23 +104,52 @@ RECORDED = {
                        "eliminate_dead_code"],
     "x86-int8": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "space_to_depth",
                  "insert_fake_quant", "calibrate"],
-    "x86-int8+prune+train": ["prune_channels", "reestimate_batchnorm", "recover", "fold_batchnorm",
-                             "remove_identity", "eliminate_dead_code", "space_to_depth", "insert_fake_quant",
-                             "calibrate", "qat"],
+    "x86-int8+prune+train": ["prune_channels", "reestimate_batchnorm", "probe_int8", "recover",
+                             "fold_batchnorm", "remove_identity", "eliminate_dead_code", "space_to_depth",
+                             "insert_fake_quant", "calibrate", "qat"],
     "x86-int8+budget": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "space_to_depth",
                         "insert_fake_quant", "calibrate", "accuracy_budget"],
     "x86-int8+sparsify+train": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "sparsify",
                                 "space_to_depth", "insert_fake_quant", "calibrate", "qat"],
-    "x86-int8+prune+train+exits": ["prune_channels", "reestimate_batchnorm", "recover", "fold_batchnorm",
-                                   "remove_identity", "eliminate_dead_code", "space_to_depth",
-                                   "insert_fake_quant", "calibrate", "qat", "insert_early_exit"],
-    "arm-int8+prune+budget+train": ["prune_channels", "reestimate_batchnorm", "recover", "fold_batchnorm",
-                                    "remove_identity", "eliminate_dead_code", "insert_fake_quant",
-                                    "calibrate", "accuracy_budget", "qat"],
+    "x86-int8+prune+train+exits": ["prune_channels", "reestimate_batchnorm", "probe_int8", "recover",
+                                   "fold_batchnorm", "remove_identity", "eliminate_dead_code",
+                                   "space_to_depth", "insert_fake_quant", "calibrate", "qat",
+                                   "insert_early_exit"],
+    "arm-int8+prune+budget+train": ["prune_channels", "reestimate_batchnorm", "probe_int8", "recover",
+                                    "fold_batchnorm", "remove_identity", "eliminate_dead_code",
+                                    "insert_fake_quant", "calibrate", "accuracy_budget", "qat"],
     "x86-dynamic-int8": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "quantize_dynamic"],
     "fixed-point-int8+sparsify": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "sparsify",
                                   "insert_fake_quant", "calibrate"],
 }  # fmt: skip
+
+
+def test_the_int8_probe_declines_the_plans_int8_passes_and_hands_qats_epochs_to_recovery():
+    recovery = RecoveryConfig(epochs=2)
+    options = plan_options(prune=0.5, accuracy_budget=1.0, has_train_data=True, recovery=recovery)
+    probe = next(p for p in make_plan(resolve_target("arm-int8"), options).passes() if p.name == "probe_int8")
+    assert probe.options.declines == ("insert_fake_quant", "calibrate", "accuracy_budget", "qat")
+    assert probe.options.target == "arm-int8" and probe.options.moved_epochs == 2
+    default = plan_options(prune=0.5, has_train_data=True)  # QAT's own default epochs move
+    probe = next(p for p in make_plan(resolve_target("x86-int8"), default).passes() if p.name == "probe_int8")
+    assert probe.options.moved_epochs == QAT_DEFAULTS.epochs
+    assert "space_to_depth" in probe.options.declines
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"prune": graphopt.PruneConfig(0.5, skip_int8_if_slower=False), "has_train_data": True},
+        {"prune": 0.5},  # nothing trains, nothing to move
+        {"prune": 0.5, "has_train_data": True, "passes": ["insert_fake_quant", "calibrate"]},
+    ],
+    ids=["opted-out", "no-train-data", "own-passes"],
+)
+def test_no_int8_probe_without_a_target_pipeline_that_trains_qat(options):
+    assert not make_plan(resolve_target("x86-int8"), plan_options(**options)).has("probe_int8")
+    assert not make_plan(resolve_target("generic-fp32"), plan_options(prune=0.5, has_train_data=True)).has(
+        "probe_int8"
+    )
 
 
 @pytest.mark.parametrize("label", sorted(RECORDED))

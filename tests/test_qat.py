@@ -154,7 +154,7 @@ def test_qat_trains_at_its_own_rate_when_the_config_names_one(monkeypatch):
     )
     graphopt.optimize(
         model, "x86-int8", example_inputs=inputs, calibration_data=[data[0][0]], train_data=data,
-        prune=0.5, recovery=config,
+        prune=graphopt.PruneConfig(0.5, skip_int8_if_slower=False), recovery=config,
     )  # fmt: skip
     assert seen == {"recover": 0.01, "qat": 1e-3}
     with pytest.raises(graphopt.ConfigError, match="qat_lr"):

@@ -102,7 +102,8 @@ def _pruned_call(model, digits, target):
     return OptimizeCall(
         model, target, (digits.test_x[:1],),
         calibration_data=[digits.train_x[i : i + 32] for i in range(0, 128, 32)],
-        train_data=batches(digits.train_x[:512], digits.train_y[:512], 64), prune=0.5,
+        train_data=batches(digits.train_x[:512], digits.train_y[:512], 64),
+        prune=graphopt.PruneConfig(0.5, skip_int8_if_slower=False),  # the same plan prefix, the same int8
         recovery=RecoveryConfig(epochs=1, quiet=True),
     )  # fmt: skip
 

@@ -25,6 +25,10 @@ class PruneConfig(PassOptions):
       target's ``channel_multiple`` inside ``optimize``, 1 when the pass runs on its own; ``min_channels``:
       no group keeps fewer channels.
     - ``protect``: module names whose output channels are never pruned.
+    - ``skip_int8_if_slower``: on an int8 target with ``train_data``, time the pruned graph as int8 and as
+      fp32 in the target's runtime before recovery trains (``probe_int8``); when int8 is not faster, int8
+      and QAT are skipped (the latency guard would ship fp32 anyway) and QAT's epochs go to recovery.
+      False: quantize and train QAT whatever the timing says.
     """
 
     ratio: float = 0.3
@@ -39,6 +43,7 @@ class PruneConfig(PassOptions):
     protect: tuple[str, ...] = ()
     taylor_batches: int = 8
     seed: int = 0
+    skip_int8_if_slower: bool = True
 
     def __post_init__(self) -> None:
         if (

@@ -35,12 +35,20 @@ class Variants:
             self.call,
             target=self.spec,
             passes=None if point.int8 != "off" else fp32_passes(self.spec, self.call.passes),
-            prune=PruneConfig(ratio=point.prune, importance=point.importance) if point.prune else 0.0,
+            prune=self._prune(point),
             early_exit=self.exit_config() if point.exits else None,
             accuracy_budget=self._fallback_budget() if point.int8 == "fallbacks" else None,
             recovery=self._recovery() if trains else None,
             eval_data=self.call.validation_data,  # the tuning share: fall-backs decide on it, rows show it
         )
+
+    @staticmethod
+    def _prune(point: SearchPoint) -> PruneConfig | float:
+        """The point's pruning. Its int8 mode is the point's own: the search times int8 and fp32 points
+        itself, so pruning's int8 probe would only turn an int8 point into a copy of the fp32 one."""
+        if not point.prune:
+            return 0.0
+        return PruneConfig(ratio=point.prune, importance=point.importance, skip_int8_if_slower=False)
 
     def exit_config(self) -> EarlyExitConfig:
         config = self.config.early_exit or self.call.early_exit or EarlyExitConfig()

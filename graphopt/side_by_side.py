@@ -1,0 +1,65 @@
+"""Models lowered by one backend and timed side by side, in the runtime that will run the artifact.
+
+The latency guard (int8 artifact against its fp32 twin, at export) and the int8 probe (the pruned graph as
+int8 and as fp32, before any training: ``probe_int8``) both ask the same question, "which of these is
+faster where it will ship?", and answer it here: every model is lowered with the target's backend
+settings into a temporary folder, loaded by the backend's runner with the target's threads, and timed
+batch 1 in interleaved rounds (a slow patch of a shared machine hits every model of a round alike).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphopt.backends import Backend
+from graphopt.backends.dynamic import DynamicDims
+from graphopt.backends.timing import calls_for, interleaved_medians
+from graphopt.early_exit.measure import sample_mean_latencies
+from graphopt.targets import BackendSettings
+
+#: Each interleaved round runs every model for about this long; five rounds, median of round medians.
+ROUND_MS = 50
+ROUNDS = 5
+
+
+def time_side_by_side(
+    backend: Backend,
+    settings: BackendSettings,
+    models: Mapping[str, nn.Module],
+    example_inputs: tuple[torch.Tensor, ...],
+    *,
+    dynamic: DynamicDims | None = None,
+    samples: Sequence[tuple[torch.Tensor, ...]] = (),
+) -> dict[str, float]:
+    """Milliseconds per call of each of ``models`` lowered by ``backend``: the median of interleaved
+    rounds on ``example_inputs``, or, given ``samples`` (batch-1 input tuples; an early-exit model's cost
+    depends on its input), the mean per sample, each sample through every model in turn, median of 3
+    passes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {name: _load(backend, settings, model, example_inputs, Path(tmp) / name, dynamic)
+                   for name, model in models.items()}  # fmt: skip
+        if samples:
+            return sample_mean_latencies({name: r.run for name, r in runners.items()}, samples, passes=3)
+        calls = {name: (lambda r=r: r.run(*example_inputs)) for name, r in runners.items()}
+        per_round = min(calls_for(call, round_ms=ROUND_MS) for call in calls.values())
+        return interleaved_medians(calls, rounds=ROUNDS, calls_per_round=per_round)
+
+
+def _load(
+    backend: Backend,
+    settings: BackendSettings,
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    stem: Path,
+    dynamic: DynamicDims | None,
+) -> Any:
+    """``model`` lowered to ``stem`` + the backend's suffix and loaded by its runner."""
+    path = backend.lower(model, example_inputs, stem.with_suffix(backend.suffix), opset=settings.opset,
+                         engine=settings.torch_engine, dynamic=dynamic or DynamicDims())  # fmt: skip
+    return backend.runner(path, threads=settings.threads)
