@@ -4,7 +4,8 @@ The latency guard (int8 artifact against its fp32 twin, at export) and the int8 
 int8 and as fp32, before any training: ``probe_int8``) both ask the same question, "which of these is
 faster where it will ship?", and answer it here: every model is lowered with the target's backend
 settings into a temporary folder, loaded by the backend's runner with the target's threads, and timed
-batch 1 in interleaved rounds (a slow patch of a shared machine hits every model of a round alike).
+batch 1 in interleaved rounds (a slow patch of a shared machine hits every model of a round alike), on
+one pinned core (the caller's cores come back afterwards: training around it keeps them).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from graphopt.backends import Backend
 from graphopt.backends.dynamic import DynamicDims
-from graphopt.backends.timing import calls_for, interleaved_medians
+from graphopt.backends.timing import calls_for, edge_timing, interleaved_medians
 from graphopt.early_exit.measure import sample_mean_latencies
 from graphopt.targets import BackendSettings
 
@@ -41,7 +42,7 @@ def time_side_by_side(
     rounds on ``example_inputs``, or, given ``samples`` (batch-1 input tuples; an early-exit model's cost
     depends on its input), the mean per sample, each sample through every model in turn, median of 3
     passes."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, edge_timing(settings.threads):
         runners = {name: _load(backend, settings, model, example_inputs, Path(tmp) / name, dynamic)
                    for name, model in models.items()}  # fmt: skip
         if samples:

@@ -7,6 +7,7 @@ are never asserted, only that they exist and that the ratios are consistent with
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -182,6 +183,33 @@ def tiny_run(tmp_path_factory):
         quiet=True,
     )
     return run_bench(config), out
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
+def test_training_keeps_every_core_and_only_timing_is_pinned(monkeypatch):
+    import torch
+
+    from graphopt.benchmark import runner
+
+    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    seen = {}
+    real_pipeline, real_timing = runner.run_pipeline, runner.time_fixed_input
+
+    def pipeline(*args, **kwargs):
+        seen["pipeline"] = (os.sched_getaffinity(0), torch.get_num_threads())
+        return real_pipeline(*args, **kwargs)
+
+    def timing(*args, **kwargs):
+        seen["timing"] = (len(os.sched_getaffinity(0)), torch.get_num_threads())
+        return real_timing(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_pipeline", pipeline)
+    monkeypatch.setattr(runner, "time_fixed_input", timing)
+    config = BenchConfig(model="mlp", pipelines=(parse_pipeline("generic-fp32"),), rounds=1, round_ms=5,
+                         measure_peak=False, quiet=True)  # fmt: skip
+    assert run_bench(config).complete
+    assert seen == {"pipeline": (cores, threads), "timing": (1, 1)}
+    assert os.sched_getaffinity(0) == cores and torch.get_num_threads() == threads
 
 
 def test_a_run_has_every_peer_stage_and_artifact(tiny_run):
