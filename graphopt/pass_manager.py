@@ -4,7 +4,9 @@ For each pass it: binds the :class:`PassContext`, checks ``requires``, times ``c
 returned the same GraphModule object (passes work in place), runs ``graph.lint()`` and ``recompile()``,
 refreshes the shape metadata, checks ``ensures``, records a :class:`PassRecord`, and calls the instruments
 (by default :class:`~graphopt.instruments.NumericCheck`, which holds exact passes to the previous stage's
-outputs). Any failure becomes a :class:`PassError` naming the pass and the passes already run.
+outputs). Any failure becomes a :class:`PassError` naming the pass and the passes already run. A pass an
+earlier one declined (:attr:`PassContext.declined`, e.g. int8 and QAT after ``probe_int8`` timed int8
+slower) is not called: its record is unmodified, with ``skipped:<why>`` in its stats.
 
 With ``steps > 1`` the exact passes are repeated until a whole sweep of them modifies nothing (a fixed
 point) or the step budget is spent. Lossy passes (pruning, training, quantization) run once, in the

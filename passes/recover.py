@@ -5,7 +5,8 @@ model, frozen, handed over in the pass context. The loss, schedule, validation s
 are those of :mod:`graphopt.recovery` (see :class:`~graphopt.recovery.RecoveryConfig`). Lossy by nature.
 
 Skipped, with the reason in ``stats`` and a note in the report: ``skipped:no_train_data``,
-``skipped:no_teacher``.
+``skipped:no_teacher``. Trains the epochs of its config plus any an earlier pass handed it
+(:attr:`~graphopt.pass_base.PassContext.epochs_added`: ``probe_int8`` hands over a skipped QAT's).
 """
 
 from __future__ import annotations
