@@ -25,6 +25,7 @@ from graphopt.digits import (
 )
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
+from graphopt.pruning.config import PruneConfig
 from graphopt.quant import is_quantized
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.result import OptimizeResult
@@ -72,7 +73,10 @@ def run_demo(config: DemoConfig) -> OptimizeResult:
         train_data=batches(data.train_x, data.train_y, 64)
         if config.recovery_epochs or config.early_exit
         else None,
-        prune=config.prune,
+        # The demo shows every stage of the chain on any CPU, int8 and QAT included; the latency guard still
+        # picks what ships. A user's call leaves the probe on: where int8 is slower than fp32 after
+        # pruning, it skips int8 and QAT and gives their epochs to recovery.
+        prune=PruneConfig(config.prune, skip_int8_if_slower=False) if config.prune else 0.0,
         early_exit=EarlyExitConfig(exits=("features.6",), augment=random_shift, quiet=config.quiet)
         if config.early_exit
         else None,
