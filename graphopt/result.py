@@ -29,7 +29,7 @@ from graphopt.numerics import agreement
 from graphopt.plan import Plan
 from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
-from graphopt.side_by_side import time_side_by_side
+from graphopt.side_by_side import lower_with, time_side_by_side
 from graphopt.sparsity import zipped_bytes
 from graphopt.targets import Target
 
@@ -209,9 +209,7 @@ class OptimizeResult:
         return destination, chosen
 
     def _lower(self, backend: Backend, model: nn.Module, path: Path) -> Path:
-        settings = self.target.backend
-        return backend.lower(model, self.example_inputs, path, opset=settings.opset,
-                             engine=settings.torch_engine, dynamic=self.dynamic)  # fmt: skip
+        return lower_with(backend, self.target.backend, model, self.example_inputs, path, self.dynamic)
 
     def _latency_guard(self, backend: Backend, fp32: nn.Module, *, per_sample: bool) -> LatencyGuard:
         """Time the int8 and the fp32 artifact side by side (:mod:`graphopt.side_by_side`): on the example

@@ -52,6 +52,20 @@ def time_side_by_side(
         return interleaved_medians(calls, rounds=ROUNDS, calls_per_round=per_round)
 
 
+def lower_with(
+    backend: Backend,
+    settings: BackendSettings,
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    dynamic: DynamicDims | None = None,
+) -> Path:
+    """``model`` lowered by ``backend`` to ``path`` with the target's settings: what export writes, and so
+    what the guard and the probe time."""
+    return backend.lower(model, example_inputs, path, opset=settings.opset, engine=settings.torch_engine,
+                         dynamic=dynamic or DynamicDims())  # fmt: skip
+
+
 def _load(
     backend: Backend,
     settings: BackendSettings,
@@ -61,6 +75,5 @@ def _load(
     dynamic: DynamicDims | None,
 ) -> Any:
     """``model`` lowered to ``stem`` + the backend's suffix and loaded by its runner."""
-    path = backend.lower(model, example_inputs, stem.with_suffix(backend.suffix), opset=settings.opset,
-                         engine=settings.torch_engine, dynamic=dynamic or DynamicDims())  # fmt: skip
+    path = lower_with(backend, settings, model, example_inputs, stem.with_suffix(backend.suffix), dynamic)
     return backend.runner(path, threads=settings.threads)
