@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -234,3 +236,47 @@ def test_distill_defaults_come_within_a_point_of_the_tuned_settings(digits_model
     tuned = graphopt.distill(digits_model, DigitsCNN(width=16), data, tuned_config).student
     test = digits.test_batches()
     assert accuracy(default, test) >= accuracy(tuned, test) - 0.01
+
+
+def test_channels_last_training_runs_channels_last_and_hands_back_the_default_format(digits_model, digits):
+    student = DigitsCNN(width=16)
+    formats: list[bool] = []
+    conv = student.features[0]
+    conv.register_forward_pre_hook(
+        lambda _, args: (
+            formats.append(args[0].is_contiguous(memory_format=torch.channels_last))
+            if conv.training
+            else None
+        )
+    )
+    reference = DigitsCNN(width=16)
+    reference.load_state_dict(student.state_dict())
+    data = batches(digits.train_x, digits.train_y, 64)
+    config = RecoveryConfig(**{**FAST, "epochs": 4}, channels_last=True)
+    fit(student, digits_model, data, config)
+    assert formats and all(formats)  # every training step saw channels-last input
+    weights = [p for p in student.parameters() if p.dim() == 4]
+    assert weights and all(w.is_contiguous() for w in weights)  # back in the default format
+    fit(reference, digits_model, data, replace(config, channels_last=False))
+    trained, default = (accuracy(m, digits.test_batches()) for m in (student, reference))
+    assert trained > 0.9 and abs(trained - default) < 0.03  # the same training, another memory layout
+
+
+class ViewsActivations(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(y.shape[0], -1))  # view fails on a channels-last activation
+
+
+def test_channels_last_is_refused_up_front_for_a_model_that_views_activations(digits):
+    student = ViewsActivations()
+    before = state_snapshot(student)
+    with pytest.raises(graphopt.ConfigError, match="channels_last=False"):
+        fit(student, None, batches(digits.train_x[:128], digits.train_y[:128], 64),
+            RecoveryConfig(epochs=1, quiet=True, channels_last=True))  # fmt: skip
+    assert_unchanged(student, before, training=False)  # fit leaves its student in eval mode, even on failure

@@ -232,7 +232,8 @@ def _fashion_cnn(seed: int, quiet: bool) -> BenchModel:
 
 
 def _fashion_resnet(seed: int, quiet: bool) -> BenchModel:
-    training = DigitsTraining(epochs=4, batch_size=128, seed=seed)
+    # channels-last: oneDNN's convolutions train 23 % faster in it here (see RecoveryConfig.channels_last)
+    training = DigitsTraining(epochs=4, batch_size=128, seed=seed, channels_last=True)
     return _fashion("fashion_resnet", resnet_digits(), training, seed, quiet)
 
 
@@ -250,6 +251,7 @@ FASHION_RECIPE = RecoveryConfig(
     schedule="onecycle",
     qat_lr=1e-3,
     distill=DistillConfig(tau=2.0, alpha=0.5),
+    channels_last=True,
 )
 
 

@@ -14,10 +14,13 @@ leaves what it measured (``complete`` says whether it finished).
 from __future__ import annotations
 
 import datetime
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphopt.backends import OnnxRunner
 from graphopt.backends.timing import edge_timing
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.progress import Progress
@@ -182,9 +185,24 @@ def _peer_fine_tune(config: BenchConfig, bench: BenchModel) -> RecoveryConfig | 
 
 
 def _evaluate_all(bench: BenchModel, candidates: list[Candidate], *, quiet: bool) -> None:
+    """Accuracy and agreement of every candidate. ONNX Runtime files are scored several at once, one per
+    core: their sessions are single-threaded (they are also what is timed) and release the GIL while they
+    run, so one at a time would leave the other cores idle (on fashion_resnet, 10,000 test images through
+    some 20 files took over 2 minutes). PyTorch candidates use every core themselves: one after another."""
     probes = probes_of(bench.probes, bench.eval)
     references = reference_outputs(bench.model.eval(), probes)
     progress = Progress(len(candidates), "accuracy and agreement", quiet=quiet)
-    for candidate in candidates:
+
+    def score(candidate: Candidate) -> None:
         evaluate(candidate, probes, references, bench.eval, per_sample=candidate.exits)
-        progress.update()
+
+    files = [c for c in candidates if isinstance(c.runner, OnnxRunner)]
+    for candidate in candidates:
+        if candidate not in files:
+            score(candidate)
+            progress.update()
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done in as_completed([pool.submit(score, c) for c in files]):
+            done.result()  # a candidate's failure is raised here, as it would be one at a time
+            progress.update()

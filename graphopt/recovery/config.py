@@ -91,6 +91,10 @@ class RecoveryConfig(PassOptions):
       (the masks of unstructured sparsity survive fine-tuning): re-applied after every optimizer step of the
       built-in loop, once after a ``train_fn``.
     - ``device``: ``"cuda"`` trains on the GPU when one is available and on the CPU otherwise.
+    - ``channels_last``: train in the channels-last memory format (4-D inputs and conv weights; the model
+      goes back to the default format afterwards). oneDNN's convolutions are faster in it on the CPU:
+      fashion_resnet training steps (batch 128, 2 AVX2 cores) took 189 ms instead of 246 ms. Off by default
+      because a model that ``view``s a channels-last activation fails (checked before training starts).
     - ``qat_lr``: the peak learning rate when this config trains the QAT stage (``None``: ``optimizer.lr``).
       One config trains both stages of ``optimize(prune=..., recovery=...)``, and they want different rates:
       a network that lost half its channels recovers best at a high rate, QAT starts from a calibrated int8
@@ -116,6 +120,7 @@ class RecoveryConfig(PassOptions):
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     keep_zero_weights: bool = False
     qat_lr: float | None = None
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.qat_lr is not None and not self.qat_lr > 0:

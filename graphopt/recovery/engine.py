@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from graphopt.errors import TrainingDivergedError
+from graphopt.errors import ConfigError, TrainingDivergedError, first_line
 from graphopt.numerics import first_output
 from graphopt.progress import Progress
 from graphopt.recovery.config import RecoveryConfig
@@ -104,7 +104,12 @@ class RecoveryJob:
         for inputs, labels in self.train.batches(per_rank, generator, rank=rank, world_size=world_size):
             if self.config.augment is not None:
                 inputs = (self.config.augment(inputs[0], generator), *inputs[1:])
-            yield tuple(x.to(self.device) for x in inputs), labels.to(self.device)
+            yield tuple(self.placed(x) for x in inputs), labels.to(self.device)
+
+    def placed(self, tensor: Tensor) -> Tensor:
+        """``tensor`` on the training device, channels-last when the config asks and it is 4-D."""
+        tensor = tensor.to(self.device)
+        return _channels_last(tensor) if self.config.channels_last else tensor
 
     def loss(self, model: nn.Module, inputs: tuple[Tensor, ...], labels: Tensor) -> Tensor:
         """The recovery loss of ``model`` (the student, or a DDP wrapper of it) on one batch."""
@@ -147,14 +152,16 @@ def fit(
 
     snapshot = copy.deepcopy(student.state_dict())
     loss_module = RecoveryLoss(student, teacher, config.distill, config.hints, sample)
-    student.to(device)
+    student.to(device, memory_format=_memory_format(config, training=True))
     teacher_state = _frozen_for_training(teacher, device)
     loss_module.to(device)
     job = RecoveryJob(student, teacher, train, config, device, loss_module)
     if config.keep_zero_weights:
         job.masks = zero_masks(student)
-    before = evaluate(student, val, device) if val is not None else None
     try:
+        if config.channels_last:
+            _check_channels_last(student, sample)
+        before = evaluate(student, val, device) if val is not None else None
         if config.train_fn is not None:
             config.train_fn(job)
             job.apply_masks()
@@ -166,12 +173,39 @@ def fit(
         raise
     finally:
         loss_module.detach_hooks()
-        student.to("cpu").eval()
+        student.to("cpu", memory_format=_memory_format(config, training=False)).eval()
         _restore(teacher, teacher_state)
     result.seconds = time.perf_counter() - start
     result.device = str(device)
     log.info("recovery: %s", result.stats())
     return result
+
+
+def _memory_format(config: RecoveryConfig, *, training: bool) -> torch.memory_format:
+    """Channels-last while training when asked, and back to the default format afterwards."""
+    if not config.channels_last:
+        return torch.preserve_format
+    return torch.channels_last if training else torch.contiguous_format
+
+
+def _channels_last(tensor: Tensor) -> Tensor:
+    """A 4-D tensor restrided channels-last (even when its strides are ambiguous, as with one channel, so
+    that convolutions pick the channels-last kernels); anything else as it is."""
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
+
+
+def _check_channels_last(student: nn.Module, sample: tuple[Tensor, ...]) -> None:
+    """Refuse ``channels_last`` before training when the channels-last student cannot run."""
+    device = next(student.parameters()).device
+    formatted = tuple(_channels_last(x.to(device)) for x in sample)
+    try:
+        with torch.no_grad():
+            student.eval()(*formatted)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"RecoveryConfig(channels_last=True), but the model fails on channels-last inputs "
+            f"({first_line(exc)}); set channels_last=False (or use reshape instead of view on activations)"
+        ) from None
 
 
 def _frozen_for_training(teacher: nn.Module | None, device: torch.device) -> tuple[bool, list[bool]] | None:
