@@ -48,6 +48,22 @@ def test_drops_are_against_the_same_seeds_original():
     assert "| +0.83 | +1.50 | 89.00 / 90.50 / 91.00 |" in text
 
 
+def test_exit_models_are_compared_per_image_with_their_twin_without_exits():
+    results = [_seed(s, 0.90, 0.89, extra=False) for s in range(2)]
+    for result, (mean, twin, vs_original) in zip(results, [(0.2, 0.25, 4.5), (0.3, 0.25, 3.0)], strict=True):
+        row = _row("x86-int8+prune=0.5+early-exit", "artifact:onnx", "artifact", 0.5, 0.888, 210)
+        row.mean_ms, row.no_exit_mean_ms, row.speedup_vs_ort_fp32 = mean, twin, vs_original
+        result.rows.append(row)
+    exits = seeds.seed_rows(results)[-1]
+    # the run's own per-image ratio, not the original's median call over the exit model's per-image mean
+    assert exits.speedup == pytest.approx([4.5, 3.0]) and exits.latency_ms == pytest.approx([0.2, 0.3])
+    assert exits.vs_no_exits == pytest.approx([0.8, 1.2])
+    assert seeds.seed_rows(results)[1].vs_no_exits == []  # no exits, nothing to compare
+    text = seeds.seeds_markdown(results, seeds.seed_rows(results))
+    assert "- x86-int8+prune=0.5+early-exit: per test image 1.00x the latency of the same pipeline" in text
+    assert "per seed 0.80x / 1.20x" in text
+
+
 def test_run_seeds_runs_each_seed_into_its_folder_and_writes_the_table(tmp_path, monkeypatch):
     from graphopt.benchmark.pipelines import parse_pipeline
     from graphopt.benchmark.runner import BenchConfig

@@ -363,6 +363,7 @@ def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypa
     assert row.latency_basis.startswith("per held-out image") and row.latency.runs == len(digits.test_y)
     assert row.speedup_vs_ort_fp32 > 0 and row.speedup_vs_eager > 0 and row.speedup_vs_ort_int8 is None
     assert row.accuracy > 0.9
+    assert row.no_exit_mean_ms is None  # generic-fp32 without exits did not run: nothing to compare with
     assert (
         result.row("generic-fp32+early-exit", "insert_early_exit").macs < result.row("peers", "ORT fp32").macs
     )
@@ -376,6 +377,9 @@ def test_pipelines_sharing_their_first_passes_run_them_once(digits, digits_model
     assert len(reused) == 1 and reused[0].startswith(labels[1])  # prune, re-estimate, recover: run once
     first, second = (result.row(label, "recover") for label in labels)
     assert first.accuracy == second.accuracy and first.params == second.params  # the same stage, kept
+    exits = result.row(labels[1], "artifact:onnx")  # timed image by image against its twin without exits
+    assert exits.no_exit_mean_ms > 0 and exits.mean_ms > 0
+    assert any(labels[0] in n and "without exits" in n for n in exits.notes)
 
 
 def test_torch_pruning_peer_prunes_when_installed():

@@ -8,7 +8,7 @@ measures what distillation adds at the same training budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from graphopt.errors import ConfigError
 from graphopt.targets import TARGETS, Target, resolve_target
@@ -45,6 +45,11 @@ class Pipeline:
             parts.append(f"sparsify={self.sparsify:g}")
         parts += [flag for flag, field in FLAGS.items() if getattr(self, field)]
         return "+".join(parts)
+
+    @property
+    def without_exits(self) -> Pipeline:
+        """The same pipeline without early exits: what an exit model's latency is compared with."""
+        return replace(self, early_exit=False)
 
 
 #: The value-less options of a pipeline label and the Pipeline field each one sets.

@@ -167,7 +167,7 @@ def _time_all(
         ticks = core_ticks(core)
         rounds = time_fixed_input(bench, fixed, rounds=config.rounds, round_ms=config.round_ms,
                                   quiet=config.quiet)  # fmt: skip
-        time_per_sample(bench, peers, [c for c in candidates if c.timed and c.exits])
+        time_per_sample(bench, peers, candidates)
         result.machine["steal_during_timing"] = share = steal_share(ticks, core_ticks(core))
         if note := steal_note(share, core):
             result.notes.append(note)

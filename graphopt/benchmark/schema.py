@@ -53,6 +53,9 @@ class BenchRow:
     bytes: int
     latency: LatencyStats | None = None
     mean_ms: float | None = None  # early exit: mean per-sample latency over the held-out split
+    #: early exit: the same pipeline's artifact without exits, mean per sample over the same samples, timed
+    #: interleaved with the exit model (the comparison early exit is for)
+    no_exit_mean_ms: float | None = None
     speedup_vs_ort_fp32: float | None = None
     speedup_vs_eager: float | None = None
     speedup_vs_ort_int8: float | None = None  # against ORT quantize_static at its best settings, when run

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .plot import save_latency_plot
@@ -38,6 +38,8 @@ class SeedRow:
     latency_ms: list[float]
     speedup: list[float]  # vs the same seed's ORT fp32
     file_ratio: list[float]  # bytes over the same seed's ORT fp32 file
+    #: exit models: per-image mean latency over the same pipeline's artifact without exits (same run)
+    vs_no_exits: list[float] = field(default_factory=list)
 
     @property
     def mean_accuracy(self) -> float:
@@ -66,8 +68,9 @@ def seed_rows(results: list[BenchResult]) -> list[SeedRow]:
                 accuracy=[100 * _acc(r) for r in per_seed],
                 drop_pp=[100 * (_acc(o) - _acc(r)) for o, r in zip(originals, per_seed, strict=True)],
                 latency_ms=[_latency(r) for r in per_seed],
-                speedup=[_latency(o) / _latency(r) for o, r in zip(originals, per_seed, strict=True)],
+                speedup=[_speedup(o, r) for o, r in zip(originals, per_seed, strict=True)],
                 file_ratio=[r.bytes / o.bytes for o, r in zip(originals, per_seed, strict=True)],
+                vs_no_exits=[r.mean_ms / r.no_exit_mean_ms for r in per_seed if _has_no_exit_twin(r)],
             )
         )
     return rows
@@ -90,6 +93,18 @@ def _latency(row: BenchRow) -> float:
         return row.mean_ms
     assert row.latency is not None
     return row.latency.median_ms
+
+
+def _speedup(original: BenchRow, row: BenchRow) -> float:
+    """The original's latency over the row's. An exit model's is the run's own ratio of per-image means over
+    the same images: its mean against the original's median call of one input would mix two measures."""
+    if row.mean_ms is not None and row.speedup_vs_ort_fp32 is not None:
+        return row.speedup_vs_ort_fp32
+    return _latency(original) / _latency(row)
+
+
+def _has_no_exit_twin(row: BenchRow) -> bool:
+    return row.mean_ms is not None and row.no_exit_mean_ms is not None
 
 
 def _count(n: int, noun: str) -> str:
@@ -118,7 +133,14 @@ def seeds_markdown(results: list[BenchResult], rows: list[SeedRow]) -> str:
             f"| {r.mean_accuracy:.2f} % | {r.worst_accuracy:.2f} % | {statistics.fmean(r.drop_pp):+.2f} "
             f"| {max(r.drop_pp):+.2f} | {' / '.join(f'{a:.2f}' for a in r.accuracy)} |"
         )
-    return "\n".join(lines)
+    exits = [
+        f"- {r.pipeline}: per test image {statistics.fmean(r.vs_no_exits):.2f}x the latency of the same "
+        f"pipeline without exits (mean; per seed {' / '.join(f'{v:.2f}x' for v in r.vs_no_exits)}; the same "
+        "images, interleaved)"
+        for r in rows
+        if r.vs_no_exits
+    ]
+    return "\n".join(lines + (["", *exits] if exits else []))
 
 
 def run_seeds(config: BenchConfig, seeds: list[int]) -> tuple[list[BenchResult], list[SeedRow]]:

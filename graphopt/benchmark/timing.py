@@ -20,6 +20,7 @@ from .candidates import Candidate
 from .machine import gemm_peaks
 from .models import BenchModel
 from .peer_rows import PEERS
+from .pipelines import parse_pipeline
 from .schema import REFERENCES, BenchResult, BenchRow
 
 RatioStatistic = Literal["min", "paired-median"]
@@ -41,10 +42,14 @@ def time_fixed_input(
     return samples
 
 
-def time_per_sample(bench: BenchModel, peers: list[Candidate], exits: list[Candidate]) -> None:
+def time_per_sample(bench: BenchModel, peers: list[Candidate], candidates: list[Candidate]) -> None:
     """Each exit model over the held-out split one image at a time, interleaved image by image with the
-    reference peers (the original in ORT fp32 and eagerly, ORT quantize_static when run); ratios of means go
-    into the rows. Every image is bound to every runner first, so only the runtime's call is timed."""
+    reference peers (the original in ORT fp32 and eagerly, ORT quantize_static when run) and with its own
+    pipeline's artifact without exits when that ran (the comparison early exit is for: a per-image mean
+    against a median call of the same input would flatter the one without exits, which sees the same input
+    in warm caches); ratios of means go into the rows. Every image is bound to every runner first, so only
+    the runtime's call is timed."""
+    exits = [c for c in candidates if c.timed and c.exits]
     if not exits:
         return
     assert bench.eval is not None  # check_can_run refused exit pipelines without labelled data
@@ -52,16 +57,41 @@ def time_per_sample(bench: BenchModel, peers: list[Candidate], exits: list[Candi
     names = {name for group in REFERENCES.values() for name in group}
     references = {c.row.stage: c for c in peers if c.row.stage in names}
     for candidate in exits:
-        runners = {"exits": candidate, **references}
+        sibling = _without_exits(candidate, candidates)
+        runners = {"exits": candidate, **references, **({NO_EXITS: sibling} if sibling else {})}
         times = interleaved_per_sample({name: [c.bind(s) for s in samples] for name, c in runners.items()})
         row = candidate.row
         row.latency = summarize(times["exits"])
         row.mean_ms = float(times["exits"].mean())
+        if sibling is not None:
+            row.no_exit_mean_ms = float(times[NO_EXITS].mean())
+            row.notes.append(
+                f"per test image, the same images interleaved: {row.mean_ms:.3f} ms mean against "
+                f"{row.no_exit_mean_ms:.3f} ms for {sibling.row.pipeline}'s artifact without exits "
+                f"({row.mean_ms / row.no_exit_mean_ms:.2f}x its latency)"
+            )
         for field, group in REFERENCES.items():
             means = [float(times[name].mean()) for name in group if name in times]
             if means:
                 setattr(row, field, min(means) / row.mean_ms)
         row.latency_basis = f"per held-out image, batch 1 ({len(samples)} images); ratios of means"
+
+
+NO_EXITS = "without exits"
+
+
+def _without_exits(exit_model: Candidate, candidates: list[Candidate]) -> Candidate | None:
+    """The timed artifact, in the same runtime, of the exit model's pipeline without ``+early-exit``."""
+    label = parse_pipeline(exit_model.row.pipeline).without_exits.label
+    return next(
+        (
+            c
+            for c in candidates
+            if c.row.pipeline == label and c.row.kind == "artifact" and c.timed and not c.exits
+            and c.row.runtime == exit_model.row.runtime
+        ),
+        None,
+    )  # fmt: skip
 
 
 def remeasure_peak(result: BenchResult) -> None:
