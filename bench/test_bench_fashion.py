@@ -42,6 +42,7 @@ def test_fashion_resnet_chain_against_peers_over_three_seeds(benchmark, tmp_path
             "accuracy_worst": row.worst_accuracy, "drop_pp_mean": fmean(row.drop_pp),
             "drop_pp_worst": max(row.drop_pp), "latency_ms_mean": fmean(row.latency_ms),
             "speedup_mean": fmean(row.speedup), "file_ratio_mean": fmean(row.file_ratio),
+            **({"latency_vs_no_exits_per_seed": row.vs_no_exits} if row.vs_no_exits else {}),
         }  # fmt: skip
     benchmark.extra_info["machine"] = results[0].machine
     print("\n" + seeds_markdown(results, rows))

@@ -55,7 +55,7 @@ class QuantizationAwareTraining(Pass):
             options = for_qat(replace(self.options, keep_zero_weights=True) if sparse else self.options)
             result = fit(
                 gm, context.teacher, context.train_data, options,
-                example_inputs=context.example_inputs, desc="qat",
+                example_inputs=context.example_inputs, desc="qat", val_data=context.validation_data,
             )  # fmt: skip
         finally:
             refrozen, _ = Calibrate.freeze_layers(gm)  # requantize whatever training left, even on failure

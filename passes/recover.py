@@ -2,7 +2,9 @@
 
 The student is the current GraphModule (its parameters are trained in place); the teacher is the original
 model, frozen, handed over in the pass context. The loss, schedule, validation split and early stopping
-are those of :mod:`graphopt.recovery` (see :class:`~graphopt.recovery.RecoveryConfig`). Lossy by nature.
+are those of :mod:`graphopt.recovery` (see :class:`~graphopt.recovery.RecoveryConfig`); the best epoch is
+chosen on ``validation_data`` when the call has it (held-out data), else on a share of ``train_data``.
+Lossy by nature.
 
 Skipped, with the reason in ``stats`` and a note in the report: ``skipped:no_train_data``,
 ``skipped:no_teacher``. Trains the epochs of its config plus any an earlier pass handed it
@@ -38,7 +40,8 @@ class Recover(Pass):
             context.notes.append("recover: no teacher in the pass context, accuracy was not recovered")
             return PassResult(gm, modified=False, stats={"skipped:no_teacher": 1})
         options = self._options(gm, context.epochs_added.get(self.name, 0))
-        result = fit(gm, context.teacher, data, options, example_inputs=context.example_inputs)
+        result = fit(gm, context.teacher, data, options, example_inputs=context.example_inputs,
+                     val_data=context.validation_data)  # fmt: skip
         return PassResult(gm, modified=True, stats=result.stats())
 
     def _options(self, gm: fx.GraphModule, added_epochs: int) -> RecoveryConfig:

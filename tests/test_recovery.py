@@ -280,3 +280,17 @@ def test_channels_last_is_refused_up_front_for_a_model_that_views_activations(di
         fit(student, None, batches(digits.train_x[:128], digits.train_y[:128], 64),
             RecoveryConfig(epochs=1, quiet=True, channels_last=True))  # fmt: skip
     assert_unchanged(student, before, training=False)  # fit leaves its student in eval mode, even on failure
+
+
+def test_recovery_picks_its_epoch_on_validation_data_when_the_call_has_it(digits_model, digits):
+    """Held-out ``validation_data`` is what the best epoch is chosen on, not a share of ``train_data``
+    (which the original was trained on): validation labels shifted by one class make that visible."""
+    train = batches(digits.train_x, digits.train_y, 64)
+    shifted = [(x, (y + 1) % 10) for x, y in digits.test_batches()]
+    config = RecoveryConfig(epochs=1, quiet=True)
+    runs = {
+        name: graphopt.optimize(digits_model, example_inputs=(digits.test_x[:1],), prune=0.5,
+                                train_data=train, recovery=config, **extra).report.stage("recover").stats
+        for name, extra in (("held_out", {"validation_data": shifted}), ("train_share", {}))
+    }  # fmt: skip
+    assert runs["held_out"]["best_val_accuracy"] < 0.2 < 0.8 < runs["train_share"]["best_val_accuracy"]

@@ -92,12 +92,12 @@ def run_pipeline(
         prune=pipeline.prune,
         sparsify=pipeline.sparsify,
         early_exit=bench.early_exit if pipeline.early_exit else None,
-        validation_data=bench.validation if pipeline.early_exit else None,
+        validation_data=bench.validation,
         recovery=recovery if train is not None and lossy else None,
         instruments=(snapshots,),
     )
     # What a shared stage read besides its options: the model and seed, and which data it was given
-    # (validation data is read by the exit pass alone, which no pipeline shares, so it is not part of it).
+    # (validation data is the bench's own held-out split whenever it has one, the same for every pipeline).
     scope = f"{bench.name}|seed={seed}|calibration={calibration is not None}|train={train is not None}"
     start = time.perf_counter()
     result = run_call(call, None if stages is None else CacheScope(stages, scope))

@@ -136,14 +136,10 @@ def fit(
     """Fine-tune ``student`` in place (it ends on the CPU, in eval mode); ``teacher`` is only read."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    data = (
-        train_data
-        if isinstance(train_data, LabelledTensors)
-        else read_labelled(train_data, "train_data", example_inputs)
-    )
+    data = _labelled(train_data, "train_data", example_inputs)
     train, val = split_validation(data, config.val_fraction, config.seed)
     if val_data is not None:
-        train, val = data, read_labelled(val_data, "val_data", example_inputs)
+        train, val = data, _labelled(val_data, "val_data", example_inputs)
     device = resolve_device(config.device)
     sample = tuple(x[:2] for x in data.inputs)
     with torch.no_grad():
@@ -160,7 +156,7 @@ def fit(
         job.masks = zero_masks(student)
     try:
         if config.channels_last:
-            _check_channels_last(student, sample)
+            _check_channels_last(student, sample, device)
         before = evaluate(student, val, device) if val is not None else None
         if config.train_fn is not None:
             config.train_fn(job)
@@ -181,6 +177,11 @@ def fit(
     return result
 
 
+def _labelled(data: Iterable[Any], what: str, example_inputs: tuple[Tensor, ...] | None) -> LabelledTensors:
+    """``data`` as tensors (optimize hands its passes data it has already read and checked)."""
+    return data if isinstance(data, LabelledTensors) else read_labelled(data, what, example_inputs)
+
+
 def _memory_format(config: RecoveryConfig, *, training: bool) -> torch.memory_format:
     """Channels-last while training when asked, and back to the default format afterwards."""
     if not config.channels_last:
@@ -194,9 +195,9 @@ def _channels_last(tensor: Tensor) -> Tensor:
     return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
-def _check_channels_last(student: nn.Module, sample: tuple[Tensor, ...]) -> None:
-    """Refuse ``channels_last`` before training when the channels-last student cannot run."""
-    device = next(student.parameters()).device
+def _check_channels_last(student: nn.Module, sample: tuple[Tensor, ...], device: torch.device) -> None:
+    """Refuse ``channels_last`` before training when the channels-last student cannot run (it ran on the
+    same sample in the default format just before, so a failure here is the format's)."""
     formatted = tuple(_channels_last(x.to(device)) for x in sample)
     try:
         with torch.no_grad():
