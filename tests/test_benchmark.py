@@ -457,3 +457,27 @@ def test_every_stage_that_trains_uses_the_models_recipe(monkeypatch, digits, dig
                          seed=7, quiet=True)  # fmt: skip
     peer = runner._peer_fine_tune(config, bench)
     assert (peer.optimizer.lr, peer.schedule, peer.epochs, peer.seed) == (0.02, "onecycle", 6, 7)
+
+
+def test_the_pruned_peer_fine_tunes_with_the_data_graphopt_recovers_with(monkeypatch):
+    """Torch-Pruning's fine-tuning chooses its epoch on the bench's validation split, as recovery does, so
+    that both train on all of the training data."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from graphopt.benchmark import peer_rows
+    from graphopt.recovery.config import RecoveryConfig
+    from graphopt.recovery.engine import RecoveryResult
+
+    seen = {}
+
+    def fake_fit(model, teacher, train, config, **kwargs):
+        seen.update(kwargs, teacher=teacher, alpha=config.distill.alpha)
+        return RecoveryResult(config.epochs, 1, 0.0, "cpu", None, None, None, False)
+
+    monkeypatch.setattr(peer_rows, "fit", fake_fit)
+    bench = SimpleNamespace(train=[("x", "y")], validation=[("held", "out")])
+    said = peer_rows._fine_tune(nn.Linear(2, 2), bench, RecoveryConfig(epochs=3, quiet=True))
+    assert seen["val_data"] is bench.validation and seen["teacher"] is None and seen["alpha"] == 1.0
+    assert "3 epochs on labels alone" in said

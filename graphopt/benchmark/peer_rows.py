@@ -144,10 +144,12 @@ def quantize_static_presets() -> dict[OrtPreset, str]:
 
 
 def _fine_tune(pruned: nn.Module, bench: BenchModel, config: RecoveryConfig | None) -> str:
-    """Fine-tune ``pruned`` in place on the labels alone; say what was done."""
+    """Fine-tune ``pruned`` in place on the labels alone, with the data graphopt's recovery gets (its best
+    epoch chosen on the bench's validation split when there is one); say what was done."""
     if config is None or bench.train is None:
         return "no fine-tuning"
-    result = fit(pruned, None, bench.train, replace(config, distill=LABELS_ONLY), desc="fine-tune peer")
+    result = fit(pruned, None, bench.train, replace(config, distill=LABELS_ONLY), val_data=bench.validation,
+                 desc="fine-tune peer")  # fmt: skip
     return f"fine-tuned {result.epochs_run} epochs on labels alone (graphopt's recovery loop, no teacher)"
 
 
