@@ -46,9 +46,9 @@ def time_per_sample(bench: BenchModel, peers: list[Candidate], candidates: list[
     """Each exit model over the held-out split one image at a time, interleaved image by image with the
     reference peers (the original in ORT fp32 and eagerly, ORT quantize_static when run) and with its own
     pipeline's artifact without exits when that ran (the comparison early exit is for: a per-image mean
-    against a median call of the same input would flatter the one without exits, which sees the same input
-    in warm caches); ratios of means go into the rows. Every image is bound to every runner first, so only
-    the runtime's call is timed."""
+    against a median call of one repeated input mixes two measures; on fashion_resnet the artifact without
+    exits averaged 1.5x its median call per image); ratios of means go into the rows. Every image is bound
+    to every runner first, so only the runtime's call is timed."""
     exits = [c for c in candidates if c.timed and c.exits]
     if not exits:
         return
