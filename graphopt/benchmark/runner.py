@@ -197,10 +197,9 @@ def _evaluate_all(bench: BenchModel, candidates: list[Candidate], *, quiet: bool
         evaluate(candidate, probes, references, bench.eval, per_sample=candidate.exits)
 
     files = [c for c in candidates if isinstance(c.runner, OnnxRunner)]
-    for candidate in candidates:
-        if candidate not in files:
-            score(candidate)
-            progress.update()
+    for candidate in (c for c in candidates if not isinstance(c.runner, OnnxRunner)):
+        score(candidate)
+        progress.update()
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for done in as_completed([pool.submit(score, c) for c in files]):
