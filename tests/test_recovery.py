@@ -98,6 +98,8 @@ def test_cuda_request_falls_back_to_cpu_or_uses_the_gpu(digits_model, digits):
         DigitsCNN(width=8), digits_model, batches(digits.train_x[:256], digits.train_y[:256], 64), config
     )
     assert result.device.startswith("cuda" if torch.cuda.is_available() else "cpu")
+    said = "trained_on:cuda" if torch.cuda.is_available() else "unavailable:cuda"
+    assert said in result.stats()  # the report says where it trained, not only a log line
     assert next(digits_model.parameters()).device.type == "cpu"  # everything is back on the CPU
 
 

@@ -54,6 +54,7 @@ class RecoveryResult:
     best_epoch: int | None
     stopped_early: bool
     history: list[EpochRecord] = field(default_factory=list)
+    requested_device: str = "cpu"
 
     def stats(self) -> dict[str, float]:
         stats: dict[str, float] = {"epochs_run": self.epochs_run, "steps": self.steps,
@@ -65,6 +66,10 @@ class RecoveryResult:
             stats["best_epoch"] = self.best_epoch or 0
         if self.stopped_early:
             stats["stopped_early"] = 1
+        if self.device != "cpu":
+            stats[f"trained_on:{self.device}"] = 1
+        elif self.requested_device != "cpu":  # the report says so, not only a log line
+            stats[f"unavailable:{self.requested_device}"] = 1
         return stats
 
 
@@ -172,7 +177,7 @@ def fit(
         student.to("cpu", memory_format=_memory_format(config, training=False)).eval()
         _restore(teacher, teacher_state)
     result.seconds = time.perf_counter() - start
-    result.device = str(device)
+    result.device, result.requested_device = str(device), config.device
     log.info("recovery: %s", result.stats())
     return result
 
