@@ -16,7 +16,7 @@ from graphopt import ConfigError, EarlyExitConfig, InvalidInputError, PassError
 from graphopt.backends import OnnxRunner, TorchScriptRunner
 from graphopt.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
-from graphopt.early_exit.measure import per_sample_accuracy
+from graphopt.early_exit.measure import interleaved_per_sample, per_sample_accuracy
 from graphopt.early_exit.thresholds import NEVER, calibrate, harm_allowed, route, samples_needed
 from graphopt.early_exit.training import with_augmented_copies
 from graphopt.recovery.data import LabelledTensors
@@ -395,3 +395,22 @@ def test_heads_train_on_a_seeded_subset_when_the_feature_cache_would_not_fit(exi
     torch.testing.assert_close(kept.inputs[0], again.inputs[0])  # seeded: the same subset every run
     assert within_cache_budget(network, data, EarlyExitConfig()) is data  # 2 GB: all of it
     assert exited.report.stage("insert_early_exit").stats["head_samples_available"] > 0
+
+
+def test_per_sample_timing_runs_every_call_once_in_interleaved_blocks():
+    """Runner after runner over the same share of their samples (lists of any length), not one sample
+    through every runner: a call after another runner's would pay for refilling the caches."""
+    order: list[tuple[str, int]] = []
+    calls = {
+        name: [lambda name=name, i=i: order.append((name, i)) for i in range(count)]
+        for name, count in (("a", 10), ("b", 10), ("c", 5))
+    }
+    times = interleaved_per_sample(calls, block=4)
+    assert {name: len(t) for name, t in times.items()} == {"a": 10, "b": 10, "c": 5}
+    assert all((t >= 0).all() for t in times.values())
+    assert order[:3] == [("a", 0), ("b", 0), ("c", 0)]  # one untimed warm-up call each
+    timed = order[3:]
+    assert sorted(timed) == sorted((n, i) for n, c in (("a", 10), ("b", 10), ("c", 5)) for i in range(c))
+    runs = [name for k, (name, _) in enumerate(timed) if k == 0 or timed[k - 1][0] != name]
+    assert runs == ["a", "b", "c"] * 3  # three blocks (10 samples, 4 per block), runner after runner
+    assert [i for name, i in timed if name == "c"] == list(range(5))  # each runner's share, in order

@@ -3,8 +3,8 @@
 Its cost depends on the input (an easy sample leaves early), so a latency on the example input says little
 and a batched accuracy follows the whole-batch rule instead of the per-sample one. These helpers split
 labelled batches into batch-1 samples, score accuracy sample by sample, and time several runners over the
-same samples interleaved (each sample through every runner in turn), so a slow patch of the machine hits
-all of them alike; the result is the mean per-sample latency.
+same samples interleaved block by block (a block of samples through every runner in turn), so a slow patch
+of the machine hits all of them alike; the result is the mean per-sample latency.
 """
 
 from __future__ import annotations
@@ -56,17 +56,36 @@ def sample_mean_latencies(
     return {name: float(np.median([m[name] for m in means])) for name in runners}
 
 
-def interleaved_per_sample(calls: dict[str, list[Callable[[], object]]]) -> dict[str, np.ndarray]:
-    """Milliseconds of each call, sample by sample: sample ``i`` goes through every runner in turn before
-    sample ``i + 1``, so a slow patch of the machine hits all runners alike. Each runner's first call is
-    made once untimed (warm-up)."""
+#: Samples per runner per block of :func:`interleaved_per_sample`: a block of 256 batch-1 calls of a small
+#: network takes tens of milliseconds, short against a slow patch of a shared machine.
+BLOCK = 256
+
+
+def interleaved_per_sample(
+    calls: dict[str, list[Callable[[], object]]], block: int = BLOCK
+) -> dict[str, np.ndarray]:
+    """Milliseconds of each call, in interleaved blocks: block ``j`` of every runner's calls (the same
+    share of each runner's list; lists may differ in length) runs, runner after runner, before block
+    ``j + 1``, so a slow patch of the machine hits all runners alike. Each runner's first call is made
+    once untimed (warm-up).
+
+    Blocks, not one sample through every runner in turn: a call that follows another runner's finds the
+    caches holding that runner's weights and code, and the cost of refilling them falls on every call,
+    so the per-sample means rise and their ratios flatten. Measured on fashion_resnet pruned 0.5 with two
+    exits against the same network without exits (onnxruntime, one thread, batch 1, 3,000 test images,
+    AVX2): sample by sample with the eager original between them 0.292 vs 0.303 ms (0.96x); sample by
+    sample, the two alone, 0.161 vs 0.236 ms (0.68x); each over all images by itself 0.140 vs 0.216 ms
+    (0.65x), the way a deployed model runs image after image.
+    """
     for bound in calls.values():
         bound[0]()
-    count = len(next(iter(calls.values())))
-    times = {name: np.empty(count) for name in calls}
-    for i in range(count):
+    blocks = max(1, -(-max(len(bound) for bound in calls.values()) // block))
+    times = {name: np.empty(len(bound)) for name, bound in calls.items()}
+    for j in range(blocks):
         for name, bound in calls.items():
-            start = time.perf_counter()
-            bound[i]()
-            times[name][i] = 1e3 * (time.perf_counter() - start)
+            spent = times[name]
+            for i in range(j * len(bound) // blocks, (j + 1) * len(bound) // blocks):
+                start = time.perf_counter()
+                bound[i]()
+                spent[i] = 1e3 * (time.perf_counter() - start)
     return times
