@@ -1,7 +1,8 @@
-"""Small models and a runner shared by the pass tests."""
+"""Small models, a runner and a clipping int8 target shared by the tests."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -11,9 +12,14 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+import graphopt
 from graphopt.capture import capture
 from graphopt.pass_base import Pass, PassContext
 from graphopt.pass_manager import PassManager, PassRecord
+from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
+from graphopt.quant import QuantScheme
+from graphopt.quant.observers import ObserverConfig
+from graphopt.targets import X86_INT8, PassSpec
 from graphopt.zoo import randomize_batchnorm
 
 
@@ -60,3 +66,13 @@ def digits_optimize_data(digits, calibration_samples: int = 256) -> dict[str, ob
         "train_data": batches(digits.train_x, digits.train_y, 64),
         "eval_data": digits.test_batches(),
     }
+
+
+def clipping_int8_target() -> graphopt.Target:
+    """x86-int8 with a percentile-90 observer: it clips activations, so post-training int8 loses accuracy."""
+    options = InsertFakeQuantOptions(
+        scheme=QuantScheme(activations="uint8", reduce_range=True),
+        observer=ObserverConfig(method="percentile", percentile=90.0),
+    )
+    passes = tuple(PassSpec(p.name, options) if p.name == "insert_fake_quant" else p for p in X86_INT8.passes)
+    return dataclasses.replace(X86_INT8, name="x86-int8-clipped", passes=passes)

@@ -26,9 +26,10 @@ from graphopt.benchmark import (
     to_markdown,
     to_text,
 )
+from graphopt.benchmark import timing as bench_timing
 from graphopt.benchmark.machine import RELEVANT_FLAGS, gemm_peaks, machine_facts
 from graphopt.benchmark.plot import pareto_front
-from graphopt.benchmark.schema import BenchError, BenchRow
+from graphopt.benchmark.schema import EAGER_FP32, ORT_FP32, BenchError, BenchRow
 from graphopt.benchmark.summary import summary_markdown
 from graphopt.cli import main
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError, UnknownNameError
@@ -357,7 +358,18 @@ def _quick_bench(*labels: str, **settings) -> object:
 
 def test_early_exit_rows_are_timed_image_by_image(digits, digits_model, monkeypatch):
     _digits_with_exit_heads(monkeypatch, digits, digits_model, epochs=5)
+    timed: dict[str, int] = {}
+    per_sample = bench_timing.interleaved_per_sample
+
+    def counting(calls, *args, **kwargs):
+        timed.update({name: len(bound) for name, bound in calls.items()})
+        return per_sample(calls, *args, **kwargs)
+
+    monkeypatch.setattr(bench_timing, "interleaved_per_sample", counting)
     result = _quick_bench("generic-fp32+early-exit")
+    images = len(digits.test_y)
+    assert timed["exits"] == timed[ORT_FP32] == images  # the eager original: every 10th image
+    assert timed[EAGER_FP32] == len(range(0, images, bench_timing.EAGER_STRIDE)) < images
     row = result.row("generic-fp32+early-exit", "artifact:onnx")
     assert row.mean_ms is not None and row.mean_ms > 0
     assert row.latency_basis.startswith("per held-out image") and row.latency.runs == len(digits.test_y)

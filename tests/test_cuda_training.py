@@ -21,7 +21,7 @@ from graphopt.quant import QuantizedLayer
 from graphopt.recovery import OptimizerConfig, RecoveryConfig
 from graphopt.zoo.resnet import resnet_digits
 from tests.conftest import assert_unchanged, state_snapshot
-from tests.test_qat import _clipping_target
+from tests.helpers import clipping_int8_target
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -57,9 +57,9 @@ def test_distillation_after_pruning_trains_on_the_gpu_as_well_as_on_the_cpu(digi
 
 def test_qat_on_the_gpu_recovers_what_post_training_quantization_lost(digits_model, digits, tmp_path):
     common = {**_common(digits), "calibration_data": [digits.train_x[i : i + 32] for i in range(0, 128, 32)]}
-    ptq = graphopt.optimize(digits_model, _clipping_target(), **{**common, "train_data": None})
+    ptq = graphopt.optimize(digits_model, clipping_int8_target(), **{**common, "train_data": None})
     config = RecoveryConfig(epochs=3, optimizer=OptimizerConfig(lr=1e-4), quiet=True, device="cuda")
-    qat = graphopt.optimize(digits_model, _clipping_target(), recovery=config, **common)
+    qat = graphopt.optimize(digits_model, clipping_int8_target(), recovery=config, **common)
     row = qat.report.stage("qat")
     assert row.stats[ON_GPU] == 1
     assert row.accuracy >= ptq.report.stages[-1].accuracy + 0.04

@@ -3,19 +3,15 @@ post-training quantization lost, and the result is still a fully integer artifac
 
 from __future__ import annotations
 
-import dataclasses
-
 import onnx
 import pytest
 import torch
 
 import graphopt
-from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
 from graphopt.quant import QuantizedLayer, QuantScheme
-from graphopt.quant.observers import ObserverConfig
 from graphopt.recovery import OptimizerConfig, RecoveryConfig
-from graphopt.targets import X86_INT8, PassSpec
 from graphopt.zoo import get_model
+from tests.helpers import clipping_int8_target
 
 
 def _calibrated_layer() -> QuantizedLayer:
@@ -50,26 +46,16 @@ def test_quantized_layers_move_between_devices():
     assert "mac_layer" not in dict(layer.named_modules())
 
 
-def _clipping_target() -> graphopt.Target:
-    """x86-int8 with a percentile-90 observer: it clips activations, so post-training int8 loses accuracy."""
-    options = InsertFakeQuantOptions(
-        scheme=QuantScheme(activations="uint8", reduce_range=True),
-        observer=ObserverConfig(method="percentile", percentile=90.0),
-    )
-    passes = tuple(PassSpec(p.name, options) if p.name == "insert_fake_quant" else p for p in X86_INT8.passes)
-    return dataclasses.replace(X86_INT8, name="x86-int8-clipped", passes=passes)
-
-
 def test_qat_recovers_what_post_training_quantization_lost(digits_model, digits, tmp_path):
     common = dict(
         example_inputs=(digits.test_x[:1],),
         calibration_data=[digits.train_x[i : i + 32] for i in range(0, 128, 32)],
         eval_data=digits.test_batches(),
     )
-    ptq = graphopt.optimize(digits_model, _clipping_target(), **common)
+    ptq = graphopt.optimize(digits_model, clipping_int8_target(), **common)
     train = list(zip(digits.train_x.split(64), digits.train_y.split(64), strict=True))
     config = RecoveryConfig(epochs=3, optimizer=OptimizerConfig(lr=1e-4), quiet=True)
-    qat = graphopt.optimize(digits_model, _clipping_target(), train_data=train, recovery=config, **common)
+    qat = graphopt.optimize(digits_model, clipping_int8_target(), train_data=train, recovery=config, **common)
 
     assert [s.stage for s in qat.report.stages][-1] == "qat"
     ptq_accuracy, qat_accuracy = ptq.report.stages[-1].accuracy, qat.report.stages[-1].accuracy
