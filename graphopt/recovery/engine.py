@@ -142,9 +142,10 @@ def fit(
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     data = _labelled(train_data, "train_data", example_inputs)
-    train, val = split_validation(data, config.val_fraction, config.seed)
-    if val_data is not None:
+    if val_data is not None:  # held out by the caller: all of train_data trains
         train, val = data, _labelled(val_data, "val_data", example_inputs)
+    else:
+        train, val = split_validation(data, config.val_fraction, config.seed)
     device = resolve_device(config.device)
     sample = tuple(x[:2] for x in data.inputs)
     with torch.no_grad():
