@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphopt.quant.observers import ObserverConfig, RangeObserver
+from graphopt.quant.round_trip import StraightThrough, is_plain_eager, round_trip
 from graphopt.quant.scheme import (
     INT32_RANGE,
     QuantScheme,
@@ -76,6 +77,10 @@ class ActivationQuantizer(nn.Module):
                 self.observer.update(x)
             return x
         q_min, q_max = self.scheme.activation_range
+        if is_plain_eager(x):  # the same values as the reference ops below, ~10x faster (round_trip.py)
+            if self.training:
+                return StraightThrough.apply(x, self.scale, self.zero_point, q_min, q_max)
+            return round_trip(x, self.scale, self.zero_point, q_min, q_max)
         if self.training:  # QAT: straight-through estimator
             return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, q_min, q_max)
         dtype = self.scheme.activation_dtype

@@ -163,11 +163,12 @@ def fit(
     try:
         if config.channels_last:
             _check_channels_last(student, sample, device)
-        before = evaluate(student, val, device) if val is not None else None
+        # scored once: the accuracy before the stage, and the score every epoch must beat to be kept
+        before = _score(student, val, device) if val is not None else None
         if config.train_fn is not None:
             config.train_fn(job)
             job.apply_masks()
-            result = _after_user_loop(job, val, before)
+            result = _after_user_loop(job, val, before[0] if before is not None else None)
         else:
             result = _built_in_loop(job, val, before, desc)
     except BaseException:
@@ -246,14 +247,14 @@ def zero_masks(model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]:
 
 
 def _built_in_loop(
-    job: RecoveryJob, val: LabelledTensors | None, before: float | None, desc: str
+    job: RecoveryJob, val: LabelledTensors | None, before: tuple[float, float] | None, desc: str
 ) -> RecoveryResult:
     config = job.config
     optimizer = _optimizer(job.parameters(), config)
     steps_per_epoch = math.ceil(len(job.train) / config.batch_size)
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
     schedule = _schedule(optimizer, config, int(total_steps))
-    best = _score(job.student, val, job.device) if val is not None else None
+    best = before
     best_epoch, best_state = 0, copy.deepcopy(job.student.state_dict())
     history: list[EpochRecord] = []
     steps, stale, stopped_early = 0, 0, False
@@ -289,7 +290,10 @@ def _built_in_loop(
             best_state
         )  # keep the best epoch (or the starting point, if never beaten)
     best_acc = best[0] if best is not None else None
-    return RecoveryResult(len(history), steps, 0.0, "", before, best_acc, best_epoch, stopped_early, history)
+    before_acc = before[0] if before is not None else None
+    return RecoveryResult(
+        len(history), steps, 0.0, "", before_acc, best_acc, best_epoch, stopped_early, history
+    )
 
 
 def _after_user_loop(job: RecoveryJob, val: LabelledTensors | None, before: float | None) -> RecoveryResult:
