@@ -493,3 +493,30 @@ def test_the_pruned_peer_fine_tunes_with_the_data_graphopt_recovers_with(monkeyp
     said = peer_rows._fine_tune(nn.Linear(2, 2), bench, RecoveryConfig(epochs=3, quiet=True))
     assert seen["val_data"] is bench.validation and seen["teacher"] is None and seen["alpha"] == 1.0
     assert "3 epochs on labels alone" in said
+
+
+def test_rows_scored_while_optimizing_are_not_scored_again_and_hold_their_runtimes_accuracy(
+    digits, digits_model, monkeypatch, tmp_path
+):
+    from graphopt.backends import OnnxRunner
+    from graphopt.benchmark import evaluate as bench_evaluate
+    from graphopt.evaluation import accuracy
+
+    scored: list[object] = []
+
+    def counting(predict, data):
+        scored.append(predict)
+        return accuracy(predict, data)
+
+    monkeypatch.setattr(bench_evaluate, "accuracy", counting)
+    _digits_with_exit_heads(monkeypatch, digits, digits_model, epochs=1)  # the trained fixture
+    label, stem = "generic-fp32+prune=0.3", "generic-fp32_prune0.3"
+    result = _quick_bench(label, out_dir=tmp_path, keep_artifacts=True, plot=False, recovery_epochs=0)
+    artifact, reestimated = result.row(label, "artifact:onnx"), result.row(label, "reestimate_batchnorm")
+    assert artifact.accuracy > 0.9 and reestimated.accuracy > 0.9  # re-estimated: scored in eager
+    files = {getattr(p.__self__, "path", None) for p in scored}
+    assert len(scored) == 6  # the two eager peers and four files (TorchScript goes image by image)
+    lowered = {"peer_ort_fp32", "peer_tp_0.3", f"{stem}_prune_channels", f"{stem}_fold_batchnorm"}
+    assert files - {None} == {tmp_path / "artifacts" / f"{name}.onnx" for name in lowered}
+    file = OnnxRunner(tmp_path / "artifacts" / f"{stem}.onnx")
+    assert accuracy(file.run_batched, digits.test_batches()) == artifact.accuracy

@@ -56,6 +56,10 @@ class Candidate:
     row: BenchRow
     runner: Runner
     exits: bool = False  # the model has early exits: scored and timed one held-out sample at a time
+    #: The row's accuracy was measured while ``optimize`` ran, by this candidate's own runtime on the bench's
+    #: held-out data (a stage by the stage reporter, in eager PyTorch; the artifact by its export): the
+    #: accuracy pass leaves it as it is instead of scoring 10,000 images again.
+    accuracy_measured: bool = False
 
     @property
     def timed(self) -> bool:

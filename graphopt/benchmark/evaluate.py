@@ -1,7 +1,8 @@
 """Accuracy and output agreement of every candidate, each run in its own runtime.
 
 - ``accuracy``: top-1 on the labelled held-out split (digits models). A model with early exits, or any file
-  traced at batch 1, is scored one sample at a time, the way it runs.
+  traced at batch 1, is scored one sample at a time, the way it runs. A row whose accuracy ``optimize``
+  already measured in the candidate's own runtime on the same data (``Candidate.accuracy_measured``) keeps it.
 - ``cosine``: the smallest cosine similarity between the candidate's and the original model's outputs over
   the probes (one input each); ``top1``: the fraction of probes whose argmax matches the original's.
 """
@@ -57,7 +58,7 @@ def evaluate(
         row.cosine = min(m.cosine for m in matches)
         tops = [m.top1 for m in matches if m.top1 is not None]
         row.top1 = sum(tops) / len(tops) if tops else None
-    if eval_data is None:
+    if eval_data is None or (candidate.accuracy_measured and candidate.row.accuracy is not None):
         return
     runner = candidate.runner
     if per_sample:

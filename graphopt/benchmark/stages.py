@@ -115,7 +115,7 @@ def run_pipeline(
         row.macs = rows[-1].macs  # the expected MACs of the exit stage
     row.notes.append(f"optimize + export took {seconds:.1f} s")
     runner = backend.runner(artifact, threads=pipeline.spec.backend.threads)
-    candidates.append(Candidate(row, runner, exits=exits))
+    candidates.append(Candidate(row, runner, exits=exits, accuracy_measured=True))  # scored by the export
     return PipelineRun(result, [*rows, row], candidates, exits)
 
 
@@ -155,7 +155,8 @@ def _stage_candidates(
                 if int8
                 else "same graph cost as the stage before: not timed"
             )
-            candidates.append(Candidate(row, EagerRunner(model)))
+            # the stage reporter scored this very graph in eager PyTorch on the same held-out data
+            candidates.append(Candidate(row, EagerRunner(model), accuracy_measured=True))
             continue
         path = export_onnx(
             model, bench.example_inputs, folder / f"{_file_stem(pipeline.label)}_{record.stage}.onnx"
