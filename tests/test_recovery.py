@@ -296,3 +296,47 @@ def test_recovery_picks_its_epoch_on_validation_data_when_the_call_has_it(digits
         for name, extra in (("held_out", {"validation_data": shifted}), ("train_share", {}))
     }  # fmt: skip
     assert runs["held_out"]["best_val_accuracy"] < 0.2 < 0.8 < runs["train_share"]["best_val_accuracy"]
+
+
+def _teacher_calls(teacher: nn.Module) -> list[int]:
+    calls: list[int] = []
+    teacher.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    return calls
+
+
+def test_the_teacher_runs_once_over_the_data_when_every_epoch_shows_it_the_same_inputs(digits_model, digits):
+    import copy
+
+    data = batches(digits.train_x[:600], digits.train_y[:600], 64)
+    config = RecoveryConfig(**{**FAST, "epochs": 3}, val_fraction=0.0, seed=1)
+    teacher = copy.deepcopy(digits_model)
+    calls = _teacher_calls(teacher)
+    torch.manual_seed(0)
+    cached = DigitsCNN(width=8)
+    fit(cached, teacher, data, config)
+    assert calls == [256, 256, 88]  # once over the 600 samples, not once per step (3 x 10 steps)
+    # the same training as a teacher run at every step (an augmentation that changes nothing turns it off)
+    calls.clear()
+    torch.manual_seed(0)
+    per_step = DigitsCNN(width=8)
+    fit(per_step, teacher, data, replace(config, augment=lambda x, generator: x))
+    assert len(calls) == 30
+    for (name, a), b in zip(cached.state_dict().items(), per_step.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"epochs": 1}, {"augment": random_shift}, {"distill": DistillConfig(alpha=1.0)}],
+    ids=["one-epoch", "augmented", "labels-only"],
+)
+def test_the_teacher_is_not_cached_where_it_would_not_pay_or_is_not_read(digits_model, digits, change):
+    import copy
+
+    data = batches(digits.train_x[:256], digits.train_y[:256], 64)
+    teacher = copy.deepcopy(digits_model)
+    calls = _teacher_calls(teacher)
+    config = RecoveryConfig(**{**FAST, "epochs": 2, **change}, val_fraction=0.0)
+    fit(DigitsCNN(width=8), teacher, data, config)
+    steps = change.get("epochs", 2) * 4
+    assert len(calls) == (0 if "distill" in change else steps)

@@ -38,6 +38,14 @@ class LabelledTensors:
     ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """Batches in a seeded random order (or in order without a generator); ``rank`` of ``world_size``
         takes every ``world_size``-th sample, as a DistributedSampler would."""
+        shards = self.indexed_batches(batch_size, generator, rank=rank, world_size=world_size)
+        for _, inputs, labels in shards:
+            yield inputs, labels
+
+    def indexed_batches(
+        self, batch_size: int, generator: torch.Generator | None = None, *, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]]:
+        """:meth:`batches`, each with the indices of its samples in this data."""
         order = (
             torch.randperm(len(self), generator=generator)
             if generator is not None
@@ -47,7 +55,7 @@ class LabelledTensors:
         order = order[: len(order) - len(order) % world_size][rank::world_size]
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            yield tuple(x[idx] for x in self.inputs), self.labels[idx]
+            yield idx, tuple(x[idx] for x in self.inputs), self.labels[idx]
 
 
 def read_labelled(

@@ -29,6 +29,7 @@ from graphopt.progress import Progress
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import LabelledTensors, check_label_range, read_labelled, split_validation
 from graphopt.recovery.losses import RecoveryLoss
+from graphopt.recovery.teacher_cache import teacher_logits_once
 
 log = logging.getLogger("graphopt.recovery")
 
@@ -104,22 +105,36 @@ class RecoveryJob:
     def batches(
         self, epoch: int, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[tuple[Tensor, ...], Tensor]]:
+        for _, inputs, labels in self.indexed_batches(epoch, rank, world_size):
+            yield inputs, labels
+
+    def indexed_batches(
+        self, epoch: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[Tensor, tuple[Tensor, ...], Tensor]]:
+        """:meth:`batches`, each with the indices of its samples in ``train``."""
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
         per_rank = max(1, self.config.batch_size // world_size)
-        for inputs, labels in self.train.batches(per_rank, generator, rank=rank, world_size=world_size):
+        shards = self.train.indexed_batches(per_rank, generator, rank=rank, world_size=world_size)
+        for index, inputs, labels in shards:
             if self.config.augment is not None:
                 inputs = (self.config.augment(inputs[0], generator), *inputs[1:])
-            yield tuple(self.placed(x) for x in inputs), labels.to(self.device)
+            yield index, tuple(self.placed(x) for x in inputs), labels.to(self.device)
 
     def placed(self, tensor: Tensor) -> Tensor:
         """``tensor`` on the training device, channels-last when the config asks and it is 4-D."""
         tensor = tensor.to(self.device)
         return _channels_last(tensor) if self.config.channels_last else tensor
 
-    def loss(self, model: nn.Module, inputs: tuple[Tensor, ...], labels: Tensor) -> Tensor:
-        """The recovery loss of ``model`` (the student, or a DDP wrapper of it) on one batch."""
-        teacher_logits = None
-        if self.loss_module.uses_teacher and self.teacher is not None:
+    def loss(
+        self,
+        model: nn.Module,
+        inputs: tuple[Tensor, ...],
+        labels: Tensor,
+        teacher_logits: Tensor | None = None,
+    ) -> Tensor:
+        """The recovery loss of ``model`` (the student, or a DDP wrapper of it) on one batch; the teacher
+        runs on ``inputs`` unless its ``teacher_logits`` for them are given."""
+        if teacher_logits is None and self.loss_module.uses_teacher and self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = _logits(self.teacher(*inputs))
         loss = self.loss_module(_logits(model(*inputs)), teacher_logits, labels)
@@ -258,12 +273,13 @@ def _built_in_loop(
     best_epoch, best_state = 0, copy.deepcopy(job.student.state_dict())
     history: list[EpochRecord] = []
     steps, stale, stopped_early = 0, 0, False
+    cached = teacher_logits_once(job, int(total_steps))
     progress = Progress(config.epochs, desc, quiet=config.quiet)
     for epoch in range(1, config.epochs + 1):
         job.student.train()
         total, seen = 0.0, 0
-        for inputs, labels in job.batches(epoch):
-            loss = job.loss(job.student, inputs, labels)
+        for index, inputs, labels in job.indexed_batches(epoch):
+            loss = job.loss(job.student, inputs, labels, None if cached is None else cached.of(index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
