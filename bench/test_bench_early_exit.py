@@ -34,7 +34,7 @@ CONFIG = graphopt.EarlyExitConfig(fractions=(0.2, 0.5), head="spatial", augment=
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_early_exit_latency_and_accuracy(benchmark, seed, tmp_path):
     split, validation = hold_out_validation(upsampled(load_digits_split()))
-    model = train_digits_cnn(split, DigitsTraining(epochs=15, seed=seed), quiet=True, model=resnet_digits())
+    model = train_digits_cnn(split, DigitsTraining(epochs=15, seed=seed), quiet=True, model=resnet_digits)
     inputs = (split.test_x[:1],)
     result = graphopt.optimize(
         model,

@@ -11,6 +11,7 @@ learning rate (peak 0.01) for 30 epochs of batch 64 with +-1 pixel random shifts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -124,15 +125,16 @@ def train_digits_cnn(
     config: DigitsTraining | None = None,
     *,
     quiet: bool = False,
-    model: nn.Module | None = None,
+    model: nn.Module | Callable[[], nn.Module] | None = None,
     task: str = "digits",
 ) -> nn.Module:
     """Train ``model`` (default: a fresh :class:`DigitsCNN`) on the training split, deterministically for a
-    given seed."""
+    given seed. Pass a builder (``resnet_digits``, not ``resnet_digits()``) for a new model: it is built after
+    seeding, so its initial weights follow the seed too; a module passed built keeps the caller's weights."""
     config = config or DigitsTraining()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = model if model is not None else DigitsCNN()
+    model = model if isinstance(model, nn.Module) else (model or DigitsCNN)()
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)

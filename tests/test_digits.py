@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from graphopt.digits import DigitsTraining, hold_out_validation, train_digits_cnn
+from graphopt.digits import DigitsCNN, DigitsSplit, DigitsTraining, hold_out_validation, train_digits_cnn
 from graphopt.evaluation import accuracy
 
 
@@ -29,3 +29,14 @@ def test_the_validation_split_is_stratified_and_disjoint_from_training(digits):
     held_x = torch.cat([x for x, _ in validation]).flatten(1)
     exact_copies = torch.cdist(held_x, kept.train_x.flatten(1)).min(dim=1).values == 0
     assert float(exact_copies.float().mean()) < 0.05  # (digits has a few duplicate images, nothing more)
+
+
+def test_a_built_model_starts_from_weights_the_seed_draws(digits):
+    """The bench's originals: the same seed gives the same model, whatever the process drew before."""
+    small = DigitsSplit(digits.train_x[:128], digits.train_y[:128], digits.test_x[:8], digits.test_y[:8])
+    runs = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # what ran earlier in the process left the global generator elsewhere
+        runs.append(train_digits_cnn(small, DigitsTraining(epochs=1, seed=5), quiet=True, model=DigitsCNN))
+    for (name, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
