@@ -14,8 +14,9 @@ On the Fashion ResNet they were 28 % of a QAT step and over half of scoring the 
   gradient: the straight-through estimator ``d x_hat / d x = 1`` where ``round(x / s) + z`` lies inside
   ``[q_min, q_max]``, else 0.
 
-Both run only on a plain eager call (:func:`is_plain_eager`): under tracing, export or compilation the
-caller keeps the reference ops, which exporters lower to QuantizeLinear / DequantizeLinear.
+Both run only on float32 tensors in a plain eager call (:func:`is_plain_eager`): under tracing, export or
+compilation the caller keeps the reference ops, which exporters lower to QuantizeLinear / DequantizeLinear
+(and which convert half-precision inputs to float32 first).
 """
 
 from __future__ import annotations
