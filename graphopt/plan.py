@@ -231,7 +231,10 @@ def _exits(o: PlanOptions, plan: Plan) -> Slot | None:
     """Last, on the finished backbone: heads learn the features the deployed backbone computes."""
     if o.early_exit is None:
         return None
-    return Slot("exits", (make_pass("insert_early_exit", o.early_exit),), "early_exit: exit heads")
+    config = o.early_exit  # exit paths are timed in the runtime of the target they ship to
+    if config.target is None:
+        config = dataclasses.replace(config, target=plan.target)
+    return Slot("exits", (make_pass("insert_early_exit", config),), "early_exit: exit heads")
 
 
 #: Applied in this order: each sees the plan the ones before it built (training looks for lossy passes,

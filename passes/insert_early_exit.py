@@ -5,12 +5,17 @@ through, the config picks some (names, or MAC fractions), then one rewrite repla
 an :class:`~graphopt.early_exit.network.EarlyExitNetwork` holding the backbone segments, a head per exit
 and the ``torch.cond`` branch between them. The heads train with the backbone frozen (labels + distillation
 from the final output) and the thresholds are calibrated on held-out labelled data (``validation_data``,
-else a share of ``train_data``) to minimise expected MACs with the expected accuracy drop on new data
-within the budget. Lossy by nature; with every threshold at +inf it computes exactly the original graph.
+else a share of ``train_data``) to minimise the expected cost per sample with the expected accuracy drop
+on new data within the budget. The cost is each exit path's latency measured in the target's runtime
+(:mod:`~graphopt.early_exit.paths`), and the subset of the trained exits that minimises it is kept
+(:mod:`~graphopt.early_exit.selection`); or MACs (``cost="macs"``, or when the runtime cannot be timed
+here), keeping every exit. Lossy by nature; with every threshold at +inf it computes exactly the original
+graph.
 
-Report: the ``early_exit`` table lists every exit with its threshold, exit rate, accuracy of the samples it
-takes and MACs per sample there; ``stats`` hold the expected MACs, the held-out accuracy with and without
-exits and the harm (held-out samples the exits get wrong that the network without them gets right). Needs
+Report: the ``early_exit`` table lists every kept exit with its threshold, exit rate, accuracy of the
+samples it takes, MACs per sample there and, when timed, milliseconds; ``stats`` hold the expected MACs
+(and milliseconds against the network without exits), the held-out accuracy with and without exits and the
+harm (held-out samples the exits get wrong that the network without them gets right). Needs
 ``train_data``.
 """
 
@@ -22,10 +27,12 @@ import torch.fx as fx
 from graphopt.cost import count_macs, measure_module_macs
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
+from graphopt.early_exit.paths import PathTiming, path_names, runtime_for, time_paths
 from graphopt.early_exit.segments import Cut, choose_cuts, find_cuts, split_at
-from graphopt.early_exit.thresholds import NEVER, Routing, calibrate, harm_allowed, samples_needed
+from graphopt.early_exit.selection import Candidate, ExitChoice, choose_exits, exit_subsets
+from graphopt.early_exit.thresholds import NEVER, Routing, harm_allowed, samples_needed
 from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
-from graphopt.errors import InvalidInputError
+from graphopt.errors import GraphoptError, InvalidInputError
 from graphopt.ir import shape_of
 from graphopt.keys import EXPECTED_MACS_SHARE
 from graphopt.pass_base import Pass, PassResult
@@ -59,27 +66,67 @@ class InsertEarlyExit(Pass):
         if config.joint_epochs:  # the backbone changed: its held-out features too
             stats.update(fine_tune_jointly(network, train, config))
             held_out_features = cached_features(network, held_out)
-        macs = _macs_per_exit(network, context.example_inputs)
         with torch.no_grad():
             exits = [h(f) for h, f in zip(network.heads, held_out_features[:-1], strict=True)]
         all_logits = [*exits, held_out_features[-1]]
-        routing = calibrate(
-            all_logits, held_out.labels, macs, config.accuracy_budget, config.criterion, reference
+        candidates, timing = self._candidates(gm, chosen, network)
+        choice, choices = choose_exits(
+            candidates, all_logits, held_out.labels, config.accuracy_budget, config.criterion, reference
         )
-        network.thresholds.copy_(torch.tensor(routing.thresholds))
-        _replace_graph(gm, network)
-        context.tables["early_exit"] = _table(chosen, routing, all_logits, held_out.labels, macs)
-        if all(t == NEVER for t in routing.thresholds):
-            context.notes.append(_disabled_note(len(held_out), config.accuracy_budget))
-        stats[EXPECTED_MACS_SHARE] = round(routing.expected_macs / macs[-1], 4)
+        routing = choice.routing
         stats.update(
-            exits=len(chosen),
+            exits=len(choice.kept),
+            exits_trained=len(chosen),
             heldout_samples=len(held_out),
             heldout_accuracy=round(routing.accuracy, 4),
             heldout_accuracy_without_exits=round(float(reference.float().mean()), 4),
             heldout_harm=routing.harm,
         )
+        if timing is not None:
+            stats.update(_timing_stats(routing, timing))
+            context.notes.append(_timing_note(chosen, choice, timing))
+        if all(t == NEVER for c in choices for t in c.routing.thresholds):
+            context.notes.append(_disabled_note(len(held_out), config.accuracy_budget))
+        if choice.network is None:  # timed: the network without exits is the fastest
+            return PassResult(gm, modified=False, stats=stats)
+        network = choice.network
+        network.thresholds.copy_(torch.tensor(routing.thresholds))
+        macs = _macs_per_exit(network, context.example_inputs)
+        kept_logits = [all_logits[k] for k in choice.kept] + [all_logits[-1]]
+        timed = choice.costs if timing is not None else None
+        _replace_graph(gm, network)
+        context.tables["early_exit"] = _table(
+            [chosen[k] for k in choice.kept], routing, kept_logits, held_out.labels, macs, timed
+        )
+        stats[EXPECTED_MACS_SHARE] = round(routing.mean_cost(macs) / macs[-1], 4)
         return PassResult(gm, modified=True, stats=stats)
+
+    def _candidates(
+        self, gm: fx.GraphModule, chosen: list[Cut], network: EarlyExitNetwork
+    ) -> tuple[list[Candidate], PathTiming | None]:
+        """The exit sets to calibrate, each with its cost per path, and where they were timed: every
+        subset timed in the target's runtime, or the whole set costed in MACs (with ``cost="macs"``, or a
+        note saying why the runtime could not be timed)."""
+        config, inputs = self.options, self.context.example_inputs
+        whole = tuple(range(len(chosen)))
+        runtime = runtime_for(config.target) if config.cost == "runtime" else "cost='macs'"
+        if not isinstance(runtime, str):
+            # joint fine-tuning changed the segments: a subset re-cut from the graph would not hold them
+            subsets = [whole] if config.joint_epochs else exit_subsets(len(chosen))
+            networks = {
+                path_names(s): network if s == whole else _subset(gm, chosen, network, s) for s in subsets
+            }
+            try:
+                plain_ms, paths = time_paths(*runtime, gm, networks, inputs)
+            except GraphoptError as error:
+                runtime = f"the exit network could not be timed ({error})"
+            else:
+                timing = PathTiming(runtime[0].runtime, plain_ms)
+                timed = [(s, networks[path_names(s)], paths[path_names(s)]) for s in subsets]
+                return [*timed, ((), None, [plain_ms])], timing  # last: no exits at all
+        if config.cost == "runtime":
+            self.context.notes.append(f"insert_early_exit: exits costed in MACs: {runtime}")
+        return [(whole, network, _macs_per_exit(network, inputs))], None
 
     def _training_and_held_out(self, config: EarlyExitConfig) -> tuple[LabelledTensors, LabelledTensors]:
         """Heads train on ``train_data``; thresholds calibrate on ``validation_data``, or without it on a
@@ -163,6 +210,41 @@ def _macs_per_exit(network: EarlyExitNetwork, inputs: tuple[torch.Tensor, ...]) 
     return costs
 
 
+def _subset(
+    gm: fx.GraphModule, chosen: list[Cut], network: EarlyExitNetwork, kept: tuple[int, ...]
+) -> EarlyExitNetwork:
+    """``network`` with only the exits ``kept``: the graph cut at their points, their trained heads."""
+    segments = split_at(gm, [chosen[k] for k in kept])
+    return EarlyExitNetwork(segments, [network.heads[k] for k in kept], network.criterion)
+
+
+def _timing_stats(routing: Routing, timing: PathTiming) -> dict[str, float]:
+    return {
+        "expected_ms": round(routing.expected_cost, 4),
+        "without_exits_ms": round(timing.without_exits_ms, 4),
+        "expected_latency_share": round(routing.expected_cost / timing.without_exits_ms, 4),
+    }
+
+
+def _timing_note(chosen: list[Cut], choice: ExitChoice, timing: PathTiming) -> str:
+    """Where each input may leave and what that path measured; which exits were dropped, and why."""
+    if not choice.kept:
+        return (
+            f"insert_early_exit: no exits inserted: timed in {timing.runtime}, every set of exits expects "
+            f"more time per held-out input than the network without them ({timing.without_exits_ms:.3f} ms)"
+        )
+    names = [chosen[k].name for k in choice.kept] + ["the end"]
+    paths = ", ".join(f"{name} {ms:.3f} ms" for name, ms in zip(names, choice.costs, strict=True))
+    note = (
+        f"insert_early_exit: exit paths timed in {timing.runtime}: leaving at {paths}; without exits "
+        f"{timing.without_exits_ms:.3f} ms; expected {choice.routing.expected_cost:.3f} ms per held-out input"
+    )
+    dropped = [chosen[k].name for k in range(len(chosen)) if k not in choice.kept]
+    if dropped:
+        note += f"; dropped {', '.join(dropped)}: the exits kept expect less time without it"
+    return note
+
+
 def _replace_graph(gm: fx.GraphModule, network: EarlyExitNetwork) -> None:
     graph = fx.Graph()
     inputs = [graph.placeholder(n.name) for n in gm.graph.nodes if n.op == "placeholder"]
@@ -179,7 +261,12 @@ def _threshold_text(threshold: float | None) -> str:
 
 
 def _table(
-    cuts: list[Cut], routing: Routing, logits: list[torch.Tensor], labels: torch.Tensor, macs: list[float]
+    cuts: list[Cut],
+    routing: Routing,
+    logits: list[torch.Tensor],
+    labels: torch.Tensor,
+    macs: list[float],
+    ms: list[float] | None,
 ) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     names = [c.name for c in cuts] + ["final classifier"]
@@ -194,5 +281,6 @@ def _table(
             "accuracy_of_exited": f"{float(hits.float().mean()):.1%}" if len(hits) else "-",
             "head_alone_accuracy": f"{float((logits[k].argmax(-1) == labels).float().mean()):.1%}",
             "macs_per_sample": int(macs[k]),
+            **({"ms_per_sample": round(ms[k], 4)} if ms is not None else {}),
         })  # fmt: skip
     return rows

@@ -23,7 +23,8 @@ from graphopt.recovery.data import LabelledTensors
 from tests.conftest import assert_unchanged, state_snapshot
 from tests.helpers import digits_optimize_data
 
-CONFIG = EarlyExitConfig(exits=("features.2", "features.6"), epochs=10, quiet=True)
+# MACs: these tests check what every exit does; which exits pay in the runtime is tests/test_exit_costs.py
+CONFIG = EarlyExitConfig(exits=("features.2", "features.6"), epochs=10, quiet=True, cost="macs")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_pruning_and_early_exit_in_one_call(digits_model, digits):
         train_data=batches(digits.train_x, digits.train_y, 64),
         prune=0.5,
         recovery=graphopt.RecoveryConfig(epochs=2, quiet=True),
-        early_exit=EarlyExitConfig(exits=("features.6",), epochs=5, quiet=True),
+        early_exit=EarlyExitConfig(exits=("features.6",), epochs=5, quiet=True, cost="macs"),
     )
     stages = [s.stage for s in result.report.stages]
     assert stages[:4] == ["original", "prune_channels", "reestimate_batchnorm", "recover"]
@@ -153,7 +154,7 @@ def test_a_budget_no_threshold_meets_leaves_the_exits_disabled():
     wrong = torch.nn.functional.one_hot((labels + 1) % 10, 10).float() * 5  # a confident, always wrong head
     right = torch.nn.functional.one_hot(labels, 10).float() * 5
     routing = calibrate([wrong, right], labels, [1.0, 10.0], budget_pp=0.0, criterion="max_prob")
-    assert routing.thresholds == [NEVER] and routing.accuracy == 1.0 and routing.expected_macs == 10.0
+    assert routing.thresholds == [NEVER] and routing.accuracy == 1.0 and routing.expected_cost == 10.0
 
 
 def _one_head(samples: int, wrong: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -174,9 +175,9 @@ def test_thresholds_keep_one_sample_of_margin_under_the_budget(wrong, exits):
     logits, labels = _one_head(1000, wrong)
     routing = calibrate(logits, labels, [1.0, 10.0], budget_pp=0.3, criterion="max_prob")
     if exits:
-        assert routing.thresholds[0] < NEVER and routing.harm == wrong and routing.expected_macs == 1.0
+        assert routing.thresholds[0] < NEVER and routing.harm == wrong and routing.expected_cost == 1.0
     else:
-        assert routing.thresholds == [NEVER] and routing.harm == 0 and routing.expected_macs == 10.0
+        assert routing.thresholds == [NEVER] and routing.harm == 0 and routing.expected_cost == 10.0
 
 
 def test_too_few_held_out_samples_certify_no_budget():
@@ -206,7 +207,7 @@ def test_harm_counts_against_the_network_before_training():
 
 def test_validation_data_calibrates_the_thresholds(digits_model, digits):
     train, validation = batches(digits.train_x[:1000], digits.train_y[:1000], 64), digits.test_batches()
-    config = EarlyExitConfig(exits=("features.6",), epochs=2, quiet=True)
+    config = EarlyExitConfig(exits=("features.6",), epochs=2, quiet=True, cost="macs")
     result = graphopt.optimize(
         digits_model, example_inputs=(digits.test_x[:1],), train_data=train, early_exit=config,
         validation_data=validation,
@@ -227,7 +228,7 @@ def test_a_small_validation_set_says_how_many_samples_the_budget_needs(digits_mo
         example_inputs=(digits.test_x[:1],),
         train_data=batches(digits.train_x[:256], digits.train_y[:256], 64),
         validation_data=batches(digits.test_x[:200], digits.test_y[:200], 100),
-        early_exit=EarlyExitConfig(exits=("features.6",), epochs=1, quiet=True),
+        early_exit=EarlyExitConfig(exits=("features.6",), epochs=1, quiet=True, cost="macs"),
     )
     assert any("needs at least 333 held-out samples, got 200" in n for n in result.report.notes)
     assert _network(result).thresholds.tolist() == [NEVER]
@@ -254,7 +255,7 @@ def test_unknown_exit_point_lists_the_closest(digits_model, digits):
             digits_model,
             example_inputs=(digits.test_x[:1],),
             train_data=batches(digits.train_x[:256], digits.train_y[:256], 64),
-            early_exit=EarlyExitConfig(exits=("features.20",), quiet=True),
+            early_exit=EarlyExitConfig(exits=("features.20",), quiet=True, cost="macs"),
         )
 
 
@@ -288,7 +289,7 @@ def test_joint_fine_tuning_trains_the_backbone_too(digits_model, digits):
         digits_model,
         example_inputs=(digits.test_x[:1],),
         train_data=batches(digits.train_x[:512], digits.train_y[:512], 64),
-        early_exit=EarlyExitConfig(exits=("features.6",), epochs=2, joint_epochs=1, quiet=True),
+        early_exit=EarlyExitConfig(exits=("features.6",), epochs=2, joint_epochs=1, quiet=True, cost="macs"),
     )
     stats = result.report.stage("insert_early_exit").stats
     assert stats["joint_epochs"] == 1 and stats["joint_final_loss"] > 0
@@ -314,7 +315,7 @@ def int8_exited(digits_model, digits):
         "x86-int8",
         **digits_optimize_data(digits),
         recovery=graphopt.RecoveryConfig(epochs=1, quiet=True),
-        early_exit=EarlyExitConfig(exits=("features.6",), quiet=True),
+        early_exit=EarlyExitConfig(exits=("features.6",), quiet=True, cost="macs"),
     )
 
 

@@ -28,10 +28,16 @@ class EarlyExitConfig(PassOptions):
       once; when they would take more than ``cache_bytes``, a seeded random subset that fits is used (the
       report's ``head_samples`` / ``head_samples_available``).
     - The thresholds are calibrated on ``validation_data`` (data the model was not trained on) to minimise
-      expected MACs while the expected accuracy drop on new data against the network without exits stays
-      within ``accuracy_budget`` percentage points (conformal risk control, see
+      the expected cost per sample while the expected accuracy drop on new data against the network without
+      exits stays within ``accuracy_budget`` percentage points (conformal risk control, see
       :mod:`graphopt.early_exit.thresholds`). Without ``validation_data``, ``holdout_fraction`` of
       ``train_data`` is held out from head training and used instead.
+    - ``cost``: ``runtime`` measures each exit path in ``target``'s runtime (lowered with its backend, timed
+      side by side; :mod:`graphopt.early_exit.paths`) and keeps the subset of the trained exits with the
+      lowest expected latency (:mod:`graphopt.early_exit.selection`); ``macs`` counts MACs and keeps every
+      exit. ``runtime`` falls back to MACs, with a note, when the target's CPU family is not this machine's
+      or its backend cannot lower the exit network. ``target`` is filled in by ``optimize`` (its target);
+      None: ``generic-fp32`` (ONNX Runtime).
     - ``joint_epochs > 0`` then fine-tunes backbone and heads together (every exit distilled from the
       original network's output, ``augment`` applied to the inputs): early features become more
       separable, so early heads take more samples; the backbone changes, so the exit-free path is no longer
@@ -48,6 +54,8 @@ class EarlyExitConfig(PassOptions):
     batch_size: int = 64
     holdout_fraction: float = 0.25
     distill: DistillConfig = field(default_factory=DistillConfig)
+    cost: Literal["runtime", "macs"] = "runtime"
+    target: str | None = None
     joint_epochs: int = 0
     joint_lr: float = 1e-3
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
@@ -62,11 +70,11 @@ class EarlyExitConfig(PassOptions):
             raise ConfigError("exits must be a tuple of node or module names, e.g. exits=('stages.0',)")
         if not self.exits and (not self.fractions or not all(0 < f < 1 for f in self.fractions)):
             raise ConfigError(f"fractions must be MAC shares in (0, 1), got {self.fractions!r}")
-        heads, criteria = ("linear", "conv", "spatial"), ("max_prob", "entropy")
-        if self.head not in heads or self.criterion not in criteria:
+        heads, criteria, costs = ("linear", "conv", "spatial"), ("max_prob", "entropy"), ("runtime", "macs")
+        if self.head not in heads or self.criterion not in criteria or self.cost not in costs:
             raise ConfigError(
-                f"head must be one of {heads} and criterion one of {criteria}; got {self.head!r}, "
-                f"{self.criterion!r}"
+                f"head must be one of {heads}, criterion one of {criteria} and cost one of {costs}; got "
+                f"{self.head!r}, {self.criterion!r}, {self.cost!r}"
             )
         if not self.accuracy_budget >= 0:
             raise ConfigError(f"accuracy_budget is percentage points >= 0, got {self.accuracy_budget!r}")

@@ -1,8 +1,9 @@
 """Calibrating exit thresholds on held-out labelled data.
 
 With ``K`` heads, sample ``i`` leaves at the first head ``k`` whose confidence ``c_k(i) >= t_k`` (else at
-the final classifier), costing ``macs[k]``: the backbone up to cut ``k`` plus heads ``0..k``. The goal is to
-minimise the expected cost ``mean_i macs[exit(i)]`` while the accuracy drop against the network without
+the final classifier), costing ``costs[k]``: the backbone up to cut ``k`` plus heads ``0..k``, in MACs or in
+milliseconds measured in the runtime (:mod:`graphopt.early_exit.paths`). The goal is to minimise the
+expected cost ``mean_i costs[exit(i)]`` while the accuracy drop against the network without
 exits stays within ``budget`` on *new* data, not only on the ``n`` held-out samples.
 
 The constraint is the conformal risk control rule (Angelopoulos, Bates, Fisch, Lei, Schuster, 2022). The
@@ -42,25 +43,29 @@ class Routing:
     thresholds: list[float]
     exit_of: torch.Tensor  # per sample, the exit it leaves at (K = the final classifier)
     accuracy: float
-    expected_macs: float
+    expected_cost: float  # in the unit of the costs calibrated with: MACs or milliseconds per sample
     harm: int = 0  # held-out samples the network without exits gets right and the routing gets wrong
+
+    def mean_cost(self, per_path: list[float]) -> float:
+        """The mean over the samples of another cost per path (MACs when calibrated on milliseconds)."""
+        return float(torch.tensor(per_path, dtype=torch.float64)[self.exit_of].mean())
 
 
 def route(
     scores: list[torch.Tensor],
     correct: list[torch.Tensor],
-    macs: list[float],
+    costs: list[float],
     thresholds: list[float],
     reference: torch.Tensor | None = None,
 ) -> Routing:
-    """Where each sample leaves for ``thresholds``, with the accuracy, expected MACs and harm that follow
+    """Where each sample leaves for ``thresholds``, with the accuracy, expected cost and harm that follow
     (``reference``: per sample, whether the network without exits is right; default ``correct[-1]``)."""
     n = len(correct[-1])
     exit_of = torch.full((n,), len(scores), dtype=torch.long)
     for k in reversed(range(len(scores))):  # the earliest passing head wins
         exit_of[scores[k] >= thresholds[k]] = k
     hit = torch.stack(correct)[exit_of, torch.arange(n)]
-    cost = torch.tensor(macs, dtype=torch.float64)[exit_of]
+    cost = torch.tensor(costs, dtype=torch.float64)[exit_of]
     reference = correct[-1] if reference is None else reference
     harm = int((reference & ~hit).sum())
     return Routing(list(thresholds), exit_of, float(hit.float().mean()), float(cost.mean()), harm)
@@ -81,7 +86,7 @@ def samples_needed(budget_pp: float) -> int | None:
 def calibrate(
     logits: list[torch.Tensor],
     labels: torch.Tensor,
-    macs: list[float],
+    costs: list[float],
     budget_pp: float,
     criterion: str,
     reference: torch.Tensor | None = None,
@@ -94,11 +99,11 @@ def calibrate(
     allowed = harm_allowed(len(labels), budget_pp)
     thresholds = [NEVER] * len(scores)
     for k in range(len(scores) if allowed >= 0 else 0):
-        remaining = route(scores, correct, macs, thresholds, reference).exit_of >= k
+        remaining = route(scores, correct, costs, thresholds, reference).exit_of >= k
         candidates = torch.unique(scores[k][remaining]).tolist()
         for t in candidates:  # ascending: the first feasible one lets the most samples out
             trial = [*thresholds[:k], t, *thresholds[k + 1 :]]
-            if route(scores, correct, macs, trial, reference).harm <= allowed:
+            if route(scores, correct, costs, trial, reference).harm <= allowed:
                 thresholds[k] = t
                 break
-    return route(scores, correct, macs, thresholds, reference)
+    return route(scores, correct, costs, thresholds, reference)

@@ -1,0 +1,147 @@
+"""Exits costed where they ship: every exit path timed in the target's runtime, and the exits that do not
+pay for themselves there dropped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphopt
+from graphopt import EarlyExitConfig
+from graphopt.backends import OnnxRunner
+from graphopt.digits import batches
+from graphopt.early_exit import EarlyExitNetwork
+from graphopt.early_exit.selection import MAX_SUBSET_EXITS, choose_exits, exit_subsets
+from graphopt.early_exit.thresholds import NEVER
+from tests.helpers import digits_optimize_data
+
+EXITS = ("features.2", "features.6")
+
+
+def _optimize(model, digits):
+    return graphopt.optimize(
+        model,
+        example_inputs=(digits.test_x[:1],),
+        train_data=batches(digits.train_x, digits.train_y, 64),
+        validation_data=digits.test_batches(),
+        early_exit=EarlyExitConfig(exits=EXITS, epochs=3, quiet=True),
+    )
+
+
+def _network(result) -> EarlyExitNetwork:
+    (network,) = [m for m in result.model.modules() if isinstance(m, EarlyExitNetwork)]
+    return network
+
+
+def test_candidate_sets_are_the_whole_set_then_every_smaller_one():
+    assert exit_subsets(1) == [(0,)]
+    assert exit_subsets(2) == [(0, 1), (0,), (1,)]
+    assert len(exit_subsets(MAX_SUBSET_EXITS)) == 2**MAX_SUBSET_EXITS - 1
+    assert exit_subsets(MAX_SUBSET_EXITS + 1) == [tuple(range(MAX_SUBSET_EXITS + 1))]
+
+
+def _sure(labels: torch.Tensor, right: torch.Tensor, sure: torch.Tensor) -> torch.Tensor:
+    """Logits that predict the label where ``right`` (else the next class), confidently where ``sure``."""
+    predicted = torch.where(right, labels, (labels + 1) % 10)
+    return torch.nn.functional.one_hot(predicted, 10).float() * torch.where(sure, 8.0, 0.5)[:, None]
+
+
+def test_an_exit_that_costs_nearly_the_rest_of_the_path_is_dropped():
+    # 1,000 held-out samples, a perfect final classifier. Head 0 is right and sure on the first half, wrong
+    # and unsure on the rest; head 1 is right and sure on the first 600. At 0.1 pp no harm is allowed, so
+    # head 0 takes 500 samples and head 1, behind it, 100.
+    labels = torch.arange(1000) % 10
+    first = torch.arange(1000) < 500
+    head0 = _sure(labels, first, first)
+    head1 = _sure(labels, torch.arange(1000) < 600, torch.arange(1000) < 600)
+    final = _sure(labels, torch.ones(1000, dtype=torch.bool), torch.ones(1000, dtype=torch.bool))
+    reference = torch.ones(1000, dtype=torch.bool)
+
+    def best(costs: dict[tuple[int, ...], list[float]]) -> tuple[int, ...]:
+        candidates = [(kept, None, path_costs) for kept, path_costs in costs.items()]
+        choice, choices = choose_exits(candidates, [head0, head1, final], labels, 0.1, "max_prob", reference)
+        assert [c.routing.harm for c in choices] == [0, 0, 0]
+        rates = torch.bincount(choices[0].routing.exit_of, minlength=3).tolist()
+        assert rates == [500, 100, 400]
+        return choice.kept
+
+    # measured-like: leaving at exit 1 costs nearly the whole path, and exit 1 slows every sample after it
+    assert best({(0, 1): [1.0, 9.5, 11.0], (0,): [1.0, 10.2], (1,): [9.2, 10.3]}) == (0,)
+    # MAC-like: exit 1 at half the cost pays for itself
+    assert best({(0, 1): [1.0, 5.0, 11.0], (0,): [1.0, 10.2], (1,): [5.0, 10.3]}) == (0, 1)
+
+
+def test_exit_paths_are_timed_in_the_targets_runtime(digits_model, digits):
+    result = _optimize(digits_model, digits)
+    stats = result.report.stage("insert_early_exit").stats
+    # which set wins depends on this machine's timings; none is kept unless it beats the network without
+    assert stats["exits_trained"] == 2 and stats["expected_ms"] <= stats["without_exits_ms"]
+    share = stats["expected_ms"] / stats["without_exits_ms"]  # both rounded to 1e-4 ms
+    assert stats["expected_latency_share"] == pytest.approx(share, rel=5e-3)
+    networks = [m for m in result.model.modules() if isinstance(m, EarlyExitNetwork)]
+    (note,) = [n for n in result.report.notes if "timed in onnxruntime" in n]
+    assert f"{stats['without_exits_ms']:.3f} ms" in note
+    if networks:
+        assert stats["exits"] == len(networks[0].heads) >= 1 and "exit paths timed" in note
+        rows = result.report.tables["early_exit"]
+        assert len(rows) == len(networks[0].heads) + 1 and all(r["ms_per_sample"] > 0 for r in rows)
+        networks[0].thresholds.fill_(NEVER)  # whichever exits were kept, never leaving is the original
+    else:
+        assert stats["exits"] == 0 and "no exits inserted" in note
+    x = digits.test_x[:16]
+    torch.testing.assert_close(result.model(x), digits_model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_dropped_exit_leaves_a_network_without_it(digits_model, digits, monkeypatch, tmp_path):
+    # leaving at features.6 costs more than going on to the end without it: it cannot pay
+    measured = {"exits 0,1": [0.02, 0.33, 0.34], "exits 0": [0.02, 0.30], "exits 1": [0.33, 0.31]}
+
+    def fake_time_paths(backend, settings, plain, networks, inputs):
+        assert set(networks) == set(measured)  # every candidate set is timed, in one session
+        return 0.30, {name: measured[name] for name in networks}
+
+    monkeypatch.setattr("graphopt.passes.insert_early_exit.time_paths", fake_time_paths)
+    result = _optimize(digits_model, digits)
+    stats = result.report.stage("insert_early_exit").stats
+    network = _network(result)
+    assert stats["exits"] == len(network.heads) == 1 and stats["exits_trained"] == 2
+    assert [r["exit"] for r in result.report.tables["early_exit"]] == ["features.2", "final classifier"]
+    assert any("dropped features.6" in n for n in result.report.notes)
+    runner = OnnxRunner(result.export(tmp_path / "m.onnx"))
+    for i in range(20):  # the artifact holds the one kept exit and takes the same path as eager
+        x = digits.test_x[i : i + 1]
+        torch.testing.assert_close(torch.as_tensor(runner.run(x)[0]), result.model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("config", "why"),
+    [({"cost": "macs"}, "cost='macs'"), ({"target": "arm-fp32"}, "arm-fp32 runs on aarch64")],
+)
+def test_exits_are_costed_in_macs_when_asked_or_when_the_runtime_is_foreign(
+    digits_model, digits, config, why
+):
+    result = graphopt.optimize(
+        digits_model,
+        target=config.get("target", "generic-fp32"),
+        early_exit=EarlyExitConfig(exits=EXITS, epochs=1, quiet=True, cost=config.get("cost", "runtime")),
+        **digits_optimize_data(digits),
+    )
+    stats = result.report.stage("insert_early_exit").stats
+    assert "expected_ms" not in stats and stats["exits"] == stats["exits_trained"] == 2
+    assert all("ms_per_sample" not in r for r in result.report.tables["early_exit"])
+    notes = [n for n in result.report.notes if "exits costed in MACs" in n]
+    assert (why in notes[0]) if config.get("target") else not notes  # asked for: nothing to explain
+
+
+def test_no_exit_is_inserted_when_none_pays_in_the_runtime(digits_model, digits, monkeypatch):
+    def slower_everywhere(backend, settings, plain, networks, inputs):
+        return 0.10, {name: [0.2] * (len(network.heads) + 1) for name, network in networks.items()}
+
+    monkeypatch.setattr("graphopt.passes.insert_early_exit.time_paths", slower_everywhere)
+    result = _optimize(digits_model, digits)
+    assert not any(isinstance(m, EarlyExitNetwork) for m in result.model.modules())
+    record = result.report.stage("insert_early_exit")
+    assert record.modified is False and record.stats["expected_ms"] == record.stats["without_exits_ms"]
+    assert any("no exits inserted" in n and "(0.100 ms)" in n for n in result.report.notes)
+    x = digits.test_x[:16]
+    torch.testing.assert_close(result.model(x), digits_model(x))
