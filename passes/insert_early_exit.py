@@ -21,6 +21,8 @@ harm (held-out samples the exits get wrong that the network without them gets ri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx as fx
 
@@ -28,9 +30,10 @@ from graphopt.cost import count_macs, measure_module_macs
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
 from graphopt.early_exit.paths import PathTiming, path_names, runtime_for, time_paths
+from graphopt.early_exit.reporting import disabled_note, exit_table, timing_note, timing_stats
 from graphopt.early_exit.segments import Cut, choose_cuts, find_cuts, split_at
 from graphopt.early_exit.selection import Candidate, ExitChoice, choose_exits, exit_subsets
-from graphopt.early_exit.thresholds import NEVER, Routing, harm_allowed, samples_needed
+from graphopt.early_exit.thresholds import NEVER
 from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
 from graphopt.errors import GraphoptError, InvalidInputError
 from graphopt.ir import shape_of
@@ -38,6 +41,16 @@ from graphopt.keys import EXPECTED_MACS_SHARE
 from graphopt.pass_base import Pass, PassResult
 from graphopt.recovery.data import LabelledTensors
 from graphopt.shapes import propagate_shapes
+
+
+@dataclass
+class TrainedExits:
+    cuts: list[Cut]  # where the heads sit
+    network: EarlyExitNetwork  # the backbone cut there, with every trained head
+    logits: list[torch.Tensor]  # on the held-out data: each head's, then the final classifier's
+    labels: torch.Tensor  # of the held-out data
+    reference: torch.Tensor  # per held-out sample: is the network without exits right
+    stats: dict[str, object]  # of head training
 
 
 class InsertEarlyExit(Pass):
@@ -53,12 +66,41 @@ class InsertEarlyExit(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         config, context = self.options, self.context
+        trained = self._train_exits(gm)
+        candidates, timing = self._candidates(gm, trained.cuts, trained.network)
+        choice, choices = choose_exits(
+            candidates, trained.logits, trained.labels, config.accuracy_budget, config.criterion,
+            trained.reference,
+        )  # fmt: skip
+        routing = choice.routing
+        stats = {
+            **trained.stats,
+            "exits": len(choice.kept),
+            "exits_trained": len(trained.cuts),
+            "heldout_samples": len(trained.labels),
+            "heldout_accuracy": round(routing.accuracy, 4),
+            "heldout_accuracy_without_exits": round(float(trained.reference.float().mean()), 4),
+            "heldout_harm": routing.harm,
+        }
+        if timing is not None:
+            stats.update(timing_stats(routing, timing))
+            context.notes.append(timing_note(trained.cuts, choice, timing))
+        if all(t == NEVER for c in choices for t in c.routing.thresholds):
+            context.notes.append(disabled_note(len(trained.labels), config.accuracy_budget))
+        if choice.network is None:  # timed: the network without exits is the fastest
+            return PassResult(gm, modified=False, stats={**stats, EXPECTED_MACS_SHARE: 1.0})
+        stats[EXPECTED_MACS_SHARE] = self._install(gm, trained, choice.network, choice, timing)
+        return PassResult(gm, modified=True, stats=stats)
+
+    def _train_exits(self, gm: fx.GraphModule) -> TrainedExits:
+        """Heads at the chosen cuts, trained on the frozen backbone (and jointly with it when asked), and
+        every head's and the final classifier's logits on the held-out data."""
+        config = self.options
         classes = classifier_width(gm)
         cuts, total = find_cuts(gm)
         chosen = choose_cuts(cuts, total, config.exits, config.fractions)
-        segments = split_at(gm, chosen)
         heads = [exit_head(c.channels, classes, config.head) for c in chosen]
-        network = EarlyExitNetwork(segments, heads, config.criterion)
+        network = EarlyExitNetwork(split_at(gm, chosen), heads, config.criterion)
         train, held_out = self._training_and_held_out(config)
         held_out_features = cached_features(network, held_out)  # the backbone as given
         reference = held_out_features[-1].argmax(-1) == held_out.labels  # the network without exits
@@ -68,38 +110,29 @@ class InsertEarlyExit(Pass):
             held_out_features = cached_features(network, held_out)
         with torch.no_grad():
             exits = [h(f) for h, f in zip(network.heads, held_out_features[:-1], strict=True)]
-        all_logits = [*exits, held_out_features[-1]]
-        candidates, timing = self._candidates(gm, chosen, network)
-        choice, choices = choose_exits(
-            candidates, all_logits, held_out.labels, config.accuracy_budget, config.criterion, reference
-        )
+        logits = [*exits, held_out_features[-1]]
+        return TrainedExits(chosen, network, logits, held_out.labels, reference, stats)
+
+    def _install(
+        self,
+        gm: fx.GraphModule,
+        trained: TrainedExits,
+        network: EarlyExitNetwork,
+        choice: ExitChoice,
+        timing: PathTiming | None,
+    ) -> float:
+        """Put ``network`` (the one ``choice`` keeps) in ``gm`` with its thresholds and report its exits;
+        return its expected share of the MACs."""
         routing = choice.routing
-        stats.update(
-            exits=len(choice.kept),
-            exits_trained=len(chosen),
-            heldout_samples=len(held_out),
-            heldout_accuracy=round(routing.accuracy, 4),
-            heldout_accuracy_without_exits=round(float(reference.float().mean()), 4),
-            heldout_harm=routing.harm,
-        )
-        if timing is not None:
-            stats.update(_timing_stats(routing, timing))
-            context.notes.append(_timing_note(chosen, choice, timing))
-        if all(t == NEVER for c in choices for t in c.routing.thresholds):
-            context.notes.append(_disabled_note(len(held_out), config.accuracy_budget))
-        if choice.network is None:  # timed: the network without exits is the fastest
-            return PassResult(gm, modified=False, stats=stats)
-        network = choice.network
         network.thresholds.copy_(torch.tensor(routing.thresholds))
-        macs = _macs_per_exit(network, context.example_inputs)
-        kept_logits = [all_logits[k] for k in choice.kept] + [all_logits[-1]]
-        timed = choice.costs if timing is not None else None
+        macs = _macs_per_exit(network, self.context.example_inputs)
+        logits = [trained.logits[k] for k in choice.kept] + [trained.logits[-1]]
         _replace_graph(gm, network)
-        context.tables["early_exit"] = _table(
-            [chosen[k] for k in choice.kept], routing, kept_logits, held_out.labels, macs, timed
-        )
-        stats[EXPECTED_MACS_SHARE] = round(routing.mean_cost(macs) / macs[-1], 4)
-        return PassResult(gm, modified=True, stats=stats)
+        self.context.tables["early_exit"] = exit_table(
+            [trained.cuts[k] for k in choice.kept], routing, logits, trained.labels, macs,
+            choice.costs if timing is not None else None,
+        )  # fmt: skip
+        return round(routing.mean_cost(macs) / macs[-1], 4)
 
     def _candidates(
         self, gm: fx.GraphModule, chosen: list[Cut], network: EarlyExitNetwork
@@ -143,21 +176,6 @@ class InsertEarlyExit(Pass):
             "validation_data=... (labelled batches the model never saw)"
         )
         return train, held_out
-
-
-def _disabled_note(samples: int, budget_pp: float) -> str:
-    note = (
-        f"insert_early_exit: no exit threshold keeps the expected accuracy drop within {budget_pp} pp of "
-        "the network without exits; the exits stay disabled"
-    )
-    if harm_allowed(samples, budget_pp) < 0:
-        needed = samples_needed(budget_pp)
-        note += (
-            f" (certifying {budget_pp} pp needs at least {needed} held-out samples, got {samples})"
-            if needed is not None
-            else " (a 0 pp budget can never be certified on finite data)"
-        )
-    return note
 
 
 def check_classifier_output(output: object) -> None:
@@ -218,33 +236,6 @@ def _subset(
     return EarlyExitNetwork(segments, [network.heads[k] for k in kept], network.criterion)
 
 
-def _timing_stats(routing: Routing, timing: PathTiming) -> dict[str, float]:
-    return {
-        "expected_ms": round(routing.expected_cost, 4),
-        "without_exits_ms": round(timing.without_exits_ms, 4),
-        "expected_latency_share": round(routing.expected_cost / timing.without_exits_ms, 4),
-    }
-
-
-def _timing_note(chosen: list[Cut], choice: ExitChoice, timing: PathTiming) -> str:
-    """Where each input may leave and what that path measured; which exits were dropped, and why."""
-    if not choice.kept:
-        return (
-            f"insert_early_exit: no exits inserted: timed in {timing.runtime}, every set of exits expects "
-            f"more time per held-out input than the network without them ({timing.without_exits_ms:.3f} ms)"
-        )
-    names = [chosen[k].name for k in choice.kept] + ["the end"]
-    paths = ", ".join(f"{name} {ms:.3f} ms" for name, ms in zip(names, choice.costs, strict=True))
-    note = (
-        f"insert_early_exit: exit paths timed in {timing.runtime}: leaving at {paths}; without exits "
-        f"{timing.without_exits_ms:.3f} ms; expected {choice.routing.expected_cost:.3f} ms per held-out input"
-    )
-    dropped = [chosen[k].name for k in range(len(chosen)) if k not in choice.kept]
-    if dropped:
-        note += f"; dropped {', '.join(dropped)}: the exits kept expect less time without it"
-    return note
-
-
 def _replace_graph(gm: fx.GraphModule, network: EarlyExitNetwork) -> None:
     graph = fx.Graph()
     inputs = [graph.placeholder(n.name) for n in gm.graph.nodes if n.op == "placeholder"]
@@ -252,35 +243,3 @@ def _replace_graph(gm: fx.GraphModule, network: EarlyExitNetwork) -> None:
     graph.output(graph.call_module("early_exit", tuple(inputs)))
     gm.graph = graph
     gm.delete_all_unused_submodules()
-
-
-def _threshold_text(threshold: float | None) -> str:
-    if threshold is None:
-        return "-"
-    return "never" if threshold == NEVER else f"{threshold:.4f}"
-
-
-def _table(
-    cuts: list[Cut],
-    routing: Routing,
-    logits: list[torch.Tensor],
-    labels: torch.Tensor,
-    macs: list[float],
-    ms: list[float] | None,
-) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    names = [c.name for c in cuts] + ["final classifier"]
-    for k, name in enumerate(names):
-        taken = routing.exit_of == k
-        hits = (logits[k].argmax(-1) == labels)[taken]
-        threshold = routing.thresholds[k] if k < len(cuts) else None
-        rows.append({
-            "exit": name,
-            "threshold": _threshold_text(threshold),
-            "exit_rate": f"{float(taken.float().mean()):.1%}",
-            "accuracy_of_exited": f"{float(hits.float().mean()):.1%}" if len(hits) else "-",
-            "head_alone_accuracy": f"{float((logits[k].argmax(-1) == labels).float().mean()):.1%}",
-            "macs_per_sample": int(macs[k]),
-            **({"ms_per_sample": round(ms[k], 4)} if ms is not None else {}),
-        })  # fmt: skip
-    return rows
