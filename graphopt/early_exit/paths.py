@@ -27,12 +27,11 @@ from torch import nn
 
 from graphopt.backends import BACKENDS, Backend
 from graphopt.early_exit.network import EarlyExitNetwork
+from graphopt.early_exit.thresholds import NEVER
 from graphopt.errors import ConfigError
 from graphopt.shapes import propagate_shapes
 from graphopt.side_by_side import time_side_by_side
 from graphopt.targets import BackendSettings, resolve_target
-
-NEVER = float("inf")
 
 
 @dataclass(frozen=True)
