@@ -125,7 +125,8 @@ class InsertEarlyExit(Pass):
         return its expected share of the MACs."""
         routing = choice.routing
         network.thresholds.copy_(torch.tensor(routing.thresholds))
-        macs = _macs_per_exit(network, self.context.example_inputs)
+        # costed in MACs, the choice already holds them; timed, its costs are milliseconds
+        macs = choice.costs if timing is None else _macs_per_exit(network, self.context.example_inputs)
         logits = [trained.logits[k] for k in choice.kept] + [trained.logits[-1]]
         _replace_graph(gm, network)
         self.context.tables["early_exit"] = exit_table(
