@@ -18,6 +18,7 @@ from graphopt.backends.dynamic import DynamicDims
 from graphopt.errors import ExportError
 from graphopt.numerics import Tolerance, agreement, all_finite, allclose
 from graphopt.quant import is_quantized
+from graphopt.targets import isa_runs_here
 
 #: How closely an fp32 artifact must reproduce the eager optimized model: |a - b| <= 1e-4 * max(1, max|b|).
 ARTIFACT_RTOL = 1e-4
@@ -44,7 +45,7 @@ def check_artifact(
     An int8 artifact for another CPU family (arm-int8 checked on x86) runs here through kernels that
     the target does not use (x86 s8 x s8 saturates in int16), so a mismatch is reported, not raised; so
     is a native int8 artifact between the two cosine thresholds above."""
-    quantized, foreign = is_quantized(model), isa not in ("any", platform.machine())
+    quantized, foreign = is_quantized(model), not isa_runs_here(isa)
     note = None
     for inputs in _probe_inputs(example_inputs, dynamic):
         with torch.no_grad():

@@ -31,7 +31,7 @@ from graphopt.quant import is_quantized
 from graphopt.report import Report, StageRecord
 from graphopt.side_by_side import lower_with, time_side_by_side
 from graphopt.sparsity import zipped_bytes
-from graphopt.targets import Target
+from graphopt.targets import Target, isa_runs_here
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ class OptimizeResult:
     @property
     def _foreign_isa(self) -> bool:
         """Whether the target is for another CPU family than this machine's."""
-        return self.target.isa not in ("any", platform.machine())
+        return not isa_runs_here(self.target.isa)
 
     def _dataset_latency(self, runner: Any) -> dict[str, float]:
         """Mean latency per eval sample of the artifact and of the original in ORT fp32, interleaved."""

@@ -6,6 +6,7 @@ backend settings. There is no control flow in a preset: reading it tells you wha
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,6 +58,11 @@ class BackendSettings:
             raise ConfigError(f"opset must be >= 17 (LayerNorm, modern Resize), got {self.opset}")
         if self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+
+def isa_runs_here(isa: str) -> bool:
+    """Whether artifacts built for CPU family ``isa`` run (and can be timed) on this machine."""
+    return isa in ("any", platform.machine())
 
 
 @dataclass(frozen=True)

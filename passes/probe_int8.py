@@ -33,7 +33,7 @@ from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pass_manager import PassManager
 from graphopt.registry import make_pass
 from graphopt.side_by_side import time_side_by_side
-from graphopt.targets import Target, resolve_target
+from graphopt.targets import Target, isa_runs_here, resolve_target
 
 #: The target's passes each candidate is built with, by slot: both are cleaned up (BatchNorm folded) as
 #: the shipped graph will be; the int8 one is then quantized and calibrated.
@@ -66,7 +66,7 @@ class ProbeInt8(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         target = resolve_target(self.options.target)
-        if target.isa not in ("any", platform.machine()):
+        if not isa_runs_here(target.isa):
             self.context.notes.append(
                 f"probe_int8: {target.isa} artifacts cannot be timed on {platform.machine()}; int8 and QAT "
                 "run as planned"

@@ -31,7 +31,7 @@ from graphopt.early_exit.thresholds import NEVER
 from graphopt.errors import ConfigError
 from graphopt.shapes import propagate_shapes
 from graphopt.side_by_side import time_side_by_side
-from graphopt.targets import BackendSettings, resolve_target
+from graphopt.targets import BackendSettings, isa_runs_here, resolve_target
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def runtime_for(target_name: str | None) -> tuple[Backend, BackendSettings] | st
         target = resolve_target(target_name or "generic-fp32")
     except ConfigError as error:
         return str(error)
-    if target.isa not in ("any", platform.machine()):
+    if not isa_runs_here(target.isa):
         return f"{target.name} runs on {target.isa}, which cannot be timed on this {platform.machine()}"
     return BACKENDS[target.backend.backend], target.backend
 
