@@ -97,6 +97,14 @@ def test_an_arm_target_cannot_be_timed_here_so_int8_and_qat_run(monkeypatch):
     assert is_quantized(res.model)
 
 
+def test_only_this_machines_cpu_family_and_any_run_here():
+    from graphopt.targets import isa_runs_here
+
+    other = "aarch64" if platform.machine() == "x86_64" else "x86_64"
+    assert isa_runs_here("any") and isa_runs_here(platform.machine())
+    assert not isa_runs_here(other)
+
+
 def test_a_resumed_run_keeps_what_the_probe_declined():
     model, inputs = get_model("mlp").build()
     gm = torch.fx.symbolic_trace(model)
