@@ -89,7 +89,7 @@ class InsertEarlyExit(Pass):
             context.notes.append(disabled_note(len(trained.labels), config.accuracy_budget))
         if choice.network is None:  # timed: the network without exits is the fastest
             return PassResult(gm, modified=False, stats={**stats, EXPECTED_MACS_SHARE: 1.0})
-        stats[EXPECTED_MACS_SHARE] = self._install(gm, trained, choice.network, choice, timing)
+        stats[EXPECTED_MACS_SHARE] = self._install(gm, trained, choice, timing)
         return PassResult(gm, modified=True, stats=stats)
 
     def _train_exits(self, gm: fx.GraphModule) -> TrainedExits:
@@ -117,13 +117,13 @@ class InsertEarlyExit(Pass):
         self,
         gm: fx.GraphModule,
         trained: TrainedExits,
-        network: EarlyExitNetwork,
         choice: ExitChoice,
         timing: PathTiming | None,
     ) -> float:
-        """Put ``network`` (the one ``choice`` keeps) in ``gm`` with its thresholds and report its exits;
-        return its expected share of the MACs."""
-        routing = choice.routing
+        """Put the network ``choice`` keeps in ``gm`` with its thresholds and report its exits; return its
+        expected share of the MACs."""
+        network, routing = choice.network, choice.routing
+        assert network is not None  # the caller returns early when no exits are kept
         network.thresholds.copy_(torch.tensor(routing.thresholds))
         # costed in MACs, the choice already holds them; timed, its costs are milliseconds
         macs = choice.costs if timing is None else _macs_per_exit(network, self.context.example_inputs)
