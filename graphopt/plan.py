@@ -51,7 +51,9 @@ class Slot:
 
 @dataclass(frozen=True)
 class Plan:
-    target: str
+    #: The Target object itself, never only its name: passes that time candidates in the target's runtime
+    #: (probe_int8, runtime-costed exits) get the caller's target even when it is not a preset.
+    target: Target
     slots: tuple[Slot, ...] = ()
 
     def passes(self) -> list[Pass]:
@@ -80,7 +82,7 @@ class Plan:
     def __str__(self) -> str:
         rows = [(slot.name, ", ".join(p.name for p in slot.passes), slot.why) for slot in self.slots]
         width = max((len(names) for _, names, _ in rows), default=0)
-        lines = [f"plan for {self.target}:"]
+        lines = [f"plan for {self.target.name}:"]
         lines += [f"  {name:<12} {names:<{width}}  {why}" for name, names, why in rows]
         return "\n".join(lines)
 
@@ -255,9 +257,9 @@ def make_plan(target: Target, options: PlanOptions) -> Plan:
         prune = dataclasses.replace(options.prune, round_to=target.backend.channel_multiple, soft_round=True)
         options = dataclasses.replace(options, prune=prune)
     if options.passes is not None:
-        plan = Plan(target.name, _group(options.passes, "passes="))
+        plan = Plan(target, _group(options.passes, "passes="))
     else:
-        plan = Plan(target.name, _group([make_pass(p.name, p.options) for p in target.passes], target.name))
+        plan = Plan(target, _group([make_pass(p.name, p.options) for p in target.passes], target.name))
     for rule in SLOT_RULES:
         slot = rule(options, plan)
         if slot is not None:

@@ -12,8 +12,7 @@ from typing import Literal
 
 from graphopt.errors import ConfigError, UnknownNameError
 from graphopt.pass_base import PassOptions
-from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
-from graphopt.passes.quantize_dynamic import QuantizeDynamicOptions
+from graphopt.quant.options import InsertFakeQuantOptions, QuantizeDynamicOptions
 from graphopt.quant.scheme import QuantScheme
 
 BackendName = Literal["onnx", "torchscript", "executorch"]

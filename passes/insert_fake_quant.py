@@ -13,23 +13,14 @@ Layers the policy cannot quantize are counted as ``kept_fp32:<reason>`` in ``sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.fx as fx
 
 from graphopt.errors import ConfigError
 from graphopt.ir import module_of, set_module
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.pass_base import Pass, PassResult
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
-from graphopt.quant.observers import ObserverConfig
+from graphopt.quant.options import InsertFakeQuantOptions
 from graphopt.quant.policy import plan_int8
-from graphopt.quant.scheme import QuantScheme
-
-
-@dataclass(frozen=True)
-class InsertFakeQuantOptions(PassOptions):
-    scheme: QuantScheme = field(default_factory=QuantScheme)
-    observer: ObserverConfig = field(default_factory=ObserverConfig)
 
 
 class InsertFakeQuant(Pass):

@@ -46,7 +46,7 @@ class ProbeInt8Options(PassOptions):
     """``target``: whose passes build the candidates and whose runtime times them; ``declines``: the plan's
     passes that go when int8 is not faster; ``moved_epochs`` of training then go to ``train_pass``."""
 
-    target: str = "x86-int8"
+    target: Target | str = "x86-int8"  # the plan gives the Target object (a custom one is no preset)
     declines: tuple[str, ...] = ("insert_fake_quant", "calibrate", "qat")
     moved_epochs: int = 0
     train_pass: str = "recover"

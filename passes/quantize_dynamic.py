@@ -13,44 +13,24 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from graphopt.errors import ConfigError
 from graphopt.ir import call_sites, module_of, set_module
 from graphopt.numerics import first_output
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.pass_base import Pass, PassResult
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.dynamic import DynamicInt8Linear, Int8Embedding
 from graphopt.quant.fallback import fall_back
+from graphopt.quant.options import QuantizeDynamicOptions
 
 _KINDS = {nn.Linear: "linear", nn.Embedding: "embedding"}
 _DESCRIPTIONS = {
     "linear": "Linear weight int8, dynamic u8 activations",
     "embedding": "Embedding weight-only int8, per-row scale",
 }
-
-
-@dataclass(frozen=True)
-class QuantizeDynamicOptions(PassOptions):
-    #: 7-bit weights, for x86 CPUs without VNNI (int16 pair sums in ORT's u8 x s8 kernel overflow).
-    reduce_range: bool = True
-    #: Embedding tables weight-only int8 (one scale per row).
-    embeddings: bool = True
-    #: Put the most sensitive Linear layers back in fp32 until every sample's output cosine to fp32 is at
-    #: least this, measured on calibration_data (else the example inputs); None: no fall-back.
-    min_cosine: float | None = None
-    #: At most this fraction of the Linear layers (rounded up) goes back to fp32.
-    max_fallback: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.min_cosine is not None and not 0 < self.min_cosine <= 1:
-            raise ConfigError(f"min_cosine must be in (0, 1], got {self.min_cosine}")
-        if not 0 <= self.max_fallback <= 1:
-            raise ConfigError(f"max_fallback must be in [0, 1], got {self.max_fallback}")
 
 
 class QuantizeDynamic(Pass):

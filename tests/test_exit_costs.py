@@ -3,6 +3,7 @@ pay for themselves there dropped."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -20,9 +21,10 @@ from tests.helpers import digits_optimize_data
 EXITS = ("features.2", "features.6")
 
 
-def _optimize(model, digits):
+def _optimize(model, digits, target: str | graphopt.Target = "generic-fp32"):
     return graphopt.optimize(
         model,
+        target,
         example_inputs=(digits.test_x[:1],),
         train_data=batches(digits.train_x, digits.train_y, 64),
         validation_data=digits.test_batches(),
@@ -71,6 +73,16 @@ def test_an_exit_that_costs_nearly_the_rest_of_the_path_is_dropped():
     assert best({(0, 1): [1.0, 9.5, 11.0], (0,): [1.0, 10.2], (1,): [9.2, 10.3]}) == (0,)
     # MAC-like: exit 1 at half the cost pays for itself
     assert best({(0, 1): [1.0, 5.0, 11.0], (0,): [1.0, 10.2], (1,): [5.0, 10.3]}) == (0, 1)
+
+
+def test_a_custom_target_costs_its_exits_in_its_own_runtime(digits_model, digits):
+    """A target that is no preset (a replace under a new name) is timed, not looked up by name and
+    silently costed in MACs."""
+    custom = dataclasses.replace(graphopt.TARGETS["generic-fp32"], name="my-fp32")
+    result = _optimize(digits_model, digits, target=custom)
+    assert [n for n in result.report.notes if "timed in onnxruntime" in n]
+    assert not [n for n in result.report.notes if "exits costed in MACs" in n]
+    assert "expected_ms" in result.report.stage("insert_early_exit").stats
 
 
 def test_exit_paths_are_timed_in_the_targets_runtime(digits_model, digits):

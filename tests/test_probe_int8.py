@@ -3,6 +3,7 @@ recovery, every skipped pass says why, and the fp32 graph ships."""
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 
 import onnx
@@ -20,7 +21,7 @@ from graphopt.zoo import get_model
 QAT_AND_INT8 = ("space_to_depth", "insert_fake_quant", "calibrate", "qat")
 
 
-def _optimize(monkeypatch, timing: dict[str, float] | None, target: str = "x86-int8"):
+def _optimize(monkeypatch, timing: dict[str, float] | None, target: str | graphopt.Target = "x86-int8"):
     """resnet_basic pruned 0.5 with one epoch of recovery and one of QAT; ``timing`` replaces the probe's
     measurement (None: measured). Returns the result, the epochs each training pass was given, and what
     the probe timed."""
@@ -69,6 +70,14 @@ def test_int8_slower_skips_int8_and_qat_and_recovery_trains_their_epochs(monkeyp
     assert not is_quantized(res.model) and res.fp32_model is None
     path = res.export(tmp_path / "m.onnx")
     assert not any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
+
+
+def test_a_custom_target_is_probed_in_its_own_runtime(monkeypatch):
+    """A replace of a preset under a new name is no preset: the plan hands the probe the Target itself."""
+    custom = dataclasses.replace(graphopt.TARGETS["x86-int8"], name="my-x86-int8")
+    res, trained, timed = _optimize(monkeypatch, {"int8": 0.2, "fp32": 0.3}, target=custom)
+    assert timed == {"fp32": False, "int8": True} and trained == {"recover": 1, "qat": 1}
+    assert res.report.stage("probe_int8").stats["int8_faster"] == 1 and is_quantized(res.model)
 
 
 def test_int8_faster_runs_the_plan_as_written(monkeypatch):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from graphopt.errors import ConfigError
 from graphopt.pass_base import PassOptions
 from graphopt.recovery.config import DistillConfig
+
+if TYPE_CHECKING:
+    from graphopt.targets import Target
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class EarlyExitConfig(PassOptions):
     holdout_fraction: float = 0.25
     distill: DistillConfig = field(default_factory=DistillConfig)
     cost: Literal["runtime", "macs"] = "runtime"
-    target: str | None = None
+    target: Target | str | None = None
     joint_epochs: int = 0
     joint_lr: float = 1e-3
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None

@@ -31,7 +31,7 @@ from graphopt.early_exit.thresholds import NEVER
 from graphopt.errors import ConfigError
 from graphopt.shapes import propagate_shapes
 from graphopt.side_by_side import time_side_by_side
-from graphopt.targets import BackendSettings, isa_runs_here, resolve_target
+from graphopt.targets import BackendSettings, Target, isa_runs_here, resolve_target
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,11 @@ def time_paths(
     return ms["plain"], paths
 
 
-def runtime_for(target_name: str | None) -> tuple[Backend, BackendSettings] | str:
-    """The backend and settings that time exit paths for ``target_name`` (None: ``generic-fp32``), or why
-    they cannot be timed on this machine."""
+def runtime_for(target: Target | str | None) -> tuple[Backend, BackendSettings] | str:
+    """The backend and settings that time exit paths for ``target`` (a Target, a preset name, or None:
+    ``generic-fp32``), or why they cannot be timed on this machine."""
     try:
-        target = resolve_target(target_name or "generic-fp32")
+        target = resolve_target(target or "generic-fp32")
     except ConfigError as error:
         return str(error)
     if not isa_runs_here(target.isa):
