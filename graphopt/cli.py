@@ -5,31 +5,76 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from graphopt.benchmark.cli import add_bench_commands
 from graphopt.errors import GraphoptError
 from graphopt.model_spec import load_model
 from graphopt.search.cli import add_search_arguments, run_search_command
 
+#: Exit statuses of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
+INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives, so it unwinds like Ctrl-C: every ``with`` block on
+    the way out runs (staging folders of unfinished files are removed). A ``KeyboardInterrupt`` so that
+    handlers of ``Exception`` around library calls do not swallow it."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.run(args) or 0)
-    except GraphoptError as exc:
-        print(f"graphopt: error: {exc}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error or --help: a status, like every other way main ends
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with _sigterm_unwinds():
+        try:
+            return int(args.run(args) or 0)
+        except GraphoptError as exc:
+            print(f"graphopt: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:  # the traceback of where Ctrl-C landed says nothing to the user
+            terminated = isinstance(exc, Terminated)
+            print(f"graphopt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            return TERMINATED if terminated else INTERRUPTED
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the command runs; the previous handler comes back after.
+    Only in main and only in the main thread (the one thread Python delivers signals to), never at import:
+    a program that imports graphopt keeps its own handling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage errors in one line with where to read more (the usage block of ``bench`` alone is a screen)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="graphopt", description="Optimize trained PyTorch models for edge CPUs."
-    )
+    parser = _OneLineErrors(prog="graphopt", description="Optimize trained PyTorch models for edge CPUs.")
     sub = parser.add_subparsers(required=True, metavar="command")
 
     p = sub.add_parser("passes", help="list the registered passes")
@@ -118,12 +163,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from graphopt.api import optimize
-    from graphopt.destination import check_destination
 
-    for option, path in (("--output", args.output), ("--save", args.save), ("--json", args.json),
-                         ("--search-plot", args.search_plot)):  # fmt: skip
-        if path is not None:  # checked before any work, so nothing is written and then a traceback
-            check_destination(path, option)
+    _check_optimize_outputs(args)
     if args.goal:
         result = run_search_command(args)
     else:
@@ -138,6 +179,20 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(result.report.to_json())
     return 0
+
+
+def _check_optimize_outputs(args: argparse.Namespace) -> None:
+    """Every output path, and the suffixes that choose a backend and the archive format, checked before
+    any work: a typo costs a second, not a search's minutes and then an error."""
+    from graphopt.backends import backend_for
+    from graphopt.destination import check_destination
+
+    for option, path in (("--output", args.output), ("--save", args.save), ("--json", args.json),
+                         ("--search-plot", args.search_plot)):  # fmt: skip
+        if path is not None:
+            check_destination(path, option, suffix=".pt2" if option == "--save" else None)
+    if args.output is not None:
+        backend_for(args.output)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -53,6 +53,11 @@ def test_optimize_a_zoo_model_with_ir_dump(tmp_path, capsys):
         (["verify", __file__.replace(".py", ".onnx"), "--ort", "0.0.1"], "no ONNX file"),
         (["demo", "--epochs", "-1"], "epochs must be an integer >= 1"),
         (["demo", "--target", "bogus"], "unknown target 'bogus'"),
+        (["demo", "--recovery-epochs", "-3"], "recovery_epochs must be an integer >= 0, got -3"),
+        (["demo", "--prune", "nan"], r"prune must be a fraction in \[0, 1\), got nan"),
+        (["plan", "x86-int8", "--prune", "nan"], r"prune ratio must be a fraction in \[0, 1\)"),
+        (["plan", "x86-int8", "--accuracy-budget", "nan"], "accuracy_budget must be in"),
+        (["plan", "x86-int8", "--sparsify", "-1"], r"sparsity must be a fraction in \[0, 1\)"),
     ],
 )
 def test_errors_are_one_clear_line(argv, message, capsys):

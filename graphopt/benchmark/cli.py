@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from graphopt.cpu import Int8Choice, host_int8_choice
 from graphopt.errors import ConfigError
+from graphopt.model_spec import non_negative_float, non_negative_int, positive_float, positive_int
 
 if TYPE_CHECKING:
     from .runner import BenchConfig
@@ -45,10 +46,10 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-data", action="store_true",
                    help="calibrate a pkg.module:factory model on N(0,1) inputs (it has no data)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("graphopt-bench"), help="folder for the result files")
-    p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 100; minilm: 15)")
+    p.add_argument("--rounds", type=positive_int, help="interleaved timing rounds (default 100; minilm: 15)")
     p.add_argument(
         "--round-ms",
-        type=float,
+        type=positive_float,
         default=20.0,
         help="time per candidate per round, at least one call (default 20)",
     )
@@ -57,14 +58,17 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
         help="speed-ups from the fastest calls (default; repeats best on shared machines) or paired medians",
     )  # fmt: skip
     p.add_argument(
-        "--seed", type=int, action="append", metavar="N",
+        "--seed", type=non_negative_int, action="append", metavar="N",
         help="seed for training and synthetic data (default 0); repeat it to run the whole benchmark once "
         "per seed and write OUT/seeds.md with each row's accuracy per seed, mean and worst",
     )  # fmt: skip
     p.add_argument(
-        "--recovery-epochs", type=int, default=10, help="distillation / QAT epochs (digits models)"
+        "--recovery-epochs", type=non_negative_int, default=10,
+        help="distillation / QAT epochs (digits models; 0: no training)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-samples", type=positive_int, default=32, help="synthetic calibration inputs"
     )
-    p.add_argument("--calibration-samples", type=int, default=32, help="synthetic calibration inputs")
     p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak micro-benchmark")
     p.add_argument("--no-plot", action="store_true", help="do not write bench.png")
     p.add_argument("--keep-artifacts", action="store_true", help="keep every timed file in OUT/artifacts")
@@ -74,7 +78,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-compare", help="check that two bench.json runs agree on every speed-up ratio")
     p.add_argument("first", type=Path)
     p.add_argument("second", type=Path)
-    p.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance (default 0.05)")
+    p.add_argument(
+        "--tolerance", type=non_negative_float, default=0.05, help="relative tolerance (default 0.05)"
+    )
     p.set_defaults(run=_cmd_compare)
 
     p = sub.add_parser(
@@ -92,6 +98,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    _check_out_folder(args.out, "seeds.json" if len(args.seed or []) > 1 else "bench.json")
     if args.model in OWN_BENCHES:
         return OWN_BENCHES[args.model](args)
     from graphopt.model_spec import parse_shape
@@ -109,7 +116,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         seed=(args.seed or [0])[0],
         calibration_samples=args.calibration_samples,
         recovery_epochs=args.recovery_epochs,
-        rounds=args.rounds or 100,
+        rounds=100 if args.rounds is None else args.rounds,  # not `or`: --rounds 0 must reach the check
         round_ms=args.round_ms,
         ratio_statistic=args.ratio_statistic,
         measure_peak=not args.no_peak,
@@ -125,6 +132,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(to_text(result))
     print(f"written: {', '.join(str(p) for p in sorted(args.out.glob('bench.*')))}")
     return 1 if result.errors else 0
+
+
+def _check_out_folder(out: Path, first_file: str) -> None:
+    """``--out`` checked before the run: a file there (or an unwritable folder) used to fail at the first
+    write, after the peers had trained."""
+    from graphopt.destination import check_destination
+
+    check_destination(out / first_file, "--out")
 
 
 def _bench_seeds(config: BenchConfig, seeds: list[int]) -> int:
@@ -143,7 +158,9 @@ def _cmd_minilm(args: argparse.Namespace) -> int:
     if args.pipelines:
         raise ConfigError("graphopt bench minilm runs its own fixed set of artifacts: drop -t/--target")
     config = MinilmBenchConfig(
-        rounds=args.rounds or 15, quiet=args.quiet, command="graphopt " + shlex.join(sys.argv[1:])
+        rounds=15 if args.rounds is None else args.rounds,
+        quiet=args.quiet,
+        command="graphopt " + shlex.join(sys.argv[1:]),
     )
     result = run_minilm_bench(config)
     print(minilm_markdown(result))
@@ -169,6 +186,7 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
     from .schema import BenchResult
     from .seeds import seed_rows, seeds_markdown, write_seed_outputs
 
+    _check_out_folder(args.out, "seeds.json")
     results = [BenchResult.load(path) for path in args.results]
     if len({r.model for r in results}) != 1:
         raise ConfigError(f"bench-seeds combines runs of one model, got {sorted({r.model for r in results})}")

@@ -14,6 +14,7 @@ leaves what it measured (``complete`` says whether it finished).
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from graphopt.backends import OnnxRunner
 from graphopt.backends.timing import edge_timing
+from graphopt.destination import check_destination
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.progress import Progress
 from graphopt.recovery.config import RecoveryConfig
@@ -67,14 +69,21 @@ class BenchConfig:
             raise ConfigError(
                 f"ratio_statistic must be 'min' or 'paired-median', got {self.ratio_statistic!r}"
             )
-        if self.rounds < 1 or self.round_ms <= 0 or self.calibration_samples < 1:
+        if self.rounds < 1 or not 0 < self.round_ms < math.inf or self.calibration_samples < 1:
             raise ConfigError(
-                f"rounds, round_ms and calibration_samples must be positive, got {self.rounds}, "
+                f"rounds, round_ms and calibration_samples must be positive (and finite), got {self.rounds}, "
                 f"{self.round_ms}, {self.calibration_samples}"
+            )
+        if self.recovery_epochs < 0 or self.seed < 0:
+            raise ConfigError(
+                f"recovery_epochs (0: no training) and seed must be >= 0, got {self.recovery_epochs}, "
+                f"{self.seed}"
             )
 
 
 def run_bench(config: BenchConfig) -> BenchResult:
+    if config.out_dir is not None:  # before any work: a file in the way used to fail at the first save
+        check_destination(config.out_dir / "bench.json", "out_dir")
     bench = load_bench_model(
         config.model,
         input_shape=config.input_shape,
