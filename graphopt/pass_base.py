@@ -24,13 +24,16 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from graphopt.errors import ConfigError, GraphoptError
+
+if TYPE_CHECKING:
+    from graphopt.services import TimingService
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ class PassContext:
         teacher: nn.Module | None = None,
         eval_data: list[tuple[Any, torch.Tensor]] | None = None,
         validation_data: Any | None = None,
+        timing: TimingService | None = None,
     ):
         self.example_inputs = example_inputs
+        self._timing = timing
         self.teacher = teacher  # the original model, frozen: what recovery distills from
         #: Held-out labelled batches ``(inputs, labels)``; the report measures accuracy on them after every
         #: pass, and accuracy-driven passes (``accuracy_budget``) decide with them.
@@ -102,6 +107,16 @@ class PassContext:
         that trade accuracy for cost (early-exit thresholds) are calibrated on it."""
         self._read.add("validation_data")
         return self._data["validation_data"]
+
+    @property
+    def timing(self) -> TimingService:
+        """Where a pass times models in a target's runtime (:mod:`graphopt.services`); the default lowers
+        with the target's backend on this machine."""
+        if self._timing is None:
+            from graphopt.services import RuntimeTiming  # the default imports the backends: only on use
+
+            self._timing = RuntimeTiming()
+        return self._timing
 
     @property
     def data_read(self) -> frozenset[str]:

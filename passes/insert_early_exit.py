@@ -29,18 +29,19 @@ import torch.fx as fx
 from graphopt.cost import count_macs, measure_module_macs
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
-from graphopt.early_exit.paths import PathTiming, path_names, runtime_for, time_paths
+from graphopt.early_exit.paths import PathTiming, path_names, time_paths
 from graphopt.early_exit.reporting import disabled_note, exit_table, timing_note, timing_stats
 from graphopt.early_exit.segments import Cut, choose_cuts, find_cuts, split_at
 from graphopt.early_exit.selection import Candidate, ExitChoice, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER
 from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
-from graphopt.errors import GraphoptError, InvalidInputError
+from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
 from graphopt.ir import shape_of
 from graphopt.keys import EXPECTED_MACS_SHARE
 from graphopt.pass_base import Pass, PassResult
 from graphopt.recovery.data import LabelledTensors
 from graphopt.shapes import propagate_shapes
+from graphopt.targets import Target, resolve_target
 
 
 @dataclass
@@ -143,24 +144,32 @@ class InsertEarlyExit(Pass):
         note saying why the runtime could not be timed)."""
         config, inputs = self.options, self.context.example_inputs
         whole = tuple(range(len(chosen)))
-        runtime = runtime_for(config.target) if config.cost == "runtime" else "cost='macs'"
-        if not isinstance(runtime, str):
+        target, runtime = self._timed_target() if config.cost == "runtime" else (None, "cost='macs'")
+        if target is not None:
             # joint fine-tuning changed the segments: a subset re-cut from the graph would not hold them
             subsets = [whole] if config.joint_epochs else exit_subsets(len(chosen))
             networks = {
                 path_names(s): network if s == whole else _subset(gm, chosen, network, s) for s in subsets
             }
             try:
-                plain_ms, paths = time_paths(*runtime, gm, networks, inputs)
+                timing, paths = time_paths(self.context.timing, target, gm, networks, inputs)
             except GraphoptError as error:
                 runtime = f"the exit network could not be timed ({error})"
             else:
-                timing = PathTiming(runtime[0].runtime, plain_ms)
                 timed = [(s, networks[path_names(s)], paths[path_names(s)]) for s in subsets]
-                return [*timed, ((), None, [plain_ms])], timing  # last: no exits at all
+                return [*timed, ((), None, [timing.without_exits_ms])], timing  # last: no exits at all
         if config.cost == "runtime":
             self.context.notes.append(f"insert_early_exit: exits costed in MACs: {runtime}")
         return [(whole, network, _macs_per_exit(network, inputs))], None
+
+    def _timed_target(self) -> tuple[Target | None, str]:
+        """The target whose runtime times the exit paths (None: generic-fp32), or None and why it cannot."""
+        try:
+            target = resolve_target(self.options.target or "generic-fp32")
+        except ConfigError as error:
+            return None, str(error)
+        unavailable = self.context.timing.unavailable(target)
+        return (None, unavailable) if unavailable is not None else (target, "")
 
     def _training_and_held_out(self, config: EarlyExitConfig) -> tuple[LabelledTensors, LabelledTensors]:
         """Heads train on ``train_data``; thresholds calibrate on ``validation_data``, or without it on a

@@ -9,8 +9,8 @@ ship (with them given to recovery instead, the three seeds' mean drop went from 
 
 So right after pruning (BatchNorm re-estimated, nothing trained yet) this pass builds both candidates from
 a copy of the graph with the target's own passes (cleanup; cleanup then int8 layout, fake-quant and
-calibration), lowers them with the target's backend and times them side by side
-(:func:`~graphopt.side_by_side.time_side_by_side`). Weights do not change which is faster, so the untrained
+calibration) and has the run's timing service lower them with the target's backend and time them side by
+side (:class:`~graphopt.services.TimingService`). Weights do not change which is faster, so the untrained
 graph answers for the trained one. When int8 is not faster, the plan's int8 passes and QAT are declined
 (:attr:`~graphopt.pass_base.PassContext.declined`: their rows say ``skipped:int8_not_faster``) and QAT's
 epochs go to recovery. The graph itself is never changed.
@@ -21,19 +21,16 @@ here, so int8 and QAT run as planned.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 
 import torch.fx as fx
 
-from graphopt.backends import BACKENDS
 from graphopt.errors import ConfigError
 from graphopt.ir import deep_copy
 from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pass_manager import PassManager
 from graphopt.registry import make_pass
-from graphopt.side_by_side import time_side_by_side
-from graphopt.targets import Target, isa_runs_here, resolve_target
+from graphopt.targets import Target, resolve_target
 
 #: The target's passes each candidate is built with, by slot: both are cleaned up (BatchNorm folded) as
 #: the shipped graph will be; the int8 one is then quantized and calibrated.
@@ -66,17 +63,15 @@ class ProbeInt8(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         target = resolve_target(self.options.target)
-        if not isa_runs_here(target.isa):
-            self.context.notes.append(
-                f"probe_int8: {target.isa} artifacts cannot be timed on {platform.machine()}; int8 and QAT "
-                "run as planned"
-            )
+        unavailable = self.context.timing.unavailable(target)
+        if unavailable is not None:
+            self.context.notes.append(f"probe_int8: {unavailable}; int8 and QAT run as planned")
             return PassResult(gm, modified=False, stats={"skipped:foreign_isa": 1})
         candidates = {kind: self._candidate(gm, target, slots) for kind, slots in CANDIDATE_SLOTS.items()}
-        backend = BACKENDS[target.backend.backend]
-        ms = time_side_by_side(backend, target.backend, candidates, self.context.example_inputs)
+        timed = self.context.timing.time(target, candidates, self.context.example_inputs)
+        ms = timed.ms
         stats = {"probe_int8_ms": round(ms["int8"], 4), "probe_fp32_ms": round(ms["fp32"], 4)}
-        timing = f"int8 {ms['int8']:.3f} ms vs fp32 {ms['fp32']:.3f} ms in {backend.runtime}"
+        timing = f"int8 {ms['int8']:.3f} ms vs fp32 {ms['fp32']:.3f} ms in {timed.runtime}"
         if ms["int8"] < ms["fp32"]:
             self.context.notes.append(f"probe_int8: {timing}: int8 is faster, int8 and QAT run as planned")
             return PassResult(gm, modified=False, stats={**stats, "int8_faster": 1})

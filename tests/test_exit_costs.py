@@ -14,6 +14,7 @@ from graphopt import EarlyExitConfig
 from graphopt.backends import OnnxRunner
 from graphopt.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
+from graphopt.early_exit.paths import PathTiming
 from graphopt.early_exit.selection import MAX_SUBSET_EXITS, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER
 from tests.helpers import digits_optimize_data
@@ -111,9 +112,9 @@ def test_a_dropped_exit_leaves_a_network_without_it(digits_model, digits, monkey
     # leaving at features.6 costs more than going on to the end without it: it cannot pay
     measured = {"exits 0,1": [0.02, 0.33, 0.34], "exits 0": [0.02, 0.30], "exits 1": [0.33, 0.31]}
 
-    def fake_time_paths(backend, settings, plain, networks, inputs):
+    def fake_time_paths(timing, target, plain, networks, inputs):
         assert set(networks) == set(measured)  # every candidate set is timed, in one session
-        return 0.30, {name: measured[name] for name in networks}
+        return PathTiming("onnxruntime", 0.30), {name: measured[name] for name in networks}
 
     monkeypatch.setattr("graphopt.passes.insert_early_exit.time_paths", fake_time_paths)
     result = _optimize(digits_model, digits)
@@ -149,8 +150,10 @@ def test_exits_are_costed_in_macs_when_asked_or_when_the_runtime_is_foreign(
 
 
 def test_no_exit_is_inserted_when_none_pays_in_the_runtime(digits_model, digits, monkeypatch):
-    def slower_everywhere(backend, settings, plain, networks, inputs):
-        return 0.10, {name: [0.2] * (len(network.heads) + 1) for name, network in networks.items()}
+    def slower_everywhere(timing, target, plain, networks, inputs):
+        return PathTiming("onnxruntime", 0.10), {
+            name: [0.2] * (len(network.heads) + 1) for name, network in networks.items()
+        }
 
     monkeypatch.setattr("graphopt.passes.insert_early_exit.time_paths", slower_everywhere)
     result = _optimize(digits_model, digits)

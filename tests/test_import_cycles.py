@@ -1,4 +1,4 @@
-"""No import cycles at module level.
+"""No import cycles at module level, and no pass imports a backend.
 
 The check reads the source, not ``sys.modules``: every ``import`` / ``from ... import`` run when a module is
 imported (module level, inside ``try`` / ``if`` blocks too, but not under ``if TYPE_CHECKING:`` and not inside
@@ -123,3 +123,13 @@ def test_no_module_level_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, "module-level import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
+
+
+def test_no_pass_imports_a_backend() -> None:
+    graph = import_graph()
+    offenders = {
+        name: sorted(t for t in targets if t.startswith("graphopt.backends"))
+        for name, targets in graph.items()
+        if name.startswith("graphopt.passes.")
+    }
+    assert not {k: v for k, v in offenders.items() if v}

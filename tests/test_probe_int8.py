@@ -15,6 +15,7 @@ from graphopt.pass_base import PassContext
 from graphopt.quant import is_quantized
 from graphopt.recovery import RecoveryConfig
 from graphopt.report import Report
+from graphopt.services import RuntimeTiming, Timed
 from graphopt.stage_cache import RunParts
 from graphopt.zoo import get_model
 
@@ -25,7 +26,7 @@ def _optimize(monkeypatch, timing: dict[str, float] | None, target: str | grapho
     """resnet_basic pruned 0.5 with one epoch of recovery and one of QAT; ``timing`` replaces the probe's
     measurement (None: measured). Returns the result, the epochs each training pass was given, and what
     the probe timed."""
-    from graphopt.passes import probe_int8, qat, recover
+    from graphopt.passes import qat, recover
 
     trained: dict[str, int] = {}
     for module, stage in ((qat, "qat"), (recover, "recover")):
@@ -39,11 +40,11 @@ def _optimize(monkeypatch, timing: dict[str, float] | None, target: str | grapho
     timed: dict[str, bool] = {}
     if timing is not None:
 
-        def fixed(backend, settings, models, inputs, **kwargs):
+        def fixed(self, target, models, inputs):
             timed.update({name: is_quantized(model) for name, model in models.items()})
-            return timing
+            return Timed("onnxruntime", timing)
 
-        monkeypatch.setattr(probe_int8, "time_side_by_side", fixed)
+        monkeypatch.setattr(RuntimeTiming, "time", fixed)
     model, inputs = get_model("resnet_basic").build()
     data = [(torch.randn(16, *inputs[0].shape[1:]), torch.randint(0, 10, (16,)))]
     res = graphopt.optimize(

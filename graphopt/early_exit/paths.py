@@ -9,15 +9,14 @@ through both exits to the end 1.25x. Calibrated on MACs, the second exit looks l
 
 So exits are chosen on measured costs: every candidate set of exits is built, each of its paths is forced
 (threshold ``-inf`` at its head, ``+inf`` before it; ``+inf`` everywhere for the path to the end), lowered
-with the target's backend and timed side by side with the network without exits
-(:func:`~graphopt.side_by_side.time_side_by_side`). Weights do not decide which kernels run, so one timing
+with the target's backend and timed side by side with the network without exits, by the run's timing
+service (:class:`~graphopt.services.TimingService`). Weights do not decide which kernels run, so one timing
 per path answers for every input that takes it.
 """
 
 from __future__ import annotations
 
 import copy
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,13 +24,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphopt.backends import BACKENDS, Backend
 from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.early_exit.thresholds import NEVER
-from graphopt.errors import ConfigError
+from graphopt.services import TimingService
 from graphopt.shapes import propagate_shapes
-from graphopt.side_by_side import time_side_by_side
-from graphopt.targets import BackendSettings, Target, isa_runs_here, resolve_target
+from graphopt.targets import Target
 
 
 @dataclass(frozen=True)
@@ -63,33 +60,23 @@ def as_graph(network: EarlyExitNetwork, example_inputs: tuple[torch.Tensor, ...]
 
 
 def time_paths(
-    backend: Backend,
-    settings: BackendSettings,
+    timing: TimingService,
+    target: Target,
     plain: fx.GraphModule,
     networks: Mapping[str, EarlyExitNetwork],
     example_inputs: tuple[torch.Tensor, ...],
-) -> tuple[float, dict[str, list[float]]]:
-    """Milliseconds per call of ``plain`` (the network without exits) and of every path of each of
-    ``networks`` (by name: one entry per head, then the path to the end), all timed side by side."""
+) -> tuple[PathTiming, dict[str, list[float]]]:
+    """Where they were timed and the milliseconds per call of ``plain`` (the network without exits), and
+    of every path of each of ``networks`` (by name: one entry per head, then the path to the end), all
+    timed side by side in ``target``'s runtime."""
     models: dict[str, nn.Module] = {"plain": plain}
     for name, network in networks.items():
         for k in range(len(network.heads) + 1):
             models[f"{name}/{k}"] = as_graph(forced(network, k), example_inputs)
-    ms = time_side_by_side(backend, settings, models, example_inputs)
+    timed = timing.time(target, models, example_inputs)
+    ms = timed.ms
     paths = {name: [ms[f"{name}/{k}"] for k in range(len(n.heads) + 1)] for name, n in networks.items()}
-    return ms["plain"], paths
-
-
-def runtime_for(target: Target | str | None) -> tuple[Backend, BackendSettings] | str:
-    """The backend and settings that time exit paths for ``target`` (a Target, a preset name, or None:
-    ``generic-fp32``), or why they cannot be timed on this machine."""
-    try:
-        target = resolve_target(target or "generic-fp32")
-    except ConfigError as error:
-        return str(error)
-    if not isa_runs_here(target.isa):
-        return f"{target.name} runs on {target.isa}, which cannot be timed on this {platform.machine()}"
-    return BACKENDS[target.backend.backend], target.backend
+    return PathTiming(timed.runtime, ms["plain"]), paths
 
 
 def path_names(kept: Sequence[int]) -> str:
