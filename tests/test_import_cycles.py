@@ -124,7 +124,6 @@ def test_no_module_level_import_cycles() -> None:
     assert not found, "module-level import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-
 def test_no_pass_imports_a_backend() -> None:
     graph = import_graph()
     offenders = {
