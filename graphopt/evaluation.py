@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from graphopt.errors import InvalidInputError
+from graphopt.inputs import check_tensor_kind
 from graphopt.numerics import first_output
 
 Batch = tuple[Any, torch.Tensor]
@@ -21,8 +22,10 @@ Batch = tuple[Any, torch.Tensor]
 def as_input_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
     """Normalise one batch's inputs to a tuple of tensors."""
     if isinstance(inputs, torch.Tensor):
-        return (inputs,)
+        inputs = (inputs,)
     if isinstance(inputs, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in inputs):
+        for i, x in enumerate(inputs):  # meta, sparse or quantized tensors would fail deep inside a pass
+            check_tensor_kind(f"a data batch's input {i}", x)
         return tuple(inputs)
     raise InvalidInputError(
         f"a data batch's inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"

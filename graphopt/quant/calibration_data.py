@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from graphopt.errors import InvalidInputError
+from graphopt.inputs import check_tensor_kind
 from graphopt.recovery.batchnorm import calibration_inputs
 
 
@@ -21,6 +22,8 @@ def read_calibration_inputs(
         raise InvalidInputError("calibration_data is empty; give at least one batch of inputs")
     expected = [tuple(x.shape[1:]) for x in example_inputs]
     for i, batch in enumerate(batches):
+        for x in batch:  # meta, sparse or quantized tensors would fail deep inside calibration
+            check_tensor_kind(f"calibration_data item {i}", x)
         shapes = [tuple(x.shape[1:]) for x in batch]
         if shapes != expected:
             raise InvalidInputError(

@@ -47,13 +47,13 @@ def calibration_inputs(
             and not item[1].is_floating_point()
         ):  # fmt: skip
             item = item[0]  # (x, labels)
-        try:
-            yield as_input_tuple(item)
-        except InvalidInputError:
+        tensors = (item,) if isinstance(item, torch.Tensor) else item
+        if not (isinstance(tensors, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in tensors)):
             raise InvalidInputError(
                 f"{what} must yield input tensors, tuples of tensors, or (inputs, labels) pairs; got "
                 f"{type(item).__name__}"
-            ) from None
+            )
+        yield as_input_tuple(tensors)  # refuses meta, sparse and quantized tensors by name
 
 
 def _is_input_tuple(item: Any, example_inputs: tuple[torch.Tensor, ...] | None) -> bool:

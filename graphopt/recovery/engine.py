@@ -155,7 +155,21 @@ def fit(
 ) -> RecoveryResult:
     """Fine-tune ``student`` in place (it ends on the CPU, in eval mode); ``teacher`` is only read."""
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
+    with torch.random.fork_rng():  # seeded for reproducibility without re-seeding the caller's generator
+        torch.manual_seed(config.seed)
+        return _fit_seeded(student, teacher, train_data, config, val_data, example_inputs, desc, start)
+
+
+def _fit_seeded(
+    student: nn.Module,
+    teacher: nn.Module,
+    train_data: Iterable[Any],
+    config: RecoveryConfig,
+    val_data: Iterable[Any] | None,
+    example_inputs: tuple[Tensor, ...] | None,
+    desc: str,
+    start: float,
+) -> RecoveryResult:
     data = _labelled(train_data, "train_data", example_inputs)
     if val_data is not None:  # held out by the caller: all of train_data trains
         train, val = data, _labelled(val_data, "val_data", example_inputs)
