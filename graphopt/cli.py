@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # a usage error or --help: a status, like every other way main ends
         return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with _sigterm_unwinds():
+    with _sigterm_unwinds(), _third_party_logs(shown=args.verbose):
         try:
             return int(args.run(args) or 0)
         except GraphoptError as exc:
@@ -45,6 +45,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             terminated = isinstance(exc, Terminated)
             print(f"graphopt: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
             return TERMINATED if terminated else INTERRUPTED
+
+
+#: Libraries whose warnings reach a CLI user's terminal through logging and say nothing about their run:
+#: torchao's "Failed to load ..._C_mxfp8...so" (CUDA kernels of a CPU install), torch's ``_pytree``
+#: deprecation notes, ExecuTorch's and ONNX Script's export chatter. Errors still show.
+THIRD_PARTY_LOGGERS = ("torch", "torchao", "executorch", "onnxscript", "onnx_ir", "transformers", "urllib3")
+
+
+@contextmanager
+def _third_party_logs(shown: bool) -> Iterator[None]:
+    """Only graphopt's own output on a successful run: third-party loggers at ERROR unless ``--verbose``;
+    their levels come back after (main is also called in-process)."""
+    if shown:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in THIRD_PARTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextmanager
@@ -75,6 +99,12 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="graphopt", description="Optimize trained PyTorch models for edge CPUs.")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show third-party libraries' warnings (torch, torchao, ...)",
+    )
     sub = parser.add_subparsers(required=True, metavar="command")
 
     p = sub.add_parser("passes", help="list the registered passes")

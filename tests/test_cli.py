@@ -65,3 +65,27 @@ def test_errors_are_one_clear_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith("graphopt: error: ")
     assert re.search(message, err)
+
+
+def test_third_party_warnings_stay_off_the_terminal_unless_verbose(monkeypatch, caplog):
+    """torchao's "Failed to load ..._C_mxfp8...so" and torch's _pytree notes once opened `graphopt bench
+    minilm`'s output; graphopt's own warnings still show, and --verbose shows everything."""
+    import logging
+
+    from graphopt import cli
+
+    def noisy(args) -> int:
+        logging.getLogger("torchao").warning("Failed to load _C_mxfp8.so")
+        logging.getLogger("graphopt.search").warning("graphopt's own warning")
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_passes", noisy)
+    with caplog.at_level(logging.WARNING):
+        assert main(["passes"]) == 0
+        quiet = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        assert main(["--verbose", "passes"]) == 0
+        verbose = [r.getMessage() for r in caplog.records]
+    assert quiet == ["graphopt's own warning"]
+    assert verbose == ["Failed to load _C_mxfp8.so", "graphopt's own warning"]
+    assert logging.getLogger("torchao").level == logging.NOTSET  # main puts the levels back
