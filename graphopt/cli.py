@@ -16,7 +16,7 @@ from typing import NoReturn
 from graphopt.benchmark.cli import add_bench_commands
 from graphopt.errors import GraphoptError
 from graphopt.model_spec import load_model
-from graphopt.search.cli import add_search_arguments, run_search_command
+from graphopt.search.cli import add_search_arguments, refuse_search_flags_without_goal, run_search_command
 
 #: Exit statuses of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -194,6 +194,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from graphopt.api import optimize
 
+    refuse_search_flags_without_goal(args)  # they would be ignored: no plot, no cache
     _check_optimize_outputs(args)
     if args.goal:
         result = run_search_command(args)

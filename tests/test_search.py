@@ -218,7 +218,8 @@ def test_a_rerun_with_a_cache_folder_measures_nothing_again_and_rebuilds_the_cho
     from graphopt.search.store import CandidateStore
 
     (tmp_path / "cache" / "junk.json").write_text("not json")  # an unreadable entry is a miss, not an error
-    assert CandidateStore(tmp_path / "cache").load("junk") is None
+    store = CandidateStore(tmp_path / "cache")
+    assert store.load("junk", tmp_path) is None and "not valid JSON" in store.notes[0]
 
 
 def test_a_large_validation_set_is_split_into_disjoint_tuning_and_scoring_shares():

@@ -38,8 +38,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def pyplot():  # type: ignore[no-untyped-def]
-    """matplotlib's pyplot on the file-only backend, or a ConfigError naming the extra."""
+def pyplot(instead: str = "pass --no-plot"):  # type: ignore[no-untyped-def]
+    """matplotlib's pyplot on the file-only backend, or a ConfigError naming the extra and what the caller
+    can do without it (``instead``: each command has its own flag, and the API none)."""
     try:
         import matplotlib
 
@@ -47,7 +48,7 @@ def pyplot():  # type: ignore[no-untyped-def]
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ConfigError(
-            "the PNG plot needs matplotlib: pip install 'graphopt[plot]' (or pass --no-plot)"
+            f"the PNG plot needs matplotlib: pip install 'graphopt[plot]' (or {instead})"
         ) from exc
     return plt
 

@@ -9,10 +9,18 @@ only (an accuracy goal needs labels).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from graphopt.errors import ConfigError
 from graphopt.result import OptimizeResult
+
+#: The search's own flags and their defaults. They default to None on the parser so that one given
+#: without ``--goal`` (where nothing reads it) can be refused rather than ignored.
+SEARCH_DEFAULTS = {
+    "search_prune": "0,0.25,0.5,0.7", "no_exits": False, "max_candidates": 24, "max_minutes": 20.0,
+    "recovery_epochs": 5, "search_plot": None, "search_cache": None,
+}  # fmt: skip
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,14 +28,29 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "--goal", action="append", default=[], metavar="GOAL",
         help="speedup>=N, accuracy-drop<=PP, size<=2MB: search for the best artifact that meets them",
     )  # fmt: skip
-    p.add_argument("--search-prune", default="0,0.25,0.5,0.7", help="prune ratios the search tries")
-    p.add_argument("--no-exits", action="store_true", help="the search does not try early exits")
-    p.add_argument("--max-candidates", type=int, default=24)
-    p.add_argument("--max-minutes", type=float, default=20.0)
-    p.add_argument("--recovery-epochs", type=int, default=5, help="distillation / QAT epochs per candidate")
+    p.add_argument("--search-prune", help="prune ratios the search tries (default 0,0.25,0.5,0.7)")
+    p.add_argument("--no-exits", action="store_const", const=True, help="the search does not try early exits")
+    p.add_argument("--max-candidates", type=int, help="the most candidates the search measures (default 24)")
+    p.add_argument("--max-minutes", type=float, help="the search's time budget (default 20)")
+    p.add_argument("--recovery-epochs", type=int, help="distillation / QAT epochs per candidate (default 5)")
     p.add_argument("--search-plot", type=Path, help="write the search's Pareto plot (PNG) here")
     p.add_argument("--search-cache", type=Path, help="keep measured candidates here: a rerun reuses them")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def refuse_search_flags_without_goal(args: argparse.Namespace) -> None:
+    """A search flag without ``--goal`` would be ignored (no plot written, no cache kept): say so."""
+    given = [f"--{name.replace('_', '-')}" for name in SEARCH_DEFAULTS if getattr(args, name) is not None]
+    if given and not args.goal:
+        raise ConfigError(
+            f"{', '.join(given)} only apply to a search: add --goal (e.g. --goal size<=2MB) or drop them"
+        )
+
+
+def _with_search_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    values = {name: getattr(args, name) for name in SEARCH_DEFAULTS}
+    filled = {name: SEARCH_DEFAULTS[name] if value is None else value for name, value in values.items()}
+    return argparse.Namespace(**{**vars(args), **filled})
 
 
 def run_search_command(args: argparse.Namespace) -> OptimizeResult:
@@ -37,9 +60,15 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
     from graphopt.recovery.config import RecoveryConfig
     from graphopt.search import SearchConfig, parse_goals
 
+    args = _with_search_defaults(args)
     goals = parse_goals(args.goal)
-    if args.dump_ir is not None:
-        raise ConfigError("--dump-ir writes the IR of one plan; a --goal search runs many: drop one of them")
+    check_search_arguments(args)
+    # built before the model loads: a bad option is reported before any work
+    config = SearchConfig(
+        prune_ratios=_ratios(args.search_prune), exits=(False,) if args.no_exits else (False, True),
+        max_candidates=args.max_candidates, max_minutes=args.max_minutes, cache_dir=args.search_cache,
+        quiet=args.quiet,
+    )  # fmt: skip
     shape = parse_shape(args.input_shape) if args.input_shape else None
     bench = load_bench_model(args.model, input_shape=shape, synthetic_data=True, quiet=args.quiet)
     if goals.needs_accuracy and bench.validation is None:
@@ -53,11 +82,7 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
         if training
         else None
     )
-    config = SearchConfig(
-        prune_ratios=_ratios(args.search_prune), exits=(False,) if args.no_exits else (False, True),
-        early_exit=bench.early_exit, max_candidates=args.max_candidates, max_minutes=args.max_minutes,
-        cache_dir=args.search_cache, quiet=args.quiet,
-    )  # fmt: skip
+    config = dataclasses.replace(config, early_exit=bench.early_exit)
     result = optimize(
         bench.model, args.target, bench.example_inputs, calibration_data=bench.calibration,
         train_data=bench.train if training else None, validation_data=bench.validation,
@@ -68,10 +93,33 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
     return result
 
 
+def check_search_arguments(args: argparse.Namespace) -> None:
+    """What can be checked before the model loads and the first candidate runs: each mistake found now
+    costs nothing, found after the search it costs the search."""
+    from graphopt.search.store import CandidateStore
+
+    if args.dump_ir is not None:
+        raise ConfigError("--dump-ir writes the IR of one plan; a --goal search runs many: drop one of them")
+    if args.recovery_epochs < 0:
+        raise ConfigError(
+            f"--recovery-epochs must be >= 0 (0: no distillation or QAT), e.g. --recovery-epochs 5; "
+            f"got {args.recovery_epochs}"
+        )
+    if args.search_plot is not None:
+        from graphopt.benchmark.plot import pyplot
+
+        pyplot(instead="drop --search-plot")
+    if args.search_cache is not None:
+        CandidateStore(args.search_cache)  # a folder that cannot be written is a ConfigError now
+
+
 def _ratios(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in text.split(","))
+        ratios = tuple(float(part) for part in text.split(","))
     except ValueError:
+        ratios = ()
+    if not ratios or not all(0 <= r < 1 for r in ratios):  # NaN fails the comparison too
         raise ConfigError(
-            f"--search-prune must be comma-separated fractions like 0,0.5; got {text!r}"
-        ) from None
+            f"--search-prune must be comma-separated fractions in [0, 1) like 0,0.5; got {text!r}"
+        )
+    return ratios

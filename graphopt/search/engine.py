@@ -24,6 +24,8 @@ from graphopt.api import CacheScope, OptimizeCall, plan_of, run_call
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.evaluation import Batch
 from graphopt.inputs import check_example_inputs, private_eval_copy
+from graphopt.plan import INT8_SLOTS
+from graphopt.registry import pass_class
 from graphopt.result import OptimizeResult
 from graphopt.search.data import (
     MIN_SAMPLES_TO_SPLIT,
@@ -81,18 +83,21 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
     if not isinstance(config, SearchConfig):
         raise ConfigError(f"search must be a graphopt.SearchConfig, got {type(config).__name__}")
     started = time.perf_counter()
-    call = materialized(call)
+    spec = resolve_target(call.target)
     check_search_data(call, goals)
+    check_int8_data(call, config, spec)
+    # before any work: a cache folder that cannot be written is a ConfigError now, not after a candidate
+    store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
+    call = materialized(call)
     tune, score = split_validation(call.validation_data, config.tune_share)
     call = dataclasses.replace(call, validation_data=tune)
     shared = tune is score and tune is not None
-    spec = resolve_target(call.target)
     inputs = check_example_inputs(call.example_inputs)
     original = private_eval_copy(call.model)
     with tempfile.TemporaryDirectory(prefix="graphopt-search-") as tmp:
         folder = Path(tmp)
         baseline = Baseline.of(original, inputs, spec.backend.threads, folder, score, call.eval_data)
-        run = _SearchRun(call, goals, config, spec, baseline, folder, score)
+        run = _SearchRun(call, goals, config, spec, baseline, folder, score, store)
         if shared:
             run.notes.append(
                 f"validation_data has under {MIN_SAMPLES_TO_SPLIT} samples: exit thresholds and fall-backs "
@@ -110,7 +115,7 @@ class _SearchRun:
 
     def __init__(
         self, call: OptimizeCall, goals: Goals, config: SearchConfig, spec: Target, baseline: Baseline,
-        folder: Path, score: list[Batch] | None,
+        folder: Path, score: list[Batch] | None, store: CandidateStore | None,
     ) -> None:  # fmt: skip
         self.call, self.goals, self.config, self.spec = call, goals, config, spec
         self.baseline, self.folder, self.score = baseline, folder, score
@@ -121,7 +126,8 @@ class _SearchRun:
         self.outcomes = dict(previous.outcomes) if same and previous else {}
         self.results: dict[int, OptimizeResult] = {}
         self.artifacts: dict[str, CandidateRow] = {}  # sha256 of each measured file
-        self.store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
+        self.stored_digests: dict[int, str] = {}  # row id -> sha256 of its artifact as read from the store
+        self.store = store
         self.score_digest = data_digest(score)
         self.variants = Variants(call, config, goals, spec)
         limits = SpaceLimits(
@@ -134,6 +140,10 @@ class _SearchRun:
         first_exit = min(self.variants.exit_config().fractions or (0.33,))
         self.rows = build_queue(config, goals, limits, params, first_exit)
         self.notes: list[str] = []
+        if previous is not None and not same:
+            self.notes.append(
+                "search: SearchConfig.reuse is a search on another model, data or target: nothing was reused"
+            )
         if call.train_data is None:
             self.notes.append(
                 "no train_data: post-training candidates only (pruning without recovery, int8 without QAT, "
@@ -203,7 +213,7 @@ class _SearchRun:
         self.results[id(row)] = result
         self.outcomes[key] = (row, result)
         if self.store is not None and stored_key is not None:
-            self.store.save(stored_key, measured, row.accuracy_drop, row.test_drop)
+            self.store.save(stored_key, measured, row.accuracy_drop, row.test_drop, row.point.label)
 
     def _measured(self, row: CandidateRow, measured: Measured) -> None:
         drop = self.baseline.drop(measured.accuracy)
@@ -228,12 +238,13 @@ class _SearchRun:
 
     def _from_store(self, row: CandidateRow, key: str | None) -> bool:
         """Fill ``row`` from the candidate store when it holds this plan's measurement."""
-        stored = None if self.store is None or key is None else self.store.load(key)
+        stored = None if self.store is None or key is None else self.store.load(key, self.folder)
         if stored is None:
             return False
-        self._record(row, *stored, "cached")
+        self._record(row, stored.measured, stored.accuracy_drop, stored.test_drop, "cached")
         row.why = f"measured by an earlier run ({self.config.cache_dir})"
-        self.artifacts.setdefault(_file_digest(row.measured.path), row)
+        self.stored_digests[id(row)] = stored.artifact_sha256
+        self.artifacts.setdefault(stored.artifact_sha256, row)
         return True
 
     def rebuild_choice(self) -> CandidateRow | None:
@@ -244,7 +255,7 @@ class _SearchRun:
         if best is None or id(best) in self.results:
             return best
         assert best.measured is not None
-        cached_sha = _file_digest(best.measured.path)
+        cached_sha = self.stored_digests[id(best)]
         result = run_call(self.variants.of(best.point), CacheScope(self.stage_cache, self.scope))
         measured = measure_candidate(result, best.point.backend, self.folder / "rebuilt", self.baseline,
                                      self.score, self.call.eval_data)  # fmt: skip
@@ -287,7 +298,8 @@ class _SearchRun:
             self.outcomes, self.scope,
         )  # fmt: skip
         result.report.tables["search"] = result.search.table()
-        result.report.notes.extend([*self.notes, verdict, self._cache_note()])
+        stored_notes = self.store.notes if self.store is not None else []
+        result.report.notes.extend([*self.notes, *stored_notes, verdict, self._cache_note()])
         return result
 
     def baseline_ms(self, row: CandidateRow) -> float | None:
@@ -301,6 +313,20 @@ class _SearchRun:
             f"{sum(r.status == 'not run' for r in self.rows)} not run; "
             f"stage cache: {cache.hits} runs resumed, "
             f"{cache.passes_skipped} passes not run again"
+        )
+
+
+def check_int8_data(call: OptimizeCall, config: SearchConfig, spec: Target) -> None:
+    """Up front: int8 candidates on an int8 target need the data its int8 passes read (calibration). Without
+    it every int8 candidate would fail after the fp32 ones ran, and the search would quietly return fp32."""
+    if not quantizes(spec) or all(mode == "off" for mode in config.int8):
+        return
+    int8_passes = [pass_class(p.name) for p in spec.passes if pass_class(p.name).slot in INT8_SLOTS]
+    if call.calibration_data is None and any("calibration_data" in p.needs for p in int8_passes):
+        raise ConfigError(
+            f"target {spec.name} calibrates its int8 candidates (SearchConfig.int8={config.int8}) and no "
+            "calibration_data was given: pass calibration_data=... (an iterable of input batches shaped like "
+            "example_inputs, about 100 samples), or search fp32 only with SearchConfig(int8=('off',))"
         )
 
 

@@ -15,8 +15,9 @@ goals can be added up to find the closest candidate when none meets every goal.
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from graphopt.errors import ConfigError
 
@@ -29,13 +30,17 @@ class GoalMetric:
     op: str  # ">=" (at least) or "<="  (at most)
     unit: str
     scale_floor: float  # the gap is divided by max(limit, this) to compare misses across goals
+    example: str  # a --goal that reads well in a message
 
 
 GOAL_METRICS: tuple[GoalMetric, ...] = (
-    GoalMetric("min_speedup", "speedup", "speedup", ">=", "x", 1.0),
-    GoalMetric("max_accuracy_drop", "accuracy_drop", "accuracy-drop", "<=", "pp", 1.0),
-    GoalMetric("max_bytes", "bytes", "size", "<=", "B", 1.0),
+    GoalMetric("min_speedup", "speedup", "speedup", ">=", "x", 1.0, "speedup>=3"),
+    GoalMetric("max_accuracy_drop", "accuracy_drop", "accuracy-drop", "<=", "pp", 1.0, "accuracy-drop<=0.5"),
+    GoalMetric("max_bytes", "bytes", "size", "<=", "B", 1.0, "size<=2MB"),
 )
+
+#: The largest size goal: the most bytes a file can have (a larger limit leaves size free: use None).
+MAX_FILE_BYTES = 2**63 - 1
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
 
@@ -72,16 +77,16 @@ class Goals:
     max_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-                raise ConfigError(f"Goals.{f.name} must be a number or None, got {value!r}")
-        if self.min_speedup is not None and self.min_speedup <= 0:
-            raise ConfigError(f"Goals.min_speedup must be > 0 (e.g. 3.0 for 3x), got {self.min_speedup}")
-        if self.max_bytes is not None and self.max_bytes <= 0:
-            raise ConfigError(f"Goals.max_bytes must be > 0, got {self.max_bytes}")
+        speedup = _finite_or_none(self, "min_speedup", "min_speedup=3.0 for 3x")
+        if speedup is not None and speedup <= 0:
+            raise ConfigError(f"Goals.min_speedup must be > 0, e.g. min_speedup=3.0 for 3x; got {speedup}")
+        drop = _finite_or_none(self, "max_accuracy_drop", "max_accuracy_drop=0.5 for 0.5 pp")
+        if drop is not None and not 0 <= drop <= 100:
+            raise ConfigError(
+                f"Goals.max_accuracy_drop is in percentage points of accuracy, in [0, 100], e.g. "
+                f"max_accuracy_drop=0.5 for 0.5 pp; got {drop}"
+            )
+        _check_bytes(self)
 
     def active(self) -> list[tuple[GoalMetric, float]]:
         return [(g, getattr(self, g.field)) for g in GOAL_METRICS if getattr(self, g.field) is not None]
@@ -108,6 +113,39 @@ class Goals:
         return ", ".join(parts) if parts else "no goals"
 
 
+def _finite_or_none(goals: Goals, name: str, example: str) -> float | None:
+    """``goals.<name>`` as a finite float (None stays None); else a ConfigError naming the field."""
+    value = getattr(goals, name)
+    if value is None:
+        return None
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float's range: no candidate is measured against it
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ConfigError(
+            f"Goals.{name} must be a finite number or None, e.g. {example}; got {_short(value)}"
+        )
+    return number
+
+
+def _check_bytes(goals: Goals) -> None:
+    """A whole number of bytes a file can have; a float holding one (2e6) is taken as that int."""
+    value = goals.max_bytes
+    if value is None:
+        return
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        value = int(value)
+        object.__setattr__(goals, "max_bytes", value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_FILE_BYTES:
+        raise ConfigError(
+            f"Goals.max_bytes must be a whole number of bytes in [1, 2**63 - 1], e.g. max_bytes=2_000_000 "
+            f"for 2 MB, or None to leave size free; got {_short(value)}"
+        )
+
+
 def parse_goals(texts: list[str]) -> Goals:
     """``["speedup>=3", "accuracy-drop<=0.5", "size<=2MB"]`` as :class:`Goals` (the ``--goal`` syntax)."""
     values: dict[str, float] = {}
@@ -123,6 +161,8 @@ def parse_goals(texts: list[str]) -> Goals:
 
 def _parse_one(text: str) -> tuple[GoalMetric, float]:
     known = ", ".join(f"{g.cli}{g.op}N" for g in GOAL_METRICS)
+    if not isinstance(text, str):
+        raise ConfigError(f"a goal is a string like 'speedup>=3'; got {_short(text)}; the goals are: {known}")
     match = re.fullmatch(r"\s*([a-z-]+)\s*(>=|<=)\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
     if match is None:
         raise ConfigError(f"--goal {text!r} is not NAME>=N or NAME<=N; the goals are: {known}")
@@ -132,11 +172,17 @@ def _parse_one(text: str) -> tuple[GoalMetric, float]:
         raise ConfigError(f"--goal {text!r}: unknown goal {name!r}; the goals are: {known}")
     if op != goal.op:
         raise ConfigError(f"--goal {text!r}: {name} is a bound {goal.op} N (e.g. {goal.cli}{goal.op}3)")
+    factor = _unit_factor(goal, unit, text)
     try:
-        limit = float(number)
+        limit = float(number) * factor
     except ValueError:
-        raise ConfigError(f"--goal {text!r}: {number!r} is not a number") from None
-    return goal, limit * _unit_factor(goal, unit, text)
+        raise ConfigError(f"--goal {_short(text)}: {_short(number)} is not a number") from None
+    if not math.isfinite(limit) or (goal.unit == "B" and limit > MAX_FILE_BYTES):
+        raise ConfigError(
+            f"--goal {_short(text)}: the limit is too large to be a goal (e.g. {goal.example}); "
+            "leave the goal out to leave that metric free"
+        )
+    return goal, limit
 
 
 def _unit_factor(goal: GoalMetric, unit: str, text: str) -> float:
@@ -147,6 +193,12 @@ def _unit_factor(goal: GoalMetric, unit: str, text: str) -> float:
     if unit.lower() not in ("", goal.unit):
         raise ConfigError(f"--goal {text!r}: {goal.cli} is in {goal.unit}, got unit {unit!r}")
     return 1.0
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut short: a 400-digit number in a message helps nobody."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _fmt(value: float, unit: str) -> str:

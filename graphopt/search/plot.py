@@ -13,8 +13,13 @@ if TYPE_CHECKING:
     from graphopt.search.engine import SearchResult
 
 
+#: What a caller without matplotlib can do instead of the plot, for the message (the CLI checks up front
+#: with its own advice, --search-plot; an API caller has no flag to drop).
+WITHOUT_PLOT = "skip the plot: the search's table is res.search.table()"
+
+
 def plot_search(search: SearchResult, path: Path) -> Path:
-    plt = pyplot()
+    plt = pyplot(instead=WITHOUT_PLOT)
     rows = [r for r in search.rows if r.measured is not None]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     largest = max((r.measured.bytes for r in rows if r.measured), default=1)

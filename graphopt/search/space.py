@@ -19,12 +19,16 @@ first exit costs at least that exit's fraction of the backbone).
 from __future__ import annotations
 
 import itertools
+import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
+from graphopt.pruning.config import Importance
 
 if TYPE_CHECKING:
     from graphopt.search.engine import SearchResult
@@ -68,23 +72,101 @@ class SearchConfig:
     reuse: SearchResult | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.prune_ratios or any(not 0 <= r < 1 for r in self.prune_ratios):
+        # sequences are kept as tuples: a list would make the frozen config unhashable, a string would be
+        # iterated character by character
+        ratios = _choices(self, "prune_ratios", "(0.0, 0.5)")
+        for r in ratios:
+            if _finite(r) is None or not 0 <= r < 1:
+                raise ConfigError(
+                    f"SearchConfig.prune_ratios must be fractions in [0, 1), e.g. (0.0, 0.5); got {r!r} "
+                    "(the share of channels removed: 0.5 removes half)"
+                )
+        object.__setattr__(self, "prune_ratios", tuple(float(r) for r in ratios))
+        _choices(self, "importances", "('l2', 'l1')", get_args(Importance))
+        _choices(self, "int8", "('off', 'on')", get_args(Int8Mode))
+        _choices(self, "exits", "(False, True)", (False, True), kind=bool)
+        if self.backends is not None:
+            from graphopt.backends import BACKENDS  # on use: the backends import torch and onnx
+
+            _choices(self, "backends", "('onnx',)", tuple(BACKENDS))
+        if self.early_exit is not None and not isinstance(self.early_exit, EarlyExitConfig):
+            raise ConfigError("SearchConfig.early_exit must be a graphopt.EarlyExitConfig or None")
+        count = self.max_candidates
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ConfigError(
-                f"SearchConfig.prune_ratios must be fractions in [0, 1), got {self.prune_ratios}"
+                f"SearchConfig.max_candidates must be a whole number >= 1, e.g. 24; got {count!r}"
             )
-        for mode in self.int8:
-            if mode not in ("off", "on", "fallbacks"):
-                raise ConfigError(f"SearchConfig.int8 modes are 'off', 'on', 'fallbacks'; got {mode!r}")
-        if self.max_candidates < 1 or self.max_minutes <= 0:
-            raise ConfigError("SearchConfig.max_candidates must be >= 1 and max_minutes > 0")
-        if not 0 < self.tune_share < 1:
-            raise ConfigError(f"SearchConfig.tune_share must be in (0, 1), got {self.tune_share}")
-        if self.tie_break not in ("speed", "accuracy", "size"):
+        minutes = _finite(self.max_minutes)
+        if minutes is None or minutes <= 0:
+            raise ConfigError(
+                f"SearchConfig.max_minutes must be a finite number of minutes > 0, e.g. 20.0; "
+                f"got {self.max_minutes!r}"
+            )
+        if self.tie_break not in get_args(TieBreak):
             raise ConfigError(
                 f"SearchConfig.tie_break is 'speed', 'accuracy' or 'size'; got {self.tie_break!r}"
             )
-        if self.early_exit is not None and not isinstance(self.early_exit, EarlyExitConfig):
-            raise ConfigError("SearchConfig.early_exit must be a graphopt.EarlyExitConfig or None")
+        _check_cache_dir(self.cache_dir)
+        share = _finite(self.tune_share)
+        if share is None or not 0 < share < 1:
+            raise ConfigError(
+                f"SearchConfig.tune_share must be a fraction in (0, 1), e.g. 0.5; got {self.tune_share!r}"
+            )
+        if not isinstance(self.quiet, bool):
+            raise ConfigError(f"SearchConfig.quiet must be True or False, got {self.quiet!r}")
+        _check_reuse(self.reuse)
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None: not a real number (a bool or a string is not), NaN, infinite,
+    or an int beyond float's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _choices(
+    config: SearchConfig, name: str, example: str, allowed: tuple[Any, ...] | None = None, kind: type = object
+) -> tuple[Any, ...]:
+    """``config.<name>`` as a non-empty tuple of allowed values (stored back as a tuple), or a ConfigError."""
+    value = getattr(config, name)
+    what = f"SearchConfig.{name} must be a non-empty tuple"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"{what}, e.g. {name}={example}; got {value!r}")
+    if not value:
+        raise ConfigError(f"{what}: an empty one leaves nothing to search; e.g. {name}={example}")
+    for item in value:
+        if allowed is not None and (not isinstance(item, kind) or item not in allowed):
+            known = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"SearchConfig.{name}: {item!r} is not one of {known}; e.g. {name}={example}")
+    object.__setattr__(config, name, tuple(value))
+    return tuple(value)
+
+
+def _check_cache_dir(folder: object) -> None:
+    if folder is None or (isinstance(folder, os.PathLike) and str(folder)):
+        return
+    if not isinstance(folder, str) or not folder.strip():
+        raise ConfigError(
+            f"SearchConfig.cache_dir must be a folder path (str or pathlib.Path), e.g. "
+            f"cache_dir='search-cache', or None; got {folder!r}"
+        )
+
+
+def _check_reuse(reuse: object) -> None:
+    if reuse is None:
+        return
+    from graphopt.search.engine import SearchResult  # on use: the engine imports the API, which imports this
+
+    if not isinstance(reuse, SearchResult):
+        raise ConfigError(
+            f"SearchConfig.reuse must be the .search of an earlier search's result (res.search), or None; "
+            f"got {type(reuse).__name__}"
+        )
 
 
 @dataclass(frozen=True)
