@@ -11,6 +11,7 @@ checked with ``onnx.checker`` and its outputs compared with the model's on the e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from graphopt.backends.dynamic import DynamicDims, dynamic_example
+from graphopt.backends.dynamic import DynamicDims, dynamic_example, named_dims_example
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
 from graphopt.backends.onnx_names import output_names, rename_outputs
 from graphopt.backends.onnx_subgraphs import sink_initializers
@@ -34,6 +36,15 @@ from graphopt.shapes import propagate_shapes
 log = logging.getLogger("graphopt")
 
 _PROTOBUF_LIMIT = 2**31 - 1
+
+#: ONNX metadata marking a file graphopt wrote through an outside exporter (its direct lowering sets the
+#: producer, the fused transformer route ``LOWERING_KEY``): only such files are graphopt's bug to report.
+WRITER_KEY = "graphopt.writer"
+
+try:  # private to torch.onnx: its step-1 failure, "torch.export could not capture the model"
+    from torch.onnx._internal.exporter._errors import TorchExportError as _TORCH_EXPORT_FAILED
+except ImportError:  # another torch: every failure then reads as a translation failure
+    _TORCH_EXPORT_FAILED = ()  # type: ignore[assignment,misc]
 
 
 def export_onnx(
@@ -57,7 +68,7 @@ def export_onnx(
         return path
     fused = direct and fused_transformer
     if fused and export_fused_transformer(model, example_inputs, path, dynamic=dynamic) is not None:
-        _name_dict_outputs(path, model, example_inputs)
+        _name_dict_outputs_in(path, model, example_inputs)
         return path
 
     def run_exporter(inputs: tuple[torch.Tensor, ...], dynamic_shapes: object) -> None:
@@ -74,20 +85,11 @@ def export_onnx(
                 custom_translation_table=onnx_translations(),
             )
 
-    try:
-        try:
-            run_exporter(*dynamic_example(example_inputs, dynamic))
-        except Exception:  # a graph that fixes the batch size exports with static shapes
-            run_exporter(example_inputs, None)
-    except Exception as exc:  # the exporter raises many types; all mean the same to the user
-        raise ExportError(
-            f"ONNX export failed ({type(exc).__name__}: {first_line(exc)}). Data-dependent Python control "
-            "flow cannot be exported: rewrite it with torch.where or torch.cond, or export with "
-            "backend='torchscript'."
-        ) from exc
+    failure = _first_failure(run_exporter, _exporter_attempts(example_inputs, dynamic))
+    if failure is not None:
+        raise ExportError(exporter_failure(failure, opset)) from failure
     if not big:
-        _sink_branch_weights(path)
-        _name_dict_outputs(path, model, example_inputs)
+        _finish_exported(path, model, example_inputs)
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
@@ -95,15 +97,127 @@ def export_onnx(
     return path
 
 
-def _name_dict_outputs(path: Path, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
-    """Dict outputs keep their keys as ONNX output names (:mod:`.onnx_names`)."""
+def _exporter_attempts(
+    example_inputs: tuple[torch.Tensor, ...], dynamic: DynamicDims | None
+) -> list[tuple[tuple[torch.Tensor, ...], object]]:
+    """Example inputs and ``dynamic_shapes`` to try in turn: the batch and the named dims dynamic, then,
+    for a graph that fixes the batch size, the batch static (the named dims stay dynamic: a file that
+    dropped them would fail at every other length)."""
+    first = dynamic_example(example_inputs, dynamic)
+    if dynamic is not None and dynamic.named():
+        return [first, named_dims_example(example_inputs, dynamic)]
+    return [first, (example_inputs, None)]
+
+
+def _first_failure(
+    run: Callable[[tuple[torch.Tensor, ...], object], None],
+    attempts: list[tuple[tuple[torch.Tensor, ...], object]],
+) -> Exception | None:
+    """None as soon as one attempt exports; else the first attempt's exception (the form the caller asked
+    for: the later ones only relax it)."""
+    first: Exception | None = None
+    for inputs, shapes in attempts:
+        try:
+            run(inputs, shapes)
+        except Exception as exc:  # the exporter raises many types; each means "try the next form"
+            first = first or exc
+        else:
+            return None
+    return first
+
+
+def exporter_failure(exc: BaseException, opset: int) -> str:
+    """What went wrong in ``torch.onnx.export(dynamo=True)`` and what to do, by where it failed: a missing
+    onnxscript; torch.export's capture (step 1; data-dependent control flow there is exported by no
+    backend as it is, TorchScript tracing would bake one branch in); the translation to ONNX (steps 2-3,
+    after a capture without such control flow: TorchScript, which runs every PyTorch op, works)."""
+    chain = exception_chain(exc)
+    missing = next((e for e in chain if isinstance(e, ImportError) and _names_onnxscript(e)), None)
+    if missing is not None:
+        return (
+            "ONNX export needs the onnxscript package, which torch.onnx's exporter imports and is not "
+            f"installed ({type(missing).__name__}: {first_line(missing)}): pip install onnxscript"
+        )
+    in_capture = [i for i, e in enumerate(chain) if isinstance(e, _TORCH_EXPORT_FAILED)]
+    cause = chain[in_capture[-1] + 1] if in_capture and in_capture[-1] + 1 < len(chain) else exc
+    said = f"{type(cause).__name__}: {first_line(cause)}"
+    if any(isinstance(e, GuardOnDataDependentSymNode) for e in chain):
+        return (
+            f"ONNX export failed: torch.export cannot capture the model ({said}). Data-dependent Python "
+            "control flow (an if or a loop on tensor values) is exported by no backend as it is "
+            "(TorchScript's tracing would bake one branch in): rewrite it with torch.where or torch.cond."
+        )
+    if in_capture:
+        return (
+            f"ONNX export failed: torch.export cannot capture the model ({said}). Make that code "
+            "torch.export-friendly (https://pytorch.org/docs/stable/export.html), or optimize the part of "
+            "the model that computes tensors and run the rest outside it."
+        )
+    return (
+        f"ONNX export failed ({said}): the model was captured but could not be translated to ONNX opset "
+        f"{opset}; export with backend='torchscript' (.pt), which runs every PyTorch operator."
+    )
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (each once: torch re-raises)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _names_onnxscript(exc: ImportError) -> bool:
+    return (exc.name or "").split(".")[0] == "onnxscript" or "onnxscript" in str(exc)
+
+
+def _finish_exported(path: Path, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    """One load and save of what torch.onnx wrote: the weights of ``If`` branches (early exits) moved
+    inside them (:mod:`.onnx_subgraphs`), dict outputs named after their keys, and graphopt's mark."""
+    proto = onnx.load(str(path))
+    sink_initializers(proto.graph)
+    name_dict_outputs(proto, model, example_inputs)
+    mark_written(proto, "torch.onnx")
+    onnx.save(proto, str(path))
+
+
+def _name_dict_outputs_in(
+    path: Path, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> None:
+    proto = onnx.load(str(path))
+    if name_dict_outputs(proto, model, example_inputs):
+        onnx.save(proto, str(path))
+
+
+def name_dict_outputs(
+    proto: onnx.ModelProto, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> bool:
+    """Name ``proto``'s outputs after the keys of ``model``'s output dict or ``ModelOutput`` fields, as
+    the README promises, whichever exporter wrote it (:mod:`.onnx_names`); False when nothing changed."""
     with torch.no_grad():
         names = output_names(model(*example_inputs))
-    if names is None:
-        return
-    proto = onnx.load(str(path))
-    if rename_outputs(proto, names):
-        onnx.save(proto, str(path))
+    return names is not None and rename_outputs(proto, names)
+
+
+def mark_written(proto: onnx.ModelProto, exporter: str) -> None:
+    """Record in the file that graphopt wrote it (through ``exporter``): a runtime that refuses the file
+    then points at graphopt (:class:`OnnxRunner`)."""
+    kept = [p for p in proto.metadata_props if p.key != WRITER_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=WRITER_KEY, value=exporter)
+
+
+def written_by_graphopt(path: Path) -> bool:
+    """Whether graphopt wrote the ONNX file at ``path``: its own lowering, or an exporter it ran."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not an ONNX file at all (protobuf's errors vary): not one graphopt wrote
+        return False
+    keys = {p.key for p in model.metadata_props}
+    return model.producer_name == PRODUCER or bool(keys & {WRITER_KEY, LOWERING_KEY})
 
 
 def check_onnx_dtypes(model: torch.nn.Module) -> None:
@@ -115,13 +229,6 @@ def check_onnx_dtypes(model: torch.nn.Module) -> None:
             "the model's weights are float64, which ONNX Runtime has no CPU Conv/Gemm kernels for: "
             "optimize model.float() (or export with backend='torchscript', which runs float64)"
         )
-
-
-def _sink_branch_weights(path: Path) -> None:
-    """Put the weights of ``If`` branches (early exits) inside them: see :mod:`.onnx_subgraphs`."""
-    model = onnx.load(str(path))
-    if sink_initializers(model.graph):
-        onnx.save(model, str(path))
 
 
 def _export_direct(
@@ -139,6 +246,7 @@ def _export_direct(
     except UnsupportedNode as exc:
         log.debug("direct ONNX lowering not used: %s", exc)
         return False
+    name_dict_outputs(model, gm, example_inputs)  # a lifted graph returns its dict (ModelOutput) flat
     onnx.save(model, str(path))
     return True
 
@@ -173,10 +281,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT's own exception types: an invalid graph, an op it lacks
-            raise ExportError(
-                f"ONNX Runtime {ort.__version__} cannot load {self.path.name}: {first_line(exc)}; "
-                "please report it with the model (graphopt wrote a graph this runtime refuses)"
-            ) from exc
+            raise ExportError(_refused(self.path, exc)) from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         first_dims = [i.shape[0] if i.shape else None for i in self.session.get_inputs()]
         #: The batch size the file was exported with when its batch dimension is static, else None.
@@ -197,6 +302,17 @@ class OnnxRunner:
     def time(self, *inputs: torch.Tensor | np.ndarray, warmup: int = 10, repeat: int = 100) -> LatencyStats:
         feeds = {name: _to_numpy(x) for name, x in zip(self.input_names, inputs, strict=True)}
         return measure(lambda: self.session.run(None, feeds), warmup=warmup, repeat=repeat)
+
+
+def _refused(path: Path, exc: Exception) -> str:
+    """Why ONNX Runtime refused ``path``: a graphopt bug to report only when graphopt wrote the file."""
+    said = f"ONNX Runtime {ort.__version__} cannot load {path.name}: {first_line(exc).rstrip('.')}"
+    if written_by_graphopt(path):
+        return f"{said}; please report it with the model (graphopt wrote a graph this runtime refuses)"
+    return (
+        f"{said}. graphopt did not write this file: check that it is a complete ONNX model whose opset and "
+        f"operators this onnxruntime supports (upgrade onnxruntime, or re-export it for this version)"
+    )
 
 
 def _to_numpy(x: Any) -> np.ndarray:

@@ -118,7 +118,10 @@ def optimize(
 
     ``dynamic_shapes`` names the input dimensions that vary besides the batch (always dynamic), e.g.
     ``{"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}``: capture keeps them symbolic, the ONNX
-    artifact declares them, and the artifact is checked at other sizes of each.
+    artifact declares them, and the artifact is checked at other sizes of each. Names are identifiers other
+    than ``batch`` (dim 0's), each named dim is at least 2 long in the example (torch.export specialises
+    size 1), a dim shared by several inputs is declared on each, and one the model's code fixes (a view to a
+    constant size, a Linear over it) is refused at capture with the fix.
 
     ``goals`` (a :class:`~graphopt.search.goals.Goals`: speed-up over ORT fp32, accuracy drop, bytes) and/or
     ``search`` (a :class:`~graphopt.search.space.SearchConfig`) turn the call into a search over the plan
@@ -188,6 +191,7 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     lossy passes with an earlier run resume from its state (:mod:`graphopt.stage_cache`)."""
     check_model(call.model)
     inputs = check_example_inputs(call.example_inputs)
+    dynamic = dynamic_dims(call.dynamic_shapes, call.model, inputs)
     spec = resolve_target(call.target)
     plan = plan_of(call)
     original = private_eval_copy(call.model)
@@ -198,7 +202,6 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
                  eval_data=call.eval_data)  # fmt: skip
     context = _pass_context(inputs, reference, original, call.calibration_data, call.train_data,
                             call.eval_data, call.validation_data)  # fmt: skip
-    dynamic = DynamicDims.of(call.dynamic_shapes, input_names(call.model, len(inputs)), len(inputs))
     gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
     reporter = StageReporter(report, reference, context.eval_data)
     report.add(reporter.measure("original", "original", gm, context))
@@ -227,6 +230,15 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
         original=original, eval_data=context.eval_data, fp32_model=snapshot.model, dynamic=dynamic, plan=plan,
         guard_samples=exit_guard_samples(gm, context),
     )  # fmt: skip
+
+
+def dynamic_dims(spec: object, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> DynamicDims:
+    """``dynamic_shapes`` read and checked against the example inputs before any work: the inputs and dims
+    it names exist, its names are usable symbols, and the example can be traced with them dynamic (what
+    the model's code does with them is checked at capture: :mod:`graphopt.capture_export`)."""
+    dynamic = DynamicDims.of(spec, input_names(model, len(inputs)), len(inputs))
+    dynamic.check_example(inputs)
+    return dynamic
 
 
 def _pass_context(

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphopt.capture_export import DynamicDims, capture_with_export
+from graphopt.capture_export import DynamicDims, capture_with_export, check_dynamic_dims
 from graphopt.errors import CaptureError
 from graphopt.functional_convs import bake_computed_conv_weights
 from graphopt.functional_norms import lift_functional_batch_norms
@@ -78,7 +78,9 @@ def capture(
     """Capture ``model`` (already a private copy, in eval mode) into a module-level GraphModule.
 
     torch.fx first; torch.export (lifted) when fx leaves opaque leaves or fails at the top and
-    ``example_inputs`` are given. Raises :class:`CaptureError` when neither captures the model.
+    ``example_inputs`` are given. Raises :class:`CaptureError` when neither captures the model, and
+    :class:`ConfigError` when the model's code fixes a dim ``dynamic`` declares dynamic (checked with
+    torch.export on either path: :mod:`graphopt.capture_export`).
     """
     try:
         traced: Capture | None = trace_with_leaves(model)
@@ -88,6 +90,8 @@ def capture(
             raise
         traced, fx_failure = None, str(exc)
     if traced is not None and (not traced.leaves or example_inputs is None):
+        if example_inputs is not None and dynamic is not None:
+            check_dynamic_dims(model, example_inputs, dynamic)  # the fx graph would fail at other sizes
         return traced
     why = (
         f"torch.fx left {len(traced.leaves)} opaque leaves ({', '.join(traced.leaves)})"
