@@ -50,6 +50,7 @@ from graphopt.report import Report
 from graphopt.result import OptimizeResult
 from graphopt.search.goals import Goals
 from graphopt.search.space import SearchConfig
+from graphopt.services import TimingService
 from graphopt.shapes import propagate_shapes
 from graphopt.stage_cache import RunParts, StageCache
 from graphopt.stage_reporter import StageReporter
@@ -165,6 +166,9 @@ class OptimizeCall:
     sparsify: float | SparsifyConfig = 0.0
     validation_data: Iterable[Batch] | None = None
     dynamic_shapes: Mapping[str | int, Mapping[int, str]] | Sequence[Mapping[int, str]] | None = None
+    #: Where passes time candidates in the target's runtime (``probe_int8``, runtime-costed exits); None:
+    #: :class:`~graphopt.services.RuntimeTiming`. Not an ``optimize`` option: a driver's (tests hand a fake).
+    timing: TimingService | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     _check_needs(plan.passes(), spec, calibration_data=call.calibration_data, train_data=call.train_data,
                  eval_data=call.eval_data)  # fmt: skip
     context = _pass_context(inputs, reference, original, call.calibration_data, call.train_data,
-                            call.eval_data, call.validation_data)  # fmt: skip
+                            call.eval_data, call.validation_data, call.timing)  # fmt: skip
     gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
     reporter = StageReporter(report, reference, context.eval_data)
     report.add(reporter.measure("original", "original", gm, context))
@@ -249,6 +253,7 @@ def _pass_context(
     train_data: Iterable[Any] | None,
     eval_data: Iterable[Batch] | None,
     validation_data: Iterable[Batch] | None,
+    timing: TimingService | None,
 ) -> PassContext:
     """Every dataset the call gave, read and checked up front (bad data fails before any pass runs)."""
     labelled = materialize_labelled(eval_data, "eval_data")
@@ -262,6 +267,7 @@ def _pass_context(
         teacher=original,
         eval_data=labelled,
         validation_data=_read_labelled_data(validation_data, "validation_data", inputs, reference),
+        timing=timing,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import onnx
@@ -19,6 +20,7 @@ from graphopt.pass_manager import PassManager, PassRecord
 from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
 from graphopt.quant import QuantScheme
 from graphopt.quant.observers import ObserverConfig
+from graphopt.services import RuntimeTiming, Timed
 from graphopt.targets import X86_INT8, PassSpec
 from graphopt.zoo import randomize_batchnorm
 
@@ -76,3 +78,18 @@ def clipping_int8_target() -> graphopt.Target:
     )
     passes = tuple(PassSpec(p.name, options) if p.name == "insert_fake_quant" else p for p in X86_INT8.passes)
     return dataclasses.replace(X86_INT8, name="x86-int8-clipped", passes=passes)
+
+
+class FakeTiming(RuntimeTiming):
+    """A timing service that answers from ``ms`` (a model's name -> milliseconds, or a function of the name
+    and the model) instead of lowering and timing, and records what it was asked to time. Whether a target
+    can be timed here is still the real answer (a foreign CPU family cannot)."""
+
+    def __init__(self, ms: Mapping[str, float] | Callable[[str, nn.Module], float]):
+        self.ms = ms
+        self.asked: list[dict[str, nn.Module]] = []
+
+    def time(self, target, models, example_inputs) -> Timed:
+        self.asked.append(dict(models))
+        answer = self.ms if callable(self.ms) else (lambda name, model: self.ms[name])
+        return Timed("onnxruntime", {name: answer(name, model) for name, model in models.items()})

@@ -11,26 +11,36 @@ import torch
 
 import graphopt
 from graphopt import EarlyExitConfig
+from graphopt.api import OptimizeCall, run_call
 from graphopt.backends import OnnxRunner
 from graphopt.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
-from graphopt.early_exit.paths import PathTiming
 from graphopt.early_exit.selection import MAX_SUBSET_EXITS, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER
-from tests.helpers import digits_optimize_data
+from tests.helpers import FakeTiming, digits_optimize_data
 
 EXITS = ("features.2", "features.6")
 
 
-def _optimize(model, digits, target: str | graphopt.Target = "generic-fp32"):
-    return graphopt.optimize(
-        model,
-        target,
-        example_inputs=(digits.test_x[:1],),
-        train_data=batches(digits.train_x, digits.train_y, 64),
-        validation_data=digits.test_batches(),
-        early_exit=EarlyExitConfig(exits=EXITS, epochs=3, quiet=True),
-    )
+def _optimize(model, digits, target: str | graphopt.Target = "generic-fp32", timing=None):
+    return run_call(OptimizeCall(
+        model, target, (digits.test_x[:1],), train_data=batches(digits.train_x, digits.train_y, 64),
+        validation_data=digits.test_batches(), early_exit=EarlyExitConfig(exits=EXITS, epochs=3, quiet=True),
+        timing=timing,
+    ))  # fmt: skip
+
+
+def _path_ms(plain_ms: float, paths: dict[str, list[float]]) -> FakeTiming:
+    """A timing service answering ``plain_ms`` for the network without exits and ``paths[set][k]`` for
+    path ``k`` of each candidate set (models named ``"<set>/<k>"``)."""
+
+    def ms(name: str, model) -> float:
+        if name == "plain":
+            return plain_ms
+        candidate, k = name.rsplit("/", 1)
+        return paths[candidate][int(k)] if candidate in paths else paths["*"][int(k)]
+
+    return FakeTiming(ms)
 
 
 def _network(result) -> EarlyExitNetwork:
@@ -112,12 +122,10 @@ def test_a_dropped_exit_leaves_a_network_without_it(digits_model, digits, monkey
     # leaving at features.6 costs more than going on to the end without it: it cannot pay
     measured = {"exits 0,1": [0.02, 0.33, 0.34], "exits 0": [0.02, 0.30], "exits 1": [0.33, 0.31]}
 
-    def fake_time_paths(timing, target, plain, networks, inputs):
-        assert set(networks) == set(measured)  # every candidate set is timed, in one session
-        return PathTiming("onnxruntime", 0.30), {name: measured[name] for name in networks}
-
-    monkeypatch.setattr("graphopt.passes.insert_early_exit.time_paths", fake_time_paths)
-    result = _optimize(digits_model, digits)
+    timing = _path_ms(0.30, measured)
+    result = _optimize(digits_model, digits, timing=timing)
+    (asked,) = timing.asked  # every candidate set is timed, in one session
+    assert {name.rsplit("/", 1)[0] for name in asked} == {"plain", *measured}
     stats = result.report.stage("insert_early_exit").stats
     network = _network(result)
     assert stats["exits"] == len(network.heads) == 1 and stats["exits_trained"] == 2
@@ -150,13 +158,7 @@ def test_exits_are_costed_in_macs_when_asked_or_when_the_runtime_is_foreign(
 
 
 def test_no_exit_is_inserted_when_none_pays_in_the_runtime(digits_model, digits, monkeypatch):
-    def slower_everywhere(timing, target, plain, networks, inputs):
-        return PathTiming("onnxruntime", 0.10), {
-            name: [0.2] * (len(network.heads) + 1) for name, network in networks.items()
-        }
-
-    monkeypatch.setattr("graphopt.passes.insert_early_exit.time_paths", slower_everywhere)
-    result = _optimize(digits_model, digits)
+    result = _optimize(digits_model, digits, timing=_path_ms(0.10, {"*": [0.2, 0.2, 0.2]}))
     assert not any(isinstance(m, EarlyExitNetwork) for m in result.model.modules())
     record = result.report.stage("insert_early_exit")
     assert record.modified is False and record.stats["expected_ms"] == record.stats["without_exits_ms"]

@@ -11,21 +11,22 @@ import pytest
 import torch
 
 import graphopt
+from graphopt.api import OptimizeCall, run_call
 from graphopt.pass_base import PassContext
 from graphopt.quant import is_quantized
 from graphopt.recovery import RecoveryConfig
 from graphopt.report import Report
-from graphopt.services import RuntimeTiming, Timed
 from graphopt.stage_cache import RunParts
 from graphopt.zoo import get_model
+from tests.helpers import FakeTiming
 
 QAT_AND_INT8 = ("space_to_depth", "insert_fake_quant", "calibrate", "qat")
 
 
 def _optimize(monkeypatch, timing: dict[str, float] | None, target: str | graphopt.Target = "x86-int8"):
-    """resnet_basic pruned 0.5 with one epoch of recovery and one of QAT; ``timing`` replaces the probe's
-    measurement (None: measured). Returns the result, the epochs each training pass was given, and what
-    the probe timed."""
+    """resnet_basic pruned 0.5 with one epoch of recovery and one of QAT; ``timing`` is what a fake timing
+    service answers for the probe (None: measured in the runtime). Returns the result, the epochs each
+    training pass was given, and what the probe timed (model name -> quantized)."""
     from graphopt.passes import qat, recover
 
     trained: dict[str, int] = {}
@@ -37,20 +38,14 @@ def _optimize(monkeypatch, timing: dict[str, float] | None, target: str | grapho
             return real(*args, **kwargs)
 
         monkeypatch.setattr(module, "fit", record)
-    timed: dict[str, bool] = {}
-    if timing is not None:
-
-        def fixed(self, target, models, inputs):
-            timed.update({name: is_quantized(model) for name, model in models.items()})
-            return Timed("onnxruntime", timing)
-
-        monkeypatch.setattr(RuntimeTiming, "time", fixed)
+    fake = FakeTiming(timing) if timing is not None else None
     model, inputs = get_model("resnet_basic").build()
     data = [(torch.randn(16, *inputs[0].shape[1:]), torch.randint(0, 10, (16,)))]
-    res = graphopt.optimize(
-        model, target, example_inputs=inputs, calibration_data=[data[0][0]], train_data=data, prune=0.5,
-        recovery=RecoveryConfig(epochs=1, quiet=True, val_fraction=0.0),
-    )  # fmt: skip
+    res = run_call(OptimizeCall(
+        model, target, inputs, calibration_data=[data[0][0]], train_data=data, prune=0.5,
+        recovery=RecoveryConfig(epochs=1, quiet=True, val_fraction=0.0), timing=fake,
+    ))  # fmt: skip
+    timed = {name: is_quantized(m) for asked in (fake.asked if fake else []) for name, m in asked.items()}
     return res, trained, timed
 
 
