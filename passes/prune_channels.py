@@ -7,7 +7,9 @@ edits modules, parameters and shape literals. Lossy: run ``reestimate_batchnorm`
 (``optimize(prune=...)`` does).
 
 Report: the ``pruning`` table lists every group with its producers, widths before and after, and why any of
-its channels were kept. Skipped, with the reason in ``stats``: ``skipped:nothing_prunable``,
+its channels were kept. ``stats`` counts the blocked units by the kind of reason, ``blocked:<kind>``
+(``network_output``, ``not_in_table``, ``grouped_conv``, ``normalizes_channels``, ``protected``, ...; a unit
+counts once per kind). Skipped, with the reason in ``stats``: ``skipped:nothing_prunable``,
 ``skipped:ratio_zero``.
 """
 
@@ -21,6 +23,7 @@ from torch import nn
 from graphopt.errors import ConfigError
 from graphopt.pass_base import Pass, PassOptions, PassResult
 from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_scores
+from graphopt.pruning.channel_map import BlockReason
 from graphopt.pruning.dependency import DependencyGraph, Group
 from graphopt.pruning.selection import Selection
 
@@ -48,9 +51,8 @@ class PruneChannels(Pass):
         if not any(g.prunable for g in groups):
             self.context.tables["pruning"] = _table(groups, Selection())
             self.context.notes.append("prune_channels: nothing is prunable (see the pruning table for why)")
-            return PassResult(
-                gm, modified=False, stats={"skipped:nothing_prunable": 1, "groups": len(groups)}
-            )
+            stats = {"skipped:nothing_prunable": 1, "groups": len(groups), **_blocked_stats(groups)}
+            return PassResult(gm, modified=False, stats=stats)
         train = self.context.train_data if config.importance == "taylor" else None
         selection = choose(groups, unit_scores(graph, config, train), config)
         remove_units(graph, selection.removed)
@@ -85,7 +87,9 @@ def _protect(graph: DependencyGraph, names: tuple[str, ...]) -> None:
     check_protected_names(names, graph.gm)
     for name in names:
         for target in [t for t in graph.producers if t == name or t.startswith(name + ".")]:
-            graph.coupling.block_all(graph.producers[target].atoms, f"protected ({name})")
+            graph.coupling.block_all(
+                graph.producers[target].atoms, BlockReason("protected", f"protected ({name})")
+            )
 
 
 def _names(group: Group, limit: int = 3) -> str:
@@ -114,4 +118,14 @@ def _stats(groups: list[Group], selection: Selection) -> dict[str, float]:
         "units_before": sum(len(g.units) for g in groups),
         "units_removed": len(selection.removed),
         "clamped": len(selection.clamped),
+        **_blocked_stats(groups),
     }
+
+
+def _blocked_stats(groups: list[Group]) -> dict[str, float]:
+    """``blocked:<kind>``: how many units each kind of reason kept, over all groups, in a stable order."""
+    counts: dict[str, float] = {}
+    for group in groups:
+        for kind, units in group.blocked_by_kind().items():
+            counts[f"blocked:{kind}"] = counts.get(f"blocked:{kind}", 0) + units
+    return dict(sorted(counts.items()))

@@ -194,6 +194,7 @@ def test_a_model_with_nothing_prunable_says_so():
     context = PassContext(example_inputs=(torch.randn(2, 4),))
     (record,) = PassManager([PruneChannels(ratio=0.5)]).run(gm, context)
     assert not record.modified and record.stats["skipped:nothing_prunable"] == 1
+    assert record.stats["blocked:network_output"] == 3  # why, counted by reason
     assert "nothing is prunable" in context.notes[0]
     assert context.tables["pruning"][0]["status"] == "kept (3/3 blocked: reaches the network output)"
 

@@ -8,7 +8,8 @@ be removed together (a residual ``a + b`` pairs ``a[c]`` with ``b[c]``) *couple*
 which is what makes structured pruning exact.
 
 A unit can be *blocked*: one of its atoms reaches something that cannot lose channels (the network output,
-an op outside the table, a protected layer). Blocking is recorded with a reason and spreads on coupling.
+an op outside the table, a protected layer). Blocking is recorded with a :class:`BlockReason` (a sentence
+for the report, and a short ``kind`` for the pass's ``blocked:<kind>`` stats) and spreads on coupling.
 """
 
 from __future__ import annotations
@@ -20,12 +21,30 @@ import numpy as np
 UNTRACKED = -1
 
 
+class BlockReason(str):
+    """Why a unit cannot be removed: the sentence the report shows, plus a short ``kind`` to count it by.
+
+    A ``str`` (the sentence) so reasons stay readable, sortable and comparable to plain text; ``kind`` is the
+    stable slug (``network_output``, ``not_in_table``, ``grouped_conv``, ...) behind ``blocked:<kind>``.
+    """
+
+    kind: str
+
+    def __new__(cls, kind: str, text: str) -> BlockReason:
+        reason = super().__new__(cls, text)
+        reason.kind = kind
+        return reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # copy/pickle keep the kind
+        return (BlockReason, (self.kind, str(self)))
+
+
 class Coupling:
     """Union-find over atoms, with the reasons a class is blocked."""
 
     def __init__(self) -> None:
         self._parent: list[int] = []
-        self._reasons: dict[int, set[str]] = {}
+        self._reasons: dict[int, set[BlockReason]] = {}
 
     def new_atoms(self, count: int) -> np.ndarray:
         """``count`` fresh, uncoupled atoms."""
@@ -54,7 +73,7 @@ class Coupling:
         if rb in self._reasons:
             self._reasons.setdefault(ra, set()).update(self._reasons.pop(rb))
 
-    def union_arrays(self, a: np.ndarray, b: np.ndarray, reason_if_untracked: str) -> None:
+    def union_arrays(self, a: np.ndarray, b: np.ndarray, reason_if_untracked: BlockReason) -> None:
         """Couple ``a[i]`` with ``b[i]`` everywhere; an atom paired with an untracked position is blocked."""
         for x, y in zip(a.ravel().tolist(), b.ravel().tolist(), strict=True):
             if x == UNTRACKED and y == UNTRACKED:
@@ -64,15 +83,15 @@ class Coupling:
             else:
                 self.union(x, y)
 
-    def block(self, atom: int, reason: str) -> None:
+    def block(self, atom: int, reason: BlockReason) -> None:
         if atom != UNTRACKED:
             self._reasons.setdefault(self.find(atom), set()).add(reason)
 
-    def block_all(self, atoms: np.ndarray, reason: str) -> None:
+    def block_all(self, atoms: np.ndarray, reason: BlockReason) -> None:
         for atom in np.unique(atoms).tolist():
             self.block(atom, reason)
 
-    def reasons(self, atom: int) -> set[str]:
+    def reasons(self, atom: int) -> set[BlockReason]:
         return self._reasons.get(self.find(atom), set())
 
     def removed(self, atoms: np.ndarray, removed_roots: np.ndarray) -> np.ndarray:

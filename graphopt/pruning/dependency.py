@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
-from graphopt.pruning.channel_map import UNTRACKED, ChannelMap, Coupling
+from graphopt.pruning.channel_map import UNTRACKED, BlockReason, ChannelMap, Coupling
 
 #: What a node yields in the walk: a map, no map (untracked / not a tensor), or one per tuple element.
 NodeMap = ChannelMap | list[ChannelMap | None] | None
@@ -48,6 +48,13 @@ class Consumer:
 
 @dataclass
 class Follower:
+    """A module sliced along its output channels by its input's units: BatchNorm, PReLU, depthwise convs.
+
+    A depthwise conv with multiplier ``k`` (``groups == in_channels``, ``k`` outputs per group) is one too:
+    output ``k*i + j`` reads input ``i`` only, so its position carries input ``i``'s atom and removing input
+    ``i`` removes the whole group ``i`` (its ``k`` filters).
+    """
+
     target: str
     positions: np.ndarray
 
@@ -76,7 +83,7 @@ class Group:
     index: int
     producers: list[str]
     units: list[int]
-    blocked: dict[int, set[str]]
+    blocked: dict[int, set[BlockReason]]
     #: The units of each producer: a producer left with none would be a layer with zero outputs.
     producer_units: dict[str, list[int]] = field(default_factory=dict)
 
@@ -85,8 +92,16 @@ class Group:
         return [u for u in self.units if u not in self.blocked]
 
     @property
-    def reasons(self) -> set[str]:
+    def reasons(self) -> set[BlockReason]:
         return set().union(*self.blocked.values()) if self.blocked else set()
+
+    def blocked_by_kind(self) -> dict[str, int]:
+        """How many of the group's units each kind of reason blocks (a unit counts once per kind)."""
+        counts: dict[str, int] = {}
+        for reasons in self.blocked.values():
+            for kind in {r.kind for r in reasons}:
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
 
 class DependencyGraph:
@@ -111,22 +126,22 @@ class DependencyGraph:
     def consumer(self, target: str, positions: np.ndarray, groups: int = 1) -> None:
         record = self.consumers.setdefault(target, Consumer(target, groups=groups))
         if record.positions:  # a second call site must keep the same input channels
-            self.coupling.union_arrays(record.positions[0], positions, f"{target} is shared")
+            self.coupling.union_arrays(record.positions[0], positions, _shared(target))
         record.positions.append(positions)
 
     def follower(self, target: str, positions: np.ndarray) -> None:
         if target in self.followers:
-            self.coupling.union_arrays(self.followers[target].positions, positions, f"{target} is shared")
+            self.coupling.union_arrays(self.followers[target].positions, positions, _shared(target))
         else:
             self.followers[target] = Follower(target, positions)
 
     def param_slice(self, target: str, axis: int, positions: np.ndarray) -> None:
         if target in self.params:
-            self.coupling.union_arrays(self.params[target].positions, positions, f"{target} is shared")
+            self.coupling.union_arrays(self.params[target].positions, positions, _shared(target))
         else:
             self.params[target] = ParamSlice(target, axis, positions)
 
-    def block(self, value: NodeMap, reason: str) -> None:
+    def block(self, value: NodeMap, reason: BlockReason) -> None:
         for m in value if isinstance(value, list) else [value]:
             if m is not None:
                 self.coupling.block_all(m.atoms, reason)
@@ -153,6 +168,10 @@ class DependencyGraph:
             blocked = {u: self.coupling.reasons(u) for u in units if self.coupling.reasons(u)}
             groups.append(Group(number, targets, units, blocked, {t: roots[t] for t in targets}))
         return groups
+
+
+def _shared(target: str) -> BlockReason:
+    return BlockReason("shared_module", f"{target} is shared")
 
 
 def nested_nodes(value: Any) -> list[fx.Node]:

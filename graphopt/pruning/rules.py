@@ -12,7 +12,12 @@ Coupling rules, and why each is exact:
 - ``chunk(n)`` and a reshape splitting ``C`` into ``(g, C/g)`` (channel shuffle, attention heads) must keep
   equal pieces: position ``k`` of every piece is one unit, so every piece loses the same positions.
 - grouped convs likewise couple in-position ``k`` of every group, and out-position ``k`` of every group;
-  depthwise convs are per-channel (sliced like their input).
+  depthwise convs are per-channel (sliced like their input). A depthwise conv with multiplier ``m``
+  (``groups == in_channels``, ``m`` outputs per group: ``Conv2d(48, 96, 3, groups=48)``) reads input ``i``
+  into outputs ``m*i .. m*i+m-1`` only, so those outputs carry input ``i``'s atom: removing the unit removes
+  the input channel and its whole group, and the conv keeps ``groups == in_channels``.
+- per-channel PReLU (``num_parameters=C``) is sliced like a BatchNorm; ``PReLU()`` (one slope) is
+  element-wise.
 - ``Q K^T`` contracts the head dim: ``q[d]`` and ``k[d]`` are one unit; the softmax scale ``1/sqrt(E)``
   is pinned to the original ``E`` so removing head dims is exact.
 - Norms that average over channels (LayerNorm over them, GroupNorm) block: removing a channel changes the
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphopt.ir import is_metadata_read, shape_of
-from graphopt.pruning.channel_map import ChannelMap, reshape_blocks
+from graphopt.pruning.channel_map import BlockReason, ChannelMap, reshape_blocks
 from graphopt.pruning.dependency import DependencyGraph, NodeMap, ShapeEdit, untracked
 
 Maps = dict[fx.Node, NodeMap]
@@ -41,6 +46,10 @@ Maps = dict[fx.Node, NodeMap]
 
 class Blocked(ValueError):
     """Raised by a rule that understands the op and must block its channels (the message says why)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 Rule = Callable[[DependencyGraph, fx.Node, Maps], NodeMap]
@@ -56,18 +65,23 @@ def apply_rule(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     if all(m is None for m in inputs) and rule not in (_conv, _linear):
         return None  # nothing tracked flows in and nothing new is produced: any op is fine
     if rule is None:
+        reason = BlockReason(
+            "not_in_table", f"{_describe(graph, node)} is not in the channel-dependency table"
+        )
         for m in inputs:
-            graph.block(m, f"{_describe(graph, node)} is not in the channel-dependency table")
+            graph.block(m, reason)
         return None
     try:
         return rule(graph, node, maps)
     except Blocked as exc:
         for m in inputs:
-            graph.block(m, f"{_describe(graph, node)}: {exc}")
+            graph.block(m, BlockReason(exc.kind, f"{_describe(graph, node)}: {exc}"))
         return None
     except (ValueError, IndexError, TypeError) as exc:  # a form of the op the rule does not understand
         for m in inputs:
-            graph.block(m, f"{_describe(graph, node)}: unsupported form ({exc})")
+            graph.block(
+                m, BlockReason("unsupported_form", f"{_describe(graph, node)}: unsupported form ({exc})")
+            )
         return None
 
 
@@ -112,6 +126,11 @@ def _rank(node: Any) -> int:
     return len(shape)
 
 
+def _untracked(text: str) -> BlockReason:
+    """A channel paired with one no producer owns (an input image channel, a fixed-size tensor)."""
+    return BlockReason("untracked_partner", text)
+
+
 def _single(m: NodeMap) -> ChannelMap | None:
     if isinstance(m, list):
         raise ValueError("a tuple where a tensor was expected")
@@ -140,7 +159,7 @@ def _elementwise(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     for _, m in tracked[1:]:
         if m.axes != ref.axes or m.atoms.shape != ref.atoms.shape:
             raise ValueError("operands track channels on different axes")
-        graph.coupling.union_arrays(ref.atoms, m.atoms, f"{node.name} adds an untracked channel")
+        graph.coupling.union_arrays(ref.atoms, m.atoms, _untracked(f"{node.name} adds an untracked channel"))
     for a in operands:
         if maps.get(a) is not None:
             continue
@@ -153,7 +172,7 @@ def _elementwise(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
             graph.param_slice(str(a.target), ref.axes[0] - shift, ref.atoms)
             continue
         graph.coupling.block_all(
-            ref.atoms, f"{node.name} combines channels with a fixed-size tensor {a.name}"
+            ref.atoms, _untracked(f"{node.name} combines channels with a fixed-size tensor {a.name}")
         )
     return ref
 
@@ -166,7 +185,7 @@ def _softmax(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     if dim is None:
         raise ValueError("softmax without dim")
     if dim % _rank(node) in m.axes:
-        raise Blocked("softmax normalizes over these channels")
+        raise Blocked("normalizes_channels", "softmax normalizes over these channels")
     return m
 
 
@@ -181,7 +200,7 @@ def _reduce(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
         raise ValueError("reduction over every axis")
     reduced = {d % rank for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
     if reduced & set(m.axes):
-        raise Blocked("it reduces over the channels")
+        raise Blocked("reduces_channels", "it reduces over the channels")
     if _arg(node, 2, "keepdim", False):
         return m
     kept = [a for a in range(rank) if a not in reduced]
@@ -245,7 +264,7 @@ def _split_axis(graph: DependencyGraph, m: ChannelMap, sizes: list[int], axes: l
     if len(keep) > 1:
         rows = atoms.reshape(-1, atoms.shape[-1])
         for row in rows[1:]:
-            graph.coupling.union_arrays(rows[0], row, "splits an untracked channel")
+            graph.coupling.union_arrays(rows[0], row, _untracked("splits an untracked channel"))
     return ChannelMap(tuple(axes[i] for i in keep), atoms)
 
 
@@ -307,7 +326,9 @@ def _cat(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     if any(p is None for p in parts) or any(dim in p.axes for p in tracked):
         raise ValueError("concatenates tracked and untracked channels along another axis")
     for p in tracked[1:]:
-        graph.coupling.union_arrays(tracked[0].atoms, p.atoms, f"{node.name} mixes untracked channels")
+        graph.coupling.union_arrays(
+            tracked[0].atoms, p.atoms, _untracked(f"{node.name} mixes untracked channels")
+        )
     return tracked[0]
 
 
@@ -329,8 +350,10 @@ def _chunk(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     def equal_pieces(m: ChannelMap, widths: list[int]) -> NodeMap:
         if len(set(widths)) != 1:
             raise ValueError("unequal chunks of channels")
-        split = _split_axis(graph, m, [len(widths), widths[0]], [0, m.axes[0]])
-        return [ChannelMap(m.axes, row) for row in split.atoms]
+        rows = m.atoms.reshape(len(widths), widths[0])  # also for pieces of one channel each
+        for row in rows[1:]:
+            graph.coupling.union_arrays(rows[0], row, _untracked(f"{node.name} chunks an untracked channel"))
+        return [ChannelMap(m.axes, row) for row in rows]
 
     return _pieces(node, maps, equal_pieces)
 
@@ -358,7 +381,7 @@ def _sdpa(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     if mq is not None and mk is not None:
         if mq.axes != mk.axes or mq.atoms.shape != mk.atoms.shape or rank - 2 in mq.axes:
             raise ValueError("query and key track different axes")
-        graph.coupling.union_arrays(mq.atoms, mk.atoms, f"{node.name}: untracked key")
+        graph.coupling.union_arrays(mq.atoms, mk.atoms, _untracked(f"{node.name}: untracked key"))
         if rank - 1 in mq.axes and node.kwargs.get("scale") is None:
             graph.edits.append(ShapeEdit(node, "sdpa_scale", [mq], head_dim=shape_of(q)[-1]))
     if mv is not None and rank - 2 in mv.axes:
@@ -373,18 +396,35 @@ def _conv(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     m = _single(maps.get(node.args[0]))
     if m is not None and m.axes != (1,):
         raise ValueError(f"input channels tracked on axes {m.axes}")
-    if g > 1 and g == conv.in_channels == conv.out_channels:  # depthwise: per channel
-        if m is not None:
-            graph.follower(target, m.atoms)
-        return m
+    multiplier = conv.out_channels // g
+    if g > 1 and g == conv.in_channels and (m is not None or multiplier == 1):
+        return _depthwise(graph, target, m, multiplier)
     if m is not None:
         if g > 1:
-            _split_axis(graph, m, [g, conv.in_channels // g], [0, 1])
+            _couple_groups(graph, target, m.atoms, g)
         graph.consumer(target, m.atoms, groups=g)
     out = graph.producer(target, conv.out_channels)
     if g > 1:
-        _split_axis(graph, ChannelMap((1,), out), [g, conv.out_channels // g], [0, 1])
+        _couple_groups(graph, target, out, g)
     return ChannelMap((1,), out)
+
+
+def _depthwise(graph: DependencyGraph, target: str, m: ChannelMap | None, multiplier: int) -> NodeMap:
+    """One input channel per group: outputs ``multiplier*i ..`` belong to input ``i``'s unit (a follower)."""
+    if m is None:
+        return None
+    out = np.repeat(m.atoms, multiplier)
+    graph.follower(target, out)
+    return ChannelMap((1,), out)
+
+
+def _couple_groups(graph: DependencyGraph, target: str, atoms: np.ndarray, groups: int) -> None:
+    """Position ``k`` of every group is one unit, so every group keeps the same positions (``groups`` is
+    fixed); with one position per group that makes every channel one unit, which no selection splits."""
+    rows = atoms.reshape(groups, -1)
+    reason = BlockReason("grouped_conv", f"{target}: a group of the grouped conv reads an untracked channel")
+    for row in rows[1:]:
+        graph.coupling.union_arrays(rows[0], row, reason)
 
 
 def _linear(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
@@ -398,13 +438,21 @@ def _linear(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     return ChannelMap((rank - 1,), graph.producer(str(node.target), linear.out_features))
 
 
-def _batchnorm(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
+def _per_channel(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
+    """BatchNorm, per-channel PReLU: one parameter entry per channel of axis 1, sliced with the channels."""
     m = _single(maps.get(node.args[0]))
     if m is not None:
         if m.axes != (1,):
-            raise ValueError(f"normalizes axis 1 but channels are tracked on {m.axes}")
+            raise ValueError(f"its parameters follow axis 1 but channels are tracked on {m.axes}")
         graph.follower(str(node.target), m.atoms)
     return m
+
+
+def _prelu(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
+    prelu: nn.PReLU = graph.gm.get_submodule(str(node.target))
+    if prelu.num_parameters == 1:  # one slope shared by every channel: element-wise
+        return _same(graph, node, maps)
+    return _per_channel(graph, node, maps)
 
 
 def _layernorm(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
@@ -412,12 +460,17 @@ def _layernorm(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
     m = _single(maps.get(node.args[0]))
     rank = _rank(node)
     if m is not None and set(m.axes) & set(range(rank - len(norm.normalized_shape), rank)):
-        raise Blocked("it normalizes over these channels; removing some changes the statistics of the rest")
+        raise Blocked(
+            "normalizes_channels",
+            "it normalizes over these channels; removing some changes the statistics of the rest",
+        )
     return m
 
 
 def _groupnorm(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
-    raise Blocked("it normalizes over channel groups; removing channels changes their statistics")
+    raise Blocked(
+        "normalizes_channels", "it normalizes over channel groups; removing channels changes their statistics"
+    )
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Hardswish,
@@ -430,7 +483,8 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
 _MODULE_RULES: tuple[tuple[type | tuple[type, ...], Rule], ...] = (
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _conv),
     (nn.Linear, _linear),
-    (nn.modules.batchnorm._BatchNorm, _batchnorm),
+    (nn.modules.batchnorm._BatchNorm, _per_channel),
+    (nn.PReLU, _prelu),
     (nn.LayerNorm, _layernorm),
     (nn.GroupNorm, _groupnorm),
     (_ACTIVATIONS, _same),

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from graphopt.pruning.channel_map import ChannelMap
+from graphopt.pruning.channel_map import BlockReason, ChannelMap
 from graphopt.pruning.dependency import DependencyGraph, NodeMap, nested_nodes
 
 _RESHAPE_METHODS = ("view", "reshape")
@@ -59,7 +59,9 @@ class SizeFlow:
             return
         unsafe = _unsafe_sources(graph, node, maps, self.sources)
         for source in unsafe:
-            reason = f"{node.name} is shaped by the channel count of {source.tensor.name}"
+            reason = BlockReason(
+                "channel_count_read", f"{node.name} is shaped by the channel count of {source.tensor.name}"
+            )
             graph.block(source.channels, reason)
             for arg in nested_nodes((node.args, node.kwargs)):
                 graph.block(maps.get(arg), reason)

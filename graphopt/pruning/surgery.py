@@ -2,7 +2,8 @@
 
 Given the removed units (root atoms), each record of the :class:`DependencyGraph` is sliced by the positions
 whose unit survives: producers lose output rows, consumers lose input columns (per group for grouped convs),
-followers (BatchNorm, depthwise convs) lose their per-channel entries, parameters lose their slice, and shape
+followers (BatchNorm, PReLU, depthwise convs, whole groups of a depthwise conv with a multiplier) lose their
+per-channel entries, parameters lose their slice, and shape
 literals (reshape sizes, split sizes) are rewritten to the new widths. An attention whose head dim shrinks
 gets its softmax scale pinned to ``1/sqrt(E_original)``, which keeps ``Q K^T * scale`` unchanged.
 """
@@ -41,7 +42,7 @@ def remove_units(graph: DependencyGraph, removed: Iterable[int]) -> None:
         for c in graph.consumers.values():
             _slice_inputs(gm.get_submodule(c.target), keep(c.positions[0]), c.groups)
         for f in graph.followers.values():
-            _slice_per_channel(gm.get_submodule(f.target), _indices(keep(f.positions)))
+            _slice_per_channel(gm.get_submodule(f.target), keep(f.positions))
         for s in graph.params.values():
             _slice_parameter(gm, s.target, s.axis, _indices(keep(s.positions)))
     for edit in graph.edits:
@@ -90,14 +91,29 @@ def _slice_inputs(module: nn.Module, mask: np.ndarray, groups: int) -> None:
     module.in_channels = groups * len(index)
 
 
-def _slice_per_channel(module: nn.Module, index: torch.Tensor) -> None:
+def _slice_per_channel(module: nn.Module, mask: np.ndarray) -> None:
+    index = _indices(mask)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        _check_whole_groups(module, mask)
     for name in ("weight", "bias", "running_mean", "running_var"):
         if getattr(module, name, None) is not None:
             _set(module, name, _select(getattr(module, name), 0, index))
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         module.num_features = len(index)
-    else:  # depthwise conv: one filter per channel
-        module.in_channels = module.out_channels = module.groups = len(index)
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = len(index)
+    else:  # depthwise conv (multiplier m): m filters per input channel, whole groups kept
+        multiplier = module.out_channels // module.groups
+        module.out_channels = len(index)
+        module.in_channels = module.groups = len(index) // multiplier
+
+
+def _check_whole_groups(conv: nn.Module, mask: np.ndarray) -> None:
+    per_group = mask.reshape(conv.groups, -1)
+    if (per_group != per_group[:, :1]).any():
+        raise SurgeryError(
+            f"depthwise conv: a group would keep only some of its {per_group.shape[1]} outputs"
+        )
 
 
 def _slice_parameter(gm: fx.GraphModule, target: str, axis: int, index: torch.Tensor) -> None:
