@@ -205,7 +205,7 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     _check_needs(plan.passes(), spec, calibration_data=call.calibration_data, train_data=call.train_data,
                  eval_data=call.eval_data)  # fmt: skip
     context = _pass_context(inputs, reference, original, call.calibration_data, call.train_data,
-                            call.eval_data, call.validation_data, call.timing)  # fmt: skip
+                            call.eval_data, call.validation_data, call.timing, dynamic)  # fmt: skip
     gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
     reporter = StageReporter(report, reference, context.eval_data)
     report.add(reporter.measure("original", "original", gm, context))
@@ -254,13 +254,14 @@ def _pass_context(
     eval_data: Iterable[Batch] | None,
     validation_data: Iterable[Batch] | None,
     timing: TimingService | None,
+    dynamic: DynamicDims,
 ) -> PassContext:
     """Every dataset the call gave, read and checked up front (bad data fails before any pass runs)."""
     labelled = materialize_labelled(eval_data, "eval_data")
     _check_eval_labels(labelled, reference)
     return PassContext(
         inputs,
-        calibration_data=read_calibration_inputs(calibration_data, inputs)
+        calibration_data=read_calibration_inputs(calibration_data, inputs, dynamic.dims)
         if calibration_data is not None
         else None,
         train_data=_read_labelled_data(train_data, "train_data", inputs, reference),

@@ -160,12 +160,14 @@ def measure_activation_sqnr(
 def concatenate_batches(
     batches: list[tuple[torch.Tensor, ...]], max_samples: int
 ) -> list[tuple[torch.Tensor, ...]]:
-    """Consecutive batches joined along dim 0 into chunks of at most ``max_samples`` samples."""
+    """Consecutive batches joined along dim 0 into chunks of at most ``max_samples`` samples; a batch of
+    other per-sample shapes (another length along a declared dynamic dim) starts a new chunk."""
     chunks: list[list[tuple[torch.Tensor, ...]]] = [[]]
     count = 0
     for batch in batches:
         size = len(batch[0])
-        if chunks[-1] and count + size > max_samples:
+        other_shape = chunks[-1] and [x.shape[1:] for x in chunks[-1][0]] != [x.shape[1:] for x in batch]
+        if chunks[-1] and (count + size > max_samples or other_shape):
             chunks.append([])
             count = 0
         chunks[-1].append(batch)

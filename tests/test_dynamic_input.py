@@ -205,6 +205,25 @@ def test_a_dynamic_dim_the_model_follows_exports_and_runs_at_other_lengths(model
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("target", ["x86-int8", "x86-dynamic-int8"])
+def test_calibration_batches_may_differ_along_a_declared_dynamic_dim(target, tmp_path):
+    """Real text comes at many lengths: with the sequence declared dynamic, calibration batches of other
+    lengths than the example's calibrate (they were refused for their per-sample shape)."""
+    calibration = [_seq(6), _seq(12), torch.randn(3, 5, FEATURES)]
+    res = graphopt.optimize(
+        SeqMean().eval(), target, example_inputs=(_seq(),), calibration_data=calibration,
+        dynamic_shapes={"x": {1: "seq"}},
+    )  # fmt: skip
+    runner = OnnxRunner(res.export(tmp_path / "m.onnx"))
+    x = _seq(12)
+    assert np.allclose(runner.run(x)[0], res.model(x).detach().numpy(), atol=0.05)
+
+
+def test_calibration_at_another_length_is_refused_when_no_dim_is_declared_dynamic():
+    with pytest.raises(graphopt.InvalidInputError, match=r"per-sample shapes \[\(6, 16\)\]"):
+        graphopt.optimize(SeqMean().eval(), "x86-int8", example_inputs=(_seq(),), calibration_data=[_seq(6)])
+
+
 # -- export failures name their cause ---------------------------------------------------------------------
 def test_control_flow_in_a_submodule_recommends_no_backend_that_fails_too(tmp_path):
     """The ONNX error used to recommend backend='torchscript', whose tracing bakes one branch in (the
