@@ -11,12 +11,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from graphopt.benchmark.cli import add_bench_commands
-from graphopt.errors import GraphoptError
-from graphopt.model_spec import load_model
+from graphopt.call_options import CALL_OPTIONS, add_call_options, call_options
+from graphopt.errors import ConfigError, GraphoptError
 from graphopt.search.cli import add_search_arguments, refuse_search_flags_without_goal, run_search_command
+
+if TYPE_CHECKING:
+    from graphopt.result import OptimizeResult
 
 #: Exit statuses of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -115,9 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print what optimize() would run for a target and options, slot by slot")
     p.add_argument("target")
-    p.add_argument("--prune", type=float, default=0.0, help="fraction of channels to prune")
-    p.add_argument("--sparsify", type=float, default=0.0, help="fraction of weights to zero")
-    p.add_argument("--accuracy-budget", type=float, help="percentage points int8 may cost (needs eval data)")
+    add_call_options(p)
     p.add_argument("--train-data", action="store_true", help="plan as if train_data were given")
     p.add_argument("--early-exit", action="store_true", help="plan early exits (default EarlyExitConfig)")
     p.set_defaults(run=_cmd_plan)
@@ -133,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true", help="time the artifact and the original in ORT fp32")
     p.add_argument("--dump-ir", type=Path, help="write the IR after each pass into this folder")
     p.add_argument("--json", type=Path, help="write the report as JSON")
+    add_call_options(p)
     add_search_arguments(p)
     p.set_defaults(run=_cmd_optimize)
 
@@ -184,23 +186,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from graphopt.targets import resolve_target
 
     options = plan_options(
-        prune=args.prune, sparsify=args.sparsify, accuracy_budget=args.accuracy_budget,
-        has_train_data=args.train_data, early_exit=EarlyExitConfig() if args.early_exit else None,
+        **call_options(args), has_train_data=args.train_data,
+        early_exit=EarlyExitConfig() if args.early_exit else None,
     )  # fmt: skip
     print(make_plan(resolve_target(args.target), options))
     return 0
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from graphopt.api import optimize
 
     refuse_search_flags_without_goal(args)  # they would be ignored: no plot, no cache
     _check_optimize_outputs(args)
     if args.goal:
+        _refuse_call_options_in_a_search(args)
         result = run_search_command(args)
     else:
-        model, example = load_model(args.model, args.input_shape)
-        result = optimize(model, target=args.target, example_inputs=example, dump_ir=args.dump_ir)
+        result = _optimize_once(args)
     if args.output:
         result.export(args.output, measure_latency=args.latency)
     if args.save:
@@ -210,6 +211,32 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(result.report.to_json())
     return 0
+
+
+def _refuse_call_options_in_a_search(args: argparse.Namespace) -> None:
+    """A search chooses the pruning, sparsity and int8 fall-backs itself (its --search-* flags)."""
+    given = [o.flag for o in CALL_OPTIONS if getattr(args, o.name) != o.default]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} fix what a --goal search chooses: drop them (the search's candidates are "
+            "set by --search-prune and --no-exits), or drop --goal"
+        )
+
+
+def _optimize_once(args: argparse.Namespace) -> OptimizeResult:
+    """One plan on the named model with the data it comes with (a digits model's labelled splits; random
+    calibration inputs for a reference architecture or a factory): what an int8 target or an accuracy
+    budget needs."""
+    from graphopt.api import optimize
+    from graphopt.benchmark.models import load_bench_model
+    from graphopt.model_spec import parse_shape
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    bench = load_bench_model(args.model, input_shape=shape, synthetic_data=True, quiet=True)
+    return optimize(
+        bench.model, args.target, bench.example_inputs, calibration_data=bench.calibration,
+        eval_data=bench.eval, dump_ir=args.dump_ir, **call_options(args),
+    )  # fmt: skip
 
 
 def _check_optimize_outputs(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from graphopt.call_options import BENCH_TOKENS
 from graphopt.errors import ConfigError
 from graphopt.targets import TARGETS, Target, resolve_target
 
@@ -60,13 +61,13 @@ USAGE = "TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]"
 def parse_pipeline(text: str) -> Pipeline:
     """``TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]`` as a :class:`Pipeline`."""
     target, *options = text.strip().split("+")
-    fractions = {"prune": 0.0, "sparsify": 0.0}
+    fractions = {token: BENCH_TOKENS[token].default for token in BENCH_TOKENS}
     flags: dict[str, bool] = {}
     for option in options:
         key, _, value = option.partition("=")
         if key in fractions and value:
             try:
-                fractions[key] = float(value)
+                fractions[key] = float(value)  # the range is checked with the whole label in the message
             except ValueError:
                 raise ConfigError(f"{key}= needs a fraction like 0.5, got {value!r} in {text!r}") from None
         elif key in FLAGS and not value:
