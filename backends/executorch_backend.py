@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from graphopt.backends.executorch_exits import exit_network_of, run_stages, stag
 from graphopt.backends.executorch_form import xnnpack_form
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
+from graphopt.destination import write_bytes, write_failure
 from graphopt.early_exit.measure import has_exits
 from graphopt.errors import ConfigError, ExportError, first_line
 
@@ -99,10 +101,13 @@ def export_executorch(model: nn.Module, example_inputs: tuple[Tensor, ...], path
     except ExportError:
         raise
     except Exception as exc:  # torch.export and exir raise many types; all mean the same to the user
-        raise ExportError(f"ExecuTorch export failed ({type(exc).__name__}: {first_line(exc)})") from exc
+        # exir writes its flatbuffer schema to a temporary folder: a full disk there is the disk's fault
+        failure = write_failure(exc, path, "ExecuTorch program")
+        raise failure or ExportError(
+            f"ExecuTorch export failed ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(program.buffer)
-    return path
+    return write_bytes(path, program.buffer, "ExecuTorch program")
 
 
 def _check_delegated(edge: Any, methods: list[str]) -> None:
@@ -130,14 +135,44 @@ def _op_name(target: Any) -> str:
     return str(name).split(":")[0].replace("<EdgeOpOverload ", "").strip("<> ")
 
 
+#: Bytes 4..8 of a ``.pte``: its flatbuffer's file identifier, ``ET`` and the schema version (``ET12``).
+PTE_IDENTIFIER = re.compile(rb"ET[0-9]{2}")
+
+
+def not_loadable(path: Path, why: str) -> ExportError:
+    return ExportError(
+        f"{path} is not a loadable ExecuTorch program ({why}); give a complete .pte written by an ExecuTorch "
+        "exporter (graphopt export m.pte, or executorch's to_executorch()) of a matching version"
+    )
+
+
+def check_pte_header(path: Path) -> None:
+    """An :class:`ExportError` unless ``path`` starts like an ExecuTorch program. The runtime's own check
+    logs the identifier it found and, when those bytes are not UTF-8 (random bytes, another format),
+    aborts the whole process (SIGABRT) from inside its logger: this check comes first."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+    except OSError as exc:
+        raise not_loadable(path, exc.strerror or type(exc).__name__) from exc
+    if len(head) < 8:
+        raise not_loadable(path, f"{len(head)} bytes, shorter than any program")
+    if not PTE_IDENTIFIER.fullmatch(head[4:8]):
+        raise not_loadable(path, f"no ExecuTorch file identifier: bytes 4-8 are {head[4:8]!r}, not b'ET12'")
+
+
 def describe_pte(path: Path) -> str:
     """How a ``.pte`` runs: its XNNPACK delegates and the operators outside them, read from the file's
     flatbuffer (nothing in it is run)."""
     require_executorch()
+    check_pte_header(path)
     with quiet_native():
         from executorch.exir._serialize._program import deserialize_pte_binary
 
-        program = deserialize_pte_binary(path.read_bytes())
+        try:
+            program = deserialize_pte_binary(path.read_bytes())
+        except Exception as exc:  # struct.error, ValueError, flatbuffer errors: all mean a damaged file
+            raise not_loadable(path, f"{type(exc).__name__}: {first_line(exc)}") from exc
     program = getattr(program, "program", program)
     plans = program.execution_plan
     delegates = Counter(d.id for plan in plans for d in plan.delegates)
@@ -161,14 +196,20 @@ class ExecuTorchRunner:
         require_executorch()
         self.path = Path(path)
         self.threads = threads
+        check_pte_header(self.path)
         with quiet_native():
             from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
 
             portable_lib._unsafe_reset_threadpool(threads)
-            program = Runtime.get().load_program(self.path)
-            #: Each method of the program by name: ``forward``, or an exit network's stages.
-            self.methods = {name: program.load_method(name) for name in program.method_names}
+            try:
+                program = Runtime.get().load_program(self.path)
+                #: Each method of the program by name: ``forward``, or an exit network's stages.
+                self.methods = {name: program.load_method(name) for name in program.method_names}
+            except (
+                RuntimeError
+            ) as exc:  # the runtime's only error type: "Failed to load program, error: 0x.."
+                raise not_loadable(self.path, first_line(exc)) from exc
         self.exits = "forward" not in self.methods
 
     def _execute(self, tensors: list[Tensor]) -> list[Tensor]:
@@ -220,5 +261,5 @@ def pt2e_executorch(
         converted = convert_pt2e(prepared)
         exported = torch.export.export(converted, tuple(example_inputs))
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-        path.write_bytes(edge.to_executorch().buffer)
-    return path
+        program = edge.to_executorch()
+    return write_bytes(path, program.buffer, "ExecuTorch program")

@@ -9,6 +9,7 @@ in, which is why the exported artifact is compared with the model before it is h
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch.utils._pytree import tree_flatten
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.backends.torch_int8 import Engine, lower_to_quantized_kernels, quantized_engine
+from graphopt.destination import write_bytes
 from graphopt.early_exit.network import EarlyExitNetwork, ScriptableEarlyExit
 from graphopt.errors import ExportError, first_line
 from graphopt.quant import is_quantized
@@ -35,7 +37,10 @@ def export_torchscript(
     engine: Engine = "x86",
 ) -> Path:
     """Trace, freeze and save ``model`` to ``path``. An int8 GraphModule is first lowered onto PyTorch's
-    quantized kernels for ``engine`` (``x86`` or ``qnnpack``), recorded in the file for the runner."""
+    quantized kernels for ``engine`` (``x86`` or ``qnnpack``), recorded in the file for the runner.
+
+    The archive is built in memory and written by Python: torch's C++ zip writer aborts the process
+    (SIGABRT) when the disk fills under it, where a Python write raises an error graphopt can explain."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra: dict[str, str] = {}
@@ -47,13 +52,14 @@ def export_torchscript(
         )
     if isinstance(model, fx.GraphModule) and is_quantized(model):
         model, extra = lower_to_quantized_kernels(model, engine), {ENGINE_FILE: engine}
+    archive = io.BytesIO()
     try:
         with quiet_export(), torch.no_grad(), quantized_engine(engine):
             frozen = torch.jit.freeze(_script_or_trace(model.eval(), example_inputs))
-            torch.jit.save(frozen, str(path), _extra_files=extra)
+            torch.jit.save(frozen, archive, _extra_files=extra)
     except Exception as exc:  # torch.jit raises many types; all mean the same to the user
         raise ExportError(f"TorchScript export failed ({type(exc).__name__}: {first_line(exc)})") from exc
-    return path
+    return write_bytes(path, archive.getvalue(), "TorchScript artifact")
 
 
 def _script_or_trace(
@@ -78,13 +84,19 @@ class TorchScriptRunner:
         self.path = Path(path)
         self.threads = threads
         extra = {ENGINE_FILE: ""}
-        with quiet_export():
-            torch.jit.load(str(path), _extra_files=extra)  # reads the engine the int8 weights were packed for
-            #: The quantized engine of an int8 artifact ("x86", "qnnpack"), None for fp32.
-            engine = extra[ENGINE_FILE]
-            self.engine = (engine.decode() if isinstance(engine, bytes) else engine) or None
-            with quantized_engine(self.engine or torch.backends.quantized.engine):
-                self.module = torch.jit.load(str(path)).eval()
+        try:
+            with quiet_export():
+                torch.jit.load(str(path), _extra_files=extra)  # reads the engine the int8 weights were for
+                #: The quantized engine of an int8 artifact ("x86", "qnnpack"), None for fp32.
+                engine = extra[ENGINE_FILE]
+                self.engine = (engine.decode() if isinstance(engine, bytes) else engine) or None
+                with quantized_engine(self.engine or torch.backends.quantized.engine):
+                    self.module = torch.jit.load(str(path)).eval()
+        except Exception as exc:  # torch.jit.load raises RuntimeError, ValueError...; all mean the same here
+            raise ExportError(
+                f"{self.path} is not a loadable TorchScript program ({type(exc).__name__}: "
+                f"{first_line(exc)}); give a complete .pt file that graphopt exported"
+            ) from exc
 
     def run(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
         tensors = [torch.as_tensor(x) for x in inputs]

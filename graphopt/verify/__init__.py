@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from graphopt.backends import OnnxRunner
-from graphopt.errors import InvalidInputError, RuntimeSetupError
+from graphopt.destination import write_failure
+from graphopt.errors import ExportError, InvalidInputError, RuntimeSetupError, first_line
 from graphopt.verify.runtime import DEFAULT_ORT, Arch, ForeignRuntime
 
 __all__ = ["DEFAULT_ORT", "ForeignRuntime", "VerifyResult", "op_histogram", "verify_artifact"]
@@ -63,11 +65,41 @@ def op_histogram(path: str | Path) -> Counter[str]:
 
 
 def _check_onnx_file(path: Path) -> None:
+    """An :class:`InvalidInputError` for a file that is not an ONNX model at all: empty, another format,
+    or a protobuf with no graph. (A 0-byte file is a valid, empty protobuf: ``onnx.load`` accepts it.)"""
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path} is empty (0 bytes), not an ONNX model; give a complete .onnx file")
     try:
-        onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others for a file that is not ONNX
         raise InvalidInputError(
             f"{path} is not an ONNX model ({type(exc).__name__}); give an .onnx file"
+        ) from exc
+    if not model.HasField("graph") or not model.graph.node:
+        raise InvalidInputError(
+            f"{path} is not an ONNX model (it holds no graph: another protobuf, or a damaged file); "
+            "give a complete .onnx file"
+        )
+
+
+def _reference_runner(path: Path) -> OnnxRunner:
+    """This machine's onnxruntime on ``path`` with graph optimizations off. The file may come from
+    anywhere, so a file it refuses is explained by ``onnx.checker`` first (an invalid model is the file's
+    fault, not the runtime's); only a file the checker accepts is one this runtime cannot read."""
+    try:
+        return OnnxRunner(path, optimization="disabled")
+    except ExportError as exc:
+        try:
+            onnx.checker.check_model(str(path))
+        except Exception as invalid:  # ValidationError, and others for a model the checker cannot read
+            raise InvalidInputError(
+                f"{path} is not a valid ONNX model ({first_line(invalid)}); fix or re-export the file"
+            ) from exc
+        cause = first_line(exc.__cause__) if exc.__cause__ is not None else first_line(exc)
+        raise InvalidInputError(
+            f"{path} is a valid ONNX model that this machine's onnxruntime {ort.__version__} cannot load "
+            f"({cause}); re-export it for that version (if graphopt wrote it, please report it with the "
+            "model)"
         ) from exc
 
 
@@ -86,20 +118,10 @@ def verify_artifact(
         raise InvalidInputError(f"no ONNX file at {path}")
     _check_onnx_file(path)
     runtime = ForeignRuntime(arch, ort_version)
+    reference = _reference_runner(path)  # before the runtime's set-up: a bad file fails in a second
     runtime.prepare(quiet=quiet)
-    reference = OnnxRunner(path, optimization="disabled")
     feeds = _random_inputs(reference, input_sets, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "inputs.npz", **feeds)
-        done = runtime.run(PROBE, str(path.resolve()), str(Path(tmp) / "inputs.npz"), tmp)
-        if done.returncode != 0:
-            raise RuntimeSetupError(
-                f"the {arch} onnxruntime {ort_version} failed on {path.name} (exit {done.returncode}): "
-                + "\n".join(done.stderr.strip().splitlines()[-10:])
-            )
-        ops = op_histogram(Path(tmp) / "optimized.onnx")
-        theirs = dict(np.load(Path(tmp) / "outputs.npz"))
-        info = json.loads((Path(tmp) / "runtime.json").read_text())
+    ops, theirs, info = _run_foreign(runtime, path, feeds)
     quantized = "DequantizeLinear" in op_histogram(path)
     min_cosine = _min_cosine(reference, feeds, theirs)
     result = VerifyResult(
@@ -121,6 +143,31 @@ def verify_artifact(
             f"outputs differ from the file's reference semantics: cosine {min_cosine:.5f} < {MIN_COSINE}"
         )
     return result
+
+
+def _run_foreign(
+    runtime: ForeignRuntime, path: Path, feeds: dict[str, np.ndarray]
+) -> tuple[Counter[str], dict[str, np.ndarray], dict[str, str]]:
+    """The foreign runtime's optimized-graph histogram, outputs and version on ``feeds``, exchanged
+    through a temporary folder (a full temporary disk is a :class:`RuntimeSetupError` saying so)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez(Path(tmp) / "inputs.npz", **feeds)
+            done = runtime.run(PROBE, str(path.resolve()), str(Path(tmp) / "inputs.npz"), tmp)
+            if done.returncode != 0:
+                raise RuntimeSetupError(
+                    f"the {runtime.arch} onnxruntime {runtime.ort_version} failed on {path.name} (exit "
+                    f"{done.returncode}): " + "\n".join(done.stderr.strip().splitlines()[-10:])
+                )
+            ops = op_histogram(Path(tmp) / "optimized.onnx")
+            theirs = dict(np.load(Path(tmp) / "outputs.npz"))
+            info = json.loads((Path(tmp) / "runtime.json").read_text())
+    except OSError as exc:
+        failure = write_failure(exc, Path(tempfile.gettempdir()), "verify's inputs in", RuntimeSetupError)
+        if failure is None:
+            raise
+        raise failure from exc
+    return ops, theirs, info
 
 
 #: Size given to a symbolic dimension other than the batch (a sequence length) in generated inputs.
