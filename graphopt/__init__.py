@@ -21,6 +21,7 @@ from graphopt.errors import (
     SerializationError,
     TrainingDivergedError,
     UnknownNameError,
+    WriteError,
 )
 from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pass_manager import PassManager, PassRecord
@@ -72,6 +73,7 @@ __all__ = [
     "Target",
     "TrainingDivergedError",
     "UnknownNameError",
+    "WriteError",
     "__version__",
     "distill",
     "list_passes",

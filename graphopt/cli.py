@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from graphopt.benchmark.cli import add_bench_commands
 from graphopt.call_options import CALL_OPTIONS, add_call_options, call_options
-from graphopt.errors import ConfigError, GraphoptError
+from graphopt.destination import save_file
+from graphopt.errors import ConfigError, GraphoptError, WriteError
 from graphopt.search.cli import add_search_arguments, refuse_search_flags_without_goal, run_search_command
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     print(result.report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(result.report.to_json())
+        save_file(args.json, result.report.to_json(), "report JSON", WriteError)
     return 0
 
 

@@ -66,6 +66,11 @@ class SerializationError(GraphoptError, RuntimeError):
     """Saving or loading an optimized model failed."""
 
 
+class WriteError(GraphoptError, OSError):
+    """A report, plot, IR dump or cache file could not be written (no space, a read-only folder, ...); the
+    message names the file, the cause and what to do, and nothing partial was left in its place."""
+
+
 class TrainingDivergedError(GraphoptError, RuntimeError):
     """Recovery training produced a non-finite loss; the model was restored to its state before training."""
 

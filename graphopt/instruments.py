@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 import torch.fx as fx
 
-from graphopt.errors import ConfigError
+from graphopt.destination import save_file
+from graphopt.errors import ConfigError, WriteError
 from graphopt.ir import deep_copy
 from graphopt.numerics import Tolerance, allclose, max_abs_difference
 
@@ -155,7 +156,7 @@ class IRDump:
 
     def dump(self, label: str, gm: fx.GraphModule) -> Path:
         path = self.directory / f"{self._count:03d}_{label}.txt"
-        path.write_text(f"# {label}\n\n{gm.graph}\n\n# generated code\n{gm.code}")
+        save_file(path, f"# {label}\n\n{gm.graph}\n\n# generated code\n{gm.code}", "IR dump", WriteError)
         self._count += 1
         return path
 

@@ -281,3 +281,29 @@ def test_verify_names_an_empty_or_invalid_file_instead_of_blaming_graphopt(tmp_p
         with pytest.raises(InvalidInputError, match=message) as info:
             verify_artifact(path, "x86_64")
         assert "please report" not in str(info.value) and "graphopt wrote" not in str(info.value), name
+
+
+def test_a_report_that_cannot_be_written_is_a_write_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    """Reports, bench results and IR dumps are written whole or not at all (save_file), and a refused
+    write is a WriteError (a GraphoptError and an OSError) naming the file and the cause."""
+    import errno
+    from pathlib import Path
+
+    from graphopt.destination import save_file
+    from graphopt.errors import GraphoptError, WriteError
+
+    target = tmp_path / "bench.json"
+    target.write_text("previous")
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        real(self, data[:3])  # a partial write, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(WriteError, match="bench JSON") as caught:
+        save_file(target, "{}" * 100, "bench JSON", WriteError)
+    assert isinstance(caught.value, GraphoptError) and isinstance(caught.value, OSError)
+    assert "no space" in str(caught.value).lower()
+    assert target.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no staging folder left

@@ -41,7 +41,8 @@ from graphopt.backends.onnx_transformer import (
 from graphopt.backends.quiet import quiet_ort
 from graphopt.backends.timing import edge_timing, interleaved_stats
 from graphopt.cost import count_params
-from graphopt.errors import ConfigError
+from graphopt.destination import save_file
+from graphopt.errors import ConfigError, WriteError
 from graphopt.progress import Progress
 from graphopt.zoo.lee import LeeCorpus, embed_all, lee_corpus, lee_score
 from graphopt.zoo.minilm import example_tokens, load_minilm, tokenize
@@ -328,6 +329,6 @@ def minilm_markdown(result: BenchResult) -> str:
 def write_minilm_outputs(result: BenchResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md"}
-    paths["json"].write_text(result.to_json())
-    paths["markdown"].write_text(minilm_markdown(result) + "\n")
+    save_file(paths["json"], result.to_json(), "bench JSON", WriteError)
+    save_file(paths["markdown"], minilm_markdown(result) + "\n", "bench Markdown", WriteError)
     return paths

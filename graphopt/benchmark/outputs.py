@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graphopt.destination import save_file
+from graphopt.errors import WriteError
+
 from .plot import plot as plot_png
 from .render import to_markdown
 from .schema import BenchResult
@@ -13,8 +16,8 @@ def write_outputs(result: BenchResult, out_dir: Path, *, plot: bool) -> dict[str
     """Write the result files into ``out_dir`` (the PNG only when ``plot``); return them by format."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md"}
-    paths["json"].write_text(result.to_json())
-    paths["markdown"].write_text(to_markdown(result) + "\n")
+    save_file(paths["json"], result.to_json(), "bench JSON", WriteError)
+    save_file(paths["markdown"], to_markdown(result) + "\n", "bench Markdown", WriteError)
     if plot:
         paths["png"] = plot_png(result, out_dir / "bench.png")
     return paths

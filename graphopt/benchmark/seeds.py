@@ -18,6 +18,9 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from graphopt.destination import save_file
+from graphopt.errors import WriteError
+
 from .plot import save_latency_plot
 from .runner import BenchConfig, run_bench
 from .schema import ORT_FP32, BenchResult, BenchRow
@@ -160,8 +163,8 @@ def write_seed_outputs(
 ) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "seeds.json", "markdown": out_dir / "seeds.md"}
-    paths["json"].write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    paths["markdown"].write_text(seeds_markdown(results, rows) + "\n")
+    save_file(paths["json"], json.dumps([asdict(r) for r in rows], indent=1), "seeds JSON", WriteError)
+    save_file(paths["markdown"], seeds_markdown(results, rows) + "\n", "seeds Markdown", WriteError)
     if plot:
         paths["png"] = plot_seeds(results[0], rows, out_dir / "seeds.png")
     return paths
