@@ -286,9 +286,6 @@ def test_verify_names_an_empty_or_invalid_file_instead_of_blaming_graphopt(tmp_p
 def test_a_report_that_cannot_be_written_is_a_write_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
     """Reports, bench results and IR dumps are written whole or not at all (save_file), and a refused
     write is a WriteError (a GraphoptError and an OSError) naming the file and the cause."""
-    import errno
-    from pathlib import Path
-
     from graphopt.destination import save_file
     from graphopt.errors import GraphoptError, WriteError
 
