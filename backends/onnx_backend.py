@@ -29,6 +29,7 @@ from graphopt.backends.onnx_subgraphs import sink_initializers
 from graphopt.backends.onnx_transformer import LOWERING_KEY, export_fused_transformer
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
+from graphopt.destination import write_failure
 from graphopt.errors import ExportError, first_line
 from graphopt.quant.dynamic import onnx_translations
 from graphopt.shapes import propagate_shapes
@@ -86,8 +87,10 @@ def export_onnx(
             )
 
     failure = _first_failure(run_exporter, _exporter_attempts(example_inputs, dynamic))
-    if failure is not None:
-        raise ExportError(exporter_failure(failure, opset)) from failure
+    if failure is not None:  # a disk that refused the file is said as such, not as the model's fault
+        raise write_failure(failure, Path(path), "ONNX model") or ExportError(
+            exporter_failure(failure, opset)
+        ) from failure
     if not big:
         _finish_exported(path, model, example_inputs)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 from graphopt.destination import StagedFile, check_destination, save_file, write_bytes
@@ -304,3 +305,19 @@ def test_a_report_that_cannot_be_written_is_a_write_error_and_keeps_the_previous
     assert "no space" in str(caught.value).lower()
     assert target.read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no staging folder left
+
+
+def test_export_onnx_called_directly_says_the_disk_refused_the_file(tmp_path, monkeypatch):
+    """Outside res.export (no staging layer), a refused write once read "Data-dependent Python control
+    flow cannot be exported"."""
+    from torch import nn
+
+    from graphopt.backends.onnx_backend import export_onnx
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.onnx"))
+
+    monkeypatch.setattr(torch.onnx, "export", full_disk)
+    with pytest.raises(ExportError, match=r"cannot write ONNX model .*m\.onnx: no space left") as caught:
+        export_onnx(nn.Linear(4, 2).eval(), (torch.randn(1, 4),), tmp_path / "m.onnx")
+    assert "control flow" not in str(caught.value)
