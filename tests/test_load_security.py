@@ -158,9 +158,20 @@ def test_an_untampered_rewritten_archive_still_loads(saved, tmp_path):
         b"[1, 2]",
         b'{"format": "graphopt.pt2", "version": "1"}',
         b'{"format": "graphopt.pt2", "version": 99}',
+        b'{"format": "graphopt.pt2", "version": -5}',
+        b'{"format": "graphopt.pt2", "version": 0}',
         b"not json",
+        b"[" * 50_000 + b"]" * 50_000,
     ],
-    ids=["json-list", "version-string", "version-newer", "not-json"],
+    ids=[
+        "json-list",
+        "version-string",
+        "version-newer",
+        "version-negative",
+        "version-zero",
+        "not-json",
+        "deep",
+    ],
 )
 def test_a_bad_header_is_a_serialization_error(saved, tmp_path, header):
     archive = _rewrite(saved, tmp_path / "header.pt2", lambda m: m.__setitem__("extra/graphopt.json", header))

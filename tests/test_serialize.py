@@ -53,7 +53,7 @@ def test_load_refuses_foreign_files(tmp_path):
     model, inputs = get_model("mlp").build()
     foreign = tmp_path / "foreign.pt2"
     torch.export.save(torch.export.export(model, inputs), str(foreign))
-    with pytest.raises(SerializationError, match=r"not written by graphopt\.save"):
+    with pytest.raises(SerializationError, match=r"not written by OptimizeResult\.save"):
         graphopt.load(foreign)
 
 
