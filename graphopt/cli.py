@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from graphopt.benchmark.cli import add_bench_commands
+from graphopt.benchmark.models import load_bench_model
 from graphopt.call_options import CALL_OPTIONS, add_call_options, call_options
 from graphopt.destination import save_file
 from graphopt.errors import ConfigError, GraphoptError, WriteError
@@ -229,7 +230,6 @@ def _optimize_once(args: argparse.Namespace) -> OptimizeResult:
     calibration inputs for a reference architecture or a factory): what an int8 target or an accuracy
     budget needs."""
     from graphopt.api import optimize
-    from graphopt.benchmark.models import load_bench_model
     from graphopt.model_spec import parse_shape
 
     shape = parse_shape(args.input_shape) if args.input_shape else None

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +113,15 @@ def allclose(reference: Any, candidate: Any, tolerance: Tolerance) -> tuple[bool
     pairs = zip(ref, cand, strict=True)
     ok = all(torch.allclose(c, r, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True) for r, c in pairs)
     return ok, _max_abs(ref, cand)
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a finite float, or None: not a real number (a bool or a string is not), NaN, infinite,
+    or an int beyond float's range. For options and files where such a value is a mistake to name."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

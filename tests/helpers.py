@@ -93,3 +93,14 @@ class FakeTiming(RuntimeTiming):
         self.asked.append(dict(models))
         answer = self.ms if callable(self.ms) else (lambda name, model: self.ms[name])
         return Timed("onnxruntime", {name: answer(name, model) for name, model in models.items()})
+
+
+class MarkerPayload:
+    """Unpickling this creates ``marker``, the stand-in for arbitrary code in the load-security tests:
+    the file existing afterwards means code from the archive ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))

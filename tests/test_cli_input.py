@@ -27,7 +27,7 @@ def no_long_work(monkeypatch):
 
     monkeypatch.setattr(bench_runner, "run_bench", started)
     monkeypatch.setattr(bench_runner, "load_bench_model", started)
-    monkeypatch.setattr(cli, "load_model", started)
+    monkeypatch.setattr(cli, "load_bench_model", started)
     monkeypatch.setattr(cli, "run_search_command", started)
 
 
@@ -169,13 +169,13 @@ from graphopt.destination import StagedFile
 signal.signal(signal.SIGINT, signal.default_int_handler)
 ready, out = Path(sys.argv[1]), Path(sys.argv[2])
 
-def slow_load_model(spec, shape):
+def slow_load_model(*args, **kwargs):
     with StagedFile(out / "m.onnx") as staged:
         staged.path.write_bytes(b"half written")
         ready.write_text("staged")
         time.sleep(120)
 
-cli.load_model = slow_load_model
+cli.load_bench_model = slow_load_model
 raise SystemExit(cli.main(["optimize", "tests.factories:small_cnn", "--input-shape", "1,3,8,8"]))
 """
 

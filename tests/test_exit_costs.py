@@ -11,9 +11,9 @@ import torch
 
 import graphopt
 from graphopt import EarlyExitConfig
-from graphopt.api import OptimizeCall, run_call
 from graphopt.backends import OnnxRunner
 from graphopt.digits import batches
+from graphopt.driver import OptimizeCall, run_call
 from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.selection import MAX_SUBSET_EXITS, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER

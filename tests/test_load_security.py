@@ -19,16 +19,7 @@ import torch
 import graphopt
 from graphopt.errors import SerializationError
 from graphopt.zoo import get_model
-
-
-class _Payload:
-    """Unpickling this creates ``marker``: the stand-in for arbitrary code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
+from tests.helpers import MarkerPayload
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def _pickled_weight(marker: Path):
         entry["use_pickle"] = True
         members["data/weights/model_weights_config.json"] = json.dumps(config).encode()
         buffer = io.BytesIO()
-        torch.save(_Payload(marker), buffer)
+        torch.save(MarkerPayload(marker), buffer)
         members[f"data/weights/{entry['path_name']}"] = buffer.getvalue()
 
     return edit
@@ -71,14 +62,14 @@ def _pickled_weight(marker: Path):
 
 def _pickled_sample_inputs(marker: Path):
     def edit(members):
-        members["data/sample_inputs/model.pt"] = pickle.dumps(_Payload(marker))
+        members["data/sample_inputs/model.pt"] = pickle.dumps(MarkerPayload(marker))
 
     return edit
 
 
 def _legacy_weights_file(marker: Path):
     def edit(members):
-        members["data/weights/model.pt"] = pickle.dumps(_Payload(marker))
+        members["data/weights/model.pt"] = pickle.dumps(MarkerPayload(marker))
 
     return edit
 
@@ -87,7 +78,7 @@ def _opaque_constant(marker: Path):
     def edit(members):
         config = {"config": {"c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True}}}
         members["data/constants/model_constants_config.json"] = json.dumps(config).encode()
-        members["data/constants/opaque_obj_0"] = pickle.dumps(_Payload(marker))
+        members["data/constants/opaque_obj_0"] = pickle.dumps(MarkerPayload(marker))
 
     return edit
 
@@ -181,7 +172,7 @@ def test_a_bad_header_is_a_serialization_error(saved, tmp_path, header):
 
 def test_a_file_that_is_not_a_zip_is_a_serialization_error(tmp_path):
     path = tmp_path / "junk.pt2"
-    path.write_bytes(pickle.dumps(_Payload(tmp_path / "marker")))
+    path.write_bytes(pickle.dumps(MarkerPayload(tmp_path / "marker")))
     with pytest.raises(SerializationError, match="not a zip"):
         graphopt.load(path)
     assert not (tmp_path / "marker").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.api import OptimizeCall, run_call
+from graphopt.driver import OptimizeCall, run_call
 from graphopt.pass_base import PassContext
 from graphopt.quant import is_quantized
 from graphopt.recovery import RecoveryConfig

@@ -31,6 +31,7 @@ from torch.export import Dim
 import graphopt
 from graphopt import serialize
 from graphopt.errors import SerializationError
+from tests.helpers import MarkerPayload
 
 ROOT = "archive"
 _WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
@@ -53,16 +54,6 @@ class _SeqModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(torch.relu(self.proj(x)).transpose(1, 2))
         return torch.cat([y, y], dim=2).flatten(1)
-
-
-class _Payload:
-    """Unpickling this creates ``marker``: the stand-in for arbitrary code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +194,7 @@ def _pickle_config(entries: list[Entry]) -> tuple[bytes, str]:
 
 def _torch_pickle(marker: Path) -> bytes:
     buffer = io.BytesIO()
-    torch.save(_Payload(marker), buffer)
+    torch.save(MarkerPayload(marker), buffer)
     return buffer.getvalue()
 
 

@@ -8,8 +8,8 @@ import torch
 
 import graphopt
 from graphopt import ConfigError, Goals, InvalidInputError, RecoveryConfig, SearchConfig
-from graphopt.api import CacheScope, OptimizeCall, run_call
 from graphopt.digits import batches
+from graphopt.driver import CacheScope, OptimizeCall, run_call
 from graphopt.search.goals import parse_goals
 from graphopt.stage_cache import StageCache
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch.fx as fx
 
-from graphopt.api import CacheScope, OptimizeCall, run_call
 from graphopt.backends import OnnxRunner, backend_for, export_onnx
+from graphopt.driver import CacheScope, OptimizeCall, run_call
 from graphopt.early_exit.measure import has_exits
 from graphopt.ir import deep_copy
 from graphopt.keys import EXPECTED_MACS_SHARE, ZIPPED_BYTES

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphopt.api import OptimizeCall
+from graphopt.driver import OptimizeCall
 from graphopt.errors import InvalidInputError
 from graphopt.evaluation import Batch, materialize_labelled
 from graphopt.recovery.data import read_labelled

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graphopt.api import CacheScope, OptimizeCall, plan_of, run_call
+from graphopt.driver import CacheScope, OptimizeCall, plan_of, run_call
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.evaluation import Batch
 from graphopt.inputs import check_example_inputs, private_eval_copy

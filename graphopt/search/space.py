@@ -19,7 +19,6 @@ first exit costs at least that exit's fraction of the backbone).
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
+from graphopt.numerics import finite_number
 from graphopt.pruning.config import Importance
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class SearchConfig:
         # iterated character by character
         ratios = _choices(self, "prune_ratios", "(0.0, 0.5)")
         for r in ratios:
-            if _finite(r) is None or not 0 <= r < 1:
+            if finite_number(r) is None or not 0 <= r < 1:
                 raise ConfigError(
                     f"SearchConfig.prune_ratios must be fractions in [0, 1), e.g. (0.0, 0.5); got {r!r} "
                     "(the share of channels removed: 0.5 removes half)"
@@ -96,7 +96,7 @@ class SearchConfig:
             raise ConfigError(
                 f"SearchConfig.max_candidates must be a whole number >= 1, e.g. 24; got {count!r}"
             )
-        minutes = _finite(self.max_minutes)
+        minutes = finite_number(self.max_minutes)
         if minutes is None or minutes <= 0:
             raise ConfigError(
                 f"SearchConfig.max_minutes must be a finite number of minutes > 0, e.g. 20.0; "
@@ -107,7 +107,7 @@ class SearchConfig:
                 f"SearchConfig.tie_break is 'speed', 'accuracy' or 'size'; got {self.tie_break!r}"
             )
         _check_cache_dir(self.cache_dir)
-        share = _finite(self.tune_share)
+        share = finite_number(self.tune_share)
         if share is None or not 0 < share < 1:
             raise ConfigError(
                 f"SearchConfig.tune_share must be a fraction in (0, 1), e.g. 0.5; got {self.tune_share!r}"
@@ -115,18 +115,6 @@ class SearchConfig:
         if not isinstance(self.quiet, bool):
             raise ConfigError(f"SearchConfig.quiet must be True or False, got {self.quiet!r}")
         _check_reuse(self.reuse)
-
-
-def _finite(value: object) -> float | None:
-    """``value`` as a finite float, or None: not a real number (a bool or a string is not), NaN, infinite,
-    or an int beyond float's range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _choices(

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import stat
 import tempfile
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from graphopt.errors import ConfigError
+from graphopt.numerics import finite_number
 from graphopt.search.measure import Measured
 
 SCHEMA = 2
@@ -219,19 +219,8 @@ def _suffix(backend: object) -> str:
     return BACKENDS[backend].suffix
 
 
-def _finite(value: object) -> float | None:
-    """``value`` as a finite float, or None (not a number, NaN, infinite, or an int past float's range)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _positive_number(value: object, name: str) -> float:
-    number = _finite(value)
+    number = finite_number(value)
     if number is None or number <= 0:
         raise _Rejected(f"{name}={_short(value)} is not a finite number > 0")
     return number
@@ -240,7 +229,7 @@ def _positive_number(value: object, name: str) -> float:
 def _optional_number(value: object, name: str, low: float, high: float) -> float | None:
     if value is None:
         return None
-    number = _finite(value)
+    number = finite_number(value)
     if number is None or not low <= number <= high:
         raise _Rejected(f"{name}={_short(value)} is not a number in [{low:g}, {high:g}]")
     return number

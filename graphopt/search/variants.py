@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from graphopt.api import OptimizeCall
+from graphopt.driver import OptimizeCall
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.plan import INT8_SLOTS
 from graphopt.pruning.config import PruneConfig
