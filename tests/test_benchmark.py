@@ -28,6 +28,7 @@ from graphopt.benchmark import (
 )
 from graphopt.benchmark import timing as bench_timing
 from graphopt.benchmark.machine import RELEVANT_FLAGS, gemm_peaks, machine_facts
+from graphopt.benchmark.pipelines import Pipeline
 from graphopt.benchmark.plot import pareto_front
 from graphopt.benchmark.schema import EAGER_FP32, ORT_FP32, BenchError, BenchRow
 from graphopt.benchmark.summary import summary_markdown
@@ -521,3 +522,17 @@ def test_rows_scored_while_optimizing_are_not_scored_again_and_hold_their_runtim
     assert files - {None} == {tmp_path / "artifacts" / f"{name}.onnx" for name in lowered}
     file = OnnxRunner(tmp_path / "artifacts" / f"{stem}.onnx")
     assert accuracy(file.run_batched, digits.test_batches()) == artifact.accuracy
+
+
+def test_a_custom_target_benches_as_given():
+    """A Target that is no preset (a replace under a new name) runs in the bench as given, named by its
+    own name in the rows."""
+    import dataclasses
+
+    import graphopt
+
+    custom = dataclasses.replace(graphopt.TARGETS["generic-fp32"], name="my-fp32")
+    config = BenchConfig(model="mlp", pipelines=(Pipeline(target=custom),), rounds=1, round_ms=5,
+                         measure_peak=False, quiet=True)  # fmt: skip
+    result = run_bench(config)
+    assert result.complete and any(row.pipeline == "my-fp32" for row in result.rows)

@@ -3,6 +3,8 @@ every goal returned (or the closest, naming the miss), shared stages run once, r
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -49,13 +51,22 @@ def _halves(digits):
     return batches_[: len(batches_) // 2], batches_[len(batches_) // 2 :]
 
 
-def _search(model, digits, goals, config, **kwargs):
+def _search(model, digits, goals, config, target="x86-int8", **kwargs):
     validation, test = _halves(digits)
     return graphopt.optimize(
-        model, "x86-int8", example_inputs=(digits.test_x[:1],),
+        model, target, example_inputs=(digits.test_x[:1],),
         calibration_data=[digits.train_x[i : i + 32] for i in range(0, 128, 32)],
         validation_data=validation, eval_data=test, goals=goals, search=config, **kwargs,
     )  # fmt: skip
+
+
+def test_a_custom_target_is_searched_as_given(digits_model, digits):
+    """A replace of a preset under a new name is no preset: every candidate runs the Target object."""
+    custom = dataclasses.replace(graphopt.TARGETS["x86-int8"], name="my-x86-int8")
+    config = SearchConfig(prune_ratios=(0.0,), exits=(False,), int8=("on",), quiet=True)
+    res = _search(digits_model, digits, Goals(max_accuracy_drop=1.0), config, target=custom)
+    assert res.search.chosen is not None and res.report.target == "my-x86-int8"
+    assert res.search.chosen.point.int8 == "on"
 
 
 def test_the_returned_artifact_meets_every_goal_and_exports_as_measured(digits_model, digits, tmp_path):

@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 
 from graphopt.call_options import BENCH_TOKENS
 from graphopt.errors import ConfigError
-from graphopt.targets import TARGETS, Target, resolve_target
+from graphopt.targets import Target, resolve_target
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    target: str
+    target: str | Target  # a preset's name, or a Target (a custom one is no preset: it runs as given)
     prune: float = 0.0
     early_exit: bool = False
     sparsify: float = 0.0
@@ -31,7 +31,7 @@ class Pipeline:
 
     @property
     def spec(self) -> Target:
-        return TARGETS[self.target]
+        return resolve_target(self.target)
 
     @property
     def quantized(self) -> bool:
@@ -39,7 +39,7 @@ class Pipeline:
 
     @property
     def label(self) -> str:
-        parts = [self.target]
+        parts = [self.spec.name]
         if self.prune:
             parts.append(f"prune={self.prune:g}")
         if self.sparsify:
