@@ -226,18 +226,33 @@ def _refuse_call_options_in_a_search(args: argparse.Namespace) -> None:
 
 
 def _optimize_once(args: argparse.Namespace) -> OptimizeResult:
-    """One plan on the named model with the data it comes with (a digits model's labelled splits; random
-    calibration inputs for a reference architecture or a factory): what an int8 target or an accuracy
-    budget needs."""
+    """One plan on the named model with the data it comes with: a digits model's labelled splits, random
+    calibration inputs for a reference architecture (random weights too). A factory's model brings no data,
+    and graphopt does not calibrate a real model on noise: int8 targets need the Python API's
+    ``calibration_data`` there. Calibration data goes only to plans that read it, and the report says
+    where it came from."""
     from graphopt.api import optimize
+    from graphopt.benchmark.pipelines import Pipeline
     from graphopt.model_spec import parse_shape
 
+    pipeline = Pipeline(args.target, prune=args.prune, sparsify=args.sparsify)
+    factory = ":" in args.model
+    if factory and pipeline.quantized:
+        raise ConfigError(
+            f"{args.target} calibrates int8 on real inputs, and a factory's model comes with none on the "
+            "command line: call graphopt.optimize(model, target, example_inputs, calibration_data=...) from "
+            "Python, or choose an fp32 target (generic-fp32, arm-fp32)"
+        )
     shape = parse_shape(args.input_shape) if args.input_shape else None
-    bench = load_bench_model(args.model, input_shape=shape, synthetic_data=True, quiet=True)
-    return optimize(
-        bench.model, args.target, bench.example_inputs, calibration_data=bench.calibration,
+    bench = load_bench_model(args.model, input_shape=shape, synthetic_data=not factory, quiet=True)
+    calibration = bench.calibration if pipeline.quantized or pipeline.prune else None
+    result = optimize(
+        bench.model, args.target, bench.example_inputs, calibration_data=calibration,
         eval_data=bench.eval, dump_ir=args.dump_ir, **call_options(args),
     )  # fmt: skip
+    if calibration is not None:
+        result.report.notes.append(f"data: {bench.data}")
+    return result
 
 
 def _check_optimize_outputs(args: argparse.Namespace) -> None:

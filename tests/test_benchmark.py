@@ -28,7 +28,7 @@ from graphopt.benchmark import (
 )
 from graphopt.benchmark import timing as bench_timing
 from graphopt.benchmark.machine import RELEVANT_FLAGS, gemm_peaks, machine_facts
-from graphopt.benchmark.pipelines import Pipeline
+from graphopt.benchmark.pipelines import Pipeline, without_exits_label
 from graphopt.benchmark.plot import pareto_front
 from graphopt.benchmark.schema import EAGER_FP32, ORT_FP32, BenchError, BenchRow
 from graphopt.benchmark.summary import summary_markdown
@@ -536,3 +536,10 @@ def test_a_custom_target_benches_as_given():
                          measure_peak=False, quiet=True)  # fmt: skip
     result = run_bench(config)
     assert result.complete and any(row.pipeline == "my-fp32" for row in result.rows)
+
+
+@pytest.mark.parametrize("label", ["x86-int8+prune=0.5+early-exit+labels-only", "generic-fp32+early-exit"])
+def test_an_exit_pipelines_twin_is_found_by_label_for_presets_and_custom_targets(label):
+    assert without_exits_label(label) == parse_pipeline(label).without_exits.label
+    custom = label.replace(label.split("+")[0], "my-target")  # no preset: cannot be parsed
+    assert without_exits_label(custom) == custom.replace("+early-exit", "")

@@ -48,3 +48,16 @@ def test_graphopt_optimize_takes_the_options_graphopt_plan_takes(tmp_path, capsy
 def test_a_search_refuses_options_it_chooses_itself(capsys):
     assert main(["optimize", "digits_resnet", "--goal", "size<=1MB", "--prune", "0.5"]) == 2
     assert "--prune fix what a --goal search chooses" in capsys.readouterr().err
+
+
+def test_a_factory_model_is_not_calibrated_on_noise(capsys):
+    """The CLI has no data for a factory's model: int8 is refused with the way to give real inputs."""
+    argv = ["optimize", "tests.factories:small_cnn", "--input-shape", "1,3,8,8", "--target", "x86-int8"]
+    assert main(argv) == 2
+    assert "calibration_data=" in capsys.readouterr().err
+
+
+def test_an_fp32_run_gets_no_data_it_does_not_read(capsys):
+    assert main(["optimize", "mlp", "--target", "generic-fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "no pass read it" not in out and "note: data:" not in out

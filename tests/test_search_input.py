@@ -153,6 +153,31 @@ def test_an_edited_cache_entry_is_measured_again_in_a_search_and_the_report_says
     assert stored is not None and stored.measured.bytes == real_bytes and store.notes == []
 
 
+def test_cached_artifacts_are_never_loaded_before_their_plan_rebuilds_them(tmp_path, monkeypatch):
+    """The digests do not stop someone who recomputes them, so a file from the cache is never run: cached
+    finalists are not timed again, and the returned one is rebuilt and compared byte for byte first."""
+    from graphopt.backends import onnx_backend
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    config = SearchConfig(prune_ratios=(0.0, 0.5), int8=("off",), exits=(False,), cache_dir=tmp_path / "c",
+                          quiet=True)  # fmt: skip
+    example = (torch.randn(1, 16),)
+    graphopt.optimize(model, "generic-fp32", example, goals=Goals(max_bytes=10**6), search=config)
+    loaded: list[str] = []
+    real_init = onnx_backend.OnnxRunner.__init__
+
+    def recording(self, path, *args, **kwargs):
+        loaded.append(str(path))
+        real_init(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_backend.OnnxRunner, "__init__", recording)
+    again = graphopt.optimize(model, "generic-fp32", example, goals=Goals(max_bytes=10**6), search=config)
+    assert {row["status"] for row in again.search.table()} == {"cached"}
+    cache = str(tmp_path / "c")
+    assert not [p for p in loaded if p.startswith(cache) or "cached-" in Path(p).name], loaded
+
+
 def test_a_full_disk_while_caching_is_a_note_and_leaves_no_partial_file(tmp_path, monkeypatch):
     store, _ = _saved(tmp_path)
     for path in store.folder.iterdir():

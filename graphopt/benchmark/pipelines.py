@@ -54,7 +54,17 @@ class Pipeline:
 
 
 #: The value-less options of a pipeline label and the Pipeline field each one sets.
-FLAGS = {"early-exit": "early_exit", "labels-only": "labels_only"}
+EARLY_EXIT_FLAG = "early-exit"
+FLAGS = {EARLY_EXIT_FLAG: "early_exit", "labels-only": "labels_only"}
+
+
+def without_exits_label(label: str) -> str:
+    """A pipeline label without its ``+early-exit`` token: the label of :attr:`Pipeline.without_exits`
+    (labels list their options in one order), found without parsing the label, since a custom Target's
+    name is no preset."""
+    return "+".join(part for part in label.split("+") if part != EARLY_EXIT_FLAG)
+
+
 USAGE = "TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]"
 
 

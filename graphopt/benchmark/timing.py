@@ -20,7 +20,7 @@ from .candidates import Candidate
 from .machine import gemm_peaks
 from .models import BenchModel
 from .peer_rows import PEERS
-from .pipelines import parse_pipeline
+from .pipelines import without_exits_label
 from .schema import REFERENCES, BenchResult, BenchRow
 
 RatioStatistic = Literal["min", "paired-median"]
@@ -94,7 +94,7 @@ def _images_for(runner: Candidate, samples: list[tuple]) -> list[tuple]:
 
 def _without_exits(exit_model: Candidate, candidates: list[Candidate]) -> Candidate | None:
     """The timed artifact, in the same runtime, of the exit model's pipeline without ``+early-exit``."""
-    label = parse_pipeline(exit_model.row.pipeline).without_exits.label
+    label = without_exits_label(exit_model.row.pipeline)
     return next(
         (
             c

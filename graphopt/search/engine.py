@@ -169,10 +169,11 @@ class _SearchRun:
             self._progress(i + 1, len(queue), row)
 
     def retime_finalists(self) -> None:
-        """The rows on the Pareto front or meeting every goal, timed again together (one session)."""
+        """The rows on the Pareto front or meeting every goal, timed again together (one session). Only
+        artifacts this run built: a cached artifact is a file from disk, never loaded or run before its
+        plan rebuilds it (``rebuild_choice``); cached rows keep the timing stored with them."""
         judge(self.rows, self.goals)
-        timed_here = ("measured", "cached")  # artifacts on disk now (reused rows' files went with their run)
-        finalists = [r for r in self.rows if r.status in timed_here and (not r.dominated or not r.misses)]
+        finalists = [r for r in self.rows if r.status == "measured" and (not r.dominated or not r.misses)]
         if len(finalists) < 2:
             return
         measured = [r.measured for r in finalists if r.measured is not None]

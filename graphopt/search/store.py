@@ -5,10 +5,11 @@ A candidate is stored under the SHA-256 of everything its measurement depends on
 
     scope (model weights, data, target) | backend | scoring-data digest | repr of every pass of its plan
 
-(pass options carry the seeds, epochs, ratios and budgets), as ``<key><suffix>`` (the artifact, for timing
-it again beside the others) and ``<key>.json`` (the measurement, plain JSON: nothing in the folder is ever
-executed or unpickled). When a stored candidate is the one returned, its plan runs again to rebuild the
-result (optimize is deterministic given its options) and the artifact is checked to be the same file.
+(pass options carry the seeds, epochs, ratios and budgets), as ``<key><suffix>`` (the artifact, compared
+byte for byte with the rebuilt one when its candidate is returned) and ``<key>.json`` (the measurement,
+plain JSON: nothing in the folder is ever executed or unpickled). When a stored candidate is the one
+returned, its plan runs again to rebuild the result (optimize is deterministic given its options) and the
+artifact is checked to be the same file.
 
 The folder is input like any other: an entry is used only when it is whole and agrees with itself.
 
@@ -20,8 +21,9 @@ The folder is input like any other: an entry is used only when it is whole and a
 Every field is checked for its type and range (finite positive latencies, whole byte counts, a known
 backend); the artifact's name is derived from the key and the backend, never read from the JSON. An entry
 failing any check is a cache *miss*: the candidate is measured again, and a note says which entry was
-ignored and why. The digests catch corruption and edits, not an adversary who recomputes them; nothing in
-the folder can run code either way, and a returned candidate is rebuilt and compared byte for byte.
+ignored and why. The digests catch corruption and edits, not an adversary who recomputes them: so nothing
+in the folder is ever loaded or run, the stored artifacts included (finalists from the cache are not timed
+again; a returned candidate is rebuilt from its plan and compared byte for byte before it is returned).
 
 Entries are written atomically: the artifact, then the JSON, each to a temporary file in the folder moved
 into place with ``os.replace``, so a crash or a full disk never leaves an entry that names a partial
@@ -77,8 +79,8 @@ class CandidateStore:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     def load(self, key: str, workdir: Path) -> StoredMeasurement | None:
-        """The stored measurement, its artifact copied into ``workdir`` as it was checked (so what is timed
-        later is what was checked), or None: absent, or failing a check (module docstring; then a note)."""
+        """The stored measurement, its artifact copied into ``workdir`` as it was checked (what a rebuild is
+        compared with), or None: absent, or failing a check (module docstring; then a note)."""
         path = self.folder / f"{key}.json"
         if not path.exists():
             return None
