@@ -147,7 +147,16 @@ _STAGING = re.compile(r"\..+\.graphopt-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[a-
 def _host_tag() -> str:
     """This machine, in a staging folder's name: a folder shared between machines or containers holds
     other hosts' folders, whose process ids mean nothing here, so they are never judged stale."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return hashlib.sha256(f"{socket.gethostname()} {_pid_namespace()}".encode()).hexdigest()[:8]
+
+
+def _pid_namespace() -> str:
+    """Which process-id space this process lives in: containers sharing a hostname and a volume have their
+    own, and a process id of one means nothing in another."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux, or /proc hidden: the hostname alone tells machines apart
+        return ""
 
 
 def _staging_prefix(name: str) -> str:

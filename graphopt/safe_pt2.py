@@ -175,6 +175,14 @@ MAX_EXPR_EXPONENT = 64
 #: The most decimal digits any value inside an expression may reach (an upper bound computed while parsing).
 MAX_EXPR_VALUE_DIGITS = 1000
 MAX_JSON_DEPTH = 100
+#: Arguments of one ``Max`` / ``Min`` call: sympy's cost grows with their square (199 arguments took 28 s
+#: to load); torch prints them with two or a few.
+MAX_EXPR_CALL_ARGS = 8
+#: Characters of all symbolic expressions of one program together: each is cheap, thousands add up.
+MAX_PROGRAM_EXPR_CHARS = 200_000
+#: Tree-spec node types a program's ``in_spec`` / ``out_spec`` may name: torch resolves others through
+#: registries, and its dict context reader imports modules named in ``{"__enum__": ...}`` objects.
+ALLOWED_TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict"})
 _EXPR_TOKEN = re.compile(
     r"\s*(?:(?P<int>\d+)|(?P<name>[A-Za-z_]\w*)|(?P<quoted>'[^']*')|(?P<op>\*\*|//|<=|>=|==|!=|[-+*/%(),<>=]))"
 )
@@ -370,7 +378,14 @@ def _checked_program(program: Any, name: str) -> dict[str, Any]:
             "compiles it into Python); graphopt does not load archives that hold code"
         )
     program = _without_node_metadata(program)
+    expression_chars = 0
     for key, value in _strings(program):
+        expression_chars += len(value) if key == "expr_str" else 0
+        if expression_chars > MAX_PROGRAM_EXPR_CHARS:
+            raise SerializationError(
+                f"{name}: its program holds over {MAX_PROGRAM_EXPR_CHARS} characters of symbolic shape "
+                f"expressions (graphopt's models hold a few hundred); {_RESAVE}"
+            )
         problem = _string_problem(key, value)
         if problem:
             raise SerializationError(
@@ -414,12 +429,50 @@ def _string_problem(key: str, value: str) -> str | None:
     if key == "guards_code":
         return None if _is_shape_guard(value) else f"guard {value!r} is not a comparison of input sizes"
     if key in {"in_spec", "out_spec"}:
-        return None  # JSON tree specs: torch resolves their types from a registry, never by import
+        return _treespec_problem(value)
+    if key == "as_operator":  # a callable torch resolves by walking attributes: the op allow-list applies
+        return None if _allowed_target(value) else f"operator {value!r} is not an allowed operator"
     if key in _FREE_KEYS:
         return None if re.fullmatch(r"[\w.+\-]*", value) else f"{key} {value!r} is malformed"
     if not _DOTTED_NAME.fullmatch(value):  # no spaces, quotes or brackets: nothing codegen could run
         return f"{key} {value!r} is not a plain name"
     return None
+
+
+def _treespec_problem(text: str) -> str | None:
+    """Why a serialized pytree spec is not one graphopt writes (nested tuples, lists and dicts of tensors,
+    dict keys plain strings or integers), or None. torch's reader imports modules named in its dict
+    contexts (``{"__enum__": true, "fqn": "module:attr"}``) and resolves other node types by name."""
+    try:
+        version, root = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return f"tree spec {text[:80]!r} is not [version, node] JSON"
+    if type(version) is not int:
+        return f"tree spec {text[:80]!r} has no integer version"
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, dict) or node.keys() != {"type", "context", "children_spec"}:
+            return "a tree spec node is not {type, context, children_spec}"
+        if node["type"] not in ALLOWED_TREESPEC_TYPES:
+            return f"tree spec type {str(node['type'])[:80]!r} is not a tuple, list or dict"
+        if not _plain_context(node["context"]):
+            return f"tree spec context {str(node['context'])[:80]!r} is not a list of plain keys"
+        if not isinstance(node["children_spec"], list):
+            return "a tree spec node's children are not a list"
+        pending.extend(node["children_spec"])
+    return None
+
+
+def _plain_context(context: Any) -> bool:
+    """A node's context: none, or (a dict's) JSON list of string or integer keys."""
+    if context is None or context == "null":
+        return True
+    try:
+        keys = json.loads(context) if isinstance(context, str) else None
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(keys, list) and all(type(k) in (str, int) for k in keys)
 
 
 def _allowed_target(target: str) -> bool:
@@ -604,6 +657,8 @@ class _ShapeExpr:
         while self.peek() == ",":
             self.take()
             sizes.append(self.parse_expr())
+            if len(sizes) > MAX_EXPR_CALL_ARGS:
+                raise _ExprRefused(f"{name} has over {MAX_EXPR_CALL_ARGS} arguments")
         if name in _MULTIPLYING_CALLS:
             return sum(sizes)
         return max(sizes) + len(str(len(sizes)))  # a sum of n values has at most log10(n) more digits
@@ -625,7 +680,7 @@ class _ShapeExpr:
         """A literal integer, optionally signed or parenthesised (the tokenizer caps its digits)."""
         if self.peek() == "(":
             self.take()
-            value = self.parse_small_int()
+            value = self.nested(self.parse_small_int)
             self.take(text=")")
             return value
         sign = 1

@@ -91,9 +91,11 @@ def load(path: str | Path) -> nn.Module:
         with quiet_export():
             program = load_program(checked)
             return program.module()
-    except SerializationError:
+    except (SerializationError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # a corrupt archive: torch raises many types; all mean the same to the user
+    # BaseException: a SystemExit or GeneratorExit raised inside torch's reader must not end the caller's
+    # process; a corrupt archive makes torch raise many types, and all mean the same to the user.
+    except BaseException as exc:
         raise SerializationError(
             f"{path} is not a loadable graphopt .pt2 archive ({type(exc).__name__}: {first_line(exc)}); "
             "re-save the model with OptimizeResult.save"

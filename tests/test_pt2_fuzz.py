@@ -213,6 +213,24 @@ def _program_with(entries: list[Entry], expr: str) -> list[Entry]:
     raise AssertionError("the saved program holds no symbolic expression")
 
 
+def _in_spec(spec: object) -> Case:
+    """The program's input tree spec replaced: torch's reader imports a module named in a dict context's
+    ``{"__enum__": ...}`` object and resolves node types by name."""
+
+    def case(entries, marker):
+        program = json.loads(_named(entries, _PROGRAM).data)
+        program["graph_module"]["module_call_graph"][0]["signature"]["in_spec"] = json.dumps(spec)
+        return build(_with(entries, _PROGRAM, data=json.dumps(program).encode()))
+
+    return case
+
+
+def _enum_context(fqn: str) -> list:
+    context = json.dumps([{"__enum__": True, "fqn": fqn}])
+    return [1, {"type": "builtins.dict", "context": context, "children_spec": [
+        {"type": None, "context": None, "children_spec": []}]}]  # fmt: skip
+
+
 def _duplicate_weights_config(evil_first: bool) -> Case:
     """The issue's exploit: one copy of the config (which torch reads) says use_pickle, and the weight it
     names is a pickle too; each order, since zip readers disagree on which duplicate wins."""
@@ -332,6 +350,10 @@ def _header(text: bytes) -> Case:
     return lambda entries, marker: build(_with(entries, _HEADER, data=text))
 
 
+#: 199 arguments: sympy's cost grows with their square (28 s to load before the cap).
+_MANY_ARGUMENT_MAX = f"Max({', '.join(f's{i}' for i in range(1, 200))})"
+_NAMEDTUPLE_SPEC = [1, {"type": "collections.namedtuple", "context": "null", "children_spec": []}]
+
 CASES: dict[str, tuple[Case, str]] = {
     **{
         f"duplicate-{what}-evil-{order}": (make(order == "first"), "twice")
@@ -375,6 +397,10 @@ CASES: dict[str, tuple[Case, str]] = {
     "expr-lambda": (_expression("(lambda: open('MARKER', 'w'))()"), "outside the grammar|shape function"),
     "tensor-meta-larger-than-payload": (_tensor_meta([4096, 4096], empty_payload=False), "payload holds"),
     "tensor-meta-empty-payload-bomb": (_tensor_meta([100_000, 100_000], empty_payload=True), "payload holds"),
+    "expr-max-many-arguments": (_expression(_MANY_ARGUMENT_MAX), "arguments"),
+    "expr-parenthesised-exponent": (_expression("Pow(s77, " + "(" * 1500 + "2" + ")" * 1500 + ")"), "nests"),
+    "treespec-enum-import": (_in_spec(_enum_context("this:x")), "tree spec context"),
+    "treespec-namedtuple": (_in_spec(_NAMEDTUPLE_SPEC), "tree spec type"),
     "header-version-negative": (_header(b'{"format": "graphopt.pt2", "version": -5}'), "version"),
     "header-version-zero": (_header(b'{"format": "graphopt.pt2", "version": 0}'), "version"),
 }

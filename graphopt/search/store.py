@@ -156,7 +156,7 @@ def _check_writable(folder: Path) -> None:
 def _read_entry(path: Path) -> dict[str, Any]:
     _check_regular(path, "it")
     try:
-        with path.open("rb") as f:
+        with _open_regular(path, "it") as f:
             data = f.read(MAX_ENTRY_BYTES + 1)  # bounded, should the file grow while it is read
     except OSError as exc:
         raise _Rejected(f"unreadable: {exc.strerror or exc}") from None
@@ -169,6 +169,17 @@ def _read_entry(path: Path) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise _Rejected(f"a JSON {type(entry).__name__}, not an object")
     return entry
+
+
+def _open_regular(path: Path, what: str) -> Any:
+    """``path`` opened for reading only if it is, once open, a plain file: a pipe or device swapped in
+    after :func:`_check_regular` could block the reader forever (no wait to open: O_NONBLOCK; no link:
+    O_NOFOLLOW)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _Rejected(f"{what} is not a plain file")
+    return os.fdopen(fd, "rb")
 
 
 def _check_regular(path: Path, what: str) -> int:
@@ -269,7 +280,7 @@ def _copy_hashing(source: Path, f: Any, limit: int | None = None) -> tuple[str, 
     """Copy ``source`` (its first ``limit`` bytes) into the open file ``f``: the SHA-256 and size of exactly
     the bytes written."""
     digest, size = hashlib.sha256(), 0
-    with source.open("rb") as src:
+    with _open_regular(source, f"the artifact {source.name}") as src:
         while chunk := src.read(_CHUNK if limit is None else min(_CHUNK, limit - size)):
             digest.update(chunk)
             size += len(chunk)
