@@ -37,18 +37,20 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def _module_level_imports(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement run when the module is imported: any block at module level (if, try, with,
+    for, while, match, class bodies), not function bodies and not ``if TYPE_CHECKING:``."""
     for node in body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        elif isinstance(node, ast.If):
-            if not _is_type_checking(node.test):
-                yield from _module_level_imports(node.body)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
             yield from _module_level_imports(node.orelse)
-        elif isinstance(node, ast.Try):
-            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
-                yield from _module_level_imports(block)
-        elif isinstance(node, ast.With):
-            yield from _module_level_imports(node.body)
+        else:
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                for child in getattr(node, field, []):
+                    block = child.body if isinstance(child, (ast.ExceptHandler, ast.match_case)) else [child]
+                    yield from _module_level_imports(block)
 
 
 def _with_parents(name: str, modules: dict[str, Path]) -> set[str]:
@@ -124,11 +126,30 @@ def test_no_module_level_import_cycles() -> None:
     assert not found, "module-level import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-def test_no_pass_imports_a_backend() -> None:
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, pending = set(), [start]
+    while pending:
+        for successor in graph[pending.pop()] - seen:
+            seen.add(successor)
+            pending.append(successor)
+    return seen
+
+
+def test_no_pass_imports_a_backend_even_through_other_modules() -> None:
     graph = import_graph()
     offenders = {
-        name: sorted(t for t in targets if t.startswith("graphopt.backends"))
-        for name, targets in graph.items()
+        name: sorted(t for t in _reachable(graph, name) if t.startswith("graphopt.backends"))
+        for name in graph
         if name.startswith("graphopt.passes.")
     }
     assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_checker_sees_imports_in_every_module_level_block() -> None:
+    source = (
+        "import a\nclass C:\n    import b\nfor _ in ():\n    import c\n"
+        "try:\n    pass\nexcept E:\n    import d\n"
+        "def f():\n    import e\nif TYPE_CHECKING:\n    import g\n"
+    )
+    found = {alias.name for node in _module_level_imports(ast.parse(source).body) for alias in node.names}
+    assert found == {"a", "b", "c", "d"}
