@@ -50,7 +50,7 @@ from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import check_label_range, read_labelled
 from graphopt.report import Report
 from graphopt.result import OptimizeResult
-from graphopt.services import TimingService
+from graphopt.services import RuntimeTiming, TimingService
 from graphopt.shapes import propagate_shapes
 from graphopt.stage_cache import RunParts, StageCache
 from graphopt.stage_reporter import StageReporter
@@ -123,7 +123,8 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     _check_needs(plan.passes(), spec, calibration_data=call.calibration_data, train_data=call.train_data,
                  eval_data=call.eval_data)  # fmt: skip
     context = _pass_context(inputs, reference, original, call.calibration_data, call.train_data,
-                            call.eval_data, call.validation_data, call.timing, dynamic)  # fmt: skip
+                            call.eval_data, call.validation_data, call.timing or RuntimeTiming(),
+                            dynamic)  # fmt: skip
     gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
     reporter = StageReporter(report, reference, context.eval_data)
     report.add(reporter.measure("original", "original", gm, context))
@@ -171,7 +172,7 @@ def _pass_context(
     train_data: Iterable[Any] | None,
     eval_data: Iterable[Batch] | None,
     validation_data: Iterable[Batch] | None,
-    timing: TimingService | None,
+    timing: TimingService,
     dynamic: DynamicDims,
 ) -> PassContext:
     """Every dataset the call gave, read and checked up front (bad data fails before any pass runs)."""

@@ -110,8 +110,9 @@ class PassContext:
 
     @property
     def timing(self) -> TimingService:
-        """Where a pass times models in a target's runtime (:mod:`graphopt.services`); the default lowers
-        with the target's backend on this machine."""
+        """Where a pass times models in a target's runtime (:mod:`graphopt.services`): the driver hands the
+        run's service; a context built without one (a pass run on its own, a test) gets the default, which
+        lowers with the target's backend on this machine."""
         if self._timing is None:
             from graphopt.services import RuntimeTiming  # the default imports the backends: only on use
 
