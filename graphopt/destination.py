@@ -27,6 +27,7 @@ import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 from graphopt.errors import ConfigError, ExportError, GraphoptError
 
@@ -89,11 +90,18 @@ def write_bytes(path: Path, data: bytes, what: str, kind: type[GraphoptError] = 
         path.write_bytes(data)
     except OSError as exc:
         path.unlink(missing_ok=True)
-        failure = write_failure(exc, path, what, kind)
-        if failure is None:
-            raise
-        raise failure from exc
+        _raise_as_write_failure(exc, path, what, kind)
     return path
+
+
+def _raise_as_write_failure(
+    error: OSError, destination: Path, what: str, kind: type[GraphoptError]
+) -> NoReturn:
+    """Raise :func:`write_failure`'s error for a refused write, else ``error`` itself."""
+    failure = write_failure(error, destination, what, kind)
+    if failure is None:
+        raise error
+    raise failure from error
 
 
 def save_file(
@@ -210,10 +218,7 @@ class StagedFile:
             prefix = _staging_prefix(f".{destination.name}")
             self._folder = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
         except OSError as exc:
-            failure = write_failure(exc, destination, what, kind)
-            if failure is None:
-                raise
-            raise failure from exc
+            _raise_as_write_failure(exc, destination, what, kind)
         self.path = self._folder / destination.name
         self._committed = False
 

@@ -50,12 +50,8 @@ def read_calibration_inputs(
         _check_shared_dims(batch, dynamic, i)
         if not all(torch.isfinite(x).all() for x in batch if x.is_floating_point()):
             raise InvalidInputError(f"calibration_data item {i} contains NaN or inf")
-    batches.checked = _key(expected)
+    batches.checked = tuple(expected)
     return batches
-
-
-def _key(shapes: list[tuple[int | str, ...]]) -> tuple[tuple[int | str, ...], ...]:
-    return tuple(shapes)
 
 
 def _covers(checked: tuple[tuple[int | str, ...], ...] | None, expected: list[tuple[int | str, ...]]) -> bool:

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from graphopt.errors import ConfigError
+from graphopt.numerics import finite_number
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,8 @@ def _finite_or_none(goals: Goals, name: str, example: str) -> float | None:
     value = getattr(goals, name)
     if value is None:
         return None
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:  # an int past float's range: no candidate is measured against it
-            number = None
-    if number is None or not math.isfinite(number):
+    number = finite_number(value)  # an int past float's range: no candidate is measured against it
+    if number is None:
         raise ConfigError(
             f"Goals.{name} must be a finite number or None, e.g. {example}; got {_short(value)}"
         )
