@@ -40,11 +40,11 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from graphopt.artifacts.destination import write_bytes, write_failure
 from graphopt.backends.executorch_exits import exit_network_of, run_stages, stage_programs
 from graphopt.backends.executorch_form import xnnpack_form
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
-from graphopt.destination import write_bytes, write_failure
 from graphopt.early_exit.measure import has_exits
 from graphopt.errors import ConfigError, ExportError, first_line
 

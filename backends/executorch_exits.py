@@ -22,8 +22,9 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from graphopt.backends.xnnpack_qdq import Int8RoundTrip, dequantize_int8, quantize_then_dequantize_per_user
-from graphopt.early_exit.network import EarlyExitNetwork, confidence
+from graphopt.early_exit.network import confidence
 from graphopt.errors import ExportError
+from graphopt.ir.extensions import EarlyExitNetwork
 
 FINAL = "final"
 

@@ -11,11 +11,9 @@ from torch import Tensor, nn
 
 from graphopt.backends.executorch_exits import requantize_stage_inputs
 from graphopt.backends.xnnpack_qdq import Int8RoundTrip, quantize_then_dequantize_per_user
-from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.errors import ExportError
-from graphopt.ir import deep_copy, set_module
-from graphopt.quant.dynamic import DynamicInt8Linear
-from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.ir.extensions import ActivationQuantizer, DynamicInt8Linear, EarlyExitNetwork, QuantizedLayer
+from graphopt.ir.graph import deep_copy, set_module
 
 _qd = torch.ops.quantized_decomposed
 

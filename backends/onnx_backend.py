@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
+from graphopt.artifacts.destination import write_failure
 from graphopt.backends.dynamic import DynamicDims, dynamic_example, named_dims_example
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
 from graphopt.backends.onnx_names import output_names, rename_outputs
@@ -29,10 +30,9 @@ from graphopt.backends.onnx_subgraphs import sink_initializers
 from graphopt.backends.onnx_transformer import LOWERING_KEY, export_fused_transformer
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
-from graphopt.destination import write_failure
 from graphopt.errors import ExportError, first_line
+from graphopt.ir.shapes import propagate_shapes
 from graphopt.quant.dynamic import onnx_translations
-from graphopt.shapes import propagate_shapes
 
 log = logging.getLogger("graphopt")
 

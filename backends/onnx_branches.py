@@ -19,9 +19,8 @@ import torch.fx as fx
 from onnx import helper
 
 from graphopt.backends.onnx_builder import OnnxGraphBuilder, UnsupportedNode
-from graphopt.early_exit.network import EarlyExitNetwork
-from graphopt.quant.modules import ActivationQuantizer
-from graphopt.shapes import propagate_shapes
+from graphopt.ir.extensions import ActivationQuantizer, EarlyExitNetwork
+from graphopt.ir.shapes import propagate_shapes
 
 
 def lower_early_exit(b: OnnxGraphBuilder, node: fx.Node, network: EarlyExitNetwork) -> str:

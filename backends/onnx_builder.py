@@ -16,7 +16,7 @@ import torch.fx as fx
 from onnx import helper
 from torch import nn
 
-from graphopt.quant.modules import ActivationQuantizer
+from graphopt.ir.extensions import ActivationQuantizer
 
 NodeLowering = Callable[["OnnxGraphBuilder", fx.GraphModule, fx.Node], None]
 ModuleLowering = Callable[["OnnxGraphBuilder", fx.Node, "nn.Module | None"], str]

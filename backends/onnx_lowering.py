@@ -28,7 +28,7 @@ from onnx import helper
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_builder import OnnxGraphBuilder, UnsupportedNode
 from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
-from graphopt.ir import module_of
+from graphopt.ir.graph import module_of
 
 #: ``producer_name`` of files this module writes, so reports can say which exporter made an artifact.
 PRODUCER = "graphopt.direct"

@@ -17,10 +17,8 @@ from torch import nn
 
 from graphopt.backends.onnx_branches import lower_early_exit
 from graphopt.backends.onnx_builder import ModuleLowering, OnnxGraphBuilder, UnsupportedNode
-from graphopt.early_exit.network import EarlyExitNetwork
-from graphopt.ir import module_of
-from graphopt.layout import SpaceToDepth
-from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.ir.extensions import ActivationQuantizer, EarlyExitNetwork, QuantizedLayer, SpaceToDepth
+from graphopt.ir.graph import module_of
 
 
 def lower_module(b: OnnxGraphBuilder, node: fx.Node, module: nn.Module | None) -> str:

@@ -39,8 +39,8 @@ from torch import nn
 
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.quiet import quiet_export, quiet_ort
-from graphopt.quant.dynamic import DynamicInt8Linear
-from graphopt.shapes import propagate_shapes
+from graphopt.ir.extensions import DynamicInt8Linear
+from graphopt.ir.shapes import propagate_shapes
 
 log = logging.getLogger("graphopt")
 LOWERING_KEY = "graphopt.lowering"  # ONNX metadata: how the file was written (read by exporter_of)

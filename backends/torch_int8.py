@@ -33,9 +33,8 @@ import torch.ao.nn.quantized as nnq
 import torch.fx as fx
 from torch import nn
 
-from graphopt.ir import deep_copy, module_of
-from graphopt.layout import SpaceToDepth
-from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
+from graphopt.ir.extensions import ActivationQuantizer, QuantizedLayer, SpaceToDepth
+from graphopt.ir.graph import deep_copy, module_of
 
 Engine = Literal["x86", "qnnpack"]
 _RELU = (nn.ReLU,)

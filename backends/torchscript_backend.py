@@ -17,12 +17,12 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
+from graphopt.artifacts.destination import write_bytes
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.backends.torch_int8 import Engine, lower_to_quantized_kernels, quantized_engine
-from graphopt.destination import write_bytes
-from graphopt.early_exit.network import EarlyExitNetwork, ScriptableEarlyExit
 from graphopt.errors import ExportError, first_line
+from graphopt.ir.extensions import EarlyExitNetwork, ScriptableEarlyExit
 from graphopt.quant import is_quantized
 
 #: The extra file of a TorchScript artifact naming its quantized engine.

@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from graphopt.quant.modules import ActivationQuantizer
+from graphopt.ir.extensions import ActivationQuantizer
 
 _qd = torch.ops.quantized_decomposed
 

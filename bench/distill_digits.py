@@ -20,7 +20,7 @@ import time
 import torch
 
 import graphopt
-from graphopt.digits import (
+from graphopt.data.digits import (
     DigitsCNN,
     DigitsTraining,
     batches,
@@ -28,7 +28,7 @@ from graphopt.digits import (
     random_shift,
     train_digits_cnn,
 )
-from graphopt.evaluation import accuracy
+from graphopt.reporting.evaluation import accuracy
 
 
 def config(seed: int, epochs: int, distill: graphopt.DistillConfig) -> graphopt.RecoveryConfig:

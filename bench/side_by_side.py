@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphopt.numerics import agreement
+from graphopt.reporting.numerics import agreement
 
 
 def artifact_lines(

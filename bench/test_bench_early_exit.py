@@ -16,7 +16,7 @@ import pytest
 
 import graphopt
 from graphopt.backends import OnnxRunner, export_onnx
-from graphopt.digits import (
+from graphopt.data.digits import (
     DigitsTraining,
     batches,
     hold_out_validation,

@@ -21,8 +21,8 @@ import pytest
 
 from graphopt.benchmark import BenchConfig, parse_pipeline
 from graphopt.benchmark.seeds import run_seeds, seeds_markdown
+from graphopt.data.fashion import fashion_folder
 from graphopt.errors import ConfigError
-from graphopt.fashion import fashion_folder
 
 CHAIN = ("x86-int8", "x86-int8+prune=0.5", "x86-int8+prune=0.5+labels-only", "x86-int8+prune=0.5+early-exit")
 SEEDS = [0, 1, 2]

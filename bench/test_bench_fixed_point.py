@@ -17,10 +17,10 @@ import torch
 
 import graphopt
 from graphopt.backends import OnnxRunner
-from graphopt.digits import DigitsTraining, load_digits_split, train_digits_cnn
-from graphopt.evaluation import accuracy
-from graphopt.numerics import agreement
+from graphopt.data.digits import DigitsTraining, load_digits_split, train_digits_cnn
 from graphopt.quant import ActivationQuantizer, QuantizedLayer
+from graphopt.reporting.evaluation import accuracy
+from graphopt.reporting.numerics import agreement
 from graphopt.zoo import get_model
 
 TARGETS = ("x86-int8", "fixed-point-int8")

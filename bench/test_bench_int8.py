@@ -19,9 +19,9 @@ import torch
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner, export_onnx
 from graphopt.backends.timing import interleaved_medians
-from graphopt.digits import DigitsTraining, load_digits_split, train_digits_cnn
-from graphopt.evaluation import accuracy
-from graphopt.peers import ort_quantize_static
+from graphopt.benchmark.peers import ort_quantize_static
+from graphopt.data.digits import DigitsTraining, load_digits_split, train_digits_cnn
+from graphopt.reporting.evaluation import accuracy
 from graphopt.zoo import get_model
 
 from .side_by_side import artifact_lines

@@ -18,14 +18,14 @@ import torch
 import graphopt
 from graphopt.backends import OnnxRunner, export_onnx
 from graphopt.backends.timing import interleaved_medians
-from graphopt.capture import capture
-from graphopt.digits import DigitsTraining, batches, load_digits_split, random_shift, train_digits_cnn
-from graphopt.evaluation import accuracy
-from graphopt.peers import ort_quantize_static
+from graphopt.benchmark.peers import ort_quantize_static
+from graphopt.data.digits import DigitsTraining, batches, load_digits_split, random_shift, train_digits_cnn
+from graphopt.frontend.capture import capture
+from graphopt.ir.shapes import propagate_shapes
 from graphopt.pruning import PruneConfig, analyze
 from graphopt.pruning.exactness import zero_then_prune
 from graphopt.recovery import RecoveryConfig
-from graphopt.shapes import propagate_shapes
+from graphopt.reporting.evaluation import accuracy
 from graphopt.zoo import TEST_MODELS, get_model
 from graphopt.zoo.resnet import BasicBlock, ResNet
 

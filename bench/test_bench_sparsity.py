@@ -14,9 +14,9 @@ import pytest
 
 import graphopt
 from graphopt.backends import OnnxRunner, export_onnx
-from graphopt.digits import DigitsTraining, batches, load_digits_split, random_shift, train_digits_cnn
-from graphopt.evaluation import accuracy
-from graphopt.sparsity import zipped_bytes
+from graphopt.data.digits import DigitsTraining, batches, load_digits_split, random_shift, train_digits_cnn
+from graphopt.pruning.sparsity import zipped_bytes
+from graphopt.reporting.evaluation import accuracy
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

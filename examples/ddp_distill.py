@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import graphopt
-from graphopt.digits import (
+from graphopt.data.digits import (
     DigitsCNN,
     DigitsTraining,
     batches,
@@ -33,8 +33,8 @@ from graphopt.digits import (
     random_shift,
     train_digits_cnn,
 )
-from graphopt.evaluation import accuracy
 from graphopt.recovery import RecoveryJob
+from graphopt.reporting.evaluation import accuracy
 
 
 def ddp_train_fn(job: RecoveryJob) -> None:

@@ -8,6 +8,8 @@ res.export("model.onnx")
 from __future__ import annotations
 
 from graphopt.api import optimize
+from graphopt.artifacts.result import OptimizeResult
+from graphopt.artifacts.serialize import load
 from graphopt.distill import DistillResult, distill
 from graphopt.early_exit import EarlyExitConfig
 from graphopt.errors import (
@@ -23,16 +25,14 @@ from graphopt.errors import (
     UnknownNameError,
     WriteError,
 )
-from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
-from graphopt.pass_manager import PassManager, PassRecord
 from graphopt.passes.sparsify import SparsifyConfig
+from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResult
+from graphopt.pipeline.pass_manager import PassManager, PassRecord
+from graphopt.pipeline.registry import list_passes, register_pass
 from graphopt.pruning import PruneConfig
 from graphopt.recovery import DistillConfig, FeatureHint, OptimizerConfig, RecoveryConfig, RecoveryResult
-from graphopt.registry import list_passes, register_pass
-from graphopt.report import Report, StageRecord
-from graphopt.result import OptimizeResult
+from graphopt.reporting.report import Report, StageRecord
 from graphopt.search import Goals, SearchConfig
-from graphopt.serialize import load
 from graphopt.targets import TARGETS, BackendSettings, NumericScheme, PassSpec, Target
 
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
-"""``graphopt.optimize``: the public facade. It builds an :class:`~graphopt.driver.OptimizeCall` from its
-keywords and runs it with the driver (:mod:`graphopt.driver`), or, given goals or a search configuration,
-hands it to the search (:mod:`graphopt.search`), which runs each candidate with the same driver.
+"""``graphopt.optimize``: the public facade. It builds an :class:`~graphopt.pipeline.driver.OptimizeCall` from
+its keywords and runs it with the driver (:mod:`graphopt.pipeline.driver`), or, given goals or a search
+configuration, hands it to the search (:mod:`graphopt.search`), which runs each candidate with the same
+driver.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphopt.driver import OptimizeCall, run_call
+from graphopt.artifacts.result import OptimizeResult
 from graphopt.early_exit.config import EarlyExitConfig
-from graphopt.evaluation import Batch
-from graphopt.instruments import Instrument
-from graphopt.pass_base import Pass
 from graphopt.passes.sparsify import SparsifyConfig
+from graphopt.pipeline.driver import OptimizeCall, run_call
+from graphopt.pipeline.instruments import Instrument
+from graphopt.pipeline.pass_base import Pass
 from graphopt.pruning.config import PruneConfig
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.result import OptimizeResult
+from graphopt.reporting.evaluation import Batch
 from graphopt.search import search_optimize
 from graphopt.search.goals import Goals
 from graphopt.search.space import SearchConfig

@@ -13,15 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from graphopt.artifacts.destination import save_file
 from graphopt.benchmark.cli import add_bench_commands
 from graphopt.benchmark.models import load_bench_model
 from graphopt.call_options import CALL_OPTIONS, add_call_options, call_options
-from graphopt.destination import save_file
 from graphopt.errors import ConfigError, GraphoptError, WriteError
 from graphopt.search.cli import add_search_arguments, refuse_search_flags_without_goal, run_search_command
 
 if TYPE_CHECKING:
-    from graphopt.result import OptimizeResult
+    from graphopt.artifacts.result import OptimizeResult
 
 #: Exit statuses of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_passes(args: argparse.Namespace) -> int:
-    from graphopt.registry import list_passes
+    from graphopt.pipeline.registry import list_passes
 
     for name, description in list_passes().items():
         print(f"{name:24s} {description}")
@@ -184,7 +184,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from graphopt.early_exit.config import EarlyExitConfig
-    from graphopt.plan import make_plan, plan_options
+    from graphopt.pipeline.plan import make_plan, plan_options
     from graphopt.targets import resolve_target
 
     options = plan_options(
@@ -258,8 +258,8 @@ def _optimize_once(args: argparse.Namespace) -> OptimizeResult:
 def _check_optimize_outputs(args: argparse.Namespace) -> None:
     """Every output path, and the suffixes that choose a backend and the archive format, checked before
     any work: a typo costs a second, not a search's minutes and then an error."""
+    from graphopt.artifacts.destination import check_destination
     from graphopt.backends import backend_for
-    from graphopt.destination import check_destination
 
     for option, path in (("--output", args.output), ("--save", args.save), ("--json", args.json),
                          ("--search-plot", args.search_plot)):  # fmt: skip

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from graphopt.api import optimize
+from graphopt.artifacts.destination import check_destination
+from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends.timing import pin_to_one_core
-from graphopt.destination import check_destination
-from graphopt.digits import (
+from graphopt.data.digits import (
     DigitsTraining,
     batches,
     load_digits_split,
@@ -28,7 +29,6 @@ from graphopt.errors import ConfigError
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant import is_quantized
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.result import OptimizeResult
 from graphopt.targets import resolve_target
 
 log = logging.getLogger("graphopt")

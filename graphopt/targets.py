@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from graphopt.errors import ConfigError, UnknownNameError
-from graphopt.pass_base import PassOptions
+from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.options import InsertFakeQuantOptions, QuantizeDynamicOptions
 from graphopt.quant.scheme import QuantScheme
 
@@ -140,7 +140,8 @@ X86_VNNI_INT8 = Target(
     scheme=NumericScheme(weights="int8", activations="uint8"),
     backend=BackendSettings(channel_multiple=16),  # AVX-512: NCHWc blocks of 16
 )
-"""What ``graphopt bench`` and :func:`graphopt.cpu.int8_choice` pick on a CPU with ``avx512_vnni`` or
+"""What ``graphopt bench`` and :func:`graphopt.reporting.cpu.int8_choice` pick on a CPU with ``avx512_vnni``
+or
 ``avx_vnni``; the ORT ``quantize_static`` peer then runs without reduce_range too. Measured so far: on the
 AVX512-VNNI EPYC of 2026-11-26 ``x86-int8`` (7-bit weights) ran ResNet-18@224 at 3.57x ORT fp32 against
 3.38x for ``quantize_static`` best (FINDINGS.md). ``x86-vnni-int8`` itself has not yet been timed on a

@@ -33,14 +33,14 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.errors import ConfigError
-from graphopt.evaluation import accuracy, as_input_tuple
-from graphopt.ir import module_of, set_module
-from graphopt.numerics import flatten_outputs
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.ir.graph import module_of, set_module
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.policy import is_pool, through_data_movement
 from graphopt.quant.scheme import sqnr_db
+from graphopt.reporting.evaluation import accuracy, as_input_tuple
+from graphopt.reporting.numerics import flatten_outputs
 
 #: Elementwise activations: an int8 value stays int8 through them (ONNX Runtime fuses them into the layer).
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)

@@ -17,13 +17,13 @@ import torch
 import torch.fx as fx
 
 from graphopt.errors import ConfigError, InvalidInputError
-from graphopt.ir import module_of, set_module
-from graphopt.pass_base import Pass, PassOptions, PassResult
-from graphopt.progress import Progress
+from graphopt.ir.graph import module_of, set_module
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.policy import through_data_movement
 from graphopt.quant.scheme import sqnr_db
+from graphopt.reporting.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 A node is dead when it has no users and cannot write to its inputs: placeholders, the output, ops torch.fx
 knows to be impure, in-place tensor methods (``y.add_(1)``, found from their ATen schema) and
-``inplace=True`` modules/functions all stay (see :func:`graphopt.ir.mutates_inputs`). Removing a dead node
-cannot change the outputs, so the pass is exact.
+``inplace=True`` modules/functions all stay (see :func:`graphopt.ir.graph.mutates_inputs`). Removing a dead
+node cannot change the outputs, so the pass is exact.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from graphopt.ir import mutates_inputs
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.ir.graph import mutates_inputs
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 
 
 @dataclass(frozen=True)

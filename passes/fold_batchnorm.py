@@ -30,8 +30,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.ir import call_sites, get_attr_value, is_metadata_read, module_of, shape_of
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.ir.graph import call_sites, get_attr_value, is_metadata_read, module_of, shape_of
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)

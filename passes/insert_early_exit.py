@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from graphopt.cost import count_macs, measure_module_macs
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
 from graphopt.early_exit.paths import PathTiming, path_names, time_paths
@@ -36,11 +35,12 @@ from graphopt.early_exit.selection import Candidate, ExitChoice, choose_exits, e
 from graphopt.early_exit.thresholds import NEVER
 from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
-from graphopt.ir import shape_of
-from graphopt.keys import EXPECTED_MACS_SHARE
-from graphopt.pass_base import Pass, PassResult
+from graphopt.ir.graph import shape_of
+from graphopt.ir.keys import EXPECTED_MACS_SHARE
+from graphopt.ir.shapes import propagate_shapes
+from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.recovery.data import LabelledTensors
-from graphopt.shapes import propagate_shapes
+from graphopt.reporting.cost import count_macs, measure_module_macs
 from graphopt.targets import Target, resolve_target
 
 

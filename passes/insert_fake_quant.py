@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch.fx as fx
 
 from graphopt.errors import ConfigError
-from graphopt.ir import module_of, set_module
-from graphopt.pass_base import Pass, PassResult
+from graphopt.ir.graph import module_of, set_module
+from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.options import InsertFakeQuantOptions
 from graphopt.quant.policy import plan_int8

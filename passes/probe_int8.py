@@ -10,10 +10,10 @@ ship (with them given to recovery instead, the three seeds' mean drop went from 
 So right after pruning (BatchNorm re-estimated, nothing trained yet) this pass builds both candidates from
 a copy of the graph with the target's own passes (cleanup; cleanup then int8 layout, fake-quant and
 calibration) and has the run's timing service lower them with the target's backend and time them side by
-side (:class:`~graphopt.services.TimingService`). Weights do not change which is faster, so the untrained
-graph answers for the trained one. When int8 is not faster, the plan's int8 passes and QAT are declined
-(:attr:`~graphopt.pass_base.PassContext.declined`: their rows say ``skipped:int8_not_faster``) and QAT's
-epochs go to recovery. The graph itself is never changed.
+side (:class:`~graphopt.pipeline.services.TimingService`). Weights do not change which is faster, so the
+untrained graph answers for the trained one. When int8 is not faster, the plan's int8 passes and QAT are
+declined (:attr:`~graphopt.pipeline.pass_base.PassContext.declined`: their rows say
+``skipped:int8_not_faster``) and QAT's epochs go to recovery. The graph itself is never changed.
 
 Not run (and said so) for a target of another CPU family than this machine's: its runtime cannot be timed
 here, so int8 and QAT run as planned.
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from graphopt.errors import ConfigError
-from graphopt.ir import deep_copy
-from graphopt.pass_base import Pass, PassContext, PassOptions, PassResult
-from graphopt.pass_manager import PassManager
-from graphopt.registry import make_pass
+from graphopt.ir.graph import deep_copy
+from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResult
+from graphopt.pipeline.pass_manager import PassManager
+from graphopt.pipeline.registry import make_pass
 from graphopt.targets import Target, resolve_target
 
 #: The target's passes each candidate is built with, by slot: both are cleaned up (BatchNorm folded) as

@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_scores
 from graphopt.pruning.channel_map import BlockReason
 from graphopt.pruning.dependency import DependencyGraph, Group

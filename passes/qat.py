@@ -18,9 +18,9 @@ from dataclasses import replace
 
 import torch.fx as fx
 
-from graphopt.ir import KEEP_ZERO_WEIGHTS, ir_fact
-from graphopt.pass_base import Pass, PassResult
+from graphopt.ir.graph import KEEP_ZERO_WEIGHTS, ir_fact
 from graphopt.passes.calibrate import Calibrate, int8_summary
+from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.quant.modules import QuantizedLayer
 from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig, for_qat
 from graphopt.recovery.engine import fit

@@ -18,13 +18,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphopt.ir import call_sites, module_of, set_module
-from graphopt.numerics import first_output
-from graphopt.pass_base import Pass, PassResult
+from graphopt.ir.graph import call_sites, module_of, set_module
+from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.dynamic import DynamicInt8Linear, Int8Embedding
 from graphopt.quant.fallback import fall_back
 from graphopt.quant.options import QuantizeDynamicOptions
+from graphopt.reporting.numerics import first_output
 
 _KINDS = {nn.Linear: "linear", nn.Embedding: "embedding"}
 _DESCRIPTIONS = {

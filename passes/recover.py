@@ -8,7 +8,7 @@ Lossy by nature.
 
 Skipped, with the reason in ``stats`` and a note in the report: ``skipped:no_train_data``,
 ``skipped:no_teacher``. Trains the epochs of its config plus any an earlier pass handed it
-(:attr:`~graphopt.pass_base.PassContext.epochs_added`: ``probe_int8`` hands over a skipped QAT's).
+(:attr:`~graphopt.pipeline.pass_base.PassContext.epochs_added`: ``probe_int8`` hands over a skipped QAT's).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import torch.fx as fx
 
-from graphopt.ir import KEEP_ZERO_WEIGHTS, ir_fact
-from graphopt.pass_base import Pass, PassResult
+from graphopt.ir.graph import KEEP_ZERO_WEIGHTS, ir_fact
+from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.engine import fit
 

@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.recovery.batchnorm import reestimate_batchnorm
 
 

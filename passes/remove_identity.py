@@ -26,8 +26,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.ir import module_of, shape_of
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.ir.graph import module_of, shape_of
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 
 _DROPOUT_MODULES = (
     nn.Dropout,

@@ -11,7 +11,7 @@ than ORT's fp32 NCHWc conv. Measured here (one core, AVX2, ORT 1.32):
   the network 5 % faster.
 - MobileNetV2: stem 3x3/2 3->32 1.11 ms -> 0.50 ms; the network 4-7 % faster.
 
-The rewrite (:mod:`graphopt.layout`): ``conv(x)`` becomes ``conv'(ZeroPad2d(SpaceToDepth(x)))``, a stride-1
+The rewrite (:mod:`graphopt.ir.layout`): ``conv(x)`` becomes ``conv'(ZeroPad2d(SpaceToDepth(x)))``, a stride-1
 conv with the kernel cut into ``block x block`` phases; exact up to float summation order. In an int8 graph
 the quantizer goes between the space-to-depth and the padding, and the ONNX lowering folds the padding into
 the conv's ``pads``: ``SpaceToDepth -> QuantizeLinear -> DequantizeLinear -> Conv``, which every ORT
@@ -38,9 +38,9 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.errors import ConfigError
-from graphopt.ir import call_sites, module_of, set_module, shape_of
-from graphopt.layout import AxisPlan, SpaceToDepth, equivalent_conv, plan_axis
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.ir.graph import call_sites, module_of, set_module, shape_of
+from graphopt.ir.layout import AxisPlan, SpaceToDepth, equivalent_conv, plan_axis
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Unstructured sparsity: zero the smallest-magnitude weights of every conv and linear, fine-tune with the
 zeros held (masks), and leave them zero for every later stage.
 
-Math and schedule: :mod:`graphopt.sparsity`. With ``train_data``, each step of the schedule is followed by
-distillation from the original model (``recovery``, masks kept), and the pass marks the IR
-(``graphopt.ir.KEEP_ZERO_WEIGHTS``) so that later training (``recover``, ``qat``) keeps the zeros too.
+Math and schedule: :mod:`graphopt.pruning.sparsity`. With ``train_data``, each step of the schedule is
+followed by distillation from the original model (``recovery``, masks kept), and the pass marks the IR
+(``graphopt.ir.graph.KEEP_ZERO_WEIGHTS``) so that later training (``recover``, ``qat``) keeps the zeros too.
 The masks are the zeros themselves: nothing extra is stored, exported or left to remove.
 
 Honest accounting in the report: latency is unchanged (dense kernels multiply zeros); ``sparse_macs_share``
@@ -21,13 +21,13 @@ from typing import Literal
 import torch.fx as fx
 from torch import nn
 
-from graphopt.cost import node_macs
 from graphopt.errors import ConfigError
-from graphopt.ir import KEEP_ZERO_WEIGHTS, set_ir_fact
-from graphopt.pass_base import Pass, PassOptions, PassResult
+from graphopt.ir.graph import KEEP_ZERO_WEIGHTS, set_ir_fact
+from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
+from graphopt.pruning.sparsity import magnitude_masks, schedule, zero_fraction
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.engine import fit
-from graphopt.sparsity import magnitude_masks, schedule, zero_fraction
+from graphopt.reporting.cost import node_macs
 
 ELIGIBLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphopt.digits import DigitsTraining, load_digits_split, train_digits_cnn
+from graphopt.data.digits import DigitsTraining, load_digits_split, train_digits_cnn
 
 #: Node ids of the long cases, measured (tests/slow.txt says when and where).
 SLOW = {

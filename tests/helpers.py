@@ -14,13 +14,13 @@ import torch.fx as fx
 from torch import nn
 
 import graphopt
-from graphopt.capture import capture
-from graphopt.pass_base import Pass, PassContext
-from graphopt.pass_manager import PassManager, PassRecord
+from graphopt.frontend.capture import capture
 from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
+from graphopt.pipeline.pass_base import Pass, PassContext
+from graphopt.pipeline.pass_manager import PassManager, PassRecord
+from graphopt.pipeline.services import RuntimeTiming, Timed
 from graphopt.quant import QuantScheme
 from graphopt.quant.observers import ObserverConfig
-from graphopt.services import RuntimeTiming, Timed
 from graphopt.targets import X86_INT8, PassSpec
 from graphopt.zoo import randomize_batchnorm
 
@@ -60,7 +60,7 @@ def ort_histogram(path: Path, tmp_path: Path) -> Counter[str]:
 def digits_optimize_data(digits, calibration_samples: int = 256) -> dict[str, object]:
     """The data arguments of ``graphopt.optimize`` for the digits split: example input, calibration
     batches of 32, labelled training batches of 64 and the test batches for evaluation."""
-    from graphopt.digits import batches
+    from graphopt.data.digits import batches
 
     return {
         "example_inputs": (digits.test_x[:1],),

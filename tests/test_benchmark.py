@@ -428,8 +428,8 @@ def test_torch_pruning_peer_is_fine_tuned_on_labels_alone(digits, digits_model):
         "torch_pruning", reason="Torch-Pruning is an optional peer: pip install 'graphopt[peers]'"
     )
     from graphopt.benchmark import models, peer_rows
-    from graphopt.evaluation import accuracy
     from graphopt.recovery.config import RecoveryConfig
+    from graphopt.reporting.evaluation import accuracy
 
     bench = models._digits("digits", digits_model, digits, None, None)
     pruned = peer_rows.torch_pruning_magnitude(digits_model, bench.example_inputs, 0.7)
@@ -502,7 +502,7 @@ def test_rows_scored_while_optimizing_are_not_scored_again_and_hold_their_runtim
 ):
     from graphopt.backends import OnnxRunner
     from graphopt.benchmark import evaluate as bench_evaluate
-    from graphopt.evaluation import accuracy
+    from graphopt.reporting.evaluation import accuracy
 
     scored: list[object] = []
 

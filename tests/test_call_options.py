@@ -11,7 +11,7 @@ import graphopt
 from graphopt.benchmark.pipelines import parse_pipeline
 from graphopt.call_options import BENCH_TOKENS, CALL_OPTIONS
 from graphopt.cli import _parser, main
-from graphopt.plan import plan_options
+from graphopt.pipeline.plan import plan_options
 
 
 @pytest.mark.parametrize("option", CALL_OPTIONS, ids=lambda o: o.name)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.capture import capture
-from graphopt.cost import count_macs
-from graphopt.shapes import propagate_shapes
+from graphopt.frontend.capture import capture
+from graphopt.ir.shapes import propagate_shapes
+from graphopt.reporting.cost import count_macs
 
 
 class Inner(nn.Module):

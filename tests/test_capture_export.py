@@ -13,10 +13,10 @@ from torch import nn
 
 import graphopt
 from graphopt import PruneConfig
-from graphopt.capture import capture
-from graphopt.capture_export import DynamicDims, capture_with_export
-from graphopt.numerics import Tolerance, allclose
+from graphopt.frontend.capture import capture
+from graphopt.frontend.capture_export import DynamicDims, capture_with_export
 from graphopt.pruning.exactness import zero_then_prune
+from graphopt.reporting.numerics import Tolerance, allclose
 from graphopt.zoo import TEST_MODELS, get_model
 from tests.helpers import outputs, randomize_batchnorm
 

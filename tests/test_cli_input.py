@@ -163,7 +163,7 @@ _SLOW_COMMAND = """
 import signal, sys, time
 from pathlib import Path
 import graphopt.cli as cli
-from graphopt.destination import StagedFile
+from graphopt.artifacts.destination import StagedFile
 
 # An interactive terminal delivers Ctrl-C; a test runner started in the background may have SIGINT ignored
 signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from graphopt.benchmark.cli import default_pipelines
-from graphopt.cpu import host_int8_choice, int8_choice
+from graphopt.reporting.cpu import host_int8_choice, int8_choice
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_default_bench_pipelines_use_the_choice():
 
 
 def test_the_ort_peer_uses_reduce_range_exactly_where_this_cpu_needs_it(monkeypatch):
-    import graphopt.peers as peers
+    import graphopt.benchmark.peers as peers
     from graphopt.benchmark.peer_rows import quantize_static_presets
 
     seen = {}

@@ -15,7 +15,7 @@ from torch import nn
 
 import graphopt
 from graphopt.benchmark.models import FASHION_RECIPE
-from graphopt.digits import batches, random_shift
+from graphopt.data.digits import batches, random_shift
 from graphopt.passes.sparsify import SparsifyConfig
 from graphopt.quant import QuantizedLayer
 from graphopt.recovery import OptimizerConfig, RecoveryConfig

@@ -16,7 +16,7 @@ from torch import nn
 
 import graphopt
 from graphopt import PassContext, PassError, PassManager
-from graphopt.capture import capture
+from graphopt.frontend.capture import capture
 from graphopt.passes import FoldBatchNorm
 from graphopt.zoo.resnet import Bottleneck, ResNet
 from tests.helpers import outputs

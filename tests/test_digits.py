@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from graphopt.digits import DigitsCNN, DigitsSplit, DigitsTraining, hold_out_validation, train_digits_cnn
-from graphopt.evaluation import accuracy
+from graphopt.data.digits import DigitsCNN, DigitsSplit, DigitsTraining, hold_out_validation, train_digits_cnn
+from graphopt.reporting.evaluation import accuracy
 
 
 def test_channels_last_training_learns_the_same_and_hands_back_the_default_layout(digits):

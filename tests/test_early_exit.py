@@ -14,7 +14,7 @@ from torch import nn
 import graphopt
 from graphopt import ConfigError, EarlyExitConfig, InvalidInputError, PassError
 from graphopt.backends import OnnxRunner, TorchScriptRunner
-from graphopt.digits import batches
+from graphopt.data.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.measure import interleaved_per_sample, per_sample_accuracy
 from graphopt.early_exit.thresholds import NEVER, calibrate, harm_allowed, route, samples_needed
@@ -357,7 +357,7 @@ def test_the_latency_guard_times_an_exit_model_per_sample_and_ships_the_faster(
 ):
     """The guard's decision, with the timing fixed so both outcomes are checked: the shipped file is the
     chosen network (exits kept either way), and the row says which and on what it was timed."""
-    import graphopt.result
+    import graphopt.artifacts.result
 
     timed: list[int] = []
 
@@ -366,7 +366,7 @@ def test_the_latency_guard_times_an_exit_model_per_sample_and_ships_the_faster(
         assert set(runners) == {"int8", "fp32"} and all(s[0].shape[0] == 1 for s in samples)
         return {"int8": int8_ms, "fp32": fp32_ms}
 
-    monkeypatch.setattr(graphopt.side_by_side, "sample_mean_latencies", fixed)
+    monkeypatch.setattr(graphopt.artifacts.side_by_side, "sample_mean_latencies", fixed)
     path = int8_exited.export(tmp_path / "guarded.onnx")
     row = int8_exited.report.stages[-1]
     assert timed == [200]  # 256 calibration images given, the guard takes its 200

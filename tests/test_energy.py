@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 import graphopt
-from graphopt.energy import DRAM_PJ_PER_BYTE, MAC_PJ, SRAM_PJ_PER_BYTE, activation_elements, estimate
+from graphopt.reporting.energy import (
+    DRAM_PJ_PER_BYTE,
+    MAC_PJ,
+    SRAM_PJ_PER_BYTE,
+    activation_elements,
+    estimate,
+)
 from graphopt.zoo import get_model
 from tests.helpers import captured
 
@@ -29,7 +35,7 @@ def test_estimate_adds_arithmetic_weights_and_activations():
 def test_activation_elements_counts_every_computed_value():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
     gm = captured(model)
-    from graphopt.shapes import propagate_shapes
+    from graphopt.ir.shapes import propagate_shapes
 
     propagate_shapes(gm, (torch.randn(1, 3, 4, 4),))
     assert activation_elements(gm) == 8 * 16 + 8 * 16 + 8 * 16 + 10  # conv, relu, flatten, linear

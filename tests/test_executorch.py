@@ -139,7 +139,7 @@ def test_bench_adds_executorchs_own_int8_flow_as_a_peer(digits, digits_model, tm
 def test_early_exits_run_stage_by_stage_and_leave_where_the_model_leaves(
     digits, digits_model, target, tmp_path
 ):
-    from graphopt.digits import batches
+    from graphopt.data.digits import batches
     from graphopt.early_exit import EarlyExitConfig, EarlyExitNetwork
 
     res = graphopt.optimize(

@@ -12,11 +12,11 @@ import torch
 import graphopt
 from graphopt import EarlyExitConfig
 from graphopt.backends import OnnxRunner
-from graphopt.digits import batches
-from graphopt.driver import OptimizeCall, run_call
+from graphopt.data.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.selection import MAX_SUBSET_EXITS, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER
+from graphopt.pipeline.driver import OptimizeCall, run_call
 from tests.helpers import FakeTiming, digits_optimize_data
 
 EXITS = ("features.2", "features.6")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from graphopt.data.fashion import FILES, fashion_folder, load_fashion_mnist, read_idx
 from graphopt.errors import ConfigError, InvalidInputError
-from graphopt.fashion import FILES, fashion_folder, load_fashion_mnist, read_idx
 
 _CODES = {np.uint8: 0x08, np.int8: 0x09, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 

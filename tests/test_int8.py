@@ -83,7 +83,7 @@ def test_latency_guard_ships_fp32_when_int8_is_slower(tmp_path, monkeypatch):
     res = graphopt.optimize(
         model, target="x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs)
     )
-    from graphopt.result import LatencyGuard
+    from graphopt.artifacts.result import LatencyGuard
 
     monkeypatch.setattr(
         type(res),
@@ -135,12 +135,14 @@ def test_latency_guard_skips_artifacts_for_another_cpu_family(tmp_path):
 def test_int8_artifact_agreement_thresholds(cosine, outcome, tmp_path, monkeypatch):
     """Integer kernels may round requantization differently from the eager simulation: between the two
     cosine thresholds the artifact ships with a note saying so; below the floor export fails."""
-    import graphopt.artifact_check
-    from graphopt.numerics import Agreement
+    import graphopt.artifacts.artifact_check
+    from graphopt.reporting.numerics import Agreement
 
     model, inputs = get_model("resnet_basic").build()
     res = graphopt.optimize(model, "x86-int8", example_inputs=inputs, calibration_data=_calibration(inputs))
-    monkeypatch.setattr(graphopt.artifact_check, "agreement", lambda *_: Agreement(0.03, cosine, 1.0))
+    monkeypatch.setattr(
+        graphopt.artifacts.artifact_check, "agreement", lambda *_: Agreement(0.03, cosine, 1.0)
+    )
     if outcome == "error":
         with pytest.raises(graphopt.ExportError, match="disagrees with the optimized model"):
             res.export(tmp_path / "m.onnx", latency_guard=False)
@@ -189,6 +191,6 @@ def test_fixed_point_target_has_only_power_of_two_scales(digits_model, digits, t
     ops = ort_histogram(path, tmp_path)
     assert ops["QLinearConv"] == 3 and ops["Conv"] == 0  # the same canonical QDQ, fused the same way
     from graphopt.backends import OnnxRunner
-    from graphopt.evaluation import accuracy
+    from graphopt.reporting.evaluation import accuracy
 
     assert accuracy(OnnxRunner(path).run_batched, digits.test_batches()) > 0.97

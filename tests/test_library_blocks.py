@@ -24,10 +24,10 @@ from torch import nn
 
 import graphopt
 from graphopt.backends import OnnxRunner
-from graphopt.capture import capture
-from graphopt.numerics import Tolerance, agreement, allclose
+from graphopt.frontend.capture import capture
 from graphopt.pruning.config import PruneConfig
 from graphopt.pruning.exactness import zero_then_prune
+from graphopt.reporting.numerics import Tolerance, agreement, allclose
 
 
 class BatchNormAct2d(nn.BatchNorm2d):

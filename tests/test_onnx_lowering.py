@@ -13,8 +13,8 @@ from torch import nn
 import graphopt
 from graphopt.backends import OnnxRunner, export_onnx
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
-from graphopt.capture import capture
-from graphopt.shapes import propagate_shapes
+from graphopt.frontend.capture import capture
+from graphopt.ir.shapes import propagate_shapes
 from graphopt.zoo import get_model
 
 

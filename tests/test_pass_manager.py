@@ -9,8 +9,8 @@ from torch import nn
 
 import graphopt
 from graphopt import ConfigError, Pass, PassContext, PassError, PassManager, PassOptions, PassResult
-from graphopt.instruments import IRDump
 from graphopt.passes import EliminateDeadCode, FoldBatchNorm, RemoveIdentity
+from graphopt.pipeline.instruments import IRDump
 from graphopt.zoo import get_model
 from tests.helpers import captured, outputs
 

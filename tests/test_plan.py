@@ -12,9 +12,9 @@ from torch import nn
 
 import graphopt
 from graphopt.errors import ConfigError
-from graphopt.pass_base import Pass, PassResult
 from graphopt.passes.qat import QAT_DEFAULTS
-from graphopt.plan import SLOT_ORDER, make_plan, plan_options
+from graphopt.pipeline.pass_base import Pass, PassResult
+from graphopt.pipeline.plan import SLOT_ORDER, make_plan, plan_options
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.targets import resolve_target
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.driver import OptimizeCall, run_call
-from graphopt.pass_base import PassContext
+from graphopt.pipeline.driver import OptimizeCall, run_call
+from graphopt.pipeline.pass_base import PassContext
+from graphopt.pipeline.stage_cache import RunParts
 from graphopt.quant import is_quantized
 from graphopt.recovery import RecoveryConfig
-from graphopt.report import Report
-from graphopt.stage_cache import RunParts
+from graphopt.reporting.report import Report
 from graphopt.zoo import get_model
 from tests.helpers import FakeTiming
 

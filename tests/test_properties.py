@@ -14,10 +14,10 @@ from torch import nn
 
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner
-from graphopt.capture import capture
+from graphopt.frontend.capture import capture
+from graphopt.ir.shapes import propagate_shapes
 from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_scores
 from graphopt.pruning.exactness import zero_units
-from graphopt.shapes import propagate_shapes
 from graphopt.zoo import randomize_batchnorm
 from tests.helpers import outputs
 

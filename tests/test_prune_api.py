@@ -7,9 +7,9 @@ import torch
 
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner
-from graphopt.digits import random_shift
-from graphopt.evaluation import accuracy
+from graphopt.data.digits import random_shift
 from graphopt.recovery import RecoveryConfig
+from graphopt.reporting.evaluation import accuracy
 from graphopt.zoo import get_model
 from tests.conftest import assert_unchanged, state_snapshot
 from tests.helpers import digits_optimize_data

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphopt import ConfigError, PruneConfig
-from graphopt.capture import capture
-from graphopt.cost import count_macs
-from graphopt.pass_base import PassContext
-from graphopt.pass_manager import PassManager
+from graphopt.frontend.capture import capture
+from graphopt.ir.shapes import propagate_shapes
 from graphopt.passes.prune_channels import PruneChannels
+from graphopt.pipeline.pass_base import PassContext
+from graphopt.pipeline.pass_manager import PassManager
 from graphopt.pruning import analyze, choose, remove_units, unit_scores
 from graphopt.pruning.exactness import zero_units
-from graphopt.shapes import propagate_shapes
+from graphopt.reporting.cost import count_macs
 from graphopt.zoo import TEST_MODELS, get_model
 from tests.helpers import captured, outputs
 

@@ -10,9 +10,9 @@ from torch import nn
 
 import graphopt
 from graphopt import PruneConfig
-from graphopt.pass_base import PassContext
-from graphopt.pass_manager import PassManager
 from graphopt.passes.prune_channels import PruneChannels
+from graphopt.pipeline.pass_base import PassContext
+from graphopt.pipeline.pass_manager import PassManager
 from graphopt.pruning import rules
 from graphopt.pruning.channel_map import ChannelMap
 from graphopt.pruning.exactness import zero_then_prune

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import graphopt
-from graphopt.capture import capture
+from graphopt.frontend.capture import capture
+from graphopt.ir.shapes import propagate_shapes
 from graphopt.pruning import analyze
-from graphopt.shapes import propagate_shapes
 
 
 class ShapeFromAnotherTensor(nn.Module):

@@ -29,7 +29,7 @@ from torch import nn
 from torch.export import Dim
 
 import graphopt
-from graphopt import serialize
+import graphopt.artifacts.serialize as serialize
 from graphopt.errors import SerializationError
 from tests.helpers import MarkerPayload
 
@@ -156,7 +156,7 @@ def _central_record(entry: Entry, offset: int) -> bytes:
 
 
 def _members(path: Path) -> list[Entry]:
-    from graphopt.safe_zip import read_members
+    from graphopt.artifacts.safe_zip import read_members
 
     return [Entry(name, data) for name, data in read_members(path.read_bytes()).items()]
 
@@ -518,7 +518,7 @@ _FULL_DISK = textwrap.dedent(
     import errno, os, resource, signal, sys
     import torch
     from torch import nn
-    from graphopt import serialize
+    import graphopt.artifacts.serialize as serialize
     from graphopt.errors import SerializationError
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, no signal

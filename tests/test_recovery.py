@@ -18,9 +18,9 @@ from graphopt import (
     RecoveryConfig,
     TrainingDivergedError,
 )
-from graphopt.digits import DigitsCNN, batches, random_shift
-from graphopt.evaluation import accuracy
+from graphopt.data.digits import DigitsCNN, batches, random_shift
 from graphopt.recovery import fit, reestimate_batchnorm
+from graphopt.reporting.evaluation import accuracy
 from tests.conftest import assert_unchanged, state_snapshot
 
 FAST = dict(epochs=6, batch_size=64, optimizer=OptimizerConfig(lr=0.01), schedule="onecycle", quiet=True)

@@ -5,7 +5,7 @@ import json
 import torch
 
 import graphopt
-from graphopt.report import SCHEMA_VERSION
+from graphopt.reporting.report import SCHEMA_VERSION
 from graphopt.zoo import get_model
 
 

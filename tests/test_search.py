@@ -10,10 +10,10 @@ import torch
 
 import graphopt
 from graphopt import ConfigError, Goals, InvalidInputError, RecoveryConfig, SearchConfig
-from graphopt.digits import batches
-from graphopt.driver import CacheScope, OptimizeCall, run_call
+from graphopt.data.digits import batches
+from graphopt.pipeline.driver import CacheScope, OptimizeCall, run_call
+from graphopt.pipeline.stage_cache import StageCache
 from graphopt.search.goals import parse_goals
-from graphopt.stage_cache import StageCache
 
 
 def test_goals_parse_from_the_command_line_syntax():

@@ -337,7 +337,7 @@ def test_a_goal_too_large_to_be_a_number_is_one_clear_error(text, phrase):
 
 
 def test_an_int8_search_without_calibration_data_is_refused_up_front():
-    from graphopt.driver import OptimizeCall
+    from graphopt.pipeline.driver import OptimizeCall
     from graphopt.search.engine import check_int8_data
     from graphopt.targets import resolve_target
 

@@ -9,8 +9,8 @@ from torch import nn
 
 import graphopt
 from graphopt.errors import ConfigError
-from graphopt.ir import module_of
-from graphopt.layout import SpaceToDepth, phase_weight, plan_axis
+from graphopt.ir.graph import module_of
+from graphopt.ir.layout import SpaceToDepth, phase_weight, plan_axis
 from graphopt.passes import SpaceToDepthRewrite
 from graphopt.quant import QuantizedLayer
 from tests.factories import rgb_stem_net

@@ -9,12 +9,12 @@ from torch import nn
 
 import graphopt
 from graphopt import ConfigError
-from graphopt.digits import batches, random_shift
+from graphopt.data.digits import batches, random_shift
 from graphopt.passes.sparsify import Sparsify, SparsifyConfig
+from graphopt.pruning.sparsity import magnitude_masks, schedule, zero_fraction
 from graphopt.quant import QuantizedLayer
 from graphopt.recovery import RecoveryConfig
 from graphopt.recovery.engine import fit
-from graphopt.sparsity import magnitude_masks, schedule, zero_fraction
 from graphopt.zoo import get_model
 from tests.helpers import captured, run_pass
 

@@ -9,7 +9,7 @@ import torch
 
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner
-from graphopt.numerics import agreement
+from graphopt.reporting.numerics import agreement
 from graphopt.zoo import get_model
 
 

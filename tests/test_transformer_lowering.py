@@ -125,7 +125,7 @@ def test_minilm_int8_is_fused_small_and_runs_from_16_to_256_tokens(tmp_path):
 def test_ort_tools_leave_no_scratch_files_in_the_working_directory(tmp_path, monkeypatch):
     """ORT's shape inference fails on a transformer's Min(max_positions, seq) and leaves
     ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` in the current directory; quiet_ort contains it."""
-    from graphopt.peers import ort_quantize_static
+    from graphopt.benchmark.peers import ort_quantize_static
 
     model, tokens = _bert()
     work = tmp_path / "cwd"

@@ -18,7 +18,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from graphopt.destination import StagedFile, check_destination, save_file, write_bytes
+from graphopt.artifacts.destination import StagedFile, check_destination, save_file, write_bytes
 from graphopt.errors import ExportError, InvalidInputError, SerializationError
 
 # -- refused writes become a GraphoptError -----------------------------------------------------------------
@@ -107,7 +107,7 @@ _FULL_DISK = """
 import errno, json, resource, signal, sys
 from pathlib import Path
 import torch, graphopt
-from graphopt.destination import save_file
+from graphopt.artifacts.destination import save_file
 
 out = Path(sys.argv[1])
 model = torch.nn.Sequential(torch.nn.Linear(8, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4)).eval()
@@ -287,7 +287,7 @@ def test_verify_names_an_empty_or_invalid_file_instead_of_blaming_graphopt(tmp_p
 def test_a_report_that_cannot_be_written_is_a_write_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
     """Reports, bench results and IR dumps are written whole or not at all (save_file), and a refused
     write is a WriteError (a GraphoptError and an OSError) naming the file and the cause."""
-    from graphopt.destination import save_file
+    from graphopt.artifacts.destination import save_file
     from graphopt.errors import GraphoptError, WriteError
 
     target = tmp_path / "bench.json"

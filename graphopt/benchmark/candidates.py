@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from graphopt.backends import OnnxRunner, TorchScriptRunner
-from graphopt.ir import deep_copy
+from graphopt.ir.graph import deep_copy
 
 from .schema import BenchRow
 

@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from graphopt.cpu import Int8Choice, host_int8_choice
 from graphopt.errors import ConfigError
 from graphopt.model_spec import non_negative_float, non_negative_int, positive_float, positive_int
+from graphopt.reporting.cpu import Int8Choice, host_int8_choice
 
 if TYPE_CHECKING:
     from .runner import BenchConfig
 
 
 def default_pipelines(choice: Int8Choice) -> tuple[str, ...]:
-    """fp32, int8 and prune 0.5 + int8, with the int8 target this CPU runs best (:mod:`graphopt.cpu`)."""
+    """fp32, int8 and prune 0.5 + int8, with the int8 target this CPU runs best
+    (:mod:`graphopt.reporting.cpu`)."""
     fp32 = "arm-fp32" if choice.target == "arm-int8" else "generic-fp32"
     return (fp32, choice.target, f"{choice.target}+prune=0.5")
 
@@ -137,7 +138,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _check_out_folder(out: Path, first_file: str) -> None:
     """``--out`` checked before the run: a file there (or an unwritable folder) used to fail at the first
     write, after the peers had trained."""
-    from graphopt.destination import check_destination
+    from graphopt.artifacts.destination import check_destination
 
     check_destination(out / first_file, "--out")
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from graphopt.backends import OnnxRunner
 from graphopt.early_exit.measure import per_sample_accuracy
-from graphopt.evaluation import Batch, accuracy
-from graphopt.numerics import agreement
+from graphopt.reporting.evaluation import Batch, accuracy
+from graphopt.reporting.numerics import agreement
 
 from .candidates import Candidate, EagerRunner
 

@@ -24,7 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.cpu import cpuinfo, int8_choice
+from graphopt.reporting.cpu import cpuinfo, int8_choice
 
 #: CPU features that decide which int8 and fp32 kernels ORT and PyTorch pick.
 RELEVANT_FLAGS = (
@@ -49,7 +49,7 @@ class MachineFacts:
     versions: dict[str, str]
     peak_fp32_gmacs: float | None
     peak_int8_gmacs: float | None
-    #: The int8 target this CPU's default pipelines and ORT peer use, and why (:mod:`graphopt.cpu`).
+    #: The int8 target this CPU's default pipelines and ORT peer use, and why (:mod:`graphopt.reporting.cpu`).
     int8_target: str = ""
 
     def peak_gmacs(self, numeric: str) -> float | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from graphopt.artifacts.destination import save_file
 from graphopt.backends import OnnxRunner, export_onnx
 from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import exporter_of
@@ -40,10 +41,9 @@ from graphopt.backends.onnx_transformer import (
 )
 from graphopt.backends.quiet import quiet_ort
 from graphopt.backends.timing import edge_timing, interleaved_stats
-from graphopt.cost import count_params
-from graphopt.destination import save_file
 from graphopt.errors import ConfigError, WriteError
-from graphopt.progress import Progress
+from graphopt.reporting.cost import count_params
+from graphopt.reporting.progress import Progress
 from graphopt.zoo.lee import LeeCorpus, embed_all, lee_corpus, lee_score
 from graphopt.zoo.minilm import example_tokens, load_minilm, tokenize
 
@@ -140,7 +140,7 @@ def _optimum_flow(w: Workbench) -> Built:
 
 
 def _quantize_static(w: Workbench) -> Built:
-    from graphopt.peers import ort_quantize_static
+    from graphopt.benchmark.peers import ort_quantize_static
 
     path = w.folder / "qs_best.onnx"
     ort_quantize_static(w.model, w.tokens, w.calibration, path, "best", dynamic=SEQUENCE_DIMS)

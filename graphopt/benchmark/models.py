@@ -9,7 +9,7 @@
   downloaded), BatchNorm statistics and a linear-probe classifier fitted on digits upsampled to 224x224
   (:mod:`graphopt.benchmark.probed`); the same ops, MACs and latency as ``resnet18``, with test accuracy.
 - ``fashion_cnn`` (1.9 M MACs) and ``fashion_resnet`` (the digits ResNet at 28x28, 20 M MACs) are trained
-  here on Fashion-MNIST (:mod:`graphopt.fashion`, Debian's ``dataset-fashion-mnist``): 55,000 training
+  here on Fashion-MNIST (:mod:`graphopt.data.fashion`, Debian's ``dataset-fashion-mnist``): 55,000 training
   images, 5,000 validation images for early-exit thresholds, 10,000 test images only measured.
 - ``mobilenet_v2_digits`` is MobileNetV2 at 224x224 trained from scratch on the same task (a probe on its
   random features reaches only 34 %: they fade through the linear bottlenecks): the ops, MACs and latency
@@ -30,7 +30,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from graphopt.digits import (
+from graphopt.data.digits import (
     DigitsSplit,
     DigitsTraining,
     batches,
@@ -42,8 +42,8 @@ from graphopt.digits import (
 )
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import InvalidInputError, UnknownNameError
-from graphopt.evaluation import Batch
 from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig
+from graphopt.reporting.evaluation import Batch
 from graphopt.zoo import REFERENCE_MODELS
 from graphopt.zoo.mobilenet import mobilenet_v2
 from graphopt.zoo.resnet import resnet_digits
@@ -226,7 +226,7 @@ def _digits_at_224(
 
 
 def _fashion_cnn(seed: int, quiet: bool) -> BenchModel:
-    from graphopt.fashion import FashionCNN
+    from graphopt.data.fashion import FashionCNN
 
     return _fashion(
         "fashion_cnn", FashionCNN, DigitsTraining(epochs=10, batch_size=128, seed=seed), seed, quiet
@@ -260,10 +260,10 @@ FASHION_RECIPE = RecoveryConfig(
 def _fashion(
     name: str, build: Callable[[], nn.Module], training: DigitsTraining, seed: int, quiet: bool
 ) -> BenchModel:
-    """A model ``build`` makes, trained here on Fashion-MNIST (:mod:`graphopt.fashion`) from weights drawn
-    after seeding: the 5,000 validation images are what early exit calibrates on, the 10,000 test images
+    """A model ``build`` makes, trained here on Fashion-MNIST (:mod:`graphopt.data.fashion`) from weights
+    drawn after seeding: the 5,000 validation images are what early exit calibrates on, the 10,000 test images
     only measured."""
-    from graphopt.fashion import as_digits_split, load_fashion_mnist, validation_batches
+    from graphopt.data.fashion import as_digits_split, load_fashion_mnist, validation_batches
 
     split = load_fashion_mnist()
     data = as_digits_split(split)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graphopt.destination import save_file
+from graphopt.artifacts.destination import save_file
 from graphopt.errors import WriteError
 
 from .plot import plot as plot_png

@@ -31,15 +31,15 @@ from graphopt.backends import (
     export_onnx,
     export_torchscript,
 )
-from graphopt.capture import capture
-from graphopt.cost import count_macs, count_params, weight_bytes
-from graphopt.cpu import host_int8_choice
-from graphopt.energy import estimate_graph
-from graphopt.peers import OrtPreset, ort_quantize_static
+from graphopt.benchmark.peers import OrtPreset, ort_quantize_static
+from graphopt.frontend.capture import capture
+from graphopt.ir.shapes import propagate_shapes
+from graphopt.pruning.sparsity import zipped_bytes
 from graphopt.recovery.config import LABELS_ONLY, RecoveryConfig
 from graphopt.recovery.engine import fit
-from graphopt.shapes import propagate_shapes
-from graphopt.sparsity import zipped_bytes
+from graphopt.reporting.cost import count_macs, count_params, weight_bytes
+from graphopt.reporting.cpu import host_int8_choice
+from graphopt.reporting.energy import estimate_graph
 
 from .candidates import Candidate, EagerRunner, Runner
 from .models import BenchModel

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphopt.digits import DigitsSplit, load_digits_split, upsampled
+from graphopt.data.digits import DigitsSplit, load_digits_split, upsampled
 from graphopt.errors import ConfigError
-from graphopt.progress import Progress
 from graphopt.recovery.batchnorm import reestimate_batchnorm
+from graphopt.reporting.progress import Progress
 from graphopt.zoo.mobilenet import mobilenet_v2
 from graphopt.zoo.resnet import resnet18
 

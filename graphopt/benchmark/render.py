@@ -3,8 +3,8 @@ the data stated above them, notes and errors below."""
 
 from __future__ import annotations
 
-from graphopt.energy import SOURCE as ENERGY_SOURCE
-from graphopt.report import _si
+from graphopt.reporting.energy import SOURCE as ENERGY_SOURCE
+from graphopt.reporting.report import _si
 
 from .schema import BenchResult, BenchRow
 
@@ -84,7 +84,7 @@ def footer_lines(result: BenchResult) -> list[str]:
         "peak %: MACs per second over the measured GEMM peak of the row's type; bytes: the file for timed "
         "rows, parameters and buffers otherwise",
         f"* energy: an ESTIMATE per inference from MACs and bytes moved, not a measurement ({ENERGY_SOURCE}; "
-        "assumptions in graphopt/energy.py)",
+        "assumptions in graphopt/reporting/energy.py)",
         "peers: " + "; ".join(f"{r.stage}: {', '.join(r.notes)}" for r in result.rows if r.kind == "peer"),
     ]
     lines += [f"note: {n}" for n in result.notes]

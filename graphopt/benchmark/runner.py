@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphopt.artifacts.destination import check_destination
 from graphopt.backends import OnnxRunner
 from graphopt.backends.timing import edge_timing
-from graphopt.destination import check_destination
 from graphopt.errors import ConfigError, GraphoptError
-from graphopt.progress import Progress
+from graphopt.pipeline.stage_cache import StageCache
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.stage_cache import StageCache
+from graphopt.reporting.progress import Progress
 
 from .candidates import Candidate
 from .evaluate import evaluate, probes_of, reference_outputs

@@ -66,7 +66,7 @@ class BenchRow:
     spearman: float | None = None  # sentence encoders: Spearman against human similarity ratings
     mean_cosine: float | None = None  # mean over probes (documents) of the cosine with the original's
     zipped_bytes: int | None = None  # the file compressed with zlib, for rows that have a file
-    energy_uj: float | None = None  # ESTIMATED from MACs and bytes moved (graphopt.energy), never measured
+    energy_uj: float | None = None  # ESTIMATED from MACs and bytes moved (reporting.energy), never measured
     seconds: float | None = None  # how long the pass (stage) or the whole optimize + export (artifact) took
     latency_basis: str = "example input, batch 1"
     notes: list[str] = field(default_factory=list)

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from graphopt.destination import save_file
+from graphopt.artifacts.destination import save_file
 from graphopt.errors import WriteError
 
 from .plot import save_latency_plot

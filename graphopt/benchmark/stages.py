@@ -15,20 +15,20 @@ from pathlib import Path
 
 import torch.fx as fx
 
+from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends import OnnxRunner, backend_for, export_onnx
-from graphopt.driver import CacheScope, OptimizeCall, run_call
 from graphopt.early_exit.measure import has_exits
-from graphopt.ir import deep_copy
-from graphopt.keys import EXPECTED_MACS_SHARE, ZIPPED_BYTES
-from graphopt.pass_base import Pass, PassContext
-from graphopt.pass_manager import PassRecord
+from graphopt.ir.graph import deep_copy
+from graphopt.ir.keys import EXPECTED_MACS_SHARE, ZIPPED_BYTES
+from graphopt.pipeline.driver import CacheScope, OptimizeCall, run_call
+from graphopt.pipeline.pass_base import Pass, PassContext
+from graphopt.pipeline.pass_manager import PassRecord
+from graphopt.pipeline.stage_cache import StageCache
+from graphopt.pruning.sparsity import zipped_bytes
 from graphopt.quant import is_quantized
 from graphopt.quant.modules import ActivationQuantizer
 from graphopt.recovery.config import LABELS_ONLY
-from graphopt.report import StageRecord
-from graphopt.result import OptimizeResult
-from graphopt.sparsity import zipped_bytes
-from graphopt.stage_cache import StageCache
+from graphopt.reporting.report import StageRecord
 
 from .candidates import Candidate, EagerRunner
 from .models import BenchModel
@@ -73,7 +73,7 @@ def run_pipeline(
     stages: StageCache | None = None,
 ) -> PipelineRun:
     """``stages``: shared by the pipelines of one run, so that those starting with the same passes (prune,
-    recovery, QAT; then with or without exits) run them once (:mod:`graphopt.stage_cache`)."""
+    recovery, QAT; then with or without exits) run them once (:mod:`graphopt.pipeline.stage_cache`)."""
     snapshots = StageSnapshots()
     # Training data goes to the stages that learn: recovery after pruning, QAT after int8, exit heads.
     lossy = bool(pipeline.prune or pipeline.sparsify) or pipeline.quantized

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from graphopt.energy import SOURCE as ENERGY_SOURCE
-from graphopt.report import _si
+from graphopt.reporting.energy import SOURCE as ENERGY_SOURCE
+from graphopt.reporting.report import _si
 
 from .render import header_lines
 from .schema import EAGER_CHANNELS_LAST, BenchResult, BenchRow
@@ -71,7 +71,8 @@ def summary_markdown(results: Sequence[BenchResult]) -> str:
         "medians; speed-ups from the statistic each run states (settings.ratio_statistic)"
     )
     lines.append(
-        f"- energy: an ESTIMATE from MACs and bytes moved, not measured ({ENERGY_SOURCE}; graphopt/energy.py)"
+        f"- energy: an ESTIMATE from MACs and bytes moved, not measured ({ENERGY_SOURCE}; "
+        "graphopt/reporting/energy.py)"
     )
     for r in results:
         fp32, int8 = r.machine.get("peak_fp32_gmacs") or 0.0, r.machine.get("peak_int8_gmacs") or 0.0

@@ -13,8 +13,8 @@ import numpy as np
 
 from graphopt.backends.timing import calls_for, interleaved_rounds, paired_ratio, stats_of_rounds, summarize
 from graphopt.early_exit.measure import BLOCK, interleaved_per_sample, one_by_one
-from graphopt.evaluation import as_input_tuple
-from graphopt.progress import Progress
+from graphopt.reporting.evaluation import as_input_tuple
+from graphopt.reporting.progress import Progress
 
 from .candidates import Candidate
 from .machine import gemm_peaks

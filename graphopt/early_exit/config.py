@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import PassOptions
+from graphopt.pipeline.pass_base import PassOptions
 from graphopt.recovery.config import DistillConfig
 
 if TYPE_CHECKING:

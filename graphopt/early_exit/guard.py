@@ -19,11 +19,11 @@ import torch.fx as fx
 
 from graphopt.early_exit.measure import has_exits
 from graphopt.early_exit.network import EarlyExitNetwork
-from graphopt.ir import deep_copy
+from graphopt.ir.graph import deep_copy
 from graphopt.quant.float_twin import float_twin, has_int8_layers
 
 if TYPE_CHECKING:
-    from graphopt.pass_base import PassContext
+    from graphopt.pipeline.pass_base import PassContext
 
 #: Samples the guard times each artifact on: enough for a mean within a few percent at batch 1.
 GUARD_SAMPLES = 200

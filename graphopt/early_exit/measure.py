@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from graphopt.early_exit.network import EarlyExitNetwork
-from graphopt.evaluation import Batch, accuracy, as_input_tuple
+from graphopt.reporting.evaluation import Batch, accuracy, as_input_tuple
 
 
 def has_exits(model: nn.Module) -> bool:

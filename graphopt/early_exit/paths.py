@@ -10,8 +10,8 @@ through both exits to the end 1.25x. Calibrated on MACs, the second exit looks l
 So exits are chosen on measured costs: every candidate set of exits is built, each of its paths is forced
 (threshold ``-inf`` at its head, ``+inf`` before it; ``+inf`` everywhere for the path to the end), lowered
 with the target's backend and timed side by side with the network without exits, by the run's timing
-service (:class:`~graphopt.services.TimingService`). Weights do not decide which kernels run, so one timing
-per path answers for every input that takes it.
+service (:class:`~graphopt.pipeline.services.TimingService`). Weights do not decide which kernels run, so one
+timing per path answers for every input that takes it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from torch import nn
 
 from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.early_exit.thresholds import NEVER
-from graphopt.services import TimingService
-from graphopt.shapes import propagate_shapes
+from graphopt.ir.shapes import propagate_shapes
+from graphopt.pipeline.services import TimingService
 from graphopt.targets import Target
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from graphopt.cost import node_macs
 from graphopt.errors import ConfigError
-from graphopt.ir import set_module, shape_of
+from graphopt.ir.graph import set_module, shape_of
+from graphopt.reporting.cost import node_macs
 
 
 @dataclass(frozen=True)

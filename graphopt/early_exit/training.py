@@ -15,10 +15,10 @@ import torch
 
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork
-from graphopt.ir import deep_copy
-from graphopt.progress import Progress
+from graphopt.ir.graph import deep_copy
 from graphopt.recovery.data import LabelledTensors
 from graphopt.recovery.losses import distillation_loss
+from graphopt.reporting.progress import Progress
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import PassOptions
+from graphopt.pipeline.pass_base import PassOptions
 
 Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
 Scope = Literal["local", "global"]

@@ -67,11 +67,11 @@ def zero_then_prune(
     gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], config: PruneConfig
 ) -> ExactnessRun:
     """Analyze ``gm``, zero the units ``config`` selects, record the outputs, prune, record them again."""
-    from graphopt.cost import count_macs
+    from graphopt.ir.shapes import propagate_shapes
     from graphopt.pruning.importance import unit_scores
     from graphopt.pruning.selection import choose
     from graphopt.pruning.surgery import remove_units
-    from graphopt.shapes import propagate_shapes
+    from graphopt.reporting.cost import count_macs
 
     propagate_shapes(gm, inputs)
     before = count_macs(gm)

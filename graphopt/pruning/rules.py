@@ -37,7 +37,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.ir import is_metadata_read, shape_of
+from graphopt.ir.graph import is_metadata_read, shape_of
 from graphopt.pruning.channel_map import BlockReason, ChannelMap, reshape_blocks
 from graphopt.pruning.dependency import DependencyGraph, NodeMap, ShapeEdit, untracked
 

@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.errors import GraphoptError
-from graphopt.ir import shape_of
+from graphopt.ir.graph import shape_of
 from graphopt.pruning.channel_map import ChannelMap
 from graphopt.pruning.dependency import DependencyGraph, ShapeEdit
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from graphopt.errors import InvalidInputError
-from graphopt.inputs import check_tensor_kind
+from graphopt.frontend.inputs import check_tensor_kind
 from graphopt.recovery.batchnorm import calibration_inputs
 
 

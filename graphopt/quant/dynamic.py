@@ -13,7 +13,7 @@ with ``W_q`` s8 per output channel (symmetric, ``s_w[j] = max|W[j]| / q``). ``q 
 ``reduce_range``: on x86 without VNNI, ONNX Runtime's u8 x s8 kernel adds pairs of products in int16
 (``vpmaddubsw``), and ``2 * 255 * 127`` overflows it where ``2 * 255 * 64`` does not; measured on
 MiniLM-sized layers the full-range weights moved outputs by 0.5 where 7-bit weights stay at the
-quantization step (:mod:`graphopt.cpu`).
+quantization step (:mod:`graphopt.reporting.cpu`).
 :func:`dynamic_int8_linear` is a torch custom op that computes exactly this in eager mode and lowers
 (:func:`onnx_translations`) to
 ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add``, the pattern ONNX Runtime fuses into
@@ -70,7 +70,7 @@ class DynamicInt8Linear(nn.Module):
 
     @property
     def mac_layer(self) -> nn.Linear:
-        """A Linear of the same shape, for MAC counting (:mod:`graphopt.cost`)."""
+        """A Linear of the same shape, for MAC counting (:mod:`graphopt.reporting.cost`)."""
         return nn.Linear(self.in_features, self.out_features, device="meta")
 
 

@@ -18,8 +18,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphopt.ir import set_module
-from graphopt.numerics import first_output
+from graphopt.ir.graph import set_module
+from graphopt.reporting.numerics import first_output
 
 
 @dataclass

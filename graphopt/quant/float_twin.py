@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from graphopt.ir import deep_copy, set_module
+from graphopt.ir.graph import deep_copy, set_module
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import PassOptions
+from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.observers import ObserverConfig
 from graphopt.quant.scheme import QuantScheme
 

@@ -27,7 +27,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from graphopt.ir import call_sites, module_of
+from graphopt.ir.graph import call_sites, module_of
 from graphopt.quant.modules import QUANTIZABLE_LAYERS
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from graphopt.errors import InvalidInputError
-from graphopt.evaluation import as_input_tuple
+from graphopt.reporting.evaluation import as_input_tuple
 
 
 def calibration_inputs(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from graphopt.errors import ConfigError
-from graphopt.pass_base import PassOptions
+from graphopt.pipeline.pass_base import PassOptions
 
 if TYPE_CHECKING:
     from graphopt.recovery.engine import RecoveryJob

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from graphopt.errors import InvalidInputError
-from graphopt.evaluation import as_input_tuple
+from graphopt.reporting.evaluation import as_input_tuple
 
 EXPECTED_FORM = (
     "an iterable of (inputs, labels) batches: inputs a tensor or tuple of tensors, labels int64 class ids"

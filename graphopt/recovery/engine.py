@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from graphopt.errors import ConfigError, TrainingDivergedError, first_line
-from graphopt.numerics import first_output
-from graphopt.progress import Progress
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.recovery.data import LabelledTensors, check_label_range, read_labelled, split_validation
 from graphopt.recovery.losses import RecoveryLoss
 from graphopt.recovery.teacher_cache import teacher_logits_once
+from graphopt.reporting.numerics import first_output
+from graphopt.reporting.progress import Progress
 
 log = logging.getLogger("graphopt.recovery")
 

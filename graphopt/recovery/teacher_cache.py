@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from graphopt.numerics import first_output
+from graphopt.reporting.numerics import first_output
 
 if TYPE_CHECKING:
     from graphopt.recovery.engine import RecoveryJob

@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from graphopt.artifacts.result import OptimizeResult
 from graphopt.errors import ConfigError
-from graphopt.result import OptimizeResult
 
 #: The search's own flags and their defaults. They default to None on the parser so that one given
 #: without ``--goal`` (where nothing reads it) can be refused rather than ignored.

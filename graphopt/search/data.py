@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphopt.driver import OptimizeCall
 from graphopt.errors import InvalidInputError
-from graphopt.evaluation import Batch, materialize_labelled
+from graphopt.pipeline.driver import OptimizeCall
 from graphopt.recovery.data import read_labelled
+from graphopt.reporting.evaluation import Batch, materialize_labelled
 from graphopt.search.goals import Goals
 
 #: Below this many validation samples both shares would be too coarse to decide or to score with (an

@@ -4,7 +4,7 @@ artifact that meets every goal (or the closest one, saying what it misses), with
     space (prune x int8 x exits x backend) --bounds--> queue --run_call (stage cache)--> export, time, score
         --> judge (goals, Pareto front) --> choose --> OptimizeResult + .search (SearchResult)
 
-Stages shared between candidates run once (:mod:`graphopt.stage_cache`); candidates measured by an
+Stages shared between candidates run once (:mod:`graphopt.pipeline.stage_cache`); candidates measured by an
 earlier search on the same model and data (``SearchConfig(reuse=previous.search)``) are not run again.
 Candidates tune (exit thresholds, fp32 fall-backs) on one share of ``validation_data`` and are scored and
 chosen on the rest (:mod:`graphopt.search.data`); test data (``eval_data``) is only reported.
@@ -20,13 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graphopt.driver import CacheScope, OptimizeCall, plan_of, run_call
+from graphopt.artifacts.result import OptimizeResult
 from graphopt.errors import ConfigError, GraphoptError
-from graphopt.evaluation import Batch
-from graphopt.inputs import check_example_inputs, private_eval_copy
-from graphopt.plan import INT8_SLOTS
-from graphopt.registry import pass_class
-from graphopt.result import OptimizeResult
+from graphopt.frontend.inputs import check_example_inputs, private_eval_copy
+from graphopt.pipeline.driver import CacheScope, OptimizeCall, plan_of, run_call
+from graphopt.pipeline.plan import INT8_SLOTS
+from graphopt.pipeline.registry import pass_class
+from graphopt.pipeline.stage_cache import StageCache
+from graphopt.reporting.evaluation import Batch
 from graphopt.search.data import (
     MIN_SAMPLES_TO_SPLIT,
     check_search_data,
@@ -42,7 +43,6 @@ from graphopt.search.rows import CandidateRow, choose, judge
 from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits
 from graphopt.search.store import CandidateStore
 from graphopt.search.variants import Variants, quantizes
-from graphopt.stage_cache import StageCache
 from graphopt.targets import Target, resolve_target
 
 

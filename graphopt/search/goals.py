@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from graphopt.errors import ConfigError
-from graphopt.numerics import finite_number
+from graphopt.reporting.numerics import finite_number
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
-from graphopt.numerics import finite_number
 from graphopt.pruning.config import Importance
+from graphopt.reporting.numerics import finite_number
 
 if TYPE_CHECKING:
     from graphopt.search.engine import SearchResult

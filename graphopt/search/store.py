@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from graphopt.errors import ConfigError
-from graphopt.numerics import finite_number
+from graphopt.reporting.numerics import finite_number
 from graphopt.search.measure import Measured
 
 SCHEMA = 2

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from graphopt.driver import OptimizeCall
 from graphopt.early_exit.config import EarlyExitConfig
-from graphopt.plan import INT8_SLOTS
+from graphopt.pipeline.driver import OptimizeCall
+from graphopt.pipeline.plan import INT8_SLOTS
+from graphopt.pipeline.registry import make_pass, pass_class
 from graphopt.pruning.config import PruneConfig
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.registry import make_pass, pass_class
 from graphopt.search.goals import Goals
 from graphopt.search.space import SearchConfig, SearchPoint
 from graphopt.targets import Target

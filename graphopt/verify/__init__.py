@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphopt.artifacts.destination import write_failure
 from graphopt.backends import OnnxRunner
-from graphopt.destination import write_failure
 from graphopt.errors import ExportError, InvalidInputError, RuntimeSetupError, first_line
 from graphopt.verify.runtime import DEFAULT_ORT, Arch, ForeignRuntime
 

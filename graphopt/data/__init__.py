@@ -1,0 +1,1 @@
+"""Data: the real labelled data sets graphopt ships readers for (scikit-learn's digits, Fashion-MNIST)."""

@@ -1,0 +1,300 @@
+"""The driver: one :class:`OptimizeCall` checked, captured, run through its plan, and reported.
+
+    model ──copy, eval──▶ capture (torch.fx, opaque leaves if needed) ──PassManager──▶ OptimizeResult
+
+The caller's model is never touched: graphopt works on a deep copy in eval mode. ``graphopt.optimize`` (the
+facade, :mod:`graphopt.api`) builds a call and runs it here, or hands it to the search, which runs every
+candidate here too; the search imports this module, never the facade.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from graphopt.artifacts.result import OptimizeResult
+from graphopt.backends.dynamic import DynamicDims
+from graphopt.early_exit.config import EarlyExitConfig
+from graphopt.early_exit.guard import exit_guard_samples
+from graphopt.errors import CaptureError, InvalidInputError
+from graphopt.frontend.capture import capture
+from graphopt.frontend.inputs import (
+    bake_parametrizations,
+    check_example_inputs,
+    check_model,
+    input_names,
+    private_eval_copy,
+    run_reference,
+)
+from graphopt.ir.graph import deep_copy
+from graphopt.ir.shapes import propagate_shapes
+from graphopt.passes.insert_early_exit import check_classifier_output
+from graphopt.passes.prune_channels import check_protected_names
+from graphopt.passes.sparsify import SparsifyConfig
+from graphopt.pipeline.instruments import Instrument, IRDump, NumericCheck, ProgressLog
+from graphopt.pipeline.pass_base import Pass, PassContext
+from graphopt.pipeline.pass_manager import PassManager, PassRecord
+from graphopt.pipeline.plan import INT8_SLOTS, Plan, make_plan, plan_options
+from graphopt.pipeline.services import RuntimeTiming, TimingService
+from graphopt.pipeline.stage_cache import RunParts, StageCache
+from graphopt.pipeline.stage_reporter import StageReporter
+from graphopt.pruning.config import PruneConfig
+from graphopt.quant.calibration_data import read_calibration_inputs
+from graphopt.quant.float_twin import float_twin, has_int8_layers
+from graphopt.recovery.config import RecoveryConfig
+from graphopt.recovery.data import check_label_range, read_labelled
+from graphopt.reporting.evaluation import Batch, materialize_labelled
+from graphopt.reporting.numerics import Tolerance, allclose, flatten_outputs
+from graphopt.reporting.report import Report
+from graphopt.targets import Target, resolve_target
+
+log = logging.getLogger("graphopt")
+
+#: Capture must reproduce the model exactly (it only re-expresses the same ops as a graph).
+CAPTURE_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
+
+
+@dataclass(frozen=True)
+class OptimizeCall:
+    """Everything one :func:`optimize` call was given; a search varies its plan options
+    (:func:`dataclasses.replace`) and runs each variant with :func:`run_call`."""
+
+    model: nn.Module
+    target: str | Target = "generic-fp32"
+    example_inputs: tuple[torch.Tensor, ...] | None = None
+    calibration_data: Iterable[Any] | None = None
+    train_data: Iterable[Any] | None = None
+    prune: float | PruneConfig = 0.0
+    early_exit: EarlyExitConfig | None = None
+    passes: Sequence[str | Pass] | None = None
+    eval_data: Iterable[Batch] | None = None
+    steps: int = 1
+    dump_ir: str | Path | None = None
+    instruments: tuple[Instrument, ...] = ()
+    recovery: RecoveryConfig | None = None
+    accuracy_budget: float | None = None
+    sparsify: float | SparsifyConfig = 0.0
+    validation_data: Iterable[Batch] | None = None
+    dynamic_shapes: Mapping[str | int, Mapping[int, str]] | Sequence[Mapping[int, str]] | None = None
+    #: Where passes time candidates in the target's runtime (``probe_int8``, runtime-costed exits); None:
+    #: :class:`~graphopt.pipeline.services.RuntimeTiming`. Not an ``optimize`` option: a driver's (tests hand
+    #: a fake).
+    timing: TimingService | None = None
+
+
+@dataclass(frozen=True)
+class CacheScope:
+    """A :class:`StageCache` and the name of the model, data and target it is shared under."""
+
+    cache: StageCache
+    scope: str
+
+
+def plan_of(call: OptimizeCall) -> Plan:
+    """What ``call`` will run, slot by slot (:mod:`graphopt.pipeline.plan`), checked, before anything runs."""
+    options = plan_options(
+        passes=call.passes, prune=call.prune, sparsify=call.sparsify, accuracy_budget=call.accuracy_budget,
+        recovery=call.recovery, has_train_data=call.train_data is not None, early_exit=call.early_exit,
+    )  # fmt: skip
+    if options.prune is not None:
+        check_protected_names(options.prune.protect, call.model)
+    return make_plan(resolve_target(call.target), options)
+
+
+def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeResult:
+    """One plan on one model (the :func:`optimize` contract); with ``cached``, plans sharing a prefix of
+    lossy passes with an earlier run resume from its state (:mod:`graphopt.pipeline.stage_cache`)."""
+    check_model(call.model)
+    inputs = check_example_inputs(call.example_inputs)
+    dynamic = dynamic_dims(call.dynamic_shapes, call.model, inputs)
+    spec = resolve_target(call.target)
+    plan = plan_of(call)
+    original = private_eval_copy(call.model)
+    reference = run_reference(original, inputs)
+    if call.early_exit is not None:
+        check_classifier_output(reference)
+    _check_needs(plan.passes(), spec, calibration_data=call.calibration_data, train_data=call.train_data,
+                 eval_data=call.eval_data)  # fmt: skip
+    context = _pass_context(inputs, reference, original, call.calibration_data, call.train_data,
+                            call.eval_data, call.validation_data, call.timing or RuntimeTiming(),
+                            dynamic)  # fmt: skip
+    gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
+    reporter = StageReporter(report, reference, context.eval_data)
+    report.add(reporter.measure("original", "original", gm, context))
+    snapshot = Fp32Snapshot()
+    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, snapshot, *call.instruments]
+    if call.dump_ir is not None:
+        hooks.append(IRDump(call.dump_ir))
+    passes = plan.passes()
+    done = 0
+    if cached is not None:
+        stateful = [i for i in call.instruments if hasattr(i, "state") and hasattr(i, "restore")]
+        parts = RunParts(report, context, snapshot, stateful)
+        gm, done = cached.cache.resume(cached.scope, passes, parts, gm)
+        hooks.append(cached.cache.recorder(cached.scope, passes, parts, done))  # last: after the row
+    PassManager(passes[done:], steps=call.steps, instruments=hooks).run(gm, context)
+    report.notes.extend(context.notes)
+    report.tables.update(context.tables)
+    report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())
+    if snapshot.trained_after:
+        report.notes.append(
+            "the latency guard's fp32 alternative is the QAT-trained graph without its quantizers "
+            "(dequantized int8 weights): a fall-back to fp32 keeps what QAT trained"
+        )
+    return OptimizeResult(
+        model=gm, report=report, target=spec, example_inputs=inputs, reference_outputs=reference,
+        original=original, eval_data=context.eval_data, fp32_model=snapshot.model, dynamic=dynamic, plan=plan,
+        guard_samples=exit_guard_samples(gm, context),
+    )  # fmt: skip
+
+
+def dynamic_dims(spec: object, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> DynamicDims:
+    """``dynamic_shapes`` read and checked against the example inputs before any work: the inputs and dims
+    it names exist, its names are usable symbols, and the example can be traced with them dynamic (what
+    the model's code does with them is checked at capture: :mod:`graphopt.frontend.capture_export`)."""
+    dynamic = DynamicDims.of(spec, input_names(model, len(inputs)), len(inputs))
+    dynamic.check_example(inputs)
+    return dynamic
+
+
+def _pass_context(
+    inputs: tuple[torch.Tensor, ...],
+    reference: Any,
+    original: nn.Module,
+    calibration_data: Iterable[Any] | None,
+    train_data: Iterable[Any] | None,
+    eval_data: Iterable[Batch] | None,
+    validation_data: Iterable[Batch] | None,
+    timing: TimingService,
+    dynamic: DynamicDims,
+) -> PassContext:
+    """Every dataset the call gave, read and checked up front (bad data fails before any pass runs)."""
+    labelled = materialize_labelled(eval_data, "eval_data")
+    _check_eval_labels(labelled, reference)
+    return PassContext(
+        inputs,
+        calibration_data=read_calibration_inputs(calibration_data, inputs, dynamic.dims)
+        if calibration_data is not None
+        else None,
+        train_data=_read_labelled_data(train_data, "train_data", inputs, reference),
+        teacher=original,
+        eval_data=labelled,
+        validation_data=_read_labelled_data(validation_data, "validation_data", inputs, reference),
+        timing=timing,
+    )
+
+
+def _capture_checked(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], reference: Any, dynamic: DynamicDims, target: str
+) -> tuple[fx.GraphModule, Report]:
+    """Capture a private copy of ``model``, check the graph reproduces it, and start the report."""
+    working = private_eval_copy(model)
+    baked = bake_parametrizations(working)
+    started = time.perf_counter()
+    captured = capture(working, inputs, dynamic)
+    seconds = time.perf_counter() - started
+    gm = captured.gm
+    for parameter in gm.parameters():  # graphopt's own copy: its training stages may update every weight,
+        parameter.requires_grad_(True)  # whatever the caller froze in the model it handed over
+    _check_capture(gm, inputs, reference)
+    report = Report(model=type(model).__name__, target=target, leaves=dict(captured.leaves),
+                    capture=captured.method, capture_seconds=round(seconds, 3))  # fmt: skip
+    if captured.why:
+        report.notes.append(f"capture: {captured.method}, because {captured.why}")
+    if baked:
+        report.notes.append(
+            f"parametrized weights baked into plain tensors ({', '.join(baked)}): same outputs; training "
+            "stages train the weights themselves"
+        )
+    return gm, report
+
+
+def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
+    for p in pipeline:
+        for need in p.needs:
+            if need == "eval_data" and given.get(need) is None:
+                raise InvalidInputError(
+                    f"pass {p.name!r} needs eval_data=...: held-out labelled batches (inputs, labels) to "
+                    "measure accuracy on"
+                )
+            if given.get(need) is None:
+                raise InvalidInputError(
+                    f"pass {p.name!r} of target {target.name} needs {need}=...: an iterable of input batches "
+                    "(tensors or tuples of tensors) shaped like example_inputs; about 100 samples is typical"
+                )
+
+
+class Fp32Snapshot:
+    """Keeps a copy of the graph just before the int8 part of the plan (its :data:`INT8_SLOTS`: layout
+    rewrites made for int8 kernels included): the fp32 model the latency guard compares with. A training
+    stage on the int8 graph (QAT) moves the weights past that copy, so it is then replaced by the trained
+    graph's fp32 twin (:func:`~graphopt.quant.float_twin.float_twin`): a fall-back keeps the training."""
+
+    def __init__(self) -> None:
+        self.model: fx.GraphModule | None = None
+        self.trained_after = False
+
+    def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
+        if self.model is None and pass_.slot in INT8_SLOTS and pass_.name not in context.declined:
+            self.model = deep_copy(gm)
+
+    def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
+        trained_int8 = pass_.slot == "training" and record.modified and has_int8_layers(gm)
+        if self.model is not None and trained_int8:
+            self.model, self.trained_after = float_twin(gm), True
+
+
+def _read_labelled_data(
+    data: Iterable[Any] | None, what: str, inputs: tuple[torch.Tensor, ...], reference: Any
+) -> Any:
+    """Check labelled ``data`` up front, so bad data fails before any pass runs, with the expected form
+    named."""
+    if data is None:
+        return None
+    labelled = read_labelled(data, what, inputs)
+    _check_labels(labelled.labels, reference, what)
+    return labelled
+
+
+def _check_eval_labels(labelled: list[Batch] | None, reference: Any) -> None:
+    """eval_data's labels must name the model's classes, like train and validation data's: out-of-range
+    labels would read as 0 % accuracy rather than as an error."""
+    if labelled is None:
+        return
+    labels = torch.cat([torch.as_tensor(y).reshape(-1) for _, y in labelled])
+    if labels.is_floating_point():
+        raise InvalidInputError("eval_data labels must be integer class indices, got floating-point labels")
+    _check_labels(labels, reference, "eval_data")
+
+
+def _check_labels(labels: torch.Tensor, reference: Any, what: str) -> None:
+    """Labels must index the classes of the model's first output (its logits)."""
+    logits = flatten_outputs(reference)
+    if logits:
+        check_label_range(labels, logits[0].shape[-1], what)
+
+
+def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:
+    try:
+        captured = propagate_shapes(gm, inputs)
+    except (
+        Exception
+    ) as exc:  # the traced graph fails where the eager model ran: a capture bug, not the user's
+        raise CaptureError(
+            f"the captured graph fails on the example inputs: {type(exc).__name__}: {exc}"
+        ) from exc
+    ok, max_abs = allclose(reference, captured, CAPTURE_TOLERANCE)
+    if not ok:
+        raise CaptureError(
+            f"the captured graph disagrees with the model (max abs error {max_abs:.3g}); the model's "
+            "forward probably depends on Python state that tracing froze. Make that submodule a leaf or "
+            "remove the state."
+        )

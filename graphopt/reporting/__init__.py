@@ -1,0 +1,3 @@
+"""What is measured and shown: static cost, output agreement, accuracy, energy estimates, the per-stage
+report and progress.
+"""
