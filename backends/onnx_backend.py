@@ -245,12 +245,14 @@ def _export_direct(
     if any("dtype" not in n.meta for n in gm.graph.nodes if n.op != "output"):
         propagate_shapes(gm, example_inputs)
     try:
-        model = lower_to_onnx(gm, opset, dynamic=dynamic)
+        model = lower_to_onnx(gm, opset, dynamic=dynamic, check=False)
     except UnsupportedNode as exc:
         log.debug("direct ONNX lowering not used: %s", exc)
         return False
     name_dict_outputs(model, gm, example_inputs)  # a lifted graph returns its dict (ModelOutput) flat
     onnx.save(model, str(path))
+    del model  # the file is the model now: the check reads it rather than serializing a copy in memory
+    onnx.checker.check_model(str(path))
     return True
 
 

@@ -35,11 +35,17 @@ PRODUCER = "graphopt.direct"
 
 
 def lower_to_onnx(
-    gm: fx.GraphModule, opset: int, graph_name: str = "graphopt", dynamic: DynamicDims | None = None
+    gm: fx.GraphModule,
+    opset: int,
+    graph_name: str = "graphopt",
+    dynamic: DynamicDims | None = None,
+    check: bool = True,
 ) -> onnx.ModelProto:
     """The ONNX model of ``gm``; raises :class:`UnsupportedNode` naming the first node it cannot lower.
     Dimension 0 of every input and output is ``batch``; the dimensions ``dynamic`` names are symbolic too
-    (and every non-batch output dimension then is left unnamed: it may follow them)."""
+    (and every non-batch output dimension then is left unnamed: it may follow them). ``check=False`` leaves
+    ``onnx.checker`` to the caller: checking a model in memory serializes a whole copy of it, so a caller
+    that writes the file checks the file instead."""
     builder = OnnxGraphBuilder(gm, lower_node, lower_module)
     inputs, outputs = [], []
     named = dynamic.dims if dynamic is not None and dynamic.named() else ()
@@ -53,12 +59,19 @@ def lower_to_onnx(
             lower_node(builder, gm, node)
     nodes = _live(builder.nodes, {o.name for o in outputs})
     read = set().union(*(_names_read(n) for n in nodes))
-    initializers = [i for i in builder.initializers if i.name in read]
-    graph = helper.make_graph(nodes, graph_name, inputs, outputs, initializers)
+    graph = helper.make_graph(nodes, graph_name, inputs, outputs)
+    # Moved over one at a time (protobuf copies on append): the weights are held twice only one tensor at
+    # a time, not as a second whole model (make_graph copies every initializer it is given).
+    builder.initializers.reverse()  # popped from the end, so in the order they were made
+    while builder.initializers:
+        initializer = builder.initializers.pop()
+        if initializer.name in read:
+            graph.initializer.append(initializer)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=PRODUCER, ir_version=8
     )
-    onnx.checker.check_model(model)
+    if check:
+        onnx.checker.check_model(model)
     return model
 
 

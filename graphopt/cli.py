@@ -1,5 +1,6 @@
-"""The ``graphopt`` command line: ``passes``, ``targets``, ``optimize``, ``verify``, ``demo``, ``bench``,
-``bench-compare``."""
+"""The ``graphopt`` command line: ``passes``, ``targets``, ``options``, ``plan``, ``optimize``, ``verify``,
+``demo``, ``bench``, ``bench-compare``. The flags that stand for ``optimize()`` options come from
+:mod:`graphopt.call_options`: ``plan`` takes those that shape a plan, ``optimize`` every one."""
 
 from __future__ import annotations
 
@@ -16,12 +17,28 @@ from typing import TYPE_CHECKING, NoReturn
 from graphopt.artifacts.destination import save_file
 from graphopt.benchmark.cli import add_bench_commands
 from graphopt.benchmark.models import load_bench_model
-from graphopt.call_options import CALL_OPTIONS, add_call_options, call_options
+from graphopt.call_options import (
+    OPTIMIZE_FLAGS,
+    PLAN_FLAGS,
+    Option,
+    add_option_flags,
+    flag_values,
+    given_flags,
+    options_table,
+    planned_values,
+)
 from graphopt.errors import ConfigError, GraphoptError, WriteError
-from graphopt.search.cli import add_search_arguments, refuse_search_flags_without_goal, run_search_command
+from graphopt.search.cli import (
+    SEARCH_OPTIONS,
+    add_search_arguments,
+    refuse_search_flags_without_goal,
+    run_search_command,
+)
 
 if TYPE_CHECKING:
     from graphopt.artifacts.result import OptimizeResult
+    from graphopt.benchmark.models import BenchModel
+    from graphopt.pipeline.plan import Plan
 
 #: Exit statuses of a run stopped by a signal: 128 + the signal's number, as a shell reports it.
 INTERRUPTED, TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -118,11 +135,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("targets", help="list the target presets and what they run")
     p.set_defaults(run=_cmd_targets)
 
-    p = sub.add_parser("plan", help="print what optimize() would run for a target and options, slot by slot")
-    p.add_argument("target")
-    add_call_options(p)
-    p.add_argument("--train-data", action="store_true", help="plan as if train_data were given")
-    p.add_argument("--early-exit", action="store_true", help="plan early exits (default EarlyExitConfig)")
+    p = sub.add_parser("options", help="list optimize()'s options: type, default, flag, bench token, doc")
+    p.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/api.md")
+    p.set_defaults(run=_cmd_options)
+
+    p = sub.add_parser(
+        "plan",
+        help="print what optimize() would run for a target and options, slot by slot",
+        description="Switches stand for what they would bring: --train-data plans as if train_data were "
+        "given, --early-exit plans the default EarlyExitConfig.",
+    )
+    add_option_flags(p, PLAN_FLAGS, positional=("target",))
     p.set_defaults(run=_cmd_plan)
 
     p = sub.add_parser(
@@ -130,13 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="pkg.module:factory (a callable returning an nn.Module) or a zoo name")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (zoo models know theirs)")
-    p.add_argument("--target", default="generic-fp32")
     p.add_argument("-o", "--output", type=Path, help="artifact path: .onnx or .pt")
     p.add_argument("--save", type=Path, help="also save the optimized torch model (.pt2)")
     p.add_argument("--latency", action="store_true", help="time the artifact and the original in ORT fp32")
-    p.add_argument("--dump-ir", type=Path, help="write the IR after each pass into this folder")
     p.add_argument("--json", type=Path, help="write the report as JSON")
-    add_call_options(p)
+    # --train-data / --early-exit: the named model's own data / exits; --goal: with the search's flags
+    add_option_flags(p, tuple(o for o in OPTIMIZE_FLAGS if o.name not in SEARCH_OPTIONS))
     add_search_arguments(p)
     p.set_defaults(run=_cmd_optimize)
 
@@ -182,28 +204,32 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from graphopt.early_exit.config import EarlyExitConfig
-    from graphopt.pipeline.plan import make_plan, plan_options
-    from graphopt.targets import resolve_target
-
-    options = plan_options(
-        **call_options(args), has_train_data=args.train_data,
-        early_exit=EarlyExitConfig() if args.early_exit else None,
-    )  # fmt: skip
-    print(make_plan(resolve_target(args.target), options))
+def _cmd_options(args: argparse.Namespace) -> int:
+    print(options_table(markdown=args.markdown))
     return 0
 
 
-def _cmd_optimize(args: argparse.Namespace) -> int:
+def _cmd_plan(args: argparse.Namespace) -> int:
+    values = planned_values(flag_values(args, PLAN_FLAGS))
+    print(_plan(values))
+    return 0
 
+
+def _plan(values: dict) -> Plan:
+    from graphopt.call_options import plan_keywords
+    from graphopt.pipeline.plan import make_plan, plan_options
+    from graphopt.targets import resolve_target
+
+    return make_plan(resolve_target(values["target"]), plan_options(**plan_keywords(values)))
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
     refuse_search_flags_without_goal(args)  # they would be ignored: no plot, no cache
     _check_optimize_outputs(args)
-    if args.goal:
+    if args.goals:
         _refuse_call_options_in_a_search(args)
-        result = run_search_command(args)
-    else:
-        result = _optimize_once(args)
+    args = argparse.Namespace(**{**vars(args), **flag_values(args, OPTIMIZE_FLAGS)})  # defaults filled
+    result = run_search_command(args) if args.goals else _optimize_once(args)
     if args.output:
         result.export(args.output, measure_latency=args.latency)
     if args.save:
@@ -215,14 +241,25 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The option flags a ``--goal`` search reads; ``--dump-ir`` is refused by the search with its own reason.
+SEARCH_READS = ("target", "goals", "dump_ir")
+
+
 def _refuse_call_options_in_a_search(args: argparse.Namespace) -> None:
-    """A search chooses the pruning, sparsity and int8 fall-backs itself (its --search-* flags)."""
-    given = [o.flag for o in CALL_OPTIONS if getattr(args, o.name) != o.default]
+    """A search chooses the plan itself (pruning, int8 fall-backs, exits, its data and training: its
+    --search-* flags); any other option flag would be ignored, so it is refused."""
+    fixed = tuple(o for o in OPTIMIZE_FLAGS if o.name not in SEARCH_READS)
+    given = [_flag_name(o) for o in given_flags(args, fixed)]
     if given:
         raise ConfigError(
             f"{', '.join(given)} fix what a --goal search chooses: drop them (the search's candidates are "
-            "set by --search-prune and --no-exits), or drop --goal"
+            "set by --search-prune, --no-exits and --recovery-epochs), or drop --goal"
         )
+
+
+def _flag_name(option: Option) -> str:
+    assert option.flag is not None
+    return option.flag.name
 
 
 def _optimize_once(args: argparse.Namespace) -> OptimizeResult:
@@ -230,29 +267,49 @@ def _optimize_once(args: argparse.Namespace) -> OptimizeResult:
     calibration inputs for a reference architecture (random weights too). A factory's model brings no data,
     and graphopt does not calibrate a real model on noise: int8 targets need the Python API's
     ``calibration_data`` there. Calibration data goes only to plans that read it, and the report says
-    where it came from."""
+    where it came from; ``--train-data`` and ``--early-exit`` take the model's own training split and exit
+    configuration."""
     from graphopt.api import optimize
-    from graphopt.benchmark.pipelines import Pipeline
     from graphopt.model_spec import parse_shape
 
-    pipeline = Pipeline(args.target, prune=args.prune, sparsify=args.sparsify)
+    values = flag_values(args, OPTIMIZE_FLAGS)
+    plan = _plan(planned_values(values))  # before the model loads: a bad option costs nothing
+    reads_calibration = any("calibration_data" in p.needs for p in plan.passes())
     factory = ":" in args.model
-    if factory and pipeline.quantized:
+    if factory and reads_calibration:
         raise ConfigError(
-            f"{args.target} calibrates int8 on real inputs, and a factory's model comes with none on the "
-            "command line: call graphopt.optimize(model, target, example_inputs, calibration_data=...) from "
-            "Python, or choose an fp32 target (generic-fp32, arm-fp32)"
+            f"{values['target']} calibrates int8 on real inputs, and a factory's model comes with none on "
+            "the command line: call graphopt.optimize(model, target, example_inputs, calibration_data=...) "
+            "from Python, or choose an fp32 target (generic-fp32, arm-fp32)"
         )
     shape = parse_shape(args.input_shape) if args.input_shape else None
     bench = load_bench_model(args.model, input_shape=shape, synthetic_data=not factory, quiet=True)
-    calibration = bench.calibration if pipeline.quantized or pipeline.prune else None
+    values.update(_model_switches(values, bench))
+    calibration = bench.calibration if reads_calibration or plan.has("prune_channels") else None
     result = optimize(
-        bench.model, args.target, bench.example_inputs, calibration_data=calibration,
-        eval_data=bench.eval, dump_ir=args.dump_ir, **call_options(args),
+        bench.model, example_inputs=bench.example_inputs, calibration_data=calibration, eval_data=bench.eval,
+        **values,
     )  # fmt: skip
     if calibration is not None:
         result.report.notes.append(f"data: {bench.data}")
     return result
+
+
+def _model_switches(values: dict, bench: BenchModel) -> dict:
+    """Each given switch (``--train-data``, ``--early-exit``) as the named model's own piece of data."""
+    taken = {}
+    for option in OPTIMIZE_FLAGS:
+        flag = option.flag
+        if flag is None or flag.from_model is None or values[option.name] is not True:
+            continue
+        taken[option.name] = getattr(bench, flag.from_model)
+        if taken[option.name] is None:
+            raise ConfigError(
+                f"{flag.name} takes {bench.name}'s own {option.name.replace('_', ' ')}, and it has none "
+                f"({bench.data}): use a model trained here on labelled data (digits, digits_resnet, "
+                f"fashion_resnet), or pass {option.name}=... to graphopt.optimize from Python"
+            )
+    return taken
 
 
 def _check_optimize_outputs(args: argparse.Namespace) -> None:

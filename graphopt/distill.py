@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from graphopt.data.labelled import LabelledTensors, read_labelled
 from graphopt.errors import ConfigError, InvalidInputError
 from graphopt.frontend.inputs import check_model, private_eval_copy
 from graphopt.recovery.config import NEW_STUDENT, RecoveryConfig
-from graphopt.recovery.data import LabelledTensors, read_labelled
 from graphopt.recovery.engine import RecoveryResult, fit
 from graphopt.reporting.numerics import flatten_outputs
 

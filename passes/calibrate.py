@@ -19,7 +19,6 @@ import torch.fx as fx
 from graphopt.errors import ConfigError, InvalidInputError
 from graphopt.ir.graph import module_of, set_module
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
-from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.policy import through_data_movement
 from graphopt.quant.scheme import sqnr_db
@@ -61,7 +60,7 @@ class Calibrate(Pass):
             raise InvalidInputError(
                 "int8 calibration needs calibration_data: an iterable of input tensors/tuples"
             )
-        batches = read_calibration_inputs(data, self.context.example_inputs)[: self.options.max_batches]
+        batches = data[: self.options.max_batches]  # read and checked once, by the driver
         observed = self._observe(gm, quantizers, batches)
         for quantizer in quantizers:
             quantizer.freeze()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from graphopt.data.labelled import LabelledTensors
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork, exit_head
 from graphopt.early_exit.paths import PathTiming, path_names, time_paths
@@ -33,13 +34,12 @@ from graphopt.early_exit.reporting import disabled_note, exit_table, timing_note
 from graphopt.early_exit.segments import Cut, choose_cuts, find_cuts, split_at
 from graphopt.early_exit.selection import Candidate, ExitChoice, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER
-from graphopt.early_exit.training import cached_features, fine_tune_jointly, train_heads
+from graphopt.early_exit.training import cached_features
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError
 from graphopt.ir.graph import shape_of
 from graphopt.ir.keys import EXPECTED_MACS_SHARE
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.pipeline.pass_base import Pass, PassResult
-from graphopt.recovery.data import LabelledTensors
 from graphopt.reporting.cost import count_macs, measure_module_macs
 from graphopt.targets import Target, resolve_target
 
@@ -105,9 +105,9 @@ class InsertEarlyExit(Pass):
         train, held_out = self._training_and_held_out(config)
         held_out_features = cached_features(network, held_out)  # the backbone as given
         reference = held_out_features[-1].argmax(-1) == held_out.labels  # the network without exits
-        stats = train_heads(network, train, config)
+        stats = self.context.training.train_exit_heads(network, train, config)
         if config.joint_epochs:  # the backbone changed: its held-out features too
-            stats.update(fine_tune_jointly(network, train, config))
+            stats.update(self.context.training.fine_tune_exits(network, train, config))
             held_out_features = cached_features(network, held_out)
         with torch.no_grad():
             exits = [h(f) for h, f in zip(network.heads, held_out_features[:-1], strict=True)]
@@ -163,11 +163,16 @@ class InsertEarlyExit(Pass):
         return [(whole, network, _macs_per_exit(network, inputs))], None
 
     def _timed_target(self) -> tuple[Target | None, str]:
-        """The target whose runtime times the exit paths (None: generic-fp32), or None and why it cannot."""
-        try:
-            target = resolve_target(self.options.target or "generic-fp32")
-        except ConfigError as error:
-            return None, str(error)
+        """The target whose runtime times the exit paths (the config's, else the run's: ``context.target``),
+        or None and why it cannot."""
+        named = self.options.target
+        if named is None or isinstance(named, Target) or named == self.context.target.name:
+            target = named if isinstance(named, Target) else self.context.target
+        else:  # a preset the caller named on the config itself (the plan fills in the run's Target object)
+            try:
+                target = resolve_target(named)
+            except ConfigError as error:
+                return None, str(error)
         unavailable = self.context.timing.unavailable(target)
         return (None, unavailable) if unavailable is not None else (target, "")
 
@@ -212,11 +217,16 @@ def classifier_width(gm: fx.GraphModule) -> int:
 
 
 def _split(data: LabelledTensors, config: EarlyExitConfig) -> tuple[LabelledTensors, LabelledTensors]:
+    """Heads train on a seeded ``1 - holdout_fraction`` of ``data`` (``floor``), thresholds calibrate on the
+    rest. Not :func:`~graphopt.data.labelled.split_validation`: that one holds out ``round(share * n)``
+    samples from the other end of the permutation, and the reported runs of early exit were made with
+    these held-out samples."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))
     cut = int(len(data) * (1 - config.holdout_fraction))
     if cut < 1 or cut >= len(data):
         raise InvalidInputError(
-            f"train_data has {len(data)} samples: too few to train heads and hold some out"
+            f"train_data has {len(data)} samples: too few to train heads and hold some out; give more "
+            "labelled samples, or validation_data=... to calibrate the thresholds on"
         )
     return data.subset(order[:cut]), data.subset(order[cut:])
 

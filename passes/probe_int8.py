@@ -30,7 +30,7 @@ from graphopt.ir.graph import deep_copy
 from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pipeline.pass_manager import PassManager
 from graphopt.pipeline.registry import make_pass
-from graphopt.targets import Target, resolve_target
+from graphopt.targets import Target
 
 #: The target's passes each candidate is built with, by slot: both are cleaned up (BatchNorm folded) as
 #: the shipped graph will be; the int8 one is then quantized and calibrated.
@@ -40,15 +40,21 @@ DECLINED = "int8_not_faster"
 
 @dataclass(frozen=True)
 class ProbeInt8Options(PassOptions):
-    """``target``: whose passes build the candidates and whose runtime times them; ``declines``: the plan's
-    passes that go when int8 is not faster; ``moved_epochs`` of training then go to ``train_pass``."""
+    """``target``: whose passes build the candidates and whose runtime times them (None: the run's target,
+    ``PassContext.target``); ``declines``: the plan's passes that go when int8 is not faster;
+    ``moved_epochs`` of training then go to ``train_pass``."""
 
-    target: Target | str = "x86-int8"  # the plan gives the Target object (a custom one is no preset)
+    target: Target | None = None  # a Target object, never a name: a custom target is no preset
     declines: tuple[str, ...] = ("insert_fake_quant", "calibrate", "qat")
     moved_epochs: int = 0
     train_pass: str = "recover"
 
     def __post_init__(self) -> None:
+        if self.target is not None and not isinstance(self.target, Target):
+            raise ConfigError(
+                f"probe_int8's target must be a graphopt.Target (or None: the run's target), got "
+                f"{self.target!r}; give the object, e.g. graphopt.TARGETS[{self.target!r}]"
+            )
         if self.moved_epochs < 0:
             raise ConfigError(f"moved_epochs must be >= 0, got {self.moved_epochs}")
 
@@ -62,7 +68,7 @@ class ProbeInt8(Pass):
     needs = ("calibration_data",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        target = resolve_target(self.options.target)
+        target = self.options.target or self.context.target
         unavailable = self.context.timing.unavailable(target)
         if unavailable is not None:
             self.context.notes.append(f"probe_int8: {unavailable}; int8 and QAT run as planned")
@@ -83,7 +89,8 @@ class ProbeInt8(Pass):
         shipped graph gets both when the plan runs these passes for real)."""
         passes = [make_pass(spec.name, spec.options) for spec in target.passes]
         candidate = deep_copy(gm)
-        context = PassContext(self.context.example_inputs, calibration_data=self.context.calibration_data)
+        self.context.mark_read({"calibration_data"})  # the int8 candidate calibrates on it
+        context = PassContext.of(self.context.session)  # the run's data and services, a state of its own
         PassManager([p for p in passes if p.slot in slots], instruments=[]).run(candidate, context)
         return candidate
 

@@ -62,11 +62,11 @@ class PruneChannels(Pass):
                 "statistics are re-estimated); pass train_data=... to fine-tune with distillation"
             )
         self.context.tables["pruning"] = _table(groups, selection)
-        self.context.notes += [
+        self.context.notes.extend(
             f"prune_channels: group {g.index} ({_names(g)}) was clamped to min_channels={config.min_channels}"
             for g in groups
             if g.index in selection.clamped
-        ]
+        )
         return PassResult(gm, modified=bool(selection.removed), stats=_stats(groups, selection))
 
 

@@ -23,7 +23,6 @@ from graphopt.passes.calibrate import Calibrate, int8_summary
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.quant.modules import QuantizedLayer
 from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig, for_qat
-from graphopt.recovery.engine import fit
 
 #: QAT starts from a calibrated model that is already close: a few epochs at a small learning rate.
 QAT_DEFAULTS = RecoveryConfig(epochs=3, optimizer=OptimizerConfig(lr=1e-4), distill=DistillConfig())
@@ -53,10 +52,14 @@ class QuantizationAwareTraining(Pass):
         try:
             sparse = bool(ir_fact(gm, KEEP_ZERO_WEIGHTS))
             options = for_qat(replace(self.options, keep_zero_weights=True) if sparse else self.options)
-            result = fit(
-                gm, context.teacher, context.train_data, options,
-                example_inputs=context.example_inputs, desc="qat", val_data=context.validation_data,
-            )  # fmt: skip
+            result = context.training.fit(
+                gm,
+                context.teacher,
+                context.train_data,
+                options,
+                validation=context.validation_data,
+                desc="qat",
+            )
         finally:
             refrozen, _ = Calibrate.freeze_layers(gm)  # requantize whatever training left, even on failure
         context.tables["int8"] = int8_summary(gm)

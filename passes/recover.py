@@ -2,7 +2,8 @@
 
 The student is the current GraphModule (its parameters are trained in place); the teacher is the original
 model, frozen, handed over in the pass context. The loss, schedule, validation split and early stopping
-are those of :mod:`graphopt.recovery` (see :class:`~graphopt.recovery.RecoveryConfig`); the best epoch is
+are those of :mod:`graphopt.recovery` (see :class:`~graphopt.recovery.RecoveryConfig`), run by the run's
+training service (:class:`~graphopt.pipeline.services.TrainingService`); the best epoch is
 chosen on ``validation_data`` when the call has it (held-out data), else on a share of ``train_data``.
 Lossy by nature.
 
@@ -20,7 +21,6 @@ import torch.fx as fx
 from graphopt.ir.graph import KEEP_ZERO_WEIGHTS, ir_fact
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.recovery.engine import fit
 
 
 class Recover(Pass):
@@ -40,8 +40,7 @@ class Recover(Pass):
             context.notes.append("recover: no teacher in the pass context, accuracy was not recovered")
             return PassResult(gm, modified=False, stats={"skipped:no_teacher": 1})
         options = self._options(gm, context.epochs_added.get(self.name, 0))
-        result = fit(gm, context.teacher, data, options, example_inputs=context.example_inputs,
-                     val_data=context.validation_data)  # fmt: skip
+        result = context.training.fit(gm, context.teacher, data, options, validation=context.validation_data)
         return PassResult(gm, modified=True, stats=result.stats())
 
     def _options(self, gm: fx.GraphModule, added_epochs: int) -> RecoveryConfig:

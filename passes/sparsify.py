@@ -26,7 +26,6 @@ from graphopt.ir.graph import KEEP_ZERO_WEIGHTS, set_ir_fact
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.pruning.sparsity import magnitude_masks, schedule, zero_fraction
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.recovery.engine import fit
 from graphopt.reporting.cost import node_macs
 
 ELIGIBLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -81,8 +80,9 @@ class Sparsify(Pass):
             for weight, mask in zip(weights, magnitude_masks(weights, target, config.scope), strict=True):
                 weight.data.mul_(mask)
             if data is not None:
-                fit(gm, context.teacher, data, recovery, example_inputs=context.example_inputs,
-                    desc=f"sparsify {step}/{config.steps}")  # fmt: skip
+                context.training.fit(
+                    gm, context.teacher, data, recovery, desc=f"sparsify {step}/{config.steps}"
+                )
         set_ir_fact(gm, KEEP_ZERO_WEIGHTS, True)
         table, stats = _accounting(gm, layers)
         if data is None and sum(int((m.weight == 0).sum()) for m in layers.values()) == zeros_before:

@@ -18,9 +18,10 @@ from graphopt.frontend.capture import capture
 from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
 from graphopt.pipeline.pass_base import Pass, PassContext
 from graphopt.pipeline.pass_manager import PassManager, PassRecord
-from graphopt.pipeline.services import RuntimeTiming, Timed
+from graphopt.pipeline.services import InProcessTraining, RuntimeTiming, Timed
 from graphopt.quant import QuantScheme
 from graphopt.quant.observers import ObserverConfig
+from graphopt.recovery.config import RecoveryConfig
 from graphopt.targets import X86_INT8, PassSpec
 from graphopt.zoo import randomize_batchnorm
 
@@ -93,6 +94,18 @@ class FakeTiming(RuntimeTiming):
         self.asked.append(dict(models))
         answer = self.ms if callable(self.ms) else (lambda name, model: self.ms[name])
         return Timed("onnxruntime", {name: answer(name, model) for name, model in models.items()})
+
+
+class RecordingTraining(InProcessTraining):
+    """The in-process training service, recording ``what(config)`` for each training pass by its name
+    (``desc``: "recover", "qat", ...): what a test asserts instead of monkeypatching the engines."""
+
+    def __init__(self, what: Callable[[RecoveryConfig], object]):
+        self.what, self.seen = what, {}
+
+    def fit(self, student, teacher, train, config, *, validation=None, desc="recover"):
+        self.seen[desc] = self.what(config)
+        return super().fit(student, teacher, train, config, validation=validation, desc=desc)
 
 
 class MarkerPayload:

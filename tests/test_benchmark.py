@@ -32,8 +32,10 @@ from graphopt.benchmark.pipelines import Pipeline, without_exits_label
 from graphopt.benchmark.plot import pareto_front
 from graphopt.benchmark.schema import EAGER_FP32, ORT_FP32, BenchError, BenchRow
 from graphopt.benchmark.summary import summary_markdown
+from graphopt.benchmark.timing import EXITS_AGAINST_NO_EXITS
 from graphopt.cli import main
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError, UnknownNameError
+from graphopt.reporting.notes import the_note
 
 
 def test_pipeline_labels_round_trip():
@@ -393,7 +395,7 @@ def test_pipelines_sharing_their_first_passes_run_them_once(digits, digits_model
     assert first.accuracy == second.accuracy and first.params == second.params  # the same stage, kept
     exits = result.row(labels[1], "artifact:onnx")  # timed image by image against its twin without exits
     assert exits.no_exit_mean_ms > 0 and exits.mean_ms > 0
-    assert any(labels[0] in n and "without exits" in n for n in exits.notes)
+    assert the_note(exits, EXITS_AGAINST_NO_EXITS).facts["without_exits"] == labels[0]
 
 
 def test_torch_pruning_peer_prunes_when_installed():
@@ -420,7 +422,7 @@ def test_without_torch_pruning_the_result_says_so(monkeypatch):
     )
     notes: list[str] = []
     assert peer_rows._torch_pruning(load_bench_model("mlp"), 0.5, notes) is None
-    assert notes and "pip install 'graphopt[peers]'" in notes[0]
+    assert the_note(notes, peer_rows.PEER_NOT_INSTALLED).facts == {"peer": "torch_pruning", "extra": "peers"}
 
 
 def test_torch_pruning_peer_is_fine_tuned_on_labels_alone(digits, digits_model):

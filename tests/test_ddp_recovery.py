@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from graphopt.recovery.data import LabelledTensors
+from graphopt.data.labelled import LabelledTensors
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ddp_distill.py"
 

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import graphopt
 from graphopt.demo import DemoConfig, run_demo
+from graphopt.early_exit.reporting import NO_EXIT_PAYS
+from graphopt.ir.keys import SHIPPED_FP32
+from graphopt.reporting.notes import note_keys
 
 
 def test_demo_trains_optimizes_exports_and_reports(tmp_path):
@@ -16,11 +19,11 @@ def test_demo_trains_optimizes_exports_and_reports(tmp_path):
     assert pruned.macs <= 0.3 * report.stage("original").macs
     assert "original in ORT fp32" in stages
     original = report.stage("original")
-    onnx = next(s for s in report.stages if s.stage.startswith("artifact:onnx"))
+    onnx = report.artifact("onnx")
     assert original.accuracy > 0.85  # 4 epochs; 30 epochs reach ~99.5 %
     # the artifact is the int8 model, or its fp32 twin (the QAT-trained weights, no activation rounding)
     # when the latency guard falls back: either way what QAT trained, not the copy from before int8
-    tolerance = 0.02 if "fp32 fallback" in onnx.stage else 0.01
+    tolerance = 0.02 if onnx.stats[SHIPPED_FP32] else 0.01
     assert abs(onnx.accuracy - report.stage("qat").accuracy) <= tolerance
     assert onnx.accuracy >= original.accuracy - 0.06  # half the channels, only 2 recovery epochs here
     assert onnx.latency.median_ms > 0 and report.speedup(onnx) is not None
@@ -45,10 +48,10 @@ def test_demo_with_early_exit_on_an_fp32_target(tmp_path):
     )
     report = run_demo(config).report
     assert report.stages[-4].stage == "insert_early_exit"
-    onnx = next(s for s in report.stages if s.stage.startswith("artifact:onnx"))
+    onnx = report.artifact("onnx")
     assert onnx.accuracy > 0.8
     if "early_exit" in report.tables:  # the exit paid in ONNX Runtime on this machine
         assert onnx.stats["dataset_mean_ms"] > 0
     else:
-        assert any("no exits inserted" in n for n in report.notes)
+        assert NO_EXIT_PAYS in note_keys(report)
     assert (tmp_path / "digits.pt2").is_file()

@@ -321,19 +321,22 @@ def test_model_output_fields_name_the_onnx_outputs_of_a_model_fx_cannot_trace(tm
 def test_inputs_sharing_a_dynamic_dim_must_share_its_size_in_each_calibration_batch():
     spec = {"x": {1: "seq"}, "mask": {1: "seq"}}
     batch = (_seq(12), torch.ones(1, 16))  # one "seq", two lengths
-    with pytest.raises(graphopt.InvalidInputError, match=r"sizes \[12, 16\] along the dim .* 'seq'"):
+    message = r"'seq' is 12 long at dim 1 of input 'x' but 16 at dim 1 of input 'mask' in calibration_data"
+    with pytest.raises(graphopt.InvalidInputError, match=message):
         graphopt.optimize(
             MaskedChecked().eval(), "x86-int8", example_inputs=(_seq(), torch.ones(1, 8)),
             calibration_data=[batch], dynamic_shapes=spec,
         )  # fmt: skip
 
 
-def test_calibration_batches_checked_against_other_shapes_are_checked_again():
-    from graphopt.quant.calibration_data import CalibrationBatches, read_calibration_inputs
+def test_calibration_batches_are_read_once_and_checked_against_the_example():
+    from graphopt.data.calibration import CalibrationBatches, read_calibration_inputs
+    from graphopt.data.run_data import read_run_data
 
     checked = read_calibration_inputs([_seq(6)], (_seq(6),))
-    assert read_calibration_inputs(checked, (_seq(6),)) is checked  # the same check: not repeated
+    assert isinstance(checked, CalibrationBatches)
+    assert read_run_data((_seq(6),), calibration_data=checked).calibration is checked  # taken as it is
     with pytest.raises(graphopt.InvalidInputError, match="per-sample shapes"):
         read_calibration_inputs(checked, (_seq(8),))
     with pytest.raises(graphopt.InvalidInputError, match="NaN"):
-        read_calibration_inputs(CalibrationBatches([(torch.full((1, 6, 16), float("nan")),)]), (_seq(6),))
+        read_calibration_inputs([(torch.full((1, 6, 16), float("nan")),)], (_seq(6),))

@@ -15,11 +15,13 @@ import graphopt
 from graphopt import ConfigError, EarlyExitConfig, InvalidInputError, PassError
 from graphopt.backends import OnnxRunner, TorchScriptRunner
 from graphopt.data.digits import batches
+from graphopt.data.labelled import LabelledTensors
 from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.measure import interleaved_per_sample, per_sample_accuracy
+from graphopt.early_exit.reporting import EXITS_DISABLED
 from graphopt.early_exit.thresholds import NEVER, calibrate, harm_allowed, route, samples_needed
 from graphopt.early_exit.training import with_augmented_copies
-from graphopt.recovery.data import LabelledTensors
+from graphopt.reporting.notes import the_note
 from tests.conftest import assert_unchanged, state_snapshot
 from tests.helpers import digits_optimize_data
 
@@ -230,7 +232,8 @@ def test_a_small_validation_set_says_how_many_samples_the_budget_needs(digits_mo
         validation_data=batches(digits.test_x[:200], digits.test_y[:200], 100),
         early_exit=EarlyExitConfig(exits=("features.6",), epochs=1, quiet=True, cost="macs"),
     )
-    assert any("needs at least 333 held-out samples, got 200" in n for n in result.report.notes)
+    facts = the_note(result.report, EXITS_DISABLED).facts
+    assert facts["too_few_samples"] and (facts["samples_needed"], facts["samples"]) == (333, 200)
     assert _network(result).thresholds.tolist() == [NEVER]
 
 
@@ -375,10 +378,10 @@ def test_the_latency_guard_times_an_exit_model_per_sample_and_ships_the_faster(
     ops = _op_counts(onnx.load(str(path)).graph)
     assert ops["If"] == 1
     if int8_ms < fp32_ms:
-        assert "int8 shipped" in note and ops["QuantizeLinear"] > 0 and row.stage == "artifact:onnx"
+        assert "int8 shipped" in note and ops["QuantizeLinear"] > 0 and row.stats["shipped_fp32"] == 0
     else:
         assert "fp32 model was shipped" in note and ops["QuantizeLinear"] == 0
-        assert row.stage == "artifact:onnx (fp32 fallback)" and row.stats["shipped_fp32"] == 1
+        assert row.backend == "onnx" and row.stats["shipped_fp32"] == 1
 
 
 def test_heads_train_on_a_seeded_subset_when_the_feature_cache_would_not_fit(exited):

@@ -75,7 +75,7 @@ def test_result_export_writes_a_pte_with_its_report_row(resnet_int8_pte):
     res, path = resnet_int8_pte
     assert path.suffix == ".pte" and backend_for(path).name == "executorch"
     row = res.report.artifact("executorch")
-    assert row.stage.startswith("artifact:executorch") and "XnnpackBackend" in " ".join(row.notes)
+    assert row.kind == "artifact" and "XnnpackBackend" in " ".join(row.notes)
 
 
 def test_what_executorch_cannot_take_is_refused_and_leaves_no_file(tmp_path):
@@ -94,7 +94,7 @@ def test_what_executorch_cannot_take_is_refused_and_leaves_no_file(tmp_path):
 
 
 def _batch_and_width():
-    from graphopt.backends.dynamic import DynamicDims
+    from graphopt.data.dims import DynamicDims
 
     return DynamicDims.of({"x": {3: "width"}}, ["x"], 1)
 

@@ -4,7 +4,6 @@ pay for themselves there dropped."""
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import pytest
 import torch
@@ -14,9 +13,11 @@ from graphopt import EarlyExitConfig
 from graphopt.backends import OnnxRunner
 from graphopt.data.digits import batches
 from graphopt.early_exit import EarlyExitNetwork
+from graphopt.early_exit.reporting import EXIT_PATHS_TIMED, NO_EXIT_PAYS
 from graphopt.early_exit.selection import MAX_SUBSET_EXITS, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER
 from graphopt.pipeline.driver import OptimizeCall, run_call
+from graphopt.reporting.notes import Note, notes_with
 from tests.helpers import FakeTiming, digits_optimize_data
 
 EXITS = ("features.2", "features.6")
@@ -28,6 +29,12 @@ def _optimize(model, digits, target: str | graphopt.Target = "generic-fp32", tim
         validation_data=digits.test_batches(), early_exit=EarlyExitConfig(exits=EXITS, epochs=3, quiet=True),
         timing=timing,
     ))  # fmt: skip
+
+
+def _timing_note(result) -> Note:
+    """The one note on how the exit paths were timed: exits kept, or none paid."""
+    (note,) = notes_with(result.report, EXIT_PATHS_TIMED) + notes_with(result.report, NO_EXIT_PAYS)
+    return note
 
 
 def _path_ms(plain_ms: float, paths: dict[str, list[float]]) -> FakeTiming:
@@ -91,7 +98,7 @@ def test_a_custom_target_costs_its_exits_in_its_own_runtime(digits_model, digits
     silently costed in MACs."""
     custom = dataclasses.replace(graphopt.TARGETS["generic-fp32"], name="my-fp32")
     result = _optimize(digits_model, digits, target=custom)
-    assert [n for n in result.report.notes if "timed in onnxruntime" in n]
+    assert _timing_note(result).facts["runtime"] == "onnxruntime"
     assert not [n for n in result.report.notes if "exits costed in MACs" in n]
     assert "expected_ms" in result.report.stage("insert_early_exit").stats
 
@@ -104,16 +111,17 @@ def test_exit_paths_are_timed_in_the_targets_runtime(digits_model, digits):
     share = stats["expected_ms"] / stats["without_exits_ms"]  # both rounded to 1e-4 ms
     assert stats["expected_latency_share"] == pytest.approx(share, rel=5e-3)
     networks = [m for m in result.model.modules() if isinstance(m, EarlyExitNetwork)]
-    (note,) = [n for n in result.report.notes if "timed in onnxruntime" in n]
-    said = re.search(r"without (?:exits|them) \(?([0-9.]+) ms", note)  # the exit-free time, 3 decimals
-    assert said and float(said[1]) == pytest.approx(stats["without_exits_ms"], abs=1.5e-3)
+    note = _timing_note(result)
+    assert note.facts["runtime"] == "onnxruntime"
+    assert note.facts["without_exits_ms"] == pytest.approx(stats["without_exits_ms"], abs=1e-4)
     if networks:
-        assert stats["exits"] == len(networks[0].heads) >= 1 and "exit paths timed" in note
+        assert stats["exits"] == len(networks[0].heads) >= 1 and note.key == EXIT_PATHS_TIMED
+        assert len(note.facts["kept"]) == len(networks[0].heads)
         rows = result.report.tables["early_exit"]
         assert len(rows) == len(networks[0].heads) + 1 and all(r["ms_per_sample"] > 0 for r in rows)
         networks[0].thresholds.fill_(NEVER)  # whichever exits were kept, never leaving is the original
     else:
-        assert stats["exits"] == 0 and "no exits inserted" in note
+        assert stats["exits"] == 0 and note.key == NO_EXIT_PAYS
     x = digits.test_x[:16]
     torch.testing.assert_close(result.model(x), digits_model(x), rtol=1e-5, atol=1e-5)
 
@@ -130,7 +138,8 @@ def test_a_dropped_exit_leaves_a_network_without_it(digits_model, digits, monkey
     network = _network(result)
     assert stats["exits"] == len(network.heads) == 1 and stats["exits_trained"] == 2
     assert [r["exit"] for r in result.report.tables["early_exit"]] == ["features.2", "final classifier"]
-    assert any("dropped features.6" in n for n in result.report.notes)
+    (note,) = notes_with(result.report, EXIT_PATHS_TIMED)
+    assert note.facts["kept"] == ("features.2",) and note.facts["dropped"] == ("features.6",)
     runner = OnnxRunner(result.export(tmp_path / "m.onnx"))
     for i in range(20):  # the artifact holds the one kept exit and takes the same path as eager
         x = digits.test_x[i : i + 1]
@@ -162,6 +171,7 @@ def test_no_exit_is_inserted_when_none_pays_in_the_runtime(digits_model, digits,
     assert not any(isinstance(m, EarlyExitNetwork) for m in result.model.modules())
     record = result.report.stage("insert_early_exit")
     assert record.modified is False and record.stats["expected_ms"] == record.stats["without_exits_ms"]
-    assert any("no exits inserted" in n and "(0.100 ms)" in n for n in result.report.notes)
+    (note,) = notes_with(result.report, NO_EXIT_PAYS)
+    assert note.facts["without_exits_ms"] == pytest.approx(0.10)
     x = digits.test_x[:16]
     torch.testing.assert_close(result.model(x), digits_model(x))

@@ -11,8 +11,11 @@ import torch
 
 import graphopt
 from graphopt import InvalidInputError
+from graphopt.artifacts.artifact_check import INT8_ROUNDS_DIFFERENTLY
+from graphopt.ir.keys import SHIPPED_FP32
 from graphopt.quant import ActivationQuantizer, QuantizedLayer, QuantScheme
 from graphopt.quant.scheme import activation_qparams, quantize_weight, weight_scales
+from graphopt.reporting.notes import notes_with
 from graphopt.zoo import get_model
 from tests.helpers import ort_histogram
 
@@ -92,7 +95,7 @@ def test_latency_guard_ships_fp32_when_int8_is_slower(tmp_path, monkeypatch):
     )
     path = res.export(tmp_path / "m.onnx")
     row = res.report.stages[-1]
-    assert row.stage == "artifact:onnx (fp32 fallback)" and row.stats["shipped_fp32"] == 1
+    assert row.backend == "onnx" and row.stats[SHIPPED_FP32] == 1
     assert "int8 is not faster here, so the fp32 model was shipped" in str(res.report)
     assert not any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
 
@@ -126,7 +129,7 @@ def test_latency_guard_skips_artifacts_for_another_cpu_family(tmp_path):
     res = graphopt.optimize(model, "arm-int8", example_inputs=inputs, calibration_data=_calibration(inputs))
     path = res.export(tmp_path / "arm.onnx")
     row = res.report.stages[-1]
-    assert row.stage == "artifact:onnx" and "guard_int8_ms" not in row.stats
+    assert row.backend == "onnx" and "guard_int8_ms" not in row.stats
     assert any("latency guard skipped: aarch64 artifacts cannot be timed on x86_64" in n for n in row.notes)
     assert any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
 
@@ -148,8 +151,8 @@ def test_int8_artifact_agreement_thresholds(cosine, outcome, tmp_path, monkeypat
             res.export(tmp_path / "m.onnx", latency_guard=False)
         return
     res.export(tmp_path / "m.onnx", latency_guard=False)
-    notes = " ".join(res.report.stages[-1].notes)
-    assert ("round requantization differently" in notes) == (outcome == "note")
+    notes = notes_with(res.report.stages[-1], INT8_ROUNDS_DIFFERENTLY)
+    assert [n.facts["cosine"] for n in notes] == ([cosine] if outcome == "note" else [])
 
 
 def test_power_of_two_scales_pick_the_direction_with_less_error():

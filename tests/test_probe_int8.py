@@ -18,7 +18,7 @@ from graphopt.quant import is_quantized
 from graphopt.recovery import RecoveryConfig
 from graphopt.reporting.report import Report
 from graphopt.zoo import get_model
-from tests.helpers import FakeTiming
+from tests.helpers import FakeTiming, RecordingTraining
 
 QAT_AND_INT8 = ("space_to_depth", "insert_fake_quant", "calibrate", "qat")
 
@@ -27,24 +27,15 @@ def _optimize(monkeypatch, timing: dict[str, float] | None, target: str | grapho
     """resnet_basic pruned 0.5 with one epoch of recovery and one of QAT; ``timing`` is what a fake timing
     service answers for the probe (None: measured in the runtime). Returns the result, the epochs each
     training pass was given, and what the probe timed (model name -> quantized)."""
-    from graphopt.passes import qat, recover
-
-    trained: dict[str, int] = {}
-    for module, stage in ((qat, "qat"), (recover, "recover")):
-        real = module.fit
-
-        def record(*args, real=real, stage=stage, **kwargs):
-            trained[stage] = args[3].epochs
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(module, "fit", record)
+    training = RecordingTraining(lambda config: config.epochs)
     fake = FakeTiming(timing) if timing is not None else None
     model, inputs = get_model("resnet_basic").build()
     data = [(torch.randn(16, *inputs[0].shape[1:]), torch.randint(0, 10, (16,)))]
     res = run_call(OptimizeCall(
         model, target, inputs, calibration_data=[data[0][0]], train_data=data, prune=0.5,
-        recovery=RecoveryConfig(epochs=1, quiet=True, val_fraction=0.0), timing=fake,
+        recovery=RecoveryConfig(epochs=1, quiet=True, val_fraction=0.0), timing=fake, training=training,
     ))  # fmt: skip
+    trained = training.seen
     timed = {name: is_quantized(m) for asked in (fake.asked if fake else []) for name, m in asked.items()}
     return res, trained, timed
 

@@ -166,7 +166,7 @@ def test_taylor_importance_needs_train_data_and_ranks_every_channel(digits_model
     gm = capture(copy.deepcopy(digits_model)).gm  # captured() would randomise the shared model's BN
     propagate_shapes(gm, (digits.test_x[:1],))
     graph = analyze(gm)
-    from graphopt.recovery.data import LabelledTensors
+    from graphopt.data.labelled import LabelledTensors
 
     scores = unit_scores(
         graph, PruneConfig(importance="taylor"), LabelledTensors((digits.train_x,), digits.train_y)

@@ -11,7 +11,7 @@ import graphopt
 from graphopt.quant import QuantizedLayer, QuantScheme
 from graphopt.recovery import OptimizerConfig, RecoveryConfig
 from graphopt.zoo import get_model
-from tests.helpers import clipping_int8_target
+from tests.helpers import RecordingTraining, clipping_int8_target
 
 
 def _calibrated_layer() -> QuantizedLayer:
@@ -122,26 +122,18 @@ def test_without_qat_the_fp32_fall_back_is_the_snapshot_before_int8(digits_model
 def test_qat_trains_at_its_own_rate_when_the_config_names_one(monkeypatch):
     """One RecoveryConfig trains recovery after pruning and QAT after it; ``qat_lr`` sets QAT's peak rate
     alone (a high rate that recovers a pruned network makes QAT of an accurate int8 graph diverge)."""
-    from graphopt.passes import qat, recover
+    from graphopt.pipeline.driver import OptimizeCall, run_call
 
-    seen: dict[str, float] = {}
-    for module, stage in ((qat, "qat"), (recover, "recover")):
-        real = module.fit
-
-        def record(*args, real=real, stage=stage, **kwargs):
-            seen[stage] = args[3].optimizer.lr
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(module, "fit", record)
+    training = RecordingTraining(lambda config: config.optimizer.lr)
     model, inputs = get_model("resnet_basic").build()
     data = [(torch.randn(16, *inputs[0].shape[1:]), torch.randint(0, 10, (16,)))]
     config = RecoveryConfig(
         epochs=1, quiet=True, val_fraction=0.0, optimizer=OptimizerConfig(lr=0.01), qat_lr=1e-3
     )
-    graphopt.optimize(
-        model, "x86-int8", example_inputs=inputs, calibration_data=[data[0][0]], train_data=data,
-        prune=graphopt.PruneConfig(0.5, skip_int8_if_slower=False), recovery=config,
-    )  # fmt: skip
-    assert seen == {"recover": 0.01, "qat": 1e-3}
+    run_call(OptimizeCall(
+        model, "x86-int8", inputs, calibration_data=[data[0][0]], train_data=data,
+        prune=graphopt.PruneConfig(0.5, skip_int8_if_slower=False), recovery=config, training=training,
+    ))  # fmt: skip
+    assert training.seen == {"recover": 0.01, "qat": 1e-3}
     with pytest.raises(graphopt.ConfigError, match="qat_lr"):
         RecoveryConfig(qat_lr=0.0)

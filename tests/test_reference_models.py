@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import graphopt
 from graphopt.backends import OnnxRunner, TorchScriptRunner
+from graphopt.frontend.capture import FX_LEFT_LEAVES, capture
 from graphopt.zoo import TEST_MODELS, get_model
 from tests.conftest import assert_unchanged, state_snapshot
 from tests.helpers import outputs
@@ -90,6 +93,8 @@ def test_shape_dependent_control_flow_is_captured_whole_by_torch_export():
     res = graphopt.optimize(model, example_inputs=inputs)
     assert res.report.capture == "torch.export" and not res.report.leaves
     assert any("torch.fx left 1 opaque leaves (pad)" in note for note in res.report.notes)
+    why = capture(copy.deepcopy(model).eval(), inputs).why  # why torch.export ran: fx's leaves
+    assert (why.key, why.facts["leaves"]) == (FX_LEFT_LEAVES, ("pad",))
     # the pad's 1x1 conv is a layer of the graph now, counted in MACs: 16*16 per pixel of a 21x21 map
     assert res.report.stages[0].macs > 16 * 16 * 21 * 21
 

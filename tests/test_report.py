@@ -35,7 +35,8 @@ def test_table_markdown_and_json():
     res = _result()
     table = str(res.report)
     assert "mobilenet" in table.lower() or "MobileNetV2" in table
-    for column in ("stage", "params", "MACs", "bytes", "latency ms", "vs ORT fp32", "cosine", "stats"):
+    columns = ("stage", "params", "MACs", "bytes", "peak RSS MiB", "latency ms", "vs ORT fp32", "cosine")
+    for column in (*columns, "stats"):
         assert column in table
     assert "folded=16" in table and "dropout=1" in table
     md = res.report.to_markdown()
@@ -43,6 +44,7 @@ def test_table_markdown_and_json():
     data = json.loads(res.report.to_json())
     assert data["schema"] == SCHEMA_VERSION and data["target"] == "generic-fp32"
     assert [s["stage"] for s in data["stages"]][:2] == ["original", "fold_batchnorm"]
+    assert all(s["peak_rss_mib"] > 0 for s in data["stages"])  # every row: the process's peak during it
     assert data["stages"][1]["stats"] == {"folded": 16}
 
 

@@ -19,10 +19,18 @@ import torch
 
 import graphopt
 from graphopt import ConfigError, Goals, SearchConfig
+from graphopt.reporting.notes import notes_with, the_note
 from graphopt.search import store as store_module
 from graphopt.search.goals import parse_goals
 from graphopt.search.measure import Measured
-from graphopt.search.store import MAX_ENTRY_BYTES, CandidateStore, _entry_digest
+from graphopt.search.store import (
+    CACHE_ENTRY_IGNORED,
+    CACHE_WRITE_FAILED,
+    CHECKS,
+    MAX_ENTRY_BYTES,
+    CandidateStore,
+    _entry_digest,
+)
 
 KEY = "0123456789abcdef0123456789abcdef"
 ARTIFACT_BYTES = 3000
@@ -73,52 +81,61 @@ def _set(section: str, field: str, value):
     return change
 
 
+def _ignored(store: CandidateStore) -> dict[str, object]:
+    """The facts of the one note the store wrote: the entry it ignored, and which check failed where."""
+    facts = dict(the_note(store, CACHE_ENTRY_IGNORED).facts)
+    assert len(store.notes) == 1 and facts["check"] in CHECKS
+    return facts
+
+
 @pytest.mark.parametrize(
-    "change, resign, reason",
+    "change, resign, failed",
     [
-        (_set("measured", "bytes", 10), False, "does not match its entry_sha256"),
-        (_set("measured", "latency_ms", 1e-9), False, "does not match its entry_sha256"),
-        (_set("measured", "bytes", 10), True, "bytes=10 but its artifact has 3000 bytes"),
-        (_set("", "measured", [1, 2]), True, "'measured' is not an object"),
-        (_set("measured", "bytes", "big"), True, "bytes='big' is not a whole number"),
-        (_set("measured", "latency_ms", 0), True, "latency_ms=0 is not a finite number > 0"),
-        (_set("measured", "latency_ms", 10**400), True, "latency_ms=1000000000"),
-        (_set("measured", "accuracy", math.nan), True, "accuracy=nan is not a number in [0, 100]"),
-        (_set("measured", "backend", "../../x"), True, "unknown backend"),
-        (_set("measured", "exits", "no"), True, "exits='no' is not true or false"),
-        (_set("", "accuracy_drop", 1e9), True, "accuracy_drop=1000000000.0 is not a number in"),
-        (_set("", "key", "f" * 32), True, "written for another candidate"),
-        (_set("", "schema", 1), True, "written by another graphopt version"),
-        (lambda entry: {**entry, "measured": {"bytes": 10}}, True, "'measured' has fields ['bytes']"),
-        (lambda entry: [1, 2, 3], False, "a JSON list, not an object"),
+        (_set("measured", "bytes", 10), False, {"check": "entry_digest"}),
+        (_set("measured", "latency_ms", 1e-9), False, {"check": "entry_digest"}),
+        (_set("measured", "bytes", 10), True,
+         {"check": "artifact_size", "stored_bytes": 10, "artifact_bytes": ARTIFACT_BYTES}),
+        (_set("", "measured", [1, 2]), True, {"check": "not_an_object", "field": "measured"}),
+        (_set("measured", "bytes", "big"), True, {"check": "bad_value", "field": "bytes"}),
+        (_set("measured", "latency_ms", 0), True, {"check": "bad_value", "field": "latency_ms"}),
+        (_set("measured", "latency_ms", 10**400), True, {"check": "bad_value", "field": "latency_ms"}),
+        (_set("measured", "accuracy", math.nan), True, {"check": "bad_value", "field": "accuracy"}),
+        (_set("measured", "backend", "../../x"), True, {"check": "bad_value", "field": "backend"}),
+        (_set("measured", "exits", "no"), True, {"check": "bad_value", "field": "exits"}),
+        (_set("", "accuracy_drop", 1e9), True, {"check": "bad_value", "field": "accuracy_drop"}),
+        (_set("", "key", "f" * 32), True, {"check": "other_candidate"}),
+        (_set("", "schema", 1), True, {"check": "schema"}),
+        (lambda entry: {**entry, "measured": {"bytes": 10}}, True, {"check": "fields", "field": "measured"}),
+        (lambda entry: [1, 2, 3], False, {"check": "not_an_object"}),
     ],
 )  # fmt: skip
-def test_an_edited_or_malformed_entry_is_a_miss_with_a_note(tmp_path, change, resign, reason):
+def test_an_edited_or_malformed_entry_is_a_miss_with_a_note(tmp_path, change, resign, failed):
     store, work = _saved(tmp_path)
     _edit(store, change, resign)
     assert store.load(KEY, work) is None
-    assert len(store.notes) == 1 and f"ignored {KEY}.json" in store.notes[0]
-    assert reason in store.notes[0] and "measured again" in store.notes[0]
+    assert _ignored(store) == {"entry": f"{KEY}.json", **failed}
 
 
 @pytest.mark.parametrize(
-    "damage, reason",
+    "damage, failed",
     [
-        (lambda a, e: a.write_bytes(a.read_bytes()[:1000]), "bytes=3000 but its artifact has 1000 bytes"),
-        (lambda a, e: a.write_bytes(b"\0" * ARTIFACT_BYTES), "does not match artifact_sha256"),
-        (lambda a, e: a.unlink(), "is unreadable"),
-        (lambda a, e: (a.unlink(), os.mkfifo(a)), "is not a plain file"),  # would block a reader forever
-        (lambda a, e: e.write_text(e.read_text()[:60]), "not valid JSON: truncated or damaged"),
-        (lambda a, e: e.write_bytes(b"\xff\xfe garbage"), "not valid JSON"),
-        (lambda a, e: e.write_text(" " * (MAX_ENTRY_BYTES + 1)), f"larger than {MAX_ENTRY_BYTES} bytes"),
-        (lambda a, e: (e.unlink(), e.mkdir()), "is not a plain file"),
+        (lambda a, e: a.write_bytes(a.read_bytes()[:1000]),
+         {"check": "artifact_size", "stored_bytes": ARTIFACT_BYTES, "artifact_bytes": 1000}),
+        (lambda a, e: a.write_bytes(b"\0" * ARTIFACT_BYTES), {"check": "artifact_digest"}),
+        (lambda a, e: a.unlink(), {"check": "unreadable", "part": "artifact"}),
+        # a pipe would block a reader forever
+        (lambda a, e: (a.unlink(), os.mkfifo(a)), {"check": "not_plain_file", "part": "artifact"}),
+        (lambda a, e: e.write_text(e.read_text()[:60]), {"check": "not_json"}),
+        (lambda a, e: e.write_bytes(b"\xff\xfe garbage"), {"check": "not_json"}),
+        (lambda a, e: e.write_text(" " * (MAX_ENTRY_BYTES + 1)), {"check": "entry_too_large"}),
+        (lambda a, e: (e.unlink(), e.mkdir()), {"check": "not_plain_file", "part": "entry"}),
     ],
 )  # fmt: skip
-def test_a_damaged_artifact_or_entry_file_is_a_miss_with_a_note(tmp_path, damage, reason):
+def test_a_damaged_artifact_or_entry_file_is_a_miss_with_a_note(tmp_path, damage, failed):
     store, work = _saved(tmp_path)
     damage(store.folder / f"{KEY}.onnx", store.folder / f"{KEY}.json")
     assert store.load(KEY, work) is None
-    assert len(store.notes) == 1 and reason in store.notes[0]
+    assert _ignored(store) == {"entry": f"{KEY}.json", **failed}
     assert not (work / f"cached-{KEY}.onnx").exists()  # a rejected copy is not left for timing
 
 
@@ -146,7 +163,8 @@ def test_an_edited_cache_entry_is_measured_again_in_a_search_and_the_report_says
     (row,) = second.search.table()
     assert row["status"] == "measured" and row["bytes"] == real_bytes and row["goals"] != "met"
     assert "no candidate meets every goal" in second.search.verdict
-    assert any(f"ignored {entry_path.name}" in n and "entry_sha256" in n for n in second.report.notes)
+    ignored = [n.facts for n in notes_with(second.report, CACHE_ENTRY_IGNORED)]
+    assert ignored == [{"entry": entry_path.name, "check": "entry_digest"}]
     # the fresh measurement replaced the bad entry
     store = CandidateStore(tmp_path / "cache")
     stored = store.load(entry_path.stem, tmp_path)
@@ -193,8 +211,8 @@ def test_a_full_disk_while_caching_is_a_note_and_leaves_no_partial_file(tmp_path
                         False, False)  # fmt: skip
     store.save(KEY, measured, None, None, "prune=0 int8 [onnx]")
     assert list(store.folder.iterdir()) == []
-    assert len(store.notes) == 1
-    assert "could not cache prune=0 int8 [onnx]" in store.notes[0] and "No space left" in store.notes[0]
+    failed = the_note(store, CACHE_WRITE_FAILED).facts
+    assert failed == {"label": "prune=0 int8 [onnx]", "errno": errno.ENOSPC}
     # the JSON written after the artifact fails: the artifact it would have named goes too
     monkeypatch.setattr(store_module, "_copy_hashing", real)
 
@@ -204,6 +222,7 @@ def test_a_full_disk_while_caching_is_a_note_and_leaves_no_partial_file(tmp_path
     monkeypatch.setattr(store_module, "_atomic_write", refused)
     store.save(KEY, measured, None, None)
     assert list(store.folder.iterdir()) == [] and len(store.notes) == 2
+    assert notes_with(store, CACHE_WRITE_FAILED)[1].facts["errno"] == errno.EACCES
 
 
 def test_a_file_size_limit_while_caching_is_a_note_and_leaves_no_partial_file(tmp_path):
@@ -222,7 +241,7 @@ def test_a_file_size_limit_while_caching_is_a_note_and_leaves_no_partial_file(tm
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, handler)
     assert list(store.folder.iterdir()) == []
-    assert len(store.notes) == 1 and "could not cache" in store.notes[0] and "too large" in store.notes[0]
+    assert the_note(store, CACHE_WRITE_FAILED).facts["errno"] == errno.EFBIG
 
 
 def test_a_cache_folder_that_cannot_be_written_is_refused_up_front(tmp_path, monkeypatch):

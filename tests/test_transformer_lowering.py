@@ -14,9 +14,9 @@ from torch import nn
 
 import graphopt
 from graphopt.backends import OnnxRunner, export_onnx
-from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import exporter_of
 from graphopt.backends.onnx_transformer import explicit_attention
+from graphopt.data.dims import DynamicDims
 
 SEQUENCE = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
 ALL_INT8 = [

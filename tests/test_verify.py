@@ -102,7 +102,7 @@ def test_generated_inputs_index_tables_within_their_rows(tmp_path):
     """Token ids must index the embedding (uniform over its rows), masks are all ones, and a symbolic
     sequence length gets a real size."""
     from graphopt.backends import OnnxRunner, export_onnx
-    from graphopt.backends.dynamic import DynamicDims
+    from graphopt.data.dims import DynamicDims
     from graphopt.verify import SYMBOLIC_SIZE, _random_inputs
 
     class Tokens(torch.nn.Module):

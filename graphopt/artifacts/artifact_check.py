@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from graphopt.backends.dynamic import DynamicDims
+from graphopt.data.dims import DynamicDims
 from graphopt.errors import ExportError
 from graphopt.quant import is_quantized
+from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import Tolerance, agreement, all_finite, allclose
 from graphopt.targets import isa_runs_here
 
@@ -29,6 +30,12 @@ ARTIFACT_RTOL = 1e-4
 INT8_ARTIFACT_COSINE = 0.999
 INT8_ARTIFACT_COSINE_FLOOR = 0.99
 
+#: Note keys (graphopt.reporting.notes) on the artifact row: the int8 artifact agrees only to the looser
+#: cosine (facts: cosine, max_abs); an artifact for another CPU family differs here (facts: isa, machine,
+#: max_abs).
+INT8_ROUNDS_DIFFERENTLY = "artifact:int8_rounds_differently"
+FOREIGN_ISA_DIFFERS = "artifact:foreign_isa_differs"
+
 
 def check_artifact(
     model: nn.Module,
@@ -37,7 +44,7 @@ def check_artifact(
     example_inputs: tuple[torch.Tensor, ...],
     dynamic: DynamicDims,
     isa: str,
-) -> str | None:
+) -> Note | None:
     """Compare the artifact with the eager model on the example inputs and on two probes of the same
     shape (the negated example and a random draw): an exporter that baked one branch of data-dependent
     control flow agrees on the example but not on inputs that take the other branch.
@@ -57,19 +64,26 @@ def check_artifact(
             match = agreement(eager, got)
             ok, max_abs = match.cosine >= INT8_ARTIFACT_COSINE_FLOOR, match.max_abs
             if ok and match.cosine < INT8_ARTIFACT_COSINE and not foreign:
-                note = (
+                note = Note(
+                    INT8_ROUNDS_DIFFERENTLY,
                     f"the int8 artifact agrees with the eager int8 simulation at cosine "
                     f"{match.cosine:.4f} (max abs {max_abs:.3g}): the runtime's integer kernels round "
-                    "requantization differently; the artifact row's numbers are measured on the artifact"
+                    "requantization differently; the artifact row's numbers are measured on the artifact",
+                    cosine=match.cosine,
+                    max_abs=max_abs,
                 )
         else:
             tolerance = _artifact_tolerance(model).relative_to(eager)
             ok, max_abs = allclose(eager, got, tolerance)
         if not ok and quantized and foreign:
-            return (
+            return Note(
+                FOREIGN_ISA_DIFFERS,
                 f"this {isa} int8 artifact run on {platform.machine()} differs from the "
                 f"model (max abs {max_abs:.3g}); check it on the {isa} runtime: "
-                f"graphopt verify <file> --arch {isa}"
+                f"graphopt verify <file> --arch {isa}",
+                isa=isa,
+                machine=platform.machine(),
+                max_abs=max_abs,
             )
         if not ok:
             raise ExportError(

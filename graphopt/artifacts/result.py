@@ -17,8 +17,8 @@ from graphopt.artifacts.artifact_check import check_artifact
 from graphopt.artifacts.destination import StagedFile, check_destination
 from graphopt.artifacts.side_by_side import lower_with, time_side_by_side
 from graphopt.backends import Backend, backend_for, export_onnx
-from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import OnnxRunner
+from graphopt.data.dims import DynamicDims
 from graphopt.early_exit.guard import exit_float_twin
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.errors import ConfigError
@@ -29,6 +29,7 @@ from graphopt.quant import is_quantized
 from graphopt.reporting.cost import count_macs, count_params
 from graphopt.reporting.energy import estimate_graph
 from graphopt.reporting.evaluation import Batch, accuracy
+from graphopt.reporting.memory import PeakWatch, to_mib
 from graphopt.reporting.numerics import agreement
 from graphopt.reporting.report import Report, StageRecord
 from graphopt.targets import Target, isa_runs_here
@@ -109,6 +110,21 @@ class OptimizeResult:
         fp32 model of the same pipeline in the same runtime and ships fp32 when int8 is not faster.
         """
         destination, chosen = self._check_export(path, backend, warmup, repeat)
+        memory = PeakWatch()  # the row's peak RSS: the whole export, guard and check included
+        memory.open()
+        try:
+            record, artifact = self._export_checked(destination, chosen, latency_guard, measure_latency,
+                                                    warmup, repeat)  # fmt: skip
+        finally:  # a failed export stops the sampler too
+            peak = memory.close()
+        record.peak_rss_mib = to_mib(peak)
+        self.report.add(record)
+        return artifact
+
+    def _export_checked(
+        self, destination: Path, chosen: Backend, latency_guard: bool, latency: bool, warmup: int, repeat: int
+    ) -> tuple[StageRecord, Path]:
+        """:meth:`export` once its arguments are checked: the artifact written and its report row."""
         shipped = self.choose_artifact(chosen, latency_guard)
         with StagedFile(destination) as staged:  # nothing reaches the destination unless verified
             lowered = self._lower(chosen, shipped.model, staged.path)
@@ -120,9 +136,8 @@ class OptimizeResult:
         runner.path = artifact
         record = self._artifact_record(chosen, shipped, artifact, outputs)
         record.notes += [n for n in (mismatch, shipped.note) if n is not None]
-        self._measure_artifact(record, runner, shipped.model, measure_latency, warmup, repeat)
-        self.report.add(record)
-        return artifact
+        self._measure_artifact(record, runner, shipped.model, latency, warmup, repeat)
+        return record, artifact
 
     def choose_artifact(self, backend: Backend, latency_guard: bool = True) -> ShippedModel:
         """Which model ships: the int8 one unless the latency guard timed it slower than the fp32 model of

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from graphopt.backends import Backend
-from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.timing import calls_for, edge_timing, interleaved_medians
+from graphopt.data.dims import DynamicDims
 from graphopt.early_exit.measure import sample_mean_latencies
 from graphopt.targets import BackendSettings
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from graphopt.benchmark.pipelines import USAGE
 from graphopt.errors import ConfigError
 from graphopt.model_spec import non_negative_float, non_negative_int, positive_float, positive_int
 from graphopt.reporting.cpu import Int8Choice, host_int8_choice
@@ -38,8 +39,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "-t", "--target", dest="pipelines", action="append", metavar="PIPELINE",
-        help="TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only], repeatable (default: fp32, int8, "
-        "prune 0.5 + int8 for this CPU)",
+        help=f"{USAGE}, repeatable (default: fp32, int8, prune 0.5 + int8 for this CPU)",
     )  # fmt: skip
     p.add_argument(
         "--input-shape", help="example input shape for pkg.module:factory models, e.g. 1,3,224,224"

@@ -31,7 +31,6 @@ from torch import nn
 
 from graphopt.artifacts.destination import save_file
 from graphopt.backends import OnnxRunner, export_onnx
-from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_backend import exporter_of
 from graphopt.backends.onnx_transformer import (
     describe_fusions,
@@ -41,6 +40,7 @@ from graphopt.backends.onnx_transformer import (
 )
 from graphopt.backends.quiet import quiet_ort
 from graphopt.backends.timing import edge_timing, interleaved_stats
+from graphopt.data.dims import DynamicDims
 from graphopt.errors import ConfigError, WriteError
 from graphopt.reporting.cost import count_params
 from graphopt.reporting.progress import Progress

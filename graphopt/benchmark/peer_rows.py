@@ -40,6 +40,7 @@ from graphopt.recovery.engine import fit
 from graphopt.reporting.cost import count_macs, count_params, weight_bytes
 from graphopt.reporting.cpu import host_int8_choice
 from graphopt.reporting.energy import estimate_graph
+from graphopt.reporting.notes import Note
 
 from .candidates import Candidate, EagerRunner, Runner
 from .models import BenchModel
@@ -47,6 +48,10 @@ from .pipelines import Pipeline
 from .schema import EAGER_CHANNELS_LAST, EAGER_FP32, ORT_FP32, BenchRow
 
 PEERS = "peers"
+#: Note keys (graphopt.reporting.notes) on peers left out; facts: ``peer`` (and ``ratio``, ``error`` when
+#: the peer ran and failed).
+PEER_NOT_INSTALLED = "bench:peer_not_installed"
+PEER_FAILED = "bench:peer_failed"
 
 
 @dataclass(frozen=True)
@@ -165,12 +170,20 @@ def _quantize_static(model: nn.Module, bench: BenchModel, path: Path, preset: Or
 
 def _torch_pruning(bench: BenchModel, ratio: float, notes: list[str]) -> nn.Module | None:
     if importlib.util.find_spec("torch_pruning") is None:
-        notes.append("Torch-Pruning is not installed (pip install 'graphopt[peers]'): no Torch-Pruning rows")
+        notes.append(Note(
+            PEER_NOT_INSTALLED,
+            "Torch-Pruning is not installed (pip install 'graphopt[peers]'): no Torch-Pruning rows",
+            peer="torch_pruning", extra="peers",
+        ))  # fmt: skip
         return None
     try:
         return torch_pruning_magnitude(bench.model, bench.example_inputs, ratio)
     except Exception as exc:  # a peer's failure is a finding, not a reason to stop the benchmark
-        notes.append(f"Torch-Pruning at {ratio:g} failed: {type(exc).__name__}: {exc}")
+        error = type(exc).__name__
+        notes.append(Note(
+            PEER_FAILED, f"Torch-Pruning at {ratio:g} failed: {error}: {exc}",
+            peer="torch_pruning", ratio=ratio, error=error,
+        ))  # fmt: skip
         return None
 
 

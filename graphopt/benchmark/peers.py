@@ -28,8 +28,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from graphopt.backends import export_onnx
-from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.quiet import quiet_ort
+from graphopt.data.dims import DynamicDims
 from graphopt.errors import ConfigError
 from graphopt.reporting.cpu import host_int8_choice
 

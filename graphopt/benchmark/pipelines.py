@@ -4,6 +4,10 @@ Written on the command line as ``TARGET[+prune=R][+sparsify=S][+early-exit][+lab
 ``x86-int8``, ``x86-int8+prune=0.5``, ``x86-int8+sparsify=0.8`` or ``generic-fp32+early-exit``.
 ``+labels-only`` fine-tunes (recovery and QAT) on the labels alone, with no teacher: the ablation that
 measures what distillation adds at the same training budget.
+
+The ``optimize()`` options among the tokens (``prune=``, ``sparsify=``, ``early-exit``) are those with a
+``bench_token`` in :mod:`graphopt.call_options`: a value token is a fraction, a switch token a flag; a
+:class:`Pipeline` has a field of the option's name for each. ``labels-only`` is the bench's own.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         resolve_target(self.target)  # unknown names fail here, with the known ones listed
-        for option, value in (("prune", self.prune), ("sparsify", self.sparsify)):
+        for option in VALUE_TOKENS.values():
+            value = getattr(self, option.name)
             if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{option} must be a fraction in [0, 1), got {value} in {self.label!r}")
+                raise ConfigError(
+                    f"{option.name} must be a fraction in [0, 1), got {value} in {self.label!r}"
+                )
 
     @property
     def spec(self) -> Target:
@@ -40,10 +47,8 @@ class Pipeline:
     @property
     def label(self) -> str:
         parts = [self.spec.name]
-        if self.prune:
-            parts.append(f"prune={self.prune:g}")
-        if self.sparsify:
-            parts.append(f"sparsify={self.sparsify:g}")
+        values = {token: getattr(self, o.name) for token, o in VALUE_TOKENS.items()}
+        parts += [f"{token}={value:g}" for token, value in values.items() if value]
         parts += [flag for flag, field in FLAGS.items() if getattr(self, field)]
         return "+".join(parts)
 
@@ -53,9 +58,16 @@ class Pipeline:
         return replace(self, early_exit=False)
 
 
-#: The value-less options of a pipeline label and the Pipeline field each one sets.
+#: The ``TOKEN=R`` options of a pipeline label: the ``optimize()`` options with a value bench token.
+VALUE_TOKENS = {token: o for token, o in BENCH_TOKENS.items() if o.flag is None or not o.flag.switch}
+#: The value-less options of a pipeline label and the Pipeline field each one sets: the ``optimize()``
+#: switches with a bench token, then the bench's own.
+FLAGS = {
+    **{token: o.name for token, o in BENCH_TOKENS.items() if token not in VALUE_TOKENS},
+    "labels-only": "labels_only",
+}
 EARLY_EXIT_FLAG = "early-exit"
-FLAGS = {EARLY_EXIT_FLAG: "early_exit", "labels-only": "labels_only"}
+assert FLAGS[EARLY_EXIT_FLAG] == "early_exit"  # the registry's token for early_exit
 
 
 def without_exits_label(label: str) -> str:
@@ -65,19 +77,23 @@ def without_exits_label(label: str) -> str:
     return "+".join(part for part in label.split("+") if part != EARLY_EXIT_FLAG)
 
 
-USAGE = "TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]"
+USAGE = "TARGET" + "".join(
+    [*(f"[+{token}={o.flag.metavar if o.flag else 'R'}]" for token, o in VALUE_TOKENS.items()),
+     *(f"[+{flag}]" for flag in FLAGS)]
+)  # fmt: skip
 
 
 def parse_pipeline(text: str) -> Pipeline:
-    """``TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]`` as a :class:`Pipeline`."""
+    """:data:`USAGE` (``TARGET[+prune=R][+sparsify=S][+early-exit][+labels-only]``) as a
+    :class:`Pipeline`."""
     target, *options = text.strip().split("+")
-    fractions = {token: BENCH_TOKENS[token].default for token in BENCH_TOKENS}
+    fractions: dict[str, float] = {}
     flags: dict[str, bool] = {}
     for option in options:
         key, _, value = option.partition("=")
-        if key in fractions and value:
-            try:
-                fractions[key] = float(value)  # the range is checked with the whole label in the message
+        if key in VALUE_TOKENS and value:
+            try:  # the range is checked with the whole label in the message
+                fractions[VALUE_TOKENS[key].name] = float(value)
             except ValueError:
                 raise ConfigError(f"{key}= needs a fraction like 0.5, got {value!r} in {text!r}") from None
         elif key in FLAGS and not value:

@@ -10,7 +10,7 @@ from .schema import BenchResult, BenchRow
 
 HEADER = ("pipeline", "stage", "runtime", "type", "params", "MACs", "bytes", "latency ms (p10-p90)",
           "min ms", "vs ORT fp32", "vs eager", "vs ORT int8", "peak %", "energy µJ*", "accuracy", "cosine",
-          "top-1")  # fmt: skip
+          "top-1", "peak RSS MiB")  # fmt: skip
 LEFT = {0, 1, 2, 3}
 
 
@@ -39,6 +39,7 @@ def cells(row: BenchRow) -> tuple[str, ...]:
         "-" if row.accuracy is None else f"{100 * row.accuracy:.2f} %",
         "-" if row.cosine is None else f"{row.cosine:.5f}",
         "-" if row.top1 is None else f"{100 * row.top1:.1f} %",
+        "-" if row.peak_rss_mib is None else f"{row.peak_rss_mib:.0f}",
     )
 
 
@@ -83,6 +84,8 @@ def footer_lines(result: BenchResult) -> list[str]:
         + _STATISTICS[result.settings.get("ratio_statistic", "paired-median")],
         "peak %: MACs per second over the measured GEMM peak of the row's type; bytes: the file for timed "
         "rows, parameters and buffers otherwise",
+        "peak RSS MiB: the bench process's largest resident memory during the stage (artifact: its export), "
+        "sampled every 5 ms plus the kernel's high-water mark; earlier pipelines' memory included",
         f"* energy: an ESTIMATE per inference from MACs and bytes moved, not a measurement ({ENERGY_SOURCE}; "
         "assumptions in graphopt/reporting/energy.py)",
         "peers: " + "; ".join(f"{r.stage}: {', '.join(r.notes)}" for r in result.rows if r.kind == "peer"),

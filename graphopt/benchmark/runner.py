@@ -27,6 +27,7 @@ from graphopt.backends.timing import edge_timing
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.pipeline.stage_cache import StageCache
 from graphopt.recovery.config import RecoveryConfig
+from graphopt.reporting.notes import for_pipeline
 from graphopt.reporting.progress import Progress
 
 from .candidates import Candidate
@@ -149,7 +150,7 @@ def _run(config: BenchConfig, bench: BenchModel, result: BenchResult, folder: Pa
             save()
             continue
         result.rows += run.rows
-        result.notes += [f"{pipeline.label}: {n}" for n in run.result.report.notes]
+        result.notes += [for_pipeline(n, pipeline.label) for n in run.result.report.notes]
         candidates += run.candidates
         progress.update(done=pipeline.label)
         save()

@@ -68,6 +68,9 @@ class BenchRow:
     zipped_bytes: int | None = None  # the file compressed with zlib, for rows that have a file
     energy_uj: float | None = None  # ESTIMATED from MACs and bytes moved (reporting.energy), never measured
     seconds: float | None = None  # how long the pass (stage) or the whole optimize + export (artifact) took
+    #: The bench process's peak resident memory (MiB) during the stage, or during the export for an
+    #: artifact row (the report's ``peak_rss_mib``: the whole process, earlier pipelines' leftovers included)
+    peak_rss_mib: float | None = None
     latency_basis: str = "example input, batch 1"
     notes: list[str] = field(default_factory=list)
 

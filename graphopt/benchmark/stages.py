@@ -187,6 +187,7 @@ def _row(
         bytes=record.bytes,
         accuracy=record.accuracy,
         energy_uj=record.energy.total_uj if record.energy else None,
+        peak_rss_mib=record.peak_rss_mib,
         cosine=record.agreement.cosine if record.agreement else None,
         top1=record.agreement.top1 if record.agreement else None,
         notes=[f"{k}={v:g}" for k, v in record.stats.items() if k.startswith("skipped")] + list(record.notes),

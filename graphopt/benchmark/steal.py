@@ -18,8 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from graphopt.reporting.notes import Note
+
 #: Above this share of steal during timing a result says its ratios may not repeat.
 NOISY_STEAL = 0.02
+#: Note key (graphopt.reporting.notes) of a run whose timing lost too much of its core to the host.
+CPU_STEAL = "bench:cpu_steal"
 _STAT = Path("/proc/stat")
 
 
@@ -51,12 +55,14 @@ def steal_share(before: CoreTicks | None, after: CoreTicks | None) -> float | No
     return (after.steal - before.steal) / (after.total - before.total)
 
 
-def steal_note(share: float | None, core: int | None) -> str | None:
-    """A note for a result whose timing lost more than :data:`NOISY_STEAL` of its core to the host."""
+def steal_note(share: float | None, core: int | None) -> Note | None:
+    """A note for a result whose timing lost more than :data:`NOISY_STEAL` of its core to the host (key
+    :data:`CPU_STEAL`; facts ``share`` and ``core``, None for every core)."""
     if share is None or share <= NOISY_STEAL:
         return None
     where = f"core {core}" if core is not None else "the cores"
-    return (
+    text = (
         f"the hypervisor took {share:.1%} of {where} while timing (CPU steal): other guests were running on "
         "this machine's cores, so ratios from this run may not repeat; run again when it is quieter"
     )
+    return Note(CPU_STEAL, text, share=share, core=core)

@@ -14,6 +14,7 @@ import numpy as np
 from graphopt.backends.timing import calls_for, interleaved_rounds, paired_ratio, stats_of_rounds, summarize
 from graphopt.early_exit.measure import BLOCK, interleaved_per_sample, one_by_one
 from graphopt.reporting.evaluation import as_input_tuple
+from graphopt.reporting.notes import Note
 from graphopt.reporting.progress import Progress
 
 from .candidates import Candidate
@@ -69,11 +70,13 @@ def time_per_sample(bench: BenchModel, peers: list[Candidate], candidates: list[
         row.mean_ms = float(times["exits"].mean())
         if sibling is not None:
             row.no_exit_mean_ms = float(times[NO_EXITS].mean())
-            row.notes.append(
+            row.notes.append(Note(
+                EXITS_AGAINST_NO_EXITS,
                 f"per test image, the same images interleaved: {row.mean_ms:.3f} ms mean against "
                 f"{row.no_exit_mean_ms:.3f} ms for {sibling.row.pipeline}'s artifact without exits "
-                f"({row.mean_ms / row.no_exit_mean_ms:.2f}x its latency)"
-            )
+                f"({row.mean_ms / row.no_exit_mean_ms:.2f}x its latency)",
+                without_exits=sibling.row.pipeline,
+            ))  # fmt: skip
         for field, group in REFERENCES.items():
             means = [float(times[name].mean()) for name in group if name in times]
             if means:
@@ -85,6 +88,9 @@ def time_per_sample(bench: BenchModel, peers: list[Candidate], candidates: list[
 
 
 NO_EXITS = "without exits"
+#: Note key (graphopt.reporting.notes) on an exit row timed against its pipeline's artifact without exits;
+#: fact ``without_exits``: that pipeline's label (the times are the row's ``mean_ms`` / ``no_exit_mean_ms``).
+EXITS_AGAINST_NO_EXITS = "bench:exits_against_no_exits"
 EAGER_STRIDE = 10
 
 

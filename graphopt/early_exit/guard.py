@@ -59,5 +59,5 @@ def exit_guard_samples(gm: fx.GraphModule, context: PassContext) -> list[tuple[t
     as a pass reading the data."""
     if not has_exits(gm):
         return []
-    validation = context.validation_data
-    return guard_samples([validation.inputs] if validation is not None else context.calibration_data or [])
+    data = context.session.data  # not through the context's views: the guard is no pass reading data
+    return guard_samples([data.validation.inputs] if data.validation is not None else data.calibration or [])

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import torch
 
+from graphopt.data.labelled import LabelledTensors
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.network import EarlyExitNetwork
 from graphopt.ir.graph import deep_copy
-from graphopt.recovery.data import LabelledTensors
 from graphopt.recovery.losses import distillation_loss
 from graphopt.reporting.progress import Progress
 

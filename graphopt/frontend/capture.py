@@ -26,9 +26,16 @@ from graphopt.errors import CaptureError
 from graphopt.frontend.capture_export import DynamicDims, capture_with_export, check_dynamic_dims
 from graphopt.frontend.functional_convs import bake_computed_conv_weights
 from graphopt.frontend.functional_norms import lift_functional_batch_norms
+from graphopt.reporting.notes import Note
 
 #: How many submodules capture may turn into leaves before it gives up.
 MAX_LEAVES = 32
+
+#: Keys of ``Capture.why`` (graphopt.reporting.notes): why torch.export ran, or why it could not help.
+#: Facts: ``leaves``, the submodules fx left opaque (empty when fx failed at the top); ``error`` for the last.
+FX_FORWARD_UNTRACEABLE = "capture:fx_forward_untraceable"
+FX_LEFT_LEAVES = "capture:fx_left_leaves"
+EXPORT_FAILED_TOO = "capture:export_failed_too"
 
 
 @dataclass
@@ -37,7 +44,8 @@ class Capture:
 
     gm: fx.GraphModule
     leaves: dict[str, str] = field(default_factory=dict)
-    #: "torch.fx" or "torch.export", and why torch.export was needed (or why it could not help).
+    #: "torch.fx" or "torch.export", and why torch.export was needed (or why it could not help): a keyed
+    #: note (key one of the ``FX_*`` / ``EXPORT_*`` above), empty when fx captured the model whole.
     method: str = "torch.fx"
     why: str = ""
 
@@ -93,17 +101,20 @@ def capture(
         if example_inputs is not None and dynamic is not None:
             check_dynamic_dims(model, example_inputs, dynamic)  # the fx graph would fail at other sizes
         return traced
-    why = (
-        f"torch.fx left {len(traced.leaves)} opaque leaves ({', '.join(traced.leaves)})"
-        if traced is not None
-        else "torch.fx cannot trace the model's own forward"
-    )
+    leaves = tuple(traced.leaves) if traced is not None else ()
+    if traced is not None:
+        why = Note(
+            FX_LEFT_LEAVES, f"torch.fx left {len(leaves)} opaque leaves ({', '.join(leaves)})", leaves=leaves
+        )
+    else:
+        why = Note(FX_FORWARD_UNTRACEABLE, "torch.fx cannot trace the model's own forward", leaves=())
     try:
         gm = capture_with_export(model, example_inputs, dynamic or DynamicDims())
     except CaptureError as exc:
         if traced is None:
             raise CaptureError(f"{fx_failure} {exc}") from exc  # both reasons: fx's and torch.export's
-        traced.why = f"torch.export could not capture it either: {exc}"
+        text = f"torch.export could not capture it either: {exc}"
+        traced.why = Note(EXPORT_FAILED_TOO, text, leaves=leaves, error=str(exc))
         return traced
     return Capture(gm, {}, method="torch.export", why=why)
 

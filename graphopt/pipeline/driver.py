@@ -21,7 +21,10 @@ import torch.fx as fx
 from torch import nn
 
 from graphopt.artifacts.result import OptimizeResult
-from graphopt.backends.dynamic import DynamicDims
+from graphopt.call_options import plan_keywords
+from graphopt.data.batches import Batch
+from graphopt.data.dims import DynamicDims
+from graphopt.data.run_data import RunData, read_run_data
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.early_exit.guard import exit_guard_samples
 from graphopt.errors import CaptureError, InvalidInputError
@@ -34,7 +37,6 @@ from graphopt.frontend.inputs import (
     private_eval_copy,
     run_reference,
 )
-from graphopt.ir.graph import deep_copy
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.passes.insert_early_exit import check_classifier_output
 from graphopt.passes.prune_channels import check_protected_names
@@ -43,15 +45,14 @@ from graphopt.pipeline.instruments import Instrument, IRDump, NumericCheck, Prog
 from graphopt.pipeline.pass_base import Pass, PassContext
 from graphopt.pipeline.pass_manager import PassManager, PassRecord
 from graphopt.pipeline.plan import INT8_SLOTS, Plan, make_plan, plan_options
-from graphopt.pipeline.services import RuntimeTiming, TimingService
+from graphopt.pipeline.services import TimingService, TrainingService
+from graphopt.pipeline.session import Services, Session
+from graphopt.pipeline.snapshots import structural_copy
 from graphopt.pipeline.stage_cache import RunParts, StageCache
 from graphopt.pipeline.stage_reporter import StageReporter
 from graphopt.pruning.config import PruneConfig
-from graphopt.quant.calibration_data import read_calibration_inputs
 from graphopt.quant.float_twin import float_twin, has_int8_layers
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.recovery.data import check_label_range, read_labelled
-from graphopt.reporting.evaluation import Batch, materialize_labelled
 from graphopt.reporting.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.reporting.report import Report
 from graphopt.targets import Target, resolve_target
@@ -88,6 +89,9 @@ class OptimizeCall:
     #: :class:`~graphopt.pipeline.services.RuntimeTiming`. Not an ``optimize`` option: a driver's (tests hand
     #: a fake).
     timing: TimingService | None = None
+    #: Where passes train (recovery, QAT, sparsity, exit heads); None:
+    #: :class:`~graphopt.pipeline.services.InProcessTraining`. A driver's option too, like ``timing``.
+    training: TrainingService | None = None
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,7 @@ class CacheScope:
 
 def plan_of(call: OptimizeCall) -> Plan:
     """What ``call`` will run, slot by slot (:mod:`graphopt.pipeline.plan`), checked, before anything runs."""
-    options = plan_options(
-        passes=call.passes, prune=call.prune, sparsify=call.sparsify, accuracy_budget=call.accuracy_budget,
-        recovery=call.recovery, has_train_data=call.train_data is not None, early_exit=call.early_exit,
-    )  # fmt: skip
+    options = plan_options(**plan_keywords(vars(call)))
     if options.prune is not None:
         check_protected_names(options.prune.protect, call.model)
     return make_plan(resolve_target(call.target), options)
@@ -123,9 +124,8 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
         check_classifier_output(reference)
     _check_needs(plan.passes(), spec, calibration_data=call.calibration_data, train_data=call.train_data,
                  eval_data=call.eval_data)  # fmt: skip
-    context = _pass_context(inputs, reference, original, call.calibration_data, call.train_data,
-                            call.eval_data, call.validation_data, call.timing or RuntimeTiming(),
-                            dynamic)  # fmt: skip
+    session = Session(spec, read_call_data(call, inputs, dynamic, reference), original, _services(call))
+    context = PassContext.of(session)
     gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
     reporter = StageReporter(report, reference, context.eval_data)
     report.add(reporter.measure("original", "original", gm, context))
@@ -165,31 +165,23 @@ def dynamic_dims(spec: object, model: nn.Module, inputs: tuple[torch.Tensor, ...
     return dynamic
 
 
-def _pass_context(
-    inputs: tuple[torch.Tensor, ...],
-    reference: Any,
-    original: nn.Module,
-    calibration_data: Iterable[Any] | None,
-    train_data: Iterable[Any] | None,
-    eval_data: Iterable[Batch] | None,
-    validation_data: Iterable[Batch] | None,
-    timing: TimingService,
-    dynamic: DynamicDims,
-) -> PassContext:
-    """Every dataset the call gave, read and checked up front (bad data fails before any pass runs)."""
-    labelled = materialize_labelled(eval_data, "eval_data")
-    _check_eval_labels(labelled, reference)
-    return PassContext(
-        inputs,
-        calibration_data=read_calibration_inputs(calibration_data, inputs, dynamic.dims)
-        if calibration_data is not None
-        else None,
-        train_data=_read_labelled_data(train_data, "train_data", inputs, reference),
-        teacher=original,
-        eval_data=labelled,
-        validation_data=_read_labelled_data(validation_data, "validation_data", inputs, reference),
-        timing=timing,
-    )
+def read_call_data(
+    call: OptimizeCall, inputs: tuple[torch.Tensor, ...], dynamic: DynamicDims, reference: Any
+) -> RunData:
+    """Every dataset the call gave, read and checked once, up front (bad data fails before any pass runs);
+    labels must index the classes of the model's first output (its logits)."""
+    logits = flatten_outputs(reference)
+    return read_run_data(
+        inputs, dynamic, calibration_data=call.calibration_data, train_data=call.train_data,
+        validation_data=call.validation_data, eval_data=call.eval_data,
+        num_classes=logits[0].shape[-1] if logits else None,
+    )  # fmt: skip
+
+
+def _services(call: OptimizeCall) -> Services:
+    """The call's services: those it hands (a test's fakes), the defaults for the rest."""
+    defaults = Services()
+    return Services(call.timing or defaults.timing, call.training or defaults.training)
 
 
 def _capture_checked(
@@ -236,7 +228,12 @@ class Fp32Snapshot:
     """Keeps a copy of the graph just before the int8 part of the plan (its :data:`INT8_SLOTS`: layout
     rewrites made for int8 kernels included): the fp32 model the latency guard compares with. A training
     stage on the int8 graph (QAT) moves the weights past that copy, so it is then replaced by the trained
-    graph's fp32 twin (:func:`~graphopt.quant.float_twin.float_twin`): a fall-back keeps the training."""
+    graph's fp32 twin (:func:`~graphopt.quant.float_twin.float_twin`): a fall-back keeps the training.
+
+    The copy shares its tensors with the graph (:func:`~graphopt.pipeline.snapshots.structural_copy`): the
+    int8 passes replace layers and parameters rather than write into them, and the only stage that writes
+    weights in place after it, training, replaces the copy; so it costs no weight bytes (a full copy was
+    one more model in memory through every int8 export)."""
 
     def __init__(self) -> None:
         self.model: fx.GraphModule | None = None
@@ -244,42 +241,12 @@ class Fp32Snapshot:
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
         if self.model is None and pass_.slot in INT8_SLOTS and pass_.name not in context.declined:
-            self.model = deep_copy(gm)
+            self.model = structural_copy(gm)  # shares the weights: int8 passes replace, never write
 
     def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
         trained_int8 = pass_.slot == "training" and record.modified and has_int8_layers(gm)
         if self.model is not None and trained_int8:
             self.model, self.trained_after = float_twin(gm), True
-
-
-def _read_labelled_data(
-    data: Iterable[Any] | None, what: str, inputs: tuple[torch.Tensor, ...], reference: Any
-) -> Any:
-    """Check labelled ``data`` up front, so bad data fails before any pass runs, with the expected form
-    named."""
-    if data is None:
-        return None
-    labelled = read_labelled(data, what, inputs)
-    _check_labels(labelled.labels, reference, what)
-    return labelled
-
-
-def _check_eval_labels(labelled: list[Batch] | None, reference: Any) -> None:
-    """eval_data's labels must name the model's classes, like train and validation data's: out-of-range
-    labels would read as 0 % accuracy rather than as an error."""
-    if labelled is None:
-        return
-    labels = torch.cat([torch.as_tensor(y).reshape(-1) for _, y in labelled])
-    if labels.is_floating_point():
-        raise InvalidInputError("eval_data labels must be integer class indices, got floating-point labels")
-    _check_labels(labels, reference, "eval_data")
-
-
-def _check_labels(labels: torch.Tensor, reference: Any, what: str) -> None:
-    """Labels must index the classes of the model's first output (its logits)."""
-    logits = flatten_outputs(reference)
-    if logits:
-        check_label_range(labels, logits[0].shape[-1], what)
 
 
 def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:

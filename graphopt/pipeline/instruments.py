@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from graphopt.artifacts.destination import save_file
 from graphopt.errors import ConfigError, WriteError
-from graphopt.ir.graph import deep_copy
+from graphopt.pipeline.snapshots import float64_copy, release, structural_copy
 from graphopt.reporting.numerics import Tolerance, allclose, max_abs_difference
 
 if TYPE_CHECKING:
@@ -61,8 +61,14 @@ class NumericCheck:
     rewritten weights are still stored in float32, so some rounding stays). On that network: 0.34 in
     float64 against 6.4 of rounding in the original; a fold that is really wrong moves float64 outputs by
     its own error, far above the original's rounding. Graphs that cannot run in float64 keep the first
-    verdict. The previous stage is kept as a copy (``before_pass``) so the re-check needs no re-run of
-    the pass.
+    verdict.
+
+    Memory: the previous stage is kept for the re-check as a structural copy that shares every tensor with
+    the graph (:func:`~graphopt.pipeline.snapshots.structural_copy`: passes replace parameters rather than
+    write into them), so a pass that checks out costs no copy of the weights. Only a failed first check
+    pays: the copy is first confirmed to still give the outputs recorded before the pass (a pass that wrote
+    into a shared tensor in place would change them: then the first verdict stands), and the two graphs are
+    converted to float64 one after the other (:func:`~graphopt.pipeline.snapshots.float64_copy`).
     """
 
     def __init__(self, tolerance: Tolerance | None = None):
@@ -72,12 +78,20 @@ class NumericCheck:
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
         self._before = _run(gm, context) if pass_.exact else None
-        self._snapshot = _copy(gm) if pass_.exact else None
+        self._snapshot = _structural_copy(gm) if pass_.exact else None
 
     def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
         if not pass_.exact:
             return
         snapshot, self._snapshot = self._snapshot, None
+        try:
+            self._judge(gm, context, record, snapshot)
+        finally:
+            release(snapshot)  # the tensors the pass replaced are freed now, not at the next cyclic GC
+
+    def _judge(
+        self, gm: fx.GraphModule, context: PassContext, record: PassRecord, snapshot: fx.GraphModule | None
+    ) -> None:
         tolerance = self.tolerance.relative_to(self._before)
         ok, max_abs = allclose(self._before, _run(gm, context), tolerance)
         record.max_abs_change = max_abs
@@ -109,9 +123,17 @@ def _float64_verdict(
 ) -> _Float64Verdict:
     if before is None:
         return _Float64Verdict(False, "the previous stage could not be copied for a float64 re-check")
+    # The copy shares tensors with the graph: it is the previous stage only if it still computes what
+    # that stage computed (bit for bit: the same ops on the same tensors).
+    if max_abs_difference(before_own, _run(before, context)) > 0:
+        return _Float64Verdict(
+            False,
+            "the pass wrote into the weights in place, so the previous stage is gone and the float64 "
+            "re-check cannot run (replace parameters instead of writing into them)",
+        )
     try:
         before64 = _run_float64(before, context)
-        after64 = _run_float64(_copy(after), context)
+        after64 = _run_float64(after, context)
     except Exception as exc:  # ops that insist on float32 (fake quantization, hard-coded dtypes)
         return _Float64Verdict(False, f"the float64 re-check could not run ({type(exc).__name__})")
     rounding = max_abs_difference(before_own, before64)
@@ -124,21 +146,23 @@ def _float64_verdict(
     )
 
 
-def _copy(gm: fx.GraphModule) -> fx.GraphModule | None:
+def _structural_copy(gm: fx.GraphModule) -> fx.GraphModule | None:
     try:
-        return deep_copy(gm)
+        return structural_copy(gm)
     except Exception:  # an opaque leaf that cannot be copied: the float64 re-check is skipped
         return None
 
 
-def _run_float64(gm: fx.GraphModule | None, context: PassContext) -> Any:
-    if gm is None:
-        raise TypeError("no copy of the graph")
-    gm.double()
-    inputs = tuple(x.double() if x.is_floating_point() else x for x in context.example_inputs)
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(0)
-        return gm(*inputs)
+def _run_float64(gm: fx.GraphModule, context: PassContext) -> Any:
+    """``gm`` run in float64 on a converted copy, freed before returning (one float64 graph at a time)."""
+    converted = float64_copy(gm)
+    try:
+        inputs = tuple(x.double() if x.is_floating_point() else x for x in context.example_inputs)
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(0)
+            return converted(*inputs)
+    finally:
+        release(converted)
 
 
 class IRDump:

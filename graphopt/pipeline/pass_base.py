@@ -12,9 +12,10 @@ A pass is a small class::
             ...
             return PassResult(gm, modified=True, stats={"folded": 3, "skipped:shared_output": 1})
 
-A pass never traces and never takes an ``nn.Module``: it receives the captured ``GraphModule``. Data it needs
-(example inputs, calibration or training data) comes from :attr:`Pass.context`, which the PassManager binds
-for the duration of the call. The manager, not the pass, lints, recompiles, refreshes shapes and checks exact
+A pass never traces and never takes an ``nn.Module``: it receives the captured ``GraphModule``. What it needs
+besides (the target, example inputs, calibration or training data read and checked once, the timing and
+training services) comes from :attr:`Pass.context`, which the PassManager binds for the duration of the
+call. The manager, not the pass, lints, recompiles, refreshes shapes and checks exact
 passes numerically.
 """
 
@@ -33,7 +34,13 @@ from torch import nn
 from graphopt.errors import ConfigError, GraphoptError
 
 if TYPE_CHECKING:
-    from graphopt.pipeline.services import TimingService
+    from graphopt.data.batches import Batch
+    from graphopt.data.calibration import CalibrationBatches
+    from graphopt.data.dims import DynamicDims
+    from graphopt.data.labelled import LabelledTensors
+    from graphopt.pipeline.services import TimingService, TrainingService
+    from graphopt.pipeline.session import RunState, Session
+    from graphopt.targets import Target
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,19 @@ class PassResult:
 
 
 class PassContext:
-    """Data a pass may need, handed over by the PassManager instead of globals.
+    """What a pass sees of its run, handed over by the PassManager instead of globals: the frozen
+    :class:`~graphopt.pipeline.session.Session` (target, data, teacher, services) and the mutable
+    :class:`~graphopt.pipeline.session.RunState` (notes, tables, declined passes, epochs handed over).
 
-    ``notes`` collects sentences a pass wants shown in the report (for example why a lossy rewrite was not
-    recovered). Reading ``calibration_data``, ``train_data`` or ``validation_data`` is recorded, so data
-    that the caller gave but no pass read is reported rather than silently ignored.
+    The driver builds it with :meth:`of`. ``PassContext(example_inputs, calibration_data=...,
+    train_data=..., ...)`` stays as a convenience for a pass run on its own (a test, an outside pass
+    author): it reads and checks the data it is given into a session of its own, with the ``target`` given
+    (default ``generic-fp32``). Reading ``calibration_data``, ``train_data`` or ``validation_data`` is
+    recorded, so data that the caller gave but no pass read is reported rather than silently ignored.
     """
+
+    session: Session
+    state: RunState
 
     def __init__(
         self,
@@ -64,76 +78,131 @@ class PassContext:
         calibration_data: Iterable[Any] | None = None,
         train_data: Iterable[Any] | None = None,
         teacher: nn.Module | None = None,
-        eval_data: list[tuple[Any, torch.Tensor]] | None = None,
-        validation_data: Any | None = None,
+        eval_data: Iterable[Any] | None = None,
+        validation_data: Iterable[Any] | None = None,
         timing: TimingService | None = None,
+        *,
+        target: Target | None = None,
+        training: TrainingService | None = None,
     ):
-        self.example_inputs = example_inputs
-        self._timing = timing
-        self.teacher = teacher  # the original model, frozen: what recovery distills from
-        #: Held-out labelled batches ``(inputs, labels)``; the report measures accuracy on them after every
-        #: pass, and accuracy-driven passes (``accuracy_budget``) decide with them.
-        self.eval_data = eval_data
-        self._data = {
-            "calibration_data": calibration_data,
-            "train_data": train_data,
-            "validation_data": validation_data,
-        }
-        self._read: set[str] = set()
-        self.notes: list[str] = []
-        #: Extra per-layer tables a pass wants in the report (e.g. "int8": scales and SQNR per layer).
-        self.tables: dict[str, list[dict[str, object]]] = {}
-        #: Later passes of the plan that a pass measured would not pay here, by name, each with why (a short
-        #: key): the PassManager does not call them and their rows say ``skipped:<why>``
-        #: (``probe_int8`` declines int8 and QAT when int8 is slower than fp32 in the target's runtime).
-        self.declined: dict[str, str] = {}
-        #: Epochs a pass hands to a later training pass, by that pass's name (what a declined QAT would
-        #: have trained goes to recovery).
-        self.epochs_added: dict[str, int] = {}
+        from graphopt.data.run_data import read_run_data  # the data readers import the pass machinery
+        from graphopt.pipeline.session import RunState, Services, Session
+        from graphopt.targets import GENERIC_FP32  # the targets declare presets with the passes' options
+
+        data = read_run_data(
+            example_inputs, calibration_data=calibration_data, train_data=train_data,
+            validation_data=validation_data, eval_data=eval_data,
+        )  # fmt: skip
+        defaults = Services()
+        services = Services(timing or defaults.timing, training or defaults.training)
+        self.session = Session(target or GENERIC_FP32, data, teacher, services)
+        self.state = RunState()
+
+    @classmethod
+    def of(cls, session: Session, state: RunState | None = None) -> PassContext:
+        """The context of a run: ``session`` (built once by the driver) and its ``state`` (a new one by
+        default: a nested run, such as ``probe_int8``'s candidates, leaves nothing in the caller's)."""
+        from graphopt.pipeline.session import RunState
+
+        context = cls.__new__(cls)
+        context.session, context.state = session, state if state is not None else RunState()
+        return context
+
+    # -- the session: fixed for the run ---------------------------------------------------------------
+    @property
+    def target(self) -> Target:
+        """The run's :class:`~graphopt.targets.Target` object (a custom one is no preset: never look it up
+        by name)."""
+        return self.session.target
 
     @property
-    def calibration_data(self) -> Iterable[Any] | None:
-        self._read.add("calibration_data")
-        return self._data["calibration_data"]
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.session.data.example_inputs
 
     @property
-    def train_data(self) -> Iterable[Any] | None:
-        self._read.add("train_data")
-        return self._data["train_data"]
+    def dynamic(self) -> DynamicDims:
+        """The input dims ``dynamic_shapes`` declares (besides the batch)."""
+        return self.session.data.dynamic
 
     @property
-    def validation_data(self) -> Any | None:
+    def teacher(self) -> nn.Module | None:
+        """The original model, frozen: what recovery distills from."""
+        return self.session.teacher
+
+    @property
+    def calibration_data(self) -> CalibrationBatches | None:
+        """Input tuples, read and checked against the example inputs."""
+        self.state.data_read.add("calibration_data")
+        return self.session.data.calibration
+
+    @property
+    def train_data(self) -> LabelledTensors | None:
+        """Labelled training data, read and checked into tensors."""
+        self.state.data_read.add("train_data")
+        return self.session.data.train
+
+    @property
+    def validation_data(self) -> LabelledTensors | None:
         """Labelled data the model was not trained on (read, checked :class:`LabelledTensors`): decisions
         that trade accuracy for cost (early-exit thresholds) are calibrated on it."""
-        self._read.add("validation_data")
-        return self._data["validation_data"]
+        self.state.data_read.add("validation_data")
+        return self.session.data.validation
+
+    @property
+    def eval_data(self) -> list[Batch] | None:
+        """Held-out labelled batches ``(inputs, labels)``; the report measures accuracy on them after every
+        pass, and accuracy-driven passes (``accuracy_budget``) decide with them."""
+        return self.session.data.eval
 
     @property
     def timing(self) -> TimingService:
-        """Where a pass times models in a target's runtime (:mod:`graphopt.pipeline.services`): the driver
-        hands the run's service; a context built without one (a pass run on its own, a test) gets the default,
-        which lowers with the target's backend on this machine."""
-        if self._timing is None:
-            from graphopt.pipeline.services import (
-                RuntimeTiming,  # the default imports the backends: only on use
-            )
+        """Where a pass times models in a target's runtime (:mod:`graphopt.pipeline.services`)."""
+        return self.session.services.timing
 
-            self._timing = RuntimeTiming()
-        return self._timing
+    @property
+    def training(self) -> TrainingService:
+        """Where a pass trains (recovery, QAT, exit heads): :mod:`graphopt.pipeline.services`."""
+        return self.session.services.training
+
+    # -- the run state: what passes leave behind ------------------------------------------------------
+    @property
+    def notes(self) -> list[str]:
+        """Sentences a pass wants shown in the report (for example why a lossy rewrite was not recovered)."""
+        return self.state.notes
+
+    @notes.setter
+    def notes(self, value: list[str]) -> None:  # ``context.notes += [...]`` assigns the extended list back
+        self.state.notes = value
+
+    @property
+    def tables(self) -> dict[str, list[dict[str, object]]]:
+        """Extra per-layer tables a pass wants in the report (e.g. "int8": scales and SQNR per layer)."""
+        return self.state.tables
+
+    @property
+    def declined(self) -> dict[str, str]:
+        """Later passes a pass measured would not pay here, by name, with why (:class:`RunState`)."""
+        return self.state.declined
+
+    @property
+    def epochs_added(self) -> dict[str, int]:
+        """Epochs a pass hands to a later training pass, by that pass's name."""
+        return self.state.epochs_added
 
     @property
     def data_read(self) -> frozenset[str]:
         """The names of the data passes have read so far."""
-        return frozenset(self._read)
+        return frozenset(self.state.data_read)
 
     def mark_read(self, names: frozenset[str] | set[str]) -> None:
         """Record ``names`` as read: passes a resumed run skipped (:mod:`graphopt.pipeline.stage_cache`) read
         them."""
-        self._read |= set(names)
+        self.state.data_read |= set(names)
 
     def unused_data(self) -> list[str]:
-        """Names of the data the caller gave that no pass read."""
-        return [name for name, value in self._data.items() if value is not None and name not in self._read]
+        """Names of the data the caller gave that no pass read (eval data is the report's: always read)."""
+        given = [name for name in self.session.data.given() if name != "eval_data"]
+        return [name for name in given if name not in self.state.data_read]
 
 
 class Pass:

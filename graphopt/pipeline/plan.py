@@ -11,6 +11,9 @@ it), so on a target's pipeline the order above holds and on a ``passes=`` list t
 the same reasoning puts it (sparsity before the first int8 pass); the budget goes right after the
 calibration it measures. Why each slot is there is part of the plan: ``print(res.plan)`` or
 ``graphopt plan TARGET --prune 0.5``. A new capability adds a rule here, not a keyword splicer in the API.
+
+Which ``optimize()`` option becomes which :func:`plan_options` keyword (``train_data`` -> ``has_train_data``)
+is declared with the option, in :mod:`graphopt.call_options` (its ``PlanRule``; :func:`plan_keywords`).
 """
 
 from __future__ import annotations

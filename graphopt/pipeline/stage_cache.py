@@ -27,20 +27,18 @@ import torch.fx as fx
 from graphopt.ir.graph import deep_copy
 from graphopt.pipeline.pass_base import Pass, PassContext
 from graphopt.pipeline.pass_manager import PassRecord
+from graphopt.pipeline.session import RunState
 from graphopt.reporting.report import Report, StageRecord
 
 
 @dataclass
-class RunState:
+class SavedStage:
     """What a run has built up to some pass: the graph and everything the report and the guard hold."""
 
     gm: fx.GraphModule
     stages: list[StageRecord]
-    notes: list[str]
-    tables: dict[str, list[dict[str, object]]]
-    data_read: frozenset[str]
-    declined: dict[str, str]  # PassContext.declined: what a probe ruled out for the passes still to run
-    epochs_added: dict[str, int]
+    #: The passes' run state (notes, tables, declined passes, epochs handed over, data read), a copy.
+    run: RunState
     fp32_model: fx.GraphModule | None
     trained_after: bool
     instruments: list[object]  # each stateful instrument's state, in RunParts.instruments order
@@ -71,29 +69,26 @@ class RunParts:
     snapshot: Fp32Holder
     instruments: list[StatefulInstrument]
 
-    def capture(self, gm: fx.GraphModule) -> RunState:
-        return RunState(
+    def capture(self, gm: fx.GraphModule) -> SavedStage:
+        return SavedStage(
             gm=deep_copy(gm),
             stages=copy.deepcopy(self.report.stages),
-            notes=list(self.context.notes),
-            tables=copy.deepcopy(self.context.tables),
-            data_read=self.context.data_read,
-            declined=dict(self.context.declined),
-            epochs_added=dict(self.context.epochs_added),
+            run=copy.deepcopy(self.context.state),
             fp32_model=None if self.snapshot.model is None else deep_copy(self.snapshot.model),
             trained_after=self.snapshot.trained_after,
             instruments=[instrument.state() for instrument in self.instruments],
         )
 
-    def restore(self, state: RunState) -> fx.GraphModule:
+    def restore(self, state: SavedStage) -> fx.GraphModule:
         """Put ``state`` back into this run's report, context and snapshot; return a private graph."""
         self.report.stages[:] = copy.deepcopy(state.stages)
-        self.context.notes[:] = state.notes
-        self.context.tables.clear()
-        self.context.tables.update(copy.deepcopy(state.tables))
-        self.context.mark_read(state.data_read)
-        self.context.declined = dict(state.declined)
-        self.context.epochs_added = dict(state.epochs_added)
+        saved, live = copy.deepcopy(state.run), self.context.state
+        live.notes[:] = saved.notes
+        live.tables.clear()
+        live.tables.update(saved.tables)
+        live.data_read |= saved.data_read
+        live.declined = saved.declined
+        live.epochs_added = saved.epochs_added
         self.snapshot.model = None if state.fp32_model is None else deep_copy(state.fp32_model)
         self.snapshot.trained_after = state.trained_after
         for instrument, saved in zip(self.instruments, state.instruments, strict=True):
@@ -105,7 +100,7 @@ class StageCache:
     """Run states keyed by the plan prefix that produced them (module docstring)."""
 
     def __init__(self) -> None:
-        self._states: dict[tuple[str, ...], RunState] = {}
+        self._states: dict[tuple[str, ...], SavedStage] = {}
         self.hits = 0  # runs that resumed from a cached prefix
         self.passes_skipped = 0  # passes those runs did not run again
 
@@ -135,7 +130,7 @@ class StageCache:
     def recorder(self, scope: str, passes: Sequence[Pass], parts: RunParts, start: int) -> StageRecorder:
         return StageRecorder(self, _prefix_keys(scope, passes), parts, start)
 
-    def store(self, key: tuple[str, ...], state: RunState) -> None:
+    def store(self, key: tuple[str, ...], state: SavedStage) -> None:
         self._states[key] = state
 
 

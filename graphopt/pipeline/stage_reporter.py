@@ -1,7 +1,11 @@
 """The instrument that turns each pass into a report row, measured the moment the pass finishes.
 
 Passes mutate the graph in place, so agreement with the original and accuracy on labelled data must be
-measured right after each pass, not at the end: that is what this instrument does.
+measured right after each pass, not at the end: that is what this instrument does. Each row also carries
+the process's peak resident memory over its stage (:class:`~graphopt.reporting.memory.PeakWatch`): the
+``original`` row from the reporter's creation to its measurement, a pass row from ``before_pass`` to the
+end of its measurement (the watch's high-water part reaches back to the previous row, so the other
+instruments' hooks around the pass count too).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from graphopt.quant import is_quantized
 from graphopt.reporting.cost import count_macs, count_params, weight_bytes
 from graphopt.reporting.energy import estimate_graph
 from graphopt.reporting.evaluation import Batch, accuracy
+from graphopt.reporting.memory import PeakWatch, to_mib
 from graphopt.reporting.numerics import agreement
 from graphopt.reporting.report import Report, StageRecord
 
@@ -25,12 +30,17 @@ from graphopt.reporting.report import Report, StageRecord
 class StageReporter:
     def __init__(self, report: Report, reference: Any, labelled: list[Batch] | None):
         self.report, self.reference, self.labelled = report, reference, labelled
+        self.memory = PeakWatch()
+        self.memory.open()
+
+    def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
+        self.memory.open()
 
     def measure(self, stage: str, kind: str, gm: fx.GraphModule, context: PassContext) -> StageRecord:
         with torch.no_grad():
             outputs = gm(*context.example_inputs)
         params = count_params(gm)
-        return StageRecord(
+        record = StageRecord(
             stage=stage,
             kind=kind,  # type: ignore[arg-type]
             nodes=count_nodes(gm),
@@ -41,6 +51,8 @@ class StageReporter:
             agreement=agreement(self.reference, outputs),
             accuracy=accuracy(gm, self.labelled) if self.labelled is not None else None,
         )
+        record.peak_rss_mib = to_mib(self.memory.close())  # the window ends with the measurement
+        return record
 
     def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
         stage = record.name if record.step == 0 else f"{record.name} (step {record.step + 1})"

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphopt.data.labelled import LabelledTensors
 from graphopt.pruning.channel_map import UNTRACKED
 from graphopt.pruning.config import PruneConfig
 from graphopt.pruning.dependency import DependencyGraph
-from graphopt.recovery.data import LabelledTensors
 
 Scores = dict[int, float]
 

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from graphopt.data.labelled import LabelledTensors, check_label_range, read_labelled, split_validation
 from graphopt.errors import ConfigError, TrainingDivergedError, first_line
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.recovery.data import LabelledTensors, check_label_range, read_labelled, split_validation
 from graphopt.recovery.losses import RecoveryLoss
 from graphopt.recovery.teacher_cache import teacher_logits_once
 from graphopt.reporting.numerics import first_output
@@ -153,34 +153,54 @@ def fit(
     example_inputs: tuple[Tensor, ...] | None = None,
     desc: str = "recover",
 ) -> RecoveryResult:
-    """Fine-tune ``student`` in place (it ends on the CPU, in eval mode); ``teacher`` is only read."""
+    """Fine-tune ``student`` in place (it ends on the CPU, in eval mode); ``teacher`` is only read.
+
+    The entry for data as a caller holds it (``graphopt.distill``, a script): it is read and checked here
+    (:mod:`graphopt.data.labelled`), then trained on with :func:`fit_checked`. Passes get the run's data
+    already read and ask the training service, which calls :func:`fit_checked` directly."""
+    train = _labelled(train_data, "train_data", example_inputs)
+    validation = _labelled(val_data, "val_data", example_inputs) if val_data is not None else None
+    sample = tuple(x[:2] for x in train.inputs)
+    with torch.no_grad():
+        num_classes = _logits(student.eval()(*sample)).shape[-1]
+    check_label_range(train.labels, num_classes, "train_data")
+    return fit_checked(student, teacher, train, config, validation=validation, desc=desc)
+
+
+def fit_checked(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    train: LabelledTensors,
+    config: RecoveryConfig,
+    *,
+    validation: LabelledTensors | None = None,
+    desc: str = "recover",
+) -> RecoveryResult:
+    """:func:`fit` on data already read and checked (the run's :class:`~graphopt.data.run_data.RunData`):
+    nothing is read, normalised or checked again. Without ``validation`` a share of ``train`` is held out
+    (``config.val_fraction``)."""
     start = time.perf_counter()
     with torch.random.fork_rng():  # seeded for reproducibility without re-seeding the caller's generator
         torch.manual_seed(config.seed)
-        return _fit_seeded(student, teacher, train_data, config, val_data, example_inputs, desc, start)
+        return _fit_seeded(student, teacher, train, config, validation, desc, start)
 
 
 def _fit_seeded(
     student: nn.Module,
-    teacher: nn.Module,
-    train_data: Iterable[Any],
+    teacher: nn.Module | None,
+    data: LabelledTensors,
     config: RecoveryConfig,
-    val_data: Iterable[Any] | None,
-    example_inputs: tuple[Tensor, ...] | None,
+    validation: LabelledTensors | None,
     desc: str,
     start: float,
 ) -> RecoveryResult:
-    data = _labelled(train_data, "train_data", example_inputs)
-    if val_data is not None:  # held out by the caller: all of train_data trains
-        train, val = data, _labelled(val_data, "val_data", example_inputs)
+    if validation is not None:  # held out by the caller: all of train_data trains
+        train, val = data, validation
     else:
         train, val = split_validation(data, config.val_fraction, config.seed)
     device = resolve_device(config.device)
     sample = tuple(x[:2] for x in data.inputs)
-    with torch.no_grad():
-        num_classes = _logits(student.eval()(*sample)).shape[-1]
-    check_label_range(data.labels, num_classes, "train_data")
-
+    student.eval()  # the loss below may run it on ``sample`` (hints): no BatchNorm statistics may move
     snapshot = copy.deepcopy(student.state_dict())
     loss_module = RecoveryLoss(student, teacher, config.distill, config.hints, sample)
     student.to(device, memory_format=_memory_format(config, training=True))
@@ -214,7 +234,7 @@ def _fit_seeded(
 
 
 def _labelled(data: Iterable[Any], what: str, example_inputs: tuple[Tensor, ...] | None) -> LabelledTensors:
-    """``data`` as tensors (optimize hands its passes data it has already read and checked)."""
+    """``data`` as tensors, read once (data already read is taken as it is)."""
     return data if isinstance(data, LabelledTensors) else read_labelled(data, what, example_inputs)
 
 

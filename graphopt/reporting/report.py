@@ -1,10 +1,11 @@
 """The per-stage report: one row for the original, one per pass, one per lowered artifact.
 
 Columns: nodes, params, MACs, bytes (parameter+buffer bytes for in-memory stages, file bytes for artifacts),
-pass time, latency in the backend runtime (median, when measured), speed-up against the original model run
-in ONNX Runtime fp32 (eager PyTorch is a weak baseline, so it is not the reference), output agreement with
-the original (max abs error, cosine, top-1), accuracy on labelled data when given, and the pass statistics
-including every reason a rewrite did not fire.
+pass time, the process's peak resident memory during the stage (:mod:`graphopt.reporting.memory`), latency
+in the backend runtime (median, when measured), speed-up against the original model run in ONNX Runtime fp32
+(eager PyTorch is a weak baseline, so it is not the reference), output agreement with the original (max abs
+error, cosine, top-1), accuracy on labelled data when given, and the pass statistics including every reason
+a rewrite did not fire.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class StageRecord:
     stats: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     backend: str | None = None  # artifact rows: the backend that wrote the file
+    #: The process's peak resident set while the stage ran, in MiB (2**20 bytes): sampled every 5 ms plus
+    #: the kernel's exact high-water mark (:mod:`graphopt.reporting.memory`); the whole process, not only
+    #: what the stage allocated. Artifact rows: the whole export (lowering, latency guard, check).
+    peak_rss_mib: float | None = None
 
 
 @dataclass
@@ -89,9 +94,9 @@ class Report:
         return base / record.latency.median_ms
 
     # ----------------------------------------------------------------------------------------- rendering
-    _HEADER = ("stage", "nodes", "params", "MACs", "bytes", "energy µJ (est.)", "time s", "latency ms",
-               "vs ORT fp32", "max|Δ|", "cosine", "top-1", "accuracy", "stats")  # fmt: skip
-    _LEFT = (0, 13)
+    _HEADER = ("stage", "nodes", "params", "MACs", "bytes", "energy µJ (est.)", "time s", "peak RSS MiB",
+               "latency ms", "vs ORT fp32", "max|Δ|", "cosine", "top-1", "accuracy", "stats")  # fmt: skip
+    _LEFT = (0, 14)
 
     def rows(self) -> list[tuple[str, ...]]:
         return [self._row(r) for r in self.stages]
@@ -108,6 +113,7 @@ class Report:
             _si(r.bytes, binary=True),
             _fmt(r.energy.total_uj if r.energy else None, ".2f"),
             _fmt(r.seconds, ".3f"),
+            _fmt(r.peak_rss_mib, ".0f"),
             _fmt(r.latency.median_ms if r.latency else None, ".3f"),
             f"{speedup:.2f}x" if speedup is not None else "-",
             _fmt(agree.max_abs if agree else None, ".1e"),
@@ -140,6 +146,11 @@ class Report:
         lines = []
         if any(r.energy is not None for r in self.stages):
             lines.append(f"energy is an ESTIMATE from MACs and bytes moved, not measured ({ENERGY_SOURCE})")
+        if any(r.peak_rss_mib is not None for r in self.stages):
+            lines.append(
+                "peak RSS: the whole process's largest resident memory while the stage ran (sampled every "
+                "5 ms plus the kernel's high-water mark), not only what the stage allocated"
+            )
         if self.baseline_latency_ms is not None:
             lines.append(
                 "speed-up is against the original model run in ONNX Runtime fp32 (one thread, batch 1)"

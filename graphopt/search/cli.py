@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from graphopt.artifacts.result import OptimizeResult
+from graphopt.call_options import OPTION, add_option_flags
 from graphopt.errors import ConfigError
 
 #: The search's own flags and their defaults. They default to None on the parser so that one given
@@ -23,11 +24,14 @@ SEARCH_DEFAULTS = {
 }  # fmt: skip
 
 
+#: The ``optimize()`` options whose flags the search adds (declared in :mod:`graphopt.call_options`).
+SEARCH_OPTIONS = ("goals",)
+
+
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--goal", action="append", default=[], metavar="GOAL",
-        help="speedup>=N, accuracy-drop<=PP, size<=2MB: search for the best artifact that meets them",
-    )  # fmt: skip
+    """``--goal`` (``optimize()``'s ``goals``, declared in :mod:`graphopt.call_options`) and the search's own
+    flags."""
+    add_option_flags(p, tuple(OPTION[name] for name in SEARCH_OPTIONS))
     p.add_argument("--search-prune", help="prune ratios the search tries (default 0,0.25,0.5,0.7)")
     p.add_argument("--no-exits", action="store_const", const=True, help="the search does not try early exits")
     p.add_argument("--max-candidates", type=int, help="the most candidates the search measures (default 24)")
@@ -41,7 +45,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 def refuse_search_flags_without_goal(args: argparse.Namespace) -> None:
     """A search flag without ``--goal`` would be ignored (no plot written, no cache kept): say so."""
     given = [f"--{name.replace('_', '-')}" for name in SEARCH_DEFAULTS if getattr(args, name) is not None]
-    if given and not args.goal:
+    if given and not args.goals:
         raise ConfigError(
             f"{', '.join(given)} only apply to a search: add --goal (e.g. --goal size<=2MB) or drop them"
         )
@@ -61,7 +65,7 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
     from graphopt.search import SearchConfig, parse_goals
 
     args = _with_search_defaults(args)
-    goals = parse_goals(args.goal)
+    goals = parse_goals(args.goals)
     check_search_arguments(args)
     # built before the model loads: a bad option is reported before any work
     config = SearchConfig(

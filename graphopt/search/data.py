@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from graphopt.data import labelled
+from graphopt.data.batches import Batch
+from graphopt.data.labelled import read_eval_batches, read_labelled
 from graphopt.errors import InvalidInputError
 from graphopt.pipeline.driver import OptimizeCall
-from graphopt.recovery.data import read_labelled
-from graphopt.reporting.evaluation import Batch, materialize_labelled
 from graphopt.search.goals import Goals
 
 #: Below this many validation samples both shares would be too coarse to decide or to score with (an
@@ -30,29 +31,36 @@ MIN_SAMPLES_TO_SPLIT = 2000
 SPLIT_BATCH = 256
 
 
-def split_validation(
+def split_tune_score(
     data: list[Batch] | None, tune_share: float
 ) -> tuple[list[Batch] | None, list[Batch] | None]:
-    """``data`` as (tuning, scoring) batches: a fixed random ``tune_share`` of the samples and the rest;
-    with fewer than :data:`MIN_SAMPLES_TO_SPLIT` samples, all of them for both."""
+    """``data`` as (tuning, scoring) batches: a fixed random ``tune_share`` of the samples and the rest,
+    each in the data's order (:func:`graphopt.data.labelled.split_validation`, seed 0); with fewer than
+    :data:`MIN_SAMPLES_TO_SPLIT` samples, all of them for both (the batches as given)."""
     if data is None:
         return None, None
-    if sum(len(y) for _, y in data) < MIN_SAMPLES_TO_SPLIT:
+    samples = read_labelled(data, "validation_data", None)
+    score, tune = labelled.split_validation(
+        samples, tune_share, 0, min_samples=MIN_SAMPLES_TO_SPLIT, in_order=True
+    )
+    if tune is score:
         return data, data
-    labelled = read_labelled(data, "validation_data", None)
-    order = torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))
-    cut = round(tune_share * len(labelled))
-    if cut < 1 or cut >= len(labelled):
+    if tune is None:
         raise InvalidInputError(
-            f"validation_data has {len(labelled)} samples: too few to keep {tune_share:.0%} for tuning and "
+            f"validation_data has {len(samples)} samples: too few to keep {tune_share:.0%} for tuning and "
             "the rest for scoring; give more labelled samples"
         )
-    tune, score = (labelled.subset(part.sort().values) for part in (order[:cut], order[cut:]))
     return list(tune.batches(SPLIT_BATCH)), list(score.batches(SPLIT_BATCH))
 
 
+#: The name tests/test_search.py imports (until it imports split_tune_score): this is no second split, it
+#: shares graphopt.data.labelled.split_validation.
+split_validation = split_tune_score
+
+
 def materialized(call: OptimizeCall) -> OptimizeCall:
-    """Data read once: each candidate iterates it again (a generator would be empty the second time)."""
+    """Data read once: each candidate iterates it again (a generator would be empty the second time); the
+    labelled sets as checked batches (:func:`graphopt.data.labelled.read_eval_batches`)."""
 
     def once(data: Iterable[Any] | None) -> Any:
         return data if data is None or isinstance(data, (list, tuple)) else list(data)
@@ -61,8 +69,8 @@ def materialized(call: OptimizeCall) -> OptimizeCall:
         call,
         calibration_data=once(call.calibration_data),
         train_data=once(call.train_data),
-        validation_data=materialize_labelled(call.validation_data, "validation_data"),
-        eval_data=materialize_labelled(call.eval_data, "eval_data"),
+        validation_data=read_eval_batches(call.validation_data, "validation_data"),
+        eval_data=read_eval_batches(call.eval_data, "eval_data"),
     )
 
 

@@ -34,7 +34,7 @@ from graphopt.search.data import (
     data_digest,
     materialized,
     scope_of,
-    split_validation,
+    split_tune_score,
 )
 from graphopt.search.goals import Goals
 from graphopt.search.measure import Baseline, Measured, measure_candidate, retime_together
@@ -89,7 +89,7 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
     # before any work: a cache folder that cannot be written is a ConfigError now, not after a candidate
     store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
     call = materialized(call)
-    tune, score = split_validation(call.validation_data, config.tune_share)
+    tune, score = split_tune_score(call.validation_data, config.tune_share)
     call = dataclasses.replace(call, validation_data=tune)
     shared = tune is score and tune is not None
     inputs = check_example_inputs(call.example_inputs)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from graphopt.errors import ConfigError
+from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import finite_number
 from graphopt.search.measure import Measured
 
@@ -52,6 +53,16 @@ SCHEMA = 2
 _CHUNK = 1 << 20
 #: An entry larger than this is not a measurement graphopt wrote (one is under 1 kB): not even parsed.
 MAX_ENTRY_BYTES = 64 * 1024
+
+#: Note keys (graphopt.reporting.notes). An ignored entry's note has the facts ``entry`` (its file name),
+#: ``check`` (which check it failed, one of ``CHECKS``) and, where one field or file is at fault, ``field``
+#: or ``part`` ("entry" or "artifact"); a failed write's note has ``label`` and ``errno``.
+CACHE_ENTRY_IGNORED = "search:cache_entry_ignored"
+CACHE_WRITE_FAILED = "search:cache_write_failed"
+CHECKS = (
+    "schema", "entry_digest", "other_candidate", "artifact_size", "artifact_digest", "unreadable",
+    "entry_too_large", "not_json", "not_an_object", "not_plain_file", "fields", "bad_value",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,13 +76,18 @@ class StoredMeasurement:
 
 
 class _Rejected(Exception):
-    """Why a stored entry is not used (internal: turned into a note, never raised to the caller)."""
+    """Why a stored entry is not used (internal: turned into a note, never raised to the caller): the
+    sentence, the check it failed (one of ``CHECKS``) and the facts that locate it."""
+
+    def __init__(self, check: str, why: str, **facts: object):
+        super().__init__(why)
+        self.check, self.facts = check, facts
 
 
 class CandidateStore:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.notes: list[str] = []  # entries ignored, candidates not cached: the search's report says so
+        self.notes: list[Note] = []  # entries ignored, candidates not cached: the search's report says so
         _check_writable(self.folder)
 
     @staticmethod
@@ -87,10 +103,12 @@ class CandidateStore:
         try:
             return self._checked(key, path, workdir)
         except _Rejected as why:
-            self.notes.append(
+            self.notes.append(Note(
+                CACHE_ENTRY_IGNORED,
                 f"search cache: ignored {path.name} in {self.folder} ({why}); "
-                "the candidate was measured again"
-            )
+                "the candidate was measured again",
+                entry=path.name, check=why.check, **why.facts,
+            ))  # fmt: skip
             return None
 
     def save(
@@ -112,30 +130,37 @@ class CandidateStore:
             _atomic_write(self.folder / f"{key}.json", json.dumps(entry, indent=1).encode())
         except OSError as exc:
             _remove_quietly(artifact)  # a copied artifact without its entry is only clutter
-            self.notes.append(
+            self.notes.append(Note(
+                CACHE_WRITE_FAILED,
                 f"search cache: could not cache {label} in {self.folder} ({exc.strerror or exc}); "
-                "the search went on without caching it (free space or give another --search-cache folder)"
-            )
+                "the search went on without caching it (free space or give another --search-cache folder)",
+                label=label, errno=exc.errno,
+            ))  # fmt: skip
 
     def _checked(self, key: str, path: Path, workdir: Path) -> StoredMeasurement:
         entry = _read_entry(path)
         if entry.get("schema") != SCHEMA:
-            raise _Rejected(f"written by another graphopt version (schema {_short(entry.get('schema'))})")
+            schema = _short(entry.get("schema"))
+            raise _Rejected("schema", f"written by another graphopt version (schema {schema})")
         if entry.get("entry_sha256") != _entry_digest(entry):
-            raise _Rejected("its content does not match its entry_sha256: edited or damaged")
+            raise _Rejected("entry_digest", "its content does not match its entry_sha256: edited or damaged")
         if entry.get("key") != key:
-            raise _Rejected("it was written for another candidate (renamed or copied)")
+            raise _Rejected("other_candidate", "it was written for another candidate (renamed or copied)")
         measured = _measured_of(entry.get("measured"))
         drops = [_optional_number(entry.get(k), k, -100.0, 100.0) for k in ("accuracy_drop", "test_drop")]
         artifact = self.folder / f"{key}{_suffix(measured.backend)}"
         measured.path = workdir / f"cached-{artifact.name}"
-        size = _check_regular(artifact, f"its artifact {artifact.name}")
+        size = _check_regular(artifact, f"its artifact {artifact.name}", "artifact")
         if size != measured.bytes:
-            raise _Rejected(f"bytes={measured.bytes} but its artifact has {size} bytes")
+            raise _Rejected(
+                "artifact_size", f"bytes={measured.bytes} but its artifact has {size} bytes",
+                stored_bytes=measured.bytes, artifact_bytes=size,
+            )  # fmt: skip
         digest = _private_copy(artifact, measured.path, limit=measured.bytes + 1)
         if digest != entry.get("artifact_sha256"):
             measured.path.unlink()
-            raise _Rejected(f"its artifact {artifact.name} does not match artifact_sha256: edited or damaged")
+            why = f"its artifact {artifact.name} does not match artifact_sha256: edited or damaged"
+            raise _Rejected("artifact_digest", why)
         return StoredMeasurement(measured, drops[0], drops[1], digest)
 
 
@@ -154,43 +179,44 @@ def _check_writable(folder: Path) -> None:
 
 
 def _read_entry(path: Path) -> dict[str, Any]:
-    _check_regular(path, "it")
+    _check_regular(path, "it", "entry")
     try:
-        with _open_regular(path, "it") as f:
+        with _open_regular(path, "it", "entry") as f:
             data = f.read(MAX_ENTRY_BYTES + 1)  # bounded, should the file grow while it is read
     except OSError as exc:
-        raise _Rejected(f"unreadable: {exc.strerror or exc}") from None
+        raise _Rejected("unreadable", f"unreadable: {exc.strerror or exc}", part="entry") from None
     if len(data) > MAX_ENTRY_BYTES:
-        raise _Rejected(f"larger than {MAX_ENTRY_BYTES} bytes: not an entry graphopt wrote")
+        why = f"larger than {MAX_ENTRY_BYTES} bytes: not an entry graphopt wrote"
+        raise _Rejected("entry_too_large", why)
     try:
         entry = json.loads(data)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise _Rejected("not valid JSON: truncated or damaged") from None
+        raise _Rejected("not_json", "not valid JSON: truncated or damaged") from None
     if not isinstance(entry, dict):
-        raise _Rejected(f"a JSON {type(entry).__name__}, not an object")
+        raise _Rejected("not_an_object", f"a JSON {type(entry).__name__}, not an object")
     return entry
 
 
-def _open_regular(path: Path, what: str) -> Any:
+def _open_regular(path: Path, what: str, part: str) -> Any:
     """``path`` opened for reading only if it is, once open, a plain file: a pipe or device swapped in
     after :func:`_check_regular` could block the reader forever (no wait to open: O_NONBLOCK; no link:
     O_NOFOLLOW)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise _Rejected(f"{what} is not a plain file")
+        raise _Rejected("not_plain_file", f"{what} is not a plain file", part=part)
     return os.fdopen(fd, "rb")
 
 
-def _check_regular(path: Path, what: str) -> int:
+def _check_regular(path: Path, what: str, part: str) -> int:
     """The size of ``path``, a plain file: a link to a device or a pipe (which could block a reader or never
     end) is rejected."""
     try:
         info = path.stat()
     except OSError as exc:
-        raise _Rejected(f"{what} is unreadable: {exc.strerror or exc}") from None
+        raise _Rejected("unreadable", f"{what} is unreadable: {exc.strerror or exc}", part=part) from None
     if not stat.S_ISREG(info.st_mode):
-        raise _Rejected(f"{what} is not a plain file")
+        raise _Rejected("not_plain_file", f"{what} is not a plain file", part=part)
     return info.st_size
 
 
@@ -203,10 +229,11 @@ def _entry_digest(entry: dict[str, Any]) -> str:
 
 def _measured_of(fields: object) -> Measured:
     if not isinstance(fields, dict):
-        raise _Rejected("'measured' is not an object")
+        raise _Rejected("not_an_object", "'measured' is not an object", field="measured")
     expected = {f.name for f in dataclasses.fields(Measured)}
     if set(fields) != expected:
-        raise _Rejected(f"'measured' has fields {sorted(fields)}, expected {sorted(expected)}")
+        why = f"'measured' has fields {sorted(fields)}, expected {sorted(expected)}"
+        raise _Rejected("fields", why, field="measured")
     values = {
         "path": Path("unset"),
         "latency_ms": _positive_number(fields["latency_ms"], "latency_ms"),
@@ -228,14 +255,14 @@ def _suffix(backend: object) -> str:
     from graphopt.backends import BACKENDS
 
     if not isinstance(backend, str) or backend not in BACKENDS:
-        raise _Rejected(f"unknown backend {_short(backend)}")
+        raise _Rejected("bad_value", f"unknown backend {_short(backend)}", field="backend")
     return BACKENDS[backend].suffix
 
 
 def _positive_number(value: object, name: str) -> float:
     number = finite_number(value)
     if number is None or number <= 0:
-        raise _Rejected(f"{name}={_short(value)} is not a finite number > 0")
+        raise _Rejected("bad_value", f"{name}={_short(value)} is not a finite number > 0", field=name)
     return number
 
 
@@ -244,13 +271,15 @@ def _optional_number(value: object, name: str, low: float, high: float) -> float
         return None
     number = finite_number(value)
     if number is None or not low <= number <= high:
-        raise _Rejected(f"{name}={_short(value)} is not a number in [{low:g}, {high:g}]")
+        why = f"{name}={_short(value)} is not a number in [{low:g}, {high:g}]"
+        raise _Rejected("bad_value", why, field=name)
     return number
 
 
 def _count(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise _Rejected(f"{name}={_short(value)} is not a whole number in [0, 2**63)")
+        why = f"{name}={_short(value)} is not a whole number in [0, 2**63)"
+        raise _Rejected("bad_value", why, field=name)
     return value
 
 
@@ -261,7 +290,7 @@ def _short(value: object) -> str:
 
 def _flag(value: object, name: str) -> bool:
     if not isinstance(value, bool):
-        raise _Rejected(f"{name}={_short(value)} is not true or false")
+        raise _Rejected("bad_value", f"{name}={_short(value)} is not true or false", field=name)
     return value
 
 
@@ -273,14 +302,15 @@ def _private_copy(artifact: Path, destination: Path, limit: int) -> str:
             return _copy_hashing(artifact, f, limit)[0]
     except OSError as exc:
         destination.unlink(missing_ok=True)
-        raise _Rejected(f"its artifact {artifact.name} is unreadable: {exc.strerror or exc}") from None
+        why = f"its artifact {artifact.name} is unreadable: {exc.strerror or exc}"
+        raise _Rejected("unreadable", why, part="artifact") from None
 
 
 def _copy_hashing(source: Path, f: Any, limit: int | None = None) -> tuple[str, int]:
     """Copy ``source`` (its first ``limit`` bytes) into the open file ``f``: the SHA-256 and size of exactly
     the bytes written."""
     digest, size = hashlib.sha256(), 0
-    with _open_regular(source, f"the artifact {source.name}") as src:
+    with _open_regular(source, f"the artifact {source.name}", "artifact") as src:
         while chunk := src.read(_CHUNK if limit is None else min(_CHUNK, limit - size)):
             digest.update(chunk)
             size += len(chunk)
