@@ -28,6 +28,7 @@ from graphopt.call_options import (
     planned_values,
 )
 from graphopt.errors import ConfigError, GraphoptError, WriteError
+from graphopt.reporting.notes import Note
 from graphopt.search.cli import (
     SEARCH_OPTIONS,
     add_search_arguments,
@@ -244,6 +245,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 #: The option flags a ``--goal`` search reads; ``--dump-ir`` is refused by the search with its own reason.
 SEARCH_READS = ("target", "goals", "dump_ir")
 
+#: Note key (graphopt.reporting.notes): which data a named model calibrated on (fact ``data``).
+MODEL_DATA = "bench:data"
+
 
 def _refuse_call_options_in_a_search(args: argparse.Namespace) -> None:
     """A search chooses the plan itself (pruning, int8 fall-backs, exits, its data and training: its
@@ -291,7 +295,7 @@ def _optimize_once(args: argparse.Namespace) -> OptimizeResult:
         **values,
     )  # fmt: skip
     if calibration is not None:
-        result.report.notes.append(f"data: {bench.data}")
+        result.report.notes.append(Note(MODEL_DATA, f"data: {bench.data}", data=bench.data))
     return result
 
 

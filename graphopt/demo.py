@@ -29,9 +29,14 @@ from graphopt.errors import ConfigError
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant import is_quantized
 from graphopt.recovery.config import RecoveryConfig
+from graphopt.reporting.notes import Note
 from graphopt.targets import resolve_target
 
 log = logging.getLogger("graphopt")
+
+#: Note keys (graphopt.reporting.notes) of the demo's run-level notes.
+NO_TORCHSCRIPT = "demo:no_torchscript"
+LATENCY_BASIS = "demo:latency_basis"
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,13 @@ def run_demo(config: DemoConfig) -> OptimizeResult:
     out = config.out_dir
     result.export(out / "digits.onnx", measure_latency=True)
     if config.early_exit and is_quantized(result.model):
-        result.report.notes.append("no TorchScript artifact: int8 with early exits exports to ONNX only")
+        result.report.notes.append(
+            Note(NO_TORCHSCRIPT, "no TorchScript artifact: int8 with early exits exports to ONNX only")
+        )
     else:
         result.export(out / "digits.pt", measure_latency=True)
     result.save(out / "digits.pt2")
     where = f"pinned to core {core}" if core is not None else "unpinned"
-    result.report.notes.append(f"latency: batch 1, one thread, {where}; artifacts in {out}/")
+    text = f"latency: batch 1, one thread, {where}; artifacts in {out}/"
+    result.report.notes.append(Note(LATENCY_BASIS, text, core=core, out_dir=str(out)))
     return result

@@ -40,7 +40,12 @@ from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.policy import is_pool, through_data_movement
 from graphopt.quant.scheme import sqnr_db
 from graphopt.reporting.evaluation import accuracy, as_input_tuple
+from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import flatten_outputs
+
+#: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
+NOT_APPLIED = "accuracy_budget:not_applied"
+KEPT_FP32 = "accuracy_budget:kept_fp32"
 
 #: Elementwise activations: an int8 value stays int8 through them (ONNX Runtime fuses them into the layer).
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
@@ -68,7 +73,7 @@ class AccuracyBudget(Pass):
         layers = {name: m for name, m in gm.named_modules() if isinstance(m, QuantizedLayer) and m.frozen}
         if not data or not layers:
             why = "no eval_data" if not data else "no int8 layer"
-            self.context.notes.append(f"accuracy_budget: not applied ({why})")
+            self.context.notes.append(Note(NOT_APPLIED, f"accuracy_budget: not applied ({why})", why=why))
             return PassResult(gm, modified=False, stats={f"skipped:{why.replace(' ', '_')}": 1})
         budget = self.options.budget_pp
         # What int8 costs is measured against the fp32 graph that entered quantization, not the original:
@@ -96,10 +101,12 @@ class AccuracyBudget(Pass):
         stats.update(final_accuracy=round(current, 3), kept_fp32=len(kept))
         within = baseline - current <= budget
         verdict = "within" if within else "NOT within (the loss is in activation quantization)"
-        self.context.notes.append(
+        self.context.notes.append(Note(
+            KEPT_FP32,
             f"accuracy_budget: drop {baseline - current:.2f} pp {verdict} the {budget} pp budget; "
-            f"kept in fp32: {', '.join(kept) or 'none'}"
-        )
+            f"kept in fp32: {', '.join(kept) or 'none'}",
+            layers=tuple(kept), drop_pp=round(baseline - current, 3), budget_pp=budget, within=within,
+        ))  # fmt: skip
         self.context.tables["accuracy_budget"] = list(rows.values())
         return PassResult(gm, modified=bool(kept), stats=stats)
 

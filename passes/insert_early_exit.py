@@ -41,7 +41,12 @@ from graphopt.ir.keys import EXPECTED_MACS_SHARE
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.reporting.cost import count_macs, measure_module_macs
+from graphopt.reporting.notes import Note
 from graphopt.targets import Target, resolve_target
+
+#: Note keys (graphopt.reporting.notes; the exit timing notes' are in graphopt.early_exit.reporting).
+COSTED_IN_MACS = "insert_early_exit:costed_in_macs"
+HELD_OUT_OF_TRAIN_DATA = "insert_early_exit:held_out_of_train_data"
 
 
 @dataclass
@@ -159,7 +164,9 @@ class InsertEarlyExit(Pass):
                 timed = [(s, networks[path_names(s)], paths[path_names(s)]) for s in subsets]
                 return [*timed, ((), None, [timing.without_exits_ms])], timing  # last: no exits at all
         if config.cost == "runtime":
-            self.context.notes.append(f"insert_early_exit: exits costed in MACs: {runtime}")
+            self.context.notes.append(
+                Note(COSTED_IN_MACS, f"insert_early_exit: exits costed in MACs: {runtime}", why=runtime)
+            )
         return [(whole, network, _macs_per_exit(network, inputs))], None
 
     def _timed_target(self) -> tuple[Target | None, str]:
@@ -184,12 +191,14 @@ class InsertEarlyExit(Pass):
         if validation is not None:
             return context.train_data, validation
         train, held_out = _split(context.train_data, config)
-        context.notes.append(
+        context.notes.append(Note(
+            HELD_OUT_OF_TRAIN_DATA,
             f"insert_early_exit: thresholds calibrated on {len(held_out)} samples held out of train_data "
             "(no validation_data given); if the model was trained on them, its confidence there is higher "
             "than on new data and the accuracy drop on new data can exceed the budget: pass "
-            "validation_data=... (labelled batches the model never saw)"
-        )
+            "validation_data=... (labelled batches the model never saw)",
+            samples=len(held_out),
+        ))  # fmt: skip
         return train, held_out
 
 

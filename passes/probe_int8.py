@@ -30,12 +30,18 @@ from graphopt.ir.graph import deep_copy
 from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pipeline.pass_manager import PassManager
 from graphopt.pipeline.registry import make_pass
+from graphopt.reporting.notes import Note
 from graphopt.targets import Target
 
 #: The target's passes each candidate is built with, by slot: both are cleaned up (BatchNorm folded) as
 #: the shipped graph will be; the int8 one is then quantized and calibrated.
 CANDIDATE_SLOTS = {"fp32": ("cleanup",), "int8": ("cleanup", "int8_layout", "int8")}
 DECLINED = "int8_not_faster"
+
+#: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
+UNAVAILABLE = "probe_int8:unavailable"
+INT8_FASTER = "probe_int8:int8_faster"
+INT8_NOT_FASTER = "probe_int8:int8_not_faster"
 
 
 @dataclass(frozen=True)
@@ -71,17 +77,26 @@ class ProbeInt8(Pass):
         target = self.options.target or self.context.target
         unavailable = self.context.timing.unavailable(target)
         if unavailable is not None:
-            self.context.notes.append(f"probe_int8: {unavailable}; int8 and QAT run as planned")
+            self.context.notes.append(
+                Note(UNAVAILABLE, f"probe_int8: {unavailable}; int8 and QAT run as planned", why=unavailable)
+            )
             return PassResult(gm, modified=False, stats={"skipped:foreign_isa": 1})
         candidates = {kind: self._candidate(gm, target, slots) for kind, slots in CANDIDATE_SLOTS.items()}
         timed = self.context.timing.time(target, candidates, self.context.example_inputs)
         ms = timed.ms
         stats = {"probe_int8_ms": round(ms["int8"], 4), "probe_fp32_ms": round(ms["fp32"], 4)}
         timing = f"int8 {ms['int8']:.3f} ms vs fp32 {ms['fp32']:.3f} ms in {timed.runtime}"
+        measured = {"int8_ms": ms["int8"], "fp32_ms": ms["fp32"], "runtime": timed.runtime}
         if ms["int8"] < ms["fp32"]:
-            self.context.notes.append(f"probe_int8: {timing}: int8 is faster, int8 and QAT run as planned")
+            self.context.notes.append(
+                Note(
+                    INT8_FASTER,
+                    f"probe_int8: {timing}: int8 is faster, int8 and QAT run as planned",
+                    **measured,
+                )
+            )
             return PassResult(gm, modified=False, stats={**stats, "int8_faster": 1})
-        self._decline(timing)
+        self._decline(timing, measured)
         return PassResult(gm, modified=False, stats={**stats, "int8_faster": 0})
 
     def _candidate(self, gm: fx.GraphModule, target: Target, slots: tuple[str, ...]) -> fx.GraphModule:
@@ -94,7 +109,7 @@ class ProbeInt8(Pass):
         PassManager([p for p in passes if p.slot in slots], instruments=[]).run(candidate, context)
         return candidate
 
-    def _decline(self, timing: str) -> None:
+    def _decline(self, timing: str, measured: dict[str, object]) -> None:
         options, context = self.options, self.context
         context.declined.update(dict.fromkeys(options.declines, DECLINED))
         moved = ""
@@ -103,7 +118,10 @@ class ProbeInt8(Pass):
                 context.epochs_added.get(options.train_pass, 0) + options.moved_epochs
             )
             moved = f"; {options.train_pass} trains QAT's {options.moved_epochs} epochs as well"
-        context.notes.append(
+        context.notes.append(Note(
+            INT8_NOT_FASTER,
             f"probe_int8: {timing}: int8 is not faster here, so {', '.join(options.declines)} are skipped "
-            f"and the fp32 graph ships{moved}"
-        )
+            f"and the fp32 graph ships{moved}",
+            **measured, declined=options.declines, moved_epochs=options.moved_epochs,
+            train_pass=options.train_pass,
+        ))  # fmt: skip

@@ -7,10 +7,10 @@ edits modules, parameters and shape literals. Lossy: run ``reestimate_batchnorm`
 (``optimize(prune=...)`` does).
 
 Report: the ``pruning`` table lists every group with its producers, widths before and after, and why any of
-its channels were kept. ``stats`` counts the blocked units by the kind of reason, ``blocked:<kind>``
-(``network_output``, ``not_in_table``, ``grouped_conv``, ``normalizes_channels``, ``protected``, ...; a unit
-counts once per kind). Skipped, with the reason in ``stats``: ``skipped:nothing_prunable``,
-``skipped:ratio_zero``.
+its channels were kept (``status``, the sentence; ``blocked``, the kinds of reason). ``stats`` counts the
+blocked units by the kind of reason, ``blocked:<kind>`` (``network_output``, ``not_in_table``,
+``grouped_conv``, ``group_input_positions``, ``protected``, ...; a unit counts once per kind). Skipped, with
+the reason in ``stats``: ``skipped:nothing_prunable``, ``skipped:ratio_zero``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_sc
 from graphopt.pruning.channel_map import BlockReason
 from graphopt.pruning.dependency import DependencyGraph, Group
 from graphopt.pruning.selection import Selection
+from graphopt.reporting.notes import Note
+
+#: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
+NOTHING_PRUNABLE = "prune_channels:nothing_prunable"
+NOT_RECOVERED = "prune_channels:not_recovered"
+CLAMPED = "prune_channels:clamped"
 
 
 class PruneChannels(Pass):
@@ -50,24 +56,32 @@ class PruneChannels(Pass):
         groups = graph.groups()
         if not any(g.prunable for g in groups):
             self.context.tables["pruning"] = _table(groups, Selection())
-            self.context.notes.append("prune_channels: nothing is prunable (see the pruning table for why)")
+            self.context.notes.append(
+                Note(NOTHING_PRUNABLE, "prune_channels: nothing is prunable (see the pruning table for why)")
+            )
             stats = {"skipped:nothing_prunable": 1, "groups": len(groups), **_blocked_stats(groups)}
             return PassResult(gm, modified=False, stats=stats)
         train = self.context.train_data if config.importance == "taylor" else None
         selection = choose(groups, unit_scores(graph, config, train), config)
         remove_units(graph, selection.removed)
         if self.context.train_data is None:
-            self.context.notes.append(
+            self.context.notes.append(Note(
+                NOT_RECOVERED,
                 "prune_channels: no train_data given, so accuracy is not recovered (only BatchNorm "
-                "statistics are re-estimated); pass train_data=... to fine-tune with distillation"
-            )
+                "statistics are re-estimated); pass train_data=... to fine-tune with distillation",
+            ))  # fmt: skip
         self.context.tables["pruning"] = _table(groups, selection)
         self.context.notes.extend(
-            f"prune_channels: group {g.index} ({_names(g)}) was clamped to min_channels={config.min_channels}"
-            for g in groups
-            if g.index in selection.clamped
+            _clamped_note(g, config.min_channels) for g in groups if g.index in selection.clamped
         )
         return PassResult(gm, modified=bool(selection.removed), stats=_stats(groups, selection))
+
+
+def _clamped_note(group: Group, min_channels: int) -> Note:
+    """A group that would have lost more channels than ``min_channels`` leaves (facts: ``group``, its index;
+    ``layers``, the names in it; ``min_channels``)."""
+    text = f"prune_channels: group {group.index} ({_names(group)}) was clamped to min_channels={min_channels}"
+    return Note(CLAMPED, text, group=group.index, layers=tuple(group.producers), min_channels=min_channels)
 
 
 def check_protected_names(names: tuple[str, ...], model: nn.Module) -> None:
@@ -106,7 +120,7 @@ def _table(groups: list[Group], selection: Selection) -> list[dict[str, object]]
         if g.blocked:
             status += f" ({len(g.blocked)}/{len(g.units)} blocked: {reasons})"
         rows.append({"group": g.index, "producers": _names(g), "channels": f"{len(g.units)} -> {kept}",
-                     "status": status})  # fmt: skip
+                     "status": status, "blocked": tuple(sorted(g.blocked_by_kind()))})  # fmt: skip
     return rows
 
 

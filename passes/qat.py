@@ -23,9 +23,13 @@ from graphopt.passes.calibrate import Calibrate, int8_summary
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.quant.modules import QuantizedLayer
 from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig, for_qat
+from graphopt.reporting.notes import Note
 
 #: QAT starts from a calibrated model that is already close: a few epochs at a small learning rate.
 QAT_DEFAULTS = RecoveryConfig(epochs=3, optimizer=OptimizerConfig(lr=1e-4), distill=DistillConfig())
+
+#: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
+NOTHING_CALIBRATED = "qat:nothing_calibrated"
 
 
 class QuantizationAwareTraining(Pass):
@@ -44,7 +48,9 @@ class QuantizationAwareTraining(Pass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         layers = [m for m in gm.modules() if isinstance(m, QuantizedLayer) and m.frozen]
         if not layers:
-            self.context.notes.append("qat: no calibrated int8 layer in the graph; run calibrate first")
+            self.context.notes.append(
+                Note(NOTHING_CALIBRATED, "qat: no calibrated int8 layer in the graph; run calibrate first")
+            )
             return PassResult(gm, modified=False, stats={"skipped:nothing_quantized": 1})
         context = self.context
         for layer in layers:

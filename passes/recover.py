@@ -21,6 +21,11 @@ import torch.fx as fx
 from graphopt.ir.graph import KEEP_ZERO_WEIGHTS, ir_fact
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.recovery.config import RecoveryConfig
+from graphopt.reporting.notes import Note
+
+#: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
+NO_TRAIN_DATA = "recover:no_train_data"
+NO_TEACHER = "recover:no_teacher"
 
 
 class Recover(Pass):
@@ -34,10 +39,14 @@ class Recover(Pass):
         context = self.context
         data = context.train_data
         if data is None:
-            context.notes.append("recover: no train_data given, accuracy was not recovered")
+            context.notes.append(
+                Note(NO_TRAIN_DATA, "recover: no train_data given, accuracy was not recovered")
+            )
             return PassResult(gm, modified=False, stats={"skipped:no_train_data": 1})
         if context.teacher is None:
-            context.notes.append("recover: no teacher in the pass context, accuracy was not recovered")
+            context.notes.append(
+                Note(NO_TEACHER, "recover: no teacher in the pass context, accuracy was not recovered")
+            )
             return PassResult(gm, modified=False, stats={"skipped:no_teacher": 1})
         options = self._options(gm, context.epochs_added.get(self.name, 0))
         result = context.training.fit(gm, context.teacher, data, options, validation=context.validation_data)

@@ -17,6 +17,10 @@ from torch import nn
 from graphopt.errors import ConfigError
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.recovery.batchnorm import reestimate_batchnorm
+from graphopt.reporting.notes import Note
+
+#: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
+NO_DATA = "reestimate_batchnorm:no_data"
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,9 @@ class ReestimateBatchNorm(Pass):
             data = self.context.train_data.batches(64)  # the inputs of the training data serve as well
         if data is None:
             self.context.notes.append(
-                "reestimate_batchnorm: no calibration_data or train_data given, statistics kept"
+                Note(
+                    NO_DATA, "reestimate_batchnorm: no calibration_data or train_data given, statistics kept"
+                )
             )
             return PassResult(gm, modified=False, stats={"skipped:no_calibration_data": 1})
         batches = reestimate_batchnorm(gm, data, self.options.max_batches)

@@ -27,8 +27,13 @@ from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.pruning.sparsity import magnitude_masks, schedule, zero_fraction
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.reporting.cost import node_macs
+from graphopt.reporting.notes import Note
 
 ELIGIBLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+#: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
+NOT_FINE_TUNED = "sparsify:not_fine_tuned"
+DENSE_KERNELS = "sparsify:dense_kernels"
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,10 @@ class Sparsify(Pass):
             return PassResult(gm, modified=False, stats={"skipped:nothing_eligible": 1} if not layers else {})
         data = context.train_data
         if data is None:
-            context.notes.append(
-                "sparsify: no train_data given, so the zeroed weights are not recovered by fine-tuning"
-            )
+            context.notes.append(Note(
+                NOT_FINE_TUNED,
+                "sparsify: no train_data given, so the zeroed weights are not recovered by fine-tuning",
+            ))  # fmt: skip
         recovery = replace(config.recovery, keep_zero_weights=True)
         zeros_before = sum(int((m.weight == 0).sum()) for m in layers.values())
         for step, target in enumerate(schedule(config.sparsity, config.steps), start=1):
@@ -88,11 +94,13 @@ class Sparsify(Pass):
         if data is None and sum(int((m.weight == 0).sum()) for m in layers.values()) == zeros_before:
             return PassResult(gm, modified=False, stats={**stats, "skipped:already_sparse": 1})
         context.tables["sparsity"] = table
-        context.notes.append(
+        context.notes.append(Note(
+            DENSE_KERNELS,
             "sparsify: dense kernels multiply zeros at full cost, so latency does not change; a sparse "
             f"kernel would do {stats['sparse_macs_share']:.0%} of the MACs, and zeros shrink the compressed "
-            "artifact (zipped_bytes on the artifact row)"
-        )
+            "artifact (zipped_bytes on the artifact row)",
+            sparse_macs_share=stats["sparse_macs_share"],
+        ))  # fmt: skip
         return PassResult(gm, modified=True, stats=stats)
 
 

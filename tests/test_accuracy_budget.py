@@ -11,6 +11,7 @@ import torch
 
 import graphopt
 from graphopt import ConfigError, InvalidInputError
+from graphopt.passes.accuracy_budget import KEPT_FP32
 from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
 from graphopt.quant import QuantizedLayer, QuantScheme
 from graphopt.targets import X86_INT8, PassSpec
@@ -63,7 +64,7 @@ def test_budget_keeps_the_sensitive_layer_in_fp32(fragile_model, digits, tmp_pat
     assert max(table, key=lambda name: table[name]["sensitivity_db"]) == "features.7"
     assert not isinstance(res.model.get_submodule("features.7"), QuantizedLayer)
     assert isinstance(res.model.get_submodule("features.3"), QuantizedLayer)
-    assert any("kept in fp32: features.7" in note for note in res.report.notes)
+    assert res.report.note(KEPT_FP32).facts["layers"] == ("features.7",)
 
     path = res.export(tmp_path / "m.onnx", latency_guard=False)
     assert abs(res.report.stages[-1].accuracy - row.accuracy) <= 0.006

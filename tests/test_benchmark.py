@@ -35,6 +35,7 @@ from graphopt.benchmark.summary import summary_markdown
 from graphopt.benchmark.timing import EXITS_AGAINST_NO_EXITS
 from graphopt.cli import main
 from graphopt.errors import ConfigError, GraphoptError, InvalidInputError, UnknownNameError
+from graphopt.pipeline.stage_cache import REUSED
 from graphopt.reporting.notes import the_note
 
 
@@ -389,8 +390,8 @@ def test_pipelines_sharing_their_first_passes_run_them_once(digits, digits_model
     _digits_with_exit_heads(monkeypatch, digits, digits_model, epochs=2)
     labels = ("generic-fp32+prune=0.3", "generic-fp32+prune=0.3+early-exit")
     result = _quick_bench(*labels, recovery_epochs=1)
-    reused = [n for n in result.notes if "reused from an earlier run" in n]
-    assert len(reused) == 1 and reused[0].startswith(labels[1])  # prune, re-estimate, recover: run once
+    reused = the_note(result, REUSED).facts  # prune, re-estimate, recover: run once
+    assert reused["pipeline"] == labels[1] and {"prune_channels", "recover"} <= set(reused["stages"])
     first, second = (result.row(label, "recover") for label in labels)
     assert first.accuracy == second.accuracy and first.params == second.params  # the same stage, kept
     exits = result.row(labels[1], "artifact:onnx")  # timed image by image against its twin without exits

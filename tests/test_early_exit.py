@@ -13,6 +13,7 @@ from torch import nn
 
 import graphopt
 from graphopt import ConfigError, EarlyExitConfig, InvalidInputError, PassError
+from graphopt.artifacts.result import LATENCY_GUARD, LATENCY_GUARD_SKIPPED
 from graphopt.backends import OnnxRunner, TorchScriptRunner
 from graphopt.data.digits import batches
 from graphopt.data.labelled import LabelledTensors
@@ -21,6 +22,7 @@ from graphopt.early_exit.measure import interleaved_per_sample, per_sample_accur
 from graphopt.early_exit.reporting import EXITS_DISABLED
 from graphopt.early_exit.thresholds import NEVER, calibrate, harm_allowed, route, samples_needed
 from graphopt.early_exit.training import with_augmented_copies
+from graphopt.passes.insert_early_exit import HELD_OUT_OF_TRAIN_DATA
 from graphopt.reporting.notes import the_note
 from tests.conftest import assert_unchanged, state_snapshot
 from tests.helpers import digits_optimize_data
@@ -216,12 +218,11 @@ def test_validation_data_calibrates_the_thresholds(digits_model, digits):
     )  # fmt: skip
     stats = result.report.stage("insert_early_exit").stats
     assert stats["heldout_samples"] == len(digits.test_y) and stats["head_samples"] == 1000
-    assert not any("held out of train_data" in note for note in result.report.notes)
+    assert HELD_OUT_OF_TRAIN_DATA not in result.report.note_keys()
 
 
 def test_without_validation_data_the_report_warns(exited):
-    (note,) = [n for n in exited.report.notes if "held out of train_data" in n]
-    assert "validation_data" in note and "360 samples" in note
+    assert exited.report.note(HELD_OUT_OF_TRAIN_DATA).facts["samples"] == 360
 
 
 def test_a_small_validation_set_says_how_many_samples_the_budget_needs(digits_model, digits):
@@ -327,7 +328,7 @@ def test_int8_backbone_with_exits_fuses_inside_the_branches(int8_exited, tmp_pat
     assert [s.stage for s in result.report.stages][-3:] == ["calibrate", "qat", "insert_early_exit"]
     path = result.export(tmp_path / "m.onnx", latency_guard=False)
     row = result.report.stages[-1]
-    assert not any("latency guard" in note for note in row.notes)
+    assert not {LATENCY_GUARD, LATENCY_GUARD_SKIPPED} & set(row.note_keys())
     assert row.accuracy == pytest.approx(per_sample_accuracy(result.model, result.eval_data), abs=2 / 360)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -373,14 +374,14 @@ def test_the_latency_guard_times_an_exit_model_per_sample_and_ships_the_faster(
     path = int8_exited.export(tmp_path / "guarded.onnx")
     row = int8_exited.report.stages[-1]
     assert timed == [200]  # 256 calibration images given, the guard takes its 200
-    note = next(n for n in row.notes if n.startswith("latency guard:"))
-    assert "mean per sample over 200 held-out inputs" in note
+    guard = row.note(LATENCY_GUARD).facts
+    assert (guard["per_sample"], guard["samples"]) == (True, 200)
     ops = _op_counts(onnx.load(str(path)).graph)
     assert ops["If"] == 1
     if int8_ms < fp32_ms:
-        assert "int8 shipped" in note and ops["QuantizeLinear"] > 0 and row.stats["shipped_fp32"] == 0
+        assert guard["shipped"] == "int8" and ops["QuantizeLinear"] > 0 and row.stats["shipped_fp32"] == 0
     else:
-        assert "fp32 model was shipped" in note and ops["QuantizeLinear"] == 0
+        assert guard["shipped"] == "fp32" and ops["QuantizeLinear"] == 0
         assert row.backend == "onnx" and row.stats["shipped_fp32"] == 1
 
 

@@ -16,6 +16,7 @@ from graphopt.early_exit import EarlyExitNetwork
 from graphopt.early_exit.reporting import EXIT_PATHS_TIMED, NO_EXIT_PAYS
 from graphopt.early_exit.selection import MAX_SUBSET_EXITS, choose_exits, exit_subsets
 from graphopt.early_exit.thresholds import NEVER
+from graphopt.passes.insert_early_exit import COSTED_IN_MACS
 from graphopt.pipeline.driver import OptimizeCall, run_call
 from graphopt.reporting.notes import Note, notes_with
 from tests.helpers import FakeTiming, digits_optimize_data
@@ -99,7 +100,7 @@ def test_a_custom_target_costs_its_exits_in_its_own_runtime(digits_model, digits
     custom = dataclasses.replace(graphopt.TARGETS["generic-fp32"], name="my-fp32")
     result = _optimize(digits_model, digits, target=custom)
     assert _timing_note(result).facts["runtime"] == "onnxruntime"
-    assert not [n for n in result.report.notes if "exits costed in MACs" in n]
+    assert not notes_with(result.report, COSTED_IN_MACS)
     assert "expected_ms" in result.report.stage("insert_early_exit").stats
 
 
@@ -162,8 +163,8 @@ def test_exits_are_costed_in_macs_when_asked_or_when_the_runtime_is_foreign(
     stats = result.report.stage("insert_early_exit").stats
     assert "expected_ms" not in stats and stats["exits"] == stats["exits_trained"] == 2
     assert all("ms_per_sample" not in r for r in result.report.tables["early_exit"])
-    notes = [n for n in result.report.notes if "exits costed in MACs" in n]
-    assert (why in notes[0]) if config.get("target") else not notes  # asked for: nothing to explain
+    notes = notes_with(result.report, COSTED_IN_MACS)
+    assert (why in notes[0].facts["why"]) if config.get("target") else not notes  # asked: nothing to explain
 
 
 def test_no_exit_is_inserted_when_none_pays_in_the_runtime(digits_model, digits, monkeypatch):

@@ -12,6 +12,7 @@ import torch
 import graphopt
 from graphopt import InvalidInputError
 from graphopt.artifacts.artifact_check import INT8_ROUNDS_DIFFERENTLY
+from graphopt.artifacts.result import LATENCY_GUARD, LATENCY_GUARD_SKIPPED
 from graphopt.ir.keys import SHIPPED_FP32
 from graphopt.quant import ActivationQuantizer, QuantizedLayer, QuantScheme
 from graphopt.quant.scheme import activation_qparams, quantize_weight, weight_scales
@@ -96,7 +97,7 @@ def test_latency_guard_ships_fp32_when_int8_is_slower(tmp_path, monkeypatch):
     path = res.export(tmp_path / "m.onnx")
     row = res.report.stages[-1]
     assert row.backend == "onnx" and row.stats[SHIPPED_FP32] == 1
-    assert "int8 is not faster here, so the fp32 model was shipped" in str(res.report)
+    assert row.note(LATENCY_GUARD).facts["shipped"] == "fp32"
     assert not any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
 
 
@@ -130,7 +131,8 @@ def test_latency_guard_skips_artifacts_for_another_cpu_family(tmp_path):
     path = res.export(tmp_path / "arm.onnx")
     row = res.report.stages[-1]
     assert row.backend == "onnx" and "guard_int8_ms" not in row.stats
-    assert any("latency guard skipped: aarch64 artifacts cannot be timed on x86_64" in n for n in row.notes)
+    skipped = row.note(LATENCY_GUARD_SKIPPED).facts
+    assert (skipped["reason"], skipped["isa"], skipped["machine"]) == ("foreign_isa", "aarch64", "x86_64")
     assert any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
 
 

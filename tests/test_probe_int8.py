@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import graphopt
+from graphopt.passes.probe_int8 import INT8_FASTER, INT8_NOT_FASTER
 from graphopt.pipeline.driver import OptimizeCall, run_call
 from graphopt.pipeline.pass_base import PassContext
 from graphopt.pipeline.stage_cache import RunParts
@@ -51,9 +52,10 @@ def test_int8_slower_skips_int8_and_qat_and_recovery_trains_their_epochs(monkeyp
     assert (probe.stats["probe_int8_ms"], probe.stats["probe_fp32_ms"], probe.stats["int8_faster"]) == (
         0.5, 0.3, 0
     )  # fmt: skip
-    note = next(n for n in res.report.notes if n.startswith("probe_int8:"))
-    assert "int8 0.500 ms vs fp32 0.300 ms in onnxruntime: int8 is not faster here" in note
-    assert "recover trains QAT's 1 epochs as well" in note
+    facts = res.report.note(INT8_NOT_FASTER).facts
+    assert (facts["int8_ms"], facts["fp32_ms"], facts["runtime"]) == (0.5, 0.3, "onnxruntime")
+    moved = (facts["train_pass"], facts["moved_epochs"], set(facts["declined"]))
+    assert moved == ("recover", 1, set(QAT_AND_INT8))
     assert not is_quantized(res.model) and res.fp32_model is None
     path = res.export(tmp_path / "m.onnx")
     assert not any(i.data_type == onnx.TensorProto.INT8 for i in onnx.load(str(path)).graph.initializer)
@@ -72,7 +74,8 @@ def test_int8_faster_runs_the_plan_as_written(monkeypatch):
     assert trained == {"recover": 1, "qat": 1}
     assert res.report.stage("qat").modified and is_quantized(res.model)
     assert res.report.stage("probe_int8").stats["int8_faster"] == 1
-    assert any("int8 is faster, int8 and QAT run as planned" in n for n in res.report.notes)
+    assert res.report.note(INT8_FASTER).facts["runtime"] == "onnxruntime"
+    assert INT8_NOT_FASTER not in res.report.note_keys()
 
 
 def test_the_probe_times_both_candidates_in_onnx_runtime(monkeypatch):

@@ -13,12 +13,13 @@ from torch import nn
 from graphopt import ConfigError, PruneConfig
 from graphopt.frontend.capture import capture
 from graphopt.ir.shapes import propagate_shapes
-from graphopt.passes.prune_channels import PruneChannels
+from graphopt.passes.prune_channels import CLAMPED, NOTHING_PRUNABLE, PruneChannels
 from graphopt.pipeline.pass_base import PassContext
 from graphopt.pipeline.pass_manager import PassManager
 from graphopt.pruning import analyze, choose, remove_units, unit_scores
 from graphopt.pruning.exactness import zero_units
 from graphopt.reporting.cost import count_macs
+from graphopt.reporting.notes import note_keys, notes_with
 from graphopt.zoo import TEST_MODELS, get_model
 from tests.helpers import captured, outputs
 
@@ -121,7 +122,8 @@ def test_round_to_and_min_channels_shape_the_widths():
     assert all(m.out_channels % 4 == 0 for m in gm.modules() if isinstance(m, nn.Conv2d))
     gm, context = _prune("resnet_basic", ratio=0.9, scope="global", min_channels=6)
     assert all(m.out_channels >= 6 for m in gm.modules() if isinstance(m, nn.Conv2d))
-    assert any("clamped to min_channels=6" in note for note in context.notes)
+    clamped = notes_with(context, CLAMPED)
+    assert clamped and all(n.facts["min_channels"] == 6 and n.facts["layers"] for n in clamped)
 
 
 def test_protected_layers_keep_their_channels():
@@ -129,7 +131,7 @@ def test_protected_layers_keep_their_channels():
     assert gm.get_submodule("stages.0.0.conv1").out_channels == 8
     assert gm.get_submodule("stages.1.0.conv1").out_channels == 8  # 16 -> 8
     rows = context.tables["pruning"]
-    assert any("protected (stages.0)" in str(r["status"]) for r in rows)
+    assert any("protected (stages.0)" in str(r["status"]) and r["blocked"] == ("protected",) for r in rows)
 
 
 def _net_with_weak_channels() -> tuple[nn.Module, torch.Tensor, list[int]]:
@@ -195,7 +197,7 @@ def test_a_model_with_nothing_prunable_says_so():
     (record,) = PassManager([PruneChannels(ratio=0.5)]).run(gm, context)
     assert not record.modified and record.stats["skipped:nothing_prunable"] == 1
     assert record.stats["blocked:network_output"] == 3  # why, counted by reason
-    assert "nothing is prunable" in context.notes[0]
+    assert note_keys(context) == [NOTHING_PRUNABLE]
     assert context.tables["pruning"][0]["status"] == "kept (3/3 blocked: reaches the network output)"
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import graphopt
+from graphopt.pipeline.driver import FP32_KEEPS_QAT
 from graphopt.quant import QuantizedLayer, QuantScheme
 from graphopt.recovery import OptimizerConfig, RecoveryConfig
 from graphopt.zoo import get_model
@@ -103,7 +104,7 @@ def test_the_fp32_fall_back_keeps_what_qat_trained():
     int8_out, fp32_out = res.model(x), fp32(x)
     cosine = torch.nn.functional.cosine_similarity(int8_out.flatten(), fp32_out.flatten(), dim=0)
     assert 0.99 < cosine < 1.0  # the same model up to activation rounding
-    assert any("fall-back to fp32 keeps what QAT trained" in note for note in res.report.notes)
+    assert FP32_KEEPS_QAT in res.report.note_keys()
 
 
 def test_without_qat_the_fp32_fall_back_is_the_snapshot_before_int8(digits_model, digits):
@@ -116,7 +117,7 @@ def test_without_qat_the_fp32_fall_back_is_the_snapshot_before_int8(digits_model
         weight, rounded = res.fp32_model.get_submodule(name).weight, layer._dequantized_weight()
         assert not torch.equal(weight, rounded)
         torch.testing.assert_close(weight, rounded, rtol=0, atol=float(layer.weight_scale.max()))
-    assert not any("keeps what QAT trained" in note for note in res.report.notes)
+    assert FP32_KEEPS_QAT not in res.report.note_keys()
 
 
 def test_qat_trains_at_its_own_rate_when_the_config_names_one(monkeypatch):

@@ -11,8 +11,9 @@ import graphopt
 from graphopt.data.dims import DynamicDims
 from graphopt.data.labelled import LabelledTensors, read_labelled, split_validation
 from graphopt.data.run_data import RunData, read_run_data
-from graphopt.pipeline.driver import OptimizeCall, run_call
+from graphopt.pipeline.driver import DATA_UNUSED, OptimizeCall, run_call
 from graphopt.pipeline.pass_base import Pass, PassResult
+from graphopt.reporting.notes import notes_with
 
 FEATURES = 4
 
@@ -53,7 +54,7 @@ def test_every_dataset_is_iterated_once_per_call_and_reaches_passes_typed():
         passes=[ReadsEverything()],
     ))  # fmt: skip
     assert [d.iterations for d in (calibration, train, validation, evaluation)] == [1, 1, 1, 1]
-    assert not [n for n in result.report.notes if "no pass read it" in n]
+    assert not notes_with(result.report, DATA_UNUSED)
 
 
 def test_run_data_holds_one_typed_form_of_each_kind():

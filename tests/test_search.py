@@ -10,9 +10,11 @@ import torch
 
 import graphopt
 from graphopt import ConfigError, Goals, InvalidInputError, RecoveryConfig, SearchConfig
+from graphopt.artifacts.result import LATENCY_GUARD, LATENCY_GUARD_SKIPPED
 from graphopt.data.digits import batches
 from graphopt.pipeline.driver import CacheScope, OptimizeCall, run_call
-from graphopt.pipeline.stage_cache import StageCache
+from graphopt.pipeline.stage_cache import REUSED, StageCache
+from graphopt.search.engine import REBUILT_SAME, VERDICT
 from graphopt.search.goals import parse_goals
 
 
@@ -79,12 +81,13 @@ def test_the_returned_artifact_meets_every_goal_and_exports_as_measured(digits_m
     chosen = res.search.chosen
     assert chosen is not None and chosen.point.int8 == "on" and not chosen.misses
     assert chosen.measured.bytes <= goals.max_bytes and chosen.accuracy_drop <= 1.0
-    assert "meets every goal" in res.search.verdict and res.search.verdict in res.report.notes
+    assert res.search.meets_goals and res.report.note(VERDICT).facts["returned"] == chosen.point.label
+    assert res.search.verdict in res.report.notes
     assert res.report.tables["search"] == res.search.table()
     # the decision is pinned: exporting again writes the measured artifact, without a second guard
     path = res.export(tmp_path / "chosen.onnx")
     assert path.stat().st_size == chosen.measured.bytes
-    assert "latency guard" not in " ".join(res.report.stages[-1].notes)
+    assert not {LATENCY_GUARD, LATENCY_GUARD_SKIPPED} & set(res.report.stages[-1].note_keys())
 
 
 def test_a_goal_no_candidate_meets_returns_the_closest_and_names_the_gap(digits_model, digits):
@@ -97,8 +100,9 @@ def test_a_goal_no_candidate_meets_returns_the_closest_and_names_the_gap(digits_
     chosen = res.search.chosen
     assert chosen.point.prune == 0.5 and chosen.point.int8 == "on"  # the highest estimated ceiling
     assert [m.goal.cli for m in chosen.misses] == ["speedup"]
-    assert "no candidate meets every goal" in res.search.verdict
-    assert f"by {100 - chosen.measured.speedup:.2f}x" in res.search.verdict
+    verdict = res.report.note(VERDICT).facts
+    assert not res.search.meets_goals and (verdict["meets_goals"], verdict["misses"]) == (False, ("speedup",))
+    assert chosen.misses[0].gap == pytest.approx(100 - chosen.measured.speedup)
 
 
 def test_an_accuracy_goal_needs_validation_data(digits_model, digits):
@@ -131,7 +135,7 @@ def test_a_plan_sharing_a_prefix_resumes_and_ends_where_a_full_run_ends(digits_m
     with torch.no_grad():
         assert torch.equal(int8.model(x), full.model(x))
     assert [r.stage for r in int8.report.stages] == [r.stage for r in full.report.stages]
-    assert any("reused from an earlier run" in note for note in int8.report.notes)
+    assert int8.report.note(REUSED).facts["stages"][-1] == "recover"
     assert fp32.report.stage("recover").accuracy is None  # no eval_data: same as without a cache
 
 
@@ -225,7 +229,7 @@ def test_a_rerun_with_a_cache_folder_measures_nothing_again_and_rebuilds_the_cho
     assert "measured" in {r["status"] for r in first.search.table()}
     assert {r["status"] for r in second.search.table()} <= {"cached", "duplicate", "ruled out"}
     assert second.search.chosen.point == first.search.chosen.point
-    assert any("rebuilt, same artifact" in note for note in second.report.notes)
+    assert second.report.note(REBUILT_SAME).facts["candidate"] == second.search.chosen.point.label
     from graphopt.reporting.notes import the_note
     from graphopt.search.store import CACHE_ENTRY_IGNORED, CandidateStore
 
@@ -236,18 +240,18 @@ def test_a_rerun_with_a_cache_folder_measures_nothing_again_and_rebuilds_the_cho
 
 
 def test_a_large_validation_set_is_split_into_disjoint_tuning_and_scoring_shares():
-    from graphopt.search.data import MIN_SAMPLES_TO_SPLIT, split_validation
+    from graphopt.search.data import MIN_SAMPLES_TO_SPLIT, split_tune_score
 
     n = MIN_SAMPLES_TO_SPLIT
     data = [
         (torch.arange(i, i + 100, dtype=torch.float32).view(-1, 1), torch.arange(i, i + 100))
         for i in range(0, n, 100)
     ]
-    tune, score = split_validation(data, 0.5)
+    tune, score = split_tune_score(data, 0.5)
     tuned = torch.cat([y for _, y in tune])
     scored = torch.cat([y for _, y in score])
     assert len(tuned) == len(scored) == n // 2 and not set(tuned.tolist()) & set(scored.tolist())
     assert all(torch.equal(x[0].view(-1), y.float()) for x, y in tune)  # inputs stay with their labels
-    assert split_validation(data, 0.5)[0][0][1].tolist() == tune[0][1].tolist()  # the same split each time
+    assert split_tune_score(data, 0.5)[0][0][1].tolist() == tune[0][1].tolist()  # the same split each time
     small = data[:3]
-    assert split_validation(small, 0.5) == (small, small)  # too few samples: both share all of them
+    assert split_tune_score(small, 0.5) == (small, small)  # too few samples: both share all of them

@@ -30,9 +30,16 @@ from graphopt.reporting.cost import count_macs, count_params
 from graphopt.reporting.energy import estimate_graph
 from graphopt.reporting.evaluation import Batch, accuracy
 from graphopt.reporting.memory import PeakWatch, to_mib
+from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import agreement
 from graphopt.reporting.report import Report, StageRecord
 from graphopt.targets import Target, isa_runs_here
+
+#: Note keys (graphopt.reporting.notes) of an artifact row's notes: what tests and tools read.
+LATENCY_GUARD = "artifact:latency_guard"
+LATENCY_GUARD_SKIPPED = "artifact:latency_guard_skipped"
+WRITTEN = "artifact:written"
+PER_SAMPLE_ACCURACY = "artifact:per_sample_accuracy"
 
 
 @dataclass(frozen=True)
@@ -48,14 +55,19 @@ class LatencyGuard:
     def int8_wins(self) -> bool:
         return self.int8_ms < self.fp32_ms
 
-    def sentence(self, runtime: str) -> str:
+    def sentence(self, runtime: str, samples: int = 0) -> Note:
+        """The row's note (facts: ``shipped``, "int8" or "fp32"; ``int8_ms``, ``fp32_ms``, ``runtime``;
+        ``per_sample`` and ``samples``, the held-out inputs an early-exit model was timed over, else 0)."""
         verdict = (
             "int8 shipped" if self.int8_wins else "int8 is not faster here, so the fp32 model was shipped"
         )
-        return (
+        text = (
             f"latency guard: int8 {self.int8_ms:.3f} ms vs fp32 {self.fp32_ms:.3f} ms in {runtime}"
             f"{self.basis}: {verdict}"
         )
+        facts = {"int8_ms": self.int8_ms, "fp32_ms": self.fp32_ms, "runtime": runtime}
+        shipped = "int8" if self.int8_wins else "fp32"
+        return Note(LATENCY_GUARD, text, shipped=shipped, per_sample=samples > 0, samples=samples, **facts)
 
     def stats(self) -> dict[str, float]:
         return {"guard_int8_ms": round(self.int8_ms, 4), "guard_fp32_ms": round(self.fp32_ms, 4),
@@ -148,22 +160,26 @@ class OptimizeResult:
         if not (latency_guard and self.fp32_model is not None and is_quantized(self.model)):
             return ShippedModel(self.model)
         exits = has_exits(self.model)
-        why = None
+        why, reason = None, ""
         if self._foreign_isa:
+            reason = "foreign_isa"
             why = (
                 f"latency guard skipped: {self.target.isa} artifacts cannot be timed on {platform.machine()}"
             )
         elif exits and not self.guard_samples:
+            reason = "no_held_out_inputs"
             why = (
                 "latency guard skipped: an early-exit model's cost depends on the input and no held-out "
                 "inputs were given to time it on (validation_data or calibration_data)"
             )
         if why is not None:
-            return ShippedModel(self.model, note=f"{why}; int8 shipped")
+            facts = {"reason": reason, "isa": self.target.isa, "machine": platform.machine()}
+            return ShippedModel(self.model, note=Note(LATENCY_GUARD_SKIPPED, f"{why}; int8 shipped", **facts))
         fp32 = exit_float_twin(self.model) if exits else self.fp32_model
         guard = self._latency_guard(backend, fp32, per_sample=exits)
         model = self.model if guard.int8_wins else fp32
-        return ShippedModel(model, guard, guard.sentence(backend.runtime))
+        samples = len(self.guard_samples) if exits else 0
+        return ShippedModel(model, guard, guard.sentence(backend.runtime, samples))
 
     def _artifact_record(
         self, backend: Backend, shipped: ShippedModel, artifact: Path, outputs: Any
@@ -179,7 +195,7 @@ class OptimizeResult:
             bytes=artifact.stat().st_size,
             energy=estimate_graph(model, params, "int8" if is_quantized(model) else "fp32"),
             agreement=agreement(self.reference_outputs, outputs),
-            notes=[f"{artifact.name} written by {backend.describe(artifact)}, run in {backend.runtime}"],
+            notes=[_written_note(artifact, backend)],
             backend=backend.name,
         )
         record.stats[ZIPPED_BYTES] = zipped_bytes(artifact)  # what zeros (sparsity) save in storage
@@ -201,10 +217,11 @@ class OptimizeResult:
         record.latency = runner.time(*self.example_inputs, warmup=warmup, repeat=repeat)
         if exits and self.eval_data is not None:
             record.stats.update(self._dataset_latency(runner))
-            record.notes.append(
+            record.notes.append(Note(
+                PER_SAMPLE_ACCURACY,
                 "early exit: accuracy and dataset_mean_ms are per sample (batch 1) over eval_data; "
-                "the latency column is the example input's path only"
-            )
+                "the latency column is the example input's path only",
+            ))  # fmt: skip
 
     def _check_export(
         self, path: object, backend: str | None, warmup: int, repeat: int
@@ -280,3 +297,10 @@ class OptimizeResult:
                 notes=["the reference for speed-ups: the unoptimized model exported to ONNX, fp32"],
             )
         )
+
+
+def _written_note(artifact: Path, backend: Backend) -> Note:
+    """Which file, written by what, runs where (facts: ``file``, ``writer``, ``runtime``)."""
+    writer = backend.describe(artifact)
+    text = f"{artifact.name} written by {writer}, run in {backend.runtime}"
+    return Note(WRITTEN, text, file=artifact.name, writer=writer, runtime=backend.runtime)

@@ -25,6 +25,12 @@ def default_pipelines(choice: Int8Choice) -> tuple[str, ...]:
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    """``graphopt bench`` and the commands that read its results (compare, seeds, summary)."""
+    for add in (_add_bench, _add_compare, _add_seeds, _add_summary):
+        add(sub)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="time a model through graphopt pipelines and the tools people use instead, side by side",
@@ -76,6 +82,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=_cmd_bench)
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-compare", help="check that two bench.json runs agree on every speed-up ratio")
     p.add_argument("first", type=Path)
     p.add_argument("second", type=Path)
@@ -84,6 +92,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=_cmd_compare)
 
+
+def _add_seeds(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench-seeds",
         help="one table across runs of the same benchmark with different seeds (accuracy mean, worst, drop)",
@@ -93,6 +103,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plot", action="store_true", help="do not write seeds.png")
     p.set_defaults(run=_cmd_seeds)
 
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-summary", help="one Markdown table of what ships, across bench.json results")
     p.add_argument("results", type=Path, nargs="+", help="bench.json files")
     p.set_defaults(run=_cmd_summary)

@@ -3,10 +3,12 @@ the data stated above them, notes and errors below."""
 
 from __future__ import annotations
 
+from graphopt.artifacts.result import WRITTEN
 from graphopt.reporting.energy import SOURCE as ENERGY_SOURCE
 from graphopt.reporting.report import _si
 
 from .schema import BenchResult, BenchRow
+from .stages import LOWERED_FP32, TIMED_AS_ARTIFACT, TOOK, UNCHANGED
 
 HEADER = ("pipeline", "stage", "runtime", "type", "params", "MACs", "bytes", "latency ms (p10-p90)",
           "min ms", "vs ORT fp32", "vs eager", "vs ORT int8", "peak %", "energy µJ*", "accuracy", "cosine",
@@ -100,16 +102,14 @@ def footer_lines(result: BenchResult) -> list[str]:
     return lines
 
 
+#: Keys of the routine row notes (what every row of its kind says), left out of the notes under the table.
+ROUTINE = frozenset({TOOK, UNCHANGED, LOWERED_FP32, WRITTEN, TIMED_AS_ARTIFACT})
+
+
 def _worth_listing(note: str) -> bool:
-    """Row notes that explain a number (skips, fallbacks, guards), not the routine ones."""
-    routine = (
-        "changed nothing",
-        "stage lowered",
-        "optimize + export took",
-        "written by",
-        "timed as the artifact",
-    )
-    return not any(phrase in note for phrase in routine)
+    """Row notes that explain a number (skips, fallbacks, guards), not the routine ones (by key: a plain
+    sentence, e.g. one read back from JSON, is listed)."""
+    return getattr(note, "key", None) not in ROUTINE
 
 
 def to_text(result: BenchResult) -> str:

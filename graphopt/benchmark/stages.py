@@ -19,7 +19,7 @@ from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends import OnnxRunner, backend_for, export_onnx
 from graphopt.early_exit.measure import has_exits
 from graphopt.ir.graph import deep_copy
-from graphopt.ir.keys import EXPECTED_MACS_SHARE, ZIPPED_BYTES
+from graphopt.ir.keys import EXPECTED_MACS_SHARE, SHIPPED_FP32, ZIPPED_BYTES
 from graphopt.pipeline.driver import CacheScope, OptimizeCall, run_call
 from graphopt.pipeline.pass_base import Pass, PassContext
 from graphopt.pipeline.pass_manager import PassRecord
@@ -28,12 +28,22 @@ from graphopt.pruning.sparsity import zipped_bytes
 from graphopt.quant import is_quantized
 from graphopt.quant.modules import ActivationQuantizer
 from graphopt.recovery.config import LABELS_ONLY
+from graphopt.reporting.notes import Note
 from graphopt.reporting.report import StageRecord
 
 from .candidates import Candidate, EagerRunner
 from .models import BenchModel
 from .pipelines import Pipeline
 from .schema import BenchRow
+
+#: Note keys (graphopt.reporting.notes) of the notes the bench puts on its stage and artifact rows; the
+#: routine ones (graphopt.benchmark.render.ROUTINE) are not listed under the table.
+TOOK = "bench:took"
+EXPECTED_MACS = "bench:expected_macs"
+UNCHANGED = "bench:unchanged"
+TIMED_AS_ARTIFACT = "bench:timed_as_artifact"
+SAME_COST_NOT_TIMED = "bench:same_cost_not_timed"
+LOWERED_FP32 = "bench:lowered_fp32"
 
 
 class StageSnapshots:
@@ -107,13 +117,13 @@ def run_pipeline(
     rows, candidates = _stage_candidates(bench, pipeline, result, snapshots, folder)
     record = result.report.stages[-1]
     exits = has_exits(result.model)
-    numeric = "int8" if is_quantized(result.model) and "fp32 fallback" not in record.stage else "fp32"
+    numeric = "int8" if is_quantized(result.model) and not record.stats.get(SHIPPED_FP32) else "fp32"
     row = _row(bench, pipeline, record, "artifact", numeric, backend.runtime)
     row.bytes, row.seconds = artifact.stat().st_size, seconds
     row.zipped_bytes = int(record.stats[ZIPPED_BYTES])  # export measured it
     if exits:
         row.macs = rows[-1].macs  # the expected MACs of the exit stage
-    row.notes.append(f"optimize + export took {seconds:.1f} s")
+    row.notes.append(Note(TOOK, f"optimize + export took {seconds:.1f} s", seconds=seconds))
     runner = backend.runner(artifact, threads=pipeline.spec.backend.threads)
     candidates.append(Candidate(row, runner, exits=exits, accuracy_measured=True))  # scored by the export
     return PipelineRun(result, [*rows, row], candidates, exits)
@@ -139,21 +149,25 @@ def _stage_candidates(
         if EXPECTED_MACS_SHARE in record.stats:  # an exit model's cost depends on where each input leaves
             backbone = rows[-1].macs if rows else original.macs
             row.macs = round(record.stats[EXPECTED_MACS_SHARE] * backbone)
-            row.notes.append("MACs: expected per input over the held-out samples the thresholds were set on")
+            row.notes.append(Note(
+                EXPECTED_MACS, "MACs: expected per input over the held-out samples the thresholds were set on"
+            ))  # fmt: skip
         rows.append(row)
         if model is None:  # the model of the row above: its measurements stand for this one
             row.accuracy = row.cosine = row.top1 = None
-            row.notes.append("the pass changed nothing")
+            row.notes.append(Note(UNCHANGED, "the pass changed nothing"))
             continue  # no runner: the row keeps the report's numbers
         if has_exits(model):
-            row.notes.append("timed as the artifact (exits run in the runtime's If)")
+            row.notes.append(
+                Note(TIMED_AS_ARTIFACT, "timed as the artifact (exits run in the runtime's If)", why="exits")
+            )
             candidates.append(Candidate(row, EagerRunner(model), exits=True))
             continue
         if int8 or _cost(record) == last_timed:
             row.notes.append(
-                "int8 stages are timed as the artifact"
+                Note(TIMED_AS_ARTIFACT, "int8 stages are timed as the artifact", why="int8")
                 if int8
-                else "same graph cost as the stage before: not timed"
+                else Note(SAME_COST_NOT_TIMED, "same graph cost as the stage before: not timed")
             )
             # the stage reporter scored this very graph in eager PyTorch on the same held-out data
             candidates.append(Candidate(row, EagerRunner(model), accuracy_measured=True))
@@ -163,7 +177,7 @@ def _stage_candidates(
         )
         row.runtime, row.bytes, last_timed = "onnxruntime", path.stat().st_size, _cost(record)
         row.zipped_bytes = zipped_bytes(path)
-        row.notes.append("this stage lowered to ONNX fp32")
+        row.notes.append(Note(LOWERED_FP32, "this stage lowered to ONNX fp32"))
         candidates.append(Candidate(row, OnnxRunner(path, threads=pipeline.spec.backend.threads)))
     return rows, candidates
 

@@ -53,6 +53,7 @@ from graphopt.pipeline.stage_reporter import StageReporter
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.float_twin import float_twin, has_int8_layers
 from graphopt.recovery.config import RecoveryConfig
+from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import Tolerance, allclose, flatten_outputs
 from graphopt.reporting.report import Report
 from graphopt.targets import Target, resolve_target
@@ -61,6 +62,12 @@ log = logging.getLogger("graphopt")
 
 #: Capture must reproduce the model exactly (it only re-expresses the same ops as a graph).
 CAPTURE_TOLERANCE = Tolerance(rtol=1e-5, atol=1e-6)
+
+#: Note keys (graphopt.reporting.notes) of the run-level notes the driver writes; capture's own reasons
+#: are keyed in graphopt.frontend.capture (FX_LEFT_LEAVES ...), with the fact ``method`` added here.
+DATA_UNUSED = "data:unused"
+FP32_KEEPS_QAT = "latency_guard:fp32_keeps_qat"
+PARAMETRIZATIONS_BAKED = "capture:parametrizations_baked"
 
 
 @dataclass(frozen=True)
@@ -143,12 +150,16 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     PassManager(passes[done:], steps=call.steps, instruments=hooks).run(gm, context)
     report.notes.extend(context.notes)
     report.tables.update(context.tables)
-    report.notes.extend(f"{name} was given but no pass read it" for name in context.unused_data())
+    report.notes.extend(
+        Note(DATA_UNUSED, f"{name} was given but no pass read it", name=name)
+        for name in context.unused_data()
+    )
     if snapshot.trained_after:
-        report.notes.append(
+        report.notes.append(Note(
+            FP32_KEEPS_QAT,
             "the latency guard's fp32 alternative is the QAT-trained graph without its quantizers "
-            "(dequantized int8 weights): a fall-back to fp32 keeps what QAT trained"
-        )
+            "(dequantized int8 weights): a fall-back to fp32 keeps what QAT trained",
+        ))  # fmt: skip
     return OptimizeResult(
         model=gm, report=report, target=spec, example_inputs=inputs, reference_outputs=reference,
         original=original, eval_data=context.eval_data, fp32_model=snapshot.model, dynamic=dynamic, plan=plan,
@@ -200,13 +211,22 @@ def _capture_checked(
     report = Report(model=type(model).__name__, target=target, leaves=dict(captured.leaves),
                     capture=captured.method, capture_seconds=round(seconds, 3))  # fmt: skip
     if captured.why:
-        report.notes.append(f"capture: {captured.method}, because {captured.why}")
+        report.notes.append(_capture_note(captured.method, captured.why))
     if baked:
-        report.notes.append(
+        report.notes.append(Note(
+            PARAMETRIZATIONS_BAKED,
             f"parametrized weights baked into plain tensors ({', '.join(baked)}): same outputs; training "
-            "stages train the weights themselves"
-        )
+            "stages train the weights themselves",
+            tensors=tuple(baked),
+        ))  # fmt: skip
     return gm, report
+
+
+def _capture_note(method: str, why: str) -> str:
+    """Which capture built the IR and why, under the key of the reason (:data:`Capture.why
+    <graphopt.frontend.capture.Capture>`: ``capture:fx_left_leaves`` ...) with its facts and ``method``."""
+    text = f"capture: {method}, because {why}"
+    return Note(why.key, text, **{**why.facts, "method": method}) if isinstance(why, Note) else text
 
 
 def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:

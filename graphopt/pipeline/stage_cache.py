@@ -28,7 +28,11 @@ from graphopt.ir.graph import deep_copy
 from graphopt.pipeline.pass_base import Pass, PassContext
 from graphopt.pipeline.pass_manager import PassRecord
 from graphopt.pipeline.session import RunState
+from graphopt.reporting.notes import Note
 from graphopt.reporting.report import Report, StageRecord
+
+#: Note key (graphopt.reporting.notes) of a run that resumed from the cache; fact ``stages``: pass names.
+REUSED = "stage_cache:reused"
 
 
 @dataclass
@@ -118,12 +122,14 @@ class StageCache:
             if state is not None:
                 self.hits += 1
                 self.passes_skipped += done
-                names = ", ".join(p.name for p in passes[:done])
+                names = tuple(p.name for p in passes[:done])
                 restored = parts.restore(state)
-                parts.context.notes.append(
-                    f"stages {names} reused from an earlier run of the same passes on the same model and "
-                    "data (stage cache)"
-                )
+                parts.context.notes.append(Note(
+                    REUSED,
+                    f"stages {', '.join(names)} reused from an earlier run of the same passes on the same "
+                    "model and data (stage cache)",
+                    stages=names,
+                ))  # fmt: skip
                 return restored, done
         return gm, 0
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from graphopt.backends.timing import LatencyStats
 from graphopt.reporting.energy import SOURCE as ENERGY_SOURCE
 from graphopt.reporting.energy import EnergyEstimate
+from graphopt.reporting.notes import Note, note_keys, the_note
 from graphopt.reporting.numerics import Agreement
 
 SCHEMA_VERSION = 1
@@ -45,6 +46,15 @@ class StageRecord:
     #: the kernel's exact high-water mark (:mod:`graphopt.reporting.memory`); the whole process, not only
     #: what the stage allocated. Artifact rows: the whole export (lowering, latency guard, check).
     peak_rss_mib: float | None = None
+
+    def note(self, key: str) -> Note:
+        """The one note of this row filed under ``key`` (:mod:`graphopt.reporting.notes`); a ``KeyError``
+        naming the row's keys when there is none or several."""
+        return the_note(self, key)
+
+    def note_keys(self) -> list[str]:
+        """The keys of this row's keyed notes, in order (plain-sentence notes have none)."""
+        return note_keys(self)
 
 
 @dataclass
@@ -78,6 +88,15 @@ class Report:
             if record.kind == "artifact" and record.backend == backend:
                 return record
         raise KeyError(f"no {backend} artifact; stages: {[r.stage for r in self.stages]}")
+
+    def note(self, key: str) -> Note:
+        """The one run-level note filed under ``key`` (:mod:`graphopt.reporting.notes`): what tests and
+        tools read instead of the sentence; a ``KeyError`` naming the keys present when none or several."""
+        return the_note(self, key)
+
+    def note_keys(self) -> list[str]:
+        """The keys of the run-level keyed notes, in order (a row's: ``report.stage(name).note_keys()``)."""
+        return note_keys(self)
 
     @property
     def baseline_latency_ms(self) -> float | None:

@@ -53,11 +53,6 @@ def split_tune_score(
     return list(tune.batches(SPLIT_BATCH)), list(score.batches(SPLIT_BATCH))
 
 
-#: The name tests/test_search.py imports (until it imports split_tune_score): this is no second split, it
-#: shares graphopt.data.labelled.split_validation.
-split_validation = split_tune_score
-
-
 def materialized(call: OptimizeCall) -> OptimizeCall:
     """Data read once: each candidate iterates it again (a generator would be empty the second time); the
     labelled sets as checked batches (:func:`graphopt.data.labelled.read_eval_batches`)."""

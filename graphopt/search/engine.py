@@ -28,6 +28,7 @@ from graphopt.pipeline.plan import INT8_SLOTS
 from graphopt.pipeline.registry import pass_class
 from graphopt.pipeline.stage_cache import StageCache
 from graphopt.reporting.evaluation import Batch
+from graphopt.reporting.notes import Note
 from graphopt.search.data import (
     MIN_SAMPLES_TO_SPLIT,
     check_search_data,
@@ -45,6 +46,17 @@ from graphopt.search.store import CandidateStore
 from graphopt.search.variants import Variants, quantizes
 from graphopt.targets import Target, resolve_target
 
+#: Note keys (graphopt.reporting.notes) of the notes a search adds to the returned report (the candidate
+#: store's are in graphopt.search.store).
+OPTIMISTIC_SCORES = "search:optimistic_scores"
+REUSE_MISMATCH = "search:reuse_mismatch"
+NO_TRAIN_DATA = "search:no_train_data"
+FINALISTS_RETIMED = "search:finalists_retimed"
+REBUILT_SAME = "search:rebuilt_same"
+REBUILT_DIFFERS = "search:rebuilt_differs"
+VERDICT = "search:verdict"
+SUMMARY = "search:summary"
+
 
 @dataclass
 class SearchResult:
@@ -52,7 +64,7 @@ class SearchResult:
 
     goals: Goals
     rows: list[CandidateRow]
-    verdict: str
+    verdict: str  # a keyed note (VERDICT) when a search wrote it: its facts say what was returned
     seconds: float
     baseline_ms: float | None
     stage_cache: StageCache = field(repr=False)
@@ -63,6 +75,12 @@ class SearchResult:
     @property
     def chosen(self) -> CandidateRow | None:
         return next((r for r in self.rows if r.chosen), None)
+
+    @property
+    def meets_goals(self) -> bool:
+        """Whether the returned candidate meets every goal (else it is the closest: ``chosen.misses``)."""
+        chosen = self.chosen
+        return chosen is not None and not chosen.misses
 
     def table(self) -> list[dict[str, object]]:
         return [r.as_dict() for r in self.rows]
@@ -99,11 +117,13 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
         baseline = Baseline.of(original, inputs, spec.backend.threads, folder, score, call.eval_data)
         run = _SearchRun(call, goals, config, spec, baseline, folder, score, store)
         if shared:
-            run.notes.append(
+            run.notes.append(Note(
+                OPTIMISTIC_SCORES,
                 f"validation_data has under {MIN_SAMPLES_TO_SPLIT} samples: exit thresholds and fall-backs "
                 "are tuned on the same samples the candidates are scored on, so their scores are optimistic; "
-                "the test columns (eval_data) are not"
-            )
+                "the test columns (eval_data) are not",
+                min_samples=MIN_SAMPLES_TO_SPLIT,
+            ))  # fmt: skip
         run.run_all()
         run.retime_finalists()
         best = run.rebuild_choice()
@@ -141,15 +161,17 @@ class _SearchRun:
         self.rows = build_queue(config, goals, limits, params, first_exit)
         self.notes: list[str] = []
         if previous is not None and not same:
-            self.notes.append(
-                "search: SearchConfig.reuse is a search on another model, data or target: nothing was reused"
-            )
+            self.notes.append(Note(
+                REUSE_MISMATCH,
+                "search: SearchConfig.reuse is a search on another model, data or target: nothing was reused",
+            ))  # fmt: skip
         if call.train_data is None:
-            self.notes.append(
+            self.notes.append(Note(
+                NO_TRAIN_DATA,
                 "no train_data: post-training candidates only (pruning without recovery, int8 without QAT, "
                 "no exits); with train_data, pruned models are recovered by distillation, int8 is "
-                "trained by QAT and exit heads can be trained"
-            )
+                "trained by QAT and exit heads can be trained",
+            ))  # fmt: skip
 
     def run_all(self) -> None:
         started = time.perf_counter()
@@ -180,10 +202,12 @@ class _SearchRun:
         retime_together(measured, self.baseline, self.score, self.spec.backend.threads)
         for row in finalists:
             row.misses = self.goals.misses(row.metrics())
-        self.notes.append(
+        self.notes.append(Note(
+            FINALISTS_RETIMED,
             f"search: the {len(finalists)} finalists (Pareto front or every goal met) were timed again side "
-            "by side in one session; their rows show that timing"
-        )
+            "by side in one session; their rows show that timing",
+            finalists=tuple(r.point.label for r in finalists),
+        ))  # fmt: skip
 
     def _run_one(self, index: int, row: CandidateRow) -> None:
         key = (self.scope, row.point)
@@ -262,14 +286,18 @@ class _SearchRun:
                                      self.score, self.call.eval_data)  # fmt: skip
         self.results[id(best)] = result
         if _file_digest(measured.path) == cached_sha:
-            self.notes.append(
-                f"search: {best.point.label} was measured by an earlier run; rebuilt, same artifact"
-            )
+            self.notes.append(Note(
+                REBUILT_SAME,
+                f"search: {best.point.label} was measured by an earlier run; rebuilt, same artifact",
+                candidate=best.point.label,
+            ))  # fmt: skip
             return best
         self._measured(best, measured)
-        self.notes.append(
-            f"search: {best.point.label} rebuilt to a different artifact than stored: measured afresh"
-        )
+        self.notes.append(Note(
+            REBUILT_DIFFERS,
+            f"search: {best.point.label} rebuilt to a different artifact than stored: measured afresh",
+            candidate=best.point.label,
+        ))  # fmt: skip
         for row in self.rows:
             row.chosen = False
         return self.rebuild_choice()
@@ -306,15 +334,21 @@ class _SearchRun:
     def baseline_ms(self, row: CandidateRow) -> float | None:
         return None if row.measured is None else row.measured.baseline_ms
 
-    def _cache_note(self) -> str:
+    def _cache_note(self) -> Note:
         cache = self.stage_cache
-        return (
-            f"search: {sum(r.has_measurement for r in self.rows)} candidates measured, "
-            f"{sum(r.status == 'ruled out' for r in self.rows)} ruled out by estimates, "
-            f"{sum(r.status == 'not run' for r in self.rows)} not run; "
-            f"stage cache: {cache.hits} runs resumed, "
+        counts = {
+            "measured": sum(r.has_measurement for r in self.rows),
+            "ruled_out": sum(r.status == "ruled out" for r in self.rows),
+            "not_run": sum(r.status == "not run" for r in self.rows),
+            "runs_resumed": cache.hits,
+            "passes_skipped": cache.passes_skipped,
+        }
+        text = (
+            f"search: {counts['measured']} candidates measured, {counts['ruled_out']} ruled out by "
+            f"estimates, {counts['not_run']} not run; stage cache: {cache.hits} runs resumed, "
             f"{cache.passes_skipped} passes not run again"
         )
+        return Note(SUMMARY, text, **counts)
 
 
 def check_int8_data(call: OptimizeCall, config: SearchConfig, spec: Target) -> None:
@@ -331,8 +365,16 @@ def check_int8_data(call: OptimizeCall, config: SearchConfig, spec: Target) -> N
         )
 
 
-def _verdict(best: CandidateRow, goals: Goals) -> str:
+def _verdict(best: CandidateRow, goals: Goals) -> Note:
+    """What the search returned and whether it meets the goals (facts: ``returned``, the candidate's label;
+    ``meets_goals``; ``misses``, the goals it misses by their CLI names; ``speedup`` against ORT fp32)."""
     assert best.measured is not None
+    facts = {
+        "returned": best.point.label,
+        "meets_goals": not best.misses,
+        "misses": tuple(m.goal.cli for m in best.misses),
+        "speedup": best.measured.speedup,
+    }
     if best.measured.speedup < 1:
         slower = (
             f"; it is slower than the original in ORT fp32 ({best.measured.speedup:.2f}x): no faster one did"
@@ -340,11 +382,14 @@ def _verdict(best: CandidateRow, goals: Goals) -> str:
     else:
         slower = ""
     if not best.misses:
-        return f"search: returned {best.point.label}, which meets every goal ({goals}){slower}"
+        return Note(
+            VERDICT, f"search: returned {best.point.label}, which meets every goal ({goals}){slower}", **facts
+        )
     misses = "; ".join(str(m) for m in best.misses)
-    return (
+    text = (
         f"search: no candidate meets every goal ({goals}); returned the closest, {best.point.label}: {misses}"
     )
+    return Note(VERDICT, text, **facts)
 
 
 def _pinned(result: OptimizeResult) -> OptimizeResult:
