@@ -13,24 +13,29 @@ from typing import Any
 
 from torch import nn
 
+from graphopt.backends.ethos_u_backend import EthosURunner, check_ethos_u, describe_ethos_u, export_ethos_u
 from graphopt.backends.executorch_backend import (
     ExecuTorchRunner,
     describe_pte,
     export_executorch,
     require_executorch,
 )
+from graphopt.backends.litert_backend import check_litert, describe_tflite, export_litert
+from graphopt.backends.litert_runner import LiteRTRunner
 from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, export_onnx, exporter_of
 from graphopt.backends.timing import LatencyStats, measure, pin_to_one_core
 from graphopt.backends.torchscript_backend import TorchScriptRunner, export_torchscript
 from graphopt.errors import ConfigError, UnknownNameError
+from graphopt.targets import BackendSettings
 
 
 @dataclass(frozen=True)
 class Backend:
-    """``lower(model, example_inputs, path, opset=, engine=, dynamic=)`` writes the artifact (each backend
-    reads the settings it has); ``check(model)`` refuses, before anything is written, a model the backend
-    cannot run; ``runner(path, threads=)`` loads it to run and time; ``describe(path)`` says how the file
-    runs (which exporter wrote it, what was fused or delegated), for the report row."""
+    """``lower(model, example_inputs, path, opset=, engine=, dynamic=, settings=)`` writes the artifact
+    (each backend reads what it needs of ``settings``, the target's :class:`BackendSettings`: LiteRT its
+    ``integer_io``, Ethos-U its ``ethos_u``); ``check(model)`` refuses, before anything is written, a model
+    the backend cannot run; ``runner(path, threads=)`` loads it to run and time; ``describe(path)`` says how
+    the file runs (which exporter wrote it, what was fused or delegated), for the report row."""
 
     name: str
     suffix: str
@@ -41,25 +46,57 @@ class Backend:
     describe: Callable[[Path], str] = lambda path: "torch.jit"
 
 
-def _lower_onnx(model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any) -> Path:
+#: What a lowering reads when its caller passes no settings (the calls from before ``settings=``).
+DEFAULT_SETTINGS = BackendSettings()
+
+
+def _lower_onnx(
+    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any,
+    settings: BackendSettings = DEFAULT_SETTINGS,
+) -> Path:  # fmt: skip
     return export_onnx(model, inputs, path, opset=opset, dynamic=dynamic)
 
 
 def _lower_torchscript(
-    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any
-) -> Path:
+    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any,
+    settings: BackendSettings = DEFAULT_SETTINGS,
+) -> Path:  # fmt: skip
     return export_torchscript(model, inputs, path, engine=engine)
 
 
-def _lower_executorch(
-    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any
-) -> Path:
+def _static_shapes_only(dynamic: Any, what: str) -> None:
+    """A :class:`ConfigError` when dynamic shapes are asked of a backend whose files keep the example's."""
     if dynamic is not None and any(dynamic.dims):
         raise ConfigError(
-            "the executorch backend writes programs with the example input's shapes; drop dynamic_shapes or "
-            "export to ONNX (.onnx), whose artifacts keep them"
+            f"{what} the example input's shapes; drop dynamic_shapes or export to ONNX (.onnx), whose "
+            "artifacts keep them"
         )
+
+
+def _lower_executorch(
+    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any,
+    settings: BackendSettings = DEFAULT_SETTINGS,
+) -> Path:  # fmt: skip
+    _static_shapes_only(dynamic, "the executorch backend writes programs with")
     return export_executorch(model, inputs, path)
+
+
+def _lower_litert(
+    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any,
+    settings: BackendSettings = DEFAULT_SETTINGS,
+) -> Path:  # fmt: skip
+    _static_shapes_only(dynamic, "the litert backend writes .tflite files with")
+    return export_litert(model, inputs, path, integer_io=settings.integer_io)
+
+
+def _lower_ethos_u(
+    model: nn.Module, inputs: Any, path: Path, *, opset: int, engine: str, dynamic: Any,
+    settings: BackendSettings = DEFAULT_SETTINGS,
+) -> Path:  # fmt: skip
+    """Vela's compile of the int8 .tflite for ``settings.ethos_u`` (the target's NPU and system)."""
+    _static_shapes_only(dynamic, "Ethos-U NPUs run")
+    export_ethos_u(model, inputs, path, settings.ethos_u)
+    return path
 
 
 BACKENDS: dict[str, Backend] = {
@@ -76,16 +113,33 @@ BACKENDS: dict[str, Backend] = {
         lambda model: require_executorch(),
         describe=describe_pte,
     ),
+    "litert": Backend(
+        "litert", ".tflite", "litert", _lower_litert, LiteRTRunner, check_litert, describe=describe_tflite
+    ),
+    # After "litert": a bare .tflite path means LiteRT, unless the target's own backend is this one. Which
+    # NPU, system and memory mode: the target's BackendSettings.ethos_u (the row's description names them).
+    "ethos-u": Backend(
+        "ethos-u",
+        ".tflite",
+        "Vela estimate (Ethos-U NPU)",
+        _lower_ethos_u,
+        EthosURunner,
+        check_ethos_u,
+        describe=describe_ethos_u,
+    ),
 }
 
 
-def backend_for(path: str | Path, backend: str | None = None) -> Backend:
-    """The backend named ``backend``, or the one whose suffix ``path`` has."""
+def backend_for(path: str | Path, backend: str | None = None, preferred: str | None = None) -> Backend:
+    """The backend named ``backend``, or the one whose suffix ``path`` has: ``preferred`` (the target's own
+    backend) when its suffix is that one, since several backends write ``.tflite`` (LiteRT, Ethos-U)."""
     if backend is not None:
         if backend not in BACKENDS:
             raise UnknownNameError("backend", backend, BACKENDS)
         return BACKENDS[backend]
     suffix = Path(path).suffix
+    if preferred in BACKENDS and BACKENDS[preferred].suffix == suffix:
+        return BACKENDS[preferred]
     for candidate in BACKENDS.values():
         if candidate.suffix == suffix:
             return candidate
@@ -96,12 +150,15 @@ def backend_for(path: str | Path, backend: str | None = None) -> Backend:
 __all__ = [
     "BACKENDS",
     "Backend",
+    "EthosURunner",
     "ExecuTorchRunner",
     "LatencyStats",
+    "LiteRTRunner",
     "OnnxRunner",
     "TorchScriptRunner",
     "backend_for",
     "export_executorch",
+    "export_litert",
     "export_onnx",
     "export_torchscript",
     "measure",

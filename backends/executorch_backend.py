@@ -25,13 +25,10 @@ one sample at a time.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import re
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,7 @@ from torch import Tensor, nn
 from graphopt.artifacts.destination import write_bytes, write_failure
 from graphopt.backends.executorch_exits import exit_network_of, run_stages, stage_programs
 from graphopt.backends.executorch_form import xnnpack_form
-from graphopt.backends.quiet import quiet_export
+from graphopt.backends.quiet import quiet_export, quiet_native
 from graphopt.backends.timing import LatencyStats, measure
 from graphopt.early_exit.measure import has_exits
 from graphopt.errors import ConfigError, ExportError, first_line
@@ -59,26 +56,6 @@ def require_executorch() -> None:
 
     if importlib.util.find_spec("executorch") is None:
         raise ConfigError(f"the executorch backend needs ExecuTorch: {INSTALL}")
-
-
-@contextlib.contextmanager
-def quiet_native() -> Iterator[None]:
-    """ExecuTorch's native libraries log CPU probing to file descriptor 2 on load (``cpuinfo_utils.cpp``),
-    torchao prints the CUDA kernels it cannot load, and the runtime warns that its API is experimental:
-    send both descriptors to /dev/null and drop warnings for a while."""
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
 
 
 def export_executorch(model: nn.Module, example_inputs: tuple[Tensor, ...], path: str | Path) -> Path:

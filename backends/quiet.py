@@ -1,8 +1,9 @@
 """Keep upstream exporter chatter (deprecation warnings, tracer warnings, registry log lines) from the user.
 
 TorchScript is deprecated upstream and every ``torch.jit`` call warns; the dynamo ONNX exporter logs which
-torchvision ops it skips. None of that is actionable for a graphopt user, so backends run inside
-:func:`quiet_export`. Real failures still raise.
+torchvision ops it skips; ExecuTorch's and LiteRT's native libraries print from C++. None of that is
+actionable for a graphopt user, so backends run inside :func:`quiet_export` (and :func:`quiet_native`).
+Real failures still raise.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -68,3 +70,24 @@ def quiet_ort() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Native libraries that print from C++ (ExecuTorch's CPU probing in ``cpuinfo_utils.cpp``, torchao's
+    list of CUDA kernels it cannot load, LiteRT's converter and interpreter through absl and oneDNN) and
+    runtimes that warn their API is experimental: send file descriptors 1 and 2 to /dev/null and drop
+    warnings for a while. Failures still raise."""
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)

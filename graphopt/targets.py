@@ -7,7 +7,8 @@ backend settings. There is no control flow in a preset: reading it tells you wha
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Literal
 
 from graphopt.errors import ConfigError, UnknownNameError
@@ -15,7 +16,7 @@ from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.options import InsertFakeQuantOptions, QuantizeDynamicOptions
 from graphopt.quant.scheme import QuantScheme
 
-BackendName = Literal["onnx", "torchscript", "executorch"]
+BackendName = Literal["onnx", "torchscript", "executorch", "litert", "ethos-u"]
 NumericType = Literal["fp32", "int8", "uint8"]
 
 
@@ -35,6 +36,40 @@ class NumericScheme:
     activations: NumericType = "fp32"
 
 
+#: Vela's ``--accelerator-config`` names: ``ethos-u55-128``, ``ethos-u65-256``, ``ethos-u85-512``, ...
+_ACCELERATOR = re.compile(r"ethos-u(55|65|85)-\d+")
+
+
+@dataclass(frozen=True)
+class EthosUConfig:
+    """Which Ethos-U NPU and system Arm's Vela compiles for (``backend="ethos-u"``).
+
+    ``accelerator`` is Vela's ``--accelerator-config`` (``ethos-u55-128``, ``ethos-u65-256``,
+    ``ethos-u85-256``, ...: family and MACs per cycle); ``system_config`` and ``memory_mode`` name sections
+    of Vela's ``vela.ini`` (clocks, memory bandwidths and latencies; where tensors and weights live), None
+    for Vela's default for the family; ``optimise`` is Vela's ``--optimise``. Only the form is checked
+    here; :func:`graphopt.backends.vela.resolve` checks the names against the installed Vela."""
+
+    accelerator: str = "ethos-u55-128"
+    system_config: str | None = None
+    memory_mode: str | None = None
+    optimise: Literal["Performance", "Size"] = "Performance"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.accelerator, str) or not _ACCELERATOR.fullmatch(self.accelerator):
+            raise ConfigError(
+                f"EthosUConfig.accelerator must be a Vela accelerator configuration such as ethos-u55-128, "
+                f"ethos-u65-256 or ethos-u85-256, got {self.accelerator!r}"
+            )
+        if self.optimise not in ("Performance", "Size"):
+            raise ConfigError(f"EthosUConfig.optimise must be 'Performance' or 'Size', got {self.optimise!r}")
+
+    @property
+    def family(self) -> str:
+        """``u55``, ``u65`` or ``u85``."""
+        return self.accelerator.split("-")[1]
+
+
 @dataclass(frozen=True)
 class BackendSettings:
     """How the artifact is lowered and run."""
@@ -49,8 +84,23 @@ class BackendSettings:
     #: falls back to slower kernels (digits ResNet pruned 0.6 to 7-channel stems: 1.47x over the original;
     #: rounded to 8: 2.62x, in one interleaved run, AVX2).
     channel_multiple: int = 8
+    #: LiteRT and Ethos-U: an int8 ``.tflite`` keeps int8 inputs and outputs (their scale and zero point in
+    #: the file; a microcontroller's sensor data is already integer) instead of float32 ones. Ethos-U needs
+    #: it: Vela leaves float I/O's QUANTIZE / DEQUANTIZE on the Cortex-M CPU.
+    integer_io: bool = False
+    #: ``backend="ethos-u"``: the NPU and system Vela compiles for and costs.
+    ethos_u: EthosUConfig = field(default_factory=EthosUConfig)
 
     def __post_init__(self) -> None:
+        if self.backend == "ethos-u" and not self.integer_io:
+            raise ConfigError(
+                "an Ethos-U artifact has int8 inputs and outputs (Vela leaves float I/O's QUANTIZE / "
+                "DEQUANTIZE on the CPU): set BackendSettings(backend='ethos-u', integer_io=True)"
+            )
+        if not isinstance(self.ethos_u, EthosUConfig):
+            raise ConfigError(
+                f"ethos_u must be a graphopt.targets.EthosUConfig, got {type(self.ethos_u).__name__}"
+            )
         if self.channel_multiple < 1:
             raise ConfigError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
         if self.opset < 17:
@@ -208,6 +258,64 @@ values) and widen to 16 bits before multiplying, so 8-bit weights do not saturat
 path does: on ResNet-18 (224x224) 8-bit weights gave cosine 0.99995 to fp32 against 0.99992 with x86-int8's
 7-bit ones, and ExecuTorch's own PT2E flow 0.99994."""
 
+LITERT_FP32 = Target(
+    name="litert-fp32",
+    description=(
+        "fp32 for CPUs running LiteRT (.tflite; Android, Raspberry Pi-class Linux; ARM and x86, XNNPACK "
+        "kernels): the exact clean-up pipeline, converted by litert_torch."
+    ),
+    isa="any",
+    passes=_FP32_CLEANUP,
+    backend=BackendSettings(backend="litert"),
+)
+
+LITERT_INT8 = Target(
+    name="litert-int8",
+    description=(
+        "int8 for CPUs running LiteRT (.tflite; ARM and x86): s8 activations, s8 per-channel 8-bit weights, "
+        "int32 bias, a fully integer file from graphopt's own scales (float32 I/O at the boundary)."
+    ),
+    isa="any",
+    passes=_int8(QuantScheme(activations="int8", reduce_range=False)),
+    scheme=NumericScheme(weights="int8", activations="int8"),
+    backend=BackendSettings(backend="litert"),
+)
+"""Why this scheme: it is TFLite's own int8 specification (asymmetric per-tensor int8 activations,
+symmetric per-channel int8 weights in -127..127, int32 bias at scale ``s_in * s_c``), the only one LiteRT's
+converter keeps fully integer. The ``.tflite`` holds graphopt's int8 weights, biases and scales unchanged;
+it reproduced graphopt's eager int8 output bit for bit on resnet_basic and mobilenet_v2_tiny here, and
+``tests/test_litert.py`` holds it to one output step. Measured numbers: ``docs/litert.md``."""
+
+
+_ETHOS_U_SCHEME = QuantScheme(activations="int8", reduce_range=False)  # TFLite's int8, as litert-int8
+
+
+def _ethos_u(accelerator: str) -> Target:
+    """The Ethos-U preset for ``accelerator`` with Vela's default system and memory settings; another NPU
+    size or system is ``dataclasses.replace`` of its ``backend.ethos_u`` (docs/litert.md)."""
+    config = EthosUConfig(accelerator)
+    return Target(
+        name=f"ethos-{config.family}-int8",
+        description=(
+            f"int8 for Arm Ethos-{config.family.upper()} NPUs ({accelerator}, Vela's default system and "
+            "memory settings): litert-int8's scheme, a fully int8 .tflite with int8 I/O compiled by Vela, "
+            "every conv and linear on the NPU; latency is Vela's ESTIMATE."
+        ),
+        isa="any",
+        passes=_int8(_ETHOS_U_SCHEME),
+        scheme=NumericScheme(weights="int8", activations="int8"),
+        backend=BackendSettings(backend="ethos-u", integer_io=True, ethos_u=config),
+    )
+
+
+ETHOS_U55_INT8 = _ethos_u("ethos-u55-128")
+"""Why: Ethos-U NPUs take TFLite int8 only (Vela puts an operator with a float tensor on the CPU), and
+graphopt's int8 file from its own scales ran every operator on the NPU here (resnet_basic,
+mobilenet_v2_tiny, ResNet-18 and MobileNetV2 at 224: 0 CPU operators on U55-128 and U65-256, where
+LiteRT's own PT2E flow left 28 and 31; ``docs/litert.md``)."""
+ETHOS_U65_INT8 = _ethos_u("ethos-u65-256")
+ETHOS_U85_INT8 = _ethos_u("ethos-u85-256")
+
 FIXED_POINT_INT8 = Target(
     name="fixed-point-int8",
     description=(
@@ -222,7 +330,8 @@ FIXED_POINT_INT8 = Target(
 AVX2 (where its accuracy is checked); only the scales differ."""
 
 _PRESETS = (GENERIC_FP32, ARM_FP32, X86_INT8, X86_VNNI_INT8, X86_DYNAMIC_INT8, ARM_INT8, XNNPACK_INT8)
-TARGETS: dict[str, Target] = {t.name: t for t in (*_PRESETS, FIXED_POINT_INT8)}
+_LITERT = (LITERT_FP32, LITERT_INT8, ETHOS_U55_INT8, ETHOS_U65_INT8, ETHOS_U85_INT8)
+TARGETS: dict[str, Target] = {t.name: t for t in (*_PRESETS, FIXED_POINT_INT8, *_LITERT)}
 
 
 def resolve_target(target: str | Target) -> Target:

@@ -74,12 +74,10 @@ def test_single_tensor_is_accepted(model_and_input):
 
 def test_unknown_target_lists_known(model_and_input):
     model, inputs = model_and_input
-    known = (
-        r"known targets: arm-fp32, arm-int8, fixed-point-int8, generic-fp32, x86-dynamic-int8, x86-int8, "
-        r"x86-vnni-int8"
-    )
-    with pytest.raises(UnknownNameError, match=rf"unknown target 'arm-int4'; {known}"):
+    with pytest.raises(UnknownNameError, match=r"unknown target 'arm-int4'; known targets: ") as raised:
         graphopt.optimize(model, target="arm-int4", example_inputs=inputs)
+    listed = str(raised.value).split("known targets: ", 1)[1].rstrip(".").split(", ")
+    assert listed == sorted(graphopt.TARGETS)  # every preset, in order
 
 
 def test_unknown_pass_lists_known(model_and_input):
@@ -134,8 +132,8 @@ def test_value_dependent_control_flow_cannot_be_exported(tmp_path):
 def test_unknown_artifact_suffix(model_and_input, tmp_path):
     model, inputs = model_and_input
     res = graphopt.optimize(model, example_inputs=inputs)
-    with pytest.raises(ConfigError, match=r"cannot tell the backend from suffix '\.tflite'.*\.onnx \(onnx\)"):
-        res.export(tmp_path / "m.tflite")
+    with pytest.raises(ConfigError, match=r"cannot tell the backend from suffix '\.bin'.*\.onnx \(onnx\)"):
+        res.export(tmp_path / "m.bin")
     with pytest.raises(UnknownNameError, match="unknown backend 'tflite'"):
         res.export(tmp_path / "m.bin", backend="tflite")
 

@@ -228,7 +228,7 @@ class OptimizeResult:
     ) -> tuple[Path, Backend]:
         """Everything about the call that can be wrong, checked before any lowering or timing."""
         destination = check_destination(path, "export path")
-        chosen = backend_for(destination, backend)
+        chosen = backend_for(destination, backend, preferred=self.target.backend.backend)
         if destination.suffix != chosen.suffix:
             raise ConfigError(
                 f"export path {destination.name} does not end in {chosen.suffix}, the suffix of backend "

@@ -5,7 +5,10 @@ int8 and as fp32, before any training: ``probe_int8``) both ask the same questio
 faster where it will ship?", and answer it here: every model is lowered with the target's backend
 settings into a temporary folder, loaded by the backend's runner with the target's threads, and timed
 batch 1 in interleaved rounds (a slow patch of a shared machine hits every model of a round alike), on
-one pinned core (the caller's cores come back afterwards: training around it keeps them).
+one pinned core (the caller's cores come back afterwards: training around it keeps them). A backend whose
+runners give an estimate instead (``estimated_ms``: an NPU compiler's cost model, such as Vela for
+Ethos-U) answers with the estimate: nothing here can run the NPU, and timing the CPU stand-in would
+answer another question.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def time_side_by_side(
     with tempfile.TemporaryDirectory() as tmp, edge_timing(settings.threads):
         runners = {name: _load(backend, settings, model, example_inputs, Path(tmp) / name, dynamic)
                    for name, model in models.items()}  # fmt: skip
+        if all(hasattr(r, "estimated_ms") for r in runners.values()):  # a cost model (Ethos-U: Vela)
+            return {name: r.estimated_ms() for name, r in runners.items()}
         if samples:
             return sample_mean_latencies({name: r.run for name, r in runners.items()}, samples, passes=3)
         calls = {name: (lambda r=r: r.run(*example_inputs)) for name, r in runners.items()}
@@ -60,10 +65,11 @@ def lower_with(
     path: Path,
     dynamic: DynamicDims | None = None,
 ) -> Path:
-    """``model`` lowered by ``backend`` to ``path`` with the target's settings: what export writes, and so
-    what the guard and the probe time."""
+    """``model`` lowered by ``backend`` to ``path`` with the target's settings (all of them: LiteRT reads
+    ``integer_io``, Ethos-U the NPU of ``ethos_u``): what export writes, and so what the guard and the probe
+    time."""
     return backend.lower(model, example_inputs, path, opset=settings.opset, engine=settings.torch_engine,
-                         dynamic=dynamic or DynamicDims())  # fmt: skip
+                         dynamic=dynamic or DynamicDims(), settings=settings)  # fmt: skip
 
 
 def _load(

@@ -6,6 +6,11 @@
 - TorchScript fp32 (trace + freeze);
 - for pipelines that ship ``.pte`` (xnnpack-int8): ExecuTorch fp32 on XNNPACK and ExecuTorch's own int8 flow
   (torchao PT2E with ``XNNPACKQuantizer``, calibrated on the same samples as graphopt);
+- for pipelines that ship ``.tflite`` (litert-*, ethos-u*): LiteRT fp32 and LiteRT's own int8 flow (torchao
+  PT2E with litert_torch's ``PT2EQuantizer``, the same samples), run by LiteRT's interpreter; for each
+  Ethos-U NPU among the pipelines, that int8 file compiled by Vela for it: an ESTIMATE, not a measurement,
+  of the NPU's work alone (Vela costs what it leaves on the Cortex-M at 0 cycles; the row names those
+  operators with Vela's reasons);
 - Torch-Pruning's magnitude pruner at the same channel ratio, run in ORT fp32 and, for int8 pipelines,
   quantized with ORT's best settings (pruning pipelines only, when ``torch-pruning`` is installed). On a
   model with training data it is fine-tuned first on the labels alone (Torch-Pruning has no distillation)
@@ -24,14 +29,20 @@ import torch
 from torch import nn
 
 from graphopt.backends import (
+    BACKENDS,
+    EthosURunner,
     ExecuTorchRunner,
+    LiteRTRunner,
     OnnxRunner,
     TorchScriptRunner,
     export_executorch,
+    export_litert,
     export_onnx,
     export_torchscript,
 )
+from graphopt.backends.vela import VelaEstimate
 from graphopt.benchmark.peers import OrtPreset, ort_quantize_static
+from graphopt.errors import ExportError
 from graphopt.frontend.capture import capture
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.pruning.sparsity import zipped_bytes
@@ -41,6 +52,7 @@ from graphopt.reporting.cost import count_macs, count_params, weight_bytes
 from graphopt.reporting.cpu import host_int8_choice
 from graphopt.reporting.energy import estimate_graph
 from graphopt.reporting.notes import Note
+from graphopt.targets import EthosUConfig
 
 from .candidates import Candidate, EagerRunner, Runner
 from .models import BenchModel
@@ -48,6 +60,17 @@ from .pipelines import Pipeline
 from .schema import EAGER_CHANNELS_LAST, EAGER_FP32, ORT_FP32, BenchRow
 
 PEERS = "peers"
+LITERT_PT2E = "LiteRT PT2E int8"
+#: The backends whose pipelines ship a ``.tflite``: they get the LiteRT peers.
+TFLITE_BACKENDS = ("litert", "ethos-u")
+#: The runtime of each peer that runs a file (the rest run eagerly).
+FILE_RUNTIMES: dict[type, str] = {
+    OnnxRunner: "onnxruntime",
+    TorchScriptRunner: "torch.jit",
+    ExecuTorchRunner: "executorch",
+    LiteRTRunner: "litert",
+    EthosURunner: BACKENDS["ethos-u"].runtime,  # Vela's estimate, as the Ethos-U artifact rows
+}
 #: Note keys (graphopt.reporting.notes) on peers left out; facts: ``peer`` (and ``ratio``, ``error`` when
 #: the peer ran and failed).
 PEER_NOT_INSTALLED = "bench:peer_not_installed"
@@ -85,11 +108,10 @@ def build_peers(
     notes: list[str] = []
 
     def add(stage: str, numeric: str, runner: Runner, size: int, note: str) -> None:
-        runtimes = {OnnxRunner: "onnxruntime", TorchScriptRunner: "torch.jit", ExecuTorchRunner: "executorch"}
-        runtime = runtimes.get(type(runner), "eager")
+        runtime = FILE_RUNTIMES.get(type(runner), "eager")
         row = BenchRow(bench.name, PEERS, stage, "peer", numeric, runtime, cost.params, cost.macs, size,
                        energy_uj=cost.energy_uj[numeric], notes=[note])  # fmt: skip
-        if isinstance(runner, (OnnxRunner, TorchScriptRunner, ExecuTorchRunner)):
+        if type(runner) in FILE_RUNTIMES:
             row.zipped_bytes = zipped_bytes(runner.path)
         peers.append(Candidate(row, runner))
 
@@ -108,6 +130,8 @@ def build_peers(
             add(f"ORT quantize_static ({preset})", "int8", OnnxRunner(path), _size(path), note)
     if any(p.spec.backend.backend == "executorch" for p in pipelines):
         _executorch_peers(bench, folder, quantize, add)
+    if any(p.spec.backend.backend in TFLITE_BACKENDS for p in pipelines):
+        _litert_peers(bench, folder, quantize, add, _ethos_u_configs(pipelines), notes)
     for ratio in sorted({p.prune for p in pipelines if p.prune}):
         pruned = _torch_pruning(bench, ratio, notes)
         if pruned is None:
@@ -136,6 +160,60 @@ def _executorch_peers(bench: BenchModel, folder: Path, quantize: bool, add: Call
         path = pt2e_executorch(bench.model, inputs, samples, folder / "peer_et_pt2e.pte")
         note = "ExecuTorch's flow: PT2E XNNPACKQuantizer (per-channel symmetric), graphopt's calibration"
         add("ExecuTorch PT2E int8", "int8", ExecuTorchRunner(path), _size(path), note)
+
+
+def _ethos_u_configs(pipelines: Sequence[Pipeline]) -> list[EthosUConfig]:
+    """The Ethos-U NPUs the pipelines ship to, each once, in the pipelines' order."""
+    configs = [p.spec.backend.ethos_u for p in pipelines if p.spec.backend.backend == "ethos-u"]
+    return list(dict.fromkeys(configs))
+
+
+def _litert_peers(
+    bench: BenchModel,
+    folder: Path,
+    quantize: bool,
+    add: Callable[..., None],
+    npus: list[EthosUConfig],
+    notes: list[str],
+) -> None:
+    """LiteRT fp32 and LiteRT's own PT2E int8 flow on the CPU, and that int8 file on each of ``npus``."""
+    from graphopt.backends.ethos_u_backend import compile_tflite
+    from graphopt.backends.litert_backend import pt2e_litert
+
+    inputs = bench.example_inputs
+    path = export_litert(bench.model, inputs, folder / "peer_litert_fp32.tflite")
+    add("LiteRT fp32", "fp32", LiteRTRunner(path), _size(path), "litert_torch.convert, fp32")
+    if not quantize:
+        return
+    assert bench.calibration is not None
+    batch = len(inputs[0])  # the .tflite keeps the example's batch: calibrate with batches of that size
+    samples = [(x[i : i + batch],) for x in bench.calibration for i in range(0, len(x) - batch + 1, batch)]
+    try:
+        path = pt2e_litert(bench.model, inputs, samples, folder / "peer_litert_pt2e.tflite")
+    except ExportError as exc:  # a peer's failure is a finding, not a reason to stop the benchmark
+        notes.append(Note(PEER_FAILED, f"{LITERT_PT2E} failed: {exc}", peer="litert_pt2e",
+                          error=type(exc).__name__))  # fmt: skip
+        return
+    note = "LiteRT's flow: PT2E PT2EQuantizer (per-channel symmetric), graphopt's calibration, int8 I/O"
+    add(LITERT_PT2E, "int8", LiteRTRunner(path), _size(path), note)
+    for index, config in enumerate(npus):
+        npu = folder / f"peer_litert_pt2e_npu{index}.tflite"
+        estimate = compile_tflite(path.read_bytes(), npu, config, conv_on_cpu_ok=True)
+        system = ", ".join(n for n in (config.system_config, config.memory_mode) if n)  # a custom target's
+        stage = f"{LITERT_PT2E} on {config.accelerator}{f' ({system})' if system else ''} (Vela)"
+        add(stage, "int8", EthosURunner(npu, npu_share_only=True), _size(npu), _vela_note(estimate))
+
+
+def _vela_note(estimate: VelaEstimate) -> str:
+    """What a Vela-costed peer's number is, and what it leaves out."""
+    left = estimate.cpu_ops
+    named = ", ".join(map(str, left[:6])) + (", ..." if len(left) > 6 else "")
+    where = (
+        f"{len(left)} op(s) left on the CPU, NOT counted in the estimate: {named}"
+        if left
+        else "every op on the NPU"
+    )
+    return f"{LITERT_PT2E} compiled by Vela: ESTIMATED {estimate.inference_ms:.4f} ms of NPU work; {where}"
 
 
 def quantize_static_presets() -> dict[OrtPreset, str]:

@@ -5,7 +5,8 @@
         ─▶ accuracy / agreement of every candidate ─▶ interleaved timing ─▶ ratios ─▶ JSON, Markdown, PNG
 
 Timing (``timing.py``): one pinned core, one thread, batch 1, short interleaved rounds, speed-ups paired
-round by round; models with early exits one held-out image at a time.
+round by round; models with early exits one held-out image at a time. Rows for an NPU no one here can run
+(Ethos-U) carry the compiler's estimate instead (:func:`cost_by_estimate`).
 
 The result is written after every step that measured something, so a run that fails or is interrupted still
 leaves what it measured (``complete`` says whether it finished).
@@ -172,7 +173,9 @@ def _time_all(
 ) -> Rounds:
     """Every timed row, interleaved, on one pinned core with one thread: only here (and in the latency
     guard's and the int8 probe's own timing), so that training before it uses every core the run has."""
-    fixed = [c for c in candidates if c.timed and not c.exits]
+    estimated = [c for c in candidates if c.timed and hasattr(c.runner, "estimated_ms")]
+    cost_by_estimate(estimated)
+    fixed = [c for c in candidates if c.timed and not c.exits and c not in estimated]
     with edge_timing() as core:
         ticks = core_ticks(core)
         rounds = time_fixed_input(bench, fixed, rounds=config.rounds, round_ms=config.round_ms,
@@ -184,6 +187,23 @@ def _time_all(
         if config.measure_peak:
             remeasure_peak(result)
     return rounds
+
+
+def cost_by_estimate(candidates: list[Candidate]) -> None:
+    """Rows costed by a compiler's estimate (Ethos-U: Vela) instead of timed: nothing here runs the NPU,
+    and timing the CPU stand-in would answer another question. The latency is the estimate (one value, no
+    spread); the row is left out of the interleaved rounds and so of every speed-up against x86 peers,
+    which would compare an NPU's estimate with a CPU's measurement."""
+    for candidate in candidates:
+        runner, row = candidate.runner, candidate.row
+        row.latency = runner.time()  # type: ignore[call-arg]
+        accelerator = runner.estimate.config.accelerator  # type: ignore[union-attr]
+        row.latency_basis = f"Vela's ESTIMATE for {accelerator}, not a measurement (no speed-ups vs CPU rows)"
+        if not math.isfinite(row.latency.median_ms):
+            row.notes.append(
+                "Vela's estimate is inf: an operator runs on the CPU, where Vela counts no cycles (see the "
+                "CPU operators in the notes)"
+            )
 
 
 def _peer_fine_tune(config: BenchConfig, bench: BenchModel) -> RecoveryConfig | None:

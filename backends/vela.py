@@ -1,0 +1,260 @@
+"""Arm's Vela compiler for Ethos-U NPUs, in process: an int8 ``.tflite`` in, the NPU's ``.tflite`` and an
+estimate out.
+
+Vela (``pip install ethos-u-vela``) compiles the operators an Ethos-U55 / U65 / U85 supports into one
+``ethos-u`` custom operator holding the NPU's command stream, leaves the rest for the microcontroller's CPU
+(TFLite Micro), and estimates, without hardware, the cycles per inference from its performance model of the
+accelerator and the system's memories:
+
+    inference_ms = cycles_total / core_clock_hz * 1000
+
+The estimate covers the NPU's work only: an operator left on the CPU costs 0 cycles in it. A graph with CPU
+operators is therefore not comparable by this number, and :class:`VelaEstimate` keeps each CPU operator with
+Vela's reason.
+
+The compile goes through ``ethosu.regor.compile``, the C++ core the ``vela`` command calls, with the system
+configuration text built as ``ethosu/vela/vela.py`` builds it, so nothing runs in a subprocess. Vela's
+defaults pick the system configuration and memory mode when :class:`~graphopt.targets.EthosUConfig`
+(a target's ``BackendSettings.ethos_u``) leaves them out.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from graphopt.errors import ConfigError, ExportError, first_line
+from graphopt.targets import EthosUConfig
+
+INSTALL = "pip install 'graphopt[litert]'  (brings ethos-u-vela)"
+#: Vela's defaults per NPU family (architecture_features._set_default_sys_config / _set_default_mem_mode).
+DEFAULT_SYSTEM = {
+    "u55": "Ethos_U55_High_End_Embedded",
+    "u65": "Ethos_U65_Client_Server",
+    "u85": "Ethos_U85_SYS_DRAM_Mid",
+}
+DEFAULT_MEMORY = {"u55": "Shared_Sram", "u65": "Dedicated_Sram_384KB", "u85": "Dedicated_Sram_384KB"}
+#: Operators that must run on the NPU: a conv or linear on a Cortex-M CPU is orders of magnitude slower.
+MUST_RUN_ON_NPU = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+T = TypeVar("T")
+
+
+def require_vela() -> None:
+    """A :class:`ConfigError` naming the extra when Vela is not installed."""
+    if importlib.util.find_spec("ethosu") is None:
+        raise ConfigError(f"Ethos-U targets need Arm's Vela compiler: {INSTALL}")
+
+
+def resolve(config: EthosUConfig) -> EthosUConfig:
+    """``config`` with Vela's defaults filled in, every name checked against Vela's own lists."""
+    require_vela()
+    from ethosu.vela.architecture_features import Accelerator
+
+    known = Accelerator.member_list()
+    if config.accelerator not in known:
+        raise ConfigError(
+            f"unknown Ethos-U accelerator {config.accelerator!r}; Vela knows {', '.join(known)}"
+        )
+    systems, memories = _ini_sections("System_Config"), _ini_sections("Memory_Mode")
+    system = config.system_config or DEFAULT_SYSTEM[config.family]
+    memory = config.memory_mode or DEFAULT_MEMORY[config.family]
+    for kind, name, names in (("system_config", system, systems), ("memory_mode", memory, memories)):
+        if name not in names:
+            raise ConfigError(f"unknown Vela {kind} {name!r}; vela.ini defines {', '.join(names)}")
+    return EthosUConfig(config.accelerator, system, memory, config.optimise)
+
+
+@dataclass(frozen=True)
+class CpuOperator:
+    """An operator Vela left on the CPU, and why (Vela's first reason)."""
+
+    op: str
+    tensor: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.op} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class VelaEstimate:
+    """Vela's compile of one ``.tflite`` (module docstring): an ESTIMATE, not a measurement."""
+
+    config: EthosUConfig
+    clock_hz: float
+    cycles_npu: int
+    cycles_total: int
+    macs: int
+    npu_ops: tuple[str, ...]
+    cpu_ops: tuple[CpuOperator, ...]
+    #: Peak use per memory, bytes, by Vela's name (``sram``, ``offchipflash``, ``dram``, ...).
+    memory_bytes: dict[str, int]
+    weights_encoded_bytes: int
+    #: The compiled ``.tflite``: the NPU's command stream in an ``ethos-u`` custom op, CPU ops around it.
+    model: bytes
+
+    @property
+    def inference_ms(self) -> float:
+        return self.cycles_total / self.clock_hz * 1e3
+
+    @property
+    def all_on_npu(self) -> bool:
+        return not self.cpu_ops
+
+    def summary(self) -> str:
+        """One line for a report row."""
+        memory = ", ".join(
+            f"{name} {size / 1024:.1f} KiB" for name, size in self.memory_bytes.items() if size
+        )
+        where = "every op on the NPU" if self.all_on_npu else f"CPU: {', '.join(map(str, self.cpu_ops))}"
+        return (
+            f"Vela {self.config.accelerator} ({self.config.system_config}, {self.config.memory_mode}): "
+            f"ESTIMATED {self.inference_ms:.4f} ms, {self.cycles_total} cycles, {len(self.npu_ops)} NPU ops; "
+            f"{where}; {memory}"
+        )
+
+
+#: Vela's ``ethos-u55-128`` with its default system configuration and memory mode.
+DEFAULT_CONFIG = EthosUConfig()
+
+
+def compile_for_ethos_u(data: bytes, config: EthosUConfig = DEFAULT_CONFIG) -> VelaEstimate:
+    """Compile the int8 ``.tflite`` ``data`` with Vela for ``config`` (module docstring)."""
+    config = resolve(config)
+    from ethosu import regor
+    from ethosu.vela import vela
+
+    arch = _architecture(config)
+    system_text, options = _system_text(arch), _compiler_options(vela, config, arch.arena_cache_size)
+    accelerator = "".join(part.capitalize() for part in config.accelerator.split("-")[:-1])  # EthosU55
+    try:
+        compiled, log = _capturing_output(
+            lambda: regor.compile(accelerator, data, "TFLITE", system_text, options=options, verbose=True)
+        )
+    except Exception as exc:  # regor raises RuntimeError / ValueError from C++ for what it cannot take
+        raise ExportError(
+            f"Vela could not compile the model for {config.accelerator} ({type(exc).__name__}: "
+            f"{first_line(exc)}); give a fully int8 .tflite (target litert-int8)"
+        ) from exc
+    report = compiled.perf_report
+    _cpu_lines, npu_lines = vela.stats_writer.regor_operations_from_database(compiled.opt_database)
+    return VelaEstimate(
+        config=config,
+        clock_hz=float(arch.core_clock),
+        cycles_npu=int(report.npuCycles),
+        cycles_total=int(report.totalCycles),
+        macs=int(report.macCount),
+        npu_ops=tuple(line.split(" = ")[0] for line in npu_lines),
+        cpu_ops=tuple(cpu_operators(log)),
+        memory_bytes={str(k).lower(): int(v.peakUsage) for k, v in report.memories.items()},
+        weights_encoded_bytes=int(report.encodedWeights),
+        model=bytes(compiled.model),
+    )
+
+
+def require_on_npu(estimate: VelaEstimate, allow_cpu: tuple[str, ...] = ()) -> None:
+    """An :class:`ExportError` naming every conv / linear Vela left on the CPU, with its reason, unless
+    its op is in ``allow_cpu``."""
+    stuck = [op for op in estimate.cpu_ops if op.op in MUST_RUN_ON_NPU and op.op not in allow_cpu]
+    if stuck:
+        raise ExportError(
+            f"Vela left {len(stuck)} conv / linear op(s) on the CPU of {estimate.config.accelerator}: "
+            f"{'; '.join(map(str, stuck))}. Export a fully int8 model (target litert-int8) with int8 I/O"
+        )
+
+
+_WARNING = re.compile(r"operator: (?P<op>[A-Z0-9_]+), ofm: '(?P<tensor>.*)'")
+
+
+def cpu_operators(log: str) -> list[CpuOperator]:
+    """The operators of Vela's fallback log, each with its first reason. The log reads
+    ``Warning (supported operators) operator: CONV_2D, ofm: '<tensor>'`` then ``Reason: <why> (<tensor>)``."""
+    found: list[CpuOperator] = []
+    pending: tuple[str, str] | None = None
+    for line in log.splitlines():
+        match = _WARNING.search(line)
+        if match:
+            pending = (match["op"], match["tensor"])
+        elif pending is not None and line.strip().startswith("Reason:"):
+            reason = line.strip().removeprefix("Reason:").strip().split(" (")[0]
+            found.append(CpuOperator(pending[0], pending[1], reason))
+            pending = None
+    return found
+
+
+def _ini_path() -> Path:
+    from ethosu.vela import architecture_features
+
+    return Path(architecture_features.CONFIG_FILES_PATH) / "Arm" / "vela.ini"
+
+
+def _ini_sections(kind: str) -> list[str]:
+    parser = configparser.ConfigParser()
+    parser.read(_ini_path())
+    return [s.split(".", 1)[1] for s in parser.sections() if s.startswith(f"{kind}.")]
+
+
+def _architecture(config: EthosUConfig) -> Any:
+    """Vela's ``ArchitectureFeatures`` for a resolved configuration (clock, MACs, memories)."""
+    from ethosu.vela.architecture_features import ArchitectureFeatures
+
+    return ArchitectureFeatures(
+        vela_config_files=[str(_ini_path())],
+        system_config=config.system_config,
+        memory_mode=config.memory_mode,
+        accelerator_config=config.accelerator,
+        max_blockdep=3,
+        verbose_config=False,
+        arena_cache_size=None,
+    )
+
+
+def _system_text(arch: Any) -> str:
+    """Vela's system configuration text, as ``vela.py`` builds it for ``regor.compile``."""
+    text = f"[architecture]\nmacs={arch.num_macs_per_cycle}\ncores={arch.ncores}\n[vela]\n"
+    text += f"system_config_name={arch.system_config}\nmemory_mode_name={arch.memory_mode}\n"
+    return text + _ini_path().read_text()
+
+
+def _compiler_options(vela: Any, config: EthosUConfig, arena_cache_size: int | None) -> str:
+    """Vela's command-line defaults, with the operator database on (for NPU / CPU placement)."""
+    return vela.get_compiler_config(
+        enable_debug_db=False, verbose_all=False, verbose_high_level_command_stream=False,
+        verbose_register_command_stream=False, optimize=config.optimise, arena_cache_size=arena_cache_size,
+        verbose_schedule=False, verbose_allocation=False, verbose_graph=False, verbose_quantization=False,
+        verbose_packing=False, verbose_performance=False, show_cpu_operations=True, output_format="tflite",
+        disable_chaining=False, disable_fwd=False, disable_cascading=False, disable_buffering=False,
+        disable_ifm_reuse=False, cop_format="COP1", separate_io_regions=False, cpu_tensor_alignment=16,
+        tensor_allocator="HillClimb", softmax_int16_neg_exp_range=10.0,
+    )  # fmt: skip
+
+
+def _capturing_output(call: Callable[[], T]) -> tuple[T, str]:
+    """``call()`` with file descriptors 1 and 2 captured: regor prints its CPU-fallback reasons (and
+    nothing else a user needs) from C++."""
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            result = call()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+        captured.seek(0)
+        return result, captured.read().decode(errors="replace")

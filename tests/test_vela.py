@@ -1,0 +1,167 @@
+"""Arm's Vela for Ethos-U NPUs: compiling graphopt's int8 ``.tflite`` in process, and its estimate as the
+timing service of Ethos-U targets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import graphopt
+from graphopt.artifacts.side_by_side import lower_with
+from graphopt.errors import ConfigError, ExportError
+from graphopt.targets import BackendSettings
+
+pytest.importorskip("ethosu", reason="Vela is optional: pip install 'graphopt[litert]'")
+pytest.importorskip("litert_torch", reason="the litert backend is optional: pip install 'graphopt[litert]'")
+
+from graphopt.backends import BACKENDS
+from graphopt.backends.ethos_u_backend import EthosURunner
+from graphopt.backends.litert_backend import export_litert
+from graphopt.backends.tflite_file import summarize, with_float_io
+from graphopt.backends.vela import (
+    CpuOperator,
+    EthosUConfig,
+    compile_for_ethos_u,
+    cpu_operators,
+    require_on_npu,
+    resolve,
+)
+from graphopt.backends.vela_timing import VelaTiming
+from graphopt.zoo import get_model
+
+
+@pytest.fixture(scope="module")
+def resnet_int8():
+    model, inputs = get_model("resnet_basic").build()
+    calibration = [torch.randn(8, *inputs[0].shape[1:]) for _ in range(2)]
+    return graphopt.optimize(model, "litert-int8", example_inputs=inputs, calibration_data=calibration)
+
+
+@pytest.fixture(scope="module")
+def int8_tflite(resnet_int8, tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("vela") / "m.tflite"
+    # int8 I/O: what Vela compiles fully (no float boundary)
+    return export_litert(resnet_int8.model, resnet_int8.example_inputs, path, integer_io=True).read_bytes()
+
+
+@pytest.mark.parametrize("accelerator", ["ethos-u55-128", "ethos-u65-256"])
+def test_graphopts_int8_tflite_runs_entirely_on_the_npu(int8_tflite, accelerator, capfd):
+    estimate = compile_for_ethos_u(int8_tflite, EthosUConfig(accelerator))
+    assert capfd.readouterr() == ("", "")  # Vela's C++ log is read, not printed
+    assert estimate.all_on_npu and estimate.cycles_total > 0 and estimate.inference_ms > 0
+    assert estimate.macs > 3_000_000 and estimate.memory_bytes["sram"] > 0
+    assert "CONV_2D" not in summarize(estimate.model).ops  # the convs are inside the ethos-u command stream
+    assert "CUSTOM:ethos-u" in summarize(estimate.model).ops
+    assert "ESTIMATED" in estimate.summary() and "every op on the NPU" in estimate.summary()
+    require_on_npu(estimate)
+
+
+def test_float_io_leaves_its_boundary_on_the_cpu_with_vela_s_reasons(int8_tflite):
+    estimate = compile_for_ethos_u(with_float_io(int8_tflite))
+    assert {op.op for op in estimate.cpu_ops} == {"QUANTIZE", "DEQUANTIZE"} and not estimate.all_on_npu
+    assert all(op.reason for op in estimate.cpu_ops)
+    require_on_npu(estimate)  # no conv / linear among them
+
+
+def test_a_conv_left_on_the_cpu_is_an_export_error_with_the_reason(int8_tflite):
+    estimate = compile_for_ethos_u(int8_tflite)
+    conv = CpuOperator("CONV_2D", "t", "unsupported DataType Float32")
+    stuck = dataclasses.replace(estimate, cpu_ops=(conv,))
+    with pytest.raises(ExportError, match=r"CONV_2D \(unsupported DataType Float32\)"):
+        require_on_npu(stuck)
+    require_on_npu(stuck, allow_cpu=("CONV_2D",))
+
+
+def test_vela_s_fallback_log_is_read_into_operators_and_reasons():
+    log = (
+        "Warning (supported operators) operator: CONV_2D, ofm: 'block/conv;1'\n"
+        "Reason: Operation has tensor with unsupported DataType Float32 (block/conv;1)\n"
+        'Feature-map dataTypes must be one of {"INT8"}\n'
+        "Warning (supported operators) operator: DEQUANTIZE, ofm: 'out'\n"
+        "Reason: Unsupported opType\n"
+    )
+    assert cpu_operators(log) == [
+        CpuOperator("CONV_2D", "block/conv;1", "Operation has tensor with unsupported DataType Float32"),
+        CpuOperator("DEQUANTIZE", "out", "Unsupported opType"),
+    ]
+
+
+def test_unknown_accelerators_and_memory_modes_name_vela_s_choices():
+    with pytest.raises(ConfigError, match="ethos-u55-128"):
+        EthosUConfig("ethos-u99-1")  # not even of Vela's form
+    with pytest.raises(ConfigError, match="ethos-u55-128"):
+        resolve(EthosUConfig("ethos-u55-7"))  # of the form, but no such configuration in Vela
+    with pytest.raises(ConfigError, match="Shared_Sram"):
+        resolve(EthosUConfig("ethos-u55-128", memory_mode="Lots_Of_Sram"))
+    resolved = resolve(EthosUConfig("ethos-u65-256"))  # Vela's defaults for the family
+    assert resolved.system_config == "Ethos_U65_Client_Server"
+    assert resolved.memory_mode == "Dedicated_Sram_384KB"
+
+
+def test_the_timing_service_costs_int8_by_vela_and_never_prefers_fp32(resnet_int8):
+    timing = VelaTiming(EthosUConfig("ethos-u55-128"))
+    assert timing.unavailable(resnet_int8.target) is None
+    models = {"int8": resnet_int8.model, "fp32": resnet_int8.fp32_model}
+    timed = timing.time(resnet_int8.target, models, resnet_int8.example_inputs)
+    assert "estimate" in timed.runtime and 0 < timed.ms["int8"] < math.inf
+    assert timed.ms["fp32"] == math.inf and timing.estimates["fp32"] is None  # no NPU runs fp32
+    assert timed.ms["int8"] == pytest.approx(timing.estimates["int8"].inference_ms)
+
+
+@pytest.mark.parametrize(
+    ("target", "accelerator"),
+    [
+        ("ethos-u55-int8", "ethos-u55-128"),
+        ("ethos-u65-int8", "ethos-u65-256"),
+        ("ethos-u85-int8", "ethos-u85-256"),
+    ],
+)
+def test_the_target_s_settings_choose_the_npu_vela_compiles_for(resnet_int8, target, accelerator, tmp_path):
+    settings = graphopt.TARGETS[target].backend
+    assert settings.backend == "ethos-u" and settings.integer_io
+    path = lower_with(BACKENDS["ethos-u"], settings, resnet_int8.model, resnet_int8.example_inputs,
+                      tmp_path / "m.tflite")  # fmt: skip
+    estimate = EthosURunner(path).estimate
+    assert estimate.config.accelerator == accelerator and estimate.all_on_npu
+    assert estimate.config.system_config is not None  # Vela's default for the family, filled in
+
+
+def test_ethos_u_settings_need_integer_io_and_a_vela_accelerator_name():
+    with pytest.raises(ConfigError, match="integer_io=True"):
+        BackendSettings(backend="ethos-u")
+    with pytest.raises(ConfigError, match="EthosUConfig"):
+        BackendSettings(backend="ethos-u", integer_io=True, ethos_u="ethos-u55-128")  # type: ignore[arg-type]
+
+
+def test_a_custom_ethos_u_target_ships_vela_s_output_checked_and_costed(resnet_int8, tmp_path):
+    preset = graphopt.TARGETS["ethos-u55-int8"]
+    bigger = EthosUConfig("ethos-u55-256", memory_mode="Shared_Sram")
+    custom = dataclasses.replace(preset, name="ethos-u55-256-int8",
+                                 backend=dataclasses.replace(preset.backend, ethos_u=bigger))  # fmt: skip
+    res = graphopt.optimize(
+        resnet_int8.original, custom, example_inputs=resnet_int8.example_inputs,
+        calibration_data=[torch.randn(8, 3, 32, 32) for _ in range(2)],
+    )  # fmt: skip
+    path = res.export(tmp_path / "npu.tflite", latency_guard=False)  # the target's own .tflite backend
+    assert summarize(path.read_bytes()).ops == ("CUSTOM:ethos-u",)  # one command stream, nothing on the CPU
+    row = res.report.artifact("ethos-u")
+    assert row.agreement.cosine > 0.999  # the int8 graph Vela compiled, run in LiteRT, against the model
+    assert "ESTIMATED" in row.notes[0] and "every op on the NPU" in row.notes[0]
+    assert "Vela ethos-u55-256 (Ethos_U55_High_End_Embedded, Shared_Sram)" in row.notes[0]
+    runner = EthosURunner(path)
+    latency = runner.time(*res.example_inputs)  # Vela's estimate, not a measurement
+    assert latency.median_ms == pytest.approx(runner.estimate.inference_ms) and latency.runs == 1
+
+
+def test_ethos_u_refuses_fp32_models_and_vela_files_it_did_not_compile(resnet_int8, tmp_path):
+    fp32 = graphopt.optimize(resnet_int8.original, "generic-fp32", example_inputs=resnet_int8.example_inputs)
+    with pytest.raises(ExportError, match="runs int8 only"):
+        fp32.export(tmp_path / "fp32.tflite", backend="ethos-u")
+    assert not list(tmp_path.iterdir())
+    elsewhere = tmp_path / "other.tflite"
+    elsewhere.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    with pytest.raises(ExportError, match="runs only on an Ethos-U NPU"):
+        EthosURunner(elsewhere)
