@@ -12,30 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from graphopt.data.dims import BATCH, DynamicDims
-
-__all__ = [
-    "BATCH",
-    "DynamicDims",
-    "dynamic_batch_example",
-    "dynamic_example",
-    "named_dims_example",
-    "widen_batch",
-]
-
-
-def widen_batch(example_inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Batch-1 inputs repeated to batch 2: torch.export specialises a dimension of size 1."""
-    return tuple(torch.cat([x, x]) if x.dim() > 0 and x.shape[0] == 1 else x for x in example_inputs)
-
-
-def dynamic_batch_example(
-    example_inputs: tuple[torch.Tensor, ...],
-) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, object] | None, ...]]:
-    """Example inputs with batch >= 2 and the matching ``dynamic_shapes`` for torch.export."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    widened = widen_batch(example_inputs)
-    return widened, tuple({0: batch} if x.dim() > 0 else None for x in example_inputs)
+from graphopt.data.dims import DynamicDims
+from graphopt.frontend.batch_dims import dynamic_batch_example
 
 
 def dynamic_example(

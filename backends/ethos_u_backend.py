@@ -15,13 +15,15 @@ same TFLite int8 arithmetic; the NPU's rounding of requantization may differ by 
 Vela output's content hash in this process's record of what it compiled (:data:`COMPILED`): a Vela file
 from elsewhere cannot be run here, and the runner says so.
 
-An fp32 model has no NPU form: :func:`check_ethos_u` refuses it for export; lowered for the latency guard's
-fp32 twin, it is compiled as it is (every operator on the CPU) and costed ``inf`` (:func:`estimate_ms`).
+An fp32 model has no NPU form: :func:`check_ethos_u` refuses it for export; the latency guard's fp32 twin
+is costed ``inf`` without lowering (:meth:`EthosURunner.cost_without_lowering`), what compiling it as it is
+(every operator on the CPU) would give (:func:`estimate_ms`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -85,17 +87,25 @@ def export_ethos_u(
     with tempfile.TemporaryDirectory(prefix="graphopt-vela-") as scratch:
         source = export_litert(model, example_inputs, Path(scratch) / "m.tflite", integer_io=True)
         data = source.read_bytes()
-    return compile_tflite(data, path, config, conv_on_cpu_ok=not is_quantized(model))
+    # In process: bytes the LiteRT converter has just written and export_litert has checked.
+    return compile_tflite(data, path, config, conv_on_cpu_ok=not is_quantized(model), isolate=False)
 
 
 def compile_tflite(
-    data: bytes, path: str | Path, config: EthosUConfig, *, conv_on_cpu_ok: bool = False
+    data: bytes,
+    path: str | Path,
+    config: EthosUConfig,
+    *,
+    conv_on_cpu_ok: bool = False,
+    isolate: bool = True,
 ) -> VelaEstimate:
     """Vela's compile of the int8 ``.tflite`` ``data`` for ``config``, written to ``path`` and recorded so
     that :class:`EthosURunner` can run and cost it; a conv or linear left on the CPU is an
-    :class:`ExportError` unless ``conv_on_cpu_ok`` (a peer's file, whose CPU operators its row names)."""
+    :class:`ExportError` unless ``conv_on_cpu_ok`` (a peer's file, whose CPU operators its row names).
+    ``isolate``: Vela runs in a child process (:func:`compile_for_ethos_u`) unless graphopt wrote ``data``.
+    """
     path = Path(path)
-    estimate = compile_for_ethos_u(data, config)
+    estimate = compile_for_ethos_u(data, config, isolate=isolate)
     if not conv_on_cpu_ok:
         require_on_npu(estimate)
     COMPILED[_digest(estimate.model)] = Compiled(data, estimate)
@@ -120,7 +130,7 @@ def _compiled(path: Path) -> Compiled:
 def describe_ethos_u(path: Path) -> str:
     """Vela's summary of the compile (estimate, NPU / CPU operators, memory) and the file's operators."""
     compiled = _compiled(Path(path))
-    return f"{compiled.estimate.summary()}; file ops: {summarize(Path(path).read_bytes()).histogram()}"
+    return f"{compiled.estimate.summary()}; file ops: {summarize(Path(path).read_bytes(), path).histogram()}"
 
 
 class EthosURunner:
@@ -137,9 +147,20 @@ class EthosURunner:
         self.estimate = compiled.estimate
         #: The int8 source lives as long as the runner: the interpreter maps the file it loads.
         self._scratch = tempfile.TemporaryDirectory(prefix="graphopt-vela-")
-        source = Path(self._scratch.name) / "source.tflite"
-        source.write_bytes(compiled.source)
-        self._litert = LiteRTRunner(source, threads=threads)
+        try:
+            source = Path(self._scratch.name) / "source.tflite"
+            source.write_bytes(compiled.source)
+            self._litert = LiteRTRunner(source, threads=threads)
+        except BaseException:  # the folder goes now, not whenever the half-built runner is collected
+            self._scratch.cleanup()
+            raise
+
+    @staticmethod
+    def cost_without_lowering(model: nn.Module) -> float | None:
+        """``inf`` for a model with no int8 layers (the latency guard's fp32 twin), None otherwise: Vela
+        would put its every operator on the CPU and :func:`estimate_ms` would answer ``inf`` anyway, after a
+        LiteRT conversion and a compile (seconds) that change nothing."""
+        return None if is_quantized(model) else math.inf
 
     def run(self, *inputs: Tensor | np.ndarray) -> list[np.ndarray]:
         return self._litert.run(*inputs)

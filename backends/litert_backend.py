@@ -183,7 +183,7 @@ def require_fully_integer(summary: TfliteSummary) -> None:
 
 def describe_tflite(path: Path) -> str:
     """How a ``.tflite`` runs: integer or float, its I/O types and its operators (read, not run)."""
-    summary = summarize(Path(path).read_bytes())
+    summary = summarize(Path(path).read_bytes(), path)
     integer = not summary.float_ops or set(summary.float_ops) <= set(BOUNDARY_OPS)
     io = "/".join(sorted(set(summary.input_types) | set(summary.output_types))).lower()
     kind = "fully int8" if integer else "float"

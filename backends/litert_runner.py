@@ -22,18 +22,12 @@ import torch
 from torch import Tensor
 
 from graphopt.backends.litert_backend import quiet_litert, require_litert
+from graphopt.backends.tflite_file import not_loadable
 from graphopt.backends.timing import LatencyStats, measure
-from graphopt.errors import ExportError, InvalidInputError
+from graphopt.errors import InvalidInputError, first_line
 
 #: Bytes 4..8 of a ``.tflite``: the flatbuffer's file identifier.
 TFLITE_IDENTIFIER = b"TFL3"
-
-
-def not_loadable(path: Path, why: str) -> ExportError:
-    return ExportError(
-        f"{path} is not a loadable LiteRT model ({why}); give a complete .tflite written by a LiteRT "
-        "converter (graphopt export m.tflite, or litert_torch.convert(...).export())"
-    )
 
 
 def check_tflite_header(path: Path) -> None:
@@ -61,10 +55,11 @@ class LiteRTRunner:
             try:
                 self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
                 self.interpreter.allocate_tensors()
-            except (ValueError, RuntimeError) as exc:
-                raise not_loadable(self.path, str(exc).splitlines()[0] if str(exc) else "") from exc
-        self.inputs: list[dict[str, Any]] = self.interpreter.get_input_details()
-        self.outputs: list[dict[str, Any]] = self.interpreter.get_output_details()
+                # The details decode tensor names from the file: a damaged name is a UnicodeDecodeError.
+                self.inputs: list[dict[str, Any]] = self.interpreter.get_input_details()
+                self.outputs: list[dict[str, Any]] = self.interpreter.get_output_details()
+            except (ValueError, RuntimeError) as exc:  # UnicodeDecodeError is a ValueError
+                raise not_loadable(self.path, first_line(exc)) from exc
 
     @property
     def batch(self) -> int:

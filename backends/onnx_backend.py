@@ -23,13 +23,14 @@ import torch.fx as fx
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from graphopt.artifacts.destination import write_failure
-from graphopt.backends.dynamic import DynamicDims, dynamic_example, named_dims_example
+from graphopt.backends.dynamic import dynamic_example, named_dims_example
 from graphopt.backends.onnx_lowering import PRODUCER, UnsupportedNode, lower_to_onnx
 from graphopt.backends.onnx_names import output_names, rename_outputs
 from graphopt.backends.onnx_subgraphs import sink_initializers
 from graphopt.backends.onnx_transformer import LOWERING_KEY, export_fused_transformer
 from graphopt.backends.quiet import quiet_export
 from graphopt.backends.timing import LatencyStats, measure
+from graphopt.data.dims import DynamicDims
 from graphopt.errors import ExportError, first_line
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.quant.dynamic import onnx_translations

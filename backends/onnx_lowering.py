@@ -25,9 +25,9 @@ import torch
 import torch.fx as fx
 from onnx import helper
 
-from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.onnx_builder import OnnxGraphBuilder, UnsupportedNode
 from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
+from graphopt.data.dims import DynamicDims
 from graphopt.ir.graph import module_of
 
 #: ``producer_name`` of files this module writes, so reports can say which exporter made an artifact.

@@ -37,8 +37,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphopt.backends.dynamic import DynamicDims
 from graphopt.backends.quiet import quiet_export, quiet_ort
+from graphopt.data.dims import DynamicDims
 from graphopt.ir.extensions import DynamicInt8Linear
 from graphopt.ir.shapes import propagate_shapes
 

@@ -12,10 +12,15 @@ and zero point, and re-points the signature at the new float tensors. The graph 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from graphopt.errors import ExportError, first_line
 
 #: Integer tensor types a fully integer graph computes in (int32: biases, shapes, indices).
 INTEGER_TYPES = ("INT8", "UINT8", "INT16", "INT32", "INT64")
@@ -33,11 +38,36 @@ def _names(enum: type) -> dict[int, str]:
     return {value: name for name, value in vars(enum).items() if not name.startswith("_")}
 
 
-def read_model(data: bytes) -> Any:
-    """The flatbuffer as ``schema_py_generated.ModelT`` (mutable lists, buffers resolved)."""
+#: What a message calls ``.tflite`` bytes whose file the caller did not name.
+UNNAMED = "the .tflite data"
+
+
+def not_loadable(source: str | Path, why: str) -> ExportError:
+    return ExportError(
+        f"{source} is not a loadable LiteRT model ({why}); give a complete .tflite written by a LiteRT "
+        "converter (graphopt export m.tflite, or litert_torch.convert(...).export())"
+    )
+
+
+@contextmanager
+def damaged_file_errors(source: str | Path) -> Iterator[None]:
+    """Any exception inside as :func:`not_loadable`. Broad on purpose: the generated flatbuffer reader
+    follows offsets and lengths from the file itself, so damaged bytes fail anywhere in it with whatever the
+    step at hand raises (struct.error, IndexError, TypeError, ValueError, UnicodeDecodeError, ...), and
+    walking a damaged graph indexes tensors and operator codes out of range the same way."""
+    try:
+        yield
+    except Exception as exc:
+        raise not_loadable(source, f"damaged: {type(exc).__name__}: {first_line(exc)}") from exc
+
+
+def read_model(data: bytes, source: str | Path = UNNAMED) -> Any:
+    """The flatbuffer as ``schema_py_generated.ModelT`` (mutable lists, buffers resolved); damaged bytes are
+    an :class:`ExportError` naming ``source``."""
     from ai_edge_litert.tools import flatbuffer_utils
 
-    return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    with damaged_file_errors(source):
+        return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
 
 
 def write_model(model: Any) -> bytes:
@@ -73,8 +103,14 @@ class TfliteSummary:
         return ", ".join(f"{n} {op}" for op, n in Counter(self.ops).items())
 
 
-def summarize(data: bytes) -> TfliteSummary:
-    model = read_model(data)
+def summarize(data: bytes, source: str | Path = UNNAMED) -> TfliteSummary:
+    """The file's :class:`TfliteSummary`; damaged bytes are an :class:`ExportError` naming ``source``."""
+    model = read_model(data, source)
+    with damaged_file_errors(source):
+        return _summary(model)
+
+
+def _summary(model: Any) -> TfliteSummary:
     graph = model.subgraphs[0]
     tensors = graph.tensors
     ops, floats, weights = [], [], []

@@ -13,8 +13,9 @@ operators is therefore not comparable by this number, and :class:`VelaEstimate` 
 Vela's reason.
 
 The compile goes through ``ethosu.regor.compile``, the C++ core the ``vela`` command calls, with the system
-configuration text built as ``ethosu/vela/vela.py`` builds it, so nothing runs in a subprocess. Vela's
-defaults pick the system configuration and memory mode when :class:`~graphopt.targets.EthosUConfig`
+configuration text built as ``ethosu/vela/vela.py`` builds it: in a child process for bytes graphopt did not
+write (a crash of the C++ on a damaged file ends the child, not the caller), in process for its own exports.
+Vela's defaults pick the system configuration and memory mode when :class:`~graphopt.targets.EthosUConfig`
 (a target's ``BackendSettings.ethos_u``) leaves them out.
 """
 
@@ -22,8 +23,11 @@ from __future__ import annotations
 
 import configparser
 import importlib.util
+import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -31,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from graphopt.backends import vela_worker
+from graphopt.backends.vela_worker import regor_compile
 from graphopt.errors import ConfigError, ExportError, first_line
 from graphopt.targets import EthosUConfig
 
@@ -46,6 +52,8 @@ DEFAULT_MEMORY = {"u55": "Shared_Sram", "u65": "Dedicated_Sram_384KB", "u85": "D
 MUST_RUN_ON_NPU = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 T = TypeVar("T")
+#: A compile in a child process that has not answered by then is given up (regor takes seconds).
+CHILD_TIMEOUT_S = 600
 
 
 def require_vela() -> None:
@@ -127,38 +135,87 @@ class VelaEstimate:
 DEFAULT_CONFIG = EthosUConfig()
 
 
-def compile_for_ethos_u(data: bytes, config: EthosUConfig = DEFAULT_CONFIG) -> VelaEstimate:
-    """Compile the int8 ``.tflite`` ``data`` with Vela for ``config`` (module docstring)."""
+def compile_for_ethos_u(
+    data: bytes, config: EthosUConfig = DEFAULT_CONFIG, *, isolate: bool = True
+) -> VelaEstimate:
+    """Compile the int8 ``.tflite`` ``data`` with Vela for ``config`` (module docstring).
+
+    ``isolate``: compile in a child process (:mod:`graphopt.backends.vela_worker`), so that regor crashing
+    on a damaged file (SIGSEGV from C++) is an :class:`ExportError` here instead of the end of this process.
+    graphopt's own exports pass ``isolate=False``: bytes it has just written with a LiteRT converter and
+    checked, where the child's start (about a second) buys nothing."""
     config = resolve(config)
-    from ethosu import regor
     from ethosu.vela import vela
 
     arch = _architecture(config)
     system_text, options = _system_text(arch), _compiler_options(vela, config, arch.arena_cache_size)
     accelerator = "".join(part.capitalize() for part in config.accelerator.split("-")[:-1])  # EthosU55
-    try:
-        compiled, log = _capturing_output(
-            lambda: regor.compile(accelerator, data, "TFLITE", system_text, options=options, verbose=True)
-        )
-    except Exception as exc:  # regor raises RuntimeError / ValueError from C++ for what it cannot take
-        raise ExportError(
-            f"Vela could not compile the model for {config.accelerator} ({type(exc).__name__}: "
-            f"{first_line(exc)}); give a fully int8 .tflite (target litert-int8)"
-        ) from exc
-    report = compiled.perf_report
-    _cpu_lines, npu_lines = vela.stats_writer.regor_operations_from_database(compiled.opt_database)
+    compile_ = _compile_in_child if isolate else _compile_in_process
+    numbers, model, log = compile_(config, accelerator, data, system_text, options)
     return VelaEstimate(
         config=config,
         clock_hz=float(arch.core_clock),
-        cycles_npu=int(report.npuCycles),
-        cycles_total=int(report.totalCycles),
-        macs=int(report.macCount),
-        npu_ops=tuple(line.split(" = ")[0] for line in npu_lines),
+        cycles_npu=numbers["cycles_npu"],
+        cycles_total=numbers["cycles_total"],
+        macs=numbers["macs"],
+        npu_ops=tuple(numbers["npu_ops"]),
         cpu_ops=tuple(cpu_operators(log)),
-        memory_bytes={str(k).lower(): int(v.peakUsage) for k, v in report.memories.items()},
-        weights_encoded_bytes=int(report.encodedWeights),
-        model=bytes(compiled.model),
+        memory_bytes=dict(numbers["memory_bytes"]),
+        weights_encoded_bytes=numbers["weights_encoded_bytes"],
+        model=model,
     )
+
+
+def _compile_failed(config: EthosUConfig, cause: str) -> ExportError:
+    return ExportError(
+        f"Vela could not compile the model for {config.accelerator} ({cause}); give a complete, fully int8 "
+        ".tflite (target litert-int8)"
+    )
+
+
+def _compile_in_process(
+    config: EthosUConfig, accelerator: str, data: bytes, system_text: str, options: str
+) -> tuple[dict[str, Any], bytes, str]:
+    try:
+        (numbers, model), log = _capturing_output(
+            lambda: regor_compile(accelerator, data, system_text, options)
+        )
+    except Exception as exc:  # regor raises RuntimeError / ValueError from C++, its stats UnicodeDecodeError
+        raise _compile_failed(config, f"{type(exc).__name__}: {first_line(exc)}") from exc
+    return numbers, model, log
+
+
+def _compile_in_child(
+    config: EthosUConfig, accelerator: str, data: bytes, system_text: str, options: str
+) -> tuple[dict[str, Any], bytes, str]:
+    """:func:`regor_compile` in a child process (``vela_worker.py`` as a script; ``-P``: its folder, with
+    graphopt's own modules, stays off the child's ``sys.path``)."""
+    request = json.dumps({"accelerator": accelerator, "system_text": system_text, "options": options})
+    with tempfile.TemporaryDirectory(prefix="graphopt-vela-child-") as scratch:
+        source = Path(scratch) / "source.tflite"
+        source.write_bytes(data)
+        command = [sys.executable, "-P", vela_worker.__file__, str(source), scratch]
+        try:
+            child = subprocess.run(
+                command, input=request.encode(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                timeout=CHILD_TIMEOUT_S, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise _compile_failed(config, f"no answer within {CHILD_TIMEOUT_S} s") from exc
+        log = child.stdout.decode(errors="replace")
+        if child.returncode < 0:
+            name = signal.Signals(-child.returncode).name
+            raise _compile_failed(
+                config, f"Vela crashed with {name} on this file: it is damaged or not a .tflite"
+            )
+        result_path = Path(scratch) / "result.json"
+        if not result_path.exists():
+            last = log.strip().splitlines()[-1:] or [f"exit status {child.returncode}"]
+            raise _compile_failed(config, f"Vela's process failed: {last[0]}")
+        result = json.loads(result_path.read_text())
+        if "error" in result:
+            raise _compile_failed(config, f"{result['error']}: {result['message']}")
+        return result, (Path(scratch) / "model.tflite").read_bytes(), log
 
 
 def require_on_npu(estimate: VelaEstimate, allow_cpu: tuple[str, ...] = ()) -> None:

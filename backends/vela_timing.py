@@ -57,7 +57,8 @@ class VelaTiming:
             return None
         with tempfile.TemporaryDirectory(prefix="graphopt-vela-") as scratch:
             path = export_litert(model, example_inputs, Path(scratch) / "m.tflite", integer_io=True)
-            return compile_for_ethos_u(path.read_bytes(), self.config)
+            # In process: bytes the LiteRT converter has just written and export_litert has checked.
+            return compile_for_ethos_u(path.read_bytes(), self.config, isolate=False)
 
 
 def estimate_ms(estimate: VelaEstimate | None) -> float:

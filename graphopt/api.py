@@ -16,6 +16,7 @@ from torch import nn
 
 from graphopt.artifacts.result import OptimizeResult
 from graphopt.call_options import call_keywords, docstring_args
+from graphopt.data.batches import Batch
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.passes.sparsify import SparsifyConfig
 from graphopt.pipeline.driver import OptimizeCall, run_call
@@ -23,7 +24,6 @@ from graphopt.pipeline.instruments import Instrument
 from graphopt.pipeline.pass_base import Pass
 from graphopt.pruning.config import PruneConfig
 from graphopt.recovery.config import RecoveryConfig
-from graphopt.reporting.evaluation import Batch
 from graphopt.search import search_optimize
 from graphopt.search.goals import Goals
 from graphopt.search.space import SearchConfig

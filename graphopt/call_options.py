@@ -293,7 +293,7 @@ def add_option_flags(
 
 def given_flags(args: argparse.Namespace, options: tuple[Option, ...]) -> list[Option]:
     """The options whose flag was given on the command line."""
-    return [o for o in options if getattr(args, o.name, None) not in (None, False)]
+    return [o for o in options if _was_given(getattr(args, o.name, None))]
 
 
 def flag_values(args: argparse.Namespace, options: tuple[Option, ...]) -> dict[str, Any]:
@@ -302,8 +302,14 @@ def flag_values(args: argparse.Namespace, options: tuple[Option, ...]) -> dict[s
     values = {}
     for option in options:
         given = getattr(args, option.name)
-        values[option.name] = option.default if given in (None, False) else given
+        values[option.name] = given if _was_given(given) else option.default
     return values
+
+
+def _was_given(parsed: object) -> bool:
+    """A flag not given parses to None (a switch to False). By identity: ``--accuracy-budget 0`` parses to
+    ``0.0``, which equals False but was given."""
+    return parsed is not None and parsed is not False
 
 
 def planned_values(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from graphopt.data.batches import as_input_tuple
 from graphopt.errors import ConfigError
 from graphopt.ir.graph import module_of, set_module
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
@@ -39,7 +40,7 @@ from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.policy import is_pool, through_data_movement
 from graphopt.quant.scheme import sqnr_db
-from graphopt.reporting.evaluation import accuracy, as_input_tuple
+from graphopt.reporting.evaluation import accuracy
 from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import flatten_outputs
 

@@ -134,6 +134,14 @@ def test_plan_takes_the_new_flags(capsys):
     assert "from passes=" in lines[1]
 
 
+def test_a_flag_given_as_zero_is_given(capsys):
+    """``--accuracy-budget 0`` (no accuracy may be lost) parses to 0.0, which equals False: it once read as
+    "not given" and the budget slot vanished from the plan."""
+    assert main(["plan", "x86-int8", "--accuracy-budget", "0"]) == 0
+    slots = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert "int8_budget" in slots
+
+
 @pytest.mark.parametrize(
     ("argv", "error"),
     [

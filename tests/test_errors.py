@@ -140,7 +140,8 @@ def test_unknown_artifact_suffix(model_and_input, tmp_path):
 
 def test_eval_data_must_be_labelled(model_and_input):
     model, inputs = model_and_input
-    with pytest.raises(InvalidInputError, match=r"eval_data must yield \(inputs, labels\) pairs"):
+    expected = r"eval_data must be an iterable of \(inputs, labels\) batches.*item 0 is Tensor"
+    with pytest.raises(InvalidInputError, match=expected):
         graphopt.optimize(model, example_inputs=inputs, eval_data=[inputs[0]])
 
 

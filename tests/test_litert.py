@@ -6,6 +6,8 @@ and the float-I/O file is derived from it by the flatbuffer edit, not by convert
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,7 @@ from graphopt.backends.litert_backend import (
     require_litert,
 )
 from graphopt.backends.litert_runner import LiteRTRunner
-from graphopt.backends.tflite_file import layer_constants, summarize, with_float_io
+from graphopt.backends.tflite_file import layer_constants, read_model, summarize, with_float_io
 from graphopt.ir.extensions import QuantizedLayer
 
 
@@ -201,3 +203,39 @@ def test_without_litert_the_error_names_the_extra(monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"litert_torch: pip install 'graphopt\[litert\]'"):
         require_litert()
+
+
+def test_a_damaged_input_name_is_a_not_loadable_error_not_a_unicode_error(int8_file, tmp_path):
+    graph = read_model(int8_file.read_bytes()).subgraphs[0]
+    name = graph.tensors[graph.inputs[0]].name  # read by get_input_details, after the model loaded
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(int8_file.read_bytes().replace(name, name[:-1] + b"\xff"))
+    with pytest.raises(ExportError, match=r"not a loadable LiteRT model .*can't decode") as refused:
+        LiteRTRunner(damaged)
+    assert isinstance(refused.value.__cause__, UnicodeDecodeError)
+
+
+def _damaged(data: bytes, seed: int) -> bytes:
+    """``data`` with four bytes past the file identifier set at random (seeded: the same bytes every run)."""
+    rng, damaged = random.Random(seed), bytearray(data)
+    for _ in range(4):
+        damaged[rng.randrange(8, len(damaged))] = rng.randrange(256)
+    return bytes(damaged)
+
+
+def test_damaged_flatbuffers_are_not_loadable_errors_never_raw_parser_errors(int8_file, tmp_path):
+    data = int8_file.read_bytes()
+    for broken in (b"\xff\xff\xff\x7f" + data[4:], data[: len(data) // 2]):  # root offset, truncated
+        with pytest.raises(ExportError, match=r"the \.tflite data is not a loadable LiteRT model .*damaged"):
+            summarize(broken)
+    causes = set()
+    for seed in range(8):  # struct.error, TypeError, ValueError, IndexError from the generated reader
+        try:
+            summarize(_damaged(data, seed))
+        except ExportError as exc:
+            causes.add(type(exc.__cause__).__name__)
+    assert len(causes) >= 2
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match=f"{damaged} is not a loadable LiteRT model"):
+        describe_tflite(damaged)

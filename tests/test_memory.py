@@ -13,13 +13,15 @@ from torch import nn
 import graphopt
 from graphopt import PassContext, PassError, PassManager
 from graphopt.passes import FoldBatchNorm
+from graphopt.pipeline.driver import Fp32Snapshot
 from graphopt.pipeline.instruments import NumericCheck
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.pipeline.snapshots import float64_copy, release, structural_copy
 from graphopt.reporting.memory import MIB, PeakWatch, current_rss_bytes
 from graphopt.reporting.report import Report, StageRecord
 
-pytestmark = pytest.mark.skipif(current_rss_bytes() is None, reason="needs /proc/self/statm (Linux)")
+#: Only the sampler needs /proc; the copies are checked everywhere.
+needs_proc = pytest.mark.skipif(current_rss_bytes() is None, reason="needs /proc/self/statm (Linux)")
 
 
 def _net() -> fx.GraphModule:
@@ -117,6 +119,7 @@ def test_structural_copy_keeps_its_own_modules():
     assert kept.get_submodule("1").eps == pytest.approx(1e-5)
 
 
+@needs_proc
 def test_peak_watch_sees_memory_held_inside_the_window():
     watch = PeakWatch()
     watch.open()
@@ -128,6 +131,7 @@ def test_peak_watch_sees_memory_held_inside_the_window():
     assert peak is not None and peak >= start + 60 * MIB
 
 
+@needs_proc
 def test_every_report_row_carries_the_peak_rss(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4))
@@ -157,3 +161,46 @@ def test_bench_rows_carry_and_render_the_peak():
                    runtime="-", params=1, macs=1, bytes=4, peak_rss_mib=812.4)  # fmt: skip
     assert dict(zip(HEADER, cells(row), strict=True))["peak RSS MiB"] == "812"
     assert _row({**row.__dict__}).peak_rss_mib == 812.4  # JSON round trip keeps the field
+
+
+class _Slotted(Pass):
+    exact = False
+
+    def __init__(self, slot: str):
+        super().__init__()
+        self.slot, self.name = slot, f"fake_{slot}"
+
+
+def test_the_fp32_snapshot_shares_weights_until_a_pass_may_write_them():
+    """The latency guard's fp32 model shares the graph's tensors through the int8 passes (they replace,
+    never write), and is made private before a pass that may train in place (exits' joint fine-tuning)."""
+    gm, snapshot = _net(), Fp32Snapshot()
+    context = _context()
+    snapshot.before_pass(_Slotted("int8"), gm, context)
+    assert snapshot.model.get_submodule("0").weight is gm.get_submodule("0").weight
+    snapshot.before_pass(_Slotted("exits"), gm, context)
+    private = snapshot.model.get_submodule("0").weight
+    assert private is not gm.get_submodule("0").weight
+    before = private.detach().clone()
+    with torch.no_grad():
+        gm.get_submodule("0").weight.add_(1.0)  # what joint fine-tuning does to the backbone
+    assert torch.equal(private, before)
+
+
+class _Broken(Pass):
+    name, description, exact = "broken", "raises", False
+
+    def call(self, gm):
+        raise RuntimeError("boom")
+
+
+def test_a_failed_run_leaves_no_memory_sampler_running():
+    """The sampler thread stops with the run even when a pass fails and the exception is kept (a notebook
+    keeps the last one)."""
+    import threading
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    with pytest.raises(PassError) as kept:
+        graphopt.optimize(model, example_inputs=(torch.randn(1, 3, 8, 8),), passes=[_Broken()])
+    assert kept.value is not None
+    assert not [t for t in threading.enumerate() if t.name == "graphopt-rss"]

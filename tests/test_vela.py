@@ -1,24 +1,26 @@
-"""Arm's Vela for Ethos-U NPUs: compiling graphopt's int8 ``.tflite`` in process, and its estimate as the
-timing service of Ethos-U targets."""
+"""Arm's Vela for Ethos-U NPUs: compiling graphopt's int8 ``.tflite`` (in process, or in a child process for
+bytes graphopt did not write), and its estimate as the timing service of Ethos-U targets."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
+from pathlib import Path
 
 import pytest
 import torch
 
 import graphopt
-from graphopt.artifacts.side_by_side import lower_with
+from graphopt.artifacts.side_by_side import lower_with, time_side_by_side
 from graphopt.errors import ConfigError, ExportError
 from graphopt.targets import BackendSettings
 
 pytest.importorskip("ethosu", reason="Vela is optional: pip install 'graphopt[litert]'")
 pytest.importorskip("litert_torch", reason="the litert backend is optional: pip install 'graphopt[litert]'")
 
-from graphopt.backends import BACKENDS
-from graphopt.backends.ethos_u_backend import EthosURunner
+from graphopt.backends import BACKENDS, ethos_u_backend
+from graphopt.backends.ethos_u_backend import Compiled, EthosURunner
 from graphopt.backends.litert_backend import export_litert
 from graphopt.backends.tflite_file import summarize, with_float_io
 from graphopt.backends.vela import (
@@ -47,9 +49,9 @@ def int8_tflite(resnet_int8, tmp_path_factory) -> bytes:
     return export_litert(resnet_int8.model, resnet_int8.example_inputs, path, integer_io=True).read_bytes()
 
 
-@pytest.mark.parametrize("accelerator", ["ethos-u55-128", "ethos-u65-256"])
-def test_graphopts_int8_tflite_runs_entirely_on_the_npu(int8_tflite, accelerator, capfd):
-    estimate = compile_for_ethos_u(int8_tflite, EthosUConfig(accelerator))
+@pytest.mark.parametrize(("accelerator", "isolate"), [("ethos-u55-128", True), ("ethos-u65-256", False)])
+def test_graphopts_int8_tflite_runs_entirely_on_the_npu(int8_tflite, accelerator, isolate, capfd):
+    estimate = compile_for_ethos_u(int8_tflite, EthosUConfig(accelerator), isolate=isolate)
     assert capfd.readouterr() == ("", "")  # Vela's C++ log is read, not printed
     assert estimate.all_on_npu and estimate.cycles_total > 0 and estimate.inference_ms > 0
     assert estimate.macs > 3_000_000 and estimate.memory_bytes["sram"] > 0
@@ -165,3 +167,67 @@ def test_ethos_u_refuses_fp32_models_and_vela_files_it_did_not_compile(resnet_in
     elsewhere.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
     with pytest.raises(ExportError, match="runs only on an Ethos-U NPU"):
         EthosURunner(elsewhere)
+
+
+def _damaged(data: bytes, seed: int) -> bytes:
+    """``data`` with one byte past the file identifier set at random (seeded: the same byte every run)."""
+    rng, damaged = random.Random(seed), bytearray(data)
+    damaged[rng.randrange(8, len(damaged))] = rng.randrange(256)
+    return bytes(damaged)
+
+
+#: Seeds whose one damaged byte crashes regor's C++ with SIGSEGV (1) or breaks Vela's operator database
+#: into a UnicodeDecodeError (0) on the resnet_basic fixture (found by the security review's fuzzing).
+CRASHES, UNDECODABLE = 1, 0
+
+
+def test_a_damaged_tflite_crashing_vela_is_an_export_error_naming_the_signal(int8_tflite, capfd):
+    with pytest.raises(ExportError, match="Vela crashed with SIGSEGV") as crashed:
+        compile_for_ethos_u(_damaged(int8_tflite, CRASHES))  # in a child: this process lives on
+    assert "damaged" in str(crashed.value) and "fully int8 .tflite" in str(crashed.value)
+    with pytest.raises(ExportError, match="UnicodeDecodeError"):
+        compile_for_ethos_u(_damaged(int8_tflite, UNDECODABLE))
+    with pytest.raises(ExportError, match="UnicodeDecodeError"):  # Vela's stats are read inside the try
+        compile_for_ethos_u(_damaged(int8_tflite, UNDECODABLE), isolate=False)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_peer_s_tflite_is_compiled_in_a_child_process(int8_tflite, tmp_path):
+    with pytest.raises(ExportError, match="SIGSEGV"):
+        ethos_u_backend.compile_tflite(
+            _damaged(int8_tflite, CRASHES), tmp_path / "npu.tflite", EthosUConfig()
+        )
+    assert not (tmp_path / "npu.tflite").exists()
+
+
+def test_a_runner_that_cannot_load_its_source_removes_its_scratch_folder(tmp_path, monkeypatch):
+    vela_output = tmp_path / "npu.tflite"
+    vela_output.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    record = Compiled(source=b"not a tflite", estimate=None)  # type: ignore[arg-type]
+    monkeypatch.setitem(ethos_u_backend.COMPILED, ethos_u_backend._digest(vela_output.read_bytes()), record)
+    loaded: list[Path] = []
+
+    def refusing(path: Path, threads: int) -> None:
+        loaded.append(Path(path))
+        raise ExportError("not loadable")
+
+    monkeypatch.setattr(ethos_u_backend, "LiteRTRunner", refusing)
+    with pytest.raises(ExportError, match="not loadable"):
+        EthosURunner(vela_output)
+    assert loaded and not loaded[0].parent.exists()
+
+
+def test_the_latency_guard_costs_an_fp32_twin_at_inf_without_lowering_it(resnet_int8):
+    lowered: list[str] = []
+    ethos_u = BACKENDS["ethos-u"]
+
+    def lower(model, *args, **kwargs):
+        lowered.append("int8" if model is resnet_int8.model else "fp32")
+        return ethos_u.lower(model, *args, **kwargs)
+
+    spy = dataclasses.replace(ethos_u, lower=lower)
+    models = {"int8": resnet_int8.model, "fp32": resnet_int8.fp32_model}
+    settings = graphopt.TARGETS["ethos-u55-int8"].backend
+    ms = time_side_by_side(spy, settings, models, resnet_int8.example_inputs)
+    assert ms["fp32"] == math.inf and 0 < ms["int8"] < math.inf
+    assert lowered == ["int8"]

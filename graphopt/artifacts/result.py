@@ -18,6 +18,7 @@ from graphopt.artifacts.destination import StagedFile, check_destination
 from graphopt.artifacts.side_by_side import lower_with, time_side_by_side
 from graphopt.backends import Backend, backend_for, export_onnx
 from graphopt.backends.onnx_backend import OnnxRunner
+from graphopt.data.batches import Batch
 from graphopt.data.dims import DynamicDims
 from graphopt.early_exit.guard import exit_float_twin
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
@@ -28,7 +29,7 @@ from graphopt.pruning.sparsity import zipped_bytes
 from graphopt.quant import is_quantized
 from graphopt.reporting.cost import count_macs, count_params
 from graphopt.reporting.energy import estimate_graph
-from graphopt.reporting.evaluation import Batch, accuracy
+from graphopt.reporting.evaluation import accuracy
 from graphopt.reporting.memory import PeakWatch, to_mib
 from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import agreement

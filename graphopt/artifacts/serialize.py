@@ -19,9 +19,9 @@ from torch import nn
 
 from graphopt.artifacts.destination import StagedFile, check_destination
 from graphopt.artifacts.safe_pt2 import HEADER_MEMBER, load_program, parse_json, read_checked
-from graphopt.backends.dynamic import dynamic_batch_example
 from graphopt.backends.quiet import quiet_export
 from graphopt.errors import SerializationError, first_line
+from graphopt.frontend.batch_dims import dynamic_batch_example
 
 FORMAT = "graphopt.pt2"
 FORMAT_VERSION = 1

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from graphopt.backends import OnnxRunner
+from graphopt.data.batches import Batch
 from graphopt.early_exit.measure import per_sample_accuracy
-from graphopt.reporting.evaluation import Batch, accuracy
+from graphopt.reporting.evaluation import accuracy
 from graphopt.reporting.numerics import agreement
 
 from .candidates import Candidate, EagerRunner

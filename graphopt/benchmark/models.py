@@ -30,6 +30,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from graphopt.data.batches import Batch
 from graphopt.data.digits import (
     DigitsSplit,
     DigitsTraining,
@@ -41,9 +42,8 @@ from graphopt.data.digits import (
     upsampled,
 )
 from graphopt.early_exit.config import EarlyExitConfig
-from graphopt.errors import InvalidInputError, UnknownNameError
+from graphopt.errors import InvalidInputError, InvalidModelError, UnknownNameError
 from graphopt.recovery.config import DistillConfig, OptimizerConfig, RecoveryConfig
-from graphopt.reporting.evaluation import Batch
 from graphopt.zoo import REFERENCE_MODELS
 from graphopt.zoo.mobilenet import mobilenet_v2
 from graphopt.zoo.resnet import resnet_digits
@@ -114,6 +114,7 @@ def load_bench_model(
         if input_shape is None:
             raise InvalidInputError(f"--input-shape is required for {name!r}, e.g. --input-shape 1,3,224,224")
         model, example = load_model(name, ",".join(map(str, input_shape)))
+        _check_factory_model(name, model)
         return _synthetic(name, model.eval(), example, synthetic_data, seed, calibration_samples)
     if name not in REFERENCE_MODELS:
         raise UnknownNameError("model", name, known_models())
@@ -121,6 +122,16 @@ def load_bench_model(
     if input_shape is not None:
         example = (torch.randn(*input_shape),)
     return _synthetic(name, model, example, True, seed, calibration_samples)
+
+
+def _check_factory_model(spec: str, model: object) -> None:
+    """A factory's result is benchmarked as a model: anything but an ``nn.Module`` (``os:getcwd``'s str)
+    would fail deep inside (no ``.eval()``), far from the name that caused it."""
+    if not isinstance(model, nn.Module):
+        raise InvalidModelError(
+            f"the factory {spec} returned a {type(model).__name__}, not a torch.nn.Module: name a function "
+            "that builds and returns the model"
+        )
 
 
 def _synthetic(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from graphopt.backends.timing import LatencyStats
-from graphopt.errors import ConfigError
+from graphopt.errors import ConfigError, SerializationError, first_line
 
 SCHEMA = "graphopt.bench/1"
 RowKind = Literal["peer", "stage", "artifact"]
@@ -117,24 +117,47 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        """The result a :meth:`to_dict` wrote; anything else (another schema, a list, rows that are not
+        objects) is refused with a :class:`ConfigError` naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"not a {SCHEMA} result: a JSON {type(data).__name__}, not an object")
         if data.get("schema") != SCHEMA:
             raise ConfigError(f"not a {SCHEMA} result (schema {data.get('schema')!r}); rerun graphopt bench")
-        rows = [_row(r) for r in data["rows"]]
-        errors = [BenchError(**e) for e in data.get("errors", [])]
+        rows = [_row(r) for r in _objects(data, "rows", required=True)]
+        errors = [BenchError(**e) for e in _objects(data, "errors")]
         known = {f.name for f in fields(cls)} - {"rows", "errors"}
         return cls(**{k: v for k, v in data.items() if k in known}, rows=rows, errors=errors)
 
     @classmethod
     def load(cls, path: str | Path) -> BenchResult:
+        """The result saved at ``path``. A file that is not one (unreadable, not UTF-8 JSON, nested too deep
+        to parse, of another form) is refused with a :class:`SerializationError` naming the file."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"cannot read a benchmark result from {path}: {exc}") from exc
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors; a deeply nested file exhausts the parser's
+        # recursion; ConfigError (a ValueError) is from_dict's refusal of a well-formed file of another form.
+        except (OSError, ValueError, RecursionError, KeyError, TypeError) as exc:
+            raise SerializationError(
+                f"cannot read a benchmark result from {path}: {type(exc).__name__}: {first_line(exc)}; "
+                "give a bench.json that `graphopt bench` wrote"
+            ) from exc
+
+
+def _objects(data: dict[str, Any], key: str, *, required: bool = False) -> list[dict[str, Any]]:
+    """``data[key]``, a list of JSON objects (an absent key: none, unless ``required``)."""
+    if required and key not in data:
+        raise ConfigError(f"not a {SCHEMA} result: it has no {key!r}")
+    items = data.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ConfigError(f"not a {SCHEMA} result: {key!r} must be a list of objects, got {items!r:.80}")
+    return items
 
 
 def _row(data: dict[str, Any]) -> BenchRow:
     known = {f.name for f in fields(BenchRow)}
     values = {k: v for k, v in data.items() if k in known}
     if values.get("latency") is not None:
+        if not isinstance(values["latency"], dict):
+            raise ConfigError(f"not a {SCHEMA} result: a row's latency is {values['latency']!r:.80}")
         values["latency"] = LatencyStats(**values["latency"])
     return BenchRow(**values)

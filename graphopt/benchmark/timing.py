@@ -12,8 +12,8 @@ from typing import Literal
 import numpy as np
 
 from graphopt.backends.timing import calls_for, interleaved_rounds, paired_ratio, stats_of_rounds, summarize
+from graphopt.data.batches import as_input_tuple
 from graphopt.early_exit.measure import BLOCK, interleaved_per_sample, one_by_one
-from graphopt.reporting.evaluation import as_input_tuple
 from graphopt.reporting.notes import Note
 from graphopt.reporting.progress import Progress
 

@@ -3,6 +3,7 @@ into before anything runs on it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -25,3 +26,23 @@ def as_input_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
     raise InvalidInputError(
         f"a data batch's inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
     )
+
+
+#: The most batches graphopt reads from one data set: each is read into memory once, and an endless
+#: generator would otherwise never return.
+MAX_BATCHES = 10_000
+
+
+def bounded_batches(data: Any, what: str, form: str) -> Iterator[Any]:
+    """The items of ``data``, refusing a non-iterable (or a lone tensor or string) and more than
+    :data:`MAX_BATCHES` items; ``form`` is the expected form, for messages."""
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise InvalidInputError(f"{what} must be {form}; got {type(data).__name__}")
+    for count, item in enumerate(data):
+        if count == MAX_BATCHES:
+            raise InvalidInputError(
+                f"{what} yielded more than MAX_BATCHES = {MAX_BATCHES} batches; graphopt reads every batch "
+                "into memory (an endless generator never ends): give a finite iterable, e.g. "
+                "itertools.islice(batches, 100), or larger batches"
+            )
+        yield item

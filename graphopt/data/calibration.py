@@ -7,10 +7,13 @@ from typing import Any
 
 import torch
 
-from graphopt.data.dims import DynamicDims, check_shared_dims, per_sample_shapes, shown
+from graphopt.data.batches import bounded_batches
+from graphopt.data.dims import DynamicDims, check_batch_tensors, check_shared_dims, per_sample_shapes, shown
 from graphopt.errors import InvalidInputError
 from graphopt.frontend.inputs import check_tensor_kind
 from graphopt.recovery.batchnorm import calibration_inputs
+
+CALIBRATION_FORM = "an iterable of input batches: tensors, tuples of tensors, or (inputs, labels) pairs"
 
 
 class CalibrationBatches(list):
@@ -24,17 +27,20 @@ def read_calibration_inputs(
 ) -> CalibrationBatches:
     """``data`` as a list of input tuples, each checked against ``example_inputs``: the same per-sample
     shape except along the dims ``dynamic`` declares (a sequence length), inputs sharing a dim's name of
-    one size, finite, dense tensors."""
+    one size, finite, dense tensors of the example's dtype, at most
+    :data:`~graphopt.data.batches.MAX_BATCHES` of them."""
     dims = dynamic or DynamicDims()
     expected = per_sample_shapes(example_inputs, dims)
     if isinstance(data, torch.Tensor):
         data = [data]
-    batches = CalibrationBatches(calibration_inputs(data, example_inputs=example_inputs))
+    items = bounded_batches(data, "calibration_data", CALIBRATION_FORM)
+    batches = CalibrationBatches(calibration_inputs(items, example_inputs=example_inputs))
     if not batches:
         raise InvalidInputError("calibration_data is empty; give at least one batch of inputs")
     for i, batch in enumerate(batches):
         for x in batch:  # meta, sparse or quantized tensors would fail deep inside calibration
             check_tensor_kind(f"calibration_data item {i}", x)
+        check_batch_tensors(batch, example_inputs, f"calibration_data item {i}")
         shapes = per_sample_shapes(batch, dims)
         if shapes != expected:
             declared = " (dims declared in dynamic_shapes may differ)" if dims.named() else ""
@@ -43,6 +49,4 @@ def read_calibration_inputs(
                 f"{shown(expected)}{declared}"
             )
         check_shared_dims(batch, dims, f"calibration_data item {i}")
-        if not all(torch.isfinite(x).all() for x in batch if x.is_floating_point()):
-            raise InvalidInputError(f"calibration_data item {i} contains NaN or inf")
     return batches

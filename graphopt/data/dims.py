@@ -167,3 +167,58 @@ def _index_of(name: object, input_names: Sequence[str]) -> int:
             f"dynamic_shapes names input {name!r}; the forward's inputs are {list(input_names)}"
         )
     return list(input_names).index(name)
+
+
+#: The ``x.float()``-style call that converts a tensor to each dtype, for messages.
+_CONVERSION = {
+    torch.float32: "x.float()",
+    torch.float64: "x.double()",
+    torch.float16: "x.half()",
+    torch.bfloat16: "x.bfloat16()",
+    torch.int64: "x.long()",
+    torch.int32: "x.int()",
+    torch.bool: "x.bool()",
+}
+
+
+def check_batch_tensors(
+    batch: Sequence[torch.Tensor], example: Sequence[torch.Tensor] | None, what: str
+) -> None:
+    """The checks every kind of data shares before any shape is compared: each input has a batch dim
+    (not 0-d) holding at least one sample, finite values, and the example's dtype where it is floating (a
+    float64 batch would fail inside a pass after capture), or the example's kind (integer, bool, complex)
+    otherwise. ``what`` names the batch (``"train_data item 3"``)."""
+    for index, x in enumerate(batch):
+        where = f"input {index} of {what}"
+        if x.dim() == 0:
+            raise InvalidInputError(
+                f"{where} is a 0-d tensor (a scalar); dim 0 of every input is the batch: give a batch, "
+                "e.g. x.unsqueeze(0) for one sample"
+            )
+        if x.shape[0] == 0:
+            raise InvalidInputError(
+                f"{where} has 0 samples (shape {tuple(x.shape)}): give batches of at least one sample, or "
+                "leave the empty ones out"
+            )
+        if example is not None and index < len(example):
+            _check_dtype(x, example[index], where)
+        if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
+            raise InvalidInputError(f"{where} contains NaN or inf: give finite values")
+
+
+def _check_dtype(x: torch.Tensor, example: torch.Tensor, where: str) -> None:
+    """Floating data must have the example's exact dtype (the captured graph's weights and constants have
+    it); other data the example's kind, so int32 token ids may feed an int64 example."""
+    same = x.dtype == example.dtype if example.is_floating_point() else _kind(x) == _kind(example)
+    if not same:
+        convert = _CONVERSION.get(example.dtype, f"x.to({example.dtype})")
+        raise InvalidInputError(
+            f"{where} has dtype {x.dtype} but example_inputs has {example.dtype}: the model is captured "
+            f"for that dtype; convert the data ({convert})"
+        )
+
+
+def _kind(x: torch.Tensor) -> str:
+    if x.dtype == torch.bool:
+        return "bool"
+    return "floating" if x.is_floating_point() else "complex" if x.is_complex() else "integer"

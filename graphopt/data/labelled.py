@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from graphopt.data.batches import Batch, as_input_tuple
-from graphopt.data.dims import DynamicDims, check_shared_dims, per_sample_shapes, shown
+from graphopt.data.batches import Batch, as_input_tuple, bounded_batches
+from graphopt.data.dims import DynamicDims, check_batch_tensors, check_shared_dims, per_sample_shapes, shown
 from graphopt.errors import InvalidInputError
 
 EXPECTED_FORM = (
@@ -72,13 +72,11 @@ def read_labelled(
 ) -> LabelledTensors:
     """Concatenate ``data`` into tensors, checking its form against ``example_inputs`` (the dims
     ``dynamic`` declares may differ from the example's, but not between batches: they are concatenated)."""
-    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
-        raise InvalidInputError(f"{what} must be {EXPECTED_FORM}; got {type(data).__name__}")
     dims = dynamic or DynamicDims()
     inputs: list[tuple[torch.Tensor, ...]] = []
     labels: list[torch.Tensor] = []
-    for i, item in enumerate(data):
-        batch_inputs, batch_labels = _labelled_batch(item, what, i)
+    for i, item in enumerate(bounded_batches(data, what, EXPECTED_FORM)):
+        batch_inputs, batch_labels = _labelled_batch(item, example_inputs, what, i)
         _check_like_example(batch_inputs, example_inputs, dims, what, i)
         if inputs:
             _check_like_first(batch_inputs, inputs[0], dims, what, i)
@@ -89,19 +87,33 @@ def read_labelled(
     return LabelledTensors(tuple(torch.cat(parts) for parts in zip(*inputs, strict=True)), torch.cat(labels))
 
 
-def _labelled_batch(item: Any, what: str, i: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+def _labelled_batch(
+    item: Any, example: tuple[torch.Tensor, ...] | None, what: str, i: int
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """One ``(inputs, labels)`` item: inputs with a batch of samples, finite, of the example's dtype
+    (:func:`~graphopt.data.dims.check_batch_tensors`), and one int label per sample in a 1-D tensor."""
     if not (isinstance(item, (tuple, list)) and len(item) == 2):
         raise InvalidInputError(f"{what} must be {EXPECTED_FORM}; item {i} is {type(item).__name__}")
     batch_inputs, batch_labels = as_input_tuple(item[0]), item[1]
+    check_batch_tensors(batch_inputs, example, f"{what} item {i}")
     if not isinstance(batch_labels, torch.Tensor) or batch_labels.dtype not in (torch.int64, torch.int32):
-        raise InvalidInputError(f"{what} must be {EXPECTED_FORM}; the labels of item {i} are not int tensors")
-    if batch_labels.dim() != 1 or any(len(x) != len(batch_labels) for x in batch_inputs):
-        sizes = [len(x) for x in batch_inputs]
+        got = batch_labels.dtype if isinstance(batch_labels, torch.Tensor) else type(batch_labels).__name__
         raise InvalidInputError(
-            f"{what}: item {i} has {len(batch_labels)} labels for inputs of batch {sizes}; "
-            "give one label per sample"
+            f"{what} labels must be integer class indices: the labels of item {i} are not int tensors "
+            f"({got}); give int64 class ids, e.g. y.long()"
+        )
+    sizes = [len(x) for x in batch_inputs]
+    if batch_labels.dim() != 1 or any(size != len(batch_labels) for size in sizes):
+        raise InvalidInputError(
+            f"{what}: item {i} has {_count(batch_labels)} labels for inputs of batch {sizes}; give one "
+            "label per sample, in a 1-D tensor of class ids (y.reshape(-1) for an (N, 1) one)"
         )
     return batch_inputs, batch_labels
+
+
+def _count(labels: torch.Tensor) -> str:
+    """The labels' count for a message, their shape where they are not 1-D (a 0-d tensor has no len)."""
+    return str(len(labels)) if labels.dim() == 1 else f"shape-{tuple(labels.shape)}"
 
 
 def _check_like_example(
@@ -138,26 +150,25 @@ def _check_like_first(
 
 
 def read_eval_batches(
-    data: Iterable[Any] | None, what: str, dynamic: DynamicDims | None = None
+    data: Iterable[Any] | None,
+    what: str,
+    dynamic: DynamicDims | None = None,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> list[Batch] | None:
     """A labelled iterable read once into a list of ``(inputs, labels)``, inputs as a tuple of tensors, so
-    it can be measured after every stage; integer labels, inputs sharing a dynamic dim's name of one size."""
+    it can be measured after every stage. Each batch is checked as :func:`read_labelled` checks one (per-
+    sample shapes and dtype of ``example_inputs``, finite, one int label per sample in a 1-D tensor: an
+    ``(N, 1)`` label tensor would broadcast against the predictions into a wrong accuracy) but batches may
+    differ from each other along a declared dynamic dim: each is measured as given."""
     if data is None:
         return None
-    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
-        raise InvalidInputError(f"{what} must be {EXPECTED_FORM}; got {type(data).__name__}")
+    dims = dynamic or DynamicDims()
     batches: list[Batch] = []
-    for i, item in enumerate(data):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.Tensor)):
-            raise InvalidInputError(
-                f"{what} must yield (inputs, labels) pairs; item {i} is {type(item).__name__}"
-            )
-        inputs = as_input_tuple(item[0])
-        if item[1].is_floating_point():
-            raise InvalidInputError(f"{what} labels must be integer class indices, got floating-point labels")
-        if dynamic is not None:
-            check_shared_dims(inputs, dynamic, f"{what} item {i}")
-        batches.append((inputs, item[1]))
+    for i, item in enumerate(bounded_batches(data, what, EXPECTED_FORM)):
+        inputs, labels = _labelled_batch(item, example_inputs, what, i)
+        _check_like_example(inputs, example_inputs, dims, what, i)
+        check_shared_dims(inputs, dims, f"{what} item {i}")
+        batches.append((inputs, labels))
     if not batches:
         raise InvalidInputError(f"{what} is empty")
     return batches

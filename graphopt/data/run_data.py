@@ -72,7 +72,7 @@ def read_run_data(
         calibration=calibration,
         train=_labelled(train_data, "train_data", example_inputs, dims),
         validation=_labelled(validation_data, "validation_data", example_inputs, dims),
-        eval=read_eval_batches(eval_data, "eval_data", dims),
+        eval=read_eval_batches(eval_data, "eval_data", dims, example_inputs),
     )
     if num_classes is not None:
         _check_labels(data, num_classes)

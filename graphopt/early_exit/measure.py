@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from graphopt.data.batches import Batch, as_input_tuple
 from graphopt.early_exit.network import EarlyExitNetwork
-from graphopt.reporting.evaluation import Batch, accuracy, as_input_tuple
+from graphopt.reporting.evaluation import accuracy
 
 
 def has_exits(model: nn.Module) -> bool:

@@ -21,9 +21,10 @@ import torch.fx as fx
 from torch import nn
 from torch.export import Dim
 
-from graphopt.backends.dynamic import DynamicDims, widen_batch
 from graphopt.backends.quiet import quiet_export
+from graphopt.data.dims import DynamicDims
 from graphopt.errors import CaptureError, ConfigError, first_line
+from graphopt.frontend.batch_dims import widen_batch
 from graphopt.frontend.lift import lift
 
 

@@ -37,6 +37,7 @@ from graphopt.frontend.inputs import (
     private_eval_copy,
     run_reference,
 )
+from graphopt.ir.graph import deep_copy
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.passes.insert_early_exit import check_classifier_output
 from graphopt.passes.prune_channels import check_protected_names
@@ -135,19 +136,13 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
     context = PassContext.of(session)
     gm, report = _capture_checked(call.model, inputs, reference, dynamic, spec.name)
     reporter = StageReporter(report, reference, context.eval_data)
-    report.add(reporter.measure("original", "original", gm, context))
     snapshot = Fp32Snapshot()
-    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, snapshot, *call.instruments]
-    if call.dump_ir is not None:
-        hooks.append(IRDump(call.dump_ir))
-    passes = plan.passes()
-    done = 0
-    if cached is not None:
+    try:  # a failed pass must not leave the memory sampler's thread running behind the exception
+        report.add(reporter.measure("original", "original", gm, context))
         stateful = [i for i in call.instruments if hasattr(i, "state") and hasattr(i, "restore")]
-        parts = RunParts(report, context, snapshot, stateful)
-        gm, done = cached.cache.resume(cached.scope, passes, parts, gm)
-        hooks.append(cached.cache.recorder(cached.scope, passes, parts, done))  # last: after the row
-    PassManager(passes[done:], steps=call.steps, instruments=hooks).run(gm, context)
+        gm = _run_plan(call, plan, gm, reporter, RunParts(report, context, snapshot, stateful), cached)
+    finally:
+        reporter.memory.close()
     report.notes.extend(context.notes)
     report.tables.update(context.tables)
     report.notes.extend(
@@ -165,6 +160,27 @@ def run_call(call: OptimizeCall, cached: CacheScope | None = None) -> OptimizeRe
         original=original, eval_data=context.eval_data, fp32_model=snapshot.model, dynamic=dynamic, plan=plan,
         guard_samples=exit_guard_samples(gm, context),
     )  # fmt: skip
+
+
+def _run_plan(
+    call: OptimizeCall,
+    plan: Plan,
+    gm: fx.GraphModule,
+    reporter: StageReporter,
+    parts: RunParts,
+    cached: CacheScope | None,
+) -> fx.GraphModule:
+    """The plan's passes through the PassManager, after what a cached run resumes from."""
+    hooks: list[Instrument] = [NumericCheck(), ProgressLog(), reporter, parts.snapshot, *call.instruments]
+    if call.dump_ir is not None:
+        hooks.append(IRDump(call.dump_ir))
+    passes = plan.passes()
+    done = 0
+    if cached is not None:
+        gm, done = cached.cache.resume(cached.scope, passes, parts, gm)
+        hooks.append(cached.cache.recorder(cached.scope, passes, parts, done))  # last: after the row
+    PassManager(passes[done:], steps=call.steps, instruments=hooks).run(gm, parts.context)
+    return gm
 
 
 def dynamic_dims(spec: object, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> DynamicDims:
@@ -229,6 +245,17 @@ def _capture_note(method: str, why: str) -> str:
     return Note(why.key, text, **{**why.facts, "method": method}) if isinstance(why, Note) else text
 
 
+#: What each kind of data a pass may need is, for the message that asks for it (the form its reader in
+#: graphopt.data checks).
+_NEEDED_FORM = {
+    "calibration_data": "an iterable of input batches (tensors or tuples of tensors) shaped like "
+    "example_inputs; about 100 samples is typical",
+    "train_data": "an iterable of (inputs, labels) pairs: inputs a tensor or tuple of tensors shaped like "
+    "example_inputs, labels a 1-D int64 tensor of class ids, one per sample",
+    "validation_data": "an iterable of held-out (inputs, labels) pairs, shaped like train_data's",
+}
+
+
 def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
     for p in pipeline:
         for need in p.needs:
@@ -238,10 +265,14 @@ def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
                     "measure accuracy on"
                 )
             if given.get(need) is None:
-                raise InvalidInputError(
-                    f"pass {p.name!r} of target {target.name} needs {need}=...: an iterable of input batches "
-                    "(tensors or tuples of tensors) shaped like example_inputs; about 100 samples is typical"
-                )
+                form = _NEEDED_FORM.get(need, _NEEDED_FORM["calibration_data"])
+                raise InvalidInputError(f"pass {p.name!r} of target {target.name} needs {need}=...: {form}")
+
+
+#: Slots whose passes replace layers and parameters and never write into a tensor in place (checked pass by
+#: pass: space_to_depth, insert_fake_quant, calibrate, quantize_dynamic, accuracy_budget): the fp32 snapshot
+#: may share its tensors with the graph while only they run.
+SHARING_SLOTS = (*INT8_SLOTS, "int8_budget")
 
 
 class Fp32Snapshot:
@@ -250,23 +281,27 @@ class Fp32Snapshot:
     stage on the int8 graph (QAT) moves the weights past that copy, so it is then replaced by the trained
     graph's fp32 twin (:func:`~graphopt.quant.float_twin.float_twin`): a fall-back keeps the training.
 
-    The copy shares its tensors with the graph (:func:`~graphopt.pipeline.snapshots.structural_copy`): the
-    int8 passes replace layers and parameters rather than write into them, and the only stage that writes
-    weights in place after it, training, replaces the copy; so it costs no weight bytes (a full copy was
-    one more model in memory through every int8 export)."""
+    The copy shares its tensors with the graph (:func:`~graphopt.pipeline.snapshots.structural_copy`), so it
+    costs no weight bytes (a full copy was one more model in memory through every int8 export): the passes
+    of :data:`SHARING_SLOTS` replace layers and parameters rather than write into them. Before any other
+    pass (training, exits' joint fine-tuning, a custom pass) writes weights in place, the copy is made
+    private (copy on write); training on the int8 graph then replaces it anyway."""
 
     def __init__(self) -> None:
         self.model: fx.GraphModule | None = None
         self.trained_after = False
+        self.shared = False  # whether ``model`` still shares its tensors with the graph
 
     def before_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext) -> None:
         if self.model is None and pass_.slot in INT8_SLOTS and pass_.name not in context.declined:
-            self.model = structural_copy(gm)  # shares the weights: int8 passes replace, never write
+            self.model, self.shared = structural_copy(gm), True
+        elif self.shared and pass_.slot not in SHARING_SLOTS:
+            self.model, self.shared = deep_copy(self.model), False
 
     def after_pass(self, pass_: Pass, gm: fx.GraphModule, context: PassContext, record: PassRecord) -> None:
         trained_int8 = pass_.slot == "training" and record.modified and has_int8_layers(gm)
         if self.model is not None and trained_int8:
-            self.model, self.trained_after = float_twin(gm), True
+            self.model, self.trained_after, self.shared = float_twin(gm), True, False
 
 
 def _check_capture(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], reference: Any) -> None:

@@ -195,8 +195,8 @@ class PassContext:
         return frozenset(self.state.data_read)
 
     def mark_read(self, names: frozenset[str] | set[str]) -> None:
-        """Record ``names`` as read: passes a resumed run skipped (:mod:`graphopt.pipeline.stage_cache`) read
-        them."""
+        """Record ``names`` as read by this run: a pass that reads data in a nested run of its own (the
+        candidates ``probe_int8`` builds) reports it here, so the data is not reported unused."""
         self.state.data_read |= set(names)
 
     def unused_data(self) -> list[str]:

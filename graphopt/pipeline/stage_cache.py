@@ -18,6 +18,7 @@ their options (their seeds are options), so a resumed run ends where a full run 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,7 +59,8 @@ class StatefulInstrument(Protocol):
 
 
 class Fp32Holder(Protocol):
-    """What :class:`StageCache` needs of the latency guard's fp32 snapshot (``api.Fp32Snapshot``)."""
+    """What :class:`StageCache` needs of the latency guard's fp32 snapshot
+    (:class:`graphopt.pipeline.driver.Fp32Snapshot`)."""
 
     model: fx.GraphModule | None
     trained_after: bool
@@ -86,13 +88,11 @@ class RunParts:
     def restore(self, state: SavedStage) -> fx.GraphModule:
         """Put ``state`` back into this run's report, context and snapshot; return a private graph."""
         self.report.stages[:] = copy.deepcopy(state.stages)
-        saved, live = copy.deepcopy(state.run), self.context.state
-        live.notes[:] = saved.notes
-        live.tables.clear()
-        live.tables.update(saved.tables)
-        live.data_read |= saved.data_read
-        live.declined = saved.declined
-        live.epochs_added = saved.epochs_added
+        run = copy.deepcopy(state.run)
+        read_here = set(self.context.state.data_read)  # what this run's passes read so far stays read
+        for each in dataclasses.fields(run):  # every field: one added to RunState is restored too
+            setattr(self.context.state, each.name, getattr(run, each.name))
+        self.context.state.data_read |= read_here
         self.snapshot.model = None if state.fp32_model is None else deep_copy(state.fp32_model)
         self.snapshot.trained_after = state.trained_after
         for instrument, saved in zip(self.instruments, state.instruments, strict=True):

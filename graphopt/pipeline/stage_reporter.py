@@ -15,13 +15,14 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from graphopt.data.batches import Batch
 from graphopt.ir.graph import count_nodes
 from graphopt.pipeline.pass_base import Pass, PassContext
 from graphopt.pipeline.pass_manager import PassRecord
 from graphopt.quant import is_quantized
 from graphopt.reporting.cost import count_macs, count_params, weight_bytes
 from graphopt.reporting.energy import estimate_graph
-from graphopt.reporting.evaluation import Batch, accuracy
+from graphopt.reporting.evaluation import accuracy
 from graphopt.reporting.memory import PeakWatch, to_mib
 from graphopt.reporting.numerics import agreement
 from graphopt.reporting.report import Report, StageRecord

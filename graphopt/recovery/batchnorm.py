@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from graphopt.data.batches import as_input_tuple
 from graphopt.errors import InvalidInputError
-from graphopt.reporting.evaluation import as_input_tuple
 
 
 def calibration_inputs(

@@ -16,7 +16,7 @@ import torch
 from graphopt.data.batches import Batch, as_input_tuple
 from graphopt.reporting.numerics import first_output
 
-__all__ = ["Batch", "accuracy", "as_input_tuple"]
+__all__ = ["accuracy"]
 
 
 def accuracy(predict: Callable[..., Any], data: Sequence[Batch]) -> float:

@@ -37,7 +37,7 @@ class Note(str):
     key: str
     facts: Mapping[str, Any]
 
-    def __new__(cls, key: str, text: str, **facts: Any) -> Note:
+    def __new__(cls, key: str, text: str, /, **facts: Any) -> Note:
         if not _KEY.fullmatch(key):
             raise ValueError(
                 f"note key {key!r} is not '<source>:<fact>' in lower snake case (e.g. 'search:reused'); "

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graphopt.artifacts.result import OptimizeResult
+from graphopt.data.batches import Batch
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.frontend.inputs import check_example_inputs, private_eval_copy
 from graphopt.pipeline.driver import CacheScope, OptimizeCall, plan_of, run_call
 from graphopt.pipeline.plan import INT8_SLOTS
 from graphopt.pipeline.registry import pass_class
 from graphopt.pipeline.stage_cache import StageCache
-from graphopt.reporting.evaluation import Batch
 from graphopt.reporting.notes import Note
 from graphopt.search.data import (
     MIN_SAMPLES_TO_SPLIT,

@@ -19,9 +19,10 @@ from torch import nn
 from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends import BACKENDS, OnnxRunner, export_onnx
 from graphopt.backends.timing import calls_for, interleaved_medians
+from graphopt.data.batches import Batch
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.ir.keys import SHIPPED_FP32
-from graphopt.reporting.evaluation import Batch, accuracy
+from graphopt.reporting.evaluation import accuracy
 
 EXIT_TIMING_SAMPLES = 500
 EXIT_TIMING_PASSES = 3  # each sample timed this many times (a single pass over a few hundred is noisy)
