@@ -201,6 +201,7 @@ def pt2e_litert(
     try:
         with quiet_litert(), torch.no_grad():
             import litert_torch
+            from torchao.quantization.pt2e import move_exported_model_to_eval
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
             config = static_quant_config()
@@ -208,7 +209,8 @@ def pt2e_litert(
             prepared = prepare_pt2e(captured, config.pt2e_quantizer)  # type: ignore[arg-type]
             for inputs in calibration:
                 prepared(*inputs)
-            converted = convert_pt2e(prepared, fold_quantize=False)
+            converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))  # else
+            # the converter warns "converted in training mode" on the root logger
             data = litert_torch.convert(converted, tuple(example_inputs), quant_config=config).model_content()
     except Exception as exc:  # torch.export, torchao and the MLIR converter raise many types
         raise ExportError(

@@ -32,10 +32,14 @@ def tflite_run():
 def test_a_litert_pipeline_has_its_artifact_row_timed_in_litert(tflite_run):
     assert tflite_run.complete and not tflite_run.errors
     artifact = [r for r in tflite_run.rows if r.pipeline == "litert-int8" and r.kind == "artifact"][-1]
-    assert artifact.stage == "artifact:litert" and artifact.runtime == "litert" and artifact.numeric == "int8"
-    assert artifact.timed and artifact.speedup_vs_ort_fp32 > 0  # timed interleaved with the ORT reference
+    assert artifact.runtime == "litert" and artifact.timed and artifact.speedup_vs_ort_fp32 > 0
     assert artifact.cosine > 0.99 and artifact.bytes > 0
-    assert "fully int8, float32 I/O" in " ".join(artifact.notes)
+    # The latency guard decides by timing which file ships: on a model this small int8 may not be faster,
+    # and then the fp32 file ships; either way the file is a LiteRT one, and an int8 one is fully integer.
+    if artifact.numeric == "int8":
+        assert "fully int8, float32 I/O" in " ".join(artifact.notes)
+    else:
+        assert artifact.numeric == "fp32"
 
 
 def test_litert_peers_are_lite_rt_fp32_and_its_own_pt2e_flow(tflite_run):

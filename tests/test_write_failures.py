@@ -168,18 +168,21 @@ def test_a_staging_folder_names_graphopt_and_its_process(tmp_path):
 
 def test_a_process_killed_inside_a_staged_file_leaves_a_folder_the_next_write_removes(tmp_path):
     destination = tmp_path / "m.onnx"
-    pid = os.fork()
-    if pid == 0:  # the child: kill -9 halfway through writing, as the OOM killer would
-        try:
-            with StagedFile(destination) as staged:
-                staged.path.write_bytes(b"half written")
-                os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            os._exit(1)  # never go on running the test suite in the child
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    # A child process killed with -9 halfway through writing, as the OOM killer would. A new interpreter,
+    # not os.fork(): by now the suite has imported multithreaded libraries (JAX, through LiteRT), and a forked
+    # child of a multithreaded process can deadlock.
+    killed_halfway = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from graphopt.artifacts.destination import StagedFile\n"
+        f"with StagedFile(Path({str(destination)!r})) as staged:\n"
+        "    staged.path.write_bytes(b'half written')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", killed_halfway])
+    assert child.wait() == -signal.SIGKILL
     (leftover,) = tmp_path.iterdir()
-    assert f"-{pid}-" in leftover.name and (leftover / "m.onnx").read_bytes() == b"half written"
+    assert f"-{child.pid}-" in leftover.name and (leftover / "m.onnx").read_bytes() == b"half written"
 
     check_destination(destination, "export path")  # the check before any work tidies already
     assert list(tmp_path.iterdir()) == []
