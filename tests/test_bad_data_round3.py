@@ -106,7 +106,9 @@ def test_data_of_another_dtype_than_the_example_is_refused(what, dtype):
 def test_integer_data_may_feed_an_integer_example_of_another_width():
     """Token ids: int32 data for an int64 example is the same kind; the model's embedding takes both."""
     ids = torch.randint(0, 9, (4, 4), dtype=torch.int32)
-    read_run_data((torch.zeros(2, 4, dtype=torch.long),), train_data=[(ids, _y())], num_classes=3)
+    data = read_run_data((torch.zeros(2, 4, dtype=torch.long),), train_data=[(ids, _y())], num_classes=3)
+    (inputs,) = data.train.inputs
+    assert inputs.dtype == torch.int32 and torch.equal(inputs, ids)  # accepted as given, not converted
 
 
 # 5. non-iterables and endless data ------------------------------------------------------------------------
