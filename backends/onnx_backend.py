@@ -34,6 +34,7 @@ from graphopt.data.dims import DynamicDims
 from graphopt.errors import ExportError, first_line
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.quant.dynamic import onnx_translations
+from graphopt.quant.storage import packed_int4_weights
 
 log = logging.getLogger("graphopt")
 
@@ -266,7 +267,10 @@ def exporter_of(path: Path) -> str:
     if lowering:
         return lowering
     producer = model.producer_name
-    return "graphopt's direct lowering" if producer == PRODUCER else f"torch.onnx ({producer or 'unknown'})"
+    if producer != PRODUCER:
+        return f"torch.onnx ({producer or 'unknown'})"
+    int4 = packed_int4_weights(path)  # how those run: the artifact:weight_storage note (quant/storage.py)
+    return "graphopt's direct lowering" + (f", INT4 weights in {int4} layers" if int4 else "")
 
 
 class OnnxRunner:

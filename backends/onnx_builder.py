@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import ml_dtypes
 import onnx
 import torch
 import torch.fx as fx
@@ -17,6 +18,9 @@ from onnx import helper
 from torch import nn
 
 from graphopt.ir.extensions import ActivationQuantizer
+
+#: The first opset whose DequantizeLinear takes INT4 inputs.
+INT4_OPSET = 21
 
 NodeLowering = Callable[["OnnxGraphBuilder", fx.GraphModule, fx.Node], None]
 ModuleLowering = Callable[["OnnxGraphBuilder", fx.Node, "nn.Module | None"], str]
@@ -62,6 +66,14 @@ class OnnxGraphBuilder:
         tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.tensor(value)
         name = self.fresh(hint)
         self.initializers.append(onnx.numpy_helper.from_array(tensor.contiguous().numpy(), name))
+        return name
+
+    def int4_constant(self, value: torch.Tensor, hint: str) -> str:
+        """An INT4 initializer of ``value`` (integers in [-8, 7]): written packed, two per byte, so the file
+        holds half a byte per weight. Needs opset 21: the lowering raises the opset when it sees one."""
+        name = self.fresh(hint)
+        packed = value.detach().cpu().contiguous().numpy().astype(ml_dtypes.int4)
+        self.initializers.append(onnx.numpy_helper.from_array(packed, name))
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:

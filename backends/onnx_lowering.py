@@ -8,6 +8,9 @@ ResNet-18), in the canonical forms ONNX Runtime fuses:
 
 - a frozen :class:`~graphopt.quant.QuantizedLayer` becomes ``DequantizeLinear(int8 weight, per-channel
   scale, axis 0)`` and ``DequantizeLinear(int32 bias, scale s_in * s_w)`` feeding Conv / Gemm;
+  weights of 2..4 bits are an INT4 initializer, packed two per byte, widened by a Cast to int8 that ONNX
+  Runtime folds at load (so the layer still fuses into QLinearConv / QGemm), and the file's opset is then
+  at least 21 (the first with INT4; IR version 10);
 - a frozen :class:`~graphopt.quant.ActivationQuantizer` becomes a ``QuantizeLinear -> DequantizeLinear``
   pair with constant scale and zero point;
 - global average pooling is ``GlobalAveragePool`` (ORT fuses it to QLinearGlobalAveragePool).
@@ -25,7 +28,7 @@ import torch
 import torch.fx as fx
 from onnx import helper
 
-from graphopt.backends.onnx_builder import OnnxGraphBuilder, UnsupportedNode
+from graphopt.backends.onnx_builder import INT4_OPSET, OnnxGraphBuilder, UnsupportedNode
 from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
 from graphopt.data.dims import DynamicDims
 from graphopt.ir.graph import module_of
@@ -67,12 +70,27 @@ def lower_to_onnx(
         initializer = builder.initializers.pop()
         if initializer.name in read:
             graph.initializer.append(initializer)
+    if _has_int4(graph):
+        opset = max(opset, INT4_OPSET)
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=PRODUCER, ir_version=8
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name=PRODUCER,
+        ir_version=10 if opset >= INT4_OPSET else 8,  # opset 21 needs IR version 10
     )
     if check:
         onnx.checker.check_model(model)
     return model
+
+
+def _has_int4(graph: onnx.GraphProto) -> bool:
+    """Whether ``graph`` holds an INT4 initializer, in its ``If`` branches too (an exit network's)."""
+    return any(t.data_type == onnx.TensorProto.INT4 for t in graph.initializer) or any(
+        _has_int4(inner)
+        for node in graph.node
+        for attr in node.attribute
+        for inner in ([attr.g] if attr.HasField("g") else list(attr.graphs))
+    )
 
 
 def _live(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:

@@ -30,6 +30,7 @@ from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResu
 from graphopt.pipeline.pass_manager import PassManager, PassRecord
 from graphopt.pipeline.registry import list_passes, register_pass
 from graphopt.pruning import PruneConfig
+from graphopt.quant.options import WeightQuant
 from graphopt.recovery import DistillConfig, FeatureHint, OptimizerConfig, RecoveryConfig, RecoveryResult
 from graphopt.reporting.report import Report, StageRecord
 from graphopt.search import Goals, SearchConfig
@@ -73,6 +74,7 @@ __all__ = [
     "Target",
     "TrainingDivergedError",
     "UnknownNameError",
+    "WeightQuant",
     "WriteError",
     "__version__",
     "distill",

@@ -23,6 +23,7 @@ from graphopt.pipeline.driver import OptimizeCall, run_call
 from graphopt.pipeline.instruments import Instrument
 from graphopt.pipeline.pass_base import Pass
 from graphopt.pruning.config import PruneConfig
+from graphopt.quant.options import WeightQuant
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.search import search_optimize
 from graphopt.search.goals import Goals
@@ -49,6 +50,7 @@ def optimize(
     sparsify: float | SparsifyConfig = 0.0,
     validation_data: Iterable[Batch] | None = None,
     dynamic_shapes: Mapping[str | int, Mapping[int, str]] | Sequence[Mapping[int, str]] | None = None,
+    weights: int | WeightQuant | None = None,
     goals: Goals | None = None,
     search: SearchConfig | None = None,
 ) -> OptimizeResult:

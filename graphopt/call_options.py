@@ -56,6 +56,13 @@ def pass_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def weight_bits(text: str) -> int:
+    """An argparse ``type=`` for ``--weight-bits``: an integer from 2 to 8."""
+    if not text.strip().isdigit() or not 2 <= int(text) <= 8:
+        raise argparse.ArgumentTypeError(f"must be an integer from 2 to 8 (4: int4 weights); got {text!r}")
+    return int(text)
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -222,6 +229,16 @@ OPTIONS: tuple[Option, ...] = (
         "at other sizes of each. Names are identifiers other than ``batch``; each named dim is at least 2 "
         "long in the example; a dim shared by several inputs is declared on each; one the model's code "
         "fixes is refused at capture with the fix.",
+    ),
+    Option(
+        "weights", "int | WeightQuant | None", None,
+        "weight bits (2..8) of a static int8 target's convs and linears, or a WeightQuant (per tensor/layer)",
+        plan=PlanRule("weights", "int8: insert_fake_quant's scheme"),
+        flag=Flag("--weight-bits", weight_bits, metavar="B"),
+        details="Activations stay the target's 8 bits (``weights=4``: W4A8); 2..4-bit layers are stored as "
+        "packed INT4 in the ONNX file (opset 21), other backends keep int8 storage and say so. "
+        "``WeightQuant(per_channel=False)``: one scale per tensor; ``bits_by_layer={'conv1': 8}``: another "
+        "width for named layers. Refused on fp32 and dynamic int8 targets (docs/int8.md).",
     ),
     Option(
         "goals", "Goals | None", None,

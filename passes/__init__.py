@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 from graphopt.passes.accuracy_budget import AccuracyBudget, AccuracyBudgetOptions
+from graphopt.passes.adaround import AdaRound, AdaRoundOptions
 from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
+from graphopt.passes.improve_int8 import ImproveInt8, ImproveInt8Options
 from graphopt.passes.insert_early_exit import InsertEarlyExit
 from graphopt.passes.insert_fake_quant import InsertFakeQuant, InsertFakeQuantOptions
 from graphopt.passes.probe_int8 import ProbeInt8
@@ -32,7 +34,9 @@ BUILTIN_PASSES = (
     Recover,
     InsertFakeQuant,
     Calibrate,
+    AdaRound,
     InsertEarlyExit,
+    ImproveInt8,
     AccuracyBudget,
     QuantizationAwareTraining,
     Sparsify,
@@ -44,12 +48,16 @@ __all__ = [
     "BUILTIN_PASSES",
     "AccuracyBudget",
     "AccuracyBudgetOptions",
+    "AdaRound",
+    "AdaRoundOptions",
     "Calibrate",
     "CalibrateOptions",
     "EliminateDeadCode",
     "EliminateDeadCodeOptions",
     "FoldBatchNorm",
     "FoldBatchNormOptions",
+    "ImproveInt8",
+    "ImproveInt8Options",
     "InsertEarlyExit",
     "InsertFakeQuant",
     "InsertFakeQuantOptions",

@@ -185,7 +185,10 @@ def int8_summary(gm: fx.GraphModule) -> list[dict[str, object]]:
                          "sqnr_db": round(sqnr, 1) if sqnr is not None else None})  # fmt: skip
         elif isinstance(module, QuantizedLayer) and module.frozen:
             scales = module.weight_scale
-            rows.append({"name": name, "kind": f"{type(module.mac_layer).__name__} weight int8",
+            per_tensor = "" if module.scheme.per_channel else " per tensor"
+            kind = f"{type(module.mac_layer).__name__} weight int{module.weight_bits}{per_tensor}"
+            rows.append({"name": name, "kind": kind,
+                         "bits": module.weight_bits,
                          "scale": f"{float(scales.min()):.3g}..{float(scales.max()):.3g}",
                          "sqnr_db": round(module.weight_sqnr_db, 1)})  # fmt: skip
     return rows

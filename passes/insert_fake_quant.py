@@ -54,8 +54,9 @@ class InsertFakeQuant(Pass):
             with gm.graph.inserting_after(where):
                 quantized = gm.graph.call_module(name, (node,))
             node.replace_all_uses_with(quantized, delete_user_cb=lambda user, q=quantized: user is not q)
+        schemes = self.options.layer_schemes(str(node.target) for node in plan.layers)
         for node in plan.layers:
-            set_module(gm, str(node.target), QuantizedLayer(module_of(gm, node), scheme))
+            set_module(gm, str(node.target), QuantizedLayer(module_of(gm, node), schemes[str(node.target)]))
         stats = {"activation_quantizers": len(plan.tensors), "int8_layers": len(plan.layers), **plan.skipped}
         return PassResult(gm, modified=bool(plan.tensors or plan.layers), stats=stats)
 

@@ -27,6 +27,7 @@ from graphopt.ir.keys import SHIPPED_FP32, ZIPPED_BYTES
 from graphopt.pipeline.plan import Plan
 from graphopt.pruning.sparsity import zipped_bytes
 from graphopt.quant import is_quantized
+from graphopt.quant.storage import weight_storage_note
 from graphopt.reporting.cost import count_macs, count_params
 from graphopt.reporting.energy import estimate_graph
 from graphopt.reporting.evaluation import accuracy
@@ -200,6 +201,9 @@ class OptimizeResult:
             backend=backend.name,
         )
         record.stats[ZIPPED_BYTES] = zipped_bytes(artifact)  # what zeros (sparsity) save in storage
+        storage = weight_storage_note(model, backend.name, artifact)
+        if storage is not None:
+            record.notes.append(storage)
         if guard is not None:
             record.stats.update(guard.stats())
         return record

@@ -53,6 +53,7 @@ from graphopt.pipeline.stage_cache import RunParts, StageCache
 from graphopt.pipeline.stage_reporter import StageReporter
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.float_twin import float_twin, has_int8_layers
+from graphopt.quant.options import WeightQuant
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import Tolerance, allclose, flatten_outputs
@@ -93,6 +94,7 @@ class OptimizeCall:
     sparsify: float | SparsifyConfig = 0.0
     validation_data: Iterable[Batch] | None = None
     dynamic_shapes: Mapping[str | int, Mapping[int, str]] | Sequence[Mapping[int, str]] | None = None
+    weights: int | WeightQuant | None = None
     #: Where passes time candidates in the target's runtime (``probe_int8``, runtime-costed exits); None:
     #: :class:`~graphopt.pipeline.services.RuntimeTiming`. Not an ``optimize`` option: a driver's (tests hand
     #: a fake).

@@ -9,7 +9,9 @@ A target's passes (or the caller's ``passes=``) are grouped into named slots; ea
 A new slot goes before the first slot of a later rank (a slot of custom passes ranks as the slot before
 it), so on a target's pipeline the order above holds and on a ``passes=`` list the new slot lands where
 the same reasoning puts it (sparsity before the first int8 pass); the budget goes right after the
-calibration it measures. Why each slot is there is part of the plan: ``print(res.plan)`` or
+calibration it measures. ``weights`` adds no slot: it rewrites the scheme of the int8 slot's
+``insert_fake_quant`` (weight bits, per-tensor scales; :func:`_with_weights`). Why each slot is there is
+part of the plan: ``print(res.plan)`` or
 ``graphopt plan TARGET --prune 0.5``. A new capability adds a rule here, not a keyword splicer in the API.
 
 Which ``optimize()`` option becomes which :func:`plan_options` keyword (``train_data`` -> ``has_train_data``)
@@ -29,6 +31,7 @@ from graphopt.passes.sparsify import SparsifyConfig
 from graphopt.pipeline.pass_base import Pass
 from graphopt.pipeline.registry import make_pass, pass_class
 from graphopt.pruning.config import PruneConfig
+from graphopt.quant.options import InsertFakeQuantOptions, WeightQuant
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.targets import Target
 
@@ -101,6 +104,7 @@ class PlanOptions:
     recovery: RecoveryConfig | None = None
     has_train_data: bool = False
     early_exit: EarlyExitConfig | None = None
+    weights: WeightQuant | None = None
 
 
 def plan_options(
@@ -112,6 +116,7 @@ def plan_options(
     recovery: RecoveryConfig | None = None,
     has_train_data: bool = False,
     early_exit: EarlyExitConfig | None = None,
+    weights: int | WeightQuant | None = None,
 ) -> PlanOptions:
     """Check each option's type and turn the numeric shorthands into their configs (ratio 0 is off)."""
     if recovery is not None and not isinstance(recovery, RecoveryConfig):
@@ -132,6 +137,18 @@ def plan_options(
         recovery=recovery,
         has_train_data=has_train_data,
         early_exit=early_exit,
+        weights=_weight_quant(weights),
+    )
+
+
+def _weight_quant(weights: int | WeightQuant | None) -> WeightQuant | None:
+    if weights is None or isinstance(weights, WeightQuant):
+        return weights
+    if isinstance(weights, int) and not isinstance(weights, bool):
+        return WeightQuant(bits=weights)
+    raise ConfigError(
+        f"weights must be a number of bits (2..8) or a graphopt.WeightQuant(bits=4, per_channel=True, "
+        f"bits_by_layer={{...}}), got {weights!r}"
     )
 
 
@@ -170,6 +187,36 @@ def _sparsify_config(
 
 
 # --- the rules: one per option that adds a slot -------------------------------------------------------
+
+
+def _with_weights(o: PlanOptions, plan: Plan) -> Plan:
+    """``weights``: every ``insert_fake_quant`` of the plan gets the scheme with these weights (a new pass
+    instance: a caller's ``passes=`` instance is not changed). Only static int8 has a weight scheme to set."""
+    if o.weights is None:
+        return plan
+    if not plan.has("insert_fake_quant"):
+        dynamic = " (dynamic int8 keeps 8-bit per-channel weights)" if plan.has("quantize_dynamic") else ""
+        raise ConfigError(
+            f"weights={o.weights} applies to static int8 targets (pipelines with insert_fake_quant: "
+            f"x86-int8, arm-int8, xnnpack-int8, ...); {plan.target.name} has none{dynamic}: pick an int8 "
+            "target or drop weights="
+        )
+    slots = []
+    for slot in plan.slots:
+        passes = tuple(_reweighted(p, o.weights) for p in slot.passes)
+        if passes != slot.passes:
+            slot = dataclasses.replace(slot, passes=passes, why=f"{slot.why}; weights: {o.weights}")
+        slots.append(slot)
+    return Plan(plan.target, tuple(slots))
+
+
+def _reweighted(p: Pass, weights: WeightQuant) -> Pass:
+    if not isinstance(p.options, InsertFakeQuantOptions):
+        return p
+    options = dataclasses.replace(
+        p.options, scheme=weights.scheme_for(p.options.scheme), weight_bits_by_layer=weights.bits_by_layer
+    )
+    return type(p)(options)
 
 
 def _budget(o: PlanOptions, plan: Plan) -> Slot | None:
@@ -263,6 +310,7 @@ def make_plan(target: Target, options: PlanOptions) -> Plan:
         plan = Plan(target, _group(options.passes, "passes="))
     else:
         plan = Plan(target, _group([make_pass(p.name, p.options) for p in target.passes], target.name))
+    plan = _with_weights(options, plan)
     for rule in SLOT_RULES:
         slot = rule(options, plan)
         if slot is not None:

@@ -7,6 +7,7 @@ from torch import nn
 from graphopt.quant.dynamic import DynamicInt8Linear
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.observers import ObserverConfig
+from graphopt.quant.options import WeightQuant
 from graphopt.quant.scheme import QuantScheme, sqnr_db
 
 
@@ -23,6 +24,7 @@ __all__ = [
     "ObserverConfig",
     "QuantScheme",
     "QuantizedLayer",
+    "WeightQuant",
     "is_quantized",
     "sqnr_db",
 ]

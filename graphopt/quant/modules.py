@@ -10,6 +10,10 @@ forward: exported, that is the canonical QDQ form (int8 / int32 initializers fee
 ONNX Runtime fuses into QLinearConv / QGemm, and the file stores weights in one byte each.
 
 Eager, both compute exactly what the integer kernels compute, up to float rounding of the accumulation.
+
+Weights below 8 bits (``scheme.weight_bits``, 2..7) keep the same tensors: ``weight_int8`` holds the b-bit
+values (|q| <= 2^(b-1) - 1) in int8, ``weight_scale`` stays one scale per output channel; only the ONNX
+file stores them narrower (packed INT4 for 2..4 bits, :mod:`graphopt.backends.onnx_ops`).
 """
 
 from __future__ import annotations
@@ -129,6 +133,16 @@ class QuantizedLayer(nn.Module):
         layer = self.float_layer
         return self._dequantized_bias() if layer is None else layer.bias
 
+    @property
+    def weight_bits(self) -> int:
+        """How many bits the weights take (8: int8; 2..7 are stored in the int8 tensor all the same)."""
+        return self.scheme.weight_bits
+
+    def expanded_weight_scale(self) -> Tensor:
+        """The frozen weight scale shaped to broadcast against ``weight_int8``: ``(C, 1, ..., 1)``, so that
+        ``weight_int8 * expanded_weight_scale()`` is the dequantized weight whatever the scale granularity."""
+        return self.weight_scale.reshape(-1, *([1] * (self.weight_int8.dim() - 1)))
+
     def freeze(self, input_scale: float) -> None:
         layer = self.float_layer
         assert layer is not None
@@ -182,7 +196,8 @@ class QuantizedLayer(nn.Module):
         return _qd.dequantize_per_channel(self.bias_int32, self.bias_scale, zero, 0, low, high, torch.int32)
 
     def _fake_quantized_weight(self, weight: Tensor) -> Tensor:
-        """``s_c * clamp(round(w / s_c), -b, b)`` with ``s_c = max|w_c| / b`` from the current weight; the
+        """``s_c * clamp(round(w / s_c), -b, b)`` (b the scheme's weight bound, 7 at 4 bits) with
+        ``s_c = max|w_c| / b`` from the current weight; the
         gradient passes straight through the rounding (and is zero where the clamp bites)."""
         scales = weight_scales(weight, self.scheme)
         zeros = torch.zeros(len(scales), dtype=torch.int32, device=weight.device)
@@ -193,6 +208,10 @@ class QuantizedLayer(nn.Module):
     def _dequantized_weight(self) -> Tensor:
         zero = self.channel_zero_points
         return _qd.dequantize_per_channel(self.weight_int8, self.weight_scale, zero, 0, -128, 127, torch.int8)
+
+    def extra_repr(self) -> str:
+        granularity = "per channel" if self.scheme.per_channel else "per tensor"
+        return f"int{self.weight_bits} weights {granularity}" + ("" if self.frozen else ", fp32 until frozen")
 
     def forward(self, x: Tensor) -> Tensor:
         layer = self.float_layer

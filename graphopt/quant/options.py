@@ -7,18 +7,100 @@ targets back for the ones that time candidates in a target's runtime).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from graphopt.errors import ConfigError
 from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.observers import ObserverConfig
-from graphopt.quant.scheme import QuantScheme
+from graphopt.quant.scheme import WEIGHT_BITS, QuantScheme
+
+#: ``(layer name, weight bits)`` pairs, sorted by name: a per-layer map that stays hashable and prints stably.
+LayerBits = tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """How a static int8 target stores its conv and linear weights (``optimize(weights=...)``).
+
+    ``bits``: 2..8, symmetric in [-(2^(b-1) - 1), 2^(b-1) - 1] (``QuantScheme.weight_bits``), activations
+    stay the target's 8 bits (W4A8 at 4). ``per_channel=False``: one scale per weight tensor (what many NPUs
+    and DSPs take). ``bits_by_layer``: another width for named layers (the graph's module names, e.g.
+    ``{"conv1": 8, "fc": 8}`` to keep the first and last layer at 8 bits); a name that is not an int8 layer of
+    the graph is refused with the close names.
+    """
+
+    bits: int = 8
+    per_channel: bool = True
+    bits_by_layer: Mapping[str, int] | LayerBits = ()
+
+    def __post_init__(self) -> None:
+        QuantScheme(weight_bits=self.bits)  # the one check of a width, with its message
+        if not isinstance(self.per_channel, bool):
+            raise ConfigError(f"WeightQuant.per_channel must be True or False, got {self.per_channel!r}")
+        object.__setattr__(self, "bits_by_layer", _layer_bits(self.bits_by_layer))
+
+    def scheme_for(self, base: QuantScheme) -> QuantScheme:
+        """``base`` (the target's scheme) with these weights; its activations, reduce_range, scales kept."""
+        return dataclasses.replace(base, weight_bits=self.bits, per_channel=self.per_channel)
+
+    def __str__(self) -> str:
+        text = f"int{self.bits} weights " + ("per channel" if self.per_channel else "per tensor")
+        return text + "".join(f", {name}: int{bits}" for name, bits in self.bits_by_layer)
+
+
+def _layer_bits(given: object) -> LayerBits:
+    pairs = given.items() if isinstance(given, Mapping) else given
+    if not isinstance(pairs, Iterable) or isinstance(pairs, str):
+        raise ConfigError(
+            f'bits_by_layer must map layer names to bits, e.g. {{"conv1": 8}}, got {type(given).__name__}'
+        )
+    checked = []
+    for pair in pairs:
+        name, bits = pair if isinstance(pair, tuple) and len(pair) == 2 else (None, None)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f'bits_by_layer keys must be layer names such as "conv1", got {pair!r}')
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in WEIGHT_BITS:
+            raise ConfigError(
+                f"bits_by_layer[{name!r}] must be an integer from {WEIGHT_BITS[0]} to {WEIGHT_BITS[-1]}, "
+                f"got {bits!r}"
+            )
+        checked.append((name, bits))
+    return tuple(sorted(checked))
 
 
 @dataclass(frozen=True)
 class InsertFakeQuantOptions(PassOptions):
     scheme: QuantScheme = field(default_factory=QuantScheme)
     observer: ObserverConfig = field(default_factory=ObserverConfig)
+    #: Layers whose weights take another width than ``scheme.weight_bits`` (``WeightQuant.bits_by_layer``).
+    weight_bits_by_layer: LayerBits = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_bits_by_layer", _layer_bits(self.weight_bits_by_layer))
+
+    def layer_schemes(self, layers: Iterable[str]) -> dict[str, QuantScheme]:
+        """The scheme of each int8 layer (by module name): ``scheme``, with the width
+        ``weight_bits_by_layer`` names; a name there that is not one of ``layers`` is a :class:`ConfigError`
+        listing the close ones (a typo must not silently leave a layer at the default width)."""
+        names = list(layers)
+        unknown = [name for name, _ in self.weight_bits_by_layer if name not in names]
+        if unknown:
+            close = sorted({c for name in unknown for c in difflib.get_close_matches(name, names, n=3)})
+            hint = f"close names: {', '.join(close)}" if close else f"int8 layers: {', '.join(names[:12])}"
+            raise ConfigError(
+                f"bits_by_layer names {', '.join(map(repr, unknown))}, which is not an int8 conv or linear "
+                f"layer of the graph ({hint}); use the graph's module names (print(res.model))"
+            )
+        widths = dict(self.weight_bits_by_layer)
+        return {
+            name: dataclasses.replace(self.scheme, weight_bits=widths[name])
+            if name in widths
+            else self.scheme
+            for name in names
+        }
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,13 @@ Affine quantization: ``q = clamp(round(x / s) + z, q_min, q_max)``, ``x ~ s * (q
   with ``reduce_range`` (7-bit weights). Stored as int8 in ONNX's [-128, 127]; with reduce_range the values
   only reach [-64, 64], so that on AVX2 without VNNI, where ``vpmaddubsw`` adds two u8 x s8 products in int16,
   ``2 * 255 * 64 = 32640`` never saturates (FINDINGS: 99.54 % vs 98.52 % on digits without it).
+  Per tensor (``per_channel=False``): one ``s = max|w| / r`` for the whole weight, kept as C equal scales so
+  every reader sees the same (C,) shape; the ONNX lowering writes it as one scalar scale.
+- Weights below 8 bits, ``weight_bits = b`` in 2..7: symmetric ``r = 2^(b-1) - 1`` (7, 3, 1 at b = 4, 3, 2;
+  the code ``-2^(b-1)`` is left out so that 0 stays the centre and the range is symmetric, as for int8). The
+  values still live in an int8 tensor in eager; the ONNX file stores 2..4-bit layers as packed INT4.
+  ``reduce_range`` only means something at 8 bits: at b <= 7, ``r <= 63`` already keeps
+  ``2 * 255 * r <= 32130 < 2^15``, so the int16 pair sums of AVX2 cannot saturate and it is ignored.
 - Bias, int32 per output channel: ``s_b = s_in * s_w,c``, ``z = 0``, which is what integer kernels
   (QLinearConv, QGemm) accumulate in.
 - Power-of-two (fixed-point) scales, ``power_of_two=True``: every scale is ``2^-b``, so
@@ -32,6 +39,11 @@ from graphopt.errors import ConfigError
 
 ActivationType = Literal["uint8", "int8"]
 
+#: The weight widths a scheme may ask for: at 1 bit the symmetric code ``2^0 - 1 = 0`` has only the value 0.
+WEIGHT_BITS = range(2, 9)
+#: The widest weights an ONNX INT4 initializer holds (2 and 3 bits are stored as int4 too).
+INT4_BITS = 4
+
 _RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 _TORCH_DTYPES = {"uint8": torch.uint8, "int8": torch.int8}
 INT32_RANGE = (-(2**31), 2**31 - 1)
@@ -45,10 +57,18 @@ class QuantScheme:
     reduce_range: bool = True
     per_channel: bool = True
     power_of_two: bool = False  # fixed-point: every scale 2^-b (see the module docstring)
+    #: Symmetric weights in [-(2^(b-1) - 1), 2^(b-1) - 1] (module docstring); 8: int8.
+    weight_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.activations not in _RANGES:
             raise ConfigError(f"activations must be 'uint8' or 'int8', got {self.activations!r}")
+        bits = self.weight_bits
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in WEIGHT_BITS:
+            raise ConfigError(
+                f"weight_bits must be an integer from {WEIGHT_BITS[0]} to {WEIGHT_BITS[-1]} (8: int8, "
+                f"4: int4 weights with int8 activations), got {bits!r}"
+            )
 
     @property
     def activation_range(self) -> tuple[int, int]:
@@ -60,8 +80,16 @@ class QuantScheme:
 
     @property
     def weight_bound(self) -> int:
-        """The largest |q| a weight may take: 64 with reduce_range (7 bits), else 127."""
+        """The largest |q| a weight may take: at 8 bits 64 with reduce_range (7 bits), else 127; below 8 bits
+        ``2^(b-1) - 1`` whatever reduce_range says (module docstring)."""
+        if self.weight_bits < 8:
+            return 2 ** (self.weight_bits - 1) - 1
         return 64 if self.reduce_range else 127
+
+    @property
+    def sub_byte(self) -> bool:
+        """Whether the weights fit ONNX's INT4 storage (2..4 bits): the file keeps them two per byte."""
+        return self.weight_bits <= INT4_BITS
 
 
 def activation_qparams(

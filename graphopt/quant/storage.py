@@ -1,0 +1,93 @@
+"""How an artifact stores weights below 8 bits, and how its runtime runs them: the keyed export note.
+
+A layer with ``weight_bits`` b < 8 holds b-bit values (|q| <= 2^(b-1) - 1) in an int8 tensor. Whether the
+artifact is smaller depends on the backend:
+
+- ONNX (graphopt's direct lowering): 2..4-bit weights are INT4 initializers, two per byte (opset 21), so a
+  4-bit layer's weights take half the bytes of int8. They feed ``Cast(to int8) -> DequantizeLinear``: ONNX
+  Runtime 1.32 has no int4 Conv / Gemm kernel, but it folds the Cast of a constant once at load, and the
+  ``DQ(int8 constant) -> Conv`` left is fused into QLinearConv / QGemm like any int8 layer (checked on the
+  ORT-optimized graph), so the layer runs at int8 speed with exactly the same values. (``DQ(int4)`` read
+  directly is never folded: ORT dequantized the weights on every run and computed in float, 6x slower
+  than fp32 on the digits CNN.) The latency guard times it against the fp32 artifact, as for int8.
+- ONNX written by torch.onnx (graphs the direct lowering does not cover), TorchScript, ExecuTorch, LiteRT
+  and Ethos-U: int8 storage of the same values (their int8 kernels take them unchanged: same outputs), so
+  the file is no smaller than int8. Why per backend: TorchScript's quantized kernels take qint8 weights
+  only; XNNPACK's 4-bit path covers linear layers with dynamic activations, not the static int8 QDQ form
+  graphopt lowers; litert_torch's converter writes int8 weights; Vela takes int8 (and compresses weights
+  itself, which gains from the fewer distinct values).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from graphopt.quant.modules import QuantizedLayer
+from graphopt.reporting.notes import Note
+
+_ONNX_INT4 = 22  # onnx.TensorProto.INT4, without importing onnx for a model that has no ONNX artifact
+
+#: Note key (graphopt.reporting.notes) of the artifact row's note on weights below 8 bits.
+WEIGHT_STORAGE = "artifact:weight_storage"
+
+#: How each runtime runs packed int4 weights (only ONNX stores them packed).
+_PACKED_RUN = {
+    "onnx": "ONNX Runtime unpacks them to int8 once at load (it folds their Cast to int8) and fuses the "
+    "layers into QLinearConv / QGemm like int8 ones: int8 kernels, int8 speed",
+}
+
+
+def narrow_layers(model: nn.Module) -> Counter[int]:
+    """Frozen int8 layers whose weights take fewer than 8 bits, counted by width."""
+    return Counter(
+        m.weight_bits
+        for m in model.modules()
+        if isinstance(m, QuantizedLayer) and m.frozen and m.weight_bits < 8
+    )
+
+
+def packed_int4_weights(artifact: Path) -> int:
+    """How many INT4 initializers an ONNX file holds (one per 2..4-bit layer: the zero points are int8), in
+    ``If`` branches too; 0 for other files."""
+    if artifact.suffix != ".onnx":
+        return 0
+    import onnx  # lazy: only an ONNX artifact is read
+
+    return _int4_initializers(onnx.load(str(artifact), load_external_data=False).graph)
+
+
+def _int4_initializers(graph: Any) -> int:
+    count = sum(t.data_type == _ONNX_INT4 for t in graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            for inner in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                count += _int4_initializers(inner)
+    return count
+
+
+def weight_storage_note(model: nn.Module, backend: str, artifact: Path) -> Note | None:
+    """What the artifact of ``model`` stores for its layers below 8 bits and how its runtime runs them
+    (facts: ``bits`` {width: layers}, ``packed_int4`` layers, ``int8_storage`` layers); None when every
+    layer is 8-bit."""
+    widths = narrow_layers(model)
+    if not widths:
+        return None
+    layers = sum(widths.values())
+    packed = min(packed_int4_weights(artifact), layers)
+    said = ", ".join(f"{n} int{b}" for b, n in sorted(widths.items()))
+    parts = []
+    if packed:
+        how = _PACKED_RUN.get(backend, "run as its runtime reads them")
+        parts.append(f"{packed} stored as packed INT4 (two weights per byte); {how}")
+    if layers - packed:
+        parts.append(
+            f"{layers - packed} stored as int8 values in int8 storage ({backend} here has no narrower weight "
+            "storage): run by the int8 kernels with the same outputs, but the file is not smaller than int8"
+        )
+    text = f"weights below 8 bits ({said} layers): {'; '.join(parts)}"
+    facts = {"bits": dict(widths), "packed_int4": packed, "int8_storage": layers - packed, "backend": backend}
+    return Note(WEIGHT_STORAGE, text, **facts)
