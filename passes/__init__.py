@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from graphopt.passes.accuracy_budget import AccuracyBudget, AccuracyBudgetOptions
 from graphopt.passes.adaround import AdaRound, AdaRoundOptions
+from graphopt.passes.bias_correction import BiasCorrection, BiasCorrectionOptions
 from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
+from graphopt.passes.equalize import Equalize, EqualizeOptions
 from graphopt.passes.fold_batchnorm import FoldBatchNorm, FoldBatchNormOptions
 from graphopt.passes.improve_int8 import ImproveInt8, ImproveInt8Options
 from graphopt.passes.insert_early_exit import InsertEarlyExit
@@ -29,12 +31,14 @@ BUILTIN_PASSES = (
     RemoveIdentity,
     EliminateDeadCode,
     PruneChannels,
+    Equalize,
     ReestimateBatchNorm,
     ProbeInt8,
     Recover,
     InsertFakeQuant,
     Calibrate,
     AdaRound,
+    BiasCorrection,
     InsertEarlyExit,
     ImproveInt8,
     AccuracyBudget,
@@ -50,10 +54,14 @@ __all__ = [
     "AccuracyBudgetOptions",
     "AdaRound",
     "AdaRoundOptions",
+    "BiasCorrection",
+    "BiasCorrectionOptions",
     "Calibrate",
     "CalibrateOptions",
     "EliminateDeadCode",
     "EliminateDeadCodeOptions",
+    "Equalize",
+    "EqualizeOptions",
     "FoldBatchNorm",
     "FoldBatchNormOptions",
     "ImproveInt8",

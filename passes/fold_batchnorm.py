@@ -32,6 +32,7 @@ from torch import nn
 
 from graphopt.ir.graph import call_sites, get_attr_value, is_metadata_read, module_of, shape_of
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
+from graphopt.quant.bias_correction import record_batchnorm_stats
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -74,6 +75,7 @@ class FoldBatchNorm(Pass):
     Options = FoldBatchNormOptions
 
     def call(self, gm: fx.GraphModule) -> PassResult:
+        record_batchnorm_stats(gm)  # what analytic bias correction reads once the BatchNorms are gone
         stats: Counter[str] = Counter()
         sites = call_sites(gm)
         for bn_node in list(gm.graph.nodes):

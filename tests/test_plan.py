@@ -62,7 +62,7 @@ def test_slots_land_around_the_callers_own_pipeline():
     options = plan_options(passes=passes, sparsify=0.5, accuracy_budget=1.0, has_train_data=True)
     names = [p.name for p in make_plan(resolve_target("generic-fp32"), options).passes()]
     assert names == ["fold_batchnorm", "custom_test_pass", "sparsify", "insert_fake_quant", "calibrate",
-                     "accuracy_budget", "fold_batchnorm", "qat"]  # fmt: skip
+                     "improve_int8", "accuracy_budget", "fold_batchnorm", "qat"]  # fmt: skip
 
 
 def test_a_budget_without_int8_is_refused():
@@ -108,7 +108,7 @@ RECORDED = {
                              "fold_batchnorm", "remove_identity", "eliminate_dead_code", "space_to_depth",
                              "insert_fake_quant", "calibrate", "qat"],
     "x86-int8+budget": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "space_to_depth",
-                        "insert_fake_quant", "calibrate", "accuracy_budget"],
+                        "insert_fake_quant", "calibrate", "improve_int8", "accuracy_budget"],
     "x86-int8+sparsify+train": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "sparsify",
                                 "space_to_depth", "insert_fake_quant", "calibrate", "qat"],
     "x86-int8+prune+train+exits": ["prune_channels", "reestimate_batchnorm", "probe_int8", "recover",
@@ -117,7 +117,8 @@ RECORDED = {
                                    "insert_early_exit"],
     "arm-int8+prune+budget+train": ["prune_channels", "reestimate_batchnorm", "probe_int8", "recover",
                                     "fold_batchnorm", "remove_identity", "eliminate_dead_code",
-                                    "insert_fake_quant", "calibrate", "accuracy_budget", "qat"],
+                                    "insert_fake_quant", "calibrate", "improve_int8", "accuracy_budget",
+                                    "qat"],
     "x86-dynamic-int8": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "quantize_dynamic"],
     "fixed-point-int8+sparsify": ["fold_batchnorm", "remove_identity", "eliminate_dead_code", "sparsify",
                                   "insert_fake_quant", "calibrate"],
@@ -128,7 +129,7 @@ def test_the_int8_probe_declines_the_plans_int8_passes_and_hands_qats_epochs_to_
     recovery = RecoveryConfig(epochs=2)
     options = plan_options(prune=0.5, accuracy_budget=1.0, has_train_data=True, recovery=recovery)
     probe = next(p for p in make_plan(resolve_target("arm-int8"), options).passes() if p.name == "probe_int8")
-    assert probe.options.declines == ("insert_fake_quant", "calibrate", "accuracy_budget", "qat")
+    assert probe.options.declines == ("insert_fake_quant", "calibrate", "improve_int8", "accuracy_budget", "qat")
     assert probe.options.target is resolve_target("arm-int8") and probe.options.moved_epochs == 2
     default = plan_options(prune=0.5, has_train_data=True)  # QAT's own default epochs move
     probe = next(p for p in make_plan(resolve_target("x86-int8"), default).passes() if p.name == "probe_int8")
