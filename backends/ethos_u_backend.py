@@ -42,10 +42,10 @@ from graphopt.backends.vela import (
     EthosUConfig,
     VelaEstimate,
     compile_for_ethos_u,
+    estimate_ms,
     require_on_npu,
     require_vela,
 )
-from graphopt.backends.vela_timing import estimate_ms
 from graphopt.errors import ExportError
 from graphopt.quant import is_quantized
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import configparser
 import importlib.util
 import json
+import math
 import os
 import re
 import signal
@@ -129,6 +130,15 @@ class VelaEstimate:
             f"ESTIMATED {self.inference_ms:.4f} ms, {self.cycles_total} cycles, {len(self.npu_ops)} NPU ops; "
             f"{where}; {memory}"
         )
+
+
+def estimate_ms(estimate: VelaEstimate | None) -> float:
+    """The estimated milliseconds per inference; ``inf`` unless every operator runs on the NPU (a CPU
+    operator costs 0 cycles in Vela's number, so a graph with one would look cheaper than it is), and for no
+    compile at all (``None``: an fp32 model, which no NPU runs)."""
+    if estimate is None or not estimate.all_on_npu:
+        return math.inf
+    return estimate.inference_ms
 
 
 #: Vela's ``ethos-u55-128`` with its default system configuration and memory mode.

@@ -239,3 +239,36 @@ def test_damaged_flatbuffers_are_not_loadable_errors_never_raw_parser_errors(int
     damaged.write_bytes(data[: len(data) // 2])
     with pytest.raises(ExportError, match=f"{damaged} is not a loadable LiteRT model"):
         describe_tflite(damaged)
+
+
+def test_the_latency_guard_times_the_runner_s_bound_call_not_its_input_conversion(tmp_path):
+    """LiteRT's ``run`` quantizes and sets the inputs before ``invoke``; the guard times ``invoke`` alone (the
+    runner's ``bind``), as the runner's own ``time`` does."""
+    import dataclasses
+
+    from graphopt.artifacts.side_by_side import time_side_by_side
+    from graphopt.backends import BACKENDS
+    from graphopt.targets import BackendSettings
+
+    seen = {"bind": 0, "invoke": 0}
+
+    class BindingRunner:
+        def __init__(self, path, threads: int) -> None:
+            pass
+
+        def run(self, *inputs):
+            raise AssertionError("the guard converted the inputs inside the timed call")
+
+        def bind(self, inputs):
+            seen["bind"] += 1
+
+            def invoke() -> None:
+                seen["invoke"] += 1
+
+            return invoke
+
+    fake = dataclasses.replace(BACKENDS["litert"], lower=lambda model, inputs, path, **kw: path,
+                               runner=BindingRunner)  # fmt: skip
+    models = {"a": nn.Identity(), "b": nn.Identity()}
+    ms = time_side_by_side(fake, BackendSettings(), models, (torch.ones(1),))
+    assert set(ms) == {"a", "b"} and seen["bind"] == 2 and seen["invoke"] > 2

@@ -1,5 +1,6 @@
 """Arm's Vela for Ethos-U NPUs: compiling graphopt's int8 ``.tflite`` (in process, or in a child process for
-bytes graphopt did not write), and its estimate as the timing service of Ethos-U targets."""
+bytes graphopt did not write), and its estimate as what the default timing service answers for Ethos-U
+targets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import graphopt
 from graphopt.artifacts.side_by_side import lower_with, time_side_by_side
 from graphopt.errors import ConfigError, ExportError
+from graphopt.pipeline.services import RuntimeTiming
 from graphopt.targets import BackendSettings
 
 pytest.importorskip("ethosu", reason="Vela is optional: pip install 'graphopt[litert]'")
@@ -28,10 +30,10 @@ from graphopt.backends.vela import (
     EthosUConfig,
     compile_for_ethos_u,
     cpu_operators,
+    estimate_ms,
     require_on_npu,
     resolve,
 )
-from graphopt.backends.vela_timing import VelaTiming
 from graphopt.zoo import get_model
 
 
@@ -104,13 +106,18 @@ def test_unknown_accelerators_and_memory_modes_name_vela_s_choices():
 
 
 def test_the_timing_service_costs_int8_by_vela_and_never_prefers_fp32(resnet_int8):
-    timing = VelaTiming(EthosUConfig("ethos-u55-128"))
-    assert timing.unavailable(resnet_int8.target) is None
+    # the default service: the Ethos-U backend's runner answers with Vela's estimate (side_by_side)
+    timing, target = RuntimeTiming(), graphopt.TARGETS["ethos-u55-int8"]
+    assert timing.unavailable(target) is None
     models = {"int8": resnet_int8.model, "fp32": resnet_int8.fp32_model}
-    timed = timing.time(resnet_int8.target, models, resnet_int8.example_inputs)
-    assert "estimate" in timed.runtime and 0 < timed.ms["int8"] < math.inf
-    assert timed.ms["fp32"] == math.inf and timing.estimates["fp32"] is None  # no NPU runs fp32
-    assert timed.ms["int8"] == pytest.approx(timing.estimates["int8"].inference_ms)
+    timed = timing.time(target, models, resnet_int8.example_inputs)
+    assert "estimate" in timed.runtime.lower() and 0 < timed.ms["int8"] < math.inf
+    assert timed.ms["fp32"] == math.inf  # no NPU runs fp32
+    last = next(reversed(ethos_u_backend.COMPILED.values())).estimate  # the int8 compile, the only one
+    assert last.all_on_npu and last.config.accelerator == "ethos-u55-128"
+    assert timed.ms["int8"] == pytest.approx(last.inference_ms)
+    assert estimate_ms(None) == math.inf  # what an fp32 model (no compile) costs
+    assert estimate_ms(dataclasses.replace(last, cpu_ops=(CpuOperator("MEAN", "t", "why"),))) == math.inf
 
 
 @pytest.mark.parametrize(

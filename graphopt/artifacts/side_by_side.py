@@ -5,16 +5,17 @@ int8 and as fp32, before any training: ``probe_int8``) both ask the same questio
 faster where it will ship?", and answer it here: every model is lowered with the target's backend
 settings into a temporary folder, loaded by the backend's runner with the target's threads, and timed
 batch 1 in interleaved rounds (a slow patch of a shared machine hits every model of a round alike), on
-one pinned core (the caller's cores come back afterwards: training around it keeps them). A backend whose
-runners give an estimate instead (``estimated_ms``: an NPU compiler's cost model, such as Vela for
-Ethos-U) answers with the estimate: nothing here can run the NPU, and timing the CPU stand-in would
-answer another question.
+one pinned core (the caller's cores come back afterwards: training around it keeps them). What a round
+times is the runner's pre-bound call where it has one (:func:`bound_call`: the inputs converted once).
+A backend whose runners give an estimate instead (``estimated_ms``: an NPU compiler's cost model, such as
+Vela for Ethos-U) answers with the estimate: nothing here can run the NPU, and timing the CPU stand-in
+would answer another question.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,17 @@ def time_side_by_side(
             return {name: known[name] if name in known else runners[name].estimated_ms() for name in models}
         if samples:
             return sample_mean_latencies({name: r.run for name, r in runners.items()}, samples, passes=3)
-        calls = {name: (lambda r=r: r.run(*example_inputs)) for name, r in runners.items()}
+        calls = {name: bound_call(r, example_inputs) for name, r in runners.items()}
         per_round = min(calls_for(call, round_ms=ROUND_MS) for call in calls.values())
         return interleaved_medians(calls, rounds=ROUNDS, calls_per_round=per_round)
+
+
+def bound_call(runner: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    """What a round times: the runner's pre-bound call where it has one (``bind``: LiteRT, Ethos-U's LiteRT
+    stand-in, ExecuTorch), whose inputs are converted (LiteRT: quantized) and set once, so that what is
+    timed is the interpreter's invoke, as the runner's own ``time`` does; else ``run`` on the inputs."""
+    bind = getattr(runner, "bind", None)
+    return bind(inputs) if bind is not None else lambda: runner.run(*inputs)
 
 
 def _costs_without_lowering(backend: Backend, models: Mapping[str, nn.Module]) -> dict[str, float]:

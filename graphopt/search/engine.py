@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from graphopt.artifacts.result import OptimizeResult
 from graphopt.data.batches import Batch
 from graphopt.errors import ConfigError, GraphoptError
@@ -37,6 +39,7 @@ from graphopt.search.data import (
     scope_of,
     split_tune_score,
 )
+from graphopt.search.estimated_baseline import EstimatedBaseline, costs_by_estimate
 from graphopt.search.goals import Goals
 from graphopt.search.measure import Baseline, Measured, measure_candidate, retime_together
 from graphopt.search.queue import build_queue
@@ -114,7 +117,10 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
     original = private_eval_copy(call.model)
     with tempfile.TemporaryDirectory(prefix="graphopt-search-") as tmp:
         folder = Path(tmp)
-        baseline = Baseline.of(original, inputs, spec.backend.threads, folder, score, call.eval_data)
+        baseline = Baseline.of(
+            original, inputs, spec.backend.threads, folder, score, call.eval_data,
+            estimated=_estimated_baseline(call, config, spec, inputs, folder),
+        )  # fmt: skip
         run = _SearchRun(call, goals, config, spec, baseline, folder, score, store)
         if shared:
             run.notes.append(Note(
@@ -196,6 +202,8 @@ class _SearchRun:
         plan rebuilds it (``rebuild_choice``); cached rows keep the timing stored with them."""
         judge(self.rows, self.goals)
         finalists = [r for r in self.rows if r.status == "measured" and (not r.dominated or not r.misses)]
+        # an estimate (a cost model's, Ethos-U: Vela) has no noise to even out: those keep their rows
+        finalists = [r for r in finalists if r.measured is not None and not r.measured.estimated]
         if len(finalists) < 2:
             return
         measured = [r.measured for r in finalists if r.measured is not None]
@@ -365,9 +373,21 @@ def check_int8_data(call: OptimizeCall, config: SearchConfig, spec: Target) -> N
         )
 
 
+def _estimated_baseline(
+    call: OptimizeCall, config: SearchConfig, spec: Target, inputs: tuple[torch.Tensor, ...], folder: Path
+) -> EstimatedBaseline | None:
+    """The speed-up baseline of the search's cost-model backends (Ethos-U: the unpruned original int8,
+    compiled and costed by Vela; :mod:`graphopt.search.estimated_baseline`), or None where it has none."""
+    backends = config.backends or (spec.backend.backend,)
+    if not any(costs_by_estimate(b) for b in backends):
+        return None
+    return EstimatedBaseline(call, spec, inputs, folder)
+
+
 def _verdict(best: CandidateRow, goals: Goals) -> Note:
     """What the search returned and whether it meets the goals (facts: ``returned``, the candidate's label;
-    ``meets_goals``; ``misses``, the goals it misses by their CLI names; ``speedup`` against ORT fp32)."""
+    ``meets_goals``; ``misses``, the goals it misses by their CLI names; ``speedup`` against ORT fp32, or
+    on a cost-model backend against the unpruned int8 original's estimate)."""
     assert best.measured is not None
     facts = {
         "returned": best.point.label,
@@ -377,7 +397,8 @@ def _verdict(best: CandidateRow, goals: Goals) -> Note:
     }
     if best.measured.speedup < 1:
         slower = (
-            f"; it is slower than the original in ORT fp32 ({best.measured.speedup:.2f}x): no faster one did"
+            f"; it is slower than {best.measured.baseline_name} ({best.measured.speedup:.2f}x): no faster "
+            "one did"
         )
     else:
         slower = ""

@@ -5,10 +5,16 @@ Latency is a ratio from one timing session: the candidate and the original alter
 (:func:`~graphopt.backends.timing.interleaved_medians`), so a slow patch of the machine hits both. An
 early-exit candidate's cost depends on the input: it is the mean per sample over (up to
 :data:`EXIT_TIMING_SAMPLES` of) the validation samples, the original timed on the same samples in turn.
+
+A backend costed by a cost model instead (its runner has ``estimated_ms``: Ethos-U NPUs, Vela's estimate)
+is not timed: a candidate's latency is its ESTIMATE, and its speed-up is against the estimate of the
+unpruned original int8 and compiled the same way (:mod:`graphopt.search.estimated_baseline`; no NPU runs
+fp32). Its rows say so (:attr:`Measured.latency_basis`). Accuracy drops stay against the fp32 original.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +27,10 @@ from graphopt.backends import BACKENDS, OnnxRunner, export_onnx
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.data.batches import Batch
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
+from graphopt.errors import ExportError
 from graphopt.ir.keys import SHIPPED_FP32
 from graphopt.reporting.evaluation import accuracy
+from graphopt.search.estimated_baseline import EstimatedBaseline, costs_by_estimate
 
 EXIT_TIMING_SAMPLES = 500
 EXIT_TIMING_PASSES = 3  # each sample timed this many times (a single pass over a few hundred is noisy)
@@ -33,12 +41,16 @@ FINAL_ROUNDS = 25
 
 @dataclass
 class Baseline:
-    """The original model in ONNX Runtime fp32: the reference every speed-up and drop is against."""
+    """The original model in ONNX Runtime fp32: the reference every drop is against, and every speed-up of a
+    timed backend. ``estimated``: the reference of speed-ups on a cost-model backend (the unpruned original
+    int8, compiled as the target ships it; module docstring), built on first use; None where the search has
+    no such backend."""
 
     runner: OnnxRunner
     inputs: tuple[torch.Tensor, ...]
     accuracy: float | None  # on validation data, percent
     test_accuracy: float | None
+    estimated: EstimatedBaseline | None = None
 
     @classmethod
     def of(
@@ -49,10 +61,20 @@ class Baseline:
         folder: Path,
         validation: list[Batch] | None,
         test: list[Batch] | None,
+        estimated: EstimatedBaseline | None = None,
     ) -> Baseline:
         path = export_onnx(original, inputs, folder / "original.onnx")
         runner = OnnxRunner(path, threads=threads)
-        return cls(runner, inputs, _percent(runner.run, validation), _percent(runner.run, test))
+        return cls(runner, inputs, _percent(runner.run, validation), _percent(runner.run, test), estimated)
+
+    def estimated_ms(self, backend_name: str) -> float:
+        """The cost-model baseline's estimate on ``backend_name`` (an ExportError where it has none)."""
+        if self.estimated is None:
+            raise ExportError(
+                f"{backend_name} costs by an estimate and this search built no baseline for it: pass the "
+                "backend in SearchConfig(backends=...) or search its target"
+            )
+        return self.estimated.ms(backend_name)
 
     def drop(self, value: float | None, test: bool = False) -> float | None:
         reference = self.test_accuracy if test else self.accuracy
@@ -76,6 +98,25 @@ class Measured:
     @property
     def speedup(self) -> float:
         return self.baseline_ms / self.latency_ms
+
+    @property
+    def estimated(self) -> bool:
+        """Whether the latency is a cost model's ESTIMATE (module docstring), not a measurement."""
+        return costs_by_estimate(self.backend)
+
+    @property
+    def latency_basis(self) -> str:
+        """What the latency and the speed-up are, for a row."""
+        if self.estimated:
+            return f"ESTIMATE ({BACKENDS[self.backend].runtime}), vs {self.baseline_name}"
+        return f"measured, vs {self.baseline_name}"
+
+    @property
+    def baseline_name(self) -> str:
+        """What the speed-up is over."""
+        if self.estimated:
+            return "the unpruned original int8, compiled the same way"
+        return "the original in ORT fp32"
 
 
 def measure_candidate(
@@ -126,8 +167,11 @@ def retime_together(
 ) -> None:
     """Time ``finalists`` and the original in one interleaved session and update their latencies: each
     was first timed in its own session, and a choice between two of them should not rest on two sessions'
-    noise."""
-    entries = [(m, BACKENDS[m.backend].runner(m.path, threads=threads)) for m in finalists]
+    noise. Estimated finalists keep their estimates: a cost model has no noise to even out."""
+    timed = [m for m in finalists if not m.estimated]
+    if not timed:
+        return
+    entries = [(m, BACKENDS[m.backend].runner(m.path, threads=threads)) for m in timed]
     _time_beside_original(entries, baseline, validation, FINAL_ROUNDS)
 
 
@@ -136,7 +180,9 @@ def _time_beside_original(
 ) -> None:
     """Set each entry's latency and the original's, from one interleaved session: fixed-input models on
     the example input in ``rounds`` rounds; exit models sample by sample over the same validation samples
-    (:data:`EXIT_TIMING_PASSES` passes), the original in turn."""
+    (:data:`EXIT_TIMING_PASSES` passes), the original in turn. Entries on a cost-model backend are costed
+    instead (:func:`_cost_by_estimate`) and take no part in the session."""
+    entries = [(m, r) for m, r in entries if not _cost_by_estimate(m, r, baseline)]
     per_sample = validation is not None
     plain = {str(i): r for i, (m, r) in enumerate(entries) if not (m.exits and per_sample)}
     if plain:
@@ -155,6 +201,25 @@ def _time_beside_original(
         for key in exits:
             measured = entries[int(key)][0]
             measured.latency_ms, measured.baseline_ms = means[key], means["original"]
+
+
+def _cost_by_estimate(measured: Measured, runner: Any, baseline: Baseline) -> bool:
+    """Set ``measured``'s latency to its runner's estimate and the baseline's to the cost-model baseline's,
+    when its backend costs by an estimate; whether it did. A candidate the cost model cannot price in full
+    (an operator left on the CPU: ``inf``) is an :class:`ExportError` naming what: a speed-up that leaves
+    out the CPU's work would be no speed-up."""
+    if not measured.estimated:
+        return False
+    ms = runner.estimated_ms()
+    if not math.isfinite(ms):
+        found = getattr(runner, "estimate", None)
+        detail = found.summary() if found is not None else f"estimate {ms}"
+        raise ExportError(
+            f"{measured.path.name} does not run entirely on the NPU ({detail}): its estimate leaves out the "
+            "CPU's work, so it has no comparable latency"
+        )
+    measured.latency_ms, measured.baseline_ms = ms, baseline.estimated_ms(measured.backend)
+    return True
 
 
 def _percent(predict: Any, data: list[Batch] | None) -> float | None:

@@ -47,6 +47,8 @@ class CandidateRow:
             "status": self.status,
             "latency_ms": None if m is None else round(m.latency_ms, 4),
             "speedup": None if m is None else round(m.speedup, 2),
+            # measured against ORT fp32, or a cost model's ESTIMATE against the unpruned int8 original
+            "latency_basis": None if m is None else m.latency_basis,
             "bytes": None if m is None else m.bytes,
             "macs": None if m is None else m.macs,
             "accuracy": None if m is None or m.accuracy is None else round(m.accuracy, 2),
