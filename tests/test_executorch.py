@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -23,7 +25,10 @@ from graphopt.backends.executorch_backend import (
 from graphopt.backends.executorch_form import xnnpack_form
 
 
+@functools.cache
 def _optimized(name: str, target: str) -> graphopt.OptimizeResult:
+    """Each (model, target) optimized once for the file: the tests read the result and lower its model,
+    none changes it (``res.export`` adds its artifact row, which only the test of that row reads)."""
     model, inputs = get_model(name).build()
     calibration = [torch.randn(8, *inputs[0].shape[1:]) for _ in range(2)]
     return graphopt.optimize(model, target, example_inputs=inputs, calibration_data=calibration)
@@ -124,10 +129,13 @@ def test_the_xnnpack_target_ships_a_pte_timed_against_fp32_in_executorch(digits,
     assert path.stat().st_size < 0.4 * sum(p.numel() * 4 for p in digits_model.parameters())
 
 
-def test_bench_adds_executorchs_own_int8_flow_as_a_peer(digits, digits_model, tmp_path):
-    from graphopt.benchmark import models, parse_pipeline
+def test_bench_adds_executorchs_own_int8_flow_as_a_peer(digits, digits_model, tmp_path, monkeypatch):
+    from graphopt.benchmark import models, parse_pipeline, peer_rows
     from graphopt.benchmark.peer_rows import build_peers
 
+    # The ORT quantize_static peers (an export and a quantization each) are test_benchmark.py's rows: here
+    # an int8 pipeline only has to bring in ExecuTorch's own flow next to the peers every run has.
+    monkeypatch.setattr(peer_rows, "quantize_static_presets", dict)
     bench = models._digits("digits", digits_model, digits, None, None)
     peers, _ = build_peers(bench, [parse_pipeline("xnnpack-int8")], tmp_path)
     rows = {c.row.stage: c.row for c in peers}

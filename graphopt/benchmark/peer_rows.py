@@ -11,6 +11,9 @@
   Ethos-U NPU among the pipelines, that int8 file compiled by Vela for it: an ESTIMATE, not a measurement,
   of the NPU's work alone (Vela costs what it leaves on the Cortex-M at 0 cycles; the row names those
   operators with Vela's reasons);
+- for pipelines that ship ``.onnx``: NNCF's post-training quantization (:mod:`.nncf_peer`: ``nncf.quantize``
+  on the exported model, its defaults and its full bias correction, the same calibration samples), run in ORT
+  (int8 pipelines only, when ``nncf`` is installed);
 - Torch-Pruning's magnitude pruner at the same channel ratio, run in ORT fp32 and, for int8 pipelines,
   quantized with ORT's best settings (pruning pipelines only, when ``torch-pruning`` is installed). On a
   model with training data it is fine-tuned first on the labels alone (Torch-Pruning has no distillation)
@@ -41,6 +44,7 @@ from graphopt.backends import (
     export_torchscript,
 )
 from graphopt.backends.vela import VelaEstimate
+from graphopt.benchmark.nncf_peer import NNCF_PRESETS, nncf_quantize
 from graphopt.benchmark.peers import OrtPreset, ort_quantize_static
 from graphopt.errors import ExportError
 from graphopt.frontend.capture import capture
@@ -61,6 +65,7 @@ from .schema import EAGER_CHANNELS_LAST, EAGER_FP32, ORT_FP32, BenchRow
 
 PEERS = "peers"
 LITERT_PT2E = "LiteRT PT2E int8"
+NNCF_PTQ = "NNCF PTQ"
 #: The backends whose pipelines ship a ``.tflite``: they get the LiteRT peers.
 TFLITE_BACKENDS = ("litert", "ethos-u")
 #: The runtime of each peer that runs a file (the rest run eagerly).
@@ -128,6 +133,8 @@ def build_peers(
         for preset, note in quantize_static_presets().items():
             path = _quantize_static(model, bench, folder / f"peer_ort_qs_{preset}.onnx", preset)
             add(f"ORT quantize_static ({preset})", "int8", OnnxRunner(path), _size(path), note)
+    if quantize and any(p.quantized and p.spec.backend.backend == "onnx" for p in pipelines):
+        _nncf_peers(bench, folder, add, notes)
     if any(p.spec.backend.backend == "executorch" for p in pipelines):
         _executorch_peers(bench, folder, quantize, add)
     if any(p.spec.backend.backend in TFLITE_BACKENDS for p in pipelines):
@@ -146,6 +153,27 @@ def build_peers(
             stage = f"Torch-Pruning {ratio:g} + ORT quantize_static (best)"
             add(stage, "int8", OnnxRunner(path), _size(path), note)
     return peers, notes
+
+
+def _nncf_peers(bench: BenchModel, folder: Path, add: Callable[..., None], notes: list[str]) -> None:
+    """NNCF's PTQ at each preset, run in ORT; a missing ``nncf`` or a failure of NNCF is a note."""
+    if importlib.util.find_spec("nncf") is None:
+        notes.append(Note(
+            PEER_NOT_INSTALLED, "NNCF is not installed (pip install 'graphopt[nncf]'): no NNCF PTQ rows",
+            peer="nncf", extra="nncf",
+        ))  # fmt: skip
+        return
+    for preset, note in NNCF_PRESETS.items():
+        path = folder / f"peer_nncf_{preset}.onnx"
+        try:
+            nncf_quantize(bench.model, bench.example_inputs, _samples(bench), path, preset)
+            runner = OnnxRunner(path)  # a file ORT refuses is NNCF's failure too
+        except Exception as exc:  # a peer's failure is a finding, not a reason to stop the benchmark
+            error = type(exc).__name__
+            notes.append(Note(PEER_FAILED, f"{NNCF_PTQ} ({preset}) failed: {error}: {exc}", peer="nncf",
+                              preset=preset, error=error))  # fmt: skip
+            continue
+        add(f"{NNCF_PTQ} ({preset})", "int8", runner, _size(path), note)
 
 
 def _executorch_peers(bench: BenchModel, folder: Path, quantize: bool, add: Callable[..., None]) -> None:
@@ -240,10 +268,14 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _quantize_static(model: nn.Module, bench: BenchModel, path: Path, preset: OrtPreset) -> Path:
+def _samples(bench: BenchModel) -> list[tuple[torch.Tensor, ...]]:
+    """The bench's calibration images one by one, as graphopt and the ORT peers calibrate on them."""
     assert bench.calibration is not None
-    batches = [(x[i : i + 1],) for x in bench.calibration for i in range(len(x))]
-    return ort_quantize_static(model, bench.example_inputs, batches, path, preset)
+    return [(x[i : i + 1],) for x in bench.calibration for i in range(len(x))]
+
+
+def _quantize_static(model: nn.Module, bench: BenchModel, path: Path, preset: OrtPreset) -> Path:
+    return ort_quantize_static(model, bench.example_inputs, _samples(bench), path, preset)
 
 
 def _torch_pruning(bench: BenchModel, ratio: float, notes: list[str]) -> nn.Module | None:

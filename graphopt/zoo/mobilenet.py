@@ -46,10 +46,12 @@ class MobileNetV2(nn.Module):
         width_mult: float = 1.0,
         settings: tuple[tuple[int, int, int, int], ...] = _V2_SETTINGS,
         last_channels: int = 1280,
+        in_channels: int = 3,
+        stem: tuple[int, int] = (32, 2),  # the first conv's channels (before width_mult) and stride
     ):
         super().__init__()
-        c_in = max(8, int(32 * width_mult))
-        features: list[nn.Module] = [_conv_bn_relu6(3, c_in, 3, 2)]
+        c_in = max(8, int(stem[0] * width_mult))
+        features: list[nn.Module] = [_conv_bn_relu6(in_channels, c_in, 3, stem[1])]
         for t, c, n, s in settings:
             c_out = max(8, int(c * width_mult))
             for i in range(n):
@@ -73,3 +75,17 @@ def mobilenet_v2(num_classes: int = 1000) -> MobileNetV2:
 def mobilenet_v2_tiny(num_classes: int = 10) -> MobileNetV2:
     """A three-stage MobileNetV2 for tests."""
     return MobileNetV2(num_classes, settings=((1, 8, 1, 1), (4, 16, 2, 2), (4, 24, 2, 2)), last_channels=64)
+
+
+#: (expand ratio, channels, repeats, stride) of :func:`mobilenet_fashion`: 28x28 -> 14x14 in the first block,
+#: 7x7 after the second stage, 4x4 in the last.
+_FASHION_SETTINGS = ((1, 16, 1, 2), (4, 24, 2, 2), (4, 32, 2, 1), (4, 64, 1, 2))
+
+
+def mobilenet_fashion(num_classes: int = 10) -> MobileNetV2:
+    """A small MobileNetV2 for 28x28 grayscale images (Fashion-MNIST): a full-resolution 3x3 stem (1 -> 16,
+    stride 1), six inverted residuals with ReLU6 and BatchNorm (depthwise 3x3, expand ratio 4 after the
+    first), a 1x1 conv to 256 channels, global average pooling and a linear classifier: 2.1 M MACs."""
+    return MobileNetV2(
+        num_classes, settings=_FASHION_SETTINGS, last_channels=256, in_channels=1, stem=(16, 1)
+    )
