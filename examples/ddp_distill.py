@@ -7,6 +7,9 @@ with ``--world-size N`` processes, with the same global batch and schedule, and 
 
     python examples/ddp_distill.py --world-size 2 --out ddp.json
     python examples/ddp_distill.py --world-size 1 --out single.json
+
+``--teacher teacher.pt`` (a ``DigitsCNN`` state dict) skips training the teacher, e.g. to compare runs with
+one teacher.
 """
 
 from __future__ import annotations
@@ -98,13 +101,16 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--teacher", help="a trained DigitsCNN state dict (default: train one here)")
     parser.add_argument("--out", default="ddp_distill.json")
     args = parser.parse_args()
-    data = load_digits_split()
-    teacher = train_digits_cnn(data, DigitsTraining(epochs=args.teacher_epochs), quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_path = str(Path(tmp) / "teacher.pt")
-        torch.save(teacher.state_dict(), teacher_path)
+        teacher_path = args.teacher or str(Path(tmp) / "teacher.pt")
+        if args.teacher is None:
+            teacher = train_digits_cnn(
+                load_digits_split(), DigitsTraining(epochs=args.teacher_epochs), quiet=True
+            )
+            torch.save(teacher.state_dict(), teacher_path)
         if args.world_size == 1:
             run(0, 1, 0, teacher_path, args.epochs, args.out)
         else:

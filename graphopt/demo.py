@@ -47,6 +47,7 @@ class DemoConfig:
     prune: float = 0.5
     recovery_epochs: int = 20  # for distillation after pruning and for QAT each
     early_exit: bool = False  # an exit after the second conv block (fp32 targets only)
+    exit_epochs: int = EarlyExitConfig.epochs  # of the exit head's training, with early_exit
     out_dir: Path = Path("graphopt-demo")
     quiet: bool = False
 
@@ -55,6 +56,8 @@ class DemoConfig:
         resolve_target(self.target)
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not isinstance(self.exit_epochs, int) or self.exit_epochs < 1:
+            raise ConfigError(f"exit_epochs must be an integer >= 1, got {self.exit_epochs!r}")
         if not isinstance(self.recovery_epochs, int) or self.recovery_epochs < 0:
             raise ConfigError(f"recovery_epochs must be an integer >= 0, got {self.recovery_epochs!r}")
         if not 0 <= self.prune < 1:
@@ -82,7 +85,9 @@ def run_demo(config: DemoConfig) -> OptimizeResult:
         # picks what ships. A user's call leaves the probe on: where int8 is slower than fp32 after
         # pruning, it skips int8 and QAT and gives their epochs to recovery.
         prune=PruneConfig(config.prune, skip_int8_if_slower=False) if config.prune else 0.0,
-        early_exit=EarlyExitConfig(exits=("features.6",), augment=random_shift, quiet=config.quiet)
+        early_exit=EarlyExitConfig(
+            exits=("features.6",), epochs=config.exit_epochs, augment=random_shift, quiet=config.quiet
+        )
         if config.early_exit
         else None,
         recovery=RecoveryConfig(

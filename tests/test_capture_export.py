@@ -109,6 +109,26 @@ def hf_model(request):
     return request.param, model.eval(), inputs
 
 
+@pytest.fixture(scope="module")
+def fp32_exports(tmp_path_factory):
+    """``get(name)``: the HF model (seed 0, as ``hf_model`` builds it) optimized for generic-fp32, its
+    sequence length dynamic for text, and exported to ONNX, once for the module: (model, result, path)."""
+    folder = tmp_path_factory.mktemp("fp32_exports")
+    built = {}
+
+    def get(name):
+        if name not in built:
+            torch.manual_seed(0)
+            model, inputs = HF_MODELS[name]()
+            model.eval()
+            dynamic = {0: {1: "seq"}, 1: {1: "seq"}} if name != "vit" else None
+            res = graphopt.optimize(model, "generic-fp32", example_inputs=inputs, dynamic_shapes=dynamic)
+            built[name] = (model, res, res.export(folder / f"{name}.onnx"))
+        return built[name]
+
+    return get
+
+
 def _calibration(inputs):
     return [tuple(torch.cat([x] * 4) for x in inputs) for _ in range(2)]
 
@@ -137,18 +157,15 @@ def test_transformers_prune_exactly(hf_model):
     assert _prune_exactly(gm, inputs) > 0, name
 
 
-def test_a_dynamic_sequence_length_survives_capture_and_onnx(tmp_path):
+def test_a_dynamic_sequence_length_survives_capture_and_onnx(fp32_exports):
+    """BERT with its sequence length dynamic (by input index; by input name: test_quantize_dynamic.py,
+    test_transformer_lowering.py), the same run as the ONNX export test's."""
     import onnx
 
-    torch.manual_seed(0)
-    model, inputs = _bert()
-    model.eval()
-    dynamic = {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}}
-    res = graphopt.optimize(model, "generic-fp32", example_inputs=inputs, dynamic_shapes=dynamic)
+    model, res, path = fp32_exports("bert")  # the export checked it at 8 and 32 tokens besides the 16
     longer = _tokens(batch=3, length=24)
     ok, err = allclose(outputs(model, *longer), outputs(res.model, *longer), PARITY)
     assert ok, err
-    path = res.export(tmp_path / "bert.onnx")  # checked at 8 and 32 tokens besides the example's 16
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
     assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "seq"]
@@ -248,13 +265,9 @@ def test_early_exit_and_sparsity_on_a_lifted_classifier_name_its_modules(tmp_pat
     assert res.export(tmp_path / "exits.onnx").is_file()
 
 
-def test_transformers_export_to_onnx_and_run_at_other_lengths(hf_model, tmp_path):
+def test_transformers_export_to_onnx_and_run_at_other_lengths(hf_model, fp32_exports):
     """Text models with a dynamic sequence length (checked by export at half and twice the example's);
     the ViT at its image size."""
-    name, model, inputs = hf_model
-    text = name != "vit"
-    dynamic = {0: {1: "seq"}, 1: {1: "seq"}} if text else None
-    res = graphopt.optimize(model, "generic-fp32", example_inputs=inputs, dynamic_shapes=dynamic)
-    path = res.export(tmp_path / f"{name}.onnx")
+    _, res, path = fp32_exports(hf_model[0])
     checked = set(note_keys(res.report.artifact("onnx")))
     assert path.is_file() and not checked & {FOREIGN_ISA_DIFFERS, INT8_ROUNDS_DIFFERENTLY}

@@ -15,16 +15,20 @@ from graphopt.data.labelled import LabelledTensors
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ddp_distill.py"
 
 
-def _run(world_size: int, out: Path) -> dict[str, float]:
-    budget = ["--epochs", "6", "--teacher-epochs", "6"]
+def _run(world_size: int, teacher: Path, out: Path) -> dict[str, float]:
+    budget = ["--epochs", "6", "--teacher", str(teacher)]
     cmd = [sys.executable, str(EXAMPLE), "--world-size", str(world_size), *budget, "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     return json.loads(out.read_text())
 
 
-def test_ddp_matches_single_process(tmp_path):
-    ddp = _run(2, tmp_path / "ddp.json")
-    single = _run(1, tmp_path / "single.json")
+def test_ddp_matches_single_process(tmp_path, digits_model):
+    """Both runs distill from one teacher, the suite's trained digits CNN (each run training its own
+    teacher cost two trainings and compared students of two teachers)."""
+    teacher = tmp_path / "teacher.pt"
+    torch.save(digits_model.state_dict(), teacher)
+    ddp = _run(2, teacher, tmp_path / "ddp.json")
+    single = _run(1, teacher, tmp_path / "single.json")
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert single["test_accuracy"] > 0.95
     # same quality: within 1 pp (under 4 of 360 test images)

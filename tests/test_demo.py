@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 import graphopt
 from graphopt.artifacts.result import LATENCY_GUARD
 from graphopt.demo import DemoConfig, run_demo
@@ -44,6 +46,7 @@ def test_demo_with_early_exit_on_an_fp32_target(tmp_path):
         prune=0.0,
         recovery_epochs=0,
         early_exit=True,
+        exit_epochs=5,  # of 30: the exit's lowering, timing and report are under test, not its accuracy
         out_dir=tmp_path,
         quiet=True,
     )
@@ -56,3 +59,8 @@ def test_demo_with_early_exit_on_an_fp32_target(tmp_path):
     else:
         assert NO_EXIT_PAYS in note_keys(report)
     assert (tmp_path / "digits.pt2").is_file()
+
+
+def test_a_bad_exit_epoch_count_fails_before_any_training():
+    with pytest.raises(graphopt.ConfigError, match="exit_epochs must be an integer >= 1, got 0"):
+        DemoConfig(early_exit=True, exit_epochs=0)
