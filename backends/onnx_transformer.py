@@ -225,16 +225,31 @@ def describe_fusions(fusions: dict[str, int]) -> str:
     return ", ".join(f"{op} x{n}" for op, n in sorted(fusions.items())) or "none fired"
 
 
-def ort_transformer_fusions(source: Path, target: Path, heads: int = 0, hidden: int = 0) -> dict[str, int]:
+def ort_transformer_fusions(
+    source: Path, target: Path, heads: int = 0, hidden: int = 0, *, right_padding_only: bool = False
+) -> dict[str, int]:
     """Run ONNX Runtime's transformer optimizer (``model_type="bert"``, graph fusions only: ``opt_level=0``
     leaves ORT's own session optimizations to the session; ``heads = hidden = 0`` reads them from the
-    graph), write ``target`` and return the fusions that fired."""
+    graph), write ``target`` and return the fusions that fired.
+
+    The fused ``Attention`` reads the raw 2D attention mask, as the model does. ORT's own default for BERT
+    (``right_padding_only=True``, what Optimum's flow gets) replaces the mask by ``ReduceSum(mask)``, one
+    length per sequence, which is the model only when every mask is ones then zeros: a left-padded batch,
+    or zeros anywhere else, attends to the wrong tokens."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    options.use_raw_attention_mask(not right_padding_only)
     source, target = Path(source).absolute(), Path(target).absolute()  # quiet_ort runs in a scratch folder
     with quiet_ort():
         optimized = optimize_model(
-            str(source), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
+            str(source),
+            model_type="bert",
+            num_heads=heads,
+            hidden_size=hidden,
+            opt_level=0,
+            optimization_options=options,
         )
         optimized.save_model_to_file(str(target))
     return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}

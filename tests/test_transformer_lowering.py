@@ -79,6 +79,40 @@ def test_bert_lowers_to_ort_fused_int8_attention_and_runs_at_other_lengths(tmp_p
         assert cosine.min() > 0.99, (length, cosine.min())
 
 
+def test_padded_batches_export_and_the_fused_file_reads_the_mask_as_given(tmp_path):
+    """A padded example exports (issue 42: it failed the artifact check), and the fused Attention reads the
+    raw 2D mask: left padding and holes attend as the model does. ORT's default for BERT turns the mask into
+    one length per sequence, which reads them as right padding of that length."""
+    model, _ = _bert()
+    with torch.no_grad():  # attention's share of each layer's output large, so a misread mask shows
+        for layer in model.encoder.layer:
+            layer.attention.output.dense.weight *= 10
+    ids = torch.randint(0, 100, (4, 16))
+    mask = torch.ones(4, 16, dtype=torch.long)
+    mask[1, 10:] = 0  # right padding, as a tokenizer pads a batch
+    res = graphopt.optimize(model, example_inputs=(ids, mask), dynamic_shapes=SEQUENCE, passes=ALL_INT8)
+    runner = OnnxRunner(res.export(tmp_path / "padded.onnx", latency_guard=False))
+    mask[2, :6] = 0  # left padding
+    mask[3, 4:9] = 0  # a hole
+    as_lengths = (torch.arange(16) < mask.sum(1, keepdim=True)).long()  # the right-padding-only reading
+    got = runner.run(ids, mask)[0]
+    with torch.no_grad():
+        expected, misread = (_hidden(res.model(ids, m)) for m in (mask, as_lengths))
+    for row in (2, 3):
+        kept = mask[row].bool().numpy()  # padded positions' outputs are unused
+        off_model = 1 - _cosine(got[row][kept], expected[row][kept]).min()
+        misreading = 1 - _cosine(misread[row][kept], expected[row][kept]).min()
+        assert off_model < 0.05 * misreading, (row, off_model, misreading)
+
+
+def _hidden(output) -> np.ndarray:
+    return (output["last_hidden_state"] if isinstance(output, dict) else output[0]).numpy()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
 def test_layers_kept_fp32_stay_fp32_in_the_fused_file(tmp_path):
     model, tokens = _bert()
     res = graphopt.optimize(model, example_inputs=tokens, dynamic_shapes=SEQUENCE, passes=ALL_INT8)

@@ -132,7 +132,10 @@ def _optimum_flow(w: Workbench) -> Built:
     config = w.model.encoder.config
     exported, fused, path = w.folder / "ts.onnx", w.folder / "ts_fused.onnx", w.folder / "ts_fused_qd.onnx"
     torchscript_onnx(_with_eager_attention(w.model), w.tokens, exported, list(INPUTS), SEQUENCE_DIMS)
-    fusions = ort_transformer_fusions(exported, fused, config.num_attention_heads, config.hidden_size)
+    # right_padding_only: ORT's default for BERT and Optimum's (use_raw_attention_mask=False)
+    fusions = ort_transformer_fusions(
+        exported, fused, config.num_attention_heads, config.hidden_size, right_padding_only=True
+    )
     quantize_fused(fused, path, None, reduce_range=True)
     return Built(
         path, [f"fusions: {describe_fusions(fusions)}", "then quantize_dynamic, per-channel, reduce_range"]
