@@ -219,6 +219,29 @@ def test_calibration_batches_may_differ_along_a_declared_dynamic_dim(target, tmp
     assert np.allclose(runner.run(x)[0], res.model(x).detach().numpy(), atol=0.05)
 
 
+class TokensMasked(nn.Module):
+    """Token ids and an integer attention mask, as a tokenizer gives them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(50, FEATURES), nn.Linear(FEATURES, 4)
+
+    def forward(self, ids, mask):
+        return (self.fc(self.embed(ids)) * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+
+
+def test_integer_token_batches_at_other_lengths_are_inputs_not_input_label_pairs():
+    """(ids, mask) at another length than the example's was read as (inputs, labels), its integer mask
+    taken for labels, and refused for the shape of one input (issue 42)."""
+    example = (torch.randint(0, 50, (1, 8)), torch.ones(1, 8, dtype=torch.long))
+    batches = [(torch.randint(0, 50, (4, n)), torch.ones(4, n, dtype=torch.long)) for n in (5, 13)]
+    res = graphopt.optimize(
+        TokensMasked().eval(), "x86-dynamic-int8", example_inputs=example,
+        calibration_data=batches, dynamic_shapes={"ids": {1: "seq"}, "mask": {1: "seq"}},
+    )  # fmt: skip
+    assert res.report.stage("quantize_dynamic").stats["worst_cosine"] > 0.9  # the fall-back ranked on them
+
+
 def test_calibration_at_another_length_is_refused_when_no_dim_is_declared_dynamic():
     with pytest.raises(graphopt.InvalidInputError, match=r"per-sample shapes \[\(6, 16\)\]"):
         graphopt.optimize(SeqMean().eval(), "x86-int8", example_inputs=(_seq(),), calibration_data=[_seq(6)])

@@ -34,7 +34,7 @@ def read_calibration_inputs(
     if isinstance(data, torch.Tensor):
         data = [data]
     items = bounded_batches(data, "calibration_data", CALIBRATION_FORM)
-    batches = CalibrationBatches(calibration_inputs(items, example_inputs=example_inputs))
+    batches = CalibrationBatches(calibration_inputs(items, example_inputs=example_inputs, dynamic=dims))
     if not batches:
         raise InvalidInputError("calibration_data is empty; give at least one batch of inputs")
     for i, batch in enumerate(batches):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from graphopt.data.batches import as_input_tuple
+from graphopt.data.dims import DynamicDims
 from graphopt.errors import InvalidInputError
 
 
@@ -30,15 +31,16 @@ def calibration_inputs(
     data: Iterable[Any],
     what: str = "calibration_data",
     example_inputs: tuple[torch.Tensor, ...] | None = None,
+    dynamic: DynamicDims | None = None,
 ) -> Iterable[tuple[torch.Tensor, ...]]:
     """Input tuples from an iterable of tensors, input tuples, or ``(inputs, labels)`` pairs.
 
     A pair ``(a, b)`` with an integer ``b`` is read as ``(inputs, labels)``, unless the model takes two
-    inputs shaped like ``a`` and ``b`` (``example_inputs``): then it is the inputs of a two-input model,
-    such as ``(input_ids, attention_mask)``.
+    inputs shaped like ``a`` and ``b`` (``example_inputs``, sizes along the ``dynamic`` dims free): then it
+    is the inputs of a two-input model, such as ``(input_ids, attention_mask)`` at another length.
     """
     for item in data:
-        if _is_input_tuple(item, example_inputs):
+        if _is_input_tuple(item, example_inputs, dynamic or DynamicDims()):
             pass
         elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list)):
             item = item[0]  # ((x, ...), labels)
@@ -56,15 +58,24 @@ def calibration_inputs(
         yield as_input_tuple(tensors)  # refuses meta, sparse and quantized tensors by name
 
 
-def _is_input_tuple(item: Any, example_inputs: tuple[torch.Tensor, ...] | None) -> bool:
-    """Whether ``item`` is one batch of the model's inputs: as many tensors as it takes, shaped alike."""
+def _is_input_tuple(item: Any, example_inputs: tuple[torch.Tensor, ...] | None, dynamic: DynamicDims) -> bool:
+    """Whether ``item`` is one batch of the model's inputs: as many tensors as it takes, shaped alike
+    (along the ``dynamic`` dims any size)."""
     if example_inputs is None or len(example_inputs) < 2 or not isinstance(item, (tuple, list)):
         return False
     if len(item) != len(example_inputs) or not all(isinstance(x, torch.Tensor) for x in item):
         return False
     return all(
-        x.shape[1:] == e.shape[1:] and x.dtype.is_floating_point == e.dtype.is_floating_point
-        for x, e in zip(item, example_inputs, strict=True)
+        _shaped_alike(x, e, dynamic.dims[i] if i < len(dynamic.dims) else {})
+        and x.dtype.is_floating_point == e.dtype.is_floating_point
+        for i, (x, e) in enumerate(zip(item, example_inputs, strict=True))
+    )
+
+
+def _shaped_alike(x: torch.Tensor, example: torch.Tensor, free: Any) -> bool:
+    """The same rank and, past the batch, the same size on every dim not in ``free``."""
+    return x.dim() == example.dim() and all(
+        a == b for d, (a, b) in enumerate(zip(x.shape, example.shape, strict=True)) if d > 0 and d not in free
     )
 
 
