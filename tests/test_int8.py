@@ -199,3 +199,42 @@ def test_fixed_point_target_has_only_power_of_two_scales(digits_model, digits, t
     from graphopt.reporting.evaluation import accuracy
 
     assert accuracy(OnnxRunner(path).run_batched, digits.test_batches()) > 0.97
+
+
+class OutlierAttention(torch.nn.Module):
+    """Attention over tokens whose channel 0 is a massive activation carrying nothing (the projections
+    ignore it), as trained transformers have: one static scale per tensor rounds the rest to zero."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(width, width) for _ in range(3))
+        self.out = torch.nn.Linear(width, 4)
+        with torch.no_grad():
+            for proj in (self.q, self.k, self.v):
+                proj.weight[:, 0] = 0
+        self.register_buffer("gain", torch.ones(width).index_fill(0, torch.tensor([0]), 1000.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * self.gain
+        attended = torch.nn.functional.scaled_dot_product_attention(self.q(h), self.k(h), self.v(h))
+        return self.out(attended).mean(1)
+
+
+def test_static_int8_that_garbles_a_transformer_says_so_and_names_the_dynamic_target():
+    torch.manual_seed(0)
+    model = OutlierAttention().eval()
+    calibration = [torch.randn(4, 6, 16) for _ in range(2)]
+    res = graphopt.optimize(
+        model, "x86-int8", example_inputs=(calibration[0][:1],), calibration_data=calibration
+    )
+    cosine = res.report.stage("calibrate").stats["output_cosine"]
+    (note,) = notes_with(res.report, "calibrate:poor_agreement")
+    assert cosine < 0.99 and note.facts["attention"] and "'x86-dynamic-int8'" in note
+
+
+def test_static_int8_that_holds_adds_no_agreement_note(digits, digits_model):
+    res = graphopt.optimize(
+        digits_model, "x86-int8", example_inputs=(digits.test_x[:1],), calibration_data=[digits.train_x[:32]]
+    )
+    assert res.report.stage("calibrate").stats["output_cosine"] > 0.99
+    assert not notes_with(res.report, "calibrate:poor_agreement")
