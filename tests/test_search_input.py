@@ -383,6 +383,8 @@ def _cli(argv, capsys) -> tuple[int, str]:
         (["--max-candidates", "0"], "SearchConfig.max_candidates must be a whole number >= 1"),
         (["--search-prune", "0,1.5"], "--search-prune must be comma-separated fractions in \\[0, 1\\)"),
         (["--search-prune", "0,nan"], "--search-prune must be comma-separated fractions"),
+        (["--search-weight-bits", "8,four"], "--search-weight-bits must be comma-separated widths like 8,4"),
+        (["--search-weight-bits", "8,1"], "SearchConfig.weight_bits: 1 is not one of 2, 3"),
         (["--goal", "size<=1" + "0" * 400], "the limit is too large"),
     ],
 )  # fmt: skip

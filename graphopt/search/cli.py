@@ -19,8 +19,8 @@ from graphopt.errors import ConfigError
 #: The search's own flags and their defaults. They default to None on the parser so that one given
 #: without ``--goal`` (where nothing reads it) can be refused rather than ignored.
 SEARCH_DEFAULTS = {
-    "search_prune": "0,0.25,0.5,0.7", "no_exits": False, "max_candidates": 24, "max_minutes": 20.0,
-    "recovery_epochs": 5, "search_plot": None, "search_cache": None,
+    "search_prune": "0,0.25,0.5,0.7", "search_weight_bits": "8", "no_exits": False, "max_candidates": 24,
+    "max_minutes": 20.0, "recovery_epochs": 5, "search_plot": None, "search_cache": None,
 }  # fmt: skip
 
 
@@ -33,6 +33,9 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     flags."""
     add_option_flags(p, tuple(OPTION[name] for name in SEARCH_OPTIONS))
     p.add_argument("--search-prune", help="prune ratios the search tries (default 0,0.25,0.5,0.7)")
+    p.add_argument(
+        "--search-weight-bits", help="int8 weight widths the search tries, e.g. 8,4 (W4A8 too; default 8)"
+    )
     p.add_argument("--no-exits", action="store_const", const=True, help="the search does not try early exits")
     p.add_argument("--max-candidates", type=int, help="the most candidates the search measures (default 24)")
     p.add_argument("--max-minutes", type=float, help="the search's time budget (default 20)")
@@ -69,7 +72,8 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
     check_search_arguments(args)
     # built before the model loads: a bad option is reported before any work
     config = SearchConfig(
-        prune_ratios=_ratios(args.search_prune), exits=(False,) if args.no_exits else (False, True),
+        prune_ratios=_ratios(args.search_prune), weight_bits=_bits(args.search_weight_bits),
+        exits=(False,) if args.no_exits else (False, True),
         max_candidates=args.max_candidates, max_minutes=args.max_minutes, cache_dir=args.search_cache,
         quiet=args.quiet,
     )  # fmt: skip
@@ -115,6 +119,14 @@ def check_search_arguments(args: argparse.Namespace) -> None:
         pyplot(instead="drop --search-plot")
     if args.search_cache is not None:
         CandidateStore(args.search_cache)  # a folder that cannot be written is a ConfigError now
+
+
+def _bits(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        message = f"--search-weight-bits must be comma-separated widths like 8,4; got {text!r}"
+        raise ConfigError(message) from None
 
 
 def _ratios(text: str) -> tuple[float, ...]:

@@ -1,6 +1,7 @@
 """The search space: one :class:`SearchPoint` per combination of the plan slots a search may set.
 
-    prune ratio x importance x int8 (off / on / on with per-layer fp32 fall-backs) x early exits x backend
+    prune ratio x importance x int8 (off / on / on with per-layer fp32 fall-backs) x int8 weight bits
+        x early exits x backend
 
 Points are ordered so that shared stages are computed once and cheap decisions come first: grouped by
 pruning (ratio ascending, then importance: the pruned-and-recovered model is the start of its fp32, int8 and
@@ -9,7 +10,7 @@ finished backbone). Before anything runs, :func:`bound` rules out points that ca
 their accuracy, from estimates that err on the generous side:
 
     speed-up <= 1 / (1 - r)^2  x  (4 if int8)  x  (1 / first exit fraction if exits)
-    bytes    >= params x (1 - r)^2 x (1 byte if int8 else 4)
+    bytes    >= params x (1 - r)^2 x (b / 8 bytes for int8 with b-bit weights, else 4)
 
 (pruning a fraction ``r`` of the channels of a layer whose inputs are pruned too leaves ``(1 - r)^2`` of its
 MACs and weights; int8 kernels do at most 4x the fp32 MACs per cycle on these CPUs; a sample leaving at the
@@ -52,11 +53,14 @@ class SearchConfig:
     candidate so far). ``reuse``: the :class:`SearchResult` of an earlier search on the same model and data,
     whose stages and measured candidates this one reuses. ``tie_break``: among candidates meeting every
     goal, the fastest (``"speed"``), the most accurate or the smallest wins; the other two break ties.
+    ``weight_bits``: the widths (2..8) int8 points store their conv / linear weights in (``(8, 4)`` tries
+    W4A8 beside int8: a size goal is what it is for); the caller's ``weights=`` otherwise.
     """
 
     prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.7)
     importances: tuple[str, ...] = ("l2",)
     int8: tuple[Int8Mode, ...] = ("off", "on", "fallbacks")
+    weight_bits: tuple[int, ...] = (8,)
     exits: tuple[bool, ...] = (False, True)
     early_exit: EarlyExitConfig | None = None
     backends: tuple[str, ...] | None = None
@@ -85,6 +89,7 @@ class SearchConfig:
         _choices(self, "importances", "('l2', 'l1')", get_args(Importance))
         _choices(self, "int8", "('off', 'on')", get_args(Int8Mode))
         _choices(self, "exits", "(False, True)", (False, True), kind=bool)
+        _choices(self, "weight_bits", "(8, 4)", tuple(range(2, 9)), kind=int)
         if self.backends is not None:
             from graphopt.backends import BACKENDS  # on use: the backends import torch and onnx
 
@@ -166,11 +171,13 @@ class SearchPoint:
     int8: Int8Mode = "off"
     exits: bool = False
     backend: str = "onnx"
+    weight_bits: int = 8  # of an int8 point's weights (W4A8 at 4); 8 for fp32 points
 
     @property
     def label(self) -> str:
         parts = [f"prune={self.prune:g}" + (f"/{self.importance}" if self.prune else "")]
-        parts.append({"off": "fp32", "on": "int8", "fallbacks": "int8+fp32 fall-backs"}[self.int8])
+        int8 = "int8" if self.weight_bits == 8 else f"W{self.weight_bits}A8"
+        parts.append({"off": "fp32", "on": int8, "fallbacks": f"{int8}+fp32 fall-backs"}[self.int8])
         if self.exits:
             parts.append("exits")
         return " ".join(parts) + f" [{self.backend}]"
@@ -184,7 +191,7 @@ class SearchPoint:
         return ceiling
 
     def bytes_floor(self, params: int) -> float:
-        return params * (1.0 - self.prune) ** 2 * (1 if self.int8 != "off" else 4)
+        return params * (1.0 - self.prune) ** 2 * (self.weight_bits / 8 if self.int8 != "off" else 4)
 
 
 @dataclass(frozen=True)
@@ -211,5 +218,6 @@ def enumerate_points(config: SearchConfig, limits: SpaceLimits) -> list[SearchPo
         for importance, with_exits, mode, backend in itertools.product(
             importances, exits, int8_modes, limits.backends
         ):
-            points.append(SearchPoint(ratio, importance, mode, with_exits, backend))  # type: ignore[arg-type]
+            for bits in config.weight_bits if mode != "off" else (8,):
+                points.append(SearchPoint(ratio, importance, mode, with_exits, backend, bits))  # type: ignore[arg-type]
     return points

@@ -1,6 +1,7 @@
 """From a search point to the optimize call that runs it: the caller's call with the point's plan options.
 
-A point's int8 mode picks the pipeline (the target's, or the target's without its int8 passes), its prune
+A point's int8 mode picks the pipeline (the target's, or the target's without its int8 passes), its weight
+bits the int8 weights (:class:`WeightQuant`, the caller's per-tensor and per-layer settings kept), its prune
 ratio and importance a :class:`PruneConfig`, ``exits`` the exit configuration, ``fallbacks`` an
 ``accuracy_budget`` of half the accuracy goal (QAT and exits may cost the other half); training configs
 go only to the points that train (pruning recovery, QAT), made quiet when the search is.
@@ -16,6 +17,7 @@ from graphopt.pipeline.driver import OptimizeCall
 from graphopt.pipeline.plan import INT8_SLOTS
 from graphopt.pipeline.registry import make_pass, pass_class
 from graphopt.pruning.config import PruneConfig
+from graphopt.quant.options import WeightQuant
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.search.goals import Goals
 from graphopt.search.space import SearchConfig, SearchPoint
@@ -40,7 +42,16 @@ class Variants:
             accuracy_budget=self._fallback_budget() if point.int8 == "fallbacks" else None,
             recovery=self._recovery() if trains else None,
             eval_data=self.call.validation_data,  # the tuning share: fall-backs decide on it, rows show it
+            weights=self._weights(point),
         )
+
+    def _weights(self, point: SearchPoint) -> int | WeightQuant | None:
+        """The caller's ``weights=``; at the point's width where the search has a weight-bits axis."""
+        given = self.call.weights
+        if point.int8 == "off" or self.config.weight_bits == (8,):
+            return given
+        base = given if isinstance(given, WeightQuant) else WeightQuant()
+        return dataclasses.replace(base, bits=point.weight_bits)
 
     @staticmethod
     def _prune(point: SearchPoint) -> PruneConfig | float:
