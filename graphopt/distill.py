@@ -35,8 +35,8 @@ def distill(
     *,
     val_data: Iterable[Any] | None = None,
 ) -> DistillResult:
-    """Train a copy of ``student`` on ``train_data`` (``(inputs, labels)`` batches) with knowledge
-    distillation from ``teacher``; :class:`RecoveryConfig` sets the loss, schedule, validation and the
+    """Train a copy of ``student`` on ``train_data`` (``(inputs, labels)`` batches, or input tensors alone:
+    then the student learns the teacher's outputs only) with knowledge distillation from ``teacher``; :class:`RecoveryConfig` sets the loss, schedule, validation and the
     ``train_fn`` hook. Without one, :data:`~graphopt.recovery.config.NEW_STUDENT` (30 epochs, one-cycle, peak
     lr 0.01): settings for a student trained from scratch."""
     check_model(teacher)
@@ -48,7 +48,7 @@ def distill(
         )
     frozen_teacher = private_eval_copy(teacher)
     trained = private_eval_copy(student)
-    data = read_labelled(train_data, "train_data", None)
+    data = read_labelled(train_data, "train_data", None, inputs_only=True)
     _check_pair(frozen_teacher, trained, data)
     result = fit(trained, frozen_teacher, data, config or NEW_STUDENT, val_data=val_data, desc="distill")
     return DistillResult(trained, result)

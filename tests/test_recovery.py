@@ -107,7 +107,11 @@ def test_cuda_request_falls_back_to_cpu_or_uses_the_gpu(digits_model, digits):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ([torch.randn(4, 1, 8, 8)], r"must be an iterable of \(inputs, labels\) batches"),
+        # (inputs alone are accepted: tests/test_unlabelled_distillation.py)
+        (
+            [(torch.randn(4, 1, 8, 8), torch.zeros(4), None)],
+            r"must be an iterable of \(inputs, labels\) batches",
+        ),
         (torch.randn(4, 1, 8, 8), r"must be an iterable of \(inputs, labels\) batches: .*; got Tensor"),
         ([], "train_data is empty"),
         (

@@ -222,3 +222,22 @@ def _kind(x: torch.Tensor) -> str:
     if x.dtype == torch.bool:
         return "bool"
     return "floating" if x.is_floating_point() else "complex" if x.is_complex() else "integer"
+
+
+def is_input_tuple(item: object, example: Sequence[torch.Tensor] | None, dynamic: DynamicDims) -> bool:
+    """Whether ``item`` is one batch of a multi-input model's inputs: as many tensors as ``example`` (two or
+    more), each of the same rank, kind (float or not) and per-sample size, a dim ``dynamic`` declares free.
+    Tells ``(input_ids, attention_mask)`` from an ``(inputs, labels)`` pair."""
+    if example is None or len(example) < 2 or not isinstance(item, (tuple, list)):
+        return False
+    if len(item) != len(example) or not all(isinstance(x, torch.Tensor) for x in item):
+        return False
+    for i, (x, e) in enumerate(zip(item, example, strict=True)):
+        free = dynamic.dims[i] if i < len(dynamic.dims) else {}
+        if x.dim() != e.dim() or x.dtype.is_floating_point != e.dtype.is_floating_point:
+            return False
+        if any(
+            a != b for d, (a, b) in enumerate(zip(x.shape, e.shape, strict=True)) if d > 0 and d not in free
+        ):
+            return False
+    return True

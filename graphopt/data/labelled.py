@@ -6,6 +6,11 @@ or a tuple of tensors, ``labels`` integer class indices. They are concatenated i
 ``train_fn`` with the user's own loader) and re-batched by whoever trains on them. ``eval_data`` stays in
 its batches (each is measured as given, so its batches may differ along a declared dynamic dim).
 
+``train_data`` may instead be inputs only (each item the model's inputs: a tensor, or the tuple a
+multi-input model takes, such as ``(input_ids, attention_mask)``): every sample then has the label
+:data:`UNLABELLED`, and recovery distills from the original model alone (:mod:`graphopt.recovery.losses`).
+A set is labelled throughout or not at all.
+
 Shapes: each batch's per-sample shapes must be the example inputs', a dim ``dynamic_shapes`` declares
 compared by its name (:func:`~graphopt.data.dims.per_sample_shapes`); train and validation batches, being
 concatenated, share one size along such a dim (which may differ from the example's).
@@ -20,12 +25,21 @@ from typing import Any
 import torch
 
 from graphopt.data.batches import Batch, as_input_tuple, bounded_batches
-from graphopt.data.dims import DynamicDims, check_batch_tensors, check_shared_dims, per_sample_shapes, shown
+from graphopt.data.dims import (
+    DynamicDims,
+    check_batch_tensors,
+    check_shared_dims,
+    is_input_tuple,
+    per_sample_shapes,
+    shown,
+)
 from graphopt.errors import InvalidInputError
 
 EXPECTED_FORM = (
     "an iterable of (inputs, labels) batches: inputs a tensor or tuple of tensors, labels int64 class ids"
 )
+#: The label of a sample given without one (``train_data`` as inputs only).
+UNLABELLED = -1
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,11 @@ class LabelledTensors:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def has_labels(self) -> bool:
+        """False for inputs given without labels (:data:`UNLABELLED`): only a teacher can train on them."""
+        return not bool((self.labels == UNLABELLED).any())
 
     def subset(self, index: torch.Tensor) -> LabelledTensors:
         return LabelledTensors(tuple(x[index] for x in self.inputs), self.labels[index])
@@ -69,14 +88,27 @@ def read_labelled(
     what: str,
     example_inputs: tuple[torch.Tensor, ...] | None,
     dynamic: DynamicDims | None = None,
+    *,
+    inputs_only: bool = False,
 ) -> LabelledTensors:
     """Concatenate ``data`` into tensors, checking its form against ``example_inputs`` (the dims
-    ``dynamic`` declares may differ from the example's, but not between batches: they are concatenated)."""
+    ``dynamic`` declares may differ from the example's, but not between batches: they are concatenated).
+    ``inputs_only``: items that are the model's inputs alone are taken, labelled :data:`UNLABELLED`."""
     dims = dynamic or DynamicDims()
     inputs: list[tuple[torch.Tensor, ...]] = []
     labels: list[torch.Tensor] = []
     for i, item in enumerate(bounded_batches(data, what, EXPECTED_FORM)):
-        batch_inputs, batch_labels = _labelled_batch(item, example_inputs, what, i)
+        if inputs_only and _is_inputs_only(item, example_inputs, dims):
+            batch_inputs = as_input_tuple(item)
+            check_batch_tensors(batch_inputs, example_inputs, f"{what} item {i}")
+            batch_labels = torch.full((len(batch_inputs[0]),), UNLABELLED)
+        else:
+            batch_inputs, batch_labels = _labelled_batch(item, example_inputs, what, i)
+        if labels and bool((labels[0] == UNLABELLED).any()) != bool((batch_labels == UNLABELLED).any()):
+            raise InvalidInputError(
+                f"{what} mixes items with labels and items without (item {i}); give labels for every batch, "
+                "or none: inputs alone train by distillation from the original model"
+            )
         _check_like_example(batch_inputs, example_inputs, dims, what, i)
         if inputs:
             _check_like_first(batch_inputs, inputs[0], dims, what, i)
@@ -85,6 +117,14 @@ def read_labelled(
     if not labels:
         raise InvalidInputError(f"{what} is empty; it must be {EXPECTED_FORM}")
     return LabelledTensors(tuple(torch.cat(parts) for parts in zip(*inputs, strict=True)), torch.cat(labels))
+
+
+def _is_inputs_only(item: Any, example: tuple[torch.Tensor, ...] | None, dynamic: DynamicDims) -> bool:
+    """An item that is the model's inputs with no labels: a tensor for a model of one input, the tuple a
+    multi-input model takes (shaped like ``example``)."""
+    if isinstance(item, torch.Tensor):
+        return example is None or len(example) == 1
+    return is_input_tuple(item, example, dynamic)
 
 
 def _labelled_batch(
@@ -175,6 +215,9 @@ def read_eval_batches(
 
 
 def check_label_range(labels: torch.Tensor, num_classes: int, what: str) -> None:
+    """Labels must index the model's classes (inputs given without labels have none to check)."""
+    if bool((labels == UNLABELLED).all()):
+        return
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         raise InvalidInputError(

@@ -3,7 +3,7 @@
     example_inputs ─┐
     dynamic_shapes ─┤
     calibration_data ──read_calibration_inputs──▶ CalibrationBatches  (input tuples)
-    train_data ────────read_labelled────────────▶ LabelledTensors     (concatenated)
+    train_data ────────read_labelled────────────▶ LabelledTensors     (concatenated; may be inputs only)
     validation_data ───read_labelled────────────▶ LabelledTensors
     eval_data ─────────read_eval_batches────────▶ list of (input tuple, labels)
 
@@ -84,7 +84,9 @@ def _labelled(
 ) -> LabelledTensors | None:
     if data is None or isinstance(data, LabelledTensors):
         return data
-    return read_labelled(data, what, example_inputs, dynamic)
+    # train_data may be inputs alone (recovery then distills from the original); the others decide or
+    # measure by their labels
+    return read_labelled(data, what, example_inputs, dynamic, inputs_only=what == "train_data")
 
 
 def _check_labels(data: RunData, num_classes: int) -> None:

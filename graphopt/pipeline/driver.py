@@ -200,11 +200,17 @@ def read_call_data(
     """Every dataset the call gave, read and checked once, up front (bad data fails before any pass runs);
     labels must index the classes of the model's first output (its logits)."""
     logits = flatten_outputs(reference)
-    return read_run_data(
+    data = read_run_data(
         inputs, dynamic, calibration_data=call.calibration_data, train_data=call.train_data,
         validation_data=call.validation_data, eval_data=call.eval_data,
         num_classes=logits[0].shape[-1] if logits else None,
     )  # fmt: skip
+    if call.early_exit is not None and data.train is not None and not data.train.has_labels:
+        raise InvalidInputError(
+            "early_exit trains exit heads on labels, and train_data has none (inputs only): give "
+            "(inputs, labels) batches, or drop early_exit"
+        )
+    return data
 
 
 def _services(call: OptimizeCall) -> Services:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from graphopt.data.batches import as_input_tuple
-from graphopt.data.dims import DynamicDims
+from graphopt.data.dims import DynamicDims, is_input_tuple
 from graphopt.errors import InvalidInputError
 
 
@@ -40,7 +40,7 @@ def calibration_inputs(
     is the inputs of a two-input model, such as ``(input_ids, attention_mask)`` at another length.
     """
     for item in data:
-        if _is_input_tuple(item, example_inputs, dynamic or DynamicDims()):
+        if is_input_tuple(item, example_inputs, dynamic or DynamicDims()):
             pass
         elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (tuple, list)):
             item = item[0]  # ((x, ...), labels)
@@ -56,27 +56,6 @@ def calibration_inputs(
                 f"{type(item).__name__}"
             )
         yield as_input_tuple(tensors)  # refuses meta, sparse and quantized tensors by name
-
-
-def _is_input_tuple(item: Any, example_inputs: tuple[torch.Tensor, ...] | None, dynamic: DynamicDims) -> bool:
-    """Whether ``item`` is one batch of the model's inputs: as many tensors as it takes, shaped alike
-    (along the ``dynamic`` dims any size)."""
-    if example_inputs is None or len(example_inputs) < 2 or not isinstance(item, (tuple, list)):
-        return False
-    if len(item) != len(example_inputs) or not all(isinstance(x, torch.Tensor) for x in item):
-        return False
-    return all(
-        _shaped_alike(x, e, dynamic.dims[i] if i < len(dynamic.dims) else {})
-        and x.dtype.is_floating_point == e.dtype.is_floating_point
-        for i, (x, e) in enumerate(zip(item, example_inputs, strict=True))
-    )
-
-
-def _shaped_alike(x: torch.Tensor, example: torch.Tensor, free: Any) -> bool:
-    """The same rank and, past the batch, the same size on every dim not in ``free``."""
-    return x.dim() == example.dim() and all(
-        a == b for d, (a, b) in enumerate(zip(x.shape, example.shape, strict=True)) if d > 0 and d not in free
-    )
 
 
 def reestimate_batchnorm(model: nn.Module, data: Iterable[Any], max_batches: int = 100) -> int:

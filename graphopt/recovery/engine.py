@@ -56,14 +56,17 @@ class RecoveryResult:
     stopped_early: bool
     history: list[EpochRecord] = field(default_factory=list)
     requested_device: str = "cpu"
+    #: What the validation scores are: top-1 ``accuracy``, or without labels ``teacher_cosine`` (the mean
+    #: per-sample cosine of the student's outputs to the teacher's).
+    metric: str = "accuracy"
 
     def stats(self) -> dict[str, float]:
         stats: dict[str, float] = {"epochs_run": self.epochs_run, "steps": self.steps,
                                    "seconds": round(self.seconds, 2)}  # fmt: skip
         if self.accuracy_before is not None:
-            stats["val_accuracy_before"] = round(self.accuracy_before, 4)
+            stats[f"val_{self.metric}_before"] = round(self.accuracy_before, 4)
         if self.best_val_accuracy is not None:
-            stats["best_val_accuracy"] = round(self.best_val_accuracy, 4)
+            stats[f"best_val_{self.metric}"] = round(self.best_val_accuracy, 4)
             stats["best_epoch"] = self.best_epoch or 0
         if self.stopped_early:
             stats["stopped_early"] = 1
@@ -163,7 +166,7 @@ def fit(
     sample = tuple(x[:2] for x in train.inputs)
     with torch.no_grad():
         num_classes = _logits(student.eval()(*sample)).shape[-1]
-    check_label_range(train.labels, num_classes, "train_data")
+    check_label_range(train.labels, num_classes, "train_data")  # nothing to check without labels
     return fit_checked(student, teacher, train, config, validation=validation, desc=desc)
 
 
@@ -202,7 +205,9 @@ def _fit_seeded(
     sample = tuple(x[:2] for x in data.inputs)
     student.eval()  # the loss below may run it on ``sample`` (hints): no BatchNorm statistics may move
     snapshot = copy.deepcopy(student.state_dict())
-    loss_module = RecoveryLoss(student, teacher, config.distill, config.hints, sample)
+    loss_module = RecoveryLoss(
+        student, teacher, config.distill, config.hints, sample, labelled=data.has_labels
+    )
     student.to(device, memory_format=_memory_format(config, training=True))
     teacher_state = _frozen_for_training(teacher, device)
     loss_module.to(device)
@@ -213,7 +218,7 @@ def _fit_seeded(
         if config.channels_last:
             _check_channels_last(student, sample, device)
         # scored once: the accuracy before the stage, and the score every epoch must beat to be kept
-        before = _score(student, val, device) if val is not None else None
+        before = _score(student, val, device, teacher) if val is not None else None
         if config.train_fn is not None:
             config.train_fn(job)
             job.apply_masks()
@@ -229,6 +234,7 @@ def _fit_seeded(
         _restore(teacher, teacher_state)
     result.seconds = time.perf_counter() - start
     result.device, result.requested_device = str(device), config.device
+    result.metric = "accuracy" if val is None or val.has_labels else "teacher_cosine"
     log.info("recovery: %s", result.stats())
     return result
 
@@ -322,10 +328,11 @@ def _built_in_loop(
             total, seen, steps = total + float(loss.detach()) * len(labels), seen + len(labels), steps + 1
             if steps >= total_steps:
                 break
-        score = _score(job.student, val, job.device) if val is not None else None
+        score = _score(job.student, val, job.device, job.teacher) if val is not None else None
         acc = score[0] if score is not None else None
         history.append(EpochRecord(epoch, total / max(seen, 1), acc, optimizer.param_groups[0]["lr"]))
-        progress.update(loss=total / max(seen, 1), **({"val_acc": acc} if acc is not None else {}))
+        shown = "val_acc" if val is None or val.has_labels else "val_cosine"
+        progress.update(loss=total / max(seen, 1), **({shown: acc} if acc is not None else {}))
         if score is not None and (best is None or score > best):
             best, best_epoch, best_state, stale = score, epoch, copy.deepcopy(job.student.state_dict()), 0
         else:
@@ -350,7 +357,7 @@ def _after_user_loop(job: RecoveryJob, val: LabelledTensors | None, before: floa
     for name, p in job.student.state_dict().items():
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise TrainingDivergedError(f"train_fn left non-finite values in {name}")
-    acc = evaluate(job.student, val, job.device) if val is not None else None
+    acc = _score(job.student, val, job.device, job.teacher)[0] if val is not None else None
     epochs = job.epochs_run or job.config.epochs
     return RecoveryResult(epochs, 0, 0.0, "", before, acc, epochs if acc is not None else None, False)
 
@@ -360,9 +367,16 @@ def evaluate(model: nn.Module, data: LabelledTensors, device: torch.device) -> f
     return _score(model, data, device)[0]
 
 
-def _score(model: nn.Module, data: LabelledTensors, device: torch.device) -> tuple[float, float]:
+def _score(
+    model: nn.Module, data: LabelledTensors, device: torch.device, teacher: nn.Module | None = None
+) -> tuple[float, float]:
     """``(accuracy, -cross_entropy)`` on validation data: compared as a tuple, accuracy decides and the loss
-    breaks ties, which matter on small validation splits where accuracy saturates early."""
+    breaks ties, which matter on small validation splits where accuracy saturates early. Without labels,
+    ``(mean per-sample cosine to the teacher's outputs, -relative squared error to them)``."""
+    if not data.has_labels:
+        if teacher is None:
+            raise ConfigError("validation without labels compares with a teacher, and there is none")
+        return _teacher_agreement(model, teacher, data, device)
     was_training = model.training
     model.eval()
     correct, loss = 0, 0.0
@@ -373,6 +387,22 @@ def _score(model: nn.Module, data: LabelledTensors, device: torch.device) -> tup
             loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
     model.train(was_training)
     return correct / len(data), -loss / len(data)
+
+
+def _teacher_agreement(
+    model: nn.Module, teacher: nn.Module, data: LabelledTensors, device: torch.device
+) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    cosines, error, energy = [], 0.0, 0.0
+    with torch.no_grad():
+        for inputs, _ in data.batches(256):
+            placed = tuple(x.to(device) for x in inputs)
+            got, want = _logits(model(*placed)).flatten(1).cpu(), _logits(teacher(*placed)).flatten(1).cpu()
+            cosines.append(torch.nn.functional.cosine_similarity(got, want, dim=1))
+            error, energy = error + float((got - want).pow(2).sum()), energy + float(want.pow(2).sum())
+    model.train(was_training)
+    return float(torch.cat(cosines).mean()), -error / max(energy, 1e-12)
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -7,6 +7,14 @@ Logit distillation (Hinton et al., 2015), student logits ``s``, teacher logits `
 The teacher's softened distribution is the target, as in the paper and every implementation of it; the
 ``tau^2`` factor keeps the gradient scale of the soft term independent of ``tau``.
 
+Without labels (``train_data`` given as inputs only) the student regresses the teacher's outputs, whatever
+they are (class logits, a sentence embedding), by their relative squared error:
+
+    L = sum (s - t)^2 / sum t^2
+
+(scale-free, so unit-norm embeddings and large logits train at one learning rate; 0 when the student
+matches, 1 when it outputs zeros).
+
 Feature hints (FitNets, Romero et al., 2015) add ``sum_k w_k * MSE(A_k(f_s^k), f_t^k)`` between the outputs
 of matched student / teacher submodules, where ``A_k`` is an identity when the shapes match and a trainable
 1x1 convolution (or linear map on the last dimension) when only the channel counts differ.
@@ -73,6 +81,11 @@ def _submodule(model: nn.Module, name: str, role: str) -> nn.Module:
                           f"{', '.join(names)}") from None  # fmt: skip
 
 
+def output_matching_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """``sum (s - t)^2 / sum t^2``: the loss without labels (module docstring)."""
+    return (student - teacher).pow(2).sum() / teacher.pow(2).sum().clamp_min(1e-12)
+
+
 class RecoveryLoss(nn.Module):
     """Distillation loss bound to one student/teacher pair; owns the hint adapters (its parameters)."""
 
@@ -83,12 +96,19 @@ class RecoveryLoss(nn.Module):
         config: DistillConfig,
         hints: tuple[FeatureHint, ...],
         sample: tuple[Tensor, ...],
+        *,
+        labelled: bool = True,
     ):
         super().__init__()
-        self.config, self.hints = config, hints
-        self.uses_teacher = teacher is not None and (config.alpha < 1 or bool(hints))
+        self.config, self.hints, self.labelled = config, hints, labelled
+        self.uses_teacher = teacher is not None and (config.alpha < 1 or bool(hints) or not labelled)
         if hints and teacher is None:
             raise ConfigError("feature hints need a teacher")
+        if not labelled and teacher is None:
+            raise ConfigError(
+                "train_data has no labels, so training needs a teacher to learn from: distillation from the "
+                "original model (graphopt.optimize's recovery does that), or give (inputs, labels) batches"
+            )
         self._taps = [
             (
                 _FeatureTap(_submodule(student, h.student, "student")),
@@ -105,7 +125,11 @@ class RecoveryLoss(nn.Module):
                 self.adapters.append(_adapter(s_tap.value.shape, t_tap.value.shape, hint))
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
-        loss = distillation_loss(student_logits, teacher_logits, labels, self.config)
+        if self.labelled:
+            loss = distillation_loss(student_logits, teacher_logits, labels, self.config)
+        else:
+            assert teacher_logits is not None  # uses_teacher: the engine ran the teacher
+            loss = output_matching_loss(student_logits, teacher_logits)
         for hint, adapter, (s_tap, t_tap) in zip(self.hints, self.adapters, self._taps, strict=True):
             loss = loss + hint.weight * F.mse_loss(adapter(s_tap.value), t_tap.value.detach())
         return loss
