@@ -147,13 +147,15 @@ OPTIONS: tuple[Option, ...] = (
         "input batches (tensors or tuples) int8 calibration and BatchNorm re-estimation read; ~100 samples",
     ),
     Option(
-        "train_data", "Iterable[(inputs, labels)] | None", None,
-        "labelled batches: QAT, distillation recovery, exit heads",
+        "train_data", "Iterable[(inputs, labels) | inputs] | None", None,
+        "labelled batches, or inputs alone (distillation only): QAT, recovery, exit heads",
         plan=PlanRule("has_train_data", "training (QAT or recover); prune's recover", of=_given),
         flag=Flag("--train-data", from_model="train"),
         details="With ``train_data``, a training stage runs after the pipeline: ``qat`` (quantization-aware "
         "training) when it calibrates int8, else ``recover`` (distillation from the original model) when it "
-        "has a lossy pass or ``recovery`` is given; unless the pipeline already names one of them.",
+        "has a lossy pass or ``recovery`` is given; unless the pipeline already names one of them. Inputs "
+        "without labels train by distillation from the original alone (the student regresses its outputs); "
+        "early exits need labels.",
     ),
     Option(
         "prune", "float | PruneConfig", 0.0, "fraction of prunable channels to remove (0: none), or a config",
@@ -203,8 +205,9 @@ OPTIONS: tuple[Option, ...] = (
         plan=PlanRule("accuracy_budget", "int8_budget"),
         flag=Flag("--accuracy-budget", non_negative_float, metavar="PP"),
         details="The drop is measured against the fp32 model that entered quantization (after pruning, the "
-        "pruned one); pass ``accuracy_budget`` runs right after ``calibrate`` and the report's "
-        "``accuracy_budget`` table says which layers stayed fp32 and why.",
+        "pruned one). Right after ``calibrate``, ``improve_int8`` tries equalization, AdaRound and bias "
+        "correction, keeping each only if it helps, then ``accuracy_budget`` keeps layers in fp32 while the "
+        "budget is missed; the report's ``improve_int8`` and ``accuracy_budget`` tables say what each did.",
     ),
     Option(
         "sparsify", "float | SparsifyConfig", 0.0, "fraction of weights to zero (0: none), or a config",

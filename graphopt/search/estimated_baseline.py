@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,16 +75,23 @@ class EstimatedBaseline:
             runner = backend.runner(lowered, threads=self.spec.backend.threads)
         except GraphoptError as exc:
             raise ExportError(f"{what} could not be built: {exc}") from exc
-        ms = runner.estimated_ms()
-        if not math.isfinite(ms):
-            found = getattr(runner, "estimate", None)
-            detail = found.summary() if found is not None else f"estimate {ms}"
-            raise ExportError(
-                f"{what} does not run entirely on the NPU ({detail}): the estimate leaves out the CPU's "
-                "work, so no speed-up against it means anything; search a target whose NPU runs every "
-                "operator of the original, or time a CPU backend instead (SearchConfig(backends=('litert',)))"
-            )
+        return finite_estimate(
+            runner, what,
+            "the estimate leaves out the CPU's work, so no speed-up against it means anything; search a "
+            "target whose NPU runs every operator of the original, or time a CPU backend instead "
+            "(SearchConfig(backends=('litert',)))",
+        )  # fmt: skip
+
+
+def finite_estimate(runner: Any, what: str, consequence: str) -> float:
+    """``runner.estimated_ms()``; an :class:`ExportError` naming ``what`` and the operators the cost model
+    left on the CPU (Vela gives them 0 cycles: the estimate is then ``inf``), then ``consequence``."""
+    ms = runner.estimated_ms()
+    if math.isfinite(ms):
         return ms
+    found = getattr(runner, "estimate", None)
+    detail = found.summary() if found is not None else f"estimate {ms}"
+    raise ExportError(f"{what} does not run entirely on the NPU ({detail}): {consequence}")
 
 
 def baseline_call(call: OptimizeCall, spec: Target) -> OptimizeCall:

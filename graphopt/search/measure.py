@@ -14,7 +14,6 @@ fp32). Its rows say so (:attr:`Measured.latency_basis`). Accuracy drops stay aga
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_ac
 from graphopt.errors import ExportError
 from graphopt.ir.keys import SHIPPED_FP32
 from graphopt.reporting.evaluation import accuracy
-from graphopt.search.estimated_baseline import EstimatedBaseline, costs_by_estimate
+from graphopt.search.estimated_baseline import EstimatedBaseline, costs_by_estimate, finite_estimate
 
 EXIT_TIMING_SAMPLES = 500
 EXIT_TIMING_PASSES = 3  # each sample timed this many times (a single pass over a few hundred is noisy)
@@ -210,14 +209,9 @@ def _cost_by_estimate(measured: Measured, runner: Any, baseline: Baseline) -> bo
     out the CPU's work would be no speed-up."""
     if not measured.estimated:
         return False
-    ms = runner.estimated_ms()
-    if not math.isfinite(ms):
-        found = getattr(runner, "estimate", None)
-        detail = found.summary() if found is not None else f"estimate {ms}"
-        raise ExportError(
-            f"{measured.path.name} does not run entirely on the NPU ({detail}): its estimate leaves out the "
-            "CPU's work, so it has no comparable latency"
-        )
+    ms = finite_estimate(
+        runner, measured.path.name, "its estimate leaves out the CPU's work, so it has no comparable latency"
+    )
     measured.latency_ms, measured.baseline_ms = ms, baseline.estimated_ms(measured.backend)
     return True
 
