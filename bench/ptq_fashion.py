@@ -62,6 +62,7 @@ def one_model(name: str, seed: int, folder: Path) -> list[dict[str, object]]:
     fp32 = graphopt.optimize(bench.model, "generic-fp32", example_inputs=bench.example_inputs)
     fp32_path = fp32.export(folder / f"{name}-{seed}-fp32.onnx")
     reference = file_accuracy(fp32_path, bench)
+    log(f"{name} seed {seed}: fp32 {reference:.2f} %")
     rows = [_row(name, seed, "fp32", reference, reference, fp32_path, fp32_path, None)]
     for label, target, weights, budget in ROWS:
         t0 = time.perf_counter()
