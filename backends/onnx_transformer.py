@@ -97,12 +97,13 @@ def export_fused_transformer(
     int8 = {name for name, m in gm.named_modules() if isinstance(m, DynamicInt8Linear)}
     if not int8:
         return None
+    size = attention_size(gm, example_inputs)  # propagates shapes, which the twin's scale folding reads
     twin, flat = fp32_twin(gm)
     with tempfile.TemporaryDirectory() as tmp:
         exported, fused = Path(tmp) / "fp32.onnx", Path(tmp) / "fused.onnx"
         try:
             _torchscript_onnx(twin, example_inputs, exported, opset, dynamic)
-            fusions = ort_transformer_fusions(exported, fused, *attention_size(gm, example_inputs))
+            fusions = ort_transformer_fusions(exported, fused, *size)
         except Exception as exc:  # either tool raises many types; torch.export is the fallback
             log.debug("fused transformer lowering not used: %s: %s", type(exc).__name__, exc)
             return None
@@ -160,9 +161,47 @@ def fp32_twin(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, str]]:
             node.target = explicit_attention
         elif node.op == "call_function" and node.target in _SIZED:
             node.target = _SIZED[node.target]
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is explicit_attention:
+            _fold_attention_scale(node, root)
     twin = fx.GraphModule(root, graph)
     twin.recompile()
     return twin, flat
+
+
+def _fold_attention_scale(node: fx.Node, root: dict[str, object]) -> None:
+    """Move an attention's explicit ``scale`` into its query projection: ORT's fused (Q)Attention scales by
+    ``1 / sqrt(head_dim)`` of the weights it is given and takes no other scale, while a model whose head
+    width was pruned keeps the scale of its original width (MiniLM pruned from 32 to 24 channels a head:
+    ``1/sqrt(32)``; the fused file computed ``1/sqrt(24)``, cosine 0.988 to the model). Exact in fp32:
+
+        softmax(s q k^T) = softmax((r q) k^T / sqrt(d)),   r = s sqrt(d),   r q = (r W) x + r b
+
+    and int8 weights scaled by ``r`` quantize to the same integers with ``r`` times the scale. Left as it
+    is where the query does not come from one Linear through reshapes alone."""
+    scale, shape = node.kwargs.get("scale"), getattr(node.args[0], "meta", {}).get("shape")
+    if scale is None or shape is None:
+        return
+    ratio = float(scale) * math.sqrt(shape[-1])
+    if abs(ratio - 1) < 1e-6:
+        return
+    source = node.args[0]
+    while isinstance(source, fx.Node) and source.op in ("call_method", "call_function") and source.args:
+        if len(source.users) != 1:
+            return
+        source = source.args[0]
+    if not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
+        return
+    query = root[str(source.target)]
+    if not isinstance(query, nn.Linear):
+        return
+    scaled = copy.deepcopy(query)  # the twin's own: the optimized model keeps its layer
+    with torch.no_grad():
+        scaled.weight.mul_(ratio)
+        if scaled.bias is not None:
+            scaled.bias.mul_(ratio)
+    root[str(source.target)] = scaled
+    node.kwargs = {k: v for k, v in node.kwargs.items() if k != "scale"}
 
 
 def _attribute(gm: fx.GraphModule, target: str) -> object:
