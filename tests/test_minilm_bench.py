@@ -46,6 +46,23 @@ def test_without_gensim_the_corpus_is_refused_with_the_install_command(monkeypat
         lee_corpus()
 
 
-def test_bench_minilm_refuses_pipelines(capsys):
-    assert main(["bench", "minilm", "-t", "x86-int8"]) == 2
-    assert "drop -t/--target" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "pipeline", ["x86-int8", "x86-dynamic-int8", "x86-dynamic-int8+prune=0.3+early-exit"]
+)
+def test_bench_minilm_takes_only_pruned_dynamic_int8_pipelines(pipeline, capsys):
+    assert main(["bench", "minilm", "-t", pipeline]) == 2
+    assert "plus pruned ones as -t x86-dynamic-int8+prune=R" in capsys.readouterr().err
+
+
+def test_the_pruned_rows_train_on_the_background_corpus_padded_not_on_the_rated_documents():
+    pytest.importorskip("gensim")
+    from graphopt.benchmark.minilm import MinilmBenchConfig, padded_batches
+    from graphopt.zoo.lee import lee_background
+
+    background, rated = lee_background(), lee_corpus().documents
+    assert len(background) == 300 and not set(background) & set(rated)
+    tokens = [(np.array([[101, 7, 102]]), np.ones((1, 3), dtype=np.int64))] * 3
+    (ids, mask), (tail_ids, _) = padded_batches(tokens, 2, 8)
+    assert ids.shape == (2, 8) and mask[:, :3].all() and not mask[:, 3:].any() and len(tail_ids) == 1
+    with pytest.raises(ConfigError, match="prune ratios must be in"):
+        MinilmBenchConfig(prune_ratios=(1.0,))

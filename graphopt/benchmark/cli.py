@@ -168,10 +168,9 @@ def _bench_seeds(config: BenchConfig, seeds: list[int]) -> int:
 def _cmd_minilm(args: argparse.Namespace) -> int:
     from .minilm import MinilmBenchConfig, minilm_markdown, run_minilm_bench, write_minilm_outputs
 
-    if args.pipelines:
-        raise ConfigError("graphopt bench minilm runs its own fixed set of artifacts: drop -t/--target")
     config = MinilmBenchConfig(
         rounds=15 if args.rounds is None else args.rounds,
+        prune_ratios=tuple(_minilm_prune_ratio(text) for text in args.pipelines or ()),
         quiet=args.quiet,
         command="graphopt " + shlex.join(sys.argv[1:]),
     )
@@ -180,6 +179,21 @@ def _cmd_minilm(args: argparse.Namespace) -> int:
     paths = write_minilm_outputs(result, args.out)
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _minilm_prune_ratio(text: str) -> float:
+    """The prune ratio of a ``-t x86-dynamic-int8+prune=R`` pipeline, the one kind ``bench minilm`` adds to
+    its fixed rows (pruned, distilled on text without labels, dynamic int8)."""
+    from .pipelines import parse_pipeline
+
+    pipeline = parse_pipeline(text)
+    plain = not (pipeline.early_exit or pipeline.sparsify or pipeline.labels_only)
+    if pipeline.spec.name != "x86-dynamic-int8" or not pipeline.prune or not plain:
+        raise ConfigError(
+            f"graphopt bench minilm runs its own fixed rows, plus pruned ones as -t x86-dynamic-int8+prune=R "
+            f"(e.g. +prune=0.3); got {text!r}"
+        )
+    return pipeline.prune
 
 
 #: Models with a benchmark of their own (their peers and quality data differ from the image classifiers').

@@ -40,13 +40,25 @@ class LeeScore:
 
 def lee_corpus() -> LeeCorpus:
     """The documents and ratings; :class:`ConfigError` with the install command when gensim is absent."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or spec.origin is None:
-        raise ConfigError(f"the Lee corpus ships in the gensim wheel: {INSTALL}")
-    folder = Path(spec.origin).parent / "test" / "test_data"
+    folder = _data_folder()
     text = (folder / "lee.cor").read_text(encoding="latin-1")
     documents = [line.strip() for line in text.splitlines() if line.strip()]
     return LeeCorpus(documents, np.loadtxt(folder / "similarities0-1.txt"))
+
+
+def lee_background() -> list[str]:
+    """The 300 documents of the Lee *background* corpus (``lee_background.cor``, the same wheel): news text
+    of the same kind as the 50 rated documents and disjoint from them, to train on without labels."""
+    text = (_data_folder() / "lee_background.cor").read_text(encoding="latin-1")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _data_folder() -> Path:
+    """gensim's bundled test data (gensim is never imported); a ConfigError naming the install when absent."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"the Lee corpus ships in the gensim wheel: {INSTALL}")
+    return Path(spec.origin).parent / "test" / "test_data"
 
 
 def embed_all(encode: Encode, tokens: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
