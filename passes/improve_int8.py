@@ -20,6 +20,7 @@ The report's ``improve_int8`` table has one row per step: the score before and a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ import torch.fx as fx
 from graphopt.data.batches import as_input_tuple
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.ir.graph import deep_copy
+from graphopt.passes.equalize import EqualizeOptions
 from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pipeline.pass_manager import PassManager
 from graphopt.pipeline.registry import list_passes, make_pass
@@ -53,18 +55,49 @@ SCORE_BATCHES = 16
 @dataclass(frozen=True)
 class ImproveInt8Options(PassOptions):
     """``budget_pp``: stop once the int8 graph is within this many points of its fp32 graph (needs
-    ``eval_data``; None: try every step); ``steps``: registered pass names (or Pass instances), tried in
-    this order. AdaRound before bias correction: a bias corrected for nearest rounding is wrong once the
-    rounding is learned, while a correction measured after AdaRound sees the integers that ship."""
+    ``eval_data``; None: try every step); ``steps``: registered pass names, ``(name, options)`` pairs or
+    Pass instances, tried in this order. Equalization twice: exact first, then with ReLU6 replaced by ReLU
+    (lossy in fp32, DFQ's choice: what lets a MobileNet's ReLU6 pairs equalize; it starts again from the
+    graph that entered quantization and is kept only if it scores higher still). AdaRound before bias
+    correction: a bias corrected for nearest rounding is wrong once the rounding is learned, while a
+    correction measured after AdaRound sees the integers that ship."""
 
     budget_pp: float | None = None
-    steps: tuple[str | Pass, ...] = ("equalize", "adaround", "bias_correction")
+    steps: tuple[str | tuple[str, PassOptions] | Pass, ...] = (
+        "equalize",
+        ("equalize", EqualizeOptions(relu6="replace_with_relu")),
+        "adaround",
+        "bias_correction",
+    )
 
     def __post_init__(self) -> None:
         if self.budget_pp is not None and not 0 <= self.budget_pp < 100:
             raise ConfigError(f"budget_pp must be in [0, 100) percentage points, got {self.budget_pp}")
-        if isinstance(self.steps, str) or not all(isinstance(s, (str, Pass)) for s in self.steps):
-            raise ConfigError(f"steps must be a tuple of pass names or Pass instances, got {self.steps!r}")
+        if isinstance(self.steps, str) or not all(_is_step(s) for s in self.steps):
+            raise ConfigError(
+                f"steps must be a tuple of pass names, (name, options) pairs or Pass instances, got "
+                f"{self.steps!r}"
+            )
+
+
+def _is_step(spec: object) -> bool:
+    if isinstance(spec, tuple):
+        return len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], PassOptions)
+    return isinstance(spec, (str, Pass))
+
+
+def step_label(spec: str | tuple[str, PassOptions] | Pass) -> str:
+    """A step's name in the table, with the options it sets away from their defaults:
+    ``equalize (relu6='replace_with_relu')``."""
+    if isinstance(spec, str):
+        return spec
+    name, options = spec if isinstance(spec, tuple) else (spec.name, spec.options)
+    changed = [
+        f"{f.name}={getattr(options, f.name)!r}"
+        for f in dataclasses.fields(options)
+        if f.default is not dataclasses.MISSING and getattr(options, f.name) != f.default
+    ]
+    return f"{name} ({', '.join(changed)})" if changed else name
 
 
 @dataclass
@@ -110,7 +143,7 @@ class ImproveInt8(Pass):
         first = score
         rows: list[dict[str, object]] = []
         for spec in self.options.steps:
-            step = spec if isinstance(spec, str) else spec.name
+            step = step_label(spec)
             if self._within_budget(fp32_score, score, scorer):
                 rows.append(_row(step, score, None, False, 0.0, "already within the budget"))
                 continue
@@ -142,12 +175,13 @@ class ImproveInt8(Pass):
         return budget is not None and bool(scorer.labelled) and fp32_score - score <= budget
 
     def _try(
-        self, spec: str | Pass, current: fx.GraphModule, entering: fx.GraphModule
+        self, spec: str | tuple[str, PassOptions] | Pass, current: fx.GraphModule, entering: fx.GraphModule
     ) -> tuple[fx.GraphModule | None, str]:
         """The graph after ``spec`` (None and why when it could not run)."""
-        if isinstance(spec, str) and spec not in list_passes():
-            return None, f"no pass named {spec!r} is registered"
-        step = make_pass(spec)
+        name, options = spec if isinstance(spec, tuple) else (spec, None)
+        if isinstance(name, str) and name not in list_passes():
+            return None, f"no pass named {name!r} is registered"
+        step = make_pass(name, options)
         try:
             if step.slot in REBUILDING_SLOTS:
                 return self._rebuilt(step, current, entering), ""

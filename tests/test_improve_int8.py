@@ -141,3 +141,34 @@ def test_with_labels_the_driver_stops_within_the_budget(digits_model, digits):
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
         ImproveInt8Options(**bad)
+
+
+def test_a_step_with_options_runs_them_and_is_named_by_them():
+    """The default steps equalize twice: exactly, then with ReLU6 replaced by ReLU (lossy, kept only if it
+    scores higher): a ReLU6 network whose per-tensor int8 collapses without equalization."""
+    from graphopt.passes.equalize import EqualizeOptions
+    from graphopt.passes.improve_int8 import step_label
+
+    replace = ("equalize", EqualizeOptions(relu6="replace_with_relu"))
+    assert replace in ImproveInt8Options().steps
+    assert (
+        step_label(replace) == "equalize (relu6='replace_with_relu')" and step_label("adaround") == "adaround"
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(16, 8, 3, padding=1)).eval()  # fmt: skip
+    with torch.no_grad():  # channel ranges 100x apart, pre-activations within ReLU6's linear range
+        f = 100.0 ** torch.linspace(-1, 1, 16)
+        model[0].weight.mul_(0.05 * f[:, None, None, None])
+        model[0].bias.mul_(0.05 * f)
+        model[2].weight.div_(f[None, :, None, None])
+    calibration = [torch.rand(8, 3, 8, 8) for _ in range(3)]
+    res = graphopt.optimize(
+        model, "generic-fp32", example_inputs=(calibration[0][:1],), calibration_data=calibration,
+        passes=["fold_batchnorm", InsertFakeQuant(InsertFakeQuantOptions(scheme=PER_TENSOR)), Calibrate(),
+                ImproveInt8(ImproveInt8Options(steps=("equalize", replace)))],
+    )  # fmt: skip
+    rows = _rows(res)
+    assert not rows["equalize"]["kept"]  # exact equalization leaves the pair alone: the ReLU6 is between
+    assert rows[step_label(replace)]["kept"]
+    assert rows[step_label(replace)]["after"] > rows[step_label(replace)]["before"] + 10  # dB

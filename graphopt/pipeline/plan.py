@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
-from graphopt.passes.improve_int8 import ImproveInt8Options
+from graphopt.passes.improve_int8 import ImproveInt8Options, step_label
 from graphopt.passes.probe_int8 import ProbeInt8Options
 from graphopt.passes.sparsify import SparsifyConfig
 from graphopt.pipeline.pass_base import Pass
@@ -227,7 +227,7 @@ def _budget(o: PlanOptions, plan: Plan) -> Slot | None:
         raise ConfigError("accuracy_budget applies to int8 targets (pipelines with calibrate); this has none")
     improve = make_pass("improve_int8", ImproveInt8Options(budget_pp=o.accuracy_budget))
     budget = pass_class("accuracy_budget")(budget_pp=o.accuracy_budget)
-    steps = ", ".join(str(step) for step in improve.options.steps)
+    steps = ", ".join(step_label(step) for step in improve.options.steps)
     why = (
         f"accuracy_budget={o.accuracy_budget:g} pp: {steps} while they help, then int8 layers back in "
         "fp32 (the bits are kept as long as they can be)"
