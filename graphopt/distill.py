@@ -36,9 +36,10 @@ def distill(
     val_data: Iterable[Any] | None = None,
 ) -> DistillResult:
     """Train a copy of ``student`` on ``train_data`` (``(inputs, labels)`` batches, or input tensors alone:
-    then the student learns the teacher's outputs only) with knowledge distillation from ``teacher``; :class:`RecoveryConfig` sets the loss, schedule, validation and the
-    ``train_fn`` hook. Without one, :data:`~graphopt.recovery.config.NEW_STUDENT` (30 epochs, one-cycle, peak
-    lr 0.01): settings for a student trained from scratch."""
+    then the student learns the teacher's outputs only) with knowledge distillation from ``teacher``;
+    :class:`RecoveryConfig` sets the loss, schedule, validation and the ``train_fn`` hook. Without one,
+    :data:`~graphopt.recovery.config.NEW_STUDENT` (30 epochs, one-cycle, peak lr 0.01): settings for a
+    student trained from scratch."""
     check_model(teacher)
     check_model(student)
     if config is not None and not isinstance(config, RecoveryConfig):
