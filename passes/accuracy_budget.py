@@ -97,8 +97,9 @@ class AccuracyBudget(Pass):
                 kept.append(name)
                 current = 100 * accuracy(gm, data)
                 rows[name].update(kept_fp32=True, accuracy_after=round(current, 3))
-        _drop_unused_quantizers(gm)
-        _drop_useless_quantizers(gm)
+        if kept:  # quantizers around layers now fp32 only round; with none kept the graph stays as it was
+            _drop_unused_quantizers(gm)
+            _drop_useless_quantizers(gm)
         stats.update(final_accuracy=round(current, 3), kept_fp32=len(kept))
         within = baseline - current <= budget
         verdict = "within" if within else "NOT within (the loss is in activation quantization)"

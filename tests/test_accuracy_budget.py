@@ -124,3 +124,24 @@ def test_after_pruning_int8_is_measured_against_the_pruned_model(digits_model, d
     row = res.report.stage("accuracy_budget")
     assert row.stats["fp32_accuracy"] == pytest.approx(100 * entering.accuracy, abs=0.01)
     assert row.stats["fp32_accuracy"] < 100 * res.report.stage("original").accuracy - 1  # pruning cost
+
+
+def test_a_budget_already_met_leaves_every_quantizer_in_place():
+    """Dropping quantizers that no int8 layer needs is for layers put back in fp32; with none kept the int8
+    graph is exactly the one without a budget (it lost the two quantizers before the classifier's flatten,
+    a different model and file while the report said nothing changed)."""
+    from graphopt.quant import ActivationQuantizer
+    from graphopt.zoo.resnet import resnet_digits
+
+    torch.manual_seed(0)
+    model = resnet_digits().eval()
+    x = torch.randn(32, 1, 8, 8)
+    common = {"example_inputs": (x[:1],), "calibration_data": [torch.randn(16, 1, 8, 8) for _ in range(2)]}
+    plain = graphopt.optimize(model, "x86-int8", **common)
+    budget = graphopt.optimize(model, "x86-int8", accuracy_budget=50.0, eval_data=[(x, model(x).argmax(-1))],
+                               **common)  # fmt: skip
+    assert budget.report.stage("accuracy_budget").stats["kept_fp32"] == 0
+    count = lambda r: sum(isinstance(m, ActivationQuantizer) for m in r.model.modules())  # noqa: E731
+    assert count(budget) == count(plain)
+    with torch.no_grad():
+        assert torch.equal(plain.model(x), budget.model(x))
