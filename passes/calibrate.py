@@ -16,6 +16,7 @@ in static int8: cosine 0.81-0.87 to fp32 on real sentences), and nothing else wo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from graphopt.errors import ConfigError, InvalidInputError
 from graphopt.ir.graph import module_of, set_module
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
-from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.policy import through_data_movement
 from graphopt.quant.scheme import sqnr_db
@@ -76,24 +76,23 @@ class Calibrate(Pass):
                 "int8 calibration needs calibration_data: an iterable of input tensors/tuples"
             )
         batches = data[: self.options.max_batches]  # read and checked once, by the driver
-        observed = self._observe(gm, quantizers, batches)
+        observed, fp32_outputs = self._observe(gm, quantizers, batches)
         for quantizer in quantizers:
             quantizer.freeze()
         stats: dict[str, float] = {"batches": len(batches), "activation_quantizers": len(quantizers)}
         frozen, reverted = self.freeze_layers(gm)
-        measure_activation_sqnr(gm, quantizers, observed[0])
-        stats["output_cosine"] = round(self._check_agreement(gm, observed[0]), 5)
+        int8_outputs = measure_activation_sqnr(gm, quantizers, observed[0])
+        stats["output_cosine"] = round(self._check_agreement(gm, fp32_outputs, int8_outputs), 5)
         stats["int8_layers"] = frozen
         if reverted:
             stats["kept_fp32:unquantized_input"] = reverted
         self.context.tables["int8"] = int8_summary(gm)
         return PassResult(gm, modified=True, stats=stats)
 
-    def _check_agreement(self, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> float:
-        """The int8 graph's output cosine to the fp32 graph that entered quantization on ``inputs``; a note
-        when it is below :data:`AGREEMENT_FLOOR` (module docstring)."""
-        with torch.no_grad():
-            cosine = agreement(float_twin(gm, unrounded=True)(*inputs), gm(*inputs)).cosine
+    def _check_agreement(self, gm: fx.GraphModule, fp32_outputs: Any, int8_outputs: Any) -> float:
+        """The int8 graph's output cosine to the fp32 graph that entered quantization, both on the first
+        calibration chunk; a note when it is below :data:`AGREEMENT_FLOOR` (module docstring)."""
+        cosine = agreement(fp32_outputs, int8_outputs).cosine
         if cosine < AGREEMENT_FLOOR:
             attention = any(n.target is F.scaled_dot_product_attention for n in gm.graph.nodes)
             advice = (
@@ -113,8 +112,10 @@ class Calibrate(Pass):
 
     def _observe(
         self, gm: fx.GraphModule, quantizers: list[ActivationQuantizer], batches: list
-    ) -> list[tuple[torch.Tensor, ...]]:
-        """Run the data through the observers; return the batches as they were run.
+    ) -> tuple[list[tuple[torch.Tensor, ...]], Any]:
+        """Run the data through the observers; return the batches as they were run and the graph's outputs
+        on the first of them. While observing, quantizers pass values through and layers are still fp32: those
+        outputs are the fp32 graph's, the reference of the int8 one's (no copy of the model needed).
 
         Large chunks first (fastest); a graph that fixes its batch size (``x.view(1, -1)``) fails on them,
         so the batches as given are tried next, then slices of the example inputs' batch size, the one
@@ -132,8 +133,7 @@ class Calibrate(Pass):
                 for q in quantizers:
                     q.reset()
                 try:
-                    self._run(gm, attempt)
-                    return attempt
+                    return attempt, self._run(gm, attempt)
                 except InvalidInputError:
                     raise
                 except Exception as exc:  # the graph fixes its batch size: try the next batching
@@ -148,15 +148,19 @@ class Calibrate(Pass):
             for q in quantizers:
                 q.observing = False
 
-    def _run(self, gm: fx.GraphModule, batches: list[tuple[torch.Tensor, ...]]) -> None:
+    def _run(self, gm: fx.GraphModule, batches: list[tuple[torch.Tensor, ...]]) -> Any:
+        """Run ``batches`` through ``gm``; return its outputs on the first."""
         progress = Progress(len(batches), "calibrate", quiet=self.options.quiet)
+        first = None
         with torch.no_grad():
             for inputs in batches:
                 try:
-                    gm(*inputs)
+                    outputs = gm(*inputs)
                 except ValueError as exc:  # an observer saw NaN/inf
                     raise InvalidInputError(f"calibration_data produced {exc}; check the data") from exc
+                first = outputs if first is None else first
                 progress.update()
+        return first
 
     @staticmethod
     def freeze_layers(gm: fx.GraphModule) -> tuple[int, int]:
@@ -178,9 +182,10 @@ class Calibrate(Pass):
 
 def measure_activation_sqnr(
     gm: fx.GraphModule, quantizers: list[ActivationQuantizer], inputs: tuple[torch.Tensor, ...]
-) -> None:
+) -> Any:
     """Each quantizer's SQNR on calibration data: its input against its quantize-dequantize output, with the
-    whole network in int8 (so errors of earlier layers are in the input, as they will be when deployed)."""
+    whole network in int8 (so errors of earlier layers are in the input, as they will be when deployed).
+    Returns the int8 graph's outputs on ``inputs``."""
 
     def record(module: ActivationQuantizer, args: tuple, output: torch.Tensor) -> None:
         module.sqnr_db = sqnr_db(args[0], output)
@@ -188,7 +193,7 @@ def measure_activation_sqnr(
     handles = [q.register_forward_hook(record) for q in quantizers]
     try:
         with torch.no_grad():
-            gm(*inputs)
+            return gm(*inputs)
     finally:
         for handle in handles:
             handle.remove()
