@@ -26,6 +26,7 @@ from graphopt import WeightQuant
 from graphopt.backends import OnnxRunner
 from graphopt.benchmark.models import DIGITS_MODELS, BenchModel
 from graphopt.benchmark.nncf_peer import nncf_quantize
+from graphopt.reporting.evaluation import accuracy
 
 #: (row, target, weights, accuracy budget in pp or None for plain calibration)
 ROWS = (
@@ -45,12 +46,7 @@ def log(text: str) -> None:
 
 def file_accuracy(path: Path, bench: BenchModel) -> float:
     """Test accuracy (%) of the ONNX file at ``path`` in ONNX Runtime."""
-    runner, right, seen = OnnxRunner(path), 0, 0
-    for x, y in bench.eval or []:
-        logits = torch.as_tensor(runner.run(x)[0])
-        right += int((logits.argmax(-1) == y).sum())
-        seen += len(y)
-    return 100 * right / seen
+    return 100 * accuracy(OnnxRunner(path).run, bench.eval or [])
 
 
 def one_model(name: str, seed: int, folder: Path) -> list[dict[str, object]]:
@@ -76,12 +72,12 @@ def one_model(name: str, seed: int, folder: Path) -> list[dict[str, object]]:
         path, label = folder / f"{name}-{seed}-nncf-{preset}.onnx", f"NNCF PTQ ({preset})"
         try:
             nncf_quantize(bench.model, bench.example_inputs, samples, path, preset)
-            accuracy = file_accuracy(path, bench)  # a file ORT refuses is NNCF's failure too
+            score = file_accuracy(path, bench)  # a file ORT refuses is NNCF's failure too
         except Exception as exc:  # a peer's failure is a finding: logged, the run goes on
             log(f"{name} seed {seed}: {label} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             continue
-        rows.append(_row(name, seed, label, accuracy, reference, path, fp32_path, None))
-        log(f"{name} seed {seed}: {label} {accuracy:.2f} %")
+        rows.append(_row(name, seed, label, score, reference, path, fp32_path, None))
+        log(f"{name} seed {seed}: {label} {score:.2f} %")
     return rows
 
 
