@@ -101,7 +101,12 @@ def _pinned_float(b: OnnxGraphBuilder, tensor: torch.Tensor, hint: str) -> str:
 def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) -> str:
     """int8 weight and int32 bias initializers feeding DequantizeLinear (axis 0): ONNX's canonical QDQ.
     Weights of 2..4 bits are an INT4 initializer (two per byte; opset 21), and per-tensor scales are one
-    scalar scale (what a per-tensor kernel reads), the bias's too (``s_in * s_w`` is then one number)."""
+    scalar scale (what a per-tensor kernel reads), the bias's too (``s_in * s_w`` is then one number).
+
+    Zero points: weights and biases are symmetric, and an omitted zero point is 0 of the input's type, so
+    one is written only where ONNX Runtime needs it to fuse: the weight of a Linear (its QGemm fusion
+    requires the weight's zero point; QLinearConv's does not; neither needs the bias's). A zero per output
+    channel is 4 bytes for a bias: on a 4-bit network they were 3-10 % of the file."""
     if not layer.frozen:
         assert layer.float_layer is not None
         return _float_layer(b, node, layer.float_layer)
@@ -110,29 +115,29 @@ def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) 
     weight_scale, bias_scale = layer.weight_scale, layer.bias_scale
     if per_tensor:
         weight_scale, bias_scale = weight_scale[0], bias_scale[0]
-    if layer.scheme.sub_byte:
-        weight = _dequantize_int4(b, layer.weight_int8, weight_scale, f"{name}.weight")
-    else:
-        weight = _dequantize_per_channel(b, layer.weight_int8, weight_scale, f"{name}.weight")
+    lower_weight = _dequantize_int4 if layer.scheme.sub_byte else _dequantize_per_channel
+    zero = isinstance(layer.mac_layer, nn.Linear)
+    weight = lower_weight(b, layer.weight_int8, weight_scale, f"{name}.weight", zero_point=zero)
     bias = _dequantize_per_channel(b, layer.bias_int32, bias_scale, f"{name}.bias")
     return _apply_layer(b, node, layer.mac_layer, weight, [bias])
 
 
-def _dequantize_per_channel(b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor, name: str) -> str:
-    """``DequantizeLinear(values, scale, 0, axis=0)`` from initializers ``<name>_int8`` (or ``_int32``),
-    ``<name>_scale`` and ``<name>_zero_point``; a 0-d ``scale``: per tensor, a scalar zero point."""
+def _dequantize_per_channel(
+    b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor, name: str, *, zero_point: bool = False
+) -> str:
+    """``DequantizeLinear(values, scale[, 0], axis=0)`` from initializers ``<name>_int8`` (or ``_int32``),
+    ``<name>_scale`` and, with ``zero_point``, ``<name>_zero_point`` (zeros); a 0-d ``scale``: per tensor."""
     bits = "int8" if values.dtype == torch.int8 else "int32"
-    inputs = [
-        b.constant(values, f"{name}_{bits}"),
-        b.constant(scale, f"{name}_scale"),
-        b.constant(torch.zeros(scale.shape, dtype=values.dtype), f"{name}_zero_point"),
-    ]
-    return b.op("DequantizeLinear", inputs, name, axis=0)
+    stored = b.constant(values, f"{name}_{bits}")
+    return _dequantize(b, stored, scale, name, torch.int8 if zero_point else None)
 
 
-def _dequantize_int4(b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor, name: str) -> str:
-    """``DequantizeLinear(Cast<int8>(<name>_int4), scale, 0, axis=0)``: the file holds the weights as an INT4
-    initializer (values in [-7, 7], packed two per byte, low nibble first, by ``numpy_helper.from_array``).
+def _dequantize_int4(
+    b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor, name: str, *, zero_point: bool
+) -> str:
+    """``DequantizeLinear(Cast<int8>(<name>_int4), scale[, 0], axis=0)``: the file holds the weights as an
+    INT4 initializer (values in [-7, 7], packed two per byte, low nibble first, by
+    ``numpy_helper.from_array``).
 
     Why the Cast, rather than DequantizeLinear reading INT4 directly: ONNX Runtime 1.32 has no int4 Conv or
     Gemm kernel, and its QDQ-aware constant folding never folds a DequantizeLinear, so ``DQ(int4) -> Conv``
@@ -144,11 +149,13 @@ def _dequantize_int4(b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Ten
     widened = b.op(
         "Cast", [b.int4_constant(values, f"{name}_int4")], f"{name}_as_int8", to=onnx.TensorProto.INT8
     )
-    inputs = [
-        widened,
-        b.constant(scale, f"{name}_scale"),
-        b.constant(torch.zeros(scale.shape, dtype=torch.int8), f"{name}_zero_point"),
-    ]
+    return _dequantize(b, widened, scale, name, torch.int8 if zero_point else None)
+
+
+def _dequantize(b: OnnxGraphBuilder, x: str, scale: torch.Tensor, name: str, zero: torch.dtype | None) -> str:
+    inputs = [x, b.constant(scale, f"{name}_scale")]
+    if zero is not None:
+        inputs.append(b.constant(torch.zeros(scale.shape, dtype=zero), f"{name}_zero_point"))
     return b.op("DequantizeLinear", inputs, name, axis=0)
 
 

@@ -211,6 +211,16 @@ def test_4_bit_weights_are_packed_int4_initializers_at_opset_21(int4_onnx):
     np.testing.assert_array_equal(stored, gm.get_submodule("conv2").weight_int8.numpy())
 
 
+def test_symmetric_layers_write_a_zero_point_only_where_ort_needs_one_to_fuse(int4_onnx):
+    """Omitted zero points are 0: only the Linear's weight keeps one (ORT's QGemm fusion needs it), so the
+    file holds no per-channel zeros for convs or biases (the next test checks ORT still fuses every layer)."""
+    _, path = int4_onnx
+    zero_points = sorted(t.name for t in onnx.load(str(path)).graph.initializer if "zero_point" in t.name)
+    layer_zero_points = [name for name in zero_points if "weight" in name or "bias" in name]
+    assert layer_zero_points == ["fc.weight_zero_point"]
+    assert any(name.endswith("quant.zero_point") for name in zero_points)  # activations are asymmetric
+
+
 def test_onnx_runtime_runs_the_int4_file_like_the_eager_model(int4_onnx, tmp_path):
     gm, path = int4_onnx
     x = torch.randn(4, 3, 8, 8)
