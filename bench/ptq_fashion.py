@@ -38,6 +38,17 @@ ROWS = (
     ("W4A8 per channel", "x86-int8", WeightQuant(bits=4), None),
     ("W4A8 per channel + driver", "x86-int8", WeightQuant(bits=4), 1.0),
 )
+#: Mixed 8/4-bit rows: the weights in this share of their int8 bytes, the least sensitive layers at 4 bits
+MIXED_SHARE = 0.75
+
+
+def mixed_rows(model: torch.nn.Module) -> tuple[tuple[str, str, WeightQuant, float | None], ...]:
+    weights = sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
+    mixed = WeightQuant(bits=4, max_weight_bytes=int(MIXED_SHARE * weights))
+    label = f"W4/W8 mixed, weights {MIXED_SHARE:g}x int8"
+    return ((label, "x86-int8", mixed, None), (f"{label} + driver", "x86-int8", mixed, 1.0))
 
 
 def log(text: str) -> None:
@@ -60,7 +71,7 @@ def one_model(name: str, seed: int, folder: Path) -> list[dict[str, object]]:
     reference = file_accuracy(fp32_path, bench)
     log(f"{name} seed {seed}: fp32 {reference:.2f} %")
     rows = [_row(name, seed, "fp32", reference, reference, fp32_path, fp32_path, None)]
-    for label, target, weights, budget in ROWS:
+    for label, target, weights, budget in (*ROWS, *mixed_rows(bench.model)):
         t0 = time.perf_counter()
         extra = {"accuracy_budget": budget, "eval_data": validation} if budget is not None else {}
         res = graphopt.optimize(bench.model, target, weights=weights, **common, **extra)
@@ -87,6 +98,9 @@ def _row(name, seed, label, acc, reference, path, fp32_path, res) -> dict[str, o
         kept = str(res.report.stage("accuracy_budget").stats.get("kept_fp32", 0))
         rows = res.report.tables.get("improve_int8", [])
         steps = ", ".join(str(r["step"]) for r in rows if r["kept"]) or "none kept"
+    if res is not None and "allocate_weight_bits" in res.report.tables:
+        narrow = sum(r["bits"] < 8 for r in res.report.tables["allocate_weight_bits"])
+        steps = f"int4 layers: {narrow}" + ("" if steps == "-" else f"; {steps}")
     return {
         "model": name, "seed": seed, "row": label, "accuracy": acc, "drop": reference - acc,
         "bytes": path.stat().st_size, "size": path.stat().st_size / fp32_path.stat().st_size,

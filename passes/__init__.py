@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from graphopt.passes.accuracy_budget import AccuracyBudget, AccuracyBudgetOptions
 from graphopt.passes.adaround import AdaRound, AdaRoundOptions
+from graphopt.passes.allocate_weight_bits import AllocateWeightBits, AllocateWeightBitsOptions
 from graphopt.passes.bias_correction import BiasCorrection, BiasCorrectionOptions
 from graphopt.passes.calibrate import Calibrate, CalibrateOptions
 from graphopt.passes.eliminate_dead_code import EliminateDeadCode, EliminateDeadCodeOptions
@@ -37,6 +38,7 @@ BUILTIN_PASSES = (
     Recover,
     InsertFakeQuant,
     Calibrate,
+    AllocateWeightBits,
     AdaRound,
     BiasCorrection,
     InsertEarlyExit,
@@ -54,6 +56,8 @@ __all__ = [
     "AccuracyBudgetOptions",
     "AdaRound",
     "AdaRoundOptions",
+    "AllocateWeightBits",
+    "AllocateWeightBitsOptions",
     "BiasCorrection",
     "BiasCorrectionOptions",
     "Calibrate",

@@ -10,7 +10,8 @@ A new slot goes before the first slot of a later rank (a slot of custom passes r
 it), so on a target's pipeline the order above holds and on a ``passes=`` list the new slot lands where
 the same reasoning puts it (sparsity before the first int8 pass); the budget goes right after the
 calibration it measures. ``weights`` adds no slot: it rewrites the scheme of the int8 slot's
-``insert_fake_quant`` (weight bits, per-tensor scales; :func:`_with_weights`). Why each slot is there is
+``insert_fake_quant`` (weight bits, per-tensor scales) and, with a byte budget, adds ``allocate_weight_bits``
+after its ``calibrate`` (:func:`_with_weights`). Why each slot is there is
 part of the plan: ``print(res.plan)`` or
 ``graphopt plan TARGET --prune 0.5``. A new capability adds a rule here, not a keyword splicer in the API.
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
+from graphopt.passes.allocate_weight_bits import AllocateWeightBitsOptions
 from graphopt.passes.improve_int8 import ImproveInt8Options, step_label
 from graphopt.passes.probe_int8 import ProbeInt8Options
 from graphopt.passes.sparsify import SparsifyConfig
@@ -204,20 +206,24 @@ def _with_weights(o: PlanOptions, plan: Plan) -> Plan:
         )
     slots = []
     for slot in plan.slots:
-        passes = tuple(_reweighted(p, o.weights) for p in slot.passes)
+        passes = tuple(q for p in slot.passes for q in _reweighted(p, o.weights))
         if passes != slot.passes:
             slot = dataclasses.replace(slot, passes=passes, why=f"{slot.why}; weights: {o.weights}")
         slots.append(slot)
     return Plan(plan.target, tuple(slots))
 
 
-def _reweighted(p: Pass, weights: WeightQuant) -> Pass:
-    if not isinstance(p.options, InsertFakeQuantOptions):
-        return p
-    options = dataclasses.replace(
-        p.options, scheme=weights.scheme_for(p.options.scheme), weight_bits_by_layer=weights.bits_by_layer
-    )
-    return type(p)(options)
+def _reweighted(p: Pass, weights: WeightQuant) -> tuple[Pass, ...]:
+    """``p`` as ``weights`` has it: ``insert_fake_quant`` with their scheme; ``calibrate`` followed by
+    ``allocate_weight_bits`` when they set a byte budget (the widths are chosen on the calibrated layers)."""
+    if isinstance(p.options, InsertFakeQuantOptions):
+        scheme, widths = weights.scheme_for(p.options.scheme), weights.bits_by_layer
+        return (type(p)(dataclasses.replace(p.options, scheme=scheme, weight_bits_by_layer=widths)),)
+    if p.name == "calibrate" and weights.max_weight_bytes is not None:
+        keep = tuple(name for name, _ in weights.bits_by_layer)
+        options = AllocateWeightBitsOptions(weights.max_weight_bytes, narrow_bits=weights.bits, keep=keep)
+        return (p, make_pass("allocate_weight_bits", options))
+    return (p,)
 
 
 def _budget(o: PlanOptions, plan: Plan) -> Slot | None:

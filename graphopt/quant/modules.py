@@ -19,6 +19,7 @@ file stores them narrower (packed INT4 for 2..4 bits, :mod:`graphopt.backends.on
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.ao.quantization.fx._decomposed
@@ -160,10 +161,21 @@ class QuantizedLayer(nn.Module):
             torch.zeros(len(scales), dtype=torch.int64), requires_grad=False
         )
         self.weight_sqnr_db = sqnr_db(weight, self._dequantized_weight())
+        self.input_scale = float(input_scale)
         # The fp32 layer stays reachable (not registered: not exported, not counted) so that a layer found
         # too sensitive for int8 can go back to exactly its fp32 weights (see passes/accuracy_budget.py).
         object.__setattr__(self, "fp32_layer", layer)
         self.float_layer, self.qat = None, False
+
+    def requantized(self, weight_bits: int) -> QuantizedLayer:
+        """A copy of this frozen layer with its fp32 weights quantized again at ``weight_bits``: same input
+        scale, so the bias scale ``s_in * s_c`` follows the new weight scale. This layer is not changed."""
+        assert self.frozen, "requantized() needs a frozen layer"
+        copied = copy.deepcopy(self)
+        copied.scheme = dataclasses.replace(self.scheme, weight_bits=weight_bits)
+        copied.float_layer = copied.fp32_layer
+        copied.freeze(self.input_scale)
+        return copied
 
     def thaw(self) -> None:
         """Undo :meth:`freeze` for quantization-aware training: the float layer comes back with the

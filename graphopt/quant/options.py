@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from graphopt.errors import ConfigError
 from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.observers import ObserverConfig
-from graphopt.quant.scheme import WEIGHT_BITS, QuantScheme
+from graphopt.quant.scheme import INT4_BITS, WEIGHT_BITS, QuantScheme
 
 #: ``(layer name, weight bits)`` pairs, sorted by name: a per-layer map that stays hashable and prints stably.
 LayerBits = tuple[tuple[str, int], ...]
@@ -30,24 +30,45 @@ class WeightQuant:
     and DSPs take). ``bits_by_layer``: another width for named layers (the graph's module names, e.g.
     ``{"conv1": 8, "fc": 8}`` to keep the first and last layer at 8 bits); a name that is not an int8 layer of
     the graph is refused with the close names.
+
+    ``max_weight_bytes``: mixed widths under a size goal. Layers start at 8 bits and the least sensitive drop
+    to ``bits`` (2..4) until the weights take at most this many bytes in the artifact (ONNX: two 4-bit
+    weights per byte), chosen on calibration data by the ``allocate_weight_bits`` pass (its module says
+    how); layers in ``bits_by_layer`` keep their width.
     """
 
     bits: int = 8
     per_channel: bool = True
     bits_by_layer: Mapping[str, int] | LayerBits = ()
+    max_weight_bytes: int | None = None
 
     def __post_init__(self) -> None:
         QuantScheme(weight_bits=self.bits)  # the one check of a width, with its message
         if not isinstance(self.per_channel, bool):
             raise ConfigError(f"WeightQuant.per_channel must be True or False, got {self.per_channel!r}")
         object.__setattr__(self, "bits_by_layer", _layer_bits(self.bits_by_layer))
+        budget = self.max_weight_bytes
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+            raise ConfigError(f"WeightQuant.max_weight_bytes must be a number of bytes >= 1, got {budget!r}")
+        if budget is not None and self.bits > INT4_BITS:
+            raise ConfigError(
+                f"WeightQuant(max_weight_bytes=...) narrows layers to bits={self.bits}, which is stored in "
+                "int8 bytes and saves nothing: use bits=4 (or 2, 3)"
+            )
 
     def scheme_for(self, base: QuantScheme) -> QuantScheme:
-        """``base`` (the target's scheme) with these weights; its activations, reduce_range, scales kept."""
-        return dataclasses.replace(base, weight_bits=self.bits, per_channel=self.per_channel)
+        """``base`` (the target's scheme) with these weights; its activations, reduce_range, scales kept.
+        With ``max_weight_bytes`` layers start at 8 bits: ``bits`` is where the allocation may take them."""
+        start = 8 if self.max_weight_bytes is not None else self.bits
+        return dataclasses.replace(base, weight_bits=start, per_channel=self.per_channel)
 
     def __str__(self) -> str:
         text = f"int{self.bits} weights " + ("per channel" if self.per_channel else "per tensor")
+        if self.max_weight_bytes is not None:
+            text = (
+                f"int8 weights, the least sensitive layers at int{self.bits} to fit "
+                f"{self.max_weight_bytes:,} bytes, " + ("per channel" if self.per_channel else "per tensor")
+            )
         return text + "".join(f", {name}: int{bits}" for name, bits in self.bits_by_layer)
 
 
