@@ -20,7 +20,7 @@ from graphopt.errors import ConfigError
 #: without ``--goal`` (where nothing reads it) can be refused rather than ignored.
 SEARCH_DEFAULTS = {
     "search_prune": "0,0.25,0.5,0.7", "search_weight_bits": "8", "no_exits": False, "max_candidates": 24,
-    "max_minutes": 20.0, "recovery_epochs": 5, "search_plot": None, "search_cache": None,
+    "max_minutes": 20.0, "recovery_epochs": 5, "search_plot": None, "search_cache": None, "cluster": None,
 }  # fmt: skip
 
 
@@ -42,6 +42,10 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recovery-epochs", type=int, help="distillation / QAT epochs per candidate (default 5)")
     p.add_argument("--search-plot", type=Path, help="write the search's Pareto plot (PNG) here")
     p.add_argument("--search-cache", type=Path, help="keep measured candidates here: a rerun reuses them")
+    p.add_argument(
+        "--cluster",
+        help="build candidates on a Dask cluster: local:N (N worker processes here) or tcp://host:port",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -75,7 +79,7 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
         prune_ratios=_ratios(args.search_prune), weight_bits=_bits(args.search_weight_bits),
         exits=(False,) if args.no_exits else (False, True),
         max_candidates=args.max_candidates, max_minutes=args.max_minutes, cache_dir=args.search_cache,
-        quiet=args.quiet,
+        quiet=args.quiet, cluster=args.cluster,
     )  # fmt: skip
     shape = parse_shape(args.input_shape) if args.input_shape else None
     bench = load_bench_model(args.model, input_shape=shape, synthetic_data=True, quiet=args.quiet)

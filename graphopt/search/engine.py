@@ -43,7 +43,7 @@ from graphopt.search.estimated_baseline import EstimatedBaseline, costs_by_estim
 from graphopt.search.goals import Goals
 from graphopt.search.measure import Baseline, Measured, measure_candidate, retime_together
 from graphopt.search.queue import build_queue
-from graphopt.search.rows import CandidateRow, choose, judge
+from graphopt.search.rows import IN_PROCESS, CandidateRow, choose, judge
 from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits
 from graphopt.search.store import CandidateStore
 from graphopt.search.variants import Variants, quantizes
@@ -107,6 +107,10 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
     spec = resolve_target(call.target)
     check_search_data(call, goals)
     check_int8_data(call, config, spec)
+    if config.cluster is not None:
+        from graphopt.search.cluster import check_cluster_support
+
+        check_cluster_support()
     # before any work: a cache folder that cannot be written is a ConfigError now, not after a candidate
     store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
     call = materialized(call)
@@ -152,7 +156,8 @@ class _SearchRun:
         self.outcomes = dict(previous.outcomes) if same and previous else {}
         self.results: dict[int, OptimizeResult] = {}
         self.artifacts: dict[str, CandidateRow] = {}  # sha256 of each measured file
-        self.stored_digests: dict[int, str] = {}  # row id -> sha256 of its artifact as read from the store
+        # row id -> sha256 of its artifact as read from the store, or as a cluster worker built it
+        self.stored_digests: dict[int, str] = {}
         self.store = store
         self.score_digest = data_digest(score)
         self.variants = Variants(call, config, goals, spec)
@@ -180,8 +185,13 @@ class _SearchRun:
             ))  # fmt: skip
 
     def run_all(self) -> None:
-        started = time.perf_counter()
         queue = [r for r in self.rows if r.status == "queued"]
+        if self.config.cluster is not None:
+            from graphopt.search.cluster_queue import run_on_cluster  # on use: it imports Dask
+
+            run_on_cluster(self, queue)
+            return
+        started = time.perf_counter()
         spent: list[float] = []
         for i, row in enumerate(queue):
             elapsed = time.perf_counter() - started
@@ -194,7 +204,7 @@ class _SearchRun:
             self._run_one(i, row)
             row.seconds = time.perf_counter() - t0
             spent.append(row.seconds)
-            self._progress(i + 1, len(queue), row)
+            self.progress(i + 1, len(queue), row)
 
     def retime_finalists(self) -> None:
         """The rows on the Pareto front or meeting every goal, timed again together (one session). Only
@@ -218,19 +228,11 @@ class _SearchRun:
         ))  # fmt: skip
 
     def _run_one(self, index: int, row: CandidateRow) -> None:
-        key = (self.scope, row.point)
-        if key in self.outcomes:
-            earlier, result = self.outcomes[key]
-            self._record(row, earlier.measured, earlier.accuracy_drop, earlier.test_drop, "reused")
-            row.why = "measured by an earlier search (SearchConfig.reuse)"
-            self.results[id(row)] = result
-            return
         try:
-            variant = self.variants.of(row.point)
-            stored_key = self._stored_key(variant, row.point)
-            if self._from_store(row, stored_key):
+            settled, stored_key = self.settle(row)
+            if settled:
                 return
-            result = run_call(variant, CacheScope(self.stage_cache, self.scope))
+            result = run_call(self.variants.of(row.point), CacheScope(self.stage_cache, self.scope))
             measured = measure_candidate(
                 result, row.point.backend, self.folder / f"candidate-{index}", self.baseline,
                 self.score, self.call.eval_data,
@@ -238,13 +240,37 @@ class _SearchRun:
         except GraphoptError as exc:
             row.status, row.why = "failed", f"{type(exc).__name__}: {exc}"
             return
-        twin = self.artifacts.setdefault(_file_digest(measured.path), row)
+        self.accept(row, measured, stored_key, result)
+
+    def settle(self, row: CandidateRow) -> tuple[bool, str | None]:
+        """Whether ``row`` is settled without running (an earlier search's or the on-disk cache's
+        measurement), and the key it is stored under in the cache (None without one)."""
+        key = (self.scope, row.point)
+        if key in self.outcomes:
+            earlier, result = self.outcomes[key]
+            self._record(row, earlier.measured, earlier.accuracy_drop, earlier.test_drop, "reused")
+            row.why = "measured by an earlier search (SearchConfig.reuse)"
+            self.results[id(row)] = result
+            return True, None
+        stored_key = self._stored_key(self.variants.of(row.point), row.point)
+        return self._from_store(row, stored_key), stored_key
+
+    def accept(
+        self, row: CandidateRow, measured: Measured, stored_key: str | None, result: OptimizeResult | None
+    ) -> None:
+        """Record a measured candidate: ``result`` when it was built here; without one (built on a worker)
+        the plan runs again here if it is chosen, and must give the same file (:meth:`rebuild_choice`)."""
+        digest = _file_digest(measured.path)
+        twin = self.artifacts.setdefault(digest, row)
         if twin is not row:  # e.g. fall-backs that kept every layer int8: not a second choice
             row.status, row.why = "duplicate", f"writes the same artifact as {twin.point.label}"
             return
         self._measured(row, measured)
-        self.results[id(row)] = result
-        self.outcomes[key] = (row, result)
+        if result is not None:
+            self.results[id(row)] = result
+            self.outcomes[(self.scope, row.point)] = (row, result)
+        else:
+            self.stored_digests[id(row)] = digest
         if self.store is not None and stored_key is not None:
             self.store.save(stored_key, measured, row.accuracy_drop, row.test_drop, row.point.label)
 
@@ -288,7 +314,7 @@ class _SearchRun:
         if best is None or id(best) in self.results:
             return best
         assert best.measured is not None
-        cached_sha = self.stored_digests[id(best)]
+        cached_sha, where = self.stored_digests[id(best)], _built_where(best)
         result = run_call(self.variants.of(best.point), CacheScope(self.stage_cache, self.scope))
         measured = measure_candidate(result, best.point.backend, self.folder / "rebuilt", self.baseline,
                                      self.score, self.call.eval_data)  # fmt: skip
@@ -296,21 +322,22 @@ class _SearchRun:
         if _file_digest(measured.path) == cached_sha:
             self.notes.append(Note(
                 REBUILT_SAME,
-                f"search: {best.point.label} was measured by an earlier run; rebuilt, same artifact",
+                f"search: {best.point.label} was {where}; rebuilt here, same artifact",
                 candidate=best.point.label,
             ))  # fmt: skip
             return best
         self._measured(best, measured)
         self.notes.append(Note(
             REBUILT_DIFFERS,
-            f"search: {best.point.label} rebuilt to a different artifact than stored: measured afresh",
+            f"search: {best.point.label} was {where}; rebuilt here to a different artifact: "
+            "measured afresh",
             candidate=best.point.label,
         ))  # fmt: skip
         for row in self.rows:
             row.chosen = False
         return self.rebuild_choice()
 
-    def _progress(self, done: int, total: int, row: CandidateRow) -> None:
+    def progress(self, done: int, total: int, row: CandidateRow) -> None:
         if self.config.quiet:
             return
         d = row.as_dict()
@@ -319,7 +346,9 @@ class _SearchRun:
             if row.has_measurement
             else f"{row.status}: {row.why}"
         )
-        print(f"search {done}/{total} {row.point.label}: {detail} ({row.seconds:.0f} s)", file=sys.stderr)
+        where = "" if row.ran_on == IN_PROCESS else f" on {row.ran_on}"
+        line = f"search {done}/{total} {row.point.label}: {detail} ({row.seconds:.0f} s{where})"
+        print(line, file=sys.stderr)
 
     def finish(self, best: CandidateRow | None, seconds: float) -> OptimizeResult:
         if best is None:
@@ -418,6 +447,10 @@ def _pinned(result: OptimizeResult) -> OptimizeResult:
     guard (the search weighs int8 against fp32 itself), so a second export must not run one either."""
     result.fp32_model = None
     return result
+
+
+def _built_where(row: CandidateRow) -> str:
+    return "measured by an earlier run" if row.status == "cached" else f"built on {row.ran_on}"
 
 
 def _file_digest(path: Path) -> str:

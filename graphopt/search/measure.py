@@ -118,6 +118,38 @@ class Measured:
         return "the original in ORT fp32"
 
 
+@dataclass(frozen=True)
+class ArtifactFacts:
+    """What a row needs from a candidate's result besides its file: read where the result is (a worker
+    builds a candidate and sends back its file and these; :mod:`graphopt.search.cluster`)."""
+
+    params: int
+    macs: int
+    shipped_fp32: bool
+    exits: bool
+
+
+def export_candidate(
+    result: OptimizeResult, backend_name: str, path: Path, *, latency_guard: bool = False
+) -> tuple[Path, ArtifactFacts]:
+    """Export ``result`` to ``path`` (the backend's suffix) and read its facts. The search exports without
+    the latency guard: it weighs the int8 candidate against the fp32 one itself (both are rows), and a size
+    goal may need the int8 file even where it is not the faster; a preset pipeline measured for comparison
+    keeps it (``latency_guard=True``), as ``export`` does."""
+    suffix = BACKENDS[backend_name].suffix
+    artifact = result.export(path.with_suffix(suffix), backend=backend_name, latency_guard=latency_guard)
+    record = result.report.stages[-1]
+    exits = has_exits(result.model)
+    facts = ArtifactFacts(
+        params=record.params,
+        # an exit model's MACs depend on the input: the expected MACs per sample its exit stage measured
+        macs=result.report.stage("insert_early_exit").macs if exits else record.macs,
+        shipped_fp32=bool(record.stats.get(SHIPPED_FP32, 0)),
+        exits=exits,
+    )
+    return artifact, facts
+
+
 def measure_candidate(
     result: OptimizeResult,
     backend_name: str,
@@ -128,18 +160,25 @@ def measure_candidate(
     *,
     latency_guard: bool = False,
 ) -> Measured:
-    """Export ``result`` to ``path``, then time and score the file. The search exports without the latency
-    guard: it weighs the int8 candidate against the fp32 one itself (both are rows), and a size goal may
-    need the int8 file even where it is not the faster; a preset pipeline measured for comparison keeps
-    it (``latency_guard=True``), as ``export`` does."""
-    backend = BACKENDS[backend_name]
-    artifact = result.export(
-        path.with_suffix(backend.suffix), backend=backend_name, latency_guard=latency_guard
-    )
-    record = result.report.stages[-1]
-    runner = backend.runner(artifact, threads=result.target.backend.threads)
-    exits = has_exits(result.model)
-    score = per_sample_accuracy if exits else accuracy
+    """Export ``result`` to ``path`` (:func:`export_candidate`), then time and score the file."""
+    artifact, facts = export_candidate(result, backend_name, path, latency_guard=latency_guard)
+    threads = result.target.backend.threads
+    return measure_artifact(artifact, facts, backend_name, baseline, validation, test, threads)
+
+
+def measure_artifact(
+    artifact: Path,
+    facts: ArtifactFacts,
+    backend_name: str,
+    baseline: Baseline,
+    validation: list[Batch] | None,
+    test: list[Batch] | None,
+    threads: int,
+) -> Measured:
+    """Score the file at ``artifact`` in its runtime on validation and test data, and time it beside the
+    original (or cost it by its backend's estimate)."""
+    runner = BACKENDS[backend_name].runner(artifact, threads=threads)
+    score = per_sample_accuracy if facts.exits else accuracy
     predict = getattr(runner, "run_batched", runner.run)
     test_accuracy = None if test is None else 100 * score(predict, test)
     valid_accuracy = None if validation is None else 100 * score(predict, validation)
@@ -148,13 +187,12 @@ def measure_candidate(
         latency_ms=float("nan"),  # timed just below, beside the original
         baseline_ms=float("nan"),
         bytes=artifact.stat().st_size,
-        params=record.params,
-        # an exit model's MACs depend on the input: the expected MACs per sample its exit stage measured
-        macs=result.report.stage("insert_early_exit").macs if exits else record.macs,
+        params=facts.params,
+        macs=facts.macs,
         accuracy=valid_accuracy,
         test_accuracy=test_accuracy,
-        shipped_fp32=bool(record.stats.get(SHIPPED_FP32, 0)),
-        exits=exits,
+        shipped_fp32=facts.shipped_fp32,
+        exits=facts.exits,
         backend=backend_name,
     )
     _time_beside_original([(measured, runner)], baseline, validation, TIMING_ROUNDS)

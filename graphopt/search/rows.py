@@ -16,6 +16,9 @@ from graphopt.search.goals import Goals, Miss
 from graphopt.search.measure import Measured
 from graphopt.search.space import SearchPoint, TieBreak
 
+#: ``CandidateRow.ran_on`` of a candidate built by the search's own process.
+IN_PROCESS = "this process"
+
 
 @dataclass
 class CandidateRow:
@@ -29,6 +32,8 @@ class CandidateRow:
     misses: list[Miss] = field(default_factory=list)
     dominated: bool = False
     chosen: bool = False
+    #: Where it was built: this process, or a cluster worker's address (with the retry after a lost worker).
+    ran_on: str = IN_PROCESS
 
     @property
     def has_measurement(self) -> bool:
@@ -60,6 +65,7 @@ class CandidateRow:
             "pareto": None if m is None else not self.dominated,
             "chosen": self.chosen,
             "seconds": round(self.seconds, 1),
+            "ran_on": self.ran_on,
         }
         return row
 

@@ -74,6 +74,9 @@ class SearchConfig:
     tune_share: float = 0.5
     quiet: bool = False
     reuse: SearchResult | None = field(default=None, compare=False, repr=False)
+    #: Where candidates are built: None, this process; ``"local:N"``, a Dask cluster of N worker processes
+    #: started here; ``"tcp://host:port"``, a running Dask scheduler joined (:mod:`graphopt.search.cluster`).
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         # sequences are kept as tuples: a list would make the frozen config unhashable, a string would be
@@ -120,6 +123,10 @@ class SearchConfig:
         if not isinstance(self.quiet, bool):
             raise ConfigError(f"SearchConfig.quiet must be True or False, got {self.quiet!r}")
         _check_reuse(self.reuse)
+        if self.cluster is not None:
+            from graphopt.search.cluster import ClusterSpec
+
+            ClusterSpec.parse(self.cluster)
 
 
 def _choices(
