@@ -148,7 +148,7 @@ class QuantizedLayer(nn.Module):
         layer = self.float_layer
         assert layer is not None
         weight = layer.weight.detach()
-        scales = weight_scales(weight, self.scheme)
+        scales = self._weight_scales(weight)
         q_weight = quantize_weight(weight, scales, self.scheme)
         bias = layer.bias.detach() if layer.bias is not None else torch.zeros(weight.shape[0])
         bias_scales = scales * input_scale
@@ -185,6 +185,9 @@ class QuantizedLayer(nn.Module):
         if not self.frozen:
             return
         layer = self.as_float()
+        # QAT starts from the dequantized weights, whose range a clipping scheme already cut to the frozen
+        # scale: from here on the scale covers max|w| (see _weight_scales)
+        self.thawed = True
         for name in ("weight_int8", "weight_scale", "bias_int32", "bias_scale", "channel_zero_points"):
             delattr(self, name)
         self.float_layer, self.qat = layer, True
@@ -207,11 +210,19 @@ class QuantizedLayer(nn.Module):
         zero = self.channel_zero_points
         return _qd.dequantize_per_channel(self.bias_int32, self.bias_scale, zero, 0, low, high, torch.int32)
 
+    def _weight_scales(self, weight: Tensor) -> Tensor:
+        """The scheme's weight scales; once thawed for QAT, ``max|w_c| / r`` whatever the clipping: the
+        dequantized weights QAT starts from end at the clipped range, so covering their max is the frozen
+        grid (no search every step), and freezing after QAT keeps the grid QAT trained on."""
+        if getattr(self, "thawed", False) and self.scheme.weight_clipping != "none":
+            return weight_scales(weight, dataclasses.replace(self.scheme, weight_clipping="none"))
+        return weight_scales(weight, self.scheme)
+
     def _fake_quantized_weight(self, weight: Tensor) -> Tensor:
         """``s_c * clamp(round(w / s_c), -b, b)`` (b the scheme's weight bound, 7 at 4 bits) with
         ``s_c = max|w_c| / b`` from the current weight; the
         gradient passes straight through the rounding (and is zero where the clamp bites)."""
-        scales = weight_scales(weight, self.scheme)
+        scales = self._weight_scales(weight)
         zeros = torch.zeros(len(scales), dtype=torch.int32, device=weight.device)
         bound = self.scheme.weight_bound
         scales = scales.to(weight.device)

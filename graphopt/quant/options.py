@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from graphopt.errors import ConfigError
 from graphopt.pipeline.pass_base import PassOptions
@@ -35,15 +36,19 @@ class WeightQuant:
     to ``bits`` (2..4) until the weights take at most this many bytes in the artifact (ONNX: two 4-bit
     weights per byte), chosen on calibration data by the ``allocate_weight_bits`` pass (its module says
     how); layers in ``bits_by_layer`` keep their width.
+
+    ``clipping="mse"``: each weight scale clips the range to the least squared rounding error instead of
+    covering ``max|w|`` (``QuantScheme.weight_clipping``; what 4-bit weights need most).
     """
 
     bits: int = 8
     per_channel: bool = True
     bits_by_layer: Mapping[str, int] | LayerBits = ()
     max_weight_bytes: int | None = None
+    clipping: Literal["none", "mse"] = "none"
 
     def __post_init__(self) -> None:
-        QuantScheme(weight_bits=self.bits)  # the one check of a width, with its message
+        QuantScheme(weight_bits=self.bits, weight_clipping=self.clipping)  # the checks, with their messages
         if not isinstance(self.per_channel, bool):
             raise ConfigError(f"WeightQuant.per_channel must be True or False, got {self.per_channel!r}")
         object.__setattr__(self, "bits_by_layer", _layer_bits(self.bits_by_layer))
@@ -60,7 +65,9 @@ class WeightQuant:
         """``base`` (the target's scheme) with these weights; its activations, reduce_range, scales kept.
         With ``max_weight_bytes`` layers start at 8 bits: ``bits`` is where the allocation may take them."""
         start = 8 if self.max_weight_bytes is not None else self.bits
-        return dataclasses.replace(base, weight_bits=start, per_channel=self.per_channel)
+        return dataclasses.replace(
+            base, weight_bits=start, per_channel=self.per_channel, weight_clipping=self.clipping
+        )
 
     def __str__(self) -> str:
         text = f"int{self.bits} weights " + ("per channel" if self.per_channel else "per tensor")
@@ -69,6 +76,7 @@ class WeightQuant:
                 f"int8 weights, the least sensitive layers at int{self.bits} to fit "
                 f"{self.max_weight_bytes:,} bytes, " + ("per channel" if self.per_channel else "per tensor")
             )
+        text += ", clipped to the least squared error" if self.clipping == "mse" else ""
         return text + "".join(f", {name}: int{bits}" for name, bits in self.bits_by_layer)
 
 

@@ -26,6 +26,12 @@ Affine quantization: ``q = clamp(round(x / s) + z, q_min, q_max)``, ``x ~ s * (q
   calibration sample for activations (without one, up: no clipping), on the weights themselves, channel by
   channel, for weights. Bias scales, products of two powers of two, are powers of two too. The lowered QDQ
   ONNX is the same canonical form; only the scale values change.
+- Clipped weight ranges, ``weight_clipping="mse"``: per channel (per tensor without per-channel scales),
+  ``s_c = a_c * max|w_c| / r`` with ``a_c`` from a grid on [0.3, 1] minimizing the squared rounding error
+  ``sum_j (w_cj - s_c * clamp(round(w_cj / s_c), -r, r))^2``: a few large weights clip so that the many
+  small ones get finer steps. It matters below 8 bits (at 4 bits ``r = 7`` levels per side): on
+  heavy-tailed weights it cuts the weight error by about a third (``tests/test_weight_clipping.py``). This
+  is the weight-only form of the MSE range search (not the sequential, output-based one).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class QuantScheme:
     power_of_two: bool = False  # fixed-point: every scale 2^-b (see the module docstring)
     #: Symmetric weights in [-(2^(b-1) - 1), 2^(b-1) - 1] (module docstring); 8: int8.
     weight_bits: int = 8
+    #: ``"none"``: ``s = max|w| / r``; ``"mse"``: the clipped scale with the least rounding error (docstring).
+    weight_clipping: Literal["none", "mse"] = "none"
 
     def __post_init__(self) -> None:
         if self.activations not in _RANGES:
@@ -69,6 +77,8 @@ class QuantScheme:
                 f"weight_bits must be an integer from {WEIGHT_BITS[0]} to {WEIGHT_BITS[-1]} (8: int8, "
                 f"4: int4 weights with int8 activations), got {bits!r}"
             )
+        if self.weight_clipping not in ("none", "mse"):
+            raise ConfigError(f"weight_clipping must be 'none' or 'mse', got {self.weight_clipping!r}")
 
     @property
     def activation_range(self) -> tuple[int, int]:
@@ -129,12 +139,15 @@ def _neighbour_powers(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def weight_scales(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
-    """Per-output-channel (axis 0) symmetric scales ``max|w_c| / bound`` (one scale if not per-channel);
-    with power-of-two scales, per channel the neighbour power with the smaller round-trip error."""
+    """Per-output-channel (axis 0) symmetric scales ``max|w_c| / bound`` (one scale if not per-channel),
+    clipped to the least rounding error with ``weight_clipping="mse"``; with power-of-two scales, per
+    channel the neighbour power with the smaller round-trip error."""
     flat = weight.detach().reshape(weight.shape[0], -1)
     magnitude = flat.abs()
     peak = magnitude.amax(dim=1) if scheme.per_channel else magnitude.amax().expand(weight.shape[0])
     scales = (peak / scheme.weight_bound).clamp(min=1e-12).double()
+    if scheme.weight_clipping == "mse":
+        scales = _least_error_scales(flat.float(), scales.float(), scheme).double()
     if not scheme.power_of_two:
         return scales.float()
     down, up = _neighbour_powers(scales)
@@ -144,6 +157,24 @@ def weight_scales(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
         for s in (down, up)
     ]
     return torch.where(errors[0] < errors[1], down, up).float()
+
+
+#: The clipping fractions of max|w| tried by ``weight_clipping="mse"``.
+CLIPPING_GRID = torch.linspace(0.3, 1.0, 36)
+
+
+def _least_error_scales(flat: torch.Tensor, scales: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    """``scales`` times the fraction of :data:`CLIPPING_GRID` with the least squared rounding error, per
+    channel, or one fraction for all channels when the scale is per tensor."""
+    bound = scheme.weight_bound
+    errors = torch.stack([
+        (torch.clamp(torch.round(flat / (a * scales)[:, None]), -bound, bound) * (a * scales)[:, None] - flat)
+        .pow(2).sum(dim=1)
+        for a in CLIPPING_GRID
+    ])  # fmt: skip
+    if not scheme.per_channel:
+        return scales * CLIPPING_GRID[errors.sum(dim=1).argmin()]
+    return scales * CLIPPING_GRID[errors.argmin(dim=0)]
 
 
 def quantize_weight(weight: torch.Tensor, scales: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
