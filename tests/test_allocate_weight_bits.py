@@ -144,3 +144,18 @@ def test_the_plan_places_the_allocation_right_after_calibrate():
 def test_bad_budgets_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         WeightQuant(**kwargs)
+
+
+def test_the_searchs_weight_bits_axis_sets_one_width_and_leaves_out_a_byte_budget():
+    from graphopt.pipeline.driver import OptimizeCall
+    from graphopt.search import Goals, SearchConfig
+    from graphopt.search.space import SearchPoint
+    from graphopt.search.variants import Variants
+    from graphopt.targets import TARGETS
+
+    given = WeightQuant(bits=4, max_weight_bytes=1000, per_channel=False)
+    call = OptimizeCall(model=nn.Identity(), weights=given)
+    variants = Variants(call, SearchConfig(weight_bits=(8, 4)), Goals(max_bytes=10_000), TARGETS["x86-int8"])
+    for bits in (8, 4):
+        weights = variants.of(SearchPoint(int8="on", weight_bits=bits)).weights
+        assert (weights.bits, weights.max_weight_bytes, weights.per_channel) == (bits, None, False)

@@ -35,7 +35,8 @@ class WeightQuant:
     ``max_weight_bytes``: mixed widths under a size goal. Layers start at 8 bits and the least sensitive drop
     to ``bits`` (2..4) until the weights take at most this many bytes in the artifact (ONNX: two 4-bit
     weights per byte), chosen on calibration data by the ``allocate_weight_bits`` pass (its module says
-    how); layers in ``bits_by_layer`` keep their width.
+    how); layers in ``bits_by_layer`` keep their width. The budget covers the int8 layers as calibrated:
+    a layer ``accuracy_budget`` later puts back in fp32 (4 bytes per weight) comes on top.
 
     ``clipping="mse"``: each weight scale clips the range to the least squared rounding error instead of
     covering ``max|w|`` (``QuantScheme.weight_clipping``; what 4-bit weights need most).

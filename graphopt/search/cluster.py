@@ -160,14 +160,29 @@ def cluster_client(spec: ClusterSpec) -> Iterator[Any]:
     logger.setLevel(logging.CRITICAL)
     try:
         if spec.workers is None:
-            with Client(spec.address, timeout="30s") as client:
+            try:
+                client = Client(spec.address, timeout="30s")
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(
+                    f"no Dask scheduler answered at {spec.address} within 30 s ({type(exc).__name__}: "
+                    f"{exc}); start one (dask scheduler; dask worker ADDRESS --nthreads 1) or use "
+                    "cluster='local:N'"
+                ) from exc
+            with client:
                 yield client
             return
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            cluster = LocalCluster(
-                n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                silence_logs=logging.CRITICAL,
-            )  # fmt: skip
+            try:
+                cluster = LocalCluster(
+                    n_workers=spec.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                    silence_logs=logging.CRITICAL,
+                )  # fmt: skip
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                raise GraphoptError(
+                    f"the local Dask cluster of {spec.workers} workers did not start ({type(exc).__name__}: "
+                    f"{exc}); a script starting one must guard its entry point with "
+                    "if __name__ == '__main__': (its workers import the main module)"
+                ) from exc
         try:
             with Client(cluster) as client:
                 yield client

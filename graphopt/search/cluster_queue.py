@@ -8,10 +8,12 @@ line saying where it was built and how long it took there.
 
 from __future__ import annotations
 
+import pickle
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from graphopt.errors import GraphoptError
+from graphopt.errors import ConfigError, GraphoptError
 from graphopt.reporting.notes import Note
 from graphopt.search.cluster import (
     BuildTask,
@@ -42,6 +44,7 @@ def run_on_cluster(run: _SearchRun, queue: list[CandidateRow]) -> None:
     waiting = [row for row in queue if not _settled_here(run, row, keys)]
     if not waiting:
         return
+    run.rebuild_threads = spec.worker_threads()
     with cluster_client(spec) as client:
         _Dispatch(run, client, spec, keys, len(queue) - len(waiting), len(queue)).dispatch(waiting)
 
@@ -64,6 +67,7 @@ class _Dispatch:
     ) -> None:  # fmt: skip
         self.run, self.client, self.keys, self.done, self.total = run, client, keys, done, total
         self.index = {id(row): i for i, row in enumerate(run.rows)}
+        self.token = uuid.uuid4().hex[:12]  # task keys unique to this search on a shared scheduler
         variants = Variants(run.call, replace_reuse(run.config), run.goals, run.spec)
         self.build = BuildTask(variants, run.scope, spec.worker_threads())
         self.task = self._scatter()
@@ -106,7 +110,14 @@ class _Dispatch:
 
     def _scatter(self) -> Any:
         """The model and data, sent to every worker (module docstring of graphopt.search.cluster)."""
-        return self.client.scatter(self.build, broadcast=True, hash=False)
+        try:
+            return self.client.scatter(self.build, broadcast=True, hash=False)
+        except (TypeError, AttributeError, pickle.PicklingError) as exc:  # what pickling raises
+            raise ConfigError(
+                f"the optimize call cannot be sent to the cluster's workers ({type(exc).__name__}: {exc}); "
+                "a model, data or instrument defined inside a function or holding open files or locks does "
+                "not pickle: define it at module level, or search in this process (cluster=None)"
+            ) from exc
 
     def _time_left(self) -> bool:
         elapsed = time.perf_counter() - self.started
@@ -117,7 +128,7 @@ class _Dispatch:
         self.attempts[id(row)] = self.attempts.get(id(row), 0) + 1
         future = self.client.submit(
             build_on_worker, self.task, row.point, row.point.backend, pure=False,
-            key=f"candidate-{self.index[id(row)]}-try-{self.attempts[id(row)]}",
+            key=f"graphopt-{self.token}-candidate-{self.index[id(row)]}-try-{self.attempts[id(row)]}",
         )  # fmt: skip
         futures.add(future)
         return future

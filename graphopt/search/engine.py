@@ -12,11 +12,13 @@ chosen on the rest (:mod:`graphopt.search.data`); test data (``eval_data``) is o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +160,8 @@ class _SearchRun:
         self.artifacts: dict[str, CandidateRow] = {}  # sha256 of each measured file
         # row id -> sha256 of its artifact as read from the store, or as a cluster worker built it
         self.stored_digests: dict[int, str] = {}
+        #: Torch threads a worker-built candidate is rebuilt with here: the workers' (set by the cluster run).
+        self.rebuild_threads: int | None = None
         self.store = store
         self.score_digest = data_digest(score)
         self.variants = Variants(call, config, goals, spec)
@@ -315,7 +319,8 @@ class _SearchRun:
             return best
         assert best.measured is not None
         cached_sha, where = self.stored_digests[id(best)], _built_where(best)
-        result = run_call(self.variants.of(best.point), CacheScope(self.stage_cache, self.scope))
+        with torch_threads(self.rebuild_threads if best.ran_on != IN_PROCESS else None):
+            result = run_call(self.variants.of(best.point), CacheScope(self.stage_cache, self.scope))
         measured = measure_candidate(result, best.point.backend, self.folder / "rebuilt", self.baseline,
                                      self.score, self.call.eval_data)  # fmt: skip
         self.results[id(best)] = result
@@ -447,6 +452,19 @@ def _pinned(result: OptimizeResult) -> OptimizeResult:
     guard (the search weighs int8 against fp32 itself), so a second export must not run one either."""
     result.fp32_model = None
     return result
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``count`` (None: unchanged) for the block: training on the same count
+    is what makes a rebuilt artifact byte-identical to the worker's."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _built_where(row: CandidateRow) -> str:

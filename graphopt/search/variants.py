@@ -51,7 +51,8 @@ class Variants:
         if point.int8 == "off" or self.config.weight_bits == (8,):
             return given
         base = given if isinstance(given, WeightQuant) else WeightQuant()
-        return dataclasses.replace(base, bits=point.weight_bits)
+        # the axis sets one width for every layer: a byte budget's mixed widths are the caller's own plan
+        return dataclasses.replace(base, bits=point.weight_bits, max_weight_bytes=None)
 
     @staticmethod
     def _prune(point: SearchPoint) -> PruneConfig | float:
