@@ -105,7 +105,9 @@ class InsertEarlyExit(Pass):
         classes = classifier_width(gm)
         cuts, total = find_cuts(gm)
         chosen = choose_cuts(cuts, total, config.exits, config.fractions)
-        heads = [exit_head(c.channels, classes, config.head) for c in chosen]
+        with torch.random.fork_rng():  # seeded: the same heads whatever ran before in this process
+            torch.manual_seed(config.seed)
+            heads = [exit_head(c.channels, classes, config.head) for c in chosen]
         network = EarlyExitNetwork(split_at(gm, chosen), heads, config.criterion)
         train, held_out = self._training_and_held_out(config)
         held_out_features = cached_features(network, held_out)  # the backbone as given

@@ -238,6 +238,22 @@ def test_a_small_validation_set_says_how_many_samples_the_budget_needs(digits_mo
     assert _network(result).thresholds.tolist() == [NEVER]
 
 
+def test_the_heads_are_the_same_whatever_ran_before_in_the_process(digits_model, digits):
+    """Seeded head initialization: a search's cluster worker, or a rerun from the on-disk cache, rebuilds the
+    candidate byte for byte only if the heads do not depend on the process's random state."""
+    heads = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # what earlier work in the process left
+        result = graphopt.optimize(
+            digits_model, example_inputs=(digits.test_x[:1],),
+            train_data=batches(digits.train_x[:128], digits.train_y[:128], 64),
+            early_exit=EarlyExitConfig(exits=("features.6",), epochs=1, quiet=True, cost="macs"),
+        )  # fmt: skip
+        heads.append(_network(result).heads.state_dict())
+    assert heads[0].keys() == heads[1].keys()
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
 def test_heads_train_on_augmented_copies():
     data = LabelledTensors((torch.arange(6.0).view(3, 2), torch.ones(3, 1)), torch.tensor([0, 1, 2]))
     config = EarlyExitConfig(augment=lambda x, generator: -x, augment_copies=2)

@@ -1,9 +1,13 @@
 """The search's queue run on a Dask cluster (:mod:`graphopt.search.cluster` says what runs where).
 
-At most one candidate per worker is in flight, so the time budget works as in this process: a candidate is
-not submitted once the time spent plus the mean candidate time (divided among the workers) would pass
-``max_minutes``; those left are ``not run``. Each finished candidate is measured here and gets one progress
-line saying where it was built and how long it took there.
+Candidates that share stages (the same prune ratio and importance: pruning and its recovery, which every
+fp32, int8 and exit variant of the group starts from) form a group, and each worker runs whole groups, one
+candidate at a time, in queue order: a worker's stage cache then holds its group's shared stages, so they
+run once per group as in this process, and groups run in parallel. A group is pinned to its worker while
+that worker lives (a candidate whose worker died runs on any). The time budget works as in this process:
+a candidate is not submitted once the time spent plus the mean candidate time (divided among the workers)
+would pass ``max_minutes``; those left are ``not run``. Each finished candidate is measured here and gets
+one progress line saying where it was built and how long it took there.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import pickle
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from graphopt.errors import ConfigError, GraphoptError
@@ -60,6 +65,30 @@ def _settled_here(run: _SearchRun, row: CandidateRow, keys: dict[int, str | None
     return settled
 
 
+def _shared_stage_groups(rows: list[CandidateRow]) -> list[list[CandidateRow]]:
+    """``rows`` grouped by the stages they share (prune ratio and importance: the pruned and recovered
+    model every fp32, int8 and exit variant starts from), in queue order."""
+    groups: dict[tuple[float, str], list[CandidateRow]] = {}
+    for row in rows:
+        groups.setdefault((row.point.prune, row.point.importance), []).append(row)
+    return list(groups.values())
+
+
+@dataclass
+class _Lane:
+    """One worker's run through groups of candidates, one candidate in flight at a time."""
+
+    worker: str | None
+    rows: list[CandidateRow] = field(default_factory=list)
+    future: Any = None
+
+    def take(self, groups: list[list[CandidateRow]]) -> bool:
+        """The next waiting group; whether there was one."""
+        if groups:
+            self.rows = groups.pop(0)
+        return bool(self.rows)
+
+
 class _Dispatch:
     def __init__(
         self, run: _SearchRun, client: Any, spec: ClusterSpec, keys: dict[int, str | None], done: int,
@@ -76,29 +105,28 @@ class _Dispatch:
         self.spent: list[float] = []
         self.attempts: dict[int, int] = {}
         self.lost: list[str] = []
+        self.groups: list[list[CandidateRow]] = []
 
     def dispatch(self, waiting: list[CandidateRow]) -> None:
         from distributed import as_completed
 
-        pending = list(waiting)
-        in_flight: dict[Any, CandidateRow] = {}
+        self.groups = _shared_stage_groups(waiting)
+        workers = list(self.client.scheduler_info().get("workers", {})) or [None]
+        lanes = [_Lane(worker) for worker in workers]
         futures = as_completed()
+        in_flight: dict[Any, _Lane] = {}
         try:
-            while pending or in_flight:
-                while pending and len(in_flight) < self.slots and self._time_left():
-                    row = pending.pop(0)
-                    in_flight[self._submit(row, futures)] = row
-                if not in_flight:
-                    break
-                future = next(futures)
-                row = in_flight.pop(future)
-                if self._finish(row, future):
-                    pending.insert(0, row)  # a worker died: first in line for a retry, with the data again
-                    self.task = self._scatter()
+            for lane in lanes:
+                if lane.take(self.groups) and self._time_left():
+                    in_flight[self._submit(lane, futures)] = lane
+            while in_flight:
+                lane = in_flight.pop(next(futures))
+                if self._finish(lane) and self._time_left():
+                    in_flight[self._submit(lane, futures)] = lane
         finally:
             for future in in_flight:
                 future.cancel()
-        for row in pending:
+        for row in [r for lane in lanes for r in lane.rows] + [r for group in self.groups for r in group]:
             budget = self.run.config.max_minutes
             row.status, row.why = "not run", f"time budget max_minutes={budget:g}"
         if self.lost:
@@ -124,26 +152,40 @@ class _Dispatch:
         mean = sum(self.spent) / len(self.spent) / self.slots if self.spent else 0.0
         return elapsed + mean <= 60 * self.run.config.max_minutes
 
-    def _submit(self, row: CandidateRow, futures: Any) -> Any:
+    def _submit(self, lane: _Lane, futures: Any) -> Any:
+        """The lane's next candidate, on the lane's worker while it lives (its stage cache holds the lane's
+        shared stages), anywhere once it is gone."""
+        row = lane.rows[0]
         self.attempts[id(row)] = self.attempts.get(id(row), 0) + 1
         future = self.client.submit(
             build_on_worker, self.task, row.point, row.point.backend, pure=False,
             key=f"graphopt-{self.token}-candidate-{self.index[id(row)]}-try-{self.attempts[id(row)]}",
+            workers=None if lane.worker is None else [lane.worker], allow_other_workers=True,
         )  # fmt: skip
         futures.add(future)
+        lane.future = future
         return future
 
-    def _finish(self, row: CandidateRow, future: Any) -> bool:
-        """Record ``row`` from its finished task; True when it is to be submitted again (worker lost)."""
+    def _finish(self, lane: _Lane) -> bool:
+        """Record the lane's finished candidate; whether the lane has another to submit (the same one when
+        its worker died and it has a retry left, the next of its group, or the next group's first)."""
+        row, future = lane.rows[0], lane.future
         try:
             built: Built = future.result()
         except Exception as exc:  # a task's failure: a lost worker (retried once) or a bug in the task
             if is_lost_worker(exc) and self.attempts[id(row)] < ATTEMPTS:
                 self.lost.append(row.point.label)
+                self.task = self._scatter()  # a restarted worker has none of the data
                 return True
             row.status, row.why = "failed", _task_failure(exc, self.attempts[id(row)])
-            self._progressed(row)
-            return False
+        else:
+            self._built(row, built)
+            lane.worker = built.worker  # where the lane's stages are cached now
+        self._progressed(row)
+        lane.rows.pop(0)
+        return bool(lane.rows) or lane.take(self.groups)
+
+    def _built(self, row: CandidateRow, built: Built) -> None:
         row.seconds, row.ran_on = built.seconds, built.worker
         if self.attempts[id(row)] > 1:
             row.ran_on += " (retried: its first worker died)"
@@ -152,8 +194,6 @@ class _Dispatch:
             row.status, row.why = "failed", built.error
         else:
             self._measure(row, built)
-        self._progressed(row)
-        return False
 
     def _measure(self, row: CandidateRow, built: Built) -> None:
         run = self.run
