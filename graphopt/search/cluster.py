@@ -27,9 +27,10 @@ fails on its own, is a ``failed`` row with its error and the search goes on. Ctr
 flight and closes the cluster the search started (a cluster it joined is left running).
 
 Determinism: a worker trains with ``threads`` torch threads (local clusters: the machine's cores shared
-out, at least one; a joined cluster: the caller's count). Training on the same number of threads gives
-the same artifact in any process, so the returned artifact equals the in-process search's when the two
-choose the same candidate.
+out, at least one; a joined cluster: the caller's count), and the returned candidate is rebuilt here with
+the same count. Training on the same number of threads gives the same artifact in any process, except
+where a plan decides by timing: exits costed in the runtime (``EarlyExitConfig(cost="runtime")``, the
+default) keep the exits their timing favours, which can differ between two timings of the same file.
 """
 
 from __future__ import annotations
