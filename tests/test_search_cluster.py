@@ -129,3 +129,15 @@ def test_a_candidate_whose_worker_dies_twice_is_failed_with_the_cause(digits_mod
     model = _DiesOnWorker(digits_model, None)
     with pytest.raises(GraphoptError, match="worker died on each of 2 tries"):
         _search(model, digits, "local:1", quiet=True, int8=("off",))
+
+
+def test_a_running_scheduler_is_joined_by_address_and_left_running(digits_model, digits):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address  # tcp://127.0.0.1:PORT
+        (worker,) = cluster.workers.values()
+        res = _search(digits_model, digits, address, quiet=True, int8=("on",))
+        assert {r["ran_on"] for r in res.search.table()} == {worker.worker_address}
+        with Client(address) as client:  # the search closed its client, not the cluster it joined
+            assert len(client.scheduler_info()["workers"]) == 1
