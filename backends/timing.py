@@ -71,6 +71,18 @@ def pin_to_one_core() -> int | None:
 
 
 @contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Torch's intra-op thread count set to ``count`` for the block (None: unchanged), restored after."""
+    saved = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@contextmanager
 def edge_timing(threads: int = 1, *, pin: bool = True) -> Iterator[int | None]:
     """One pinned core and ``threads`` torch threads for the duration; yields the core (None: not pinned).
 

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 
 from graphopt.artifacts.destination import write_bytes
 from graphopt.backends.quiet import quiet_export
-from graphopt.backends.timing import LatencyStats, measure
+from graphopt.backends.timing import LatencyStats, measure, torch_threads
 from graphopt.backends.torch_int8 import Engine, lower_to_quantized_kernels, quantized_engine
 from graphopt.errors import ExportError, first_line
 from graphopt.ir.extensions import EarlyExitNetwork, ScriptableEarlyExit
@@ -100,7 +100,7 @@ class TorchScriptRunner:
 
     def run(self, *inputs: torch.Tensor | np.ndarray) -> list[np.ndarray]:
         tensors = [torch.as_tensor(x) for x in inputs]
-        with quiet_export(), torch.no_grad(), _threads(self.threads):
+        with quiet_export(), torch.no_grad(), torch_threads(self.threads):
             out = self.module(*tensors)
         leaves, _ = tree_flatten(out)  # tuples, and dicts (ModelOutput) in key order
         return [t.numpy() for t in leaves]
@@ -111,19 +111,5 @@ class TorchScriptRunner:
         def call() -> object:
             return self.module(*tensors)
 
-        with quiet_export(), torch.no_grad(), _threads(self.threads):
+        with quiet_export(), torch.no_grad(), torch_threads(self.threads):
             return measure(call, warmup=warmup, repeat=repeat)
-
-
-class _threads:
-    """Temporarily set torch's intra-op thread count."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self) -> None:
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.saved)

@@ -12,19 +12,18 @@ chosen on the rest (:mod:`graphopt.search.data`); test data (``eval_data``) is o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from graphopt.artifacts.result import OptimizeResult
+from graphopt.backends.timing import torch_threads
 from graphopt.data.batches import Batch
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.frontend.inputs import check_example_inputs, private_eval_copy
@@ -452,19 +451,6 @@ def _pinned(result: OptimizeResult) -> OptimizeResult:
     guard (the search weighs int8 against fp32 itself), so a second export must not run one either."""
     result.fp32_model = None
     return result
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Torch's intra-op threads set to ``count`` (None: unchanged) for the block: training on the same count
-    is what makes a rebuilt artifact byte-identical to the worker's."""
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _built_where(row: CandidateRow) -> str:
