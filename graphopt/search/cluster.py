@@ -36,7 +36,6 @@ default) keep the exits their timing favours, which can differ between two timin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import re
@@ -202,12 +201,3 @@ def is_lost_worker(exc: BaseException) -> bool:
 
     lost_data = isinstance(exc, FutureCancelledError) and "lost dependencies" in str(exc)
     return isinstance(exc, KilledWorker) or lost_data
-
-
-def workers_of(client: Any) -> int:
-    return max(1, len(client.scheduler_info().get("workers", {})))
-
-
-def replace_reuse(config: Any) -> Any:
-    """``config`` without ``reuse`` (an earlier search's in-memory results: not for workers)."""
-    return dataclasses.replace(config, reuse=None)

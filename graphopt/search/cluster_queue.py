@@ -12,6 +12,7 @@ one progress line saying where it was built and how long it took there.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import time
 import uuid
@@ -27,8 +28,6 @@ from graphopt.search.cluster import (
     build_on_worker,
     cluster_client,
     is_lost_worker,
-    replace_reuse,
-    workers_of,
 )
 from graphopt.search.measure import measure_artifact
 from graphopt.search.rows import CandidateRow
@@ -80,7 +79,6 @@ class _Lane:
 
     worker: str | None
     rows: list[CandidateRow] = field(default_factory=list)
-    future: Any = None
 
     def take(self, groups: list[list[CandidateRow]]) -> bool:
         """The next waiting group; whether there was one."""
@@ -97,10 +95,11 @@ class _Dispatch:
         self.run, self.client, self.keys, self.done, self.total = run, client, keys, done, total
         self.index = {id(row): i for i, row in enumerate(run.rows)}
         self.token = uuid.uuid4().hex[:12]  # task keys unique to this search on a shared scheduler
-        variants = Variants(run.call, replace_reuse(run.config), run.goals, run.spec)
+        # without reuse: an earlier search's in-memory results are not for workers
+        variants = Variants(run.call, dataclasses.replace(run.config, reuse=None), run.goals, run.spec)
         self.build = BuildTask(variants, run.scope, spec.worker_threads())
         self.task = self._scatter()
-        self.slots = workers_of(client)
+        self.workers = list(client.scheduler_info().get("workers", {})) or [None]
         self.started = time.perf_counter()
         self.spent: list[float] = []
         self.attempts: dict[int, int] = {}
@@ -111,8 +110,7 @@ class _Dispatch:
         from distributed import as_completed
 
         self.groups = _shared_stage_groups(waiting)
-        workers = list(self.client.scheduler_info().get("workers", {})) or [None]
-        lanes = [_Lane(worker) for worker in workers]
+        lanes = [_Lane(worker) for worker in self.workers]
         futures = as_completed()
         in_flight: dict[Any, _Lane] = {}
         try:
@@ -120,8 +118,9 @@ class _Dispatch:
                 if lane.take(self.groups) and self._time_left():
                     in_flight[self._submit(lane, futures)] = lane
             while in_flight:
-                lane = in_flight.pop(next(futures))
-                if self._finish(lane) and self._time_left():
+                future = next(futures)
+                lane = in_flight.pop(future)
+                if self._finish(lane, future) and self._time_left():
                     in_flight[self._submit(lane, futures)] = lane
         finally:
             for future in in_flight:
@@ -149,7 +148,7 @@ class _Dispatch:
 
     def _time_left(self) -> bool:
         elapsed = time.perf_counter() - self.started
-        mean = sum(self.spent) / len(self.spent) / self.slots if self.spent else 0.0
+        mean = sum(self.spent) / len(self.spent) / len(self.workers) if self.spent else 0.0
         return elapsed + mean <= 60 * self.run.config.max_minutes
 
     def _submit(self, lane: _Lane, futures: Any) -> Any:
@@ -163,13 +162,12 @@ class _Dispatch:
             workers=None if lane.worker is None else [lane.worker], allow_other_workers=True,
         )  # fmt: skip
         futures.add(future)
-        lane.future = future
         return future
 
-    def _finish(self, lane: _Lane) -> bool:
+    def _finish(self, lane: _Lane, future: Any) -> bool:
         """Record the lane's finished candidate; whether the lane has another to submit (the same one when
         its worker died and it has a retry left, the next of its group, or the next group's first)."""
-        row, future = lane.rows[0], lane.future
+        row = lane.rows[0]
         try:
             built: Built = future.result()
         except Exception as exc:  # a task's failure: a lost worker (retried once) or a bug in the task
