@@ -34,7 +34,7 @@ from graphopt.quant.bit_allocation import LayerCost, allocate
 from graphopt.quant.modules import QuantizedLayer
 from graphopt.quant.scheme import INT4_BITS, WEIGHT_BITS
 from graphopt.reporting.notes import Note
-from graphopt.reporting.numerics import flatten_outputs
+from graphopt.reporting.numerics import output_vector
 from graphopt.reporting.progress import Progress
 
 #: Note key: the weights do not fit the budget even with every movable layer narrowed.
@@ -79,12 +79,12 @@ class AllocateWeightBits(Pass):
         if not layers:
             return PassResult(gm, modified=False, stats={"skipped:no_frozen_int8_layers": 1})
         batches = list(self.context.calibration_data[: self.options.max_batches])
-        reference = _outputs(gm, batches)
+        reference = output_vector(gm, *batches)
         costs = self._costs(gm, layers, batches, reference)
         chosen = allocate(costs, self.options.narrow_bits, self.options.max_weight_bytes)
         for name in chosen.narrowed:
             set_module(gm, name, layers[name].requantized(self.options.narrow_bits))
-        after = _noise(_outputs(gm, batches), reference)
+        after = _noise(output_vector(gm, *batches), reference)
         self.context.tables[self.name] = [
             {"layer": c.name, "weights": c.weights, "narrowed_sqnr_db": _db(c.noise) if c.movable else None,
              "bits": self.options.narrow_bits if c.name in chosen.narrowed else c.bits}
@@ -108,7 +108,7 @@ class AllocateWeightBits(Pass):
             noise = 0.0
             if movable:
                 set_module(gm, name, layer.requantized(self.options.narrow_bits))
-                noise = _noise(_outputs(gm, batches), reference)
+                noise = _noise(output_vector(gm, *batches), reference)
                 set_module(gm, name, layer)
             costs.append(LayerCost(name, layer.weight_int8.numel(), layer.weight_bits, noise, movable))
             progress.update(layer=name)
@@ -124,11 +124,6 @@ class AllocateWeightBits(Pass):
             + f"; a budget >= {size:,} bytes fits, or prune channels first (optimize(prune=...))"
         )
         self.context.notes.append(Note(OVER_BUDGET, text, bytes=size, budget=budget))
-
-
-def _outputs(gm: fx.GraphModule, batches: list) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([t.reshape(-1) for batch in batches for t in flatten_outputs(gm(*batch))])
 
 
 def _noise(outputs: torch.Tensor, reference: torch.Tensor) -> float:

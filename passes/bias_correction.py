@@ -54,7 +54,7 @@ from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.scheme import quantize_bias, sqnr_db
 from graphopt.reporting.notes import Note
-from graphopt.reporting.numerics import flatten_outputs
+from graphopt.reporting.numerics import output_vector
 
 #: Note key: analytic mode found no BatchNorm statistics on the IR.
 NO_STATISTICS = "bias_correction:no_batchnorm_stats"
@@ -117,8 +117,8 @@ class BiasCorrection(Pass):
         # The output SQNR is measured on a batch the correction did not see, where there is one to spare.
         held_out, batches = (batches[-1], batches[:-1]) if len(batches) > 1 else (batches[0], batches)
         twin = float_twin(gm, unrounded=True)
-        reference = _outputs(twin, held_out)
-        before = sqnr_db(reference, _outputs(gm, held_out))
+        reference = output_vector(twin, held_out)
+        before = sqnr_db(reference, output_vector(gm, held_out))
         rows, skipped = [], 0
         for node, layer in layers:
             references = None
@@ -134,7 +134,7 @@ class BiasCorrection(Pass):
             old_bias = layer.bias.detach().double()
             shift = _requantize(layer, old_bias - moments.mean_error) - old_bias
             rows.append(_row(str(node.target), layer, shift, moments.sqnr_db(), moments.sqnr_db(shift)))
-        after = sqnr_db(reference, _outputs(gm, held_out))
+        after = sqnr_db(reference, output_vector(gm, held_out))
         self.context.tables["bias_correction"] = rows
         stats = {"corrected": len(rows), "output_sqnr_db_before": round(before, 2),
                  "output_sqnr_db_after": round(after, 2)}  # fmt: skip
@@ -243,11 +243,6 @@ def _row(
 
 def _rounded(value: float) -> float:
     return value if math.isinf(value) else round(value, 2)
-
-
-def _outputs(gm: nn.Module, inputs: tuple) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([t.reshape(-1) for t in flatten_outputs(gm(*inputs))])
 
 
 def _input_mean(gm: fx.GraphModule, node: fx.Node, normals: dict[str, ChannelNormal]) -> torch.Tensor | None:

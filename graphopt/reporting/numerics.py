@@ -54,6 +54,13 @@ def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     return tensors
 
 
+def output_vector(model: Any, *batches: tuple) -> torch.Tensor:
+    """Every output tensor of ``model`` on each of ``batches`` (tuples of inputs), flattened and joined into
+    one float64 vector, without gradients: what an output SQNR or noise power is computed on."""
+    with torch.no_grad():
+        return torch.cat([t.reshape(-1) for batch in batches for t in flatten_outputs(model(*batch))])
+
+
 def first_output(outputs: Any) -> Any:
     """The first leaf of an output structure: the logits of a classifier, whether it returns a tensor, a
     tuple, a dict or a Hugging Face ``ModelOutput`` (whose leaves skip ``None`` fields such as ``loss``)."""
