@@ -16,12 +16,14 @@ the reason in ``stats``: ``skipped:nothing_prunable``, ``skipped:ratio_zero``.
 from __future__ import annotations
 
 import difflib
+import itertools
 
+import torch
 import torch.fx as fx
 from torch import nn
 
 from graphopt.errors import ConfigError
-from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
+from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResult
 from graphopt.pruning import PruneConfig, analyze, choose, remove_units, unit_scores
 from graphopt.pruning.channel_map import BlockReason
 from graphopt.pruning.dependency import DependencyGraph, Group
@@ -46,12 +48,14 @@ class PruneChannels(Pass):
         super().__init__(options, **fields)
         if self.options.importance == "taylor":
             self.needs = ("train_data",)
+        elif self.options.importance == "activation":
+            self.needs = ("train_data|calibration_data",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         config = self.options
         if config.ratio == 0:
             return PassResult(gm, modified=False, stats={"skipped:ratio_zero": 1})
-        graph = analyze(gm)
+        graph = analyze(gm, whole_heads=config.heads == "whole")
         _protect(graph, config.protect)
         groups = graph.groups()
         if not any(g.prunable for g in groups):
@@ -62,7 +66,10 @@ class PruneChannels(Pass):
             stats = {"skipped:nothing_prunable": 1, "groups": len(groups), **_blocked_stats(groups)}
             return PassResult(gm, modified=False, stats=stats)
         train = self.context.train_data if config.importance == "taylor" else None
-        selection = choose(groups, unit_scores(graph, config, train), config)
+        samples = (
+            _sample_inputs(self.context, config.taylor_batches) if config.importance == "activation" else ()
+        )
+        selection = choose(groups, unit_scores(graph, config, train, samples), config)
         remove_units(graph, selection.removed)
         if self.context.train_data is None:
             self.context.notes.append(Note(
@@ -104,6 +111,19 @@ def _protect(graph: DependencyGraph, names: tuple[str, ...]) -> None:
             graph.coupling.block_all(
                 graph.producers[target].atoms, BlockReason("protected", f"protected ({name})")
             )
+
+
+def _sample_inputs(context: PassContext, batches: int) -> list[tuple[torch.Tensor, ...]]:
+    """Up to ``batches`` input batches for ``importance="activation"``: the training inputs (the data the
+    pruned model is recovered on), else the calibration batches."""
+    if context.train_data is not None:
+        return [inputs for inputs, _ in itertools.islice(context.train_data.batches(32), batches)]
+    if context.calibration_data:
+        return list(context.calibration_data[:batches])
+    raise ConfigError(
+        "importance='activation' ranks channels by what they feed the next layers on sample inputs: pass "
+        "calibration_data=... or train_data=... (inputs alone are enough)"
+    )
 
 
 def _names(group: Group, limit: int = 3) -> str:

@@ -12,12 +12,13 @@ from torch import nn
 
 from graphopt import ConfigError, PruneConfig
 from graphopt.frontend.capture import capture
+from graphopt.ir.graph import shape_of
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.passes.prune_channels import CLAMPED, NOTHING_PRUNABLE, PruneChannels
 from graphopt.pipeline.pass_base import PassContext
 from graphopt.pipeline.pass_manager import PassManager
 from graphopt.pruning import analyze, choose, remove_units, unit_scores
-from graphopt.pruning.exactness import zero_units
+from graphopt.pruning.exactness import zero_then_prune, zero_units
 from graphopt.reporting.cost import count_macs
 from graphopt.reporting.notes import note_keys, notes_with
 from graphopt.zoo import TEST_MODELS, get_model
@@ -86,6 +87,37 @@ def test_layernorm_blocks_the_residual_stream_but_heads_and_mlp_prune():
     assert gm.get_submodule("blocks.0.attn.proj").in_features == 16
     sdpa = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
     assert all(n.kwargs["scale"] == pytest.approx(8**-0.5) for n in sdpa)  # pinned to the original head dim
+
+
+def _attention_shapes(gm: fx.GraphModule) -> set[tuple[int, int]]:
+    """``(heads, head_dim)`` of every attention's query."""
+    sdpa = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
+    return {(shape_of(n.args[0])[1], shape_of(n.args[0])[-1]) for n in sdpa}
+
+
+@pytest.mark.parametrize(("heads", "expected"), [("whole", (2, 8)), ("narrow", (4, 4))])
+def test_attention_loses_whole_heads_or_the_same_channels_of_every_head(heads, expected):
+    gm, context = _prune("vit", ratio=0.5, heads=heads)  # 4 heads of 8 channels
+    propagate_shapes(gm, context.example_inputs)
+    assert _attention_shapes(gm) == {expected}
+    assert gm.get_submodule("blocks.0.attn.qkv").out_features == 3 * expected[0] * expected[1]
+
+
+def test_pruning_narrow_heads_is_exact_once_removed_weights_are_zero():
+    gm, inputs = _analyzed("vit")
+    dense_heads = zero_then_prune(gm, inputs, PruneConfig(ratio=0.5, heads="narrow"))
+    torch.testing.assert_close(dense_heads.pruned, dense_heads.zeroed, rtol=1e-5, atol=1e-5)
+    assert dense_heads.macs_after < dense_heads.macs_before
+
+
+def test_rounding_to_a_channel_multiple_counts_whole_heads_as_their_width():
+    """Two heads of 8 channels are 16 channels, a multiple of 8: rounding must not keep all 4 heads."""
+    gm, context = _prune("vit", ratio=0.5, round_to=8)
+    propagate_shapes(gm, context.example_inputs)
+    assert _attention_shapes(gm) == {(2, 8)}
+    gm, context = _prune("vit", ratio=0.5, round_to=32)  # 4 heads of 8: nothing but all 4 is a multiple
+    propagate_shapes(gm, context.example_inputs)
+    assert _attention_shapes(gm) == {(4, 8)}
 
 
 def _prune(name: str, **options: object) -> tuple[fx.GraphModule, PassContext]:
@@ -175,6 +207,42 @@ def test_taylor_importance_needs_train_data_and_ranks_every_channel(digits_model
     )
     prunable = [u for g in graph.groups() for u in g.prunable]
     assert set(prunable) <= set(scores) and len({round(scores[u], 9) for u in prunable}) > len(prunable) // 2
+
+
+def test_activation_importance_removes_units_that_feed_nothing_even_with_the_largest_weights():
+    """Hidden units 0-3 read an input feature that is always zero in the data: the largest weights, no
+    output. ``activation`` ranks them last (pruning them changes nothing); ``l2`` keeps them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].weight[:4] = 0
+        model[0].weight[:4, 0] = 10.0  # dead units: feature 0 is zero in every sample
+        model[0].bias[:4] = 0
+    samples = [(torch.cat([torch.zeros(16, 1), torch.randn(16, 3)], dim=1),) for _ in range(3)]
+    removed = {}
+    for importance in ("activation", "l2"):
+        gm = captured(model)
+        propagate_shapes(gm, samples[0])
+        graph = analyze(gm)
+        config = PruneConfig(ratio=0.5, importance=importance)
+        selection = choose(graph.groups(), unit_scores(graph, config, samples=samples), config)
+        atoms = graph.producers["0"].atoms.tolist()
+        removed[importance] = sorted(atoms.index(u) for u in selection.removed)
+    assert removed["activation"] == [0, 1, 2, 3]
+    assert not set(removed["l2"]) & {0, 1, 2, 3}
+
+
+def test_activation_importance_reads_calibration_data_and_says_when_there_is_none():
+    import graphopt
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(2, 4)
+    with pytest.raises(graphopt.InvalidInputError, match=r"needs train_data=.* or calibration_data="):
+        graphopt.optimize(model, example_inputs=(x,), prune=PruneConfig(0.5, "activation"))
+    res = graphopt.optimize(
+        model, example_inputs=(x,), prune=PruneConfig(0.5, "activation"), calibration_data=[torch.randn(8, 4)]
+    )
+    assert res.model.get_submodule("0").out_features == 4
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, True, "half"])

@@ -123,18 +123,43 @@ def test_heads_pruned_narrower_keep_their_attention_scale_in_the_fused_file(tmp_
             layer.attention.self.query.weight *= 8
             layer.attention.output.dense.weight *= 10
     res = graphopt.optimize(
-        model, example_inputs=tokens, dynamic_shapes=SEQUENCE, prune=graphopt.PruneConfig(0.5),
-        passes=["prune_channels", *ALL_INT8],
+        model, example_inputs=tokens, dynamic_shapes=SEQUENCE,
+        passes=[graphopt.passes.PruneChannels(ratio=0.5, heads="narrow"), *ALL_INT8],
     )  # fmt: skip
     query = res.model.get_submodule("encoder.layer.0.attention.self.query")
     assert query.out_features < 32  # narrower heads (4 heads of fewer than 8 channels)
     path = res.export(tmp_path / "pruned.onnx", latency_guard=False)
-    assert _ops(path)["QAttention"] == 2
+    assert _head_counts(path) == [4, 4]
     ids = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
         expected = _hidden(res.model(ids, torch.ones_like(ids)))
     got = OnnxRunner(path).run(ids, torch.ones_like(ids))[0]
     assert np.abs(got - expected).max() < 1e-3  # the same integers: 7e-7 here; 4e-3 with the wrong scale
+
+
+def test_whole_heads_pruned_lower_to_fused_attention_with_fewer_heads(tmp_path):
+    """The default: half of the 4 heads go whole (Q/K/V rows and the output projection's columns), so the
+    fused QAttention runs 2 heads of the original width and agrees with the pruned model."""
+    model, tokens = _bert()
+    res = graphopt.optimize(
+        model, example_inputs=tokens, dynamic_shapes=SEQUENCE,
+        passes=[graphopt.passes.PruneChannels(ratio=0.5), *ALL_INT8],
+    )  # fmt: skip
+    for layer in ("query", "key", "value"):
+        assert res.model.get_submodule(f"encoder.layer.0.attention.self.{layer}").out_features == 16
+    assert res.model.get_submodule("encoder.layer.0.attention.output.dense").in_features == 16
+    path = res.export(tmp_path / "heads.onnx", latency_guard=False)
+    assert _head_counts(path) == [2, 2]
+    ids = torch.randint(0, 100, (2, 24))
+    with torch.no_grad():
+        expected = _hidden(res.model(ids, torch.ones_like(ids)))
+    got = OnnxRunner(path).run(ids, torch.ones_like(ids))[0]
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def _head_counts(path) -> list[int]:
+    nodes = [n for n in onnx.load(str(path)).graph.node if n.op_type == "QAttention"]
+    return [onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "num_heads"]
 
 
 def test_layers_kept_fp32_stay_fp32_in_the_fused_file(tmp_path):

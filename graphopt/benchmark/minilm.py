@@ -13,8 +13,9 @@ Runtime, one thread, batch 1, timed interleaved at ``tokens`` tokens:
   graphopt calibrates on;
 - graphopt ``x86-dynamic-int8`` with its fp32 fall-back, without it, and with ORT's transformer optimizer
   run on its file (kept as a row so whether the optimizer helps is measured every run, not assumed);
-- with ``-t x86-dynamic-int8+prune=R``, graphopt's own lever: the encoder pruned by ``R`` (FFN units and
-  channels within heads), recovered by distillation from the original on the Lee *background* corpus (the
+- with ``-t x86-dynamic-int8+prune=R``, graphopt's own lever: the encoder pruned by ``R`` (whole attention
+  heads and FFN units, ranked by the output energy they feed the next layer on the training text), recovered
+  by distillation from the original on the Lee *background* corpus (the
   300 other documents of the gensim wheel, as text without labels; the 50 scored documents are never
   trained on), then ``x86-dynamic-int8``.
 
@@ -243,7 +244,7 @@ def _pruned_distilled(ratio: float) -> Contender:
         result = graphopt.optimize(
             w.model, "x86-dynamic-int8", example_inputs=w.tokens, dynamic_shapes=SEQUENCE,
             calibration_data=w.calibration, train_data=train, recovery=recovery,
-            prune=graphopt.PruneConfig(ratio, skip_int8_if_slower=False),
+            prune=graphopt.PruneConfig(ratio, "activation", skip_int8_if_slower=False),
         )  # fmt: skip
         path = result.export(w.folder / f"pruned_{ratio:g}.onnx", latency_guard=False)
         stats = result.report.stage("recover").stats

@@ -272,9 +272,10 @@ def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
                     f"pass {p.name!r} needs eval_data=...: held-out labelled batches (inputs, labels) to "
                     "measure accuracy on"
                 )
-            if given.get(need) is None:
-                form = _NEEDED_FORM.get(need, _NEEDED_FORM["calibration_data"])
-                raise InvalidInputError(f"pass {p.name!r} of target {target.name} needs {need}=...: {form}")
+            options = need.split("|")  # "a|b": either one
+            if all(given.get(name) is None for name in options):
+                wanted = " or ".join(f"{name}=... ({_NEEDED_FORM.get(name, 'data')})" for name in options)
+                raise InvalidInputError(f"pass {p.name!r} of target {target.name} needs {wanted}")
 
 
 #: Slots whose passes replace layers and parameters and never write into a tensor in place (checked pass by

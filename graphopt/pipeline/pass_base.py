@@ -215,7 +215,8 @@ class Pass:
     #: Where the pass belongs in a plan (:data:`graphopt.pipeline.plan.SLOT_ORDER`); the planner places the
     #: slots a call's options add relative to it. Passes outside graphopt's own slots are ``"custom"``.
     slot: ClassVar[str] = "custom"
-    #: Data the pass cannot run without (``"calibration_data"``, ``"train_data"``): optimize checks up front.
+    #: Data the pass cannot run without (``"calibration_data"``, ``"train_data"``; ``"a|b"``: either one):
+    #: optimize checks up front.
     needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: PassOptions | None = None, **fields: Any):

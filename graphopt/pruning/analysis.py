@@ -18,9 +18,10 @@ from graphopt.pruning.size_flow import SizeFlow
 _OUTPUT = BlockReason("network_output", "reaches the network output")
 
 
-def analyze(gm: fx.GraphModule) -> DependencyGraph:
-    """Walk ``gm`` (shapes in ``node.meta``) and return its channel dependencies."""
-    graph = DependencyGraph(gm)
+def analyze(gm: fx.GraphModule, whole_heads: bool = True) -> DependencyGraph:
+    """Walk ``gm`` (shapes in ``node.meta``) and return its channel dependencies; ``whole_heads``: an
+    attention's unit is a whole head (else one channel position of every head)."""
+    graph = DependencyGraph(gm, whole_heads)
     maps: dict[fx.Node, NodeMap] = {}
     sizes = SizeFlow()
     for node in gm.graph.nodes:

@@ -86,6 +86,9 @@ class Group:
     blocked: dict[int, set[BlockReason]]
     #: The units of each producer: a producer left with none would be a layer with zero outputs.
     producer_units: dict[str, list[int]] = field(default_factory=dict)
+    #: Channels every unit spans in each producer (their gcd): 1 for plain channels, the head width for
+    #: whole attention heads, so rounding kept widths to a channel multiple can count in units.
+    unit_width: int = 1
 
     @property
     def prunable(self) -> list[int]:
@@ -107,8 +110,10 @@ class Group:
 class DependencyGraph:
     """The result of :func:`analyze`. ``coupling`` decides which atoms form one unit."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, whole_heads: bool = True):
         self.gm = gm
+        #: Attention loses whole heads (True) or the same channels of every head (False).
+        self.whole_heads = whole_heads
         self.coupling = Coupling()
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, Consumer] = {}
@@ -149,7 +154,10 @@ class DependencyGraph:
     # -- results ------------------------------------------------------------------------------------
     def groups(self) -> list[Group]:
         """Producers sharing at least one unit, in graph order, each with its units and blocked reasons."""
-        roots = {t: np.unique(self.coupling.roots(p.atoms)).tolist() for t, p in self.producers.items()}
+        counted = {
+            t: np.unique(self.coupling.roots(p.atoms), return_counts=True) for t, p in self.producers.items()
+        }
+        roots = {t: units.tolist() for t, (units, _) in counted.items()}
         owner: dict[int, int] = {}
         link = Coupling()  # union-find over producer indices
         link.new_atoms(len(roots))
@@ -166,7 +174,8 @@ class DependencyGraph:
         for number, targets in enumerate(members.values()):
             units = sorted({u for t in targets for u in roots[t]})
             blocked = {u: self.coupling.reasons(u) for u in units if self.coupling.reasons(u)}
-            groups.append(Group(number, targets, units, blocked, {t: roots[t] for t in targets}))
+            width = int(np.gcd.reduce(np.concatenate([counted[t][1] for t in targets])))
+            groups.append(Group(number, targets, units, blocked, {t: roots[t] for t in targets}, width))
         return groups
 
 

@@ -75,7 +75,7 @@ def zero_then_prune(
 
     propagate_shapes(gm, inputs)
     before = count_macs(gm)
-    graph = analyze(gm)
+    graph = analyze(gm, whole_heads=config.heads == "whole")
     selection = choose(graph.groups(), unit_scores(graph, config), config)
     zero_units(graph, selection.removed)
     with torch.no_grad():

@@ -7,12 +7,18 @@ coupled group, so a residual channel is judged by every conv that writes or read
 - ``bn_scale``: ``sum |gamma|`` of the BatchNorms on the unit (network slimming, Liu et al., 2017).
 - ``taylor``: ``|sum_w w * dL/dw|`` over the producer rows, the first-order change of the loss when the unit
   is zeroed (Molchanov et al., 2019), gradients summed over a few labelled batches.
+- ``activation``: the output energy a unit feeds its readers on sample inputs (calibration or training
+  data, no labels needed): ``sum_c E[x_c^2] * ||W[:, c]||^2`` over the unit's input positions ``c`` of every
+  consumer (``x`` the consumer's input, ``W[:, c]`` the weights reading it). For an attention head that is
+  what the head's output adds to the output projection; for an FFN unit, what its activation adds to the
+  second layer. Cross terms between channels are ignored (a diagonal approximation).
 - ``random``: a seeded uniform score, the baseline every criterion must beat.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +33,13 @@ from graphopt.pruning.dependency import DependencyGraph
 Scores = dict[int, float]
 
 
-def unit_scores(graph: DependencyGraph, config: PruneConfig, train: LabelledTensors | None = None) -> Scores:
-    """A score per unit root; higher means more important."""
+def unit_scores(
+    graph: DependencyGraph,
+    config: PruneConfig,
+    train: LabelledTensors | None = None,
+    samples: Sequence[tuple[torch.Tensor, ...]] = (),
+) -> Scores:
+    """A score per unit root; higher means more important. ``samples``: input batches for ``activation``."""
     if config.importance == "random":
         roots = sorted({r for p in graph.producers.values() for r in graph.coupling.roots(p.atoms).tolist()})
         draws = torch.rand(len(roots), generator=torch.Generator().manual_seed(config.seed))
@@ -39,6 +50,10 @@ def unit_scores(graph: DependencyGraph, config: PruneConfig, train: LabelledTens
         if train is None:
             raise ValueError("importance='taylor' needs train_data")
         return taylor_scores(graph, train, config.taylor_batches)
+    if config.importance == "activation":
+        if not samples:
+            raise ValueError("importance='activation' needs calibration_data or train_data")
+        return activation_scores(graph, samples)
     return magnitude_scores(graph, power=1 if config.importance == "l1" else 2)
 
 
@@ -106,3 +121,44 @@ def taylor_scores(graph: DependencyGraph, train: LabelledTensors, batches: int) 
         contribution = (weights[p.target].detach() * grads[p.target]).flatten(1).sum(1).abs()
         _add(scores, graph, p.atoms, contribution)
     return dict(scores)
+
+
+def activation_scores(graph: DependencyGraph, samples: Sequence[tuple[torch.Tensor, ...]]) -> Scores:
+    """``sum_c E[x_c^2] ||W[:, c]||^2`` per unit over its consumers (module docstring). A unit no module
+    reads (nothing measures it) gets the highest score, so it is never the first to go."""
+    gm = graph.gm
+    squares: dict[str, list[torch.Tensor]] = {c.target: [] for c in graph.consumers.values()}
+
+    def record(target: str) -> object:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            squares[target].append(_mean_square_per_channel(module, args[0].detach().float()))
+
+        return hook
+
+    handles = [gm.get_submodule(t).register_forward_pre_hook(record(t)) for t in squares]
+    try:
+        with torch.no_grad():
+            for inputs in samples:
+                gm(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    scores: defaultdict[int, float] = defaultdict(float)
+    for c in graph.consumers.values():
+        weight = gm.get_submodule(c.target).weight.detach()
+        mean_square = torch.stack(squares[c.target]).mean(0)
+        _add(scores, graph, c.positions[0], mean_square * _column_norms(weight, c.groups, power=2))
+    highest = max(scores.values(), default=1.0)
+    for p in graph.producers.values():
+        for root in graph.coupling.roots(p.atoms).tolist():
+            if root not in scores:
+                scores[root] = highest
+    return dict(scores)
+
+
+def _mean_square_per_channel(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``E[x_c^2]`` over every position but the input channel (the last dim of a linear's input, dim 1 of
+    a conv's)."""
+    channels = x.shape[-1] if isinstance(module, nn.Linear) else x.shape[1]
+    moved = x if isinstance(module, nn.Linear) else x.movedim(1, -1)
+    return moved.reshape(-1, channels).pow(2).mean(0)

@@ -245,7 +245,8 @@ def _reshape(editable: bool) -> Rule:
             expanded = m.atoms.reshape([src[a] if a in m.axes else 1 for a in ia])
             out = ChannelMap((ja[0],), np.broadcast_to(expanded, [src[a] for a in ia]).reshape(-1))
         elif len(ia) == 1:
-            out = _split_axis(graph, m, [dst[b] for b in ja], ja)
+            split = _split_heads if graph.whole_heads and _feeds_attention(node) else _split_axis
+            out = split(graph, m, [dst[b] for b in ja], ja)
         else:
             raise ValueError("regroups channel axes with others")
         if editable:
@@ -266,6 +267,40 @@ def _split_axis(graph: DependencyGraph, m: ChannelMap, sizes: list[int], axes: l
         for row in rows[1:]:
             graph.coupling.union_arrays(rows[0], row, _untracked("splits an untracked channel"))
     return ChannelMap(tuple(axes[i] for i in keep), atoms)
+
+
+def _split_heads(graph: DependencyGraph, m: ChannelMap, sizes: list[int], axes: list[int]) -> ChannelMap:
+    """``C -> (..., heads, head_dim)`` feeding attention: every channel of one head is one unit.
+
+    Head ``h`` is the slice at position ``h`` of the second-to-last split axis, over every other split axis
+    (all ``head_dim`` positions, and the query/key/value index of a fused ``qkv``): removing it removes the
+    head from Q, K and V alike, so the head count falls and every kept head keeps its width.
+    """
+    keep = [i for i, s in enumerate(sizes) if s != 1]
+    atoms = m.atoms.reshape([sizes[i] for i in keep])
+    if atoms.ndim < 2:
+        return _split_axis(graph, m, sizes, axes)
+    per_head = np.moveaxis(atoms, -2, 0).reshape(atoms.shape[-2], -1)
+    reason = _untracked("an attention head holds an untracked channel")
+    for row in per_head:
+        graph.coupling.union_arrays(np.repeat(row[:1], len(row) - 1), row[1:], reason)
+    return ChannelMap(tuple(axes[i] for i in keep), atoms)
+
+
+#: Ops between a head split and attention that only move axes or pick the query/key/value of a fused qkv.
+_AXIS_MOVES = {"transpose", "permute", "contiguous", "getitem"}
+
+
+def _feeds_attention(node: fx.Node, depth: int = 4) -> bool:
+    """Whether ``node`` reaches a query, key or value of ``scaled_dot_product_attention`` through axis
+    moves only (the head split of an attention, not a channel shuffle)."""
+    for user in node.users:
+        if user.target is F.scaled_dot_product_attention and node in user.args[:3]:
+            return True
+        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        if name in _AXIS_MOVES and depth > 0 and _feeds_attention(user, depth - 1):
+            return True
+    return False
 
 
 def _getitem(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
@@ -382,11 +417,35 @@ def _sdpa(graph: DependencyGraph, node: fx.Node, maps: Maps) -> NodeMap:
         if mq.axes != mk.axes or mq.atoms.shape != mk.atoms.shape or rank - 2 in mq.axes:
             raise ValueError("query and key track different axes")
         graph.coupling.union_arrays(mq.atoms, mk.atoms, _untracked(f"{node.name}: untracked key"))
+        if mv is not None and graph.whole_heads:
+            _couple_value_heads(graph, node, mq, mv, rank)
         if rank - 1 in mq.axes and node.kwargs.get("scale") is None:
             graph.edits.append(ShapeEdit(node, "sdpa_scale", [mq], head_dim=shape_of(q)[-1]))
     if mv is not None and rank - 2 in mv.axes:
         raise ValueError("value tracks the sequence axis")
     return mv
+
+
+def _couple_value_heads(
+    graph: DependencyGraph, node: fx.Node, mq: ChannelMap, mv: ChannelMap, rank: int
+) -> None:
+    """Whole heads: head ``h`` of the value goes with head ``h`` of the query and key (the head axis is a
+    batch axis of the attention, so all three must keep the same heads)."""
+    head_axis = rank - 3
+    if head_axis not in mq.axes or head_axis not in mv.axes:
+        return
+    q_heads, v_heads = _slices_along(mq, head_axis), _slices_along(mv, head_axis)
+    if len(q_heads) != len(v_heads):
+        raise ValueError("query and value have different head counts")
+    graph.coupling.union_arrays(
+        q_heads[:, 0], v_heads[:, 0], _untracked(f"{node.name}: untracked value head")
+    )
+
+
+def _slices_along(m: ChannelMap, axis: int) -> np.ndarray:
+    """The map's atoms as one row per position of tensor ``axis``."""
+    at = m.axes.index(axis)
+    return np.moveaxis(m.atoms, at, 0).reshape(m.atoms.shape[at], -1)
 
 
 # -- modules ----------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ For a group of ``n`` units of which ``p`` are prunable, ``local`` removes ``floo
 important. ``global`` ranks every prunable unit by its score divided by its group's mean score (raw scores
 of a 3-channel stem and a 512-channel stage are not comparable) and removes the lowest
 ``floor(ratio * total)``. Either way the kept width ``k`` of each group is then raised to
-``max(k, min_channels)`` and rounded up to a multiple of ``round_to`` (never above ``n``), and every
-producer of the group keeps at least one unit; a group that would have been emptied or cut below the
-minimum is reported as clamped.
+``max(k, min_channels)`` and rounded up so that it keeps a multiple of ``round_to`` channels (never above
+``n``): with units of ``w`` channels each, such as whole attention heads, that is a multiple of
+``round_to / gcd(round_to, w)`` units. Every producer of the group keeps at least one unit; a group that
+would have been emptied or cut below the minimum is reported as clamped.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def choose(groups: list[Group], scores: Scores, config: PruneConfig) -> Selectio
         if keep < floor:
             selection.clamped.append(group.index)
             keep = floor
-        multiple = config.round_to or 1  # None outside optimize: no rounding
+        multiple = _unit_multiple(config.round_to or 1, group.unit_width)  # None outside optimize: 1
         rounded = min(n, math.ceil(keep / multiple) * multiple)
         keep = keep if config.soft_round and rounded == n > keep else rounded
         chosen = _keep_every_producer(group, candidates, min(n - keep, len(candidates)))
@@ -50,6 +51,12 @@ def choose(groups: list[Group], scores: Scores, config: PruneConfig) -> Selectio
         selection.removed.update(chosen)
         selection.kept[group.index] = n - len(chosen)
     return selection
+
+
+def _unit_multiple(channels: int, unit_width: int) -> int:
+    """The multiple of units that keeps a multiple of ``channels`` channels: a unit of 32 channels (an
+    attention head) is already a multiple of 8, so any head count is."""
+    return channels // math.gcd(channels, unit_width)
 
 
 def _keep_every_producer(group: Group, candidates: list[int], count: int) -> list[int]:
