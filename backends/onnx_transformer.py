@@ -93,10 +93,11 @@ def export_fused_transformer(
     dynamic: DynamicDims | None = None,
 ) -> dict[str, int] | None:
     """Write ``gm`` to ``path`` by the fused route (module docstring) and return the fusions that fired;
-    None, writing nothing, when ``gm`` has no dynamic int8 layer or ORT fuses no ``Attention``."""
+    None, writing nothing, when ``gm`` has no dynamic int8 layer, has per-token ones, or ORT fuses no
+    ``Attention``."""
     int8 = {name for name, m in gm.named_modules() if isinstance(m, DynamicInt8Linear)}
-    if not int8:
-        return None
+    if not int8 or any(m.per_token for m in gm.modules() if isinstance(m, DynamicInt8Linear)):
+        return None  # ORT's fused kernels take one activation scale per call, not one per token
     size = attention_size(gm, example_inputs)  # propagates shapes, which the twin's scale folding reads
     twin, flat = fp32_twin(gm)
     with tempfile.TemporaryDirectory() as tmp:

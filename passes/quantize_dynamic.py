@@ -58,7 +58,9 @@ class QuantizeDynamic(Pass):
                 stats["kept_fp32:shared_module"] += 1
                 continue
             if kind == "linear":
-                quantized: nn.Module = DynamicInt8Linear(layer, reduce_range=self.options.reduce_range)
+                quantized: nn.Module = DynamicInt8Linear(
+                    layer, reduce_range=self.options.reduce_range, per_token=self.options.per_token
+                )
                 originals[str(node.target)] = layer
                 stats["int8_layers"] += 1
             else:

@@ -10,7 +10,7 @@ import pytest
 
 from graphopt.cli import main
 from graphopt.errors import ConfigError
-from graphopt.zoo.lee import lee_corpus, lee_score
+from graphopt.zoo.lee import embed_all, lee_corpus, lee_score, padded_batch_cosine
 
 
 def test_the_score_is_spearman_against_the_ratings_and_the_worst_document_cosine():
@@ -27,6 +27,25 @@ def test_the_score_is_spearman_against_the_ratings_and_the_worst_document_cosine
     cosine = moved[2] @ reference[2] / np.linalg.norm(moved[2]) / norms[2]
     assert score.worst_cosine == pytest.approx(cosine) and score.spearman < 1.0
     assert score.mean_cosine == pytest.approx((5 + cosine) / 6)
+
+
+def test_the_padded_batch_cosine_compares_each_document_batched_and_alone():
+    """A mean-pooling encoder that ignores padding scores 1; one whose output depends on its batch mates
+    (a shared scale, as per-call int8) scores below."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(50, 4))
+    documents = [(rng.integers(1, 50, size=(1, n)), np.ones((1, n), dtype=np.int64)) for n in (3, 7, 5, 9, 4)]
+
+    def pooled(ids, mask):
+        return (table[ids] * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+
+    def batch_scaled(ids, mask):
+        out = pooled(ids, mask)
+        return np.round(out / np.abs(out).max() * 3)  # 3 levels shared by the whole batch
+
+    alone = embed_all(pooled, documents)
+    assert padded_batch_cosine(pooled, documents, alone, batch=2) == pytest.approx(1.0)
+    assert padded_batch_cosine(batch_scaled, documents, alone, batch=2) < 0.99
 
 
 def test_the_lee_corpus_is_read_from_the_gensim_wheel():

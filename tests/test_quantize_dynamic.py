@@ -53,6 +53,58 @@ def test_the_eager_layer_computes_the_runtime_arithmetic(reduce_range):
     torch.testing.assert_close(quantized(x), layer(x), rtol=0.05, atol=0.1)  # within the quantization step
 
 
+def test_per_token_scales_make_a_token_independent_of_its_batch_mates():
+    """One scale per row: a token's output is the same alone and beside a token 1000x larger; with one
+    scale per call that neighbour widens the range the small token is rounded with."""
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 16)
+    x = torch.randn(2, 5, 48)
+    x[1] *= 1000
+    for per_token, same in ((True, True), (False, False)):
+        quantized = DynamicInt8Linear(layer, per_token=per_token)
+        alone, beside = quantized(x[:1]), quantized(x)[:1]
+        assert torch.equal(alone, beside) is same
+        torch.testing.assert_close(alone, layer(x[:1]), rtol=0.05, atol=0.05)  # alone, both are int8-close
+    x_q = torch.clamp(torch.round(x / (x.abs().amax(-1, keepdim=True) / 127)), -127, 127)
+    assert x_q.abs().amax(-1).eq(127).all()  # every token uses its whole range
+
+
+class TokenEncoder(nn.Module):
+    """An output per token, no normalization: a loud token stays loud through every Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(100, 32)
+        self.mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+
+    def forward(self, ids):
+        return self.mlp(self.embed(ids))
+
+
+def test_the_per_token_target_runs_a_sentence_in_a_batch_as_it_runs_alone(tmp_path):
+    """x86-dynamic-int8-per-token's file agrees with the model, and a sentence batched beside one of loud
+    tokens (padded to its length) gives the outputs it gives alone; the per-call target's file does not."""
+    torch.manual_seed(0)
+    model = TokenEncoder().eval()
+    with torch.no_grad():
+        model.embed.weight[90:] *= 1000  # tokens 90-99
+    ids = torch.randint(1, 90, (2, 16))
+    ids[1] = torch.randint(90, 100, (16,))
+    worst = {}
+    for target in ("x86-dynamic-int8-per-token", "x86-dynamic-int8"):
+        res = graphopt.optimize(model, target, example_inputs=(ids,), dynamic_shapes={0: {1: "seq"}})
+        session = ort.InferenceSession(str(res.export(tmp_path / f"{target}.onnx", latency_guard=False)))
+        name = session.get_inputs()[0].name
+        batch = session.run(None, {name: ids.numpy()})[0]
+        alone = session.run(None, {name: ids[:1].numpy()})[0][0]
+        cosine = (
+            (batch[0] * alone).sum(-1) / np.linalg.norm(batch[0], axis=-1) / np.linalg.norm(alone, axis=-1)
+        )
+        worst[target] = cosine.min()
+        np.testing.assert_allclose(batch, outputs(res.model, ids).numpy(), rtol=1e-3, atol=1e-3)
+    assert worst["x86-dynamic-int8-per-token"] > 0.99999 > worst["x86-dynamic-int8"]
+
+
 def test_a_token_model_quantizes_fuses_and_matches_the_runtime(tmp_path):
     torch.manual_seed(0)
     model, ids = Tokens().eval(), torch.randint(0, 50, (1, 12))

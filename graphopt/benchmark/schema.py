@@ -65,6 +65,9 @@ class BenchRow:
     top1: float | None = None  # fraction of probes whose argmax matches the original's
     spearman: float | None = None  # sentence encoders: Spearman against human similarity ratings
     mean_cosine: float | None = None  # mean over probes (documents) of the cosine with the original's
+    #: sentence encoders: min over documents of the cosine between a document's embedding in a right-padded
+    #: batch of 8 and its embedding alone, in the same file (1.0: padding and batch mates change nothing)
+    padded_cosine: float | None = None
     zipped_bytes: int | None = None  # the file compressed with zlib, for rows that have a file
     energy_uj: float | None = None  # ESTIMATED from MACs and bytes moved (reporting.energy), never measured
     seconds: float | None = None  # how long the pass (stage) or the whole optimize + export (artifact) took

@@ -274,7 +274,14 @@ def _check_needs(pipeline: list[Pass], target: Target, **given: object) -> None:
                 )
             options = need.split("|")  # "a|b": either one
             if all(given.get(name) is None for name in options):
-                wanted = " or ".join(f"{name}=... ({_NEEDED_FORM.get(name, 'data')})" for name in options)
+                forms = [_NEEDED_FORM.get(name, _NEEDED_FORM["calibration_data"]) for name in options]
+                wanted = (
+                    f"{need}=...: {forms[0]}"
+                    if len(options) == 1
+                    else " or ".join(
+                        f"{name}=... ({form})" for name, form in zip(options, forms, strict=True)
+                    )
+                )
                 raise InvalidInputError(f"pass {p.name!r} of target {target.name} needs {wanted}")
 
 

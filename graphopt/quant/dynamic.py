@@ -18,6 +18,18 @@ quantization step (:mod:`graphopt.reporting.cpu`).
 (:func:`onnx_translations`) to
 ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add``, the pattern ONNX Runtime fuses into
 ``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat``; the weight is stored as an int8 initializer.
+
+Per-token scales (``per_token=True``): one scale per row of ``x`` (a token) instead of one per call,
+symmetric so that every row shares the zero point 128 ONNX Runtime's ``MatMulInteger`` requires::
+
+    s_r = max_k |x[r, k]| / 127,   x_q[r] = clamp(round(x[r] / s_r), -127, 127)
+    y[r, j] = s_r * s_w[j] * sum_k x_q[r, k] * W_q[j, k] + b[j]
+
+A token's output then depends on that token alone, never on its batch mates or on padding: a sentence
+embeds the same alone and in a padded batch (with one scale per call, pad rows and other sentences widen
+the range every row is rounded with). It lowers (:func:`_onnx_dynamic_int8_linear_per_token`) to
+``ReduceMax(Abs) -> Div -> Round -> Clip -> Add 128 -> Cast u8 -> MatMulInteger -> Cast -> Mul -> Mul ->
+Add``, which ONNX Runtime runs as separate kernels (no fused kernel takes a scale per row).
 """
 
 from __future__ import annotations
@@ -47,11 +59,28 @@ def _(x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
 
+@torch.library.custom_op("graphopt::dynamic_int8_linear_per_token", mutates_args=())
+def dynamic_int8_linear_per_token(x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor:
+    """:func:`dynamic_int8_linear` with one symmetric scale per token (row of ``x``; module docstring)."""
+    scale = x.abs().amax(dim=-1, keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    x_q = torch.clamp(torch.round(x / scale), -127, 127)
+    acc = torch.matmul(x_q.double(), weight_t.double())
+    return (acc * (scale.double() * weight_scale.double())).to(x.dtype) + bias
+
+
+@dynamic_int8_linear_per_token.register_fake
+def _(x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
+
+
 class DynamicInt8Linear(nn.Module):
     """A Linear layer with s8 per-channel weights and per-call u8 activations (graphopt's IR module)."""
 
-    def __init__(self, layer: nn.Linear, reduce_range: bool = False):
+    def __init__(self, layer: nn.Linear, reduce_range: bool = False, per_token: bool = False):
         super().__init__()
+        #: One activation scale per token rather than per call (module docstring).
+        self.per_token = per_token
         weight = layer.weight.detach().float()
         # ONNX Runtime's own ranges (symmetric s8: +-127, reduce_range: +-64), so that its quantize_dynamic,
         # given W_q * s, finds the same scale and gives back W_q (backends/onnx_transformer.py).
@@ -66,7 +95,12 @@ class DynamicInt8Linear(nn.Module):
         self.weight_sqnr_db = sqnr_db(weight, weight_q.float() * scale[:, None])
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.graphopt.dynamic_int8_linear(x, self.weight_t, self.weight_scale, self.bias)
+        op = (
+            torch.ops.graphopt.dynamic_int8_linear_per_token
+            if self.per_token
+            else torch.ops.graphopt.dynamic_int8_linear
+        )
+        return op(x, self.weight_t, self.weight_scale, self.bias)
 
     @property
     def mac_layer(self) -> nn.Linear:
@@ -108,6 +142,25 @@ def _onnx_dynamic_int8_linear(x, weight_t, weight_scale, bias):  # type: ignore[
     return op.Add(op.Mul(op.Cast(acc, to=FLOAT.dtype), op.Mul(x_scale, weight_scale)), bias)
 
 
+def _onnx_dynamic_int8_linear_per_token(x, weight_t, weight_scale, bias):  # type: ignore[no-untyped-def]
+    from onnxscript import FLOAT, UINT8
+    from onnxscript import opset18 as op
+
+    peak = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
+    scale = op.Div(peak, op.Constant(value_float=127.0))
+    scale = op.Where(op.Greater(scale, op.Constant(value_float=0.0)), scale, op.Constant(value_float=1.0))
+    rounded = op.Clip(
+        op.Round(op.Div(x, scale)), op.Constant(value_float=-127.0), op.Constant(value_float=127.0)
+    )
+    x_q = op.Cast(op.Add(rounded, op.Constant(value_float=128.0)), to=UINT8.dtype)
+    zero = op.Cast(op.Constant(value_float=128.0), to=UINT8.dtype)  # the zero point every token shares
+    acc = op.MatMulInteger(x_q, weight_t, zero)
+    return op.Add(op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), scale), weight_scale), bias)
+
+
 def onnx_translations() -> dict[object, object]:
     """graphopt's custom ops and their ONNX lowering, for ``torch.onnx.export(custom_translation_table=)``."""
-    return {torch.ops.graphopt.dynamic_int8_linear.default: _onnx_dynamic_int8_linear}
+    return {
+        torch.ops.graphopt.dynamic_int8_linear.default: _onnx_dynamic_int8_linear,
+        torch.ops.graphopt.dynamic_int8_linear_per_token.default: _onnx_dynamic_int8_linear_per_token,
+    }

@@ -144,6 +144,9 @@ class QuantizeDynamicOptions(PassOptions):
     min_cosine: float | None = None
     #: At most this fraction of the Linear layers (rounded up) goes back to fp32.
     max_fallback: float = 0.1
+    #: One activation scale per token instead of per call, so a token's output never depends on its batch
+    #: mates or padding (graphopt.quant.dynamic); ORT runs it without its fused int8 attention.
+    per_token: bool = False
 
     def __post_init__(self) -> None:
         if self.min_cosine is not None and not 0 < self.min_cosine <= 1:

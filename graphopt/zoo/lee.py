@@ -66,6 +66,26 @@ def embed_all(encode: Encode, tokens: list[tuple[np.ndarray, np.ndarray]]) -> np
     return np.stack([np.asarray(encode(ids, mask))[0] for ids, mask in tokens])
 
 
+def padded_batch_cosine(
+    encode: Encode, tokens: list[tuple[np.ndarray, np.ndarray]], alone: np.ndarray, batch: int = 8
+) -> float:
+    """The worst cosine, over documents, between a document's embedding in a batch of ``batch`` documents
+    right-padded to the longest (as a tokenizer pads a batch) and ``alone``, its embedding run by itself."""
+    worst = 1.0
+    for start in range(0, len(tokens), batch):
+        chunk = tokens[start : start + batch]
+        length = max(ids.shape[1] for ids, _ in chunk)
+        ids = np.zeros((len(chunk), length), dtype=chunk[0][0].dtype)
+        mask = np.zeros((len(chunk), length), dtype=chunk[0][1].dtype)
+        for row, (text_ids, text_mask) in enumerate(chunk):
+            ids[row, : text_ids.shape[1]], mask[row, : text_mask.shape[1]] = text_ids[0], text_mask[0]
+        got = np.asarray(encode(ids, mask))
+        ref = alone[start : start + len(chunk)]
+        cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        worst = min(worst, float(cosine.min()))
+    return worst
+
+
 def lee_score(embeddings: np.ndarray, reference: np.ndarray, ratings: np.ndarray) -> LeeScore:
     from scipy.stats import spearmanr
 
