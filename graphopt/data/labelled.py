@@ -194,24 +194,42 @@ def read_eval_batches(
     what: str,
     dynamic: DynamicDims | None = None,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
+    *,
+    inputs_only: bool = False,
 ) -> list[Batch] | None:
     """A labelled iterable read once into a list of ``(inputs, labels)``, inputs as a tuple of tensors, so
     it can be measured after every stage. Each batch is checked as :func:`read_labelled` checks one (per-
     sample shapes and dtype of ``example_inputs``, finite, one int label per sample in a 1-D tensor: an
     ``(N, 1)`` label tensor would broadcast against the predictions into a wrong accuracy) but batches may
-    differ from each other along a declared dynamic dim: each is measured as given."""
+    differ from each other along a declared dynamic dim: each is measured as given. ``inputs_only``: an
+    item that is the model's inputs alone is taken, labelled :data:`UNLABELLED` (what a fidelity measure
+    needs; no accuracy is computed from it)."""
     if data is None:
         return None
     dims = dynamic or DynamicDims()
     batches: list[Batch] = []
     for i, item in enumerate(bounded_batches(data, what, EXPECTED_FORM)):
-        inputs, labels = _labelled_batch(item, example_inputs, what, i)
+        if inputs_only and _is_inputs_only(item, example_inputs, dims):
+            inputs = as_input_tuple(item)
+            check_batch_tensors(inputs, example_inputs, f"{what} item {i}")
+            labels = torch.full((len(inputs[0]),), UNLABELLED)
+        else:
+            inputs, labels = _labelled_batch(item, example_inputs, what, i)
         _check_like_example(inputs, example_inputs, dims, what, i)
         check_shared_dims(inputs, dims, f"{what} item {i}")
         batches.append((inputs, labels))
     if not batches:
         raise InvalidInputError(f"{what} is empty")
+    if len({has_labels(b) for b in batches}) > 1:
+        raise InvalidInputError(
+            f"{what} mixes batches with labels and batches without; give labels for every batch, or none"
+        )
     return batches
+
+
+def has_labels(batch: Batch) -> bool:
+    """Whether a read batch carries labels (inputs given alone are labelled :data:`UNLABELLED`)."""
+    return not bool((batch[1] == UNLABELLED).any())
 
 
 def check_label_range(labels: torch.Tensor, num_classes: int, what: str) -> None:

@@ -20,9 +20,9 @@ from torch import nn
 
 from graphopt.data import labelled
 from graphopt.data.batches import Batch
-from graphopt.data.labelled import read_eval_batches, read_labelled
+from graphopt.data.labelled import has_labels, read_eval_batches, read_labelled
 from graphopt.errors import InvalidInputError
-from graphopt.pipeline.driver import OptimizeCall
+from graphopt.pipeline.driver import OptimizeCall, check_example_inputs, dynamic_dims
 from graphopt.search.goals import Goals
 
 #: Below this many validation samples both shares would be too coarse to decide or to score with (an
@@ -53,18 +53,27 @@ def split_tune_score(
     return list(tune.batches(SPLIT_BATCH)), list(score.batches(SPLIT_BATCH))
 
 
-def materialized(call: OptimizeCall) -> OptimizeCall:
+def materialized(call: OptimizeCall, goals: Goals) -> OptimizeCall:
     """Data read once: each candidate iterates it again (a generator would be empty the second time); the
-    labelled sets as checked batches (:func:`graphopt.data.labelled.read_eval_batches`)."""
+    labelled sets as checked batches (:func:`graphopt.data.labelled.read_eval_batches`). Validation data
+    may be the model's inputs alone (the cosine goal needs no labels), unless an accuracy goal reads it."""
 
     def once(data: Iterable[Any] | None) -> Any:
         return data if data is None or isinstance(data, (list, tuple)) else list(data)
 
+    inputs = check_example_inputs(call.example_inputs)
+    dims = dynamic_dims(call.dynamic_shapes, call.model, inputs)
+    validation = read_eval_batches(call.validation_data, "validation_data", dims, inputs, inputs_only=True)
+    if goals.needs_accuracy and validation is not None and not all(map(has_labels, validation)):
+        raise InvalidInputError(
+            "an accuracy goal is scored on labelled validation_data: batches of (inputs, labels); inputs "
+            "alone can score a cosine goal (Goals(min_cosine=...)), not an accuracy drop"
+        )
     return dataclasses.replace(
         call,
         calibration_data=once(call.calibration_data),
         train_data=once(call.train_data),
-        validation_data=read_eval_batches(call.validation_data, "validation_data"),
+        validation_data=validation,
         eval_data=read_eval_batches(call.eval_data, "eval_data"),
     )
 
@@ -74,6 +83,12 @@ def check_search_data(call: OptimizeCall, goals: Goals) -> None:
         raise InvalidInputError(
             "an accuracy goal is scored on validation_data=...: labelled batches (inputs, labels) the model "
             "was not trained on; eval_data (test data) is only reported, never used to choose"
+        )
+    if goals.min_cosine is not None and call.validation_data is None:
+        raise InvalidInputError(
+            "a cosine goal is scored on validation_data=...: batches of the model's inputs (labels "
+            "optional) it was not trained on; each candidate's outputs on them are compared with the "
+            "original's"
         )
 
 

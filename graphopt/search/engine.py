@@ -25,6 +25,7 @@ import torch
 from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends.timing import torch_threads
 from graphopt.data.batches import Batch
+from graphopt.data.labelled import has_labels
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.frontend.inputs import check_example_inputs, private_eval_copy
 from graphopt.pipeline.driver import CacheScope, OptimizeCall, plan_of, run_call
@@ -47,7 +48,7 @@ from graphopt.search.queue import build_queue
 from graphopt.search.rows import IN_PROCESS, CandidateRow, choose, judge
 from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits
 from graphopt.search.store import CandidateStore
-from graphopt.search.variants import Variants, quantizes
+from graphopt.search.variants import Variants, falls_back_by_itself, quantizes
 from graphopt.targets import Target, resolve_target
 
 #: Note keys (graphopt.reporting.notes) of the notes a search adds to the returned report (the candidate
@@ -114,7 +115,7 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
         check_cluster_support()
     # before any work: a cache folder that cannot be written is a ConfigError now, not after a candidate
     store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
-    call = materialized(call)
+    call = materialized(call, goals)
     tune, score = split_tune_score(call.validation_data, config.tune_share)
     call = dataclasses.replace(call, validation_data=tune)
     shared = tune is score and tune is not None
@@ -166,8 +167,10 @@ class _SearchRun:
         self.variants = Variants(call, config, goals, spec)
         limits = SpaceLimits(
             int8_target=quantizes(spec),
-            can_exit=call.train_data is not None and call.validation_data is not None,
-            has_accuracy_goal=goals.needs_accuracy,
+            can_exit=call.train_data is not None
+            and call.validation_data is not None
+            and all(map(has_labels, call.validation_data)),
+            can_fall_back=goals.needs_accuracy or falls_back_by_itself(spec),
             backends=config.backends or (spec.backend.backend,),
         )
         params = sum(p.numel() for p in call.model.parameters())
@@ -345,8 +348,10 @@ class _SearchRun:
         if self.config.quiet:
             return
         d = row.as_dict()
+        quality = f"cosine {d['cosine']}" if d["drop_pp"] is None and d["cosine"] is not None else ""
+        quality = quality or f"drop {d['drop_pp']} pp"
         detail = (
-            f"{d['speedup']}x, {d['bytes']} B, drop {d['drop_pp']} pp, goals: {d['goals']}"
+            f"{d['speedup']}x, {d['bytes']} B, {quality}, goals: {d['goals']}"
             if row.has_measurement
             else f"{row.status}: {row.why}"
         )

@@ -7,10 +7,16 @@ that is better, how its gap is normalised, and how the command line spells it (`
     speedup  = ORT fp32 latency of the original / the candidate's latency     >= min_speedup
     drop     = accuracy of the original - the candidate's (pp, validation)     <= max_accuracy_drop
     bytes    = size of the candidate's artifact file                           <= max_bytes
+    cosine   = mean over validation samples of cos(candidate output, original)  >= min_cosine
 
 and misses it by ``gap``: how far the value is from the limit, in the metric's unit; ``relative_gap`` is
-that gap over the limit (over 1 pp for the accuracy drop, whose limit may be 0), so misses of different
-goals can be added up to find the closest candidate when none meets every goal.
+that gap over the limit (over 1 pp for the accuracy drop, whose limit may be 0; over the headroom
+``1 - limit`` for the cosine, where 0.98 against 0.99 is as far off as 0.90 against 0.95), so misses of
+different goals can be added up to find the closest candidate when none meets every goal.
+
+The cosine goal needs no labels: ``validation_data`` may be the model's inputs alone (a sentence encoder's
+``(input_ids, attention_mask)`` batches), and it measures how faithful the candidate is to the original
+(each sample's output flattened to one vector).
 """
 
 from __future__ import annotations
@@ -32,12 +38,18 @@ class GoalMetric:
     unit: str
     scale_floor: float  # the gap is divided by max(limit, this) to compare misses across goals
     example: str  # a --goal that reads well in a message
+    #: The gap is divided by ``max(1 - limit, scale_floor)`` instead: a metric bounded by 1 (a cosine).
+    headroom: bool = False
+
+    def scale(self, limit: float) -> float:
+        return max(1 - limit if self.headroom else abs(limit), self.scale_floor)
 
 
 GOAL_METRICS: tuple[GoalMetric, ...] = (
     GoalMetric("min_speedup", "speedup", "speedup", ">=", "x", 1.0, "speedup>=3"),
     GoalMetric("max_accuracy_drop", "accuracy_drop", "accuracy-drop", "<=", "pp", 1.0, "accuracy-drop<=0.5"),
     GoalMetric("max_bytes", "bytes", "size", "<=", "B", 1.0, "size<=2MB"),
+    GoalMetric("min_cosine", "cosine", "cosine", ">=", "", 1e-3, "cosine>=0.95", headroom=True),
 )
 
 #: The largest size goal: the most bytes a file can have (a larger limit leaves size free: use None).
@@ -60,7 +72,7 @@ class Miss:
 
     @property
     def relative_gap(self) -> float:
-        return self.gap / max(abs(self.limit), self.goal.scale_floor)
+        return self.gap / self.goal.scale(self.limit)
 
     def __str__(self) -> str:
         return (
@@ -76,6 +88,7 @@ class Goals:
     min_speedup: float | None = None
     max_accuracy_drop: float | None = None
     max_bytes: int | None = None
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
         speedup = _finite_or_none(self, "min_speedup", "min_speedup=3.0 for 3x")
@@ -88,6 +101,12 @@ class Goals:
                 f"max_accuracy_drop=0.5 for 0.5 pp; got {drop}"
             )
         _check_bytes(self)
+        cosine = _finite_or_none(self, "min_cosine", "min_cosine=0.95")
+        if cosine is not None and not 0 < cosine <= 1:
+            raise ConfigError(
+                f"Goals.min_cosine is the mean cosine of the candidate's outputs to the original's, in "
+                f"(0, 1], e.g. min_cosine=0.95; got {cosine}"
+            )
 
     def active(self) -> list[tuple[GoalMetric, float]]:
         return [(g, getattr(self, g.field)) for g in GOAL_METRICS if getattr(self, g.field) is not None]
@@ -95,6 +114,11 @@ class Goals:
     @property
     def needs_accuracy(self) -> bool:
         return self.max_accuracy_drop is not None
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether a goal is scored on validation data (labelled for accuracy; inputs do for the cosine)."""
+        return self.needs_accuracy or self.min_cosine is not None
 
     def misses(self, measured: dict[str, float | None]) -> list[Miss]:
         """The goals ``measured`` (metric name -> value) does not meet; an unmeasured metric misses by the
@@ -202,4 +226,6 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value / 1e6:.3g} MB" if abs(value) >= 1e5 else f"{value / 1e3:.3g} kB"
     if unit == "x":
         return f"{value:.2f}x"
+    if not unit:
+        return f"{value:.4f}"
     return f"{value:.2f} {unit}"

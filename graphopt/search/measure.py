@@ -6,6 +6,10 @@ Latency is a ratio from one timing session: the candidate and the original alter
 early-exit candidate's cost depends on the input: it is the mean per sample over (up to
 :data:`EXIT_TIMING_SAMPLES` of) the validation samples, the original timed on the same samples in turn.
 
+Fidelity: each candidate's outputs on the validation inputs are compared with the original's (ORT fp32),
+sample by sample, each output flattened to one vector; ``cosine`` is the mean of those cosines. It needs
+no labels, so a model without classes (a sentence encoder) is searched on it (``Goals(min_cosine=...)``).
+
 A backend costed by a cost model instead (its runner has ``estimated_ms``: Ethos-U NPUs, Vela's estimate)
 is not timed: a candidate's latency is its ESTIMATE, and its speed-up is against the estimate of the
 unpruned original int8 and compiled the same way (:mod:`graphopt.search.estimated_baseline`; no NPU runs
@@ -18,17 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends import BACKENDS, OnnxRunner, export_onnx
 from graphopt.backends.timing import calls_for, interleaved_medians
-from graphopt.data.batches import Batch
+from graphopt.data.batches import Batch, as_input_tuple
+from graphopt.data.labelled import has_labels
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.errors import ExportError
 from graphopt.ir.keys import SHIPPED_FP32
 from graphopt.reporting.evaluation import accuracy
+from graphopt.reporting.numerics import first_output
 from graphopt.search.estimated_baseline import EstimatedBaseline, costs_by_estimate, finite_estimate
 
 EXIT_TIMING_SAMPLES = 500
@@ -50,6 +57,8 @@ class Baseline:
     accuracy: float | None  # on validation data, percent
     test_accuracy: float | None
     estimated: EstimatedBaseline | None = None
+    #: The original's outputs on each validation batch, one flattened row per sample (module docstring).
+    outputs: list[np.ndarray] | None = None
 
     @classmethod
     def of(
@@ -64,7 +73,10 @@ class Baseline:
     ) -> Baseline:
         path = export_onnx(original, inputs, folder / "original.onnx")
         runner = OnnxRunner(path, threads=threads)
-        return cls(runner, inputs, _percent(runner.run, validation), _percent(runner.run, test), estimated)
+        outputs = None if validation is None else output_rows(runner.run, validation)
+        return cls(
+            runner, inputs, _percent(runner.run, validation), _percent(runner.run, test), estimated, outputs
+        )
 
     def estimated_ms(self, backend_name: str) -> float:
         """The cost-model baseline's estimate on ``backend_name`` (an ExportError where it has none)."""
@@ -93,6 +105,9 @@ class Measured:
     shipped_fp32: bool
     exits: bool
     backend: str = "onnx"
+    #: Mean cosine of its outputs to the original's on the validation inputs (None: no validation data,
+    #: or an exit model, whose outputs per sample come from different exits).
+    cosine: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -181,7 +196,10 @@ def measure_artifact(
     score = per_sample_accuracy if facts.exits else accuracy
     predict = getattr(runner, "run_batched", runner.run)
     test_accuracy = None if test is None else 100 * score(predict, test)
-    valid_accuracy = None if validation is None else 100 * score(predict, validation)
+    valid_accuracy = None if not _labelled(validation) else 100 * score(predict, validation)
+    cosine = None
+    if validation is not None and baseline.outputs is not None and not facts.exits:
+        cosine = mean_cosine(output_rows(predict, validation), baseline.outputs)
     measured = Measured(
         path=artifact,
         latency_ms=float("nan"),  # timed just below, beside the original
@@ -194,6 +212,7 @@ def measure_artifact(
         shipped_fp32=facts.shipped_fp32,
         exits=facts.exits,
         backend=backend_name,
+        cosine=cosine,
     )
     _time_beside_original([(measured, runner)], baseline, validation, TIMING_ROUNDS)
     return measured
@@ -255,7 +274,31 @@ def _cost_by_estimate(measured: Measured, runner: Any, baseline: Baseline) -> bo
 
 
 def _percent(predict: Any, data: list[Batch] | None) -> float | None:
-    return None if data is None else 100 * accuracy(predict, data)
+    return None if not _labelled(data) else 100 * accuracy(predict, data)
+
+
+def _labelled(data: list[Batch] | None) -> bool:
+    return data is not None and all(has_labels(batch) for batch in data)
+
+
+def output_rows(predict: Any, data: list[Batch]) -> list[np.ndarray]:
+    """``predict``'s first output on each batch of ``data``, one flattened float64 row per sample."""
+    rows = []
+    with torch.no_grad():
+        for inputs, _ in data:
+            out = first_output(predict(*as_input_tuple(inputs)))
+            out = np.asarray(out.detach() if isinstance(out, torch.Tensor) else out, dtype=np.float64)
+            rows.append(out.reshape(len(out), -1))
+    return rows
+
+
+def mean_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """The mean over samples of ``cos(output, reference)`` (a zero vector against a zero vector: 1)."""
+    got, ref = np.concatenate(outputs), np.concatenate(reference)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+    dots = (got * ref).sum(1)
+    cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(dots == 0, 1.0, 0.0))
+    return float(cosine.mean())
 
 
 def _first_samples(data: list[Batch], count: int) -> list[Batch]:

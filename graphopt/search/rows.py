@@ -1,7 +1,8 @@
 """The search table: one row per candidate, its goals met or missed, and the Pareto front.
 
 A measured row is *dominated* when another measured row has at least its speed-up, at least as accurate (on
-validation data) and at most as large, and strictly better in one of the three; the rows nobody dominates
+validation data: its accuracy drop, or without labels ``1 - cosine`` to the original's outputs) and at most
+as large, and strictly better in one of the three; the rows nobody dominates
 are the Pareto front. The returned artifact is, among rows meeting every goal, the best by the tie-break
 (``speed``: highest speed-up, then smallest drop, then fewest bytes; ``accuracy`` and ``size`` put their
 metric first); when no row meets every goal, the row whose misses add up to the least, each miss measured
@@ -43,7 +44,21 @@ class CandidateRow:
         m = self.measured
         if m is None:
             return {}
-        return {"speedup": m.speedup, "accuracy_drop": self.accuracy_drop, "bytes": float(m.bytes)}
+        return {
+            "speedup": m.speedup,
+            "accuracy_drop": self.accuracy_drop,
+            "bytes": float(m.bytes),
+            "cosine": m.cosine,
+        }
+
+    @property
+    def quality_loss(self) -> float:
+        """What the candidate lost to the original: the accuracy drop (pp) where there are labels, else
+        ``1 - cosine`` of its outputs to the original's, else 0 (nothing measured it)."""
+        m = self.measured
+        if self.accuracy_drop is not None:
+            return self.accuracy_drop
+        return 1.0 - m.cosine if m is not None and m.cosine is not None else 0.0
 
     def as_dict(self) -> dict[str, object]:
         m = self.measured
@@ -60,6 +75,7 @@ class CandidateRow:
             "drop_pp": self.accuracy_drop,
             "test_accuracy": None if m is None or m.test_accuracy is None else round(m.test_accuracy, 2),
             "test_drop_pp": self.test_drop,
+            "cosine": None if m is None or m.cosine is None else round(m.cosine, 5),
             "shipped": None if m is None else ("fp32" if m.shipped_fp32 else self._numeric()),
             "goals": self._verdict(),
             "pareto": None if m is None else not self.dominated,
@@ -106,7 +122,7 @@ def _rank(row: CandidateRow, tie_break: TieBreak) -> tuple[float, ...]:
     assert m is not None
     keys = {
         "speed": -round(m.speedup, 2),
-        "accuracy": row.accuracy_drop if row.accuracy_drop is not None else 0.0,
+        "accuracy": row.quality_loss,
         "size": float(m.bytes),
     }
     order = [tie_break, *(k for k in ("speed", "accuracy", "size") if k != tie_break)]
@@ -116,8 +132,7 @@ def _rank(row: CandidateRow, tie_break: TieBreak) -> tuple[float, ...]:
 def _dominates(a: CandidateRow, b: CandidateRow) -> bool:
     ma, mb = a.measured, b.measured
     assert ma is not None and mb is not None
-    acc_a = -a.accuracy_drop if a.accuracy_drop is not None else 0.0
-    acc_b = -b.accuracy_drop if b.accuracy_drop is not None else 0.0
+    acc_a, acc_b = -a.quality_loss, -b.quality_loss
     # speed-ups, not milliseconds: each is a ratio from its own side-by-side timing with the original
     better_or_equal = ma.speedup >= mb.speedup and acc_a >= acc_b and ma.bytes <= mb.bytes
     strictly = ma.speedup > mb.speedup or acc_a > acc_b or ma.bytes < mb.bytes

@@ -46,7 +46,8 @@ class SearchConfig:
     """What a goal-driven ``optimize`` may try, and for how long.
 
     ``int8`` modes apply to int8 targets (``"fallbacks"`` keeps the layers most sensitive to int8 in fp32
-    within half the accuracy goal, and needs an accuracy goal); fp32 targets try ``"off"`` only. ``exits``
+    within half the accuracy goal, and needs an accuracy goal; a dynamic int8 target falls back by its own
+    cosine threshold instead, goal or not); fp32 targets try ``"off"`` only. ``exits``
     needs ``train_data`` (heads train) and labelled ``validation_data`` (thresholds); ``early_exit`` is the
     configuration exit candidates use. ``backends`` defaults to the target's. ``max_candidates`` and
     ``max_minutes`` stop the search (a candidate is not started when the time left is less than the mean
@@ -207,7 +208,8 @@ class SpaceLimits:
 
     int8_target: bool
     can_exit: bool
-    has_accuracy_goal: bool
+    #: An accuracy goal to give fall-backs a budget, or a target that falls back by itself.
+    can_fall_back: bool
     backends: tuple[str, ...]
 
 
@@ -216,7 +218,7 @@ def enumerate_points(config: SearchConfig, limits: SpaceLimits) -> list[SearchPo
     int8_modes = [m for m in ("off", "on", "fallbacks") if m in config.int8]
     if not limits.int8_target:
         int8_modes = ["off"]
-    if not limits.has_accuracy_goal:
+    if not limits.can_fall_back:
         int8_modes = [m for m in int8_modes if m != "fallbacks"]
     exits = [e for e in (False, True) if e in config.exits and (limits.can_exit or not e)]
     points = []

@@ -49,7 +49,7 @@ from graphopt.reporting.notes import Note
 from graphopt.reporting.numerics import finite_number
 from graphopt.search.measure import Measured
 
-SCHEMA = 2
+SCHEMA = 3  # 3: Measured.cosine
 _CHUNK = 1 << 20
 #: An entry larger than this is not a measurement graphopt wrote (one is under 1 kB): not even parsed.
 MAX_ENTRY_BYTES = 64 * 1024
@@ -243,6 +243,7 @@ def _measured_of(fields: object) -> Measured:
         "macs": _count(fields["macs"], "macs"),
         "accuracy": _optional_number(fields["accuracy"], "accuracy", 0.0, 100.0),
         "test_accuracy": _optional_number(fields["test_accuracy"], "test_accuracy", 0.0, 100.0),
+        "cosine": _optional_number(fields["cosine"], "cosine", -1.0, 1.0),
         "shipped_fp32": _flag(fields["shipped_fp32"], "shipped_fp32"),
         "exits": _flag(fields["exits"], "exits"),
         "backend": fields["backend"],

@@ -5,6 +5,10 @@ bits the int8 weights (:class:`WeightQuant`, the caller's per-tensor and per-lay
 ratio and importance a :class:`PruneConfig`, ``exits`` the exit configuration, ``fallbacks`` an
 ``accuracy_budget`` of half the accuracy goal (QAT and exits may cost the other half); training configs
 go only to the points that train (pruning recovery, QAT), made quiet when the search is.
+
+A dynamic int8 target (``x86-dynamic-int8``) falls back by itself: its ``quantize_dynamic`` puts layers
+back in fp32 until the output cosine on calibration data holds (``min_cosine``). There ``fallbacks`` is
+the target as it is and ``on`` the same pass without its fall-back, whatever the goals.
 """
 
 from __future__ import annotations
@@ -33,17 +37,28 @@ class Variants:
 
     def of(self, point: SearchPoint) -> OptimizeCall:
         trains = point.prune > 0 or point.int8 != "off"
+        dynamic = falls_back_by_itself(self.spec)
+        budget = point.int8 == "fallbacks" and not dynamic
         return dataclasses.replace(
             self.call,
             target=self.spec,
-            passes=None if point.int8 != "off" else fp32_passes(self.spec, self.call.passes),
+            passes=self._passes(point, dynamic),
             prune=self._prune(point),
             early_exit=self.exit_config() if point.exits else None,
-            accuracy_budget=self._fallback_budget() if point.int8 == "fallbacks" else None,
+            accuracy_budget=self._fallback_budget() if budget else None,
             recovery=self._recovery() if trains else None,
             eval_data=self.call.validation_data,  # the tuning share: fall-backs decide on it, rows show it
             weights=self._weights(point),
         )
+
+    def _passes(self, point: SearchPoint, dynamic: bool) -> Any:
+        """The target's pipeline (None), without its int8 passes (``off``), or for a dynamic int8 target's
+        ``on`` point, with its ``quantize_dynamic`` falling back to nothing."""
+        if point.int8 == "off":
+            return fp32_passes(self.spec, self.call.passes)
+        if dynamic and point.int8 == "on":
+            return [make_pass(p.name, _without_fallback(p.name, p.options)) for p in self.spec.passes]
+        return None
 
     def _weights(self, point: SearchPoint) -> int | WeightQuant | None:
         """The caller's ``weights=``; at the point's width where the search has a weight-bits axis."""
@@ -75,6 +90,20 @@ class Variants:
     def _fallback_budget(self) -> float:
         assert self.goals.max_accuracy_drop is not None
         return self.goals.max_accuracy_drop / 2
+
+
+def falls_back_by_itself(spec: Target) -> bool:
+    """Whether ``spec`` quantizes dynamically with a fall-back of its own (module docstring)."""
+    return any(
+        p.name == "quantize_dynamic" and getattr(p.options, "min_cosine", None) is not None
+        for p in spec.passes
+    )
+
+
+def _without_fallback(name: str, options: Any) -> Any:
+    if name != "quantize_dynamic" or options is None:
+        return options
+    return dataclasses.replace(options, min_cosine=None)
 
 
 def quantizes(spec: Target) -> bool:
