@@ -60,10 +60,12 @@ def test_per_token_scales_make_a_token_independent_of_its_batch_mates():
     layer = nn.Linear(48, 16)
     x = torch.randn(2, 5, 48)
     x[1] *= 1000
+    x[0, 2] = 0  # an all-zero token: its scale's floor keeps it 0, not NaN
     for per_token, same in ((True, True), (False, False)):
         quantized = DynamicInt8Linear(layer, per_token=per_token)
         alone, beside = quantized(x[:1]), quantized(x)[:1]
         assert torch.equal(alone, beside) is same
+        assert torch.allclose(alone[0, 2], layer.bias)
         torch.testing.assert_close(alone, layer(x[:1]), rtol=0.05, atol=0.05)  # alone, both are int8-close
     x_q = torch.clamp(torch.round(x / (x.abs().amax(-1, keepdim=True) / 127)), -127, 127)
     assert x_q.abs().amax(-1).eq(127).all()  # every token uses its whole range

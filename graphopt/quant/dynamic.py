@@ -28,8 +28,8 @@ symmetric so that every row shares the zero point 128 ONNX Runtime's ``MatMulInt
 A token's output then depends on that token alone, never on its batch mates or on padding: a sentence
 embeds the same alone and in a padded batch (with one scale per call, pad rows and other sentences widen
 the range every row is rounded with). It lowers (:func:`_onnx_dynamic_int8_linear_per_token`) to
-``ReduceMax(Abs) -> Div -> Round -> Clip -> Add 128 -> Cast u8 -> MatMulInteger -> Cast -> Mul -> Mul ->
-Add``, which ONNX Runtime runs as separate kernels (no fused kernel takes a scale per row).
+``ReduceMax(Abs) -> Div -> Max -> Div -> Round -> Add 128 -> Cast u8 -> MatMulInteger -> Cast -> Mul -> Mul
+-> Add``, which ONNX Runtime runs as separate kernels (no fused kernel takes a scale per row).
 """
 
 from __future__ import annotations
@@ -62,9 +62,8 @@ def _(x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor
 @torch.library.custom_op("graphopt::dynamic_int8_linear_per_token", mutates_args=())
 def dynamic_int8_linear_per_token(x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor:
     """:func:`dynamic_int8_linear` with one symmetric scale per token (row of ``x``; module docstring)."""
-    scale = x.abs().amax(dim=-1, keepdim=True) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    x_q = torch.clamp(torch.round(x / scale), -127, 127)
+    scale = torch.clamp(x.abs().amax(dim=-1, keepdim=True) / 127.0, min=1e-30)
+    x_q = torch.round(x / scale)  # within +-127 by construction
     acc = torch.matmul(x_q.double(), weight_t.double())
     return (acc * (scale.double() * weight_scale.double())).to(x.dtype) + bias
 
@@ -146,13 +145,10 @@ def _onnx_dynamic_int8_linear_per_token(x, weight_t, weight_scale, bias):  # typ
     from onnxscript import FLOAT, UINT8
     from onnxscript import opset18 as op
 
+    # |x / s| <= 127 by construction, so no Clip; an all-zero row divides by the tiny floor and stays 0.
     peak = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
-    scale = op.Div(peak, op.Constant(value_float=127.0))
-    scale = op.Where(op.Greater(scale, op.Constant(value_float=0.0)), scale, op.Constant(value_float=1.0))
-    rounded = op.Clip(
-        op.Round(op.Div(x, scale)), op.Constant(value_float=-127.0), op.Constant(value_float=127.0)
-    )
-    x_q = op.Cast(op.Add(rounded, op.Constant(value_float=128.0)), to=UINT8.dtype)
+    scale = op.Max(op.Div(peak, op.Constant(value_float=127.0)), op.Constant(value_float=1e-30))
+    x_q = op.Cast(op.Add(op.Round(op.Div(x, scale)), op.Constant(value_float=128.0)), to=UINT8.dtype)
     zero = op.Cast(op.Constant(value_float=128.0), to=UINT8.dtype)  # the zero point every token shares
     acc = op.MatMulInteger(x_q, weight_t, zero)
     return op.Add(op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), scale), weight_scale), bias)
