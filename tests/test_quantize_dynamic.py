@@ -67,8 +67,6 @@ def test_per_token_scales_make_a_token_independent_of_its_batch_mates():
         assert torch.equal(alone, beside) is same
         assert torch.allclose(alone[0, 2], layer.bias)
         torch.testing.assert_close(alone, layer(x[:1]), rtol=0.05, atol=0.05)  # alone, both are int8-close
-    x_q = torch.clamp(torch.round(x / (x.abs().amax(-1, keepdim=True) / 127)), -127, 127)
-    assert x_q.abs().amax(-1).eq(127).all()  # every token uses its whole range
 
 
 class TokenEncoder(nn.Module):
