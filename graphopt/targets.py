@@ -149,12 +149,15 @@ ARM_FP32 = Target(
 )
 
 
-def _int8(scheme: QuantScheme, layout: tuple[PassSpec, ...] = ()) -> tuple[PassSpec, ...]:
-    """The fp32 clean-up, then ``layout`` (rewrites for the target's int8 kernels), then int8."""
+def _int8(
+    scheme: QuantScheme, layout: tuple[PassSpec, ...] = (), *, attention: bool = False
+) -> tuple[PassSpec, ...]:
+    """The fp32 clean-up, then ``layout`` (rewrites for the target's int8 kernels), then int8 (attention's
+    products too with ``attention``)."""
     return (
         *_FP32_CLEANUP,
         *layout,
-        PassSpec("insert_fake_quant", InsertFakeQuantOptions(scheme=scheme)),
+        PassSpec("insert_fake_quant", InsertFakeQuantOptions(scheme=scheme, attention=attention)),
         PassSpec("calibrate"),
     )
 
@@ -252,7 +255,7 @@ ARM_INT8 = Target(
         "int8 for aarch64 CPUs running ONNX Runtime: s8 activations, s8 per-channel weights, no reduce_range."
     ),
     isa="aarch64",
-    passes=_int8(QuantScheme(activations="int8", reduce_range=False)),
+    passes=_int8(QuantScheme(activations="int8", reduce_range=False), attention=True),
     scheme=NumericScheme(weights="int8", activations="int8"),
     backend=BackendSettings(torch_engine="qnnpack", channel_multiple=4),  # NEON: 4 fp32 lanes
 )

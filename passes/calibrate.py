@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 
 from graphopt.errors import ConfigError, InvalidInputError
 from graphopt.ir.graph import module_of, set_module
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
+from graphopt.quant.attention import has_attention
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.policy import through_data_movement
 from graphopt.quant.scheme import sqnr_db
@@ -94,7 +94,7 @@ class Calibrate(Pass):
         calibration chunk; a note when it is below :data:`AGREEMENT_FLOOR` (module docstring)."""
         cosine = agreement(fp32_outputs, int8_outputs).cosine
         if cosine < AGREEMENT_FLOOR:
-            attention = any(n.target is F.scaled_dot_product_attention for n in gm.graph.nodes)
+            attention = has_attention(gm)
             advice = (
                 "this graph has attention, whose activations carry outlier channels that one static scale "
                 "per tensor cannot hold: use target 'x86-dynamic-int8' (scales taken per call)"

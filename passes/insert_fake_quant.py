@@ -8,7 +8,9 @@
 
 Until ``calibrate`` runs, the quantizers pass values through and the layers still compute in fp32, so this
 pass on its own preserves outputs exactly (the PassManager checks that). ``calibrate`` makes it lossy.
-Layers the policy cannot quantize are counted as ``kept_fp32:<reason>`` in ``stats``.
+Layers the policy cannot quantize are counted as ``kept_fp32:<reason>`` in ``stats``. With
+``InsertFakeQuantOptions.attention`` (``arm-int8``), attention calls are first written out as two products and
+a softmax (:mod:`graphopt.quant.attention`) and the products' inputs quantized (``int8_attention_products``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch.fx as fx
 
 from graphopt.errors import ConfigError
 from graphopt.ir.graph import module_of, set_module
+from graphopt.ir.shapes import propagate_shapes
 from graphopt.pipeline.pass_base import Pass, PassResult
+from graphopt.quant.attention import decompose_attention
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.options import InsertFakeQuantOptions
 from graphopt.quant.policy import plan_int8
@@ -42,7 +46,12 @@ class InsertFakeQuant(Pass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         if any(isinstance(m, (ActivationQuantizer, QuantizedLayer)) for m in gm.modules()):
             return PassResult(gm, modified=False, stats={"skipped:already_quantized": 1})
-        plan = plan_int8(gm)
+        written = left = 0
+        if self.options.attention:
+            written, left = decompose_attention(gm)
+            if written:
+                propagate_shapes(gm, self.context.example_inputs)  # the new nodes' dtypes, for the plan
+        plan = plan_int8(gm, products=self.options.attention)
         if not plan.layers:
             raise ConfigError(_nothing_to_quantize(plan.skipped))
         scheme, observer = self.options.scheme, self.options.observer
@@ -58,6 +67,10 @@ class InsertFakeQuant(Pass):
         for node in plan.layers:
             set_module(gm, str(node.target), QuantizedLayer(module_of(gm, node), schemes[str(node.target)]))
         stats = {"activation_quantizers": len(plan.tensors), "int8_layers": len(plan.layers), **plan.skipped}
+        if self.options.attention:
+            stats["int8_attention_products"] = plan.products
+            if left:
+                stats["kept_fp32:attention_causal_dropout_or_gqa"] = left
         return PassResult(gm, modified=bool(plan.tensors or plan.layers), stats=stats)
 
 

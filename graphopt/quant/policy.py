@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphopt.ir.graph import call_sites, module_of
+from graphopt.quant.attention import is_activation_product
 from graphopt.quant.modules import QUANTIZABLE_LAYERS
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
@@ -74,13 +75,21 @@ class QuantPlan:
     layers: list[fx.Node] = field(default_factory=list)  # conv/linear nodes that get int8 weights
     tensors: list[fx.Node] = field(default_factory=list)  # nodes whose output gets an ActivationQuantizer
     skipped: Counter[str] = field(default_factory=Counter)
+    products: int = 0  # attention products whose inputs are quantized
 
 
-def plan_int8(gm: fx.GraphModule) -> QuantPlan:
+def plan_int8(gm: fx.GraphModule, products: bool = False) -> QuantPlan:
+    """Which layers get int8 weights and which tensors an activation quantizer. ``products``: the inputs of
+    attention's products (``torch.matmul`` of two computed tensors, :mod:`graphopt.quant.attention`) too,
+    their outputs left float."""
     plan = QuantPlan()
     sites = call_sites(gm)
     marked: dict[fx.Node, None] = {}  # insertion-ordered set
     for node in gm.graph.nodes:
+        if products and is_activation_product(node):
+            marked.update(dict.fromkeys(a for a in node.args[:2] if _is_float_tensor(a)))
+            plan.products += 1
+            continue
         kind = _op_kind(gm, node)
         if kind is None:
             continue
