@@ -10,7 +10,7 @@ Until ``calibrate`` runs, the quantizers pass values through and the layers stil
 pass on its own preserves outputs exactly (the PassManager checks that). ``calibrate`` makes it lossy.
 Layers the policy cannot quantize are counted as ``kept_fp32:<reason>`` in ``stats``. With
 ``InsertFakeQuantOptions.attention`` (``arm-int8``), attention calls are first written out as two products and
-a softmax (:mod:`graphopt.quant.attention`) and the products' inputs quantized (``int8_attention_products``).
+a softmax (:mod:`graphopt.quant.attention`) and the products' inputs quantized (``int8_activation_products``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class InsertFakeQuant(Pass):
             set_module(gm, str(node.target), QuantizedLayer(module_of(gm, node), schemes[str(node.target)]))
         stats = {"activation_quantizers": len(plan.tensors), "int8_layers": len(plan.layers), **plan.skipped}
         if self.options.attention:
-            stats["int8_attention_products"] = plan.products
+            stats["int8_activation_products"] = plan.products
             if left:
                 stats["kept_fp32:attention_causal_dropout_or_gqa"] = left
         return PassResult(gm, modified=bool(plan.tensors or plan.layers), stats=stats)

@@ -62,7 +62,8 @@ def test_arm_int8_quantizes_both_inputs_of_every_attention_product(tmp_path):
     calibration = [torch.randn(8, *x.shape[1:]) for _ in range(2)]
     res = graphopt.optimize(model, "arm-int8", example_inputs=(x,), calibration_data=calibration)
     stats = res.report.stage("insert_fake_quant").stats
-    assert stats["int8_attention_products"] == 2 * len(model.blocks)
+    assert stats["int8_activation_products"] == 2 * len(model.blocks)
+    cosine = res.report.stage("calibrate").stats["output_cosine"]  # int8 vs fp32 on calibration data
     path = res.export(tmp_path / "vit.onnx", latency_guard=False)
     dequantized = _matmul_inputs_dequantized(path)
     assert dequantized.count(True) >= 2 * len(model.blocks)
@@ -77,5 +78,6 @@ def test_arm_int8_quantizes_both_inputs_of_every_attention_product(tmp_path):
         ),
     )
     plain = graphopt.optimize(model, without, example_inputs=(x,), calibration_data=calibration)
-    assert "int8_attention_products" not in plain.report.stage("insert_fake_quant").stats
+    assert "int8_activation_products" not in plain.report.stage("insert_fake_quant").stats
+    assert cosine > 0.99 and cosine > plain.report.stage("calibrate").stats["output_cosine"] - 0.005
     assert not any(_matmul_inputs_dequantized(plain.export(tmp_path / "plain.onnx", latency_guard=False)))

@@ -103,6 +103,21 @@ def test_attention_loses_whole_heads_or_the_same_channels_of_every_head(heads, e
     assert gm.get_submodule("blocks.0.attn.qkv").out_features == 3 * expected[0] * expected[1]
 
 
+def test_a_single_head_attention_loses_channels_and_min_channels_counts_channels_not_heads():
+    from graphopt.zoo.transformer import ViT
+
+    model, x = ViT(heads=1).eval(), torch.randn(1, 3, 32, 32)
+    gm = captured(model)
+    propagate_shapes(gm, (x,))
+    PassManager([PruneChannels(ratio=0.5)]).run(gm, PassContext(example_inputs=(x,)))
+    propagate_shapes(gm, (x,))
+    assert _attention_shapes(gm) == {(1, 16)}  # one head of 32 channels: narrowed, not removed
+    # a head is 24 channels of the fused qkv (3 x 8): 48 channels keep 2 heads of the 1 that ratio 0.75 leaves
+    gm, context = _prune("vit", ratio=0.75, min_channels=48)
+    propagate_shapes(gm, context.example_inputs)
+    assert _attention_shapes(gm) == {(2, 8)}
+
+
 def test_pruning_narrow_heads_is_exact_once_removed_weights_are_zero():
     gm, inputs = _analyzed("vit")
     dense_heads = zero_then_prune(gm, inputs, PruneConfig(ratio=0.5, heads="narrow"))
@@ -239,10 +254,15 @@ def test_activation_importance_reads_calibration_data_and_says_when_there_is_non
     x = torch.randn(2, 4)
     with pytest.raises(graphopt.InvalidInputError, match=r"needs train_data=.* or calibration_data="):
         graphopt.optimize(model, example_inputs=(x,), prune=PruneConfig(0.5, "activation"))
+    with torch.no_grad():
+        model[0].weight[:4] = 0
+        model[0].weight[:4, 0] = 10.0  # units 0-3 read only feature 0, zero in the calibration data
+    calibration = [torch.cat([torch.zeros(8, 1), torch.randn(8, 3)], dim=1)]
     res = graphopt.optimize(
-        model, example_inputs=(x,), prune=PruneConfig(0.5, "activation"), calibration_data=[torch.randn(8, 4)]
+        model, example_inputs=(x,), prune=PruneConfig(0.5, "activation"), calibration_data=calibration
     )
-    assert res.model.get_submodule("0").out_features == 4
+    kept = res.model.get_submodule("0").weight
+    assert kept.shape == (4, 4) and kept[:, 0].abs().max() < 10  # the 4 units that feed something
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, True, "half"])

@@ -26,10 +26,13 @@ class Encoder(nn.Module):
         return hidden.sum(1) / mask.sum(1, keepdim=True)
 
 
-def _tokens(seed: int, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def _tokens(seed: int, batch: int = 16, length: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 60, (batch, 12), generator=generator)
+    ids = torch.randint(1, 60, (batch, length), generator=generator)
     return ids, torch.ones_like(ids)
+
+
+SEQUENCE = {"ids": {1: "seq"}, "mask": {1: "seq"}}
 
 
 def test_the_cosine_goal_parses_checks_and_measures_misses_by_its_headroom():
@@ -41,14 +44,16 @@ def test_the_cosine_goal_parses_checks_and_measures_misses_by_its_headroom():
     (miss,) = Goals(min_cosine=0.9).misses({"cosine": 0.85})
     assert miss.relative_gap == pytest.approx(0.5)
     assert mean_cosine([torch.ones(2, 3).numpy()], [2 * torch.ones(2, 3).numpy()]) == pytest.approx(1.0)
+    assert mean_cosine([torch.zeros(2, 3).numpy()], [torch.ones(2, 3).numpy()]) == 0.0  # dead output
+    assert mean_cosine([torch.zeros(2, 3).numpy()], [torch.zeros(2, 3).numpy()]) == 1.0
 
 
 def test_a_cosine_goal_searches_an_encoder_on_validation_inputs_alone():
     torch.manual_seed(0)
     model = Encoder().eval()
     res = graphopt.optimize(
-        model, "x86-dynamic-int8", example_inputs=_tokens(0, 1),
-        calibration_data=[_tokens(1)], validation_data=[_tokens(2), _tokens(3)],
+        model, "x86-dynamic-int8", example_inputs=_tokens(0, 1), dynamic_shapes=SEQUENCE,
+        calibration_data=[_tokens(1)], validation_data=[_tokens(2), _tokens(3, length=9)],  # two lengths
         goals=Goals(min_cosine=0.995),
         search=SearchConfig(prune_ratios=(0.0, 0.5), exits=(False,), quiet=True),
     )  # fmt: skip

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphopt.data.labelled import LabelledTensors
+from graphopt.errors import ConfigError
 from graphopt.pruning.channel_map import UNTRACKED
 from graphopt.pruning.config import PruneConfig
 from graphopt.pruning.dependency import DependencyGraph
@@ -52,7 +53,7 @@ def unit_scores(
         return taylor_scores(graph, train, config.taylor_batches)
     if config.importance == "activation":
         if not samples:
-            raise ValueError("importance='activation' needs calibration_data or train_data")
+            raise ConfigError("importance='activation' needs sample inputs: calibration_data or train_data")
         return activation_scores(graph, samples)
     return magnitude_scores(graph, power=1 if config.importance == "l1" else 2)
 
@@ -125,7 +126,8 @@ def taylor_scores(graph: DependencyGraph, train: LabelledTensors, batches: int) 
 
 def activation_scores(graph: DependencyGraph, samples: Sequence[tuple[torch.Tensor, ...]]) -> Scores:
     """``sum_c E[x_c^2] ||W[:, c]||^2`` per unit over its consumers (module docstring). A unit no module
-    reads (nothing measures it) gets the highest score, so it is never the first to go."""
+    reads (the query/key positions of narrowed heads, read only by the attention) is ranked by its ``l2``
+    magnitude instead: selection compares units within their group, and such groups are unread as a whole."""
     gm = graph.gm
     squares: dict[str, list[torch.Tensor]] = {c.target: [] for c in graph.consumers.values()}
 
@@ -148,12 +150,8 @@ def activation_scores(graph: DependencyGraph, samples: Sequence[tuple[torch.Tens
         weight = gm.get_submodule(c.target).weight.detach()
         mean_square = torch.stack(squares[c.target]).mean(0)
         _add(scores, graph, c.positions[0], mean_square * _column_norms(weight, c.groups, power=2))
-    highest = max(scores.values(), default=1.0)
-    for p in graph.producers.values():
-        for root in graph.coupling.roots(p.atoms).tolist():
-            if root not in scores:
-                scores[root] = highest
-    return dict(scores)
+    magnitude = magnitude_scores(graph, power=2)
+    return {root: scores.get(root, value) for root, value in magnitude.items()}
 
 
 def _mean_square_per_channel(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

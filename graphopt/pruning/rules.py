@@ -276,10 +276,12 @@ def _split_heads(graph: DependencyGraph, m: ChannelMap, sizes: list[int], axes: 
     (all ``head_dim`` positions, and the query/key/value index of a fused ``qkv``): removing it removes the
     head from Q, K and V alike, so the head count falls and every kept head keeps its width.
     """
-    keep = [i for i, s in enumerate(sizes) if s != 1]
-    atoms = m.atoms.reshape([sizes[i] for i in keep])
-    if atoms.ndim < 2:
+    if (
+        len(sizes) < 2 or sizes[-2] == 1 or sizes[-1] == 1
+    ):  # one head (or one channel a head): no heads to cut
         return _split_axis(graph, m, sizes, axes)
+    keep = [i for i, s in enumerate(sizes) if s != 1]  # the last two (heads, head_dim) among them
+    atoms = m.atoms.reshape([sizes[i] for i in keep])
     per_head = np.moveaxis(atoms, -2, 0).reshape(atoms.shape[-2], -1)
     reason = _untracked("an attention head holds an untracked channel")
     for row in per_head:
@@ -295,7 +297,9 @@ def _feeds_attention(node: fx.Node, depth: int = 4) -> bool:
     """Whether ``node`` reaches a query, key or value of ``scaled_dot_product_attention`` through axis
     moves only (the head split of an attention, not a channel shuffle)."""
     for user in node.users:
-        if user.target is F.scaled_dot_product_attention and node in user.args[:3]:
+        if user.target is F.scaled_dot_product_attention and any(
+            _arg(user, i, name) is node for i, name in enumerate(("query", "key", "value"))
+        ):
             return True
         name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
         if name in _AXIS_MOVES and depth > 0 and _feeds_attention(user, depth - 1):

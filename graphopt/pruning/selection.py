@@ -38,7 +38,7 @@ def choose(groups: list[Group], scores: Scores, config: PruneConfig) -> Selectio
         candidates = sorted(group.prunable, key=lambda u: (scores.get(u, 0.0), u))
         n = len(group.units)
         keep = n - wanted.get(group.index, 0)
-        floor = min(config.min_channels, n)
+        floor = min(math.ceil(config.min_channels / group.unit_width), n)  # in units of unit_width channels
         if keep < floor:
             selection.clamped.append(group.index)
             keep = floor

@@ -58,10 +58,12 @@ def has_attention(gm: fx.GraphModule) -> bool:
 
 
 def is_activation_product(node: fx.Node) -> bool:
-    """A ``torch.matmul`` of two computed tensors (not a weight): an attention product."""
+    """A matrix product (``torch.matmul`` or ``@``) of two computed tensors, not of a weight: attention's
+    ``Q K^T`` and ``P V``, hand-written or written out here (and any other such product, a Gram matrix:
+    quantized alike, since ORT fuses every one the same way)."""
     return (
         node.op == "call_function"
-        and node.target is torch.matmul
+        and node.target in (torch.matmul, operator.matmul)
         and all(isinstance(a, fx.Node) and a.op not in ("get_attr", "placeholder") for a in node.args[:2])
     )
 

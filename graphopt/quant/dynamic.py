@@ -74,7 +74,8 @@ def _(x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor
 
 
 class DynamicInt8Linear(nn.Module):
-    """A Linear layer with s8 per-channel weights and per-call u8 activations (graphopt's IR module)."""
+    """A Linear layer with s8 per-channel weights and activations quantized per call (u8, asymmetric) or per
+    token (``per_token``: symmetric, one scale per row) (graphopt's IR module)."""
 
     def __init__(self, layer: nn.Linear, reduce_range: bool = False, per_token: bool = False):
         super().__init__()

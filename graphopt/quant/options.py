@@ -108,7 +108,8 @@ class InsertFakeQuantOptions(PassOptions):
     #: Layers whose weights take another width than ``scheme.weight_bits`` (``WeightQuant.bits_by_layer``).
     weight_bits_by_layer: LayerBits = ()
     #: Attention's two products in int8 too: each ``scaled_dot_product_attention`` is written out and the
-    #: inputs of ``Q K^T`` and ``P V`` quantized (:mod:`graphopt.quant.attention`).
+    #: inputs of ``Q K^T`` and ``P V`` (of every product of two activations) quantized
+    #: (:mod:`graphopt.quant.attention`).
     attention: bool = False
 
     def __post_init__(self) -> None:

@@ -86,6 +86,17 @@ def _max_abs(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> float:
     return max(diffs, default=0.0)
 
 
+def row_cosines(got: Any, reference: Any) -> np.ndarray:
+    """``cos(got[i], reference[i])`` per row (sample) of two equal-shaped arrays, each row flattened: 1
+    where both rows are zero, 0 where only one is (a zero output is no match for a real one)."""
+    a = np.asarray(got, dtype=np.float64).reshape(len(got), -1)
+    b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = (np.abs(a).sum(1) == 0) & (np.abs(b).sum(1) == 0)
+    cosine = (a * b).sum(1) / np.where(norms > 0, norms, 1.0)
+    return np.where(both_zero, 1.0, np.where(norms > 0, cosine, 0.0))
+
+
 def agreement(reference: Any, candidate: Any) -> Agreement:
     """Compare two output structures with the same leaves."""
     ref, cand = flatten_outputs(reference), flatten_outputs(candidate)

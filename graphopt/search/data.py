@@ -39,6 +39,8 @@ def split_tune_score(
     :data:`MIN_SAMPLES_TO_SPLIT` samples, all of them for both (the batches as given)."""
     if data is None:
         return None, None
+    if sum(len(labels) for _, labels in data) < MIN_SAMPLES_TO_SPLIT:
+        return data, data  # as given: batches of several lengths along a dynamic dim stay as they are
     samples = read_labelled(data, "validation_data", None)
     score, tune = labelled.split_validation(
         samples, tune_share, 0, min_samples=MIN_SAMPLES_TO_SPLIT, in_order=True

@@ -28,7 +28,7 @@ from graphopt.data.batches import Batch
 from graphopt.data.labelled import has_labels
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.frontend.inputs import check_example_inputs, private_eval_copy
-from graphopt.pipeline.driver import CacheScope, OptimizeCall, plan_of, run_call
+from graphopt.pipeline.driver import CacheScope, OptimizeCall, dynamic_dims, plan_of, run_call
 from graphopt.pipeline.plan import INT8_SLOTS
 from graphopt.pipeline.registry import pass_class
 from graphopt.pipeline.stage_cache import StageCache
@@ -123,9 +123,11 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
     original = private_eval_copy(call.model)
     with tempfile.TemporaryDirectory(prefix="graphopt-search-") as tmp:
         folder = Path(tmp)
+        fidelity = goals.min_cosine is not None or not all(map(has_labels, score or []))
         baseline = Baseline.of(
             original, inputs, spec.backend.threads, folder, score, call.eval_data,
-            estimated=_estimated_baseline(call, config, spec, inputs, folder),
+            estimated=_estimated_baseline(call, config, spec, inputs, folder), fidelity=fidelity,
+            dynamic=dynamic_dims(call.dynamic_shapes, call.model, inputs),
         )  # fmt: skip
         run = _SearchRun(call, goals, config, spec, baseline, folder, score, store)
         if shared:

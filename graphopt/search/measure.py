@@ -30,12 +30,13 @@ from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends import BACKENDS, OnnxRunner, export_onnx
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.data.batches import Batch, as_input_tuple
+from graphopt.data.dims import DynamicDims
 from graphopt.data.labelled import has_labels
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.errors import ExportError
 from graphopt.ir.keys import SHIPPED_FP32
 from graphopt.reporting.evaluation import accuracy
-from graphopt.reporting.numerics import first_output
+from graphopt.reporting.numerics import first_output, row_cosines
 from graphopt.search.estimated_baseline import EstimatedBaseline, costs_by_estimate, finite_estimate
 
 EXIT_TIMING_SAMPLES = 500
@@ -70,10 +71,16 @@ class Baseline:
         validation: list[Batch] | None,
         test: list[Batch] | None,
         estimated: EstimatedBaseline | None = None,
+        *,
+        fidelity: bool = False,
+        dynamic: DynamicDims | None = None,
     ) -> Baseline:
-        path = export_onnx(original, inputs, folder / "original.onnx")
+        """``fidelity``: keep the original's outputs on ``validation``, so that candidates are scored by
+        their cosine to them (a cosine goal, or validation data without labels). ``dynamic``: the dims the
+        original's file takes at any size (validation batches may differ from the example along them)."""
+        path = export_onnx(original, inputs, folder / "original.onnx", dynamic=dynamic)
         runner = OnnxRunner(path, threads=threads)
-        outputs = None if validation is None else output_rows(runner.run, validation)
+        outputs = output_rows(runner.run, validation) if fidelity and validation is not None else None
         return cls(
             runner, inputs, _percent(runner.run, validation), _percent(runner.run, test), estimated, outputs
         )
@@ -293,12 +300,8 @@ def output_rows(predict: Any, data: list[Batch]) -> list[np.ndarray]:
 
 
 def mean_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    """The mean over samples of ``cos(output, reference)`` (a zero vector against a zero vector: 1)."""
-    got, ref = np.concatenate(outputs), np.concatenate(reference)
-    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
-    dots = (got * ref).sum(1)
-    cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(dots == 0, 1.0, 0.0))
-    return float(cosine.mean())
+    """The mean over samples of ``cos(output, reference)`` (``reporting.numerics.row_cosines``)."""
+    return float(row_cosines(np.concatenate(outputs), np.concatenate(reference)).mean())
 
 
 def _first_samples(data: list[Batch], count: int) -> list[Batch]:

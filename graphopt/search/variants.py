@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from graphopt.data.batches import Batch
+from graphopt.data.labelled import has_labels
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.pipeline.driver import OptimizeCall
 from graphopt.pipeline.plan import INT8_SLOTS
@@ -47,7 +49,10 @@ class Variants:
             early_exit=self.exit_config() if point.exits else None,
             accuracy_budget=self._fallback_budget() if budget else None,
             recovery=self._recovery() if trains else None,
-            eval_data=self.call.validation_data,  # the tuning share: fall-backs decide on it, rows show it
+            # the tuning share: fall-backs decide on it, rows show it; without labels no candidate decision
+            # reads it (recovery then holds out a share of train_data, as without validation data)
+            validation_data=self._labelled_validation(),
+            eval_data=self._labelled_validation(),
             weights=self._weights(point),
         )
 
@@ -59,6 +64,10 @@ class Variants:
         if dynamic and point.int8 == "on":
             return [make_pass(p.name, _without_fallback(p.name, p.options)) for p in self.spec.passes]
         return None
+
+    def _labelled_validation(self) -> list[Batch] | None:
+        data = self.call.validation_data
+        return data if data is not None and all(map(has_labels, data)) else None
 
     def _weights(self, point: SearchPoint) -> int | WeightQuant | None:
         """The caller's ``weights=``; at the point's width where the search has a weight-bits axis."""

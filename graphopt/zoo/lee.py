@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from graphopt.errors import ConfigError
+from graphopt.reporting.numerics import row_cosines
 
 INSTALL = "pip install gensim  (only its bundled test data is read)"
 Encode = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> (1, dim)
@@ -79,9 +80,7 @@ def padded_batch_cosine(
         mask = np.zeros((len(chunk), length), dtype=chunk[0][1].dtype)
         for row, (text_ids, text_mask) in enumerate(chunk):
             ids[row, : text_ids.shape[1]], mask[row, : text_mask.shape[1]] = text_ids[0], text_mask[0]
-        got = np.asarray(encode(ids, mask))
-        ref = alone[start : start + len(chunk)]
-        cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        cosine = row_cosines(np.asarray(encode(ids, mask)), alone[start : start + len(chunk)])
         worst = min(worst, float(cosine.min()))
     return worst
 
