@@ -17,6 +17,7 @@ import torch.fx as fx
 from onnx import helper
 from torch import nn
 
+from graphopt.backends.onnx_compact import initializer_key
 from graphopt.ir.extensions import ActivationQuantizer
 
 #: The first opset whose DequantizeLinear takes INT4 inputs.
@@ -44,13 +45,15 @@ class OnnxGraphBuilder:
         self._used: set[str] = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
         #: Whether the graph computes in int8 anywhere (changes how fp32 layers' weights are written).
         self.quantized = any(isinstance(m, ActivationQuantizer) and m.frozen for m in gm.modules())
+        #: Initializers made so far, by content (quantized graphs: one initializer per distinct tensor).
+        self._made: dict[bytes, str] = {}
 
     def branch(self) -> OnnxGraphBuilder:
         """A builder for a subgraph (an ``If`` branch): its own nodes and initializers, this one's names."""
         child = OnnxGraphBuilder.__new__(OnnxGraphBuilder)
         child.gm, child.nodes, child.initializers = self.gm, [], []
         child.lower_node, child.lower_module = self.lower_node, self.lower_module
-        child.names, child._used, child.quantized = {}, self._used, self.quantized
+        child.names, child._used, child.quantized, child._made = {}, self._used, self.quantized, {}
         return child
 
     def fresh(self, hint: str) -> str:
@@ -64,17 +67,25 @@ class OnnxGraphBuilder:
 
     def constant(self, value: torch.Tensor | float | int, hint: str) -> str:
         tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.tensor(value)
-        name = self.fresh(hint)
-        self.initializers.append(onnx.numpy_helper.from_array(tensor.contiguous().numpy(), name))
-        return name
+        return self._initializer(onnx.numpy_helper.from_array(tensor.contiguous().numpy()), hint)
 
     def int4_constant(self, value: torch.Tensor, hint: str) -> str:
         """An INT4 initializer of ``value`` (integers in [-8, 7]): written packed, two per byte, so the file
         holds half a byte per weight. Needs opset 21: the lowering raises the opset when it sees one."""
-        name = self.fresh(hint)
         packed = value.detach().cpu().contiguous().numpy().astype(ml_dtypes.int4)
-        self.initializers.append(onnx.numpy_helper.from_array(packed, name))
-        return name
+        return self._initializer(onnx.numpy_helper.from_array(packed), hint)
+
+    def _initializer(self, tensor: onnx.TensorProto, hint: str) -> str:
+        """``tensor`` added as an initializer named after ``hint``; in a quantized graph, the initializer
+        already made with the same type, shape and bytes if there is one (:mod:`.onnx_compact`)."""
+        key = initializer_key(tensor) if self.quantized else None
+        if key is not None and key in self._made:
+            return self._made[key]
+        tensor.name = self.fresh(hint)
+        self.initializers.append(tensor)
+        if key is not None:
+            self._made[key] = tensor.name
+        return tensor.name
 
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
         out = self.fresh(hint)

@@ -11,6 +11,8 @@ ResNet-18), in the canonical forms ONNX Runtime fuses:
   weights of 2..4 bits are an INT4 initializer, packed two per byte, widened by a Cast to int8 that ONNX
   Runtime folds at load (so the layer still fuses into QLinearConv / QGemm), and the file's opset is then
   at least 21 (the first with INT4; IR version 10);
+- the bias's per-channel scale ``s_x * s_w`` is ``Mul(s_x, s_w)`` of the two scales the file holds anyway
+  (folded at load), and a quantized graph's values get short names (:mod:`.onnx_compact`);
 - a frozen :class:`~graphopt.quant.ActivationQuantizer` becomes a ``QuantizeLinear -> DequantizeLinear``
   pair with constant scale and zero point;
 - global average pooling is ``GlobalAveragePool`` (ORT fuses it to QLinearGlobalAveragePool).
@@ -29,6 +31,7 @@ import torch.fx as fx
 from onnx import helper
 
 from graphopt.backends.onnx_builder import INT4_OPSET, OnnxGraphBuilder, UnsupportedNode
+from graphopt.backends.onnx_compact import shorten_names
 from graphopt.backends.onnx_ops import lower_function, lower_method, lower_module
 from graphopt.data.dims import DynamicDims
 from graphopt.ir.graph import module_of
@@ -70,6 +73,8 @@ def lower_to_onnx(
         initializer = builder.initializers.pop()
         if initializer.name in read:
             graph.initializer.append(initializer)
+    if builder.quantized:  # short value names, no node names (see .onnx_compact)
+        shorten_names(graph)
     if _has_int4(graph):
         opset = max(opset, INT4_OPSET)
     model = helper.make_model(

@@ -116,24 +116,46 @@ def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) 
     if per_tensor:
         weight_scale, bias_scale = weight_scale[0], bias_scale[0]
     lower_weight = _dequantize_int4 if layer.scheme.sub_byte else _dequantize_per_channel
-    zero = isinstance(layer.mac_layer, nn.Linear)
-    weight = lower_weight(b, layer.weight_int8, weight_scale, f"{name}.weight", zero_point=zero)
-    bias = _dequantize_per_channel(b, layer.bias_int32, bias_scale, f"{name}.bias")
+    scale = b.constant(weight_scale, f"{name}.weight_scale")
+    zero = None
+    if isinstance(layer.mac_layer, nn.Linear):
+        zero = b.constant(torch.zeros(weight_scale.shape, dtype=torch.int8), f"{name}.weight_zero_point")
+    weight = lower_weight(b, layer.weight_int8, scale, f"{name}.weight", zero)
+    scale = _bias_scale(b, layer, bias_scale, scale, name)
+    bias = _dequantize(b, b.constant(layer.bias_int32, f"{name}.bias_int32"), scale, f"{name}.bias", None)
     return _apply_layer(b, node, layer.mac_layer, weight, [bias])
 
 
-def _dequantize_per_channel(
-    b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor, name: str, *, zero_point: bool = False
+def _bias_scale(
+    b: OnnxGraphBuilder, layer: QuantizedLayer, scale: torch.Tensor, weight_scale: str, name: str
 ) -> str:
-    """``DequantizeLinear(values, scale[, 0], axis=0)`` from initializers ``<name>_int8`` (or ``_int32``),
-    ``<name>_scale`` and, with ``zero_point``, ``<name>_zero_point`` (zeros); a 0-d ``scale``: per tensor."""
+    """The bias's scale ``s_b = s_x * s_w`` (per output channel): ``Mul(s_x, s_w)`` of the input's scale
+    (the same initializer as the activation quantizer's, being the same float32) and the weight's scale
+    initializer, rather than a third vector of C floats. ONNX Runtime's constant folding computes it once at
+    load, before the QDQ fusions look at the graph (which then fuse exactly as with a stored scale), and
+    unoptimized runs compute the same IEEE float32 product. Written so only when ``float32(s_w) *
+    float32(s_x)`` reproduces the layer's bias scale bit for bit; otherwise (and per tensor: one number)
+    the scale is stored."""
+    s_x = torch.tensor(layer.input_scale, dtype=torch.float32)
+    if scale.dim() == 0 or not torch.equal(layer.weight_scale * s_x, scale):
+        return b.constant(scale, f"{name}.bias_scale")
+    return b.op("Mul", [b.constant(s_x, f"{name}.input_scale"), weight_scale], f"{name}.bias_scale")
+
+
+def _dequantize_per_channel(
+    b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor | str, name: str, zero: str | None = None
+) -> str:
+    """``DequantizeLinear(values, scale[, zero], axis=0)`` from the initializer ``<name>_int8`` (or
+    ``_int32``) and ``scale``: an initializer's name, or values for one named ``<name>_scale`` (0-d: per
+    tensor)."""
     bits = "int8" if values.dtype == torch.int8 else "int32"
     stored = b.constant(values, f"{name}_{bits}")
-    return _dequantize(b, stored, scale, name, torch.int8 if zero_point else None)
+    scale_name = scale if isinstance(scale, str) else b.constant(scale, f"{name}_scale")
+    return _dequantize(b, stored, scale_name, name, zero)
 
 
 def _dequantize_int4(
-    b: OnnxGraphBuilder, values: torch.Tensor, scale: torch.Tensor, name: str, *, zero_point: bool
+    b: OnnxGraphBuilder, values: torch.Tensor, scale: str, name: str, zero: str | None
 ) -> str:
     """``DequantizeLinear(Cast<int8>(<name>_int4), scale[, 0], axis=0)``: the file holds the weights as an
     INT4 initializer (values in [-7, 7], packed two per byte, low nibble first, by
@@ -149,14 +171,11 @@ def _dequantize_int4(
     widened = b.op(
         "Cast", [b.int4_constant(values, f"{name}_int4")], f"{name}_as_int8", to=onnx.TensorProto.INT8
     )
-    return _dequantize(b, widened, scale, name, torch.int8 if zero_point else None)
+    return _dequantize(b, widened, scale, name, zero)
 
 
-def _dequantize(b: OnnxGraphBuilder, x: str, scale: torch.Tensor, name: str, zero: torch.dtype | None) -> str:
-    inputs = [x, b.constant(scale, f"{name}_scale")]
-    if zero is not None:
-        inputs.append(b.constant(torch.zeros(scale.shape, dtype=zero), f"{name}_zero_point"))
-    return b.op("DequantizeLinear", inputs, name, axis=0)
+def _dequantize(b: OnnxGraphBuilder, x: str, scale: str, name: str, zero: str | None) -> str:
+    return b.op("DequantizeLinear", [x, scale, *([zero] if zero is not None else [])], name, axis=0)
 
 
 def _apply_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module, weight: str, bias: list[str]) -> str:
@@ -177,7 +196,18 @@ def _apply_layer(b: OnnxGraphBuilder, node: fx.Node, layer: nn.Module, weight: s
         left, right, top, bottom = padding.padding
         x = b.input_of(padded.args[0])
         attrs["pads"] = [p + q for p, q in zip(attrs["pads"], (top, left, bottom, right), strict=True)]
+    if b.quantized:  # attributes at their ONNX defaults omitted (see .onnx_compact)
+        attrs = {k: v for k, v in attrs.items() if not _conv_default(k, v)}
     return b.op("Conv", [x, weight, *bias], "conv", **attrs)
+
+
+def _conv_default(key: str, value: object) -> bool:
+    """Whether a Conv attribute holds ONNX's default (strides and dilations 1, pads 0, group 1)."""
+    if key == "group":
+        return value == 1
+    if key in ("strides", "dilations"):
+        return all(v == 1 for v in value)  # type: ignore[attr-defined]
+    return key == "pads" and not any(value)  # type: ignore[call-overload]
 
 
 def _activation_quantizer(b: OnnxGraphBuilder, node: fx.Node, q: ActivationQuantizer) -> str:
