@@ -98,12 +98,7 @@ def read_labelled(
     inputs: list[tuple[torch.Tensor, ...]] = []
     labels: list[torch.Tensor] = []
     for i, item in enumerate(bounded_batches(data, what, EXPECTED_FORM)):
-        if inputs_only and _is_inputs_only(item, example_inputs, dims):
-            batch_inputs = as_input_tuple(item)
-            check_batch_tensors(batch_inputs, example_inputs, f"{what} item {i}")
-            batch_labels = torch.full((len(batch_inputs[0]),), UNLABELLED)
-        else:
-            batch_inputs, batch_labels = _labelled_batch(item, example_inputs, what, i)
+        batch_inputs, batch_labels = _read_item(item, example_inputs, dims, what, i, inputs_only)
         if labels and bool((labels[0] == UNLABELLED).any()) != bool((batch_labels == UNLABELLED).any()):
             raise InvalidInputError(
                 f"{what} mixes items with labels and items without (item {i}); give labels for every batch, "
@@ -117,6 +112,23 @@ def read_labelled(
     if not labels:
         raise InvalidInputError(f"{what} is empty; it must be {EXPECTED_FORM}")
     return LabelledTensors(tuple(torch.cat(parts) for parts in zip(*inputs, strict=True)), torch.cat(labels))
+
+
+def _read_item(
+    item: Any,
+    example: tuple[torch.Tensor, ...] | None,
+    dims: DynamicDims,
+    what: str,
+    i: int,
+    inputs_only: bool,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Item ``i`` as ``(inputs, labels)``: a labelled pair, or (``inputs_only``) the model's inputs alone,
+    labelled :data:`UNLABELLED`."""
+    if inputs_only and _is_inputs_only(item, example, dims):
+        inputs = as_input_tuple(item)
+        check_batch_tensors(inputs, example, f"{what} item {i}")
+        return inputs, torch.full((len(inputs[0]),), UNLABELLED)
+    return _labelled_batch(item, example, what, i)
 
 
 def _is_inputs_only(item: Any, example: tuple[torch.Tensor, ...] | None, dynamic: DynamicDims) -> bool:
@@ -209,12 +221,7 @@ def read_eval_batches(
     dims = dynamic or DynamicDims()
     batches: list[Batch] = []
     for i, item in enumerate(bounded_batches(data, what, EXPECTED_FORM)):
-        if inputs_only and _is_inputs_only(item, example_inputs, dims):
-            inputs = as_input_tuple(item)
-            check_batch_tensors(inputs, example_inputs, f"{what} item {i}")
-            labels = torch.full((len(inputs[0]),), UNLABELLED)
-        else:
-            inputs, labels = _labelled_batch(item, example_inputs, what, i)
+        inputs, labels = _read_item(item, example_inputs, dims, what, i, inputs_only)
         _check_like_example(inputs, example_inputs, dims, what, i)
         check_shared_dims(inputs, dims, f"{what} item {i}")
         batches.append((inputs, labels))
