@@ -10,9 +10,15 @@ activation between the layers and the second layer's input columns see it. Runs 
 ``fold_batchnorm`` (whose gains are what spreads the ranges) and before ``insert_fake_quant``.
 
 Pairs: conv -> conv (any groups, so conv -> depthwise -> conv is two pairs, equalized in turn until the
-scales settle), linear -> linear, through ReLU, LeakyReLU, identity, dropout and (between convs only) max /
-average pooling. The first layer's output must have exactly one consumer all the way to the second layer
-(another consumer would see the rescaled tensor), and neither module may be called at another site.
+scales settle), linear -> linear, through ReLU, LeakyReLU, identity, dropout and (after a conv only) max /
+average pooling and a mean over spatial axes; and conv -> linear, the classifier behind global average
+pooling: ``GAP(a / s)[i] = GAP(a)[i] / s_i`` and flattening ``(N, C, 1, 1)`` to ``(N, C)`` keeps channel
+``i`` at feature ``i``, so the conv's output channel ``i`` meets the linear's input column ``i`` exactly as
+between two convs (``W_fc[:, i] *= s_i``). A flatten, reshape or view is on such a path only when the
+shapes recorded on the graph show it dropping unit axes, ``(N, C, 1, ..., 1) -> (N, C)``; the linear must
+read a ``(N, C)`` tensor. The first layer's output must have exactly one consumer all the way to the
+second layer (another consumer would see the rescaled tensor), and neither module may be called at another
+site.
 
 ReLU6 (and ``Hardtanh(0, m)``): ``relu6(a / s) != relu6(a) / s``: the clamp at 6 would have to become a
 per-channel clamp at ``6 / s_i``. graphopt keeps the pass exact instead: by default such pairs are left
@@ -88,6 +94,9 @@ _POOL_FUNCTIONS = (
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
 )  # fmt: skip
+#: Reshapes that commute with a per-channel scale when they only drop unit axes (``_drops_unit_axes``).
+_FLATTEN_FUNCTIONS = (torch.flatten, torch.reshape, torch.squeeze)
+_FLATTEN_METHODS = ("flatten", "reshape", "view", "squeeze")
 
 
 @dataclass(frozen=True)
@@ -308,7 +317,7 @@ def _pair_from(gm: fx.GraphModule, node: fx.Node, sites: Counter[str], allow_cla
             if not allow_clamps:
                 return "relu6"
             clamps.append(user)
-        elif kind == "pool" and not is_conv:
+        elif kind in ("pool", "flatten") and not is_conv:
             return "layout"  # pooling a linear's output runs over its features, not per feature
         elif kind is None:
             return "no_next_layer"
@@ -328,20 +337,36 @@ def _check_pair(
     assert first is not None and second is not None
     if sites[str(node.target)] > 1 or sites[str(user.target)] > 1:
         return "shared_module"
-    if first.weight.dim() != second.weight.dim():
-        return "layout"  # conv -> linear (a flatten between) or convs of other dimensions
+    if first.weight.dim() != second.weight.dim() and not _classifier(first, second, user):
+        return "layout"  # convs of other dimensions, or a linear reading more than the conv's channels
     in_channels = second.in_features if isinstance(second, nn.Linear) else second.in_channels
     if first.weight.shape[0] != in_channels:
         return "layout"
     return LayerPair(str(node.target), str(user.target), clamps, path)
 
 
+def _classifier(first: nn.Module, second: nn.Module, user: fx.Node) -> bool:
+    """Whether ``second`` is a linear reading the conv ``first``'s channels as its features: its input is
+    ``(N, C)`` (the path to it, checked by :func:`_pair_from`, pools and drops unit axes only)."""
+    shape = user.args[0].meta.get("shape") if isinstance(user.args[0], fx.Node) else None
+    return (
+        isinstance(first, _CONVS) and isinstance(second, nn.Linear) and shape is not None and len(shape) == 2
+    )
+
+
 def _kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    """What ``node`` is to a per-channel scale: a layer, a ReLU or another op it commutes with, a
-    ReLU6-like clamp, or None (anything else, which ends the path)."""
+    """What ``node`` is to a per-channel scale: a layer, a ReLU or another op it commutes with (``pool``
+    and ``flatten`` only on a conv's channel axis), a ReLU6-like clamp, or None (anything else, which ends
+    the path)."""
     module = module_of(gm, node)
+    if isinstance(module, nn.Flatten):
+        return "flatten" if _drops_unit_axes(node) else None
     if module is not None:
         return _module_kind(module)
+    if node.target in _FLATTEN_FUNCTIONS or (node.op == "call_method" and node.target in _FLATTEN_METHODS):
+        return "flatten" if _drops_unit_axes(node) else None
+    if node.target is torch.mean or (node.op == "call_method" and node.target == "mean"):
+        return "pool" if _spatial_mean(node) else None
     if node.op == "call_function":
         if node.target in _RELU_FUNCTIONS:
             return "relu"
@@ -368,6 +393,29 @@ def _module_kind(module: nn.Module) -> str | None:
     if isinstance(module, nn.ReLU6) or (isinstance(module, nn.Hardtanh) and module.min_val == 0):
         return "clamp"
     return None
+
+
+def _drops_unit_axes(node: fx.Node) -> bool:
+    """Whether ``node`` turns ``(N, C, 1, ..., 1)`` into ``(N, C)`` (by the recorded shapes): channel ``i``
+    stays feature ``i``, whatever the op (flatten, reshape, view, squeeze) and its arguments."""
+    source = node.args[0] if node.args else None
+    before = source.meta.get("shape") if isinstance(source, fx.Node) else None
+    after = node.meta.get("shape")
+    if before is None or after is None or len(before) < 2:
+        return False
+    return all(d == 1 for d in before[2:]) and tuple(after) == tuple(before[:2])
+
+
+def _spatial_mean(node: fx.Node) -> bool:
+    """Whether ``node`` (``torch.mean`` / ``Tensor.mean``) averages over spatial axes only (axis >= 2): per
+    channel, so ``mean(a / s) = mean(a) / s``."""
+    source = node.args[0] if node.args else None
+    shape = source.meta.get("shape") if isinstance(source, fx.Node) else None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if shape is None or dims is None or "dtype" in node.kwargs:
+        return False
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return bool(dims) and all(isinstance(d, int) and d % len(shape) >= 2 for d in dims)
 
 
 def _hardtanh_min(node: fx.Node) -> object:

@@ -35,8 +35,8 @@ def test_per_tensor_int8_collapses_without_equalization_and_holds_with_it(case):
     plain, _, _ = run_passes(model, int8_passes(PER_TENSOR), calibration)
     equalized, records, _ = run_passes(model, [Equalize(), *int8_passes(PER_TENSOR)], calibration)
     assert sqnr_db(reference, outputs(plain, test_x)) < 20.0  # measured 16.7 dB
-    assert sqnr_db(reference, outputs(equalized, test_x)) > 40.0  # measured 46.8 dB
-    assert records[0].stats["pairs_equalized"] == 2
+    assert sqnr_db(reference, outputs(equalized, test_x)) > 40.0  # measured 44.9 dB (46.8 without c3 -> fc)
+    assert records[0].stats["pairs_equalized"] == 3  # c1 -> c2, c2 -> c3 and c3 -> mean -> fc
 
 
 def test_equalize_is_exact_and_balances_the_ranges(case):
@@ -46,7 +46,7 @@ def test_equalize_is_exact_and_balances_the_ranges(case):
     pass_ = Equalize()
     record = run_pass(pass_, gm, X)  # the PassManager holds the exact pass to the previous outputs
     gm.graph.lint()
-    assert record.modified and record.stats == {"skipped:no_next_layer": 2, "pairs_equalized": 2,
+    assert record.modified and record.stats == {"skipped:no_next_layer": 1, "pairs_equalized": 3,
                                                 "iterations": record.stats["iterations"]}  # fmt: skip
     torch.testing.assert_close(outputs(gm, X), expected, rtol=1e-5, atol=1e-5)
     for layer in (gm.c1, gm.c2):
@@ -59,7 +59,7 @@ def test_a_second_run_changes_nothing(case):
     run_pass(Equalize(), gm, X)
     weights = {name: p.detach().clone() for name, p in gm.named_parameters()}
     again = run_pass(Equalize(), gm, X)
-    assert not again.modified and again.stats["already_balanced"] == 2
+    assert not again.modified and again.stats["already_balanced"] == 3
     assert all(torch.equal(weights[name], p) for name, p in gm.named_parameters())
 
 
