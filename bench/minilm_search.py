@@ -15,6 +15,7 @@ rated documents' cosine to the original (never trained or chosen on). A markdown
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.date.today().isoformat(),
-        "machine": machine_facts(),
+        "machine": machine(),
         "goals": str(goals),
         "wall_s": round(wall, 1),
         "returned": res.search.chosen.point.label,
@@ -82,6 +83,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "rows": res.search.table(),
         "notes": [str(n) for n in res.report.notes if str(n).startswith("search")],
     }
+
+
+def machine() -> dict[str, object]:
+    """The CPU and its flags (one thread, not pinned), for the record."""
+    return dataclasses.asdict(machine_facts(threads=1, pinned_core=None, measure_peak=False))
 
 
 def markdown(result: dict[str, object]) -> str:
