@@ -11,8 +11,9 @@ import torch
 
 import graphopt
 from graphopt import ConfigError, InvalidInputError
-from graphopt.passes.accuracy_budget import KEPT_FP32
+from graphopt.passes.accuracy_budget import KEPT_FP32, AccuracyBudget
 from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
+from graphopt.pipeline.registry import make_pass
 from graphopt.quant import QuantizedLayer, QuantScheme
 from graphopt.targets import X86_INT8, PassSpec
 from tests.helpers import ort_histogram
@@ -50,12 +51,24 @@ def _optimize(model, digits, **kwargs):
     )  # fmt: skip
 
 
+def test_the_driver_mends_the_fragile_model_by_equalization_before_any_fall_back(fragile_model, digits):
+    """Equalization pairs features.7 with the classifier through the pooling: the other channels are
+    scaled up against the dead one, and per-tensor int8 holds with every layer int8."""
+    res = _optimize(fragile_model, digits, accuracy_budget=0.5)
+    assert res.report.stage("calibrate").accuracy < 0.5  # per-tensor int8 breaks this model
+    steps = {r["step"]: r for r in res.report.tables["improve_int8"]}
+    assert steps["equalize"]["kept"] and res.report.stage("accuracy_budget").stats["kept_fp32"] == 0
+    assert res.report.stage("original").accuracy - res.report.stages[-1].accuracy <= 0.005
+
+
 def test_budget_keeps_the_sensitive_layer_in_fp32(fragile_model, digits, tmp_path):
+    """The fall-back alone (no improve_int8 step before it): the layer int8 breaks goes back to fp32."""
     plain = _optimize(fragile_model, digits)
     original, int8 = plain.report.stage("original").accuracy, plain.report.stages[-1].accuracy
     assert original - int8 > 0.5  # per-tensor int8 breaks this model
 
-    res = _optimize(fragile_model, digits, accuracy_budget=0.5)
+    passes = [*(make_pass(p.name, p.options) for p in PER_TENSOR.passes), AccuracyBudget(budget_pp=0.5)]
+    res = _optimize(fragile_model, digits, passes=passes)
     row = res.report.stage("accuracy_budget")
     assert row.stats["kept_fp32"] == 1
     assert original - row.accuracy <= 0.005
