@@ -239,6 +239,11 @@ def has_labels(batch: Batch) -> bool:
     return not bool((batch[1] == UNLABELLED).any())
 
 
+def labelled_batches(batches: list[Batch] | None) -> bool:
+    """Whether there are read batches and every one carries labels (what accuracy and exits need)."""
+    return batches is not None and all(map(has_labels, batches))
+
+
 def check_label_range(labels: torch.Tensor, num_classes: int, what: str) -> None:
     """Labels must index the model's classes (inputs given without labels have none to check)."""
     if bool((labels == UNLABELLED).all()):

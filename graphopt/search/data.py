@@ -20,9 +20,10 @@ from torch import nn
 
 from graphopt.data import labelled
 from graphopt.data.batches import Batch
-from graphopt.data.labelled import has_labels, read_eval_batches, read_labelled
+from graphopt.data.dims import DynamicDims
+from graphopt.data.labelled import labelled_batches, read_eval_batches, read_labelled
 from graphopt.errors import InvalidInputError
-from graphopt.pipeline.driver import OptimizeCall, check_example_inputs, dynamic_dims
+from graphopt.pipeline.driver import OptimizeCall
 from graphopt.search.goals import Goals
 
 #: Below this many validation samples both shares would be too coarse to decide or to score with (an
@@ -55,18 +56,19 @@ def split_tune_score(
     return list(tune.batches(SPLIT_BATCH)), list(score.batches(SPLIT_BATCH))
 
 
-def materialized(call: OptimizeCall, goals: Goals) -> OptimizeCall:
+def materialized(
+    call: OptimizeCall, goals: Goals, inputs: tuple[torch.Tensor, ...], dims: DynamicDims
+) -> OptimizeCall:
     """Data read once: each candidate iterates it again (a generator would be empty the second time); the
     labelled sets as checked batches (:func:`graphopt.data.labelled.read_eval_batches`). Validation data
-    may be the model's inputs alone (the cosine goal needs no labels), unless an accuracy goal reads it."""
+    may be the model's inputs alone (the cosine goal needs no labels), unless an accuracy goal reads it;
+    ``inputs`` and ``dims``: the call's example inputs and dynamic dims, checked."""
 
     def once(data: Iterable[Any] | None) -> Any:
         return data if data is None or isinstance(data, (list, tuple)) else list(data)
 
-    inputs = check_example_inputs(call.example_inputs)
-    dims = dynamic_dims(call.dynamic_shapes, call.model, inputs)
     validation = read_eval_batches(call.validation_data, "validation_data", dims, inputs, inputs_only=True)
-    if goals.needs_accuracy and validation is not None and not all(map(has_labels, validation)):
+    if goals.needs_accuracy and validation is not None and not labelled_batches(validation):
         raise InvalidInputError(
             "an accuracy goal is scored on labelled validation_data: batches of (inputs, labels); inputs "
             "alone can score a cosine goal (Goals(min_cosine=...)), not an accuracy drop"

@@ -25,7 +25,7 @@ import torch
 from graphopt.artifacts.result import OptimizeResult
 from graphopt.backends.timing import torch_threads
 from graphopt.data.batches import Batch
-from graphopt.data.labelled import has_labels
+from graphopt.data.labelled import labelled_batches
 from graphopt.errors import ConfigError, GraphoptError
 from graphopt.frontend.inputs import check_example_inputs, private_eval_copy
 from graphopt.pipeline.driver import CacheScope, OptimizeCall, dynamic_dims, plan_of, run_call
@@ -115,19 +115,20 @@ def search_optimize(call: OptimizeCall, goals: Goals, config: SearchConfig) -> O
         check_cluster_support()
     # before any work: a cache folder that cannot be written is a ConfigError now, not after a candidate
     store = CandidateStore(Path(config.cache_dir)) if config.cache_dir is not None else None
-    call = materialized(call, goals)
+    inputs = check_example_inputs(call.example_inputs)
+    dims = dynamic_dims(call.dynamic_shapes, call.model, inputs)
+    call = materialized(call, goals, inputs, dims)
     tune, score = split_tune_score(call.validation_data, config.tune_share)
     call = dataclasses.replace(call, validation_data=tune)
     shared = tune is score and tune is not None
-    inputs = check_example_inputs(call.example_inputs)
     original = private_eval_copy(call.model)
     with tempfile.TemporaryDirectory(prefix="graphopt-search-") as tmp:
         folder = Path(tmp)
-        fidelity = goals.min_cosine is not None or not all(map(has_labels, score or []))
+        fidelity = goals.min_cosine is not None or (score is not None and not labelled_batches(score))
         baseline = Baseline.of(
             original, inputs, spec.backend.threads, folder, score, call.eval_data,
             estimated=_estimated_baseline(call, config, spec, inputs, folder), fidelity=fidelity,
-            dynamic=dynamic_dims(call.dynamic_shapes, call.model, inputs),
+            dynamic=dims,
         )  # fmt: skip
         run = _SearchRun(call, goals, config, spec, baseline, folder, score, store)
         if shared:
@@ -169,9 +170,7 @@ class _SearchRun:
         self.variants = Variants(call, config, goals, spec)
         limits = SpaceLimits(
             int8_target=quantizes(spec),
-            can_exit=call.train_data is not None
-            and call.validation_data is not None
-            and all(map(has_labels, call.validation_data)),
+            can_exit=call.train_data is not None and labelled_batches(call.validation_data),
             can_fall_back=goals.needs_accuracy or falls_back_by_itself(spec),
             backends=config.backends or (spec.backend.backend,),
         )

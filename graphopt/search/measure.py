@@ -31,7 +31,7 @@ from graphopt.backends import BACKENDS, OnnxRunner, export_onnx
 from graphopt.backends.timing import calls_for, interleaved_medians
 from graphopt.data.batches import Batch, as_input_tuple
 from graphopt.data.dims import DynamicDims
-from graphopt.data.labelled import has_labels
+from graphopt.data.labelled import labelled_batches
 from graphopt.early_exit.measure import has_exits, mean_latencies, per_sample_accuracy
 from graphopt.errors import ExportError
 from graphopt.ir.keys import SHIPPED_FP32
@@ -203,7 +203,7 @@ def measure_artifact(
     score = per_sample_accuracy if facts.exits else accuracy
     predict = getattr(runner, "run_batched", runner.run)
     test_accuracy = None if test is None else 100 * score(predict, test)
-    valid_accuracy = None if not _labelled(validation) else 100 * score(predict, validation)
+    valid_accuracy = None if not labelled_batches(validation) else 100 * score(predict, validation)
     cosine = None
     if validation is not None and baseline.outputs is not None and not facts.exits:
         cosine = mean_cosine(output_rows(predict, validation), baseline.outputs)
@@ -281,11 +281,7 @@ def _cost_by_estimate(measured: Measured, runner: Any, baseline: Baseline) -> bo
 
 
 def _percent(predict: Any, data: list[Batch] | None) -> float | None:
-    return None if not _labelled(data) else 100 * accuracy(predict, data)
-
-
-def _labelled(data: list[Batch] | None) -> bool:
-    return data is not None and all(has_labels(batch) for batch in data)
+    return None if not labelled_batches(data) else 100 * accuracy(predict, data)
 
 
 def output_rows(predict: Any, data: list[Batch]) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any
 
 from graphopt.data.batches import Batch
-from graphopt.data.labelled import has_labels
+from graphopt.data.labelled import labelled_batches
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.pipeline.driver import OptimizeCall
 from graphopt.pipeline.plan import INT8_SLOTS
@@ -67,7 +67,7 @@ class Variants:
 
     def _labelled_validation(self) -> list[Batch] | None:
         data = self.call.validation_data
-        return data if data is not None and all(map(has_labels, data)) else None
+        return data if labelled_batches(data) else None
 
     def _weights(self, point: SearchPoint) -> int | WeightQuant | None:
         """The caller's ``weights=``; at the point's width where the search has a weight-bits axis."""
