@@ -58,6 +58,7 @@ def _assert_fully_integer(result, convs: int, adds: int) -> None:
     assert ops["QGemm"] == 1 and ops["Gemm"] == 0, ops
     assert ops["Transpose"] <= 2, ops  # only at the entry and exit of the integer region
     assert result.ok and result.min_cosine >= 0.999, result.summary()
+    assert result.kernel_cosine >= 0.999 and result.platform_cosine >= 0.999, result.summary()
 
 
 @pytest.mark.parametrize(("name", "convs", "adds"), MODELS)
@@ -121,3 +122,26 @@ def test_generated_inputs_index_tables_within_their_rows(tmp_path):
     assert ids.shape == (1, SYMBOLIC_SIZE) and ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 50
     assert ids.max() > 25  # drawn over the table, not stuck near zero
     assert mask.shape == (1, SYMBOLIC_SIZE) and (mask == 1).all()
+
+
+def _verdict(overall: float, kernels: float, platform: float):
+    from collections import Counter
+    from pathlib import Path
+
+    from graphopt.verify import VerifyResult, _disagreement
+
+    result = VerifyResult(
+        Path("m.onnx"), "onnxruntime 1.20.1 on aarch64", Counter(), True, overall, kernels, platform
+    )
+    return _disagreement(result)
+
+
+def test_a_disagreement_names_its_cause():
+    """The device's unoptimized run tells its fused kernels from the float ops of the two machines."""
+    kernels = _verdict(overall=0.95, kernels=0.95, platform=1.0)
+    assert "fused integer kernels disagree" in kernels and "0.95000" in kernels
+    fragile = _verdict(overall=0.966, kernels=1.0, platform=0.966)
+    assert "numerically fragile" in fragile and "graph optimizations off (cosine 0.96600)" in fragile
+    assert "accuracy_budget" in fragile
+    both_small = _verdict(overall=0.998, kernels=0.9995, platform=0.9995)
+    assert "each agree" in both_small and "fragile" not in both_small and "kernels disagree" not in both_small
