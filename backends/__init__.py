@@ -23,9 +23,13 @@ from graphopt.backends.executorch_backend import (
 from graphopt.backends.litert_backend import check_litert, describe_tflite, export_litert
 from graphopt.backends.litert_runner import LiteRTRunner
 from graphopt.backends.onnx_backend import OnnxRunner, check_onnx_dtypes, export_onnx, exporter_of
+from graphopt.backends.pte_weights import qc4w_weights
 from graphopt.backends.timing import LatencyStats, measure, pin_to_one_core
 from graphopt.backends.torchscript_backend import TorchScriptRunner, export_torchscript
+from graphopt.backends.xnnpack_int4 import int8_kept_note
 from graphopt.errors import ConfigError, UnknownNameError
+from graphopt.quant.storage import packed_int4_weights
+from graphopt.reporting.notes import Note
 from graphopt.targets import BackendSettings
 
 
@@ -35,7 +39,10 @@ class Backend:
     (each backend reads what it needs of ``settings``, the target's :class:`BackendSettings`: LiteRT its
     ``integer_io``, Ethos-U its ``ethos_u``); ``check(model)`` refuses, before anything is written, a model
     the backend cannot run; ``runner(path, threads=)`` loads it to run and time; ``describe(path)`` says how
-    the file runs (which exporter wrote it, what was fused or delegated), for the report row."""
+    the file runs (which exporter wrote it, what was fused or delegated), for the report row;
+    ``packed_weights(path)`` counts the layers whose weights the file stores in fewer than 8 bits, read from
+    the file (the export note on weights below 8 bits says what it finds); ``layer_note(model)`` is the
+    backend's own note on how it stores this model's layers, if it has one to make."""
 
     name: str
     suffix: str
@@ -44,6 +51,8 @@ class Backend:
     runner: Callable[..., Any]
     check: Callable[[nn.Module], None] = lambda model: None
     describe: Callable[[Path], str] = lambda path: "torch.jit"
+    packed_weights: Callable[[Path], int] = lambda path: 0
+    layer_note: Callable[[nn.Module], Note | None] = lambda model: None
 
 
 #: What a lowering reads when its caller passes no settings (the calls from before ``settings=``).
@@ -101,7 +110,8 @@ def _lower_ethos_u(
 
 BACKENDS: dict[str, Backend] = {
     "onnx": Backend(
-        "onnx", ".onnx", "onnxruntime", _lower_onnx, OnnxRunner, check_onnx_dtypes, describe=exporter_of
+        "onnx", ".onnx", "onnxruntime", _lower_onnx, OnnxRunner, check_onnx_dtypes, describe=exporter_of,
+        packed_weights=packed_int4_weights,
     ),
     "torchscript": Backend("torchscript", ".pt", "torch.jit", _lower_torchscript, TorchScriptRunner),
     "executorch": Backend(
@@ -112,6 +122,8 @@ BACKENDS: dict[str, Backend] = {
         ExecuTorchRunner,
         lambda model: require_executorch(),
         describe=describe_pte,
+        packed_weights=qc4w_weights,
+        layer_note=int8_kept_note,
     ),
     "litert": Backend(
         "litert", ".tflite", "litert", _lower_litert, LiteRTRunner, check_litert, describe=describe_tflite

@@ -13,7 +13,10 @@ PT2E's ``convert_pt2e`` emits for ``XNNPACKQuantizer``:
   the same set of values as s8 with zero point ``z - 128``, so the values are unchanged;
 - a frozen :class:`~graphopt.quant.QuantizedLayer` becomes its conv / linear on ``dequantize_per_channel``
   of the same int8 weights (range -127..127, symmetric, axis 0) with the fp32 bias ``s_in * s_c * b_q``
-  (XNNPACK requantizes the bias itself; the int32 values are what graphopt computed).
+  (XNNPACK requantizes the bias itself; the int32 values are what graphopt computed);
+- a linear layer of 2..4-bit weights declares the range -8..7 instead, which XNNPACK stores as 4-bit
+  (qc4w, two weights per byte); 4-bit convs keep int8 storage, named in the report row's notes
+  (:mod:`graphopt.backends.xnnpack_int4` has the measurements behind that rule).
 
 On the digits CNN the delegated program reproduces graphopt's eager int8 simulation bit for bit.
 

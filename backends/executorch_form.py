@@ -10,6 +10,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from graphopt.backends.executorch_exits import requantize_stage_inputs
+from graphopt.backends.xnnpack_int4 import has_group_scales, weight_form
 from graphopt.backends.xnnpack_qdq import Int8RoundTrip, quantize_then_dequantize_per_user
 from graphopt.errors import ExportError
 from graphopt.ir.extensions import ActivationQuantizer, DynamicInt8Linear, EarlyExitNetwork, QuantizedLayer
@@ -19,11 +20,13 @@ _qd = torch.ops.quantized_decomposed
 
 
 class XnnpackInt8Layer(nn.Module):
-    """A frozen int8 conv / linear as XNNPACK's partitioner matches it (module docstring)."""
+    """A frozen int8 conv / linear as XNNPACK's partitioner matches it (module docstring); a linear of
+    2..4-bit weights declares the range -8..7, which XNNPACK stores as 4-bit (backends/xnnpack_int4.py)."""
 
     def __init__(self, layer: QuantizedLayer):
         super().__init__()
         self.functional, self.kwargs = layer.functional, dict(layer.kwargs)
+        self.quant_min, self.quant_max = weight_form(layer).quant_range
         self.register_buffer("weight_int8", layer.weight_int8.detach().clone())
         self.register_buffer("weight_scale", layer.weight_scale.detach().clone())
         self.register_buffer("zero_points", torch.zeros(len(layer.weight_scale), dtype=torch.int64))
@@ -31,7 +34,8 @@ class XnnpackInt8Layer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         zero, scale = self.zero_points, self.weight_scale
-        weight = _qd.dequantize_per_channel(self.weight_int8, scale, zero, 0, -127, 127, torch.int8)
+        low, high = self.quant_min, self.quant_max
+        weight = _qd.dequantize_per_channel(self.weight_int8, scale, zero, 0, low, high, torch.int8)
         return self.functional(x, weight, self.bias, **self.kwargs)
 
 
@@ -43,6 +47,7 @@ def xnnpack_form(model: nn.Module) -> nn.Module:
             f"dynamic int8 layers ({', '.join(unsupported[:3])}) are not lowered to ExecuTorch yet: export "
             "them to ONNX (.onnx), or use a static int8 target (x86-int8, arm-int8) for .pte"
         )
+    _refuse_group_scales(model)
     form = deep_copy(model) if isinstance(model, fx.GraphModule) else copy.deepcopy(model)
     for name, module in list(form.named_modules()):
         if isinstance(module, QuantizedLayer) and module.frozen:
@@ -58,6 +63,18 @@ def xnnpack_form(model: nn.Module) -> nn.Module:
     for network in [m for m in form.modules() if isinstance(m, EarlyExitNetwork)]:
         requantize_stage_inputs(network)
     return form.eval()
+
+
+def _refuse_group_scales(model: nn.Module) -> None:
+    grouped = [n for n, m in model.named_modules() if isinstance(m, QuantizedLayer) and m.frozen
+               and has_group_scales(m)]  # fmt: skip
+    if grouped:
+        raise ExportError(
+            f"{', '.join(grouped[:3])} have weight scales per group of input channels: XNNPACK takes "
+            "group-wise weights only with dynamically quantized activations, not graphopt's static int8 ones "
+            "(ExecuTorch 1.5.1 fails to lower them); export to ONNX (.onnx), or quantize without group_size "
+            "for .pte"
+        )
 
 
 def _dequantize_per_user(gm: fx.GraphModule) -> None:

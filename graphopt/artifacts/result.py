@@ -201,9 +201,12 @@ class OptimizeResult:
             backend=backend.name,
         )
         record.stats[ZIPPED_BYTES] = zipped_bytes(artifact)  # what zeros (sparsity) save in storage
-        storage = weight_storage_note(model, backend.name, artifact)
+        storage = weight_storage_note(model, backend.name, artifact, backend.packed_weights)
         if storage is not None:
             record.notes.append(storage)
+        layers = backend.layer_note(model)
+        if layers is not None:
+            record.notes.append(layers)
         if guard is not None:
             record.stats.update(guard.stats())
         return record

@@ -10,17 +10,20 @@ artifact is smaller depends on the backend:
   ORT-optimized graph), so the layer runs at int8 speed with exactly the same values. (``DQ(int4)`` read
   directly is never folded: ORT dequantized the weights on every run and computed in float, 6x slower
   than fp32 on the digits CNN.) The latency guard times it against the fp32 artifact, as for int8.
-- ONNX written by torch.onnx (graphs the direct lowering does not cover), TorchScript, ExecuTorch, LiteRT
-  and Ethos-U: int8 storage of the same values (their int8 kernels take them unchanged: same outputs), so
-  the file is no smaller than int8. Why per backend: TorchScript's quantized kernels take qint8 weights
-  only; XNNPACK's 4-bit path covers linear layers with dynamic activations, not the static int8 QDQ form
-  graphopt lowers; litert_torch's converter writes int8 weights; Vela takes int8 (and compresses weights
-  itself, which gains from the fewer distinct values).
+- ExecuTorch: 2..4-bit linear layers as XNNPACK 4-bit per-channel weights (qc4w, two per byte), run by
+  its fully connected node on int8 activations with the same outputs; convs and 5..7-bit layers in int8
+  storage (XNNPACK takes no 4-bit conv weights: what was measured is in backends/xnnpack_int4.py).
+- ONNX written by torch.onnx (graphs the direct lowering does not cover), TorchScript, LiteRT and Ethos-U:
+  int8 storage of the same values (their int8 kernels take them unchanged: same outputs), so the file is
+  no smaller than int8. Why per backend: TorchScript's quantized kernels take qint8 weights only;
+  litert_torch's converter writes int8 weights; Vela takes int8 (and compresses weights itself, which
+  gains from the fewer distinct values).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,8 @@ WEIGHT_STORAGE = "artifact:weight_storage"
 _PACKED_RUN = {
     "onnx": "ONNX Runtime unpacks them to int8 once at load (it folds their Cast to int8) and fuses the "
     "layers into QLinearConv / QGemm like int8 ones: int8 kernels, int8 speed",
+    "executorch": "XNNPACK runs them as fully connected nodes on 4-bit per-channel (qc4w) weights and int8 "
+    "activations (it takes 4-bit weights for linear layers only: backends/xnnpack_int4.py)",
 }
 
 
@@ -69,15 +74,20 @@ def _int4_initializers(graph: Any) -> int:
     return count
 
 
-def weight_storage_note(model: nn.Module, backend: str, artifact: Path) -> Note | None:
+def weight_storage_note(
+    model: nn.Module,
+    backend: str,
+    artifact: Path,
+    packed_weights: Callable[[Path], int] = packed_int4_weights,
+) -> Note | None:
     """What the artifact of ``model`` stores for its layers below 8 bits and how its runtime runs them
     (facts: ``bits`` {width: layers}, ``packed_int4`` layers, ``int8_storage`` layers); None when every
-    layer is 8-bit."""
+    layer is 8-bit. ``packed_weights`` counts the packed layers in the file (the backend's reader)."""
     widths = narrow_layers(model)
     if not widths:
         return None
     layers = sum(widths.values())
-    packed = min(packed_int4_weights(artifact), layers)
+    packed = min(packed_weights(artifact), layers)
     said = ", ".join(f"{n} int{b}" for b, n in sorted(widths.items()))
     parts = []
     if packed:
@@ -85,8 +95,9 @@ def weight_storage_note(model: nn.Module, backend: str, artifact: Path) -> Note 
         parts.append(f"{packed} stored as packed INT4 (two weights per byte); {how}")
     if layers - packed:
         parts.append(
-            f"{layers - packed} stored as int8 values in int8 storage ({backend} here has no narrower weight "
-            "storage): run by the int8 kernels with the same outputs, but the file is not smaller than int8"
+            f"{layers - packed} stored as int8 values in int8 storage ({backend} here has no narrower "
+            "storage for them): run by the int8 kernels with the same outputs, but the file is not smaller "
+            "than int8"
         )
     text = f"weights below 8 bits ({said} layers): {'; '.join(parts)}"
     facts = {"bits": dict(widths), "packed_int4": packed, "int8_storage": layers - packed, "backend": backend}
