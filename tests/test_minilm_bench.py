@@ -70,12 +70,23 @@ def test_without_gensim_the_corpus_is_refused_with_the_install_command(monkeypat
 )
 def test_bench_minilm_takes_only_pruned_dynamic_int8_pipelines(pipeline, capsys):
     assert main(["bench", "minilm", "-t", pipeline]) == 2
-    assert "plus pruned ones as -t x86-dynamic-int8+prune=R" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "plus pruned ones as -t TARGET+prune=R" in err and "x86-dynamic-int8-per-token" in err
+
+
+def test_a_pruned_row_may_end_in_either_dynamic_int8_target():
+    from graphopt.benchmark.cli import _minilm_pruned_row
+    from graphopt.benchmark.minilm import PrunedRow
+
+    assert _minilm_pruned_row("x86-dynamic-int8+prune=0.3") == PrunedRow(0.3)
+    row = _minilm_pruned_row("x86-dynamic-int8-per-token+prune=0.5")
+    assert row == PrunedRow(0.5, "x86-dynamic-int8-per-token")
+    assert row.label == "x86-dynamic-int8-per-token+prune=0.5"
 
 
 def test_the_pruned_rows_train_on_the_background_corpus_padded_not_on_the_rated_documents():
     pytest.importorskip("gensim")
-    from graphopt.benchmark.minilm import MinilmBenchConfig, padded_batches
+    from graphopt.benchmark.minilm import MinilmBenchConfig, PrunedRow, padded_batches
     from graphopt.zoo.lee import lee_background
 
     background, rated = lee_background(), lee_corpus().documents
@@ -84,4 +95,6 @@ def test_the_pruned_rows_train_on_the_background_corpus_padded_not_on_the_rated_
     (ids, mask), (tail_ids, _) = padded_batches(tokens, 2, 8)
     assert ids.shape == (2, 8) and mask[:, :3].all() and not mask[:, 3:].any() and len(tail_ids) == 1
     with pytest.raises(ConfigError, match="prune ratios must be in"):
-        MinilmBenchConfig(prune_ratios=(1.0,))
+        MinilmBenchConfig(pruned=(PrunedRow(1.0),))
+    with pytest.raises(ConfigError, match="a pruned row ends in one of"):
+        PrunedRow(0.5, "x86-int8")

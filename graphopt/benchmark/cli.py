@@ -170,7 +170,7 @@ def _cmd_minilm(args: argparse.Namespace) -> int:
 
     config = MinilmBenchConfig(
         rounds=15 if args.rounds is None else args.rounds,
-        prune_ratios=tuple(_minilm_prune_ratio(text) for text in args.pipelines or ()),
+        pruned=tuple(_minilm_pruned_row(text) for text in args.pipelines or ()),
         quiet=args.quiet,
         command="graphopt " + shlex.join(sys.argv[1:]),
     )
@@ -181,19 +181,20 @@ def _cmd_minilm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _minilm_prune_ratio(text: str) -> float:
-    """The prune ratio of a ``-t x86-dynamic-int8+prune=R`` pipeline, the one kind ``bench minilm`` adds to
-    its fixed rows (pruned, distilled on text without labels, dynamic int8)."""
+def _minilm_pruned_row(text: str):  # -> PrunedRow (imported lazily: the minilm bench needs transformers)
+    """The row of a ``-t TARGET+prune=R`` pipeline (TARGET a dynamic int8 one), the one kind ``bench
+    minilm`` adds to its fixed rows (pruned, distilled on text without labels, dynamic int8)."""
+    from .minilm import PRUNED_ROW_TARGETS, PrunedRow
     from .pipelines import parse_pipeline
 
     pipeline = parse_pipeline(text)
     plain = not (pipeline.early_exit or pipeline.sparsify or pipeline.labels_only)
-    if pipeline.spec.name != "x86-dynamic-int8" or not pipeline.prune or not plain:
+    if pipeline.spec.name not in PRUNED_ROW_TARGETS or not pipeline.prune or not plain:
         raise ConfigError(
-            f"graphopt bench minilm runs its own fixed rows, plus pruned ones as -t x86-dynamic-int8+prune=R "
-            f"(e.g. +prune=0.3); got {text!r}"
+            "graphopt bench minilm runs its own fixed rows, plus pruned ones as -t TARGET+prune=R with "
+            f"TARGET one of {', '.join(PRUNED_ROW_TARGETS)} (e.g. x86-dynamic-int8+prune=0.3); got {text!r}"
         )
-    return pipeline.prune
+    return PrunedRow(pipeline.prune, pipeline.spec.name)
 
 
 #: Models with a benchmark of their own (their peers and quality data differ from the image classifiers').

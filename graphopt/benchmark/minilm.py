@@ -13,11 +13,11 @@ Runtime, one thread, batch 1, timed interleaved at ``tokens`` tokens:
   graphopt calibrates on;
 - graphopt ``x86-dynamic-int8`` with its fp32 fall-back, without it, and with ORT's transformer optimizer
   run on its file (kept as a row so whether the optimizer helps is measured every run, not assumed);
-- with ``-t x86-dynamic-int8+prune=R``, graphopt's own lever: the encoder pruned by ``R`` (whole attention
-  heads and FFN units, ranked by the output energy they feed the next layer on the training text), recovered
-  by distillation from the original on the Lee *background* corpus (the
-  300 other documents of the gensim wheel, as text without labels; the 50 scored documents are never
-  trained on), then ``x86-dynamic-int8``.
+- with ``-t x86-dynamic-int8+prune=R`` (or ``x86-dynamic-int8-per-token+prune=R``), graphopt's own
+  lever: the encoder pruned by ``R`` (whole attention heads and FFN units, ranked by the output energy they
+  feed the next layer on the training text), recovered by distillation from the original on the Lee
+  *background* corpus (the 300 other documents of the gensim wheel, as text without labels; the 50 scored
+  documents are never trained on), then that dynamic int8 target.
 
 Every file is scored on the 50 Lee documents, each run alone at its own length (53 to 154 tokens): Spearman
 against the human ratings, and each document's cosine to the ORT fp32 embedding (worst and mean).
@@ -63,13 +63,36 @@ GRAPHOPT = "graphopt"
 PEERS = "peers"
 
 
+#: The targets a pruned-and-distilled row may end in: the dynamic int8 routes (static int8 is a poor fit).
+PRUNED_ROW_TARGETS = ("x86-dynamic-int8", "x86-dynamic-int8-per-token")
+
+
+@dataclass(frozen=True)
+class PrunedRow:
+    """``-t TARGET+prune=R``: the encoder pruned by ``ratio``, distilled on text without labels, then
+    quantized by ``target``."""
+
+    ratio: float
+    target: str = "x86-dynamic-int8"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise ConfigError(f"prune ratios must be in (0, 1); got {self.ratio}")
+        if self.target not in PRUNED_ROW_TARGETS:
+            raise ConfigError(f"a pruned row ends in one of {PRUNED_ROW_TARGETS}; got {self.target!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.target}+prune={self.ratio:g}"
+
+
 @dataclass(frozen=True)
 class MinilmBenchConfig:
     tokens: int = 128
     rounds: int = 15
     calibration_batches: int = 4  # of 4 random-token sequences each: MiniLM ships no text to calibrate on
-    #: Prune ratios of the pruned-and-distilled rows (none by default: each trains for minutes).
-    prune_ratios: tuple[float, ...] = ()
+    #: The pruned-and-distilled rows (none by default: each trains for minutes).
+    pruned: tuple[PrunedRow, ...] = ()
     distill_epochs: int = 10
     out_dir: Path | None = None
     quiet: bool = False
@@ -81,11 +104,8 @@ class MinilmBenchConfig:
                 f"tokens must be 16 to 256 and rounds, calibration_batches positive; got {self.tokens}, "
                 f"{self.rounds}, {self.calibration_batches}"
             )
-        if not all(0 < r < 1 for r in self.prune_ratios) or self.distill_epochs < 1:
-            raise ConfigError(
-                f"prune ratios must be in (0, 1) and distill_epochs >= 1; got {self.prune_ratios}, "
-                f"{self.distill_epochs}"
-            )
+        if self.distill_epochs < 1:
+            raise ConfigError(f"distill_epochs must be at least 1; got {self.distill_epochs}")
 
 
 @dataclass
@@ -234,7 +254,7 @@ CONTENDERS: tuple[Contender, ...] = (
 TRAIN_TOKENS, TRAIN_BATCH = 128, 16
 
 
-def _pruned_distilled(ratio: float) -> Contender:
+def _pruned_distilled(row: PrunedRow) -> Contender:
     def build(w: Workbench) -> Built:
         import graphopt
         from graphopt.zoo.lee import lee_background
@@ -245,20 +265,21 @@ def _pruned_distilled(ratio: float) -> Contender:
             quiet=True,
         )  # fmt: skip
         result = graphopt.optimize(
-            w.model, "x86-dynamic-int8", example_inputs=w.tokens, dynamic_shapes=SEQUENCE,
+            w.model, row.target, example_inputs=w.tokens, dynamic_shapes=SEQUENCE,
             calibration_data=w.calibration, train_data=train, recovery=recovery,
-            prune=graphopt.PruneConfig(ratio, "activation", skip_int8_if_slower=False),
+            prune=graphopt.PruneConfig(row.ratio, "activation", skip_int8_if_slower=False),
         )  # fmt: skip
-        path = result.export(w.folder / f"pruned_{ratio:g}.onnx", latency_guard=False)
+        path = result.export(w.folder / f"pruned_{row.ratio:g}_{row.target}.onnx", latency_guard=False)
         stats = result.report.stage("recover").stats
         return Built(path, [
-            f"prune={ratio:g}, distilled {stats['epochs_run']} epochs on {sum(len(b[0]) for b in train)} Lee "
-            f"background documents without labels (teacher cosine on its held-out share "
-            f"{stats['val_teacher_cosine_before']:.3f} -> {stats['best_val_teacher_cosine']:.3f})",
+            f"prune={row.ratio:g}, distilled {stats['epochs_run']} epochs on "
+            f"{sum(len(b[0]) for b in train)} Lee background documents without labels (teacher cosine on its "
+            f"held-out share {stats['val_teacher_cosine_before']:.3f} -> "
+            f"{stats['best_val_teacher_cosine']:.3f})",
             f"written by {exporter_of(path)}",
         ])  # fmt: skip
 
-    return Contender(f"x86-dynamic-int8+prune={ratio:g}, distilled", GRAPHOPT, "int8", build)
+    return Contender(f"{row.label}, distilled", GRAPHOPT, "int8", build)
 
 
 def padded_batches(
@@ -296,7 +317,7 @@ def run_minilm_bench(config: MinilmBenchConfig) -> BenchResult:
     with edge_timing() as core, tempfile.TemporaryDirectory() as tmp:
         bench = Workbench(model, tokens, calibration, Path(tmp), distill_epochs=config.distill_epochs)
         result = _new_result(config, core, corpus)
-        contenders = (*CONTENDERS, *(_pruned_distilled(r) for r in config.prune_ratios))
+        contenders = (*CONTENDERS, *(_pruned_distilled(r) for r in config.pruned))
         progress = Progress(len(contenders), "building", quiet=config.quiet)
         built: dict[str, Built] = {}
         for contender in contenders:
