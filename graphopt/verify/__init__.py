@@ -180,9 +180,9 @@ def _disagreement(result: VerifyResult) -> str:
             f"{head}; with graph optimizations off the runtime differs as much (cosine "
             f"{result.platform_cosine:.5f}) and its optimized run agrees with that (cosine "
             f"{result.kernel_cosine:.5f}): not its fusions but ops both runs share differ from this "
-            "machine's: float ops that round differently in the last bits, which this file's int8 turns into whole "
-            "quantization steps (numerically fragile int8), or integer ops the file itself holds. Put the "
-            "sensitive layers back in float (accuracy_budget=...)"
+            "machine's: float ops that round differently in the last bits, which this file's int8 turns "
+            "into whole quantization steps (numerically fragile int8), or integer ops the file itself "
+            "holds. Put the sensitive layers back in float (accuracy_budget=...)"
         )
     return f"{head} (the device's float evaluation and its kernels each agree within {MIN_COSINE} alone)"
 
