@@ -110,7 +110,13 @@ def _lower_ethos_u(
 
 BACKENDS: dict[str, Backend] = {
     "onnx": Backend(
-        "onnx", ".onnx", "onnxruntime", _lower_onnx, OnnxRunner, check_onnx_dtypes, describe=exporter_of,
+        "onnx",
+        ".onnx",
+        "onnxruntime",
+        _lower_onnx,
+        OnnxRunner,
+        check_onnx_dtypes,
+        describe=exporter_of,
         packed_weights=packed_int4_weights,
     ),
     "torchscript": Backend("torchscript", ".pt", "torch.jit", _lower_torchscript, TorchScriptRunner),
