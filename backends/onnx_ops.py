@@ -16,6 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from graphopt.backends.onnx_blocked import blocked_conv_weight, blocked_linear, float_bias
 from graphopt.backends.onnx_branches import lower_early_exit
 from graphopt.backends.onnx_builder import ModuleLowering, OnnxGraphBuilder, UnsupportedNode
 from graphopt.ir.extensions import ActivationQuantizer, EarlyExitNetwork, QuantizedLayer, SpaceToDepth
@@ -110,6 +111,8 @@ def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) 
     if not layer.frozen:
         assert layer.float_layer is not None
         return _float_layer(b, node, layer.float_layer)
+    if layer.group_size is not None:
+        return _per_group_layer(b, node, layer)
     name = str(node.target)
     per_tensor = not layer.scheme.per_channel
     weight_scale, bias_scale = layer.weight_scale, layer.bias_scale
@@ -124,6 +127,16 @@ def _quantized_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) 
     scale = _bias_scale(b, layer, bias_scale, scale, name)
     bias = _dequantize(b, b.constant(layer.bias_int32, f"{name}.bias_int32"), scale, f"{name}.bias", None)
     return _apply_layer(b, node, layer.mac_layer, weight, [bias])
+
+
+def _per_group_layer(b: OnnxGraphBuilder, node: fx.Node, layer: QuantizedLayer) -> str:
+    """A layer with per-group weight scales: INT4 weights read by a blocked DequantizeLinear
+    (:mod:`.onnx_blocked`)."""
+    name = str(node.target)
+    if isinstance(layer.mac_layer, nn.Linear):
+        return blocked_linear(b, _only_input(b, node), layer, name)
+    weight = blocked_conv_weight(b, layer, name)
+    return _apply_layer(b, node, layer.mac_layer, weight, [float_bias(b, layer, name)])
 
 
 def _bias_scale(

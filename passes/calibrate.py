@@ -229,6 +229,7 @@ def int8_summary(gm: fx.GraphModule) -> list[dict[str, object]]:
         elif isinstance(module, QuantizedLayer) and module.frozen:
             scales = module.weight_scale
             per_tensor = "" if module.scheme.per_channel else " per tensor"
+            per_tensor += f" per group of {module.group_size}" if module.group_size else ""
             kind = f"{type(module.mac_layer).__name__} weight int{module.weight_bits}{per_tensor}"
             rows.append({"name": name, "kind": kind,
                          "bits": module.weight_bits,

@@ -22,6 +22,7 @@ from graphopt.ir.graph import module_of, set_module
 from graphopt.ir.shapes import propagate_shapes
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.quant.attention import decompose_attention
+from graphopt.quant.groups import PER_CHANNEL_FALLBACK, scheme_for_layer
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
 from graphopt.quant.options import InsertFakeQuantOptions
 from graphopt.quant.policy import plan_int8
@@ -64,9 +65,15 @@ class InsertFakeQuant(Pass):
                 quantized = gm.graph.call_module(name, (node,))
             node.replace_all_uses_with(quantized, delete_user_cb=lambda user, q=quantized: user is not q)
         schemes = self.options.layer_schemes(str(node.target) for node in plan.layers)
+        fallback = 0
         for node in plan.layers:
-            set_module(gm, str(node.target), QuantizedLayer(module_of(gm, node), schemes[str(node.target)]))
+            name, layer = str(node.target), module_of(gm, node)
+            scheme = scheme_for_layer(layer, schemes[name], name)
+            fallback += scheme.group_size != schemes[name].group_size
+            set_module(gm, name, QuantizedLayer(layer, scheme))
         stats = {"activation_quantizers": len(plan.tensors), "int8_layers": len(plan.layers), **plan.skipped}
+        if fallback:  # per-group scales asked, these layers keep per-channel ones (graphopt.quant.groups)
+            stats[PER_CHANNEL_FALLBACK] = fallback
         if self.options.attention:
             stats["int8_activation_products"] = plan.products
             if left:

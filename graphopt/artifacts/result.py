@@ -27,6 +27,7 @@ from graphopt.ir.keys import SHIPPED_FP32, ZIPPED_BYTES
 from graphopt.pipeline.plan import Plan
 from graphopt.pruning.sparsity import zipped_bytes
 from graphopt.quant import is_quantized
+from graphopt.quant.groups import require_backend_for_groups
 from graphopt.quant.storage import weight_storage_note
 from graphopt.reporting.cost import count_macs, count_params
 from graphopt.reporting.energy import estimate_graph
@@ -246,6 +247,7 @@ class OptimizeResult:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         chosen.check(self.model)
+        require_backend_for_groups(self.model, chosen.name)
         return destination, chosen
 
     def _lower(self, backend: Backend, model: nn.Module, path: Path) -> Path:

@@ -13,7 +13,9 @@ Eager, both compute exactly what the integer kernels compute, up to float roundi
 
 Weights below 8 bits (``scheme.weight_bits``, 2..7) keep the same tensors: ``weight_int8`` holds the b-bit
 values (|q| <= 2^(b-1) - 1) in int8, ``weight_scale`` stays one scale per output channel; only the ONNX
-file stores them narrower (packed INT4 for 2..4 bits, :mod:`graphopt.backends.onnx_ops`).
+file stores them narrower (packed INT4 for 2..4 bits, :mod:`graphopt.backends.onnx_ops`). With per-group
+scales (``scheme.group_size``, Linear and 1x1 conv only) ``weight_scale`` is ``(C, G)``, one per block of
+input channels (:mod:`graphopt.quant.groups`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch.ao.quantization.fx._decomposed
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from graphopt.errors import ConfigError
+from graphopt.quant import groups
 from graphopt.quant.observers import ObserverConfig, RangeObserver
 from graphopt.quant.round_trip import StraightThrough, is_plain_eager, round_trip
 from graphopt.quant.scheme import (
@@ -103,6 +107,13 @@ class QuantizedLayer(nn.Module):
 
     def __init__(self, layer: nn.Module, scheme: QuantScheme):
         super().__init__()
+        if scheme.group_size is not None:
+            if not groups.takes_groups(layer):
+                raise ConfigError(
+                    f"group_size applies to Linear layers and 1x1 convs with groups=1, not {layer!r}: give "
+                    "this layer a scheme without group_size (insert_fake_quant does: per channel)"
+                )
+            groups.check_divides(layer, scheme.group_size)
         self.scheme = scheme
         self.float_layer: nn.Module | None = layer
         #: The layer's geometry without weights, for MAC counting and lowering. Not a registered submodule:
@@ -139,9 +150,17 @@ class QuantizedLayer(nn.Module):
         """How many bits the weights take (8: int8; 2..7 are stored in the int8 tensor all the same)."""
         return self.scheme.weight_bits
 
+    @property
+    def group_size(self) -> int | None:
+        """Input channels per weight scale (per-group scales), None for one scale per output channel."""
+        return self.scheme.group_size
+
     def expanded_weight_scale(self) -> Tensor:
-        """The frozen weight scale shaped to broadcast against ``weight_int8``: ``(C, 1, ..., 1)``, so that
-        ``weight_int8 * expanded_weight_scale()`` is the dequantized weight whatever the scale granularity."""
+        """The frozen weight scale shaped to broadcast against ``weight_int8``: ``(C, 1, ..., 1)`` (per
+        group: one per weight), so ``weight_int8 * expanded_weight_scale()`` is the dequantized weight
+        whatever the scale granularity."""
+        if self.group_size is not None:
+            return groups.expand(self.weight_scale, self.weight_int8.shape, self.group_size)
         return self.weight_scale.reshape(-1, *([1] * (self.weight_int8.dim() - 1)))
 
     def freeze(self, input_scale: float) -> None:
@@ -149,16 +168,17 @@ class QuantizedLayer(nn.Module):
         assert layer is not None
         weight = layer.weight.detach()
         scales = self._weight_scales(weight)
-        q_weight = quantize_weight(weight, scales, self.scheme)
+        q_weight = self._quantize_weight(weight, scales)
         bias = layer.bias.detach() if layer.bias is not None else torch.zeros(weight.shape[0])
-        bias_scales = scales * input_scale
+        per_channel = scales if self.group_size is None else groups.bias_weight_scale(scales)
+        bias_scales = per_channel * input_scale
         # int tensors as non-trainable Parameters: exported as initializers, counted as parameters.
         self.weight_int8 = nn.Parameter(q_weight, requires_grad=False)
         self.weight_scale = nn.Parameter(scales, requires_grad=False)
         self.bias_int32 = nn.Parameter(quantize_bias(bias, bias_scales), requires_grad=False)
         self.bias_scale = nn.Parameter(bias_scales.float(), requires_grad=False)
         self.channel_zero_points = nn.Parameter(
-            torch.zeros(len(scales), dtype=torch.int64), requires_grad=False
+            torch.zeros(len(bias_scales), dtype=torch.int64), requires_grad=False
         )
         self.weight_sqnr_db = sqnr_db(weight, self._dequantized_weight())
         self.input_scale = float(input_scale)
@@ -172,7 +192,7 @@ class QuantizedLayer(nn.Module):
         scale, so the bias scale ``s_in * s_c`` follows the new weight scale. This layer is not changed."""
         assert self.frozen, "requantized() needs a frozen layer"
         copied = copy.deepcopy(self)
-        copied.scheme = dataclasses.replace(self.scheme, weight_bits=weight_bits)
+        copied.scheme = self.scheme.with_weight_bits(weight_bits)
         copied.float_layer = copied.fp32_layer
         copied.freeze(self.input_scale)
         return copied
@@ -214,26 +234,48 @@ class QuantizedLayer(nn.Module):
         """The scheme's weight scales; once thawed for QAT, ``max|w_c| / r`` whatever the clipping: the
         dequantized weights QAT starts from end at the clipped range, so covering their max is the frozen
         grid (no search every step), and freezing after QAT keeps the grid QAT trained on."""
-        if getattr(self, "thawed", False) and self.scheme.weight_clipping != "none":
-            return weight_scales(weight, dataclasses.replace(self.scheme, weight_clipping="none"))
-        return weight_scales(weight, self.scheme)
+        scheme = self.scheme
+        if getattr(self, "thawed", False) and scheme.weight_clipping != "none":
+            scheme = dataclasses.replace(scheme, weight_clipping="none")
+        if scheme.group_size is None:
+            return weight_scales(weight, scheme)
+        # a block is a channel of the (C * G, g) view: the per-channel arithmetic, clipping included
+        return weight_scales(groups.blocks(weight, scheme.group_size), scheme).reshape(weight.shape[0], -1)
+
+    def _quantize_weight(self, weight: Tensor, scales: Tensor) -> Tensor:
+        if self.group_size is None:
+            return quantize_weight(weight, scales, self.scheme)
+        flat = quantize_weight(groups.blocks(weight, self.group_size), scales.flatten(), self.scheme)
+        return flat.reshape(weight.shape)
 
     def _fake_quantized_weight(self, weight: Tensor) -> Tensor:
         """``s_c * clamp(round(w / s_c), -b, b)`` (b the scheme's weight bound, 7 at 4 bits) with
         ``s_c = max|w_c| / b`` from the current weight; the
         gradient passes straight through the rounding (and is zero where the clamp bites)."""
-        scales = self._weight_scales(weight)
+        scales = self._weight_scales(weight).to(weight.device)
+        rows = weight if self.group_size is None else groups.blocks(weight, self.group_size)
+        scales = scales.flatten()
         zeros = torch.zeros(len(scales), dtype=torch.int32, device=weight.device)
         bound = self.scheme.weight_bound
-        scales = scales.to(weight.device)
-        return torch.fake_quantize_per_channel_affine(weight, scales, zeros, 0, -bound, bound)
+        fake = torch.fake_quantize_per_channel_affine(rows, scales, zeros, 0, -bound, bound)
+        return fake.reshape(weight.shape)
 
     def _dequantized_weight(self) -> Tensor:
-        zero = self.channel_zero_points
-        return _qd.dequantize_per_channel(self.weight_int8, self.weight_scale, zero, 0, -128, 127, torch.int8)
+        if self.group_size is None:
+            zero = self.channel_zero_points
+            return _qd.dequantize_per_channel(
+                self.weight_int8, self.weight_scale, zero, 0, -128, 127, torch.int8
+            )
+        # ``(q - 0) * s_ck`` in float32 per block: what the file's blocked DequantizeLinear computes
+        rows, scales = groups.blocks(self.weight_int8, self.group_size), self.weight_scale.flatten()
+        zero = torch.zeros(len(scales), dtype=torch.int64, device=scales.device)
+        flat = _qd.dequantize_per_channel(rows, scales, zero, 0, -128, 127, torch.int8)
+        return flat.reshape(self.weight_int8.shape)
 
     def extra_repr(self) -> str:
         granularity = "per channel" if self.scheme.per_channel else "per tensor"
+        if self.group_size is not None:
+            granularity = f"per group of {self.group_size} input channels"
         return f"int{self.weight_bits} weights {granularity}" + ("" if self.frozen else ", fp32 until frozen")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -40,6 +40,10 @@ class WeightQuant:
 
     ``clipping="mse"``: each weight scale clips the range to the least squared rounding error instead of
     covering ``max|w|`` (``QuantScheme.weight_clipping``; what 4-bit weights need most).
+
+    ``group_size``: one scale per block of that many consecutive input channels of each output channel
+    (2..4 bits; Linear layers and 1x1 convs, other convs keep per-channel scales; ONNX only, as a blocked
+    DequantizeLinear: :mod:`graphopt.quant.groups`).
     """
 
     bits: int = 8
@@ -47,11 +51,19 @@ class WeightQuant:
     bits_by_layer: Mapping[str, int] | LayerBits = ()
     max_weight_bytes: int | None = None
     clipping: Literal["none", "mse"] = "none"
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         QuantScheme(weight_bits=self.bits, weight_clipping=self.clipping)  # the checks, with their messages
         if not isinstance(self.per_channel, bool):
             raise ConfigError(f"WeightQuant.per_channel must be True or False, got {self.per_channel!r}")
+        if self.group_size is not None:
+            QuantScheme(weight_bits=self.bits, per_channel=self.per_channel, group_size=self.group_size)
+            if self.max_weight_bytes is not None:
+                raise ConfigError(
+                    "WeightQuant(group_size=..., max_weight_bytes=...) is not built: the bit allocation "
+                    "weighs per-channel layers; use group_size with bits_by_layer, or max_weight_bytes alone"
+                )
         object.__setattr__(self, "bits_by_layer", _layer_bits(self.bits_by_layer))
         budget = self.max_weight_bytes
         if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
@@ -67,11 +79,17 @@ class WeightQuant:
         With ``max_weight_bytes`` layers start at 8 bits: ``bits`` is where the allocation may take them."""
         start = 8 if self.max_weight_bytes is not None else self.bits
         return dataclasses.replace(
-            base, weight_bits=start, per_channel=self.per_channel, weight_clipping=self.clipping
+            base,
+            weight_bits=start,
+            per_channel=self.per_channel,
+            weight_clipping=self.clipping,
+            group_size=self.group_size,
         )
 
     def __str__(self) -> str:
         text = f"int{self.bits} weights " + ("per channel" if self.per_channel else "per tensor")
+        if self.group_size is not None:
+            text = f"int{self.bits} weights per group of {self.group_size} input channels"
         if self.max_weight_bytes is not None:
             text = (
                 f"int8 weights, the least sensitive layers at int{self.bits} to fit "
@@ -130,9 +148,7 @@ class InsertFakeQuantOptions(PassOptions):
             )
         widths = dict(self.weight_bits_by_layer)
         return {
-            name: dataclasses.replace(self.scheme, weight_bits=widths[name])
-            if name in widths
-            else self.scheme
+            name: self.scheme.with_weight_bits(widths[name]) if name in widths else self.scheme
             for name in names
         }
 

@@ -32,10 +32,14 @@ Affine quantization: ``q = clamp(round(x / s) + z, q_min, q_max)``, ``x ~ s * (q
   small ones get finer steps. It matters below 8 bits (at 4 bits ``r = 7`` levels per side): on
   heavy-tailed weights it cuts the weight error by about a third (``tests/test_weight_clipping.py``). This
   is the weight-only form of the MSE range search (not the sequential, output-based one).
+- Per-group weights, ``group_size = g`` (2..4 bits, per channel): one scale per block of ``g`` consecutive
+  input channels of each output channel, ``s_c,k = max_{j in block k} |w_cj| / r``, for Linear layers and
+  1x1 convs (:mod:`graphopt.quant.groups` has the math, the layers it covers and the ONNX form).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,6 +71,9 @@ class QuantScheme:
     weight_bits: int = 8
     #: ``"none"``: ``s = max|w| / r``; ``"mse"``: the clipped scale with the least rounding error (docstring).
     weight_clipping: Literal["none", "mse"] = "none"
+    #: Input channels per weight scale (per-group, block-wise scales; :mod:`graphopt.quant.groups`); None:
+    #: one scale per output channel.
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.activations not in _RANGES:
@@ -79,6 +86,14 @@ class QuantScheme:
             )
         if self.weight_clipping not in ("none", "mse"):
             raise ConfigError(f"weight_clipping must be 'none' or 'mse', got {self.weight_clipping!r}")
+        if self.group_size is not None:
+            _check_group_size(self.group_size, bits, self.per_channel)
+
+    def with_weight_bits(self, bits: int) -> QuantScheme:
+        """This scheme at ``bits``; per-group scales only where they apply (2..4 bits): a layer kept at 8
+        bits (``bits_by_layer``, the bit allocation) goes back to one scale per output channel."""
+        group_size = self.group_size if bits <= INT4_BITS else None
+        return dataclasses.replace(self, weight_bits=bits, group_size=group_size)
 
     @property
     def activation_range(self) -> tuple[int, int]:
@@ -100,6 +115,22 @@ class QuantScheme:
     def sub_byte(self) -> bool:
         """Whether the weights fit ONNX's INT4 storage (2..4 bits): the file keeps them two per byte."""
         return self.weight_bits <= INT4_BITS
+
+
+def _check_group_size(group_size: object, bits: int, per_channel: bool) -> None:
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ConfigError(
+            f"group_size must be a positive number of input channels (e.g. 32), not {group_size!r}"
+        )
+    if bits > INT4_BITS:
+        raise ConfigError(
+            f"group_size applies to weights of 2..4 bits (INT4 storage), got bits={bits}: from 5 bits on the "
+            "weights are stored as int8, where one scale per output channel is what the int8 kernels run"
+        )
+    if not per_channel:
+        raise ConfigError(
+            "group_size gives several scales per output channel: it cannot go with per_channel=False"
+        )
 
 
 def activation_qparams(

@@ -10,6 +10,13 @@ artifact is smaller depends on the backend:
   ORT-optimized graph), so the layer runs at int8 speed with exactly the same values. (``DQ(int4)`` read
   directly is never folded: ORT dequantized the weights on every run and computed in float, 6x slower
   than fp32 on the digits CNN.) The latency guard times it against the fp32 artifact, as for int8.
+- ONNX, layers with per-group scales (``group_size``, :mod:`graphopt.quant.groups`): INT4 initializers read
+  by a blocked DequantizeLinear (opset 21). No int8 kernel takes several scales per output channel, and
+  ORT 1.32 keeps ``DQ(blocked int4) -> MatMul / Conv`` as it is behind an int8 activation quantizer (its
+  MatMulNBits fusion declines a MatMul whose other input comes from a DequantizeLinear; measured on the
+  ORT-optimized graph): the weights are dequantized to float on every run and the layer computes in float
+  (a 1024 x 1024 Linear at batch 1, one thread: 1.7 ms vs 0.16 ms fp32; MatMulNBits, where it fires
+  without the activation quantizer, 0.03 ms). The file is the small one; the latency guard decides.
 - ExecuTorch: 2..4-bit linear layers as XNNPACK 4-bit per-channel weights (qc4w, two per byte), run by
   its fully connected node on int8 activations with the same outputs; convs and 5..7-bit layers in int8
   storage (XNNPACK takes no 4-bit conv weights: what was measured is in backends/xnnpack_int4.py).
@@ -45,6 +52,13 @@ _PACKED_RUN = {
     "activations (it takes 4-bit weights for linear layers only: backends/xnnpack_int4.py)",
 }
 
+#: How each runtime runs per-group (blocked) int4 weights (only ONNX stores them).
+_BLOCKED_RUN = {
+    "onnx": "ONNX Runtime 1.32 has no kernel for them behind int8 activations (MatMulNBits does not fuse a "
+    "MatMul whose input is dequantized): it dequantizes the weights to float on every run and computes the "
+    "layers in float, slower than int8 and often than fp32 (the latency guard decides)",
+}
+
 
 def narrow_layers(model: nn.Module) -> Counter[int]:
     """Frozen int8 layers whose weights take fewer than 8 bits, counted by width."""
@@ -52,6 +66,13 @@ def narrow_layers(model: nn.Module) -> Counter[int]:
         m.weight_bits
         for m in model.modules()
         if isinstance(m, QuantizedLayer) and m.frozen and m.weight_bits < 8
+    )
+
+
+def per_group_layers(model: nn.Module) -> Counter[int]:
+    """Frozen int8 layers with per-group weight scales, counted by group size."""
+    return Counter(
+        m.group_size for m in model.modules() if isinstance(m, QuantizedLayer) and m.frozen and m.group_size
     )
 
 
@@ -88,11 +109,20 @@ def weight_storage_note(
         return None
     layers = sum(widths.values())
     packed = min(packed_weights(artifact), layers)
+    sizes = per_group_layers(model)
+    blocked = min(sum(sizes.values()), packed)  # only an INT4 file holds them blocked
     said = ", ".join(f"{n} int{b}" for b, n in sorted(widths.items()))
     parts = []
-    if packed:
+    if packed - blocked:
         how = _PACKED_RUN.get(backend, "run as its runtime reads them")
-        parts.append(f"{packed} stored as packed INT4 (two weights per byte); {how}")
+        parts.append(f"{packed - blocked} stored as packed INT4 (two weights per byte); {how}")
+    if blocked:
+        groups = "/".join(str(g) for g in sorted(sizes))
+        how = _BLOCKED_RUN.get(backend, "run as its runtime reads them")
+        parts.append(
+            f"{blocked} stored as packed INT4 with one scale per {groups} input channels (blocked "
+            f"DequantizeLinear); {how}"
+        )
     if layers - packed:
         parts.append(
             f"{layers - packed} stored as int8 values in int8 storage ({backend} here has no narrower "
@@ -101,4 +131,5 @@ def weight_storage_note(
         )
     text = f"weights below 8 bits ({said} layers): {'; '.join(parts)}"
     facts = {"bits": dict(widths), "packed_int4": packed, "int8_storage": layers - packed, "backend": backend}
+    facts["per_group"] = blocked
     return Note(WEIGHT_STORAGE, text, **facts)
