@@ -81,6 +81,28 @@ def clipping_int8_target() -> graphopt.Target:
     return dataclasses.replace(X86_INT8, name="x86-int8-clipped", passes=passes)
 
 
+def per_tensor_int8_target() -> graphopt.Target:
+    """x86-int8 with one weight scale per tensor (what many NPUs take): a layer with one huge channel
+    leaves its other channels a few integer levels."""
+    options = InsertFakeQuantOptions(scheme=QuantScheme(per_channel=False))
+    passes = tuple(PassSpec(p.name, options) if p.name == "insert_fake_quant" else p for p in X86_INT8.passes)
+    return dataclasses.replace(X86_INT8, name="x86-int8-per-tensor", passes=passes)
+
+
+def fragile_digits_model(digits_model: nn.Module) -> nn.Module:
+    """A copy of the digits CNN with one dead channel in features.7 whose folded weights are 300x the
+    others: the ReLU after it outputs 0 for every input, so the model computes as before, but with
+    per-tensor weight scales that channel leaves every other channel of features.7 a few integer levels."""
+    import copy
+
+    model = copy.deepcopy(digits_model).eval()
+    with torch.no_grad():
+        bn = model.features[8]
+        bn.weight[0] *= 300.0
+        bn.bias[0] = -1e4
+    return model
+
+
 class FakeTiming(RuntimeTiming):
     """A timing service that answers from ``ms`` (a model's name -> milliseconds, or a function of the name
     and the model) instead of lowering and timing, and records what it was asked to time. Whether a target

@@ -3,44 +3,22 @@ the budget, the report says which layer and why, and bad requests are clear erro
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import pytest
 import torch
 
 import graphopt
 from graphopt import ConfigError, InvalidInputError
 from graphopt.passes.accuracy_budget import KEPT_FP32, AccuracyBudget
-from graphopt.passes.insert_fake_quant import InsertFakeQuantOptions
 from graphopt.pipeline.registry import make_pass
-from graphopt.quant import QuantizedLayer, QuantScheme
-from graphopt.targets import X86_INT8, PassSpec
-from tests.helpers import ort_histogram
+from graphopt.quant import QuantizedLayer
+from tests.helpers import fragile_digits_model, ort_histogram, per_tensor_int8_target
 
-PER_TENSOR = dataclasses.replace(
-    X86_INT8,
-    name="x86-int8-per-tensor",
-    passes=tuple(
-        PassSpec(p.name, InsertFakeQuantOptions(scheme=QuantScheme(per_channel=False)))
-        if p.name == "insert_fake_quant"
-        else p
-        for p in X86_INT8.passes
-    ),
-)
+PER_TENSOR = per_tensor_int8_target()
 
 
 @pytest.fixture(scope="module")
 def fragile_model(digits_model):
-    """The digits CNN with one dead channel in features.7 whose folded weights are 300x the others: the
-    ReLU after it outputs 0 for every input, so the model computes as before, but with per-tensor weight
-    scales that channel leaves every other channel of features.7 a few integer levels at most."""
-    model = copy.deepcopy(digits_model).eval()
-    with torch.no_grad():
-        bn = model.features[8]
-        bn.weight[0] *= 300.0
-        bn.bias[0] = -1e4
-    return model
+    return fragile_digits_model(digits_model)
 
 
 def _optimize(model, digits, **kwargs):

@@ -269,3 +269,47 @@ def test_a_large_validation_set_is_split_into_disjoint_tuning_and_scoring_shares
     assert split_tune_score(data, 0.5)[0][0][1].tolist() == tune[0][1].tolist()  # the same split each time
     small = data[:3]
     assert split_tune_score(small, 0.5) == (small, small)  # too few samples: both share all of them
+
+
+def test_the_improved_int8_mode_mends_what_plain_int8_breaks_and_keeps_every_layer_int8(digits_model, digits):
+    """Per-tensor int8 breaks the fragile model (one dead channel 300x the others); the accuracy driver
+    mends it by equalization, so the ``improved`` point meets the goal with no layer back in fp32."""
+    from graphopt.quant import QuantizedLayer
+    from tests.helpers import fragile_digits_model, per_tensor_int8_target
+
+    goals = Goals(max_accuracy_drop=1.0)
+    config = SearchConfig(prune_ratios=(0.0,), int8=("on", "improved"), exits=(False,), quiet=True)
+    model = fragile_digits_model(digits_model)
+    res = _search(model, digits, goals, config, target=per_tensor_int8_target())
+    rows = {r["candidate"]: r for r in res.search.table()}
+    assert rows["prune=0 int8 [onnx]"]["goals"] != "met"  # plain per-tensor int8 misses
+    chosen = res.search.chosen
+    assert chosen is not None and chosen.point.label == "prune=0 int8 improved [onnx]" and not chosen.misses
+    steps = {r["step"]: r for r in res.report.tables["improve_int8"]}
+    assert steps["equalize"]["kept"]
+    layers = [
+        m for m in res.model.modules() if isinstance(m, (QuantizedLayer, torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    assert layers and all(
+        isinstance(m, QuantizedLayer) for m in layers if not _inside_quantized(res.model, m)
+    )
+
+
+def _inside_quantized(model, module) -> bool:
+    from graphopt.quant import QuantizedLayer
+
+    return any(isinstance(q, QuantizedLayer) and q.fp32_layer is module for q in model.modules())
+
+
+def test_the_improved_int8_mode_is_tried_only_where_int8_calibrates():
+    from graphopt.search.space import SearchPoint, SpaceLimits, enumerate_points
+    from graphopt.search.variants import calibrates
+
+    assert SearchPoint(int8="improved", weight_bits=4).label == "prune=0 W4A8 improved [onnx]"
+    assert calibrates(graphopt.TARGETS["x86-int8"]) and not calibrates(graphopt.TARGETS["x86-dynamic-int8"])
+    config = SearchConfig(prune_ratios=(0.0,), int8=("on", "improved"), exits=(False,))
+    for can_improve, modes in ((True, ["on", "improved"]), (False, ["on"])):
+        limits = SpaceLimits(True, False, False, can_improve, ("onnx",))
+        assert [p.int8 for p in enumerate_points(config, limits)] == modes
+    with pytest.raises(ConfigError, match="int8"):
+        SearchConfig(int8=("on", "better"))

@@ -385,6 +385,7 @@ def _cli(argv, capsys) -> tuple[int, str]:
         (["--search-prune", "0,nan"], "--search-prune must be comma-separated fractions"),
         (["--search-weight-bits", "8,four"], "--search-weight-bits must be comma-separated widths like 8,4"),
         (["--search-weight-bits", "8,1"], "SearchConfig.weight_bits: 1 is not one of 2, 3"),
+        (["--search-int8", "on,better"], "SearchConfig.int8: 'better' is not one of 'off', 'on', 'improved'"),
         (["--goal", "size<=1" + "0" * 400], "the limit is too large"),
     ],
 )  # fmt: skip

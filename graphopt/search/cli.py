@@ -19,7 +19,8 @@ from graphopt.errors import ConfigError
 #: The search's own flags and their defaults. They default to None on the parser so that one given
 #: without ``--goal`` (where nothing reads it) can be refused rather than ignored.
 SEARCH_DEFAULTS = {
-    "search_prune": "0,0.25,0.5,0.7", "search_weight_bits": "8", "no_exits": False, "max_candidates": 24,
+    "search_prune": "0,0.25,0.5,0.7", "search_weight_bits": "8", "search_int8": "off,on,fallbacks",
+    "no_exits": False, "max_candidates": 24,
     "max_minutes": 20.0, "recovery_epochs": 5, "search_plot": None, "search_cache": None, "cluster": None,
 }  # fmt: skip
 
@@ -35,6 +36,11 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-prune", help="prune ratios the search tries (default 0,0.25,0.5,0.7)")
     p.add_argument(
         "--search-weight-bits", help="int8 weight widths the search tries, e.g. 8,4 (W4A8 too; default 8)"
+    )
+    p.add_argument(
+        "--search-int8",
+        help="int8 modes the search tries: off, on, improved (equalization, bias correction, AdaRound, "
+        "every layer int8), fallbacks (default off,on,fallbacks)",
     )
     p.add_argument("--no-exits", action="store_const", const=True, help="the search does not try early exits")
     p.add_argument("--max-candidates", type=int, help="the most candidates the search measures (default 24)")
@@ -77,6 +83,7 @@ def run_search_command(args: argparse.Namespace) -> OptimizeResult:
     # built before the model loads: a bad option is reported before any work
     config = SearchConfig(
         prune_ratios=_ratios(args.search_prune), weight_bits=_bits(args.search_weight_bits),
+        int8=tuple(args.search_int8.split(",")),
         exits=(False,) if args.no_exits else (False, True),
         max_candidates=args.max_candidates, max_minutes=args.max_minutes, cache_dir=args.search_cache,
         quiet=args.quiet, cluster=args.cluster,

@@ -48,7 +48,7 @@ from graphopt.search.queue import build_queue
 from graphopt.search.rows import IN_PROCESS, CandidateRow, choose, judge
 from graphopt.search.space import SearchConfig, SearchPoint, SpaceLimits
 from graphopt.search.store import CandidateStore
-from graphopt.search.variants import Variants, falls_back_by_itself, quantizes
+from graphopt.search.variants import Variants, calibrates, falls_back_by_itself, quantizes
 from graphopt.targets import Target, resolve_target
 
 #: Note keys (graphopt.reporting.notes) of the notes a search adds to the returned report (the candidate
@@ -172,6 +172,7 @@ class _SearchRun:
             int8_target=quantizes(spec),
             can_exit=call.train_data is not None and labelled_batches(call.validation_data),
             can_fall_back=goals.needs_accuracy or falls_back_by_itself(spec),
+            can_improve=calibrates(spec),
             backends=config.backends or (spec.backend.backend,),
         )
         params = sum(p.numel() for p in call.model.parameters())

@@ -34,7 +34,11 @@ from graphopt.reporting.numerics import finite_number
 if TYPE_CHECKING:
     from graphopt.search.engine import SearchResult
 
-Int8Mode = Literal["off", "on", "fallbacks"]
+Int8Mode = Literal["off", "on", "improved", "fallbacks"]
+#: The int8 modes in search order, and how a point's label names each (``{int8}``: int8 or WbA8).
+INT8_MODE_LABELS = {
+    "off": "fp32", "on": "{int8}", "improved": "{int8} improved", "fallbacks": "{int8}+fp32 fall-backs",
+}  # fmt: skip
 TieBreak = Literal["speed", "accuracy", "size"]
 
 #: The most int8 kernels gain over fp32 per MAC on the CPUs graphopt targets (VNNI: 4 int8 MACs per lane).
@@ -185,7 +189,7 @@ class SearchPoint:
     def label(self) -> str:
         parts = [f"prune={self.prune:g}" + (f"/{self.importance}" if self.prune else "")]
         int8 = "int8" if self.weight_bits == 8 else f"W{self.weight_bits}A8"
-        parts.append({"off": "fp32", "on": int8, "fallbacks": f"{int8}+fp32 fall-backs"}[self.int8])
+        parts.append(INT8_MODE_LABELS[self.int8].format(int8=int8))
         if self.exits:
             parts.append("exits")
         return " ".join(parts) + f" [{self.backend}]"
@@ -210,16 +214,20 @@ class SpaceLimits:
     can_exit: bool
     #: An accuracy goal to give fall-backs a budget, or a target that falls back by itself.
     can_fall_back: bool
+    #: A target that calibrates static int8, which the accuracy driver works on.
+    can_improve: bool
     backends: tuple[str, ...]
 
 
 def enumerate_points(config: SearchConfig, limits: SpaceLimits) -> list[SearchPoint]:
     """Every point of the space the call allows, in search order (module docstring)."""
-    int8_modes = [m for m in ("off", "on", "fallbacks") if m in config.int8]
+    int8_modes = [m for m in INT8_MODE_LABELS if m in config.int8]
     if not limits.int8_target:
         int8_modes = ["off"]
     if not limits.can_fall_back:
         int8_modes = [m for m in int8_modes if m != "fallbacks"]
+    if not limits.can_improve:
+        int8_modes = [m for m in int8_modes if m != "improved"]
     exits = [e for e in (False, True) if e in config.exits and (limits.can_exit or not e)]
     points = []
     for ratio in sorted(set(config.prune_ratios)):

@@ -3,7 +3,9 @@
 A point's int8 mode picks the pipeline (the target's, or the target's without its int8 passes), its weight
 bits the int8 weights (:class:`WeightQuant`, the caller's per-tensor and per-layer settings kept), its prune
 ratio and importance a :class:`PruneConfig`, ``exits`` the exit configuration, ``fallbacks`` an
-``accuracy_budget`` of half the accuracy goal (QAT and exits may cost the other half); training configs
+``accuracy_budget`` of half the accuracy goal (QAT and exits may cost the other half), ``improved`` the
+accuracy driver alone (``improve_int8`` after ``calibrate``, stopping within that same half, or trying
+every step without an accuracy goal) with no layer put back in fp32; training configs
 go only to the points that train (pruning recovery, QAT), made quiet when the search is.
 
 A dynamic int8 target (``x86-dynamic-int8``) falls back by itself: its ``quantize_dynamic`` puts layers
@@ -19,7 +21,10 @@ from typing import Any
 from graphopt.data.batches import Batch
 from graphopt.data.labelled import labelled_batches
 from graphopt.early_exit.config import EarlyExitConfig
+from graphopt.errors import ConfigError
+from graphopt.passes.improve_int8 import ImproveInt8Options
 from graphopt.pipeline.driver import OptimizeCall
+from graphopt.pipeline.pass_base import Pass
 from graphopt.pipeline.plan import INT8_SLOTS
 from graphopt.pipeline.registry import make_pass, pass_class
 from graphopt.pruning.config import PruneConfig
@@ -61,9 +66,25 @@ class Variants:
         ``on`` point, with its ``quantize_dynamic`` falling back to nothing."""
         if point.int8 == "off":
             return fp32_passes(self.spec, self.call.passes)
+        if point.int8 == "improved":
+            return self._improved_passes()
         if dynamic and point.int8 == "on":
             return [make_pass(p.name, _without_fallback(p.name, p.options)) for p in self.spec.passes]
         return None
+
+    def _improved_passes(self) -> list[Pass]:
+        """The caller's pipeline (or the target's) with the accuracy driver right after ``calibrate``."""
+        given = self.call.passes or [make_pass(p.name, p.options) for p in self.spec.passes]
+        passes = [p if isinstance(p, Pass) else make_pass(p) for p in given]
+        budget = self._fallback_budget() if self.goals.max_accuracy_drop is not None else None
+        at = next((i for i, p in enumerate(passes) if p.name == "calibrate"), None)
+        if at is None:
+            raise ConfigError(
+                "SearchConfig.int8 'improved' runs the accuracy driver after calibrate, and these passes "
+                "have no calibrate: add it or leave 'improved' out"
+            )
+        improve = make_pass("improve_int8", ImproveInt8Options(budget_pp=budget))
+        return [*passes[: at + 1], improve, *passes[at + 1 :]]
 
     def _labelled_validation(self) -> list[Batch] | None:
         data = self.call.validation_data
@@ -113,6 +134,11 @@ def _without_fallback(name: str, options: Any) -> Any:
     if name != "quantize_dynamic" or options is None:
         return options
     return dataclasses.replace(options, min_cosine=None)
+
+
+def calibrates(spec: Target) -> bool:
+    """Whether ``spec`` calibrates static int8, what the accuracy driver (``improve_int8``) works on."""
+    return any(p.name == "calibrate" for p in spec.passes)
 
 
 def quantizes(spec: Target) -> bool:
