@@ -24,6 +24,7 @@ from graphopt.passes.quantize_dynamic import QuantizeDynamic, QuantizeDynamicOpt
 from graphopt.passes.recover import Recover
 from graphopt.passes.reestimate_batchnorm import ReestimateBatchNorm, ReestimateBatchNormOptions
 from graphopt.passes.remove_identity import RemoveIdentity, RemoveIdentityOptions
+from graphopt.passes.sequential_mse import SequentialMse, SequentialMseOptions
 from graphopt.passes.space_to_depth import SpaceToDepthOptions, SpaceToDepthRewrite
 from graphopt.passes.sparsify import Sparsify, SparsifyConfig
 
@@ -39,6 +40,7 @@ BUILTIN_PASSES = (
     InsertFakeQuant,
     Calibrate,
     AllocateWeightBits,
+    SequentialMse,
     AdaRound,
     BiasCorrection,
     InsertEarlyExit,
@@ -83,6 +85,8 @@ __all__ = [
     "ReestimateBatchNormOptions",
     "RemoveIdentity",
     "RemoveIdentityOptions",
+    "SequentialMse",
+    "SequentialMseOptions",
     "SpaceToDepthOptions",
     "SpaceToDepthRewrite",
     "Sparsify",

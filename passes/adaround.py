@@ -24,21 +24,27 @@ reconstruction error with nearest and with learned rounding, and the time taken.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from graphopt.errors import ConfigError, InvalidInputError
-from graphopt.ir.graph import call_sites, module_of
-from graphopt.passes.calibrate import int8_summary, slice_batches
+from graphopt.ir.graph import call_sites
+from graphopt.passes.calibrate import int8_summary
+from graphopt.passes.layer_capture import (
+    Batches,
+    Candidate,
+    first_samples,
+    following_activation,
+    int8_forward,
+    int8_layers,
+    layer_data,
+    layer_inputs,
+)
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
-from graphopt.quant.adaround import LayerData, RoundingConfig, RoundingResult, learn_rounding
+from graphopt.quant.adaround import RoundingConfig, RoundingResult, learn_rounding
 from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import QuantizedLayer
 from graphopt.quant.scheme import sqnr_db
@@ -47,17 +53,6 @@ from graphopt.reporting.progress import Progress
 
 #: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
 NOTHING_QUANTIZED = "adaround:nothing_quantized"
-
-#: The activations the reconstruction goes through (an error they clip away costs nothing), by module type
-#: and by function; anything else after a layer: its pre-activation output is reconstructed.
-_ACTIVATION_MODULES: dict[type, Callable[[Tensor], Tensor]] = {nn.ReLU: F.relu, nn.ReLU6: F.relu6}
-_ACTIVATION_FUNCTIONS: dict[object, Callable[[Tensor], Tensor]] = {
-    F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6,
-}  # fmt: skip
-
-Batches = list[tuple[Tensor, ...]]
-#: An int8 layer to round: its (first) call node, its name and the module.
-Candidate = tuple[fx.Node, str, QuantizedLayer]
 
 
 @dataclass(frozen=True)
@@ -114,7 +109,7 @@ class AdaRound(Pass):
     needs = ("calibration_data",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        candidates = _int8_layers(gm)
+        candidates = int8_layers(gm)
         if not candidates:
             why = "no calibrated int8 layer in the graph; run insert_fake_quant and calibrate first"
             self.context.notes.append(Note(NOTHING_QUANTIZED, f"adaround: not applied ({why})"))
@@ -164,7 +159,7 @@ class AdaRound(Pass):
         data = self.context.calibration_data
         if data is None:
             raise InvalidInputError("adaround needs calibration_data: an iterable of input tensors/tuples")
-        return _first_samples(data, self.options.samples)
+        return first_samples(data, self.options.samples)
 
     def _round_layer(
         self, gm: fx.GraphModule, fp32: fx.GraphModule, node: fx.Node, name: str, layer: QuantizedLayer,
@@ -179,117 +174,13 @@ class AdaRound(Pass):
         inputs = layer_inputs(gm, name, batches, example_batch) if self.options.asymmetric else fp32_inputs
         assert inputs is not None
         activation = following_activation(gm, node)
-        data = _layer_data(layer, activation, inputs, fp32_inputs)
+        data = layer_data(layer, activation, inputs, fp32_inputs)
         result = learn_rounding(
             layer.fp32_layer.weight, layer.expanded_weight_scale(), layer.scheme.weight_bound,
-            _int8_forward(layer, activation), data, self.options.rounding(),
+            int8_forward(layer, activation), data, self.options.rounding(),
         )  # fmt: skip
         _write_back(layer, result)
         return _row(name, result, activation is not None, time.perf_counter() - start)
-
-
-def _int8_layers(gm: fx.GraphModule) -> list[Candidate]:
-    """Frozen int8 layers in graph order (front to back), each at its first call site."""
-    found, seen = [], set()
-    for node in gm.graph.nodes:
-        module = module_of(gm, node)
-        if isinstance(module, QuantizedLayer) and module.frozen and node.target not in seen:
-            seen.add(node.target)
-            found.append((node, str(node.target), module))
-    return found
-
-
-def _first_samples(batches: Batches, samples: int) -> Batches:
-    taken: Batches = []
-    count = 0
-    for batch in batches:
-        if count >= samples:
-            break
-        size = min(len(batch[0]), samples - count)
-        taken.append(tuple(x[:size] for x in batch))
-        count += size
-    return taken
-
-
-class _Reached(Exception):
-    """Raised by the capture hook: the layer's input is recorded, the rest of the forward is not needed."""
-
-
-def layer_inputs(gm: fx.GraphModule, name: str, batches: Batches, example_batch: int) -> Tensor | None:
-    """What the module ``name`` of ``gm`` reads (its first argument) on ``batches``, concatenated along
-    the batch dim; None when no batch reaches it. A graph that fixes its batch size fails on other sizes:
-    slices of the example inputs' batch size are tried then, as calibration does."""
-    captured: list[Tensor] = []
-
-    def record(module: nn.Module, args: tuple) -> None:
-        captured.append(args[0].detach())
-        raise _Reached
-
-    handle = gm.get_submodule(name).register_forward_pre_hook(record)
-    try:
-        for attempt in (batches, slice_batches(batches, example_batch)):
-            captured.clear()
-            try:
-                _run_until_reached(gm, attempt)
-                break
-            except Exception as exc:  # the graph fixes its batch size: try the next batching
-                failure = exc
-        else:
-            raise InvalidInputError(
-                f"adaround: the model fails on the calibration batches ({type(failure).__name__}: "
-                f"{failure}); check that calibration_data holds inputs like example_inputs"
-            ) from failure
-    finally:
-        handle.remove()
-    return torch.cat(captured) if captured else None
-
-
-def _run_until_reached(gm: fx.GraphModule, batches: Batches) -> None:
-    with torch.no_grad():
-        for batch in batches:
-            with contextlib.suppress(_Reached):
-                gm(*batch)
-
-
-def following_activation(gm: fx.GraphModule, node: fx.Node) -> Callable[[Tensor], Tensor] | None:
-    """The ReLU / ReLU6 that alone reads ``node``'s output, as a function, or None."""
-    if len(node.users) != 1:
-        return None
-    (user,) = node.users
-    if user.op == "call_module":
-        return _ACTIVATION_MODULES.get(type(module_of(gm, user)))
-    if user.op == "call_function":
-        return _ACTIVATION_FUNCTIONS.get(user.target)
-    return None
-
-
-def _flat(layer: QuantizedLayer, x: Tensor) -> Tensor:
-    """A linear layer's inputs as rows (every token of a sequence is a sample); conv inputs as they are."""
-    return x.reshape(-1, x.shape[-1]) if isinstance(layer.fp32_layer, nn.Linear) else x
-
-
-def _layer_data(
-    layer: QuantizedLayer, activation: Callable[[Tensor], Tensor] | None, inputs: Tensor, fp32_inputs: Tensor
-) -> LayerData:
-    """The learning data: the int8 layer's inputs and ``f(W x + b)`` of the fp32 layer on fp32 inputs."""
-    reference = layer.fp32_layer
-    with torch.no_grad():
-        targets = reference(_flat(layer, fp32_inputs))
-        targets = activation(targets) if activation is not None else targets
-    return LayerData(_flat(layer, inputs), targets.detach())
-
-
-def _int8_forward(
-    layer: QuantizedLayer, activation: Callable[[Tensor], Tensor] | None
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(x, W~) -> f(conv(x, W~) + b_q)``: the int8 layer's computation with the weight being learned."""
-    bias = layer.bias.detach()  # the dequantized int32 bias: what the int8 layer adds
-
-    def forward(x: Tensor, weight: Tensor) -> Tensor:
-        y = layer.functional(x, weight, bias, **layer.kwargs)
-        return activation(y) if activation is not None else y
-
-    return forward
 
 
 def _write_back(layer: QuantizedLayer, result: RoundingResult) -> None:

@@ -7,7 +7,8 @@ of the graph and kept only when it raises the score; the run stops once the int8
 - ``equalize`` (cross-layer equalization) changes the fp32 weights, so it rebuilds: the graph that entered
   quantization (:func:`~graphopt.quant.float_twin.float_twin`, unrounded) is equalized (exact: checked
   numerically like every exact pass), quantized again with the same schemes layer by layer, and calibrated;
-- ``bias_correction`` and ``adaround`` change the frozen int8 graph itself and run on a copy of it.
+- ``sequential_mse``, ``bias_correction`` and ``adaround`` change the frozen int8 graph itself and run on a
+  copy of it.
 
 The score: with held-out labelled data (``eval_data``) the accuracy in percent, and the budget test is
 ``acc(fp32 graph that entered quantization) - acc(int8) <= budget_pp`` (the same drop ``accuracy_budget``
@@ -58,14 +59,16 @@ class ImproveInt8Options(PassOptions):
     ``eval_data``; None: try every step); ``steps``: registered pass names, ``(name, options)`` pairs or
     Pass instances, tried in this order. Equalization twice: exact first, then with ReLU6 replaced by ReLU
     (lossy in fp32, DFQ's choice: what lets a MobileNet's ReLU6 pairs equalize; it starts again from the
-    graph that entered quantization and is kept only if it scores higher still). AdaRound before bias
-    correction: a bias corrected for nearest rounding is wrong once the rounding is learned, while a
-    correction measured after AdaRound sees the integers that ship."""
+    graph that entered quantization and is kept only if it scores higher still). The sequential MSE
+    range search before AdaRound: it sets the scales, AdaRound learns the rounding on them. AdaRound
+    before bias correction: a bias corrected for nearest rounding is wrong once the rounding is learned,
+    while a correction measured after AdaRound sees the integers that ship."""
 
     budget_pp: float | None = None
     steps: tuple[str | tuple[str, PassOptions] | Pass, ...] = (
         "equalize",
         ("equalize", EqualizeOptions(relu6="replace_with_relu")),
+        "sequential_mse",
         "adaround",
         "bias_correction",
     )

@@ -166,12 +166,26 @@ class QuantizedLayer(nn.Module):
     def freeze(self, input_scale: float) -> None:
         layer = self.float_layer
         assert layer is not None
+        self.input_scale = float(input_scale)
+        self._quantize(layer, self._weight_scales(layer.weight.detach()))
+        # The fp32 layer stays reachable (not registered: not exported, not counted) so that a layer found
+        # too sensitive for int8 can go back to exactly its fp32 weights (see passes/accuracy_budget.py).
+        object.__setattr__(self, "fp32_layer", layer)
+        self.float_layer, self.qat = None, False
+
+    def set_weight_scales(self, scales: Tensor) -> None:
+        """Quantize this frozen layer's fp32 weights again at ``scales`` (as many as ``weight_scale``): the
+        integers, and the int32 bias, whose scale ``s_in * s_c`` follows (the input scale is kept)."""
+        assert self.frozen, "set_weight_scales() needs a frozen layer"
+        self._quantize(self.fp32_layer, scales.detach().float().reshape(self.weight_scale.shape))
+
+    def _quantize(self, layer: nn.Module, scales: Tensor) -> None:
+        """The int8 tensors of ``layer``'s weights at ``scales`` and its bias at ``s_in * s_c``."""
         weight = layer.weight.detach()
-        scales = self._weight_scales(weight)
         q_weight = self._quantize_weight(weight, scales)
         bias = layer.bias.detach() if layer.bias is not None else torch.zeros(weight.shape[0])
         per_channel = scales if self.group_size is None else groups.bias_weight_scale(scales)
-        bias_scales = per_channel * input_scale
+        bias_scales = per_channel * self.input_scale
         # int tensors as non-trainable Parameters: exported as initializers, counted as parameters.
         self.weight_int8 = nn.Parameter(q_weight, requires_grad=False)
         self.weight_scale = nn.Parameter(scales, requires_grad=False)
@@ -181,11 +195,6 @@ class QuantizedLayer(nn.Module):
             torch.zeros(len(bias_scales), dtype=torch.int64), requires_grad=False
         )
         self.weight_sqnr_db = sqnr_db(weight, self._dequantized_weight())
-        self.input_scale = float(input_scale)
-        # The fp32 layer stays reachable (not registered: not exported, not counted) so that a layer found
-        # too sensitive for int8 can go back to exactly its fp32 weights (see passes/accuracy_budget.py).
-        object.__setattr__(self, "fp32_layer", layer)
-        self.float_layer, self.qat = None, False
 
     def requantized(self, weight_bits: int) -> QuantizedLayer:
         """A copy of this frozen layer with its fp32 weights quantized again at ``weight_bits``: same input
