@@ -60,7 +60,7 @@ def file_accuracy(path: Path, bench: BenchModel) -> float:
     return 100 * accuracy(OnnxRunner(path).run, bench.eval or [])
 
 
-def one_model(name: str, seed: int, folder: Path) -> list[dict[str, object]]:
+def one_model(name: str, seed: int, folder: Path, only: set[str] | None = None) -> list[dict[str, object]]:
     t0 = time.perf_counter()
     bench = DIGITS_MODELS[name](seed, True)
     log(f"{name} seed {seed}: trained ({time.perf_counter() - t0:.0f} s)")
@@ -72,6 +72,8 @@ def one_model(name: str, seed: int, folder: Path) -> list[dict[str, object]]:
     log(f"{name} seed {seed}: fp32 {reference:.2f} %")
     rows = [_row(name, seed, "fp32", reference, reference, fp32_path, fp32_path, None)]
     for label, target, weights, budget in (*ROWS, *mixed_rows(bench.model)):
+        if only is not None and label not in only:
+            continue
         t0 = time.perf_counter()
         extra = {"accuracy_budget": budget, "eval_data": validation} if budget is not None else {}
         res = graphopt.optimize(bench.model, target, weights=weights, **common, **extra)
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=["fashion_resnet", "fashion_mobilenet"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", nargs="+", help="only these graphopt rows (labels as in the table); NNCF always")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print("| model | seed | row | test % (ORT) | drop pp | bytes | vs fp32 | fp32 layers | driver kept |")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for seed in args.seeds:
-                for r in one_model(name, seed, Path(tmp)):
+                for r in one_model(name, seed, Path(tmp), set(args.rows) if args.rows else None):
                     print(_markdown(r), flush=True)
 
 
