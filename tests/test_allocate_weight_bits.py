@@ -159,3 +159,41 @@ def test_the_searchs_weight_bits_axis_sets_one_width_and_leaves_out_a_byte_budge
     for bits in (8, 4):
         weights = variants.of(SearchPoint(int8="on", weight_bits=bits)).weights
         assert (weights.bits, weights.max_weight_bytes, weights.per_channel) == (bits, None, False)
+
+
+def test_a_size_goal_adds_mixed_points_whose_weight_budget_is_the_goal_less_the_files_overhead():
+    from graphopt.pipeline.driver import OptimizeCall
+    from graphopt.search import Goals, SearchConfig
+    from graphopt.search.space import SearchPoint, SpaceLimits, enumerate_points
+    from graphopt.search.variants import Variants
+    from graphopt.targets import TARGETS
+
+    config = SearchConfig(prune_ratios=(0.0, 0.5), int8=("on",), weight_bits=(8, 4), exits=(False,))
+    for size_goal, labels in (
+        (False, ["prune=0 int8 [onnx]", "prune=0 W4A8 [onnx]"]),
+        (True, ["prune=0 int8 [onnx]", "prune=0 W4A8 [onnx]", "prune=0 W4/W8 mixed [onnx]"]),
+    ):
+        limits = SpaceLimits(True, False, False, True, ("onnx",), size_goal=size_goal)
+        assert [p.label for p in enumerate_points(config, limits) if not p.prune] == labels
+    call = OptimizeCall(model=nn.Identity(), weights=WeightQuant(per_channel=False))
+    variants = Variants(call, config, Goals(max_bytes=10_000), TARGETS["x86-int8"], int8_overhead=1_000)
+    for prune, budget in ((0.0, 9_000), (0.5, 9_500)):
+        weights = variants.of(SearchPoint(prune=prune, int8="on", weight_bits=4, mixed=True)).weights
+        assert (weights.bits, weights.max_weight_bytes, weights.per_channel) == (4, int(budget), False)
+
+
+def test_the_axis_keeps_a_callers_group_size_below_8_bits_only():
+    from graphopt.pipeline.driver import OptimizeCall
+    from graphopt.search import Goals, SearchConfig
+    from graphopt.search.space import SearchPoint
+    from graphopt.search.variants import Variants
+    from graphopt.targets import TARGETS
+
+    call = OptimizeCall(model=nn.Identity(), weights=WeightQuant(bits=4, group_size=32))
+    variants = Variants(call, SearchConfig(weight_bits=(8, 4)), Goals(max_bytes=10_000), TARGETS["x86-int8"])
+    widths = {
+        (bits, mixed): variants.of(SearchPoint(int8="on", weight_bits=bits, mixed=mixed)).weights
+        for bits, mixed in ((8, False), (4, False), (4, True))
+    }
+    assert widths[4, False].group_size == 32
+    assert widths[8, False].group_size is None and widths[4, True].group_size is None

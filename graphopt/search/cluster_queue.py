@@ -31,7 +31,6 @@ from graphopt.search.cluster import (
 )
 from graphopt.search.measure import measure_artifact
 from graphopt.search.rows import CandidateRow
-from graphopt.search.variants import Variants
 
 if TYPE_CHECKING:
     from graphopt.search.engine import _SearchRun
@@ -96,7 +95,7 @@ class _Dispatch:
         self.index = {id(row): i for i, row in enumerate(run.rows)}
         self.token = uuid.uuid4().hex[:12]  # task keys unique to this search on a shared scheduler
         # without reuse: an earlier search's in-memory results are not for workers
-        variants = Variants(run.call, dataclasses.replace(run.config, reuse=None), run.goals, run.spec)
+        variants = dataclasses.replace(run.variants, config=dataclasses.replace(run.config, reuse=None))
         self.build = BuildTask(variants, run.scope, spec.worker_threads())
         self.task = self._scatter()
         self.workers = list(client.scheduler_info().get("workers", {})) or [None]

@@ -33,6 +33,7 @@ from graphopt.pipeline.plan import INT8_SLOTS
 from graphopt.pipeline.registry import pass_class
 from graphopt.pipeline.stage_cache import StageCache
 from graphopt.reporting.notes import Note
+from graphopt.search.byte_budget import int8_overhead
 from graphopt.search.data import (
     MIN_SAMPLES_TO_SPLIT,
     check_search_data,
@@ -167,13 +168,14 @@ class _SearchRun:
         self.rebuild_threads: int | None = None
         self.store = store
         self.score_digest = data_digest(score)
-        self.variants = Variants(call, config, goals, spec)
+        self.variants = Variants(call, config, goals, spec, int8_overhead(baseline.runner.path, call.model))
         limits = SpaceLimits(
             int8_target=quantizes(spec),
             can_exit=call.train_data is not None and labelled_batches(call.validation_data),
             can_fall_back=goals.needs_accuracy or falls_back_by_itself(spec),
             can_improve=calibrates(spec),
             backends=config.backends or (spec.backend.backend,),
+            size_goal=goals.max_bytes is not None,
         )
         params = sum(p.numel() for p in call.model.parameters())
         first_exit = min(self.variants.exit_config().fractions or (0.33,))

@@ -1,7 +1,8 @@
 """The search space: one :class:`SearchPoint` per combination of the plan slots a search may set.
 
-    prune ratio x importance x int8 (off / on / on with per-layer fp32 fall-backs) x int8 weight bits
-        x early exits x backend
+    prune ratio x importance x int8 (off / on / improved / on with per-layer fp32 fall-backs)
+        x int8 weight bits (each width; with a size goal, each narrow width mixed with 8) x early exits
+        x backend
 
 Points are ordered so that shared stages are computed once and cheap decisions come first: grouped by
 pruning (ratio ascending, then importance: the pruned-and-recovered model is the start of its fp32, int8 and
@@ -184,11 +185,15 @@ class SearchPoint:
     exits: bool = False
     backend: str = "onnx"
     weight_bits: int = 8  # of an int8 point's weights (W4A8 at 4); 8 for fp32 points
+    #: Layers at ``weight_bits`` only as far as a size goal needs, the rest at 8 (search/byte_budget.py)
+    mixed: bool = False
 
     @property
     def label(self) -> str:
         parts = [f"prune={self.prune:g}" + (f"/{self.importance}" if self.prune else "")]
         int8 = "int8" if self.weight_bits == 8 else f"W{self.weight_bits}A8"
+        if self.mixed:
+            int8 = f"W{self.weight_bits}/W8 mixed"
         parts.append(INT8_MODE_LABELS[self.int8].format(int8=int8))
         if self.exits:
             parts.append("exits")
@@ -217,6 +222,8 @@ class SpaceLimits:
     #: A target that calibrates static int8, which the accuracy driver works on.
     can_improve: bool
     backends: tuple[str, ...]
+    #: A size goal: mixed 8 / narrow widths are tried where ``weight_bits`` has both.
+    size_goal: bool = False
 
 
 def enumerate_points(config: SearchConfig, limits: SpaceLimits) -> list[SearchPoint]:
@@ -235,6 +242,15 @@ def enumerate_points(config: SearchConfig, limits: SpaceLimits) -> list[SearchPo
         for importance, with_exits, mode, backend in itertools.product(
             importances, exits, int8_modes, limits.backends
         ):
-            for bits in config.weight_bits if mode != "off" else (8,):
-                points.append(SearchPoint(ratio, importance, mode, with_exits, backend, bits))  # type: ignore[arg-type]
+            for bits, mixed in _widths(config, limits) if mode != "off" else ((8, False),):
+                points.append(SearchPoint(ratio, importance, mode, with_exits, backend, bits, mixed))  # type: ignore[arg-type]
     return points
+
+
+def _widths(config: SearchConfig, limits: SpaceLimits) -> list[tuple[int, bool]]:
+    """``(bits, mixed)`` of an int8 point: each width of ``weight_bits``, and with a size goal and 8 among
+    them, each narrower width mixed with 8 (graphopt/search/byte_budget.py)."""
+    widths = [(bits, False) for bits in config.weight_bits]
+    if limits.size_goal and 8 in config.weight_bits:
+        widths += [(bits, True) for bits in config.weight_bits if bits < 8]
+    return widths

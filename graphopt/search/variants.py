@@ -30,6 +30,7 @@ from graphopt.pipeline.registry import make_pass, pass_class
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.options import WeightQuant
 from graphopt.recovery.config import RecoveryConfig
+from graphopt.search.byte_budget import weight_budget
 from graphopt.search.goals import Goals
 from graphopt.search.space import SearchConfig, SearchPoint
 from graphopt.targets import Target
@@ -41,6 +42,8 @@ class Variants:
     config: SearchConfig
     goals: Goals
     spec: Target
+    #: An int8 file's estimated bytes besides its weights, for a mixed point's weight budget (byte_budget.py).
+    int8_overhead: int = 0
 
     def of(self, point: SearchPoint) -> OptimizeCall:
         trains = point.prune > 0 or point.int8 != "off"
@@ -96,7 +99,14 @@ class Variants:
         if point.int8 == "off" or self.config.weight_bits == (8,):
             return given
         base = given if isinstance(given, WeightQuant) else WeightQuant()
-        # the axis sets one width for every layer: a byte budget's mixed widths are the caller's own plan
+        # the caller's per-group scales apply below 8 bits; a byte budget allocates per-channel layers
+        groups = base.group_size if point.weight_bits < 8 and not point.mixed else None
+        base = dataclasses.replace(base, group_size=groups)
+        if point.mixed:  # the size goal sets the weight budget (byte_budget.py)
+            assert self.goals.max_bytes is not None
+            budget = weight_budget(self.goals.max_bytes, self.int8_overhead, point.prune)
+            return dataclasses.replace(base, bits=point.weight_bits, max_weight_bytes=max(budget, 1))
+        # one width for every layer: a caller's own byte budget is not the axis's
         return dataclasses.replace(base, bits=point.weight_bits, max_weight_bytes=None)
 
     @staticmethod
