@@ -26,7 +26,10 @@ from graphopt import WeightQuant
 from graphopt.backends import OnnxRunner
 from graphopt.benchmark.models import DIGITS_MODELS, BenchModel
 from graphopt.benchmark.nncf_peer import nncf_quantize
+from graphopt.passes import ImproveInt8Options
+from graphopt.pipeline.registry import make_pass
 from graphopt.reporting.evaluation import accuracy
+from graphopt.targets import TARGETS
 
 #: (row, target, weights, accuracy budget in pp or None for plain calibration)
 ROWS = (
@@ -38,6 +41,10 @@ ROWS = (
     ("W4A8 per channel", "x86-int8", WeightQuant(bits=4), None),
     ("W4A8 per channel + driver", "x86-int8", WeightQuant(bits=4), 1.0),
 )
+#: Rows where the driver runs every step that helps and no layer goes back to fp32 (the bits NNCF keeps):
+#: ``improve_int8`` after the target's passes, scored on the validation images, stopping at no drop.
+DRIVER_ONLY_ROWS = (("int8 per channel + driver, no fall-back", "x86-int8", None),)
+
 #: Mixed 8/4-bit rows: the weights in this share of their int8 bytes, the least sensitive layers at 4 bits
 MIXED_SHARE = 0.75
 
@@ -80,6 +87,17 @@ def one_model(name: str, seed: int, folder: Path, only: set[str] | None = None) 
         path = res.export(folder / f"{name}-{seed}-{len(rows)}.onnx", latency_guard=False)
         rows.append(_row(name, seed, label, file_accuracy(path, bench), reference, path, fp32_path, res))
         log(f"{name} seed {seed}: {label} {rows[-1]['accuracy']:.2f} % ({time.perf_counter() - t0:.0f} s)")
+    for label, target, weights in DRIVER_ONLY_ROWS:
+        if only is not None and label not in only:
+            continue
+        driver = make_pass("improve_int8", ImproveInt8Options(budget_pp=0.0))
+        passes = [*(make_pass(p.name, p.options) for p in TARGETS[target].passes), driver]
+        res = graphopt.optimize(
+            bench.model, target, weights=weights, passes=passes, eval_data=validation, **common
+        )
+        path = res.export(folder / f"{name}-{seed}-{len(rows)}.onnx", latency_guard=False)
+        rows.append(_row(name, seed, label, file_accuracy(path, bench), reference, path, fp32_path, res))
+        log(f"{name} seed {seed}: {label} {rows[-1]['accuracy']:.2f} %")
     samples = [(x[i : i + 1],) for x in bench.calibration or [] for i in range(len(x))]
     for preset in ("default", "bias_correction"):
         path, label = folder / f"{name}-{seed}-nncf-{preset}.onnx", f"NNCF PTQ ({preset})"
@@ -98,7 +116,8 @@ def _row(name, seed, label, acc, reference, path, fp32_path, res) -> dict[str, o
     kept = steps = "-"
     if res is not None and any(r.stage == "accuracy_budget" for r in res.report.stages):
         kept = str(res.report.stage("accuracy_budget").stats.get("kept_fp32", 0))
-        rows = res.report.tables.get("improve_int8", [])
+    if res is not None and "improve_int8" in res.report.tables:
+        rows = res.report.tables["improve_int8"]
         steps = ", ".join(str(r["step"]) for r in rows if r["kept"]) or "none kept"
     if res is not None and "allocate_weight_bits" in res.report.tables:
         narrow = sum(r["bits"] < 8 for r in res.report.tables["allocate_weight_bits"])
