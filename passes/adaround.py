@@ -149,7 +149,7 @@ class AdaRound(Pass):
         sites = call_sites(gm)
         chosen = [c for c in candidates if wanted is None or c[1] in wanted]
         shared = [c for c in chosen if sites[c[1]] > 1]
-        done = [c for c in chosen if _already_rounded(c[2])]
+        done = [c for c in chosen if rounded_by_adaround(c[2])]
         for reason, skipped in (("shared_layer", shared), ("already_rounded", done)):
             if skipped:
                 stats[f"skipped:{reason}"] = len(skipped)
@@ -192,7 +192,8 @@ def _write_back(layer: QuantizedLayer, result: RoundingResult) -> None:
     object.__setattr__(layer, "adaround_weight", layer.weight_int8)
 
 
-def _already_rounded(layer: QuantizedLayer) -> bool:
+def rounded_by_adaround(layer: QuantizedLayer) -> bool:
+    """Whether AdaRound learned this layer's integers (and no later pass made new ones)."""
     return layer.__dict__.get("adaround_weight") is layer.weight_int8
 
 

@@ -33,7 +33,7 @@ from graphopt.errors import ConfigError, GraphoptError
 from graphopt.ir.graph import deep_copy
 from graphopt.passes.equalize import EqualizeOptions
 from graphopt.pipeline.pass_base import Pass, PassContext, PassOptions, PassResult
-from graphopt.pipeline.pass_manager import PassManager
+from graphopt.pipeline.pass_manager import PassManager, PassRecord
 from graphopt.pipeline.registry import list_passes, make_pass
 from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import ActivationQuantizer, QuantizedLayer
@@ -189,7 +189,9 @@ class ImproveInt8(Pass):
             if step.slot in REBUILDING_SLOTS:
                 return self._rebuilt(step, current, entering), ""
             candidate = deep_copy(current)
-            self._run([step], candidate)
+            (record,) = self._run([step], candidate)
+            if not record.modified:  # say why it did nothing: its skipped:* stats (e.g. per-group scales)
+                return None, _did_nothing(record.stats)
             return candidate, ""
         except GraphoptError as exc:
             return None, f"failed: {exc}"
@@ -208,15 +210,16 @@ class ImproveInt8(Pass):
         self._run([make_pass("calibrate")], candidate)
         return candidate
 
-    def _run(self, passes: list[Pass], gm: fx.GraphModule, *, checked: bool = False) -> None:
+    def _run(self, passes: list[Pass], gm: fx.GraphModule, *, checked: bool = False) -> list[PassRecord]:
         """``passes`` on ``gm`` with the run's data and services and a state of their own, whose tables and
-        notes become this pass's (prefixed by the step)."""
+        notes become this pass's (prefixed by the step); their records."""
         context = PassContext.of(self.context.session)
-        PassManager(passes, instruments=None if checked else []).run(gm, context)
+        records = PassManager(passes, instruments=None if checked else []).run(gm, context)
         self.context.mark_read(context.data_read)
         for name, table in context.tables.items():
             if name != "int8":
                 self.context.tables[f"improve_int8.{name}"] = table
+        return records
 
     def _note(self, kept: tuple[str, ...], fp32_score: float, score: float, scorer: _Scorer) -> None:
         gap = fp32_score - score
@@ -275,3 +278,13 @@ def _replace_in_place(gm: fx.GraphModule, source: fx.GraphModule) -> None:
         gm.register_buffer(name, tensor)
     gm.graph = source.graph  # ``source`` is a discarded copy: its graph moves over
     gm.recompile()
+
+
+def _did_nothing(stats: dict[str, float]) -> str:
+    """Why a step left the graph as it was: its ``skipped:*`` counts, when it kept any."""
+    skipped = [
+        f"{key.removeprefix('skipped:')} {value:g}"
+        for key, value in stats.items()
+        if key.startswith("skipped:")
+    ]
+    return "changed nothing" + (f" (skipped: {', '.join(skipped)})" if skipped else "")

@@ -9,8 +9,10 @@ layer's choice accounts for what the layers before it lost. The integers and the
 scales; activation scales stay. Lossy; never worse than the calibrated scales on the calibration sample.
 
 Not applied, and counted in the stats: layers with per-group scales (a block's scale would need its own
-search), with power-of-two scales (the fractions are not powers of two), called at several sites, or that
-no calibration batch reaches. The report's ``sequential_mse`` table lists per layer the output error
+search), with power-of-two scales (the fractions are not powers of two), called at several sites, whose
+integers AdaRound learned (scales come before rounding: the driver runs this pass first), or that no
+calibration batch reaches. A channel whose current weights (its integers, whatever rounded them) score
+best is left as it is, bias included. The report's ``sequential_mse`` table lists per layer the output error
 before and after and the chosen fractions (min / mean: 1 clips nothing).
 """
 
@@ -26,6 +28,7 @@ from torch import nn
 
 from graphopt.errors import ConfigError, InvalidInputError
 from graphopt.ir.graph import call_sites
+from graphopt.passes.adaround import rounded_by_adaround
 from graphopt.passes.calibrate import int8_summary
 from graphopt.passes.layer_capture import (
     Batches,
@@ -124,14 +127,14 @@ class SequentialMse(Pass):
         forward = int8_forward(layer, activation)
         with torch.no_grad():
             result = search_weight_scales(
-                layer.fp32_layer.weight, layer.weight_scale, layer.scheme.weight_bound,
+                layer.fp32_layer.weight, layer.weight_scale, layer.weight, layer.scheme.weight_bound,
                 layer.scheme.per_channel, lambda w: forward(data.inputs, w), data.targets,
                 channel_dim=-1 if isinstance(layer.fp32_layer, nn.Linear) else 1,
                 fractions=candidate_fractions(self.options.candidates, self.options.min_fraction),
             )  # fmt: skip
-        changed = int((result.scales != layer.weight_scale.detach()).sum())
+        changed = int(result.changed.sum())
         if changed:
-            layer.set_weight_scales(result.scales)
+            layer.set_weight_scales(result.scales, result.changed)
         return {
             "layer": name, "channels": len(result.scales), "changed_channels": changed,
             "min_fraction": round(float(result.fractions.min()), 3),
@@ -147,6 +150,8 @@ _NOT_SEARCHED: tuple[tuple[str, Callable[[QuantizedLayer, int], bool]], ...] = (
     ("per_group_scales", lambda layer, sites: layer.group_size is not None),
     ("power_of_two_scales", lambda layer, sites: layer.scheme.power_of_two),
     ("shared_layer", lambda layer, sites: sites > 1),  # one set of scales cannot fit several inputs
+    # the scales come before the rounding: AdaRound learned its integers for the scales it found
+    ("rounded_by_adaround", lambda layer, sites: rounded_by_adaround(layer)),
 )
 
 

@@ -182,18 +182,23 @@ def test_a_size_goal_adds_mixed_points_whose_weight_budget_is_the_goal_less_the_
         assert (weights.bits, weights.max_weight_bytes, weights.per_channel) == (4, int(budget), False)
 
 
-def test_the_axis_keeps_a_callers_group_size_below_8_bits_only():
+def test_the_axis_keeps_a_callers_group_size_at_2_to_4_bits_only():
     from graphopt.pipeline.driver import OptimizeCall
     from graphopt.search import Goals, SearchConfig
-    from graphopt.search.space import SearchPoint
+    from graphopt.search.space import SearchPoint, SpaceLimits, enumerate_points
     from graphopt.search.variants import Variants
     from graphopt.targets import TARGETS
 
     call = OptimizeCall(model=nn.Identity(), weights=WeightQuant(bits=4, group_size=32))
-    variants = Variants(call, SearchConfig(weight_bits=(8, 4)), Goals(max_bytes=10_000), TARGETS["x86-int8"])
+    config = SearchConfig(weight_bits=(8, 6, 4))
+    variants = Variants(call, config, Goals(max_bytes=10_000), TARGETS["x86-int8"])
     widths = {
         (bits, mixed): variants.of(SearchPoint(int8="on", weight_bits=bits, mixed=mixed)).weights
-        for bits, mixed in ((8, False), (4, False), (4, True))
+        for bits, mixed in ((8, False), (6, False), (4, False), (4, True))
     }
     assert widths[4, False].group_size == 32
-    assert widths[8, False].group_size is None and widths[4, True].group_size is None
+    assert all(widths[key].group_size is None for key in ((8, False), (6, False), (4, True)))
+    # 5..7-bit weights are stored as int8: no mixed point for them
+    limits = SpaceLimits(True, False, False, True, ("onnx",), size_goal=True)
+    mixed = [p.weight_bits for p in enumerate_points(config, limits) if p.mixed]
+    assert mixed and set(mixed) == {4}

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 import graphopt
-from graphopt import ConfigError
+from graphopt import ConfigError, WeightQuant
+from graphopt.backends import OnnxRunner
+from graphopt.passes import AdaRound, AdaRoundOptions, ImproveInt8, ImproveInt8Options
 from graphopt.passes.sequential_mse import SequentialMse, SequentialMseOptions
 from graphopt.pipeline.registry import make_pass
 from graphopt.quant import QuantizedLayer, QuantScheme
@@ -41,8 +43,8 @@ def test_the_output_search_clips_what_the_inputs_never_read_and_beats_the_weight
     target = inputs @ weight.T
     unclipped = weight.abs().amax(dim=1) / BOUND
     result = search_weight_scales(
-        weight, unclipped, BOUND, True, lambda w: inputs @ w.T, target, channel_dim=-1,
-        fractions=candidate_fractions(20, 0.1),
+        weight, unclipped, _dequantized(weight, unclipped), BOUND, True, lambda w: inputs @ w.T, target,
+        channel_dim=-1, fractions=candidate_fractions(20, 0.1),
     )  # fmt: skip
     assert result.mse_after < 0.1 * result.mse_before  # the dead column no longer sets the steps
     assert float(result.fractions.median()) < 0.5  # most rows: their largest weight is in column 0
@@ -56,8 +58,8 @@ def test_per_tensor_scales_move_together():
     weight, inputs = _dead_input_case(1)
     peak = weight.abs().amax() / BOUND
     result = search_weight_scales(
-        weight, peak.expand(32), BOUND, False, lambda w: inputs @ w.T, inputs @ weight.T, channel_dim=-1,
-        fractions=candidate_fractions(20, 0.1),
+        weight, peak.expand(32), _dequantized(weight, peak.expand(32)), BOUND, False, lambda w: inputs @ w.T,
+        inputs @ weight.T, channel_dim=-1, fractions=candidate_fractions(20, 0.1),
     )  # fmt: skip
     assert (result.scales == result.scales[0]).all() and result.scales[0] < peak
     assert result.mse_after < result.mse_before
@@ -94,6 +96,7 @@ def _optimize(model, target=X86_INT8, extra=(), **kwargs):
 
 def test_the_pass_sets_scales_integers_and_bias_and_the_file_agrees(tmp_path):
     model = _DeadFeature().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     plain = _optimize(model, weights=4)
     searched = _optimize(model, weights=4, extra=[SequentialMse()])
     row = searched.report.stage("sequential_mse")
@@ -102,15 +105,25 @@ def test_the_pass_sets_scales_integers_and_bias_and_the_file_agrees(tmp_path):
     assert table["fc1"]["mse_after"] < 0.2 * table["fc1"]["mse_before"] and table["fc1"]["min_fraction"] < 0.5
     layer = searched.model.get_submodule("fc1")
     assert isinstance(layer, QuantizedLayer)
+    scales = layer.weight_scale.reshape(-1, 1)
+    assert torch.equal(
+        layer.weight_int8.float(), torch.clamp(torch.round(layer.fp32_layer.weight / scales), -7, 7)
+    )
     assert torch.allclose(layer.bias_scale, layer.weight_scale * layer.input_scale)  # the bias followed
+    assert (layer.weight_scale < plain.model.get_submodule("fc1").weight_scale).sum() > 16  # clipped
     held_out = _inputs(256, 9)
     with torch.no_grad():
         reference = model(held_out)
         gained = sqnr_db(reference, searched.model(held_out)) - sqnr_db(reference, plain.model(held_out))
     assert gained > 3.0
-    path = searched.export(tmp_path / "searched.onnx", latency_guard=False)  # the artifact check runs
-    assert path.is_file()
-    assert model.fc1.weight.abs().max() > 10  # the caller's model is not changed
+    path = searched.export(
+        tmp_path / "searched.onnx", latency_guard=False
+    )  # the file is checked against eager
+    runner = OnnxRunner(path)
+    assert torch.allclose(
+        torch.from_numpy(runner.run(held_out.numpy())[0]), searched.model(held_out), atol=1e-4
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model
 
 
 def test_what_it_does_not_search_it_counts():
@@ -118,6 +131,22 @@ def test_what_it_does_not_search_it_counts():
     res = _optimize(_DeadFeature().eval(), target=fixed_point, extra=[SequentialMse()])
     stats = res.report.stage("sequential_mse").stats
     assert stats["skipped:power_of_two_scales"] == 2 and "searched_layers" not in stats
+    rounded = _optimize(
+        _DeadFeature().eval(), weights=4, extra=[AdaRound(AdaRoundOptions(iterations=20)), SequentialMse()]
+    )
+    assert rounded.report.stage("sequential_mse").stats["skipped:rounded_by_adaround"] == 2
+    grouped = _optimize(
+        _DeadFeature().eval(), weights=WeightQuant(bits=4, group_size=8), extra=[SequentialMse()]
+    )
+    assert grouped.report.stage("sequential_mse").stats["skipped:per_group_scales"] == 2
+
+
+def test_the_driver_says_why_a_step_changed_nothing():
+    """On power-of-two scales sequential_mse searches nothing: the driver's row says so, not 'no gain'."""
+    driver = ImproveInt8(ImproveInt8Options(steps=("sequential_mse",)))
+    res = _optimize(_DeadFeature().eval(), target=TARGETS["fixed-point-int8"], extra=[driver])
+    (row,) = res.report.tables["improve_int8"]
+    assert not row["kept"] and row["why"] == "changed nothing (skipped: power_of_two_scales 2)"
 
 
 @pytest.mark.parametrize(

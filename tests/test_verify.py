@@ -148,3 +148,22 @@ def test_a_disagreement_names_its_cause():
     assert "accuracy_budget" in fragile
     both_small = _verdict(overall=0.998, kernels=0.9995, platform=0.9995)
     assert "each agree" in both_small and "fragile" not in both_small and "kernels disagree" not in both_small
+
+
+def test_a_runtime_that_does_not_finish_is_a_clear_error(tmp_path, monkeypatch):
+    """Emulated runs are slow and the file runs twice: a timeout names the runtime, file and way out."""
+    import subprocess
+
+    from graphopt.errors import RuntimeSetupError
+    from graphopt.verify import _run_foreign
+
+    def too_slow(self, *args, **kwargs):
+        raise subprocess.TimeoutExpired("python", 600)
+
+    monkeypatch.setattr(ForeignRuntime, "run", too_slow)
+    runtime = ForeignRuntime("aarch64")
+    feeds = {"0/0": np.zeros(1), "1/0": np.zeros(1)}
+    with pytest.raises(
+        RuntimeSetupError, match=r"did not finish m\.onnx in 600 s .*2 input sets.*input_sets"
+    ):
+        _run_foreign(runtime, tmp_path / "m.onnx", feeds)

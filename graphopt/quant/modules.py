@@ -173,11 +173,21 @@ class QuantizedLayer(nn.Module):
         object.__setattr__(self, "fp32_layer", layer)
         self.float_layer, self.qat = None, False
 
-    def set_weight_scales(self, scales: Tensor) -> None:
-        """Quantize this frozen layer's fp32 weights again at ``scales`` (as many as ``weight_scale``): the
-        integers, and the int32 bias, whose scale ``s_in * s_c`` follows (the input scale is kept)."""
-        assert self.frozen, "set_weight_scales() needs a frozen layer"
-        self._quantize(self.fp32_layer, scales.detach().float().reshape(self.weight_scale.shape))
+    def set_weight_scales(self, scales: Tensor, channels: Tensor) -> None:
+        """Quantize this frozen layer's fp32 weights again at ``scales`` (one per output channel) in the
+        output ``channels`` (a bool mask): their integers, and their int32 bias, whose scale ``s_in * s_c``
+        follows (the input scale is kept). The other channels keep their integers and bias as they are."""
+        assert self.frozen and self.group_size is None, "set_weight_scales() needs a per-channel frozen layer"
+        scales = scales.detach().float().reshape(self.weight_scale.shape)
+        layer = self.fp32_layer
+        bias = layer.bias.detach() if layer.bias is not None else torch.zeros(len(scales))
+        bias_scales = scales * self.input_scale
+        with torch.no_grad():
+            self.weight_int8[channels] = self._quantize_weight(layer.weight.detach(), scales)[channels]
+            self.weight_scale[channels] = scales[channels]
+            self.bias_int32[channels] = quantize_bias(bias, bias_scales)[channels]
+            self.bias_scale[channels] = bias_scales[channels]
+        self.weight_sqnr_db = sqnr_db(layer.weight.detach(), self._dequantized_weight())
 
     def _quantize(self, layer: nn.Module, scales: Tensor) -> None:
         """The int8 tensors of ``layer``'s weights at ``scales`` and its bias at ``s_in * s_c``."""

@@ -16,7 +16,8 @@ MSE"):
 - Output channel ``c`` depends on row ``c`` of ``W`` alone, so one forward per candidate ``a`` scores every
   channel at once, and each channel takes its own best ``a``. With one scale per tensor, one ``a`` for the
   whole weight, by the summed error.
-- The current scale is a candidate, so the output error on the calibration sample never grows.
+- The layer as it is (its scale and its integers, rounded by AdaRound or not) is a candidate, so the output
+  error on the calibration sample never grows, and a channel it keeps is left as it was.
 
 Cost: one forward of the layer per candidate on the captured inputs (20 by default), against AdaRound's
 hundreds of forward/backward steps.
@@ -37,6 +38,7 @@ LayerOutput = Callable[[Tensor], Tensor]
 @dataclass(frozen=True)
 class RangeSearchResult:
     scales: Tensor  # (C,) the chosen scale per output channel (equal values with one scale per tensor)
+    changed: Tensor  # (C,) bool: the channels whose weights the chosen scale requantizes
     fractions: Tensor  # (C,) each chosen scale over max|w_c| / r (the clipping: 1 clips nothing)
     mse_before: float  # output error with the scales the layer had, mean over outputs
     mse_after: float
@@ -48,30 +50,32 @@ def candidate_fractions(candidates: int, min_fraction: float) -> Tensor:
 
 
 def search_weight_scales(
-    weight: Tensor, current: Tensor, bound: int, per_channel: bool, output: LayerOutput, target: Tensor,
-    channel_dim: int, fractions: Tensor,
+    weight: Tensor, current_scales: Tensor, current_weight: Tensor, bound: int, per_channel: bool,
+    output: LayerOutput, target: Tensor, channel_dim: int, fractions: Tensor,
 ) -> RangeSearchResult:  # fmt: skip
-    """The scales with the least output error (module docstring) among ``current`` and ``fractions`` of
-    ``max|w_c| / bound``; ``output`` maps a (dequantized) weight to the layer's output, whose channels lie
-    along ``channel_dim``, to be compared with ``target``."""
+    """The scales with the least output error (module docstring): the layer as it is (``current_weight``,
+    its dequantized integers, at ``current_scales``) against ``fractions`` of ``max|w_c| / bound`` with
+    nearest rounding of ``weight``; ``output`` maps a dequantized weight to the layer's output, whose
+    channels lie along ``channel_dim``, to be compared with ``target``."""
     weight = weight.detach()
+    channels = torch.arange(weight.shape[0])
     peak = weight.reshape(weight.shape[0], -1).abs().amax(dim=1)
     if not per_channel:
         peak = peak.amax().expand(weight.shape[0])
     unclipped = (peak.double() / bound).clamp(min=1e-12)
-    options = [current.detach().double(), *(unclipped * a for a in fractions)]
-    errors = torch.stack([_channel_errors(output(_dequantized(weight, s, bound)), target, channel_dim)
-                          for s in options])  # fmt: skip
+    options = [current_scales.detach().double(), *(unclipped * a for a in fractions)]
+    weights = [current_weight.detach(), *(_dequantized(weight, s, bound) for s in options[1:])]
+    errors = torch.stack([_channel_errors(output(w), target, channel_dim) for w in weights])
     # per tensor: one candidate for every channel, by the error summed over them
     best = errors.argmin(dim=0) if per_channel else errors.sum(dim=1).argmin().expand(weight.shape[0])
-    scales = torch.stack(options)[best, torch.arange(weight.shape[0])]
+    scales = torch.stack(options)[best, channels]
     count = target.numel()
-    chosen = errors[best, torch.arange(weight.shape[0])]
     return RangeSearchResult(
         scales=scales.float(),
+        changed=best != 0,
         fractions=(scales / unclipped).float(),
         mse_before=float(errors[0].sum()) / count,
-        mse_after=float(chosen.sum()) / count,
+        mse_after=float(errors[best, channels].sum()) / count,
     )
 
 

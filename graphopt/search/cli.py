@@ -15,11 +15,12 @@ from pathlib import Path
 from graphopt.artifacts.result import OptimizeResult
 from graphopt.call_options import OPTION, add_option_flags
 from graphopt.errors import ConfigError
+from graphopt.search.space import DEFAULT_INT8_MODES
 
 #: The search's own flags and their defaults. They default to None on the parser so that one given
 #: without ``--goal`` (where nothing reads it) can be refused rather than ignored.
 SEARCH_DEFAULTS = {
-    "search_prune": "0,0.25,0.5,0.7", "search_weight_bits": "8", "search_int8": "off,on,fallbacks",
+    "search_prune": "0,0.25,0.5,0.7", "search_weight_bits": "8", "search_int8": ",".join(DEFAULT_INT8_MODES),
     "no_exits": False, "max_candidates": 24,
     "max_minutes": 20.0, "recovery_epochs": 5, "search_plot": None, "search_cache": None, "cluster": None,
 }  # fmt: skip
@@ -39,8 +40,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--search-int8",
-        help="int8 modes the search tries: off, on, improved (equalization, bias correction, AdaRound, "
-        "every layer int8), fallbacks (default off,on,fallbacks)",
+        help="int8 modes the search tries: off, on, improved (the accuracy driver: equalization, sequential "
+        "MSE, AdaRound, bias correction; every layer int8), fallbacks (default off,on,fallbacks)",
     )
     p.add_argument("--no-exits", action="store_const", const=True, help="the search does not try early exits")
     p.add_argument("--max-candidates", type=int, help="the most candidates the search measures (default 24)")

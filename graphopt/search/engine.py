@@ -173,7 +173,7 @@ class _SearchRun:
             int8_target=quantizes(spec),
             can_exit=call.train_data is not None and labelled_batches(call.validation_data),
             can_fall_back=goals.needs_accuracy or falls_back_by_itself(spec),
-            can_improve=calibrates(spec),
+            can_improve=calibrates(spec, call.passes),
             backends=config.backends or (spec.backend.backend,),
             size_goal=goals.max_bytes is not None,
         )

@@ -30,12 +30,15 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from graphopt.early_exit.config import EarlyExitConfig
 from graphopt.errors import ConfigError
 from graphopt.pruning.config import Importance
+from graphopt.quant.scheme import INT4_BITS
 from graphopt.reporting.numerics import finite_number
 
 if TYPE_CHECKING:
     from graphopt.search.engine import SearchResult
 
 Int8Mode = Literal["off", "on", "improved", "fallbacks"]
+#: The int8 modes a search tries unless told: ``improved`` is asked for (AdaRound costs tens of seconds).
+DEFAULT_INT8_MODES: tuple[Int8Mode, ...] = ("off", "on", "fallbacks")
 #: The int8 modes in search order, and how a point's label names each (``{int8}``: int8 or WbA8).
 INT8_MODE_LABELS = {
     "off": "fp32", "on": "{int8}", "improved": "{int8} improved", "fallbacks": "{int8}+fp32 fall-backs",
@@ -65,7 +68,7 @@ class SearchConfig:
 
     prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.7)
     importances: tuple[str, ...] = ("l2",)
-    int8: tuple[Int8Mode, ...] = ("off", "on", "fallbacks")
+    int8: tuple[Int8Mode, ...] = DEFAULT_INT8_MODES
     weight_bits: tuple[int, ...] = (8,)
     exits: tuple[bool, ...] = (False, True)
     early_exit: EarlyExitConfig | None = None
@@ -249,8 +252,8 @@ def enumerate_points(config: SearchConfig, limits: SpaceLimits) -> list[SearchPo
 
 def _widths(config: SearchConfig, limits: SpaceLimits) -> list[tuple[int, bool]]:
     """``(bits, mixed)`` of an int8 point: each width of ``weight_bits``, and with a size goal and 8 among
-    them, each narrower width mixed with 8 (graphopt/search/byte_budget.py)."""
+    them, each width the file stores narrower (2..4 bits) mixed with 8 (graphopt/search/byte_budget.py)."""
     widths = [(bits, False) for bits in config.weight_bits]
-    if limits.size_goal and 8 in config.weight_bits:
-        widths += [(bits, True) for bits in config.weight_bits if bits < 8]
+    if limits.size_goal and 8 in config.weight_bits:  # 5..7 bits are stored as int8: nothing to allocate
+        widths += [(bits, True) for bits in config.weight_bits if bits <= INT4_BITS]
     return widths

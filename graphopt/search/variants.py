@@ -16,6 +16,7 @@ the target as it is and ``on`` the same pass without its fall-back, whatever the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from graphopt.data.batches import Batch
@@ -29,6 +30,7 @@ from graphopt.pipeline.plan import INT8_SLOTS
 from graphopt.pipeline.registry import make_pass, pass_class
 from graphopt.pruning.config import PruneConfig
 from graphopt.quant.options import WeightQuant
+from graphopt.quant.scheme import INT4_BITS
 from graphopt.recovery.config import RecoveryConfig
 from graphopt.search.byte_budget import weight_budget
 from graphopt.search.goals import Goals
@@ -99,8 +101,8 @@ class Variants:
         if point.int8 == "off" or self.config.weight_bits == (8,):
             return given
         base = given if isinstance(given, WeightQuant) else WeightQuant()
-        # the caller's per-group scales apply below 8 bits; a byte budget allocates per-channel layers
-        groups = base.group_size if point.weight_bits < 8 and not point.mixed else None
+        # the caller's per-group scales apply at 2..4 bits; a byte budget allocates per-channel layers
+        groups = base.group_size if point.weight_bits <= INT4_BITS and not point.mixed else None
         base = dataclasses.replace(base, group_size=groups)
         if point.mixed:  # the size goal sets the weight budget (byte_budget.py)
             assert self.goals.max_bytes is not None
@@ -146,9 +148,11 @@ def _without_fallback(name: str, options: Any) -> Any:
     return dataclasses.replace(options, min_cosine=None)
 
 
-def calibrates(spec: Target) -> bool:
-    """Whether ``spec`` calibrates static int8, what the accuracy driver (``improve_int8``) works on."""
-    return any(p.name == "calibrate" for p in spec.passes)
+def calibrates(spec: Target, passes: Sequence[str | Pass] | None = None) -> bool:
+    """Whether the pipeline (the caller's ``passes``, else ``spec``'s) calibrates static int8, what the
+    accuracy driver (``improve_int8``) works on."""
+    names = [p if isinstance(p, str) else p.name for p in passes] if passes else [p.name for p in spec.passes]
+    return "calibrate" in names
 
 
 def quantizes(spec: Target) -> bool:

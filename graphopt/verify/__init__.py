@@ -29,6 +29,7 @@ with graph optimizations off (its own float evaluation of the same QDQ graph):
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -196,7 +197,15 @@ def _run_foreign(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             np.savez(Path(tmp) / "inputs.npz", **feeds)
-            done = runtime.run(PROBE, str(path.resolve()), str(Path(tmp) / "inputs.npz"), tmp)
+            try:
+                done = runtime.run(PROBE, str(path.resolve()), str(Path(tmp) / "inputs.npz"), tmp)
+            except subprocess.TimeoutExpired as exc:  # emulation is slow, and the file runs twice
+                sets = len({key.split("/")[0] for key in feeds})
+                raise RuntimeSetupError(
+                    f"the {runtime.arch} onnxruntime {runtime.ort_version} did not finish {path.name} in "
+                    f"{exc.timeout:g} s (optimized and unoptimized, {sets} input sets); try fewer input_sets "
+                    "or a smaller model"
+                ) from exc
             if done.returncode != 0:
                 raise RuntimeSetupError(
                     f"the {runtime.arch} onnxruntime {runtime.ort_version} failed on {path.name} (exit "
