@@ -37,11 +37,9 @@ from graphopt.passes.layer_capture import (
     Batches,
     Candidate,
     first_samples,
-    following_activation,
     int8_forward,
     int8_layers,
-    layer_data,
-    layer_inputs,
+    reconstruction,
 )
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.quant.adaround import RoundingConfig, RoundingResult, learn_rounding
@@ -168,19 +166,15 @@ class AdaRound(Pass):
         """Learn ``layer``'s rounding and write it back: its table row, or why it was skipped."""
         start = time.perf_counter()
         example_batch = len(self.context.example_inputs[0])
-        fp32_inputs = layer_inputs(fp32, name, batches, example_batch)
-        if fp32_inputs is None:
+        problem = reconstruction(gm, fp32, node, name, batches, example_batch, self.options.asymmetric)
+        if problem is None:
             return "not_reached"  # e.g. a branch the calibration data never takes
-        inputs = layer_inputs(gm, name, batches, example_batch) if self.options.asymmetric else fp32_inputs
-        assert inputs is not None
-        activation = following_activation(gm, node)
-        data = layer_data(layer, activation, inputs, fp32_inputs)
         result = learn_rounding(
             layer.fp32_layer.weight, layer.expanded_weight_scale(), layer.scheme.weight_bound,
-            int8_forward(layer, activation), data, self.options.rounding(),
+            int8_forward(layer, problem.activation), problem.data, self.options.rounding(),
         )  # fmt: skip
         _write_back(layer, result)
-        return _row(name, result, activation is not None, time.perf_counter() - start)
+        return _row(name, result, problem.activation is not None, time.perf_counter() - start)
 
 
 def _write_back(layer: QuantizedLayer, result: RoundingResult) -> None:

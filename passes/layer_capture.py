@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -123,6 +124,32 @@ def layer_data(
         targets = reference(flat_rows(layer, fp32_inputs))
         targets = activation(targets) if activation is not None else targets
     return LayerData(flat_rows(layer, inputs), targets.detach())
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """One layer's reconstruction problem: its data and the activation after it (None: the identity)."""
+
+    data: LayerData
+    activation: Callable[[Tensor], Tensor] | None
+
+
+def reconstruction(
+    gm: fx.GraphModule, fp32: fx.GraphModule, node: fx.Node, name: str, batches: Batches, example_batch: int,
+    asymmetric: bool,
+) -> Reconstruction | None:  # fmt: skip
+    """The int8 layer ``name`` (called at ``node``) of ``gm`` against its twin in ``fp32``: what it reads
+    (in ``gm`` when ``asymmetric``, else in ``fp32``) and the fp32 targets; None when no batch reaches it
+    (a branch the calibration data never takes)."""
+    fp32_inputs = layer_inputs(fp32, name, batches, example_batch)
+    if fp32_inputs is None:
+        return None
+    inputs = layer_inputs(gm, name, batches, example_batch) if asymmetric else fp32_inputs
+    assert inputs is not None
+    layer = gm.get_submodule(name)
+    assert isinstance(layer, QuantizedLayer)
+    activation = following_activation(gm, node)
+    return Reconstruction(layer_data(layer, activation, inputs, fp32_inputs), activation)
 
 
 def int8_forward(

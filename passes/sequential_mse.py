@@ -34,11 +34,9 @@ from graphopt.passes.layer_capture import (
     Batches,
     Candidate,
     first_samples,
-    following_activation,
     int8_forward,
     int8_layers,
-    layer_data,
-    layer_inputs,
+    reconstruction,
 )
 from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
 from graphopt.quant.float_twin import float_twin
@@ -117,13 +115,10 @@ class SequentialMse(Pass):
         """Search ``layer``'s scales and set them: its table row, or None when no batch reaches it."""
         start = time.perf_counter()
         example_batch = len(self.context.example_inputs[0])
-        fp32_inputs = layer_inputs(fp32, name, batches, example_batch)
-        if fp32_inputs is None:
+        problem = reconstruction(gm, fp32, node, name, batches, example_batch, self.options.asymmetric)
+        if problem is None:
             return None
-        inputs = layer_inputs(gm, name, batches, example_batch) if self.options.asymmetric else fp32_inputs
-        assert inputs is not None
-        activation = following_activation(gm, node)
-        data = layer_data(layer, activation, inputs, fp32_inputs)
+        data, activation = problem.data, problem.activation
         forward = int8_forward(layer, activation)
         with torch.no_grad():
             result = search_weight_scales(
