@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import re
 import struct
+import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
+
+from graphopt.quant.storage import StorageUnreadable
 
 #: Where an XNNPACK delegate payload keeps its magic and its flatbuffer's offset and size (XNNHeader).
 _MAGIC, _FLATBUFFER_AT = slice(4, 8), slice(10, 18)
@@ -40,8 +43,12 @@ def xnnpack_weight_storage(path: Path) -> Counter[str]:
 
 
 def qc4w_weights(path: Path) -> int:
-    """How many weights the ``.pte`` at ``path`` stores as XNNPACK 4-bit per-channel (qcint4) tensors."""
-    return xnnpack_weight_storage(path)["xnn_datatype_qcint4"]
+    """How many weights the ``.pte`` at ``path`` stores as XNNPACK 4-bit per-channel (qcint4) tensors;
+    :class:`StorageUnreadable` when ExecuTorch's private reader fails (it may change with ExecuTorch)."""
+    try:
+        return xnnpack_weight_storage(path)["xnn_datatype_qcint4"]
+    except (ImportError, OSError, subprocess.SubprocessError, ValueError, KeyError, AttributeError) as exc:
+        raise StorageUnreadable(f"ExecuTorch's .pte reader failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _xnn_graph(payload: bytes) -> dict | None:

@@ -154,3 +154,23 @@ def test_xnnpack_still_refuses_4_bit_conv_weights(kernel, tmp_path):
     with pytest.raises(ExportError):
         path = export_executorch(_Qc4wConv(kernel).eval(), (x,), tmp_path / "conv.pte")  # 3x3 fails here
         ExecuTorchRunner(path).run(x)  # 1x1 lowers, and the runtime refuses the program
+
+
+def test_a_pte_whose_weights_cannot_be_read_back_says_so(monkeypatch, tmp_path):
+    """ExecuTorch's reader is private API: when it fails, the note says so and nothing raises."""
+    from torch import nn
+
+    import backends.pte_weights as pte_weights
+    from graphopt.quant import QuantizedLayer, QuantScheme
+    from graphopt.quant.storage import WEIGHT_STORAGE, weight_storage_note
+
+    def broken(path):
+        raise OSError("flatc not found")
+
+    monkeypatch.setattr(pte_weights, "xnnpack_weight_storage", broken)
+    layer = QuantizedLayer(nn.Linear(4, 4), QuantScheme(weight_bits=4))
+    layer.freeze(input_scale=0.1)
+    reader = pte_weights.qc4w_weights
+    note = weight_storage_note(nn.Sequential(layer), "executorch", tmp_path / "m.pte", reader)
+    assert note is not None and note.key == WEIGHT_STORAGE
+    assert "could not be read back (ExecuTorch's .pte reader failed: OSError: flatc not found)" in str(note)

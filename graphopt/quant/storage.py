@@ -95,6 +95,10 @@ def _int4_initializers(graph: Any) -> int:
     return count
 
 
+class StorageUnreadable(Exception):
+    """A backend's reader could not count the narrow layers of a written file (its cause in the message)."""
+
+
 def weight_storage_note(
     model: nn.Module,
     backend: str,
@@ -108,7 +112,14 @@ def weight_storage_note(
     if not widths:
         return None
     layers = sum(widths.values())
-    packed = min(packed_weights(artifact), layers)
+    try:
+        packed = min(packed_weights(artifact), layers)
+    except StorageUnreadable as exc:  # the file is written and checked: only the count is unknown
+        said = ", ".join(f"{n} int{b}" for b, n in sorted(widths.items()))
+        text = (
+            f"weights below 8 bits ({said} layers): how the file stores them could not be read back ({exc})"
+        )
+        return Note(WEIGHT_STORAGE, text, bits=dict(widths), backend=backend, unread=str(exc))
     sizes = per_group_layers(model)
     blocked = min(sum(sizes.values()), packed)  # only an INT4 file holds them blocked
     said = ", ".join(f"{n} int{b}" for b, n in sorted(widths.items()))
