@@ -30,27 +30,22 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from graphopt.errors import ConfigError, InvalidInputError
+from graphopt.errors import ConfigError
 from graphopt.ir.graph import call_sites
-from graphopt.passes.calibrate import int8_summary
+from graphopt.passes.layer_by_layer import LayerByLayerPass
 from graphopt.passes.layer_capture import (
     Batches,
     Candidate,
-    first_samples,
     int8_forward,
-    int8_layers,
     reconstruction,
 )
-from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
+from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.adaround import RoundingConfig, RoundingResult, learn_rounding
-from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import QuantizedLayer
 from graphopt.quant.scheme import sqnr_db
-from graphopt.reporting.notes import Note
-from graphopt.reporting.progress import Progress
 
 #: Note keys (graphopt.reporting.notes): what tests and tools read instead of the sentences.
-NOTHING_QUANTIZED = "adaround:nothing_quantized"
+NOTHING_QUANTIZED = "adaround:nothing_quantized"  # written by the shared loop (passes/layer_by_layer.py)
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ class AdaRoundOptions(PassOptions):
         )  # fmt: skip
 
 
-class AdaRound(Pass):
+class AdaRound(LayerByLayerPass):
     name = "adaround"
     slot = "int8"
     description = "Learn each int8 weight's rounding (up or down) to reconstruct layer outputs (AdaRound)."
@@ -106,33 +101,10 @@ class AdaRound(Pass):
     Options = AdaRoundOptions
     needs = ("calibration_data",)
 
-    def call(self, gm: fx.GraphModule) -> PassResult:
-        candidates = int8_layers(gm)
-        if not candidates:
-            why = "no calibrated int8 layer in the graph; run insert_fake_quant and calibrate first"
-            self.context.notes.append(Note(NOTHING_QUANTIZED, f"adaround: not applied ({why})"))
-            return PassResult(gm, modified=False, stats={"skipped:nothing_quantized": 1})
-        stats: dict[str, float] = {}
-        layers = self._selected(gm, candidates, stats)
-        if not layers:  # every int8 layer is shared or already rounded: the stats say which
-            return PassResult(gm, modified=False, stats=stats)
-        batches = self._batches()
-        fp32 = float_twin(gm, unrounded=True)  # the model that entered quantization: the targets
-        progress = Progress(len(layers), "adaround", quiet=self.options.quiet)
-        rows = []
-        for node, name, layer in layers:
-            row = self._round_layer(gm, fp32, node, name, layer, batches)
-            if isinstance(row, str):
-                stats[f"skipped:{row}"] = stats.get(f"skipped:{row}", 0) + 1
-            else:
-                rows.append(row)
-            progress.update(layer=name)
-        stats.update(_totals(rows))
-        self.context.tables["adaround"] = rows
-        self.context.tables["int8"] = int8_summary(gm)  # the weight SQNRs changed
-        return PassResult(gm, modified=bool(rows), stats=stats)
+    def totals(self, rows: list[dict]) -> dict[str, float]:
+        return _totals(rows)
 
-    def _selected(
+    def selected(
         self, gm: fx.GraphModule, candidates: list[Candidate], stats: dict[str, float]
     ) -> list[Candidate]:
         """The layers to round: those named in ``layers`` (an unknown name is an error), less those called
@@ -153,13 +125,7 @@ class AdaRound(Pass):
                 stats[f"skipped:{reason}"] = len(skipped)
         return [c for c in chosen if c not in shared and c not in done]
 
-    def _batches(self) -> Batches:
-        data = self.context.calibration_data
-        if data is None:
-            raise InvalidInputError("adaround needs calibration_data: an iterable of input tensors/tuples")
-        return first_samples(data, self.options.samples)
-
-    def _round_layer(
+    def layer(
         self, gm: fx.GraphModule, fp32: fx.GraphModule, node: fx.Node, name: str, layer: QuantizedLayer,
         batches: Batches,
     ) -> dict[str, object] | str:  # fmt: skip

@@ -26,26 +26,21 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphopt.errors import ConfigError, InvalidInputError
+from graphopt.errors import ConfigError
 from graphopt.ir.graph import call_sites
 from graphopt.passes.adaround import rounded_by_adaround
-from graphopt.passes.calibrate import int8_summary
+from graphopt.passes.layer_by_layer import LayerByLayerPass
 from graphopt.passes.layer_capture import (
     Batches,
     Candidate,
-    first_samples,
     int8_forward,
-    int8_layers,
     reconstruction,
 )
-from graphopt.pipeline.pass_base import Pass, PassOptions, PassResult
-from graphopt.quant.float_twin import float_twin
+from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.modules import QuantizedLayer
 from graphopt.quant.range_search import candidate_fractions, search_weight_scales
-from graphopt.reporting.notes import Note
-from graphopt.reporting.progress import Progress
 
-#: Note key (graphopt.reporting.notes).
+#: Note key (graphopt.reporting.notes), written by the shared loop (passes/layer_by_layer.py).
 NOTHING_QUANTIZED = "sequential_mse:nothing_quantized"
 
 
@@ -73,7 +68,7 @@ class SequentialMseOptions(PassOptions):
             )
 
 
-class SequentialMse(Pass):
+class SequentialMse(LayerByLayerPass):
     name = "sequential_mse"
     slot = "int8"
     description = "Choose each int8 layer's weight scales by the error of its output (sequential MSE)."
@@ -81,43 +76,27 @@ class SequentialMse(Pass):
     Options = SequentialMseOptions
     needs = ("calibration_data",)
 
-    def call(self, gm: fx.GraphModule) -> PassResult:
-        candidates = int8_layers(gm)
-        if not candidates:
-            why = "no calibrated int8 layer in the graph; run insert_fake_quant and calibrate first"
-            self.context.notes.append(Note(NOTHING_QUANTIZED, f"sequential_mse: not applied ({why})"))
-            return PassResult(gm, modified=False, stats={"skipped:nothing_quantized": 1})
-        stats: dict[str, float] = {}
-        layers = _searchable(gm, candidates, stats)
-        data = self.context.calibration_data
-        if data is None:
-            raise InvalidInputError("sequential_mse needs calibration_data: an iterable of input tensors")
-        batches = first_samples(data, self.options.samples)
-        fp32 = float_twin(gm, unrounded=True)  # the model that entered quantization: the targets
-        progress = Progress(len(layers), "sequential_mse", quiet=self.options.quiet)
-        rows = []
-        for node, name, layer in layers:
-            row = self._search_layer(gm, fp32, node, name, layer, batches)
-            if row is None:
-                stats["skipped:not_reached"] = stats.get("skipped:not_reached", 0) + 1
-            else:
-                rows.append(row)
-            progress.update(layer=name)
-        stats.update(_totals(rows))
-        self.context.tables["sequential_mse"] = rows
-        self.context.tables["int8"] = int8_summary(gm)  # the weight SQNRs changed
-        return PassResult(gm, modified=any(r["changed_channels"] for r in rows), stats=stats)
+    def selected(
+        self, gm: fx.GraphModule, candidates: list[Candidate], stats: dict[str, float]
+    ) -> list[Candidate]:
+        return _searchable(gm, candidates, stats)
 
-    def _search_layer(
+    def totals(self, rows: list[dict]) -> dict[str, float]:
+        return _totals(rows)
+
+    def changed(self, rows: list[dict]) -> bool:
+        return any(r["changed_channels"] for r in rows)
+
+    def layer(
         self, gm: fx.GraphModule, fp32: fx.GraphModule, node: fx.Node, name: str, layer: QuantizedLayer,
         batches: Batches,
-    ) -> dict[str, object] | None:  # fmt: skip
-        """Search ``layer``'s scales and set them: its table row, or None when no batch reaches it."""
+    ) -> dict[str, object] | str:  # fmt: skip
+        """Search ``layer``'s scales and set them: its table row, or why it was skipped."""
         start = time.perf_counter()
         example_batch = len(self.context.example_inputs[0])
         problem = reconstruction(gm, fp32, node, name, batches, example_batch, self.options.asymmetric)
         if problem is None:
-            return None
+            return "not_reached"  # e.g. a branch the calibration data never takes
         data, activation = problem.data, problem.activation
         forward = int8_forward(layer, activation)
         with torch.no_grad():
