@@ -24,7 +24,6 @@ reconstruction error with nearest and with learned rounding, and the time taken.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +33,9 @@ from graphopt.errors import ConfigError
 from graphopt.ir.graph import call_sites
 from graphopt.passes.layer_by_layer import LayerByLayerPass
 from graphopt.passes.layer_capture import (
-    Batches,
     Candidate,
+    Reconstruction,
     int8_forward,
-    reconstruction,
 )
 from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.adaround import RoundingConfig, RoundingResult, learn_rounding
@@ -125,22 +123,14 @@ class AdaRound(LayerByLayerPass):
                 stats[f"skipped:{reason}"] = len(skipped)
         return [c for c in chosen if c not in shared and c not in done]
 
-    def layer(
-        self, gm: fx.GraphModule, fp32: fx.GraphModule, node: fx.Node, name: str, layer: QuantizedLayer,
-        batches: Batches,
-    ) -> dict[str, object] | str:  # fmt: skip
-        """Learn ``layer``'s rounding and write it back: its table row, or why it was skipped."""
-        start = time.perf_counter()
-        example_batch = len(self.context.example_inputs[0])
-        problem = reconstruction(gm, fp32, node, name, batches, example_batch, self.options.asymmetric)
-        if problem is None:
-            return "not_reached"  # e.g. a branch the calibration data never takes
+    def layer(self, name: str, layer: QuantizedLayer, problem: Reconstruction) -> dict[str, object]:
+        """Learn ``layer``'s rounding and write it back: its table row."""
         result = learn_rounding(
             layer.fp32_layer.weight, layer.expanded_weight_scale(), layer.scheme.weight_bound,
             int8_forward(layer, problem.activation), problem.data, self.options.rounding(),
         )  # fmt: skip
         _write_back(layer, result)
-        return _row(name, result, problem.activation is not None, time.perf_counter() - start)
+        return _row(name, result, problem.activation is not None)
 
 
 def _write_back(layer: QuantizedLayer, result: RoundingResult) -> None:
@@ -157,14 +147,13 @@ def rounded_by_adaround(layer: QuantizedLayer) -> bool:
     return layer.__dict__.get("adaround_weight") is layer.weight_int8
 
 
-def _row(name: str, result: RoundingResult, through_relu: bool, seconds: float) -> dict[str, object]:
+def _row(name: str, result: RoundingResult, through_relu: bool) -> dict[str, object]:
     weights = result.integers.numel()
     return {
         "layer": name, "weights": weights, "flipped": result.flipped,
         "flipped_pct": round(100 * result.flipped / weights, 2),
         "mse_nearest": float(f"{result.mse_nearest:.4g}"), "mse_adaround": float(f"{result.mse_learned:.4g}"),
         "kept_nearest": result.kept_nearest, "loss_on": "relu output" if through_relu else "layer output",
-        "seconds": round(seconds, 2),
     }  # fmt: skip
 
 

@@ -10,11 +10,19 @@ table and the refreshed ``int8`` table, and notes a graph with no calibrated int
 
 from __future__ import annotations
 
+import time
+
 import torch.fx as fx
 
 from graphopt.errors import InvalidInputError
 from graphopt.passes.calibrate import int8_summary
-from graphopt.passes.layer_capture import Batches, Candidate, first_samples, int8_layers
+from graphopt.passes.layer_capture import (
+    Candidate,
+    Reconstruction,
+    first_samples,
+    int8_layers,
+    reconstruction,
+)
 from graphopt.pipeline.pass_base import Pass, PassResult
 from graphopt.quant.float_twin import float_twin
 from graphopt.quant.modules import QuantizedLayer
@@ -26,7 +34,8 @@ Row = dict[str, object]
 
 class LayerByLayerPass(Pass):
     """Base of the passes that go over the int8 layers one by one (module docstring). Options need
-    ``samples`` (calibration samples used) and ``quiet``."""
+    ``samples`` (calibration samples used), ``asymmetric`` (inputs from the partly quantized model, else
+    the fp32 one) and ``quiet``."""
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         candidates = int8_layers(gm)
@@ -49,12 +58,15 @@ class LayerByLayerPass(Pass):
         fp32 = float_twin(gm, unrounded=True)  # the model that entered quantization: the targets
         progress = Progress(len(layers), self.name, quiet=self.options.quiet)
         rows = []
+        example_batch = len(self.context.example_inputs[0])
         for node, name, layer in layers:
-            row = self.layer(gm, fp32, node, name, layer, batches)
-            if isinstance(row, str):
+            start = time.perf_counter()
+            problem = reconstruction(gm, fp32, node, name, batches, example_batch, self.options.asymmetric)
+            row = "not_reached" if problem is None else self.layer(name, layer, problem)
+            if isinstance(row, str):  # not reached: a branch the calibration data never takes
                 stats[f"skipped:{row}"] = stats.get(f"skipped:{row}", 0) + 1
             else:
-                rows.append(row)
+                rows.append({**row, "seconds": round(time.perf_counter() - start, 2)})
             progress.update(layer=name)
         stats.update(self.totals(rows))
         self.context.tables[self.name] = rows
@@ -66,11 +78,8 @@ class LayerByLayerPass(Pass):
     ) -> list[Candidate]:
         raise NotImplementedError
 
-    def layer(
-        self, gm: fx.GraphModule, fp32: fx.GraphModule, node: fx.Node, name: str, layer: QuantizedLayer,
-        batches: Batches,
-    ) -> Row | str:  # fmt: skip
-        """Work on one layer: its table row, or why it was skipped (``"not_reached"``...)."""
+    def layer(self, name: str, layer: QuantizedLayer, problem: Reconstruction) -> Row | str:
+        """Work on one layer, given its inputs and fp32 targets: its table row, or why it was skipped."""
         raise NotImplementedError
 
     def totals(self, rows: list[Row]) -> dict[str, float]:

@@ -18,7 +18,6 @@ before and after and the chosen fractions (min / mean: 1 clips nothing).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,10 +30,9 @@ from graphopt.ir.graph import call_sites
 from graphopt.passes.adaround import rounded_by_adaround
 from graphopt.passes.layer_by_layer import LayerByLayerPass
 from graphopt.passes.layer_capture import (
-    Batches,
     Candidate,
+    Reconstruction,
     int8_forward,
-    reconstruction,
 )
 from graphopt.pipeline.pass_base import PassOptions
 from graphopt.quant.modules import QuantizedLayer
@@ -87,16 +85,8 @@ class SequentialMse(LayerByLayerPass):
     def changed(self, rows: list[dict]) -> bool:
         return any(r["changed_channels"] for r in rows)
 
-    def layer(
-        self, gm: fx.GraphModule, fp32: fx.GraphModule, node: fx.Node, name: str, layer: QuantizedLayer,
-        batches: Batches,
-    ) -> dict[str, object] | str:  # fmt: skip
-        """Search ``layer``'s scales and set them: its table row, or why it was skipped."""
-        start = time.perf_counter()
-        example_batch = len(self.context.example_inputs[0])
-        problem = reconstruction(gm, fp32, node, name, batches, example_batch, self.options.asymmetric)
-        if problem is None:
-            return "not_reached"  # e.g. a branch the calibration data never takes
+    def layer(self, name: str, layer: QuantizedLayer, problem: Reconstruction) -> dict[str, object]:
+        """Search ``layer``'s scales and set them: its table row."""
         data, activation = problem.data, problem.activation
         forward = int8_forward(layer, activation)
         with torch.no_grad():
@@ -115,7 +105,6 @@ class SequentialMse(LayerByLayerPass):
             "mean_fraction": round(float(result.fractions.mean()), 3),
             "mse_before": float(f"{result.mse_before:.4g}"), "mse_after": float(f"{result.mse_after:.4g}"),
             "loss_on": "relu output" if activation is not None else "layer output",
-            "seconds": round(time.perf_counter() - start, 2),
         }  # fmt: skip
 
 
