@@ -220,19 +220,18 @@ def _graphopt(setting: str, fused: bool = True) -> Callable[[Workbench], Built]:
             result.export(path, latency_guard=False)
         else:
             export_onnx(result.model, w.tokens, path, dynamic=SEQUENCE_DIMS, fused_transformer=False)
-        layers = result.report.tables.get("int8", [])
-        linear = [row for row in layers if str(row["kind"]).startswith("Linear")]
-        kept = [str(row["name"]) for row in linear if "kept fp32" in str(row["kind"])]
-        return Built(
-            path,
-            [
-                f"{len(linear) - len(kept)} of {len(linear)} Linear layers int8, "
-                f"kept fp32: {', '.join(kept) or 'none'}",
-                f"written by {exporter_of(path)}",
-            ],
-        )
+        return Built(path, [_int8_layers(result), f"written by {exporter_of(path)}"])
 
     return build
+
+
+def _int8_layers(result) -> str:  # type: ignore[no-untyped-def]
+    """How many Linear layers ``result`` runs in int8, and which its fall-back kept in fp32."""
+    layers = result.report.tables.get("int8", [])
+    linear = [row for row in layers if str(row["kind"]).startswith("Linear")]
+    kept = [str(row["name"]) for row in linear if "kept fp32" in str(row["kind"])]
+    names = ", ".join(kept) or "none"
+    return f"{len(linear) - len(kept)} of {len(linear)} Linear layers int8, kept fp32: {names}"
 
 
 CONTENDERS: tuple[Contender, ...] = (
@@ -276,6 +275,7 @@ def _pruned_distilled(row: PrunedRow) -> Contender:
             f"{sum(len(b[0]) for b in train)} Lee background documents without labels (teacher cosine on its "
             f"held-out share {stats['val_teacher_cosine_before']:.3f} -> "
             f"{stats['best_val_teacher_cosine']:.3f})",
+            _int8_layers(result),
             f"written by {exporter_of(path)}",
         ])  # fmt: skip
 
