@@ -102,6 +102,10 @@ class ActivationQuantizer(nn.Module):
         return f"{self.scheme.activations}, {state}"
 
 
+#: A frozen layer's tensors indexed by output channel first: its integers, scales and int32 bias.
+_PER_CHANNEL_TENSORS = ("weight_int8", "weight_scale", "bias_int32", "bias_scale")
+
+
 class QuantizedLayer(nn.Module):
     """A conv or linear with int8 weights and int32 bias once frozen; the fp32 layer until then."""
 
@@ -178,16 +182,13 @@ class QuantizedLayer(nn.Module):
         output ``channels`` (a bool mask): their integers, and their int32 bias, whose scale ``s_in * s_c``
         follows (the input scale is kept). The other channels keep their integers and bias as they are."""
         assert self.frozen and self.group_size is None, "set_weight_scales() needs a per-channel frozen layer"
-        scales = scales.detach().float().reshape(self.weight_scale.shape)
-        layer = self.fp32_layer
-        bias = layer.bias.detach() if layer.bias is not None else torch.zeros(len(scales))
-        bias_scales = scales * self.input_scale
+        kept = ~channels
+        before = {name: getattr(self, name).detach().clone() for name in _PER_CHANNEL_TENSORS}
+        self._quantize(self.fp32_layer, scales.detach().float().reshape(self.weight_scale.shape))
         with torch.no_grad():
-            self.weight_int8[channels] = self._quantize_weight(layer.weight.detach(), scales)[channels]
-            self.weight_scale[channels] = scales[channels]
-            self.bias_int32[channels] = quantize_bias(bias, bias_scales)[channels]
-            self.bias_scale[channels] = bias_scales[channels]
-        self.weight_sqnr_db = sqnr_db(layer.weight.detach(), self._dequantized_weight())
+            for name, values in before.items():
+                getattr(self, name)[kept] = values[kept]
+        self.weight_sqnr_db = sqnr_db(self.fp32_layer.weight.detach(), self._dequantized_weight())
 
     def _quantize(self, layer: nn.Module, scales: Tensor) -> None:
         """The int8 tensors of ``layer``'s weights at ``scales`` and its bias at ``s_in * s_c``."""
@@ -227,7 +228,7 @@ class QuantizedLayer(nn.Module):
         # QAT starts from the dequantized weights, whose range a clipping scheme already cut to the frozen
         # scale: from here on the scale covers max|w| (see _weight_scales)
         self.thawed = True
-        for name in ("weight_int8", "weight_scale", "bias_int32", "bias_scale", "channel_zero_points"):
+        for name in (*_PER_CHANNEL_TENSORS, "channel_zero_points"):
             delattr(self, name)
         self.float_layer, self.qat = layer, True
 
